@@ -1,0 +1,1 @@
+"""courier-authd: the authentication daemon (Courier authdaemond protocol)."""

@@ -1,0 +1,1 @@
+"""courier-deliver: the queue manager (courierd) and local delivery (courierlocal)."""

@@ -1,0 +1,1 @@
+"""courier-imapd: the IMAP4rev1 server."""

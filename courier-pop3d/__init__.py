@@ -1,0 +1,1 @@
+"""courier-pop3d: the POP3 server."""

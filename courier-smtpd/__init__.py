@@ -1,0 +1,1 @@
+"""courier-smtpd: the ESMTP server (port 25, submission, SMTPS)."""

@@ -1,0 +1,1 @@
+"""The `courier` admin command: init, adduser, start, stop, status, reload."""

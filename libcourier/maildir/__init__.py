@@ -1,0 +1,1 @@
+"""Maildir++ store: folders, flags, UIDs, keywords, quota, delivery (FORMATS.md §3.3-3.7)."""

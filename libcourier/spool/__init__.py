@@ -1,0 +1,1 @@
+"""The on-disk mail queue shared by submitters and the queue manager."""

@@ -1,0 +1,1 @@
+"""The listener (Courier's couriertcpd): bind, fork per connection, limits, access rules, TLS."""
