@@ -1,4 +1,4 @@
-"""Courier's shell-style configuration files (esmtpd, imapd, pop3d, authdaemonrc, ...).
+r"""Courier's shell-style configuration files (esmtpd, imapd, pop3d, authdaemonrc, ...).
 
 Courier's start scripts *source* these files with /bin/sh, so the grammar is the
 subset of shell assignments the shipped files use (sysconftool format):
