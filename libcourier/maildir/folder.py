@@ -1,0 +1,224 @@
+"""Reading one Maildir folder the way Courier's imapd does (FORMATS.md §3.3, §3.4).
+
+`Maildir.scan()` is Courier's imapscan: purge stale tmp/ files, move new/ to
+cur/, reconcile cur/ with `courierimapuiddb` and hand out UIDs to new arrivals.
+
+Concurrency: Courier takes no lock and relies on a single imapd per folder
+being the common case; two of ours (IMAP + POP3, or two IMAP sessions) racing
+could hand out one UID twice. We take ``flock(LOCK_EX)`` on the folder's
+``cur/`` directory fd for the whole reconcile-and-write step. A directory fd
+needs no extra file in the Maildir (Courier's tools see nothing new), and
+flock is released by the kernel if the process dies. Deliverers never take
+it: they only add to new/, which the next scan picks up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from libcourier.maildir import uiddb
+from libcourier.maildir.flags import join_name, split_name
+
+TMP_MAX_AGE = 36 * 3600          # Courier purges tmp/ files older than 36 hours
+_SIZE_TAG = re.compile(r",S=(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    uid: int
+    base: str         # file name without the ":2,..." info (the courierimapuiddb key)
+    filename: str     # current file name in cur/
+    flags: str        # maildir flag letters, sorted (e.g. "FS"); lowercase keyword letters kept
+    size: int         # on-disk size in bytes (from ,S= when present, else stat)
+    mtime: float      # INTERNALDATE source
+
+
+@dataclass(frozen=True, slots=True)
+class FolderState:
+    uidvalidity: int
+    uidnext: int
+    messages: tuple[MessageRef, ...]          # sorted by uid
+    # UIDs this scan moved from new/ to cur/: IMAP's \Recent (RFC 3501 §2.3.2),
+    # which, as in Courier, goes to the session that first sees the message.
+    recent: frozenset[int] = field(default_factory=frozenset)
+
+
+def _size_of(base: str) -> int | None:
+    m = _SIZE_TAG.search(base)
+    return int(m.group(1)) if m else None
+
+
+class Maildir:
+    """One Maildir++ folder (the INBOX root or a `.Name` sub-folder)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- the scan -----------------------------------------------------------------
+
+    def _purge_tmp(self, now: float) -> None:
+        tmp = self.path / "tmp"
+        try:
+            with os.scandir(tmp) as it:
+                for ent in it:
+                    try:
+                        if ent.is_file(follow_symlinks=False) and \
+                                now - ent.stat(follow_symlinks=False).st_mtime > TMP_MAX_AGE:
+                            os.unlink(ent.path)
+                    except OSError:
+                        pass  # someone else removed or renamed it
+        except FileNotFoundError:
+            pass
+
+    def _move_new(self) -> set[str]:
+        """Move new/ to cur/ adding ":2,"; return the bases moved by us."""
+        moved: set[str] = set()
+        new, cur = self.path / "new", self.path / "cur"
+        try:
+            names = os.listdir(new)
+        except FileNotFoundError:
+            return moved
+        for name in names:
+            if name.startswith("."):
+                continue
+            base, letters = split_name(name)
+            target = join_name(base, letters)
+            try:
+                os.rename(new / name, cur / target)
+            except FileNotFoundError:
+                continue  # another session moved it first
+            moved.add(base)
+        return moved
+
+    def _list_cur(self) -> dict[str, tuple[str, os.stat_result]]:
+        found: dict[str, tuple[str, os.stat_result]] = {}
+        with os.scandir(self.path / "cur") as it:
+            for ent in it:
+                if ent.name.startswith("."):
+                    continue
+                try:
+                    st = ent.stat(follow_symlinks=True)
+                except FileNotFoundError:
+                    continue
+                base, _ = split_name(ent.name)
+                prev = found.get(base)
+                # Two names for one base (a crash mid-rename elsewhere): keep one, stably.
+                if prev is None or ent.name < prev[0]:
+                    found[base] = (ent.name, st)
+        return found
+
+    def scan(self, now: float | None = None) -> FolderState:
+        now = time.time() if now is None else now
+        self._purge_tmp(now)
+        lockfd = os.open(self.path / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lockfd, fcntl.LOCK_EX)
+            moved = self._move_new()
+            files = self._list_cur()
+            db = uiddb.read(self.path)
+            changed = db is None
+            if db is None:
+                db = uiddb.UidDb(uiddb.new_uidvalidity(now), 1, ())
+            kept = [(uid, base) for uid, base in db.entries if base in files]
+            changed |= len(kept) != len(db.entries)
+            known = {base for _, base in kept}
+            nextuid = max(db.nextuid, kept[-1][0] + 1 if kept else 1)
+            changed |= nextuid != db.nextuid
+            # Courier step 5: new messages sorted by file name, then nextuid++.
+            fresh = sorted((files[b][0], b) for b in files if b not in known)
+            for _, base in fresh:
+                kept.append((nextuid, base))
+                nextuid += 1
+            changed |= bool(fresh)
+            if changed:
+                db = uiddb.UidDb(db.uidvalidity, nextuid, tuple(kept))
+                uiddb.write(self.path, db)
+        finally:
+            os.close(lockfd)  # releases the flock
+        msgs = []
+        recent = set()
+        for uid, base in kept:
+            name, st = files[base]
+            size = _size_of(base)
+            msgs.append(MessageRef(uid, base, name, split_name(name)[1],
+                                   st.st_size if size is None else size, st.st_mtime))
+            if base in moved:
+                recent.add(uid)
+        return FolderState(db.uidvalidity, nextuid, tuple(msgs), frozenset(recent))
+
+    # -- per message --------------------------------------------------------------
+
+    def path_of(self, msg: MessageRef) -> Path:
+        return self.path / "cur" / msg.filename
+
+    def set_flags(self, msg: MessageRef, flags: str) -> MessageRef:
+        """Rename to base:2,<sorted flags>; FileNotFoundError if it has gone."""
+        target = join_name(msg.base, flags)
+        new = replace(msg, filename=target, flags=split_name(target)[1])
+        if target == msg.filename:
+            if not self.path_of(msg).exists():
+                raise FileNotFoundError(str(self.path_of(msg)))
+            return new
+        try:
+            os.rename(self.path_of(msg), self.path / "cur" / target)
+        except FileNotFoundError:
+            # Another session may have changed the flags meanwhile: find it by base.
+            current = self._find(msg.base)
+            if current is None:
+                raise
+            os.rename(self.path / "cur" / current, self.path / "cur" / target)
+        return new
+
+    def _find(self, base: str) -> str | None:
+        try:
+            with os.scandir(self.path / "cur") as it:
+                for ent in it:
+                    if split_name(ent.name)[0] == base:
+                        return ent.name
+        except FileNotFoundError:
+            return None
+        return None
+
+    def remove(self, msg: MessageRef) -> None:
+        """Delete the message file; a message already gone is not an error (already expunged)."""
+        try:
+            os.unlink(self.path_of(msg))
+        except FileNotFoundError:
+            current = self._find(msg.base)
+            if current is not None:
+                os.unlink(self.path / "cur" / current)
+
+
+# -- folders of a Maildir++ (FORMATS.md §3.3) --------------------------------------
+
+def list_folders(root: Path) -> list[str]:
+    """Names of the `.Name.Sub` folders under the Maildir root, without the dot."""
+    out = []
+    try:
+        with os.scandir(root) as it:
+            for ent in it:
+                n = ent.name
+                if len(n) > 1 and n.startswith(".") and n not in ("..",) \
+                        and ent.is_dir() and (Path(ent.path) / "cur").is_dir():
+                    out.append(n[1:])
+    except FileNotFoundError:
+        pass
+    return sorted(out)
+
+
+def folder_path(root: Path, imap_name: str) -> Path | None:
+    """The directory for an IMAP name (INBOX, INBOX.Sent): None if it is not ours."""
+    up = imap_name.upper()
+    if up == "INBOX":
+        return Path(root)
+    if up.startswith("INBOX.") and len(imap_name) > 6:
+        sub = imap_name[6:]
+        if "/" in sub or sub.startswith(".") or ".." in sub or sub.endswith("."):
+            return None
+        return Path(root) / ("." + sub)
+    return None

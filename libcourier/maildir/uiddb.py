@@ -1,0 +1,107 @@
+"""`courierimapuiddb`: Courier's per-folder IMAP UID map (FORMATS.md §3.4).
+
+Format (Courier imap/imapscanclient.C, IMAPDBVERSION 1)::
+
+    1 <uidvalidity> <nextuid>\\n
+    <uid> <base file name>\\n        one line per message, sorted by UID
+
+The base name is the file name with the ``:2,...`` info removed. Courier's
+reader skips lines it cannot parse and treats a missing, unreadable or
+wrong-version header as "no database": the folder then gets a new
+UIDVALIDITY, which makes every client resynchronise (FORMATS.md §5), so we
+read exactly as leniently as Courier does and no more.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAPDB = "courierimapuiddb"
+IMAPDBVERSION = 1
+IMAP_EPOCH = 1_000_000_000   # UIDVALIDITY = time - IMAP_EPOCH (imapscanclient.C)
+MAX_DB_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UidDb:
+    uidvalidity: int
+    nextuid: int
+    entries: tuple[tuple[int, str], ...]   # (uid, base), sorted by uid
+
+
+def parse(data: bytes) -> UidDb | None:
+    """The database in ``data``, or None when Courier would not accept its header."""
+    lines = data.split(b"\n")
+    head = lines[0].split()
+    if len(head) < 3:
+        return None
+    try:
+        version, uidv, nextuid = int(head[0]), int(head[1]), int(head[2])
+    except ValueError:
+        return None
+    if version != IMAPDBVERSION or uidv < 0 or nextuid < 1:
+        return None
+    entries: list[tuple[int, str]] = []
+    for raw in lines[1:]:
+        # Courier: "uid" then whitespace then the rest of the line is the name.
+        parts = raw.split(None, 1)
+        if len(parts) != 2:
+            continue
+        try:
+            uid = int(parts[0])
+        except ValueError:
+            continue
+        name = parts[1].rstrip(b"\r").decode("utf-8", "surrogateescape")
+        if uid <= 0 or not name:
+            continue
+        entries.append((uid, name))
+    entries.sort()
+    return UidDb(uidv, nextuid, tuple(entries))
+
+
+def format_db(db: UidDb) -> bytes:
+    out = [f"{IMAPDBVERSION} {db.uidvalidity} {db.nextuid}\n"]
+    out.extend(f"{uid} {name}\n" for uid, name in db.entries)
+    return "".join(out).encode("utf-8", "surrogateescape")
+
+
+def read(folder: Path) -> UidDb | None:
+    try:
+        with open(folder / IMAPDB, "rb") as fh:
+            data = fh.read(MAX_DB_BYTES + 1)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        return None
+    if len(data) > MAX_DB_BYTES:
+        return None
+    return parse(data)
+
+
+def write(folder: Path, db: UidDb, hostname: str = "") -> None:
+    """Replace the database atomically: write in tmp/, fsync, rename, fsync the folder."""
+    host = hostname or os.uname().nodename
+    tmpname = folder / "tmp" / f"{os.getpid()}.imapuid_{os.urandom(4).hex()}.{host}"
+    fd = os.open(tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        data = format_db(db)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmpname)
+        raise
+    os.close(fd)
+    os.rename(tmpname, folder / IMAPDB)
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def new_uidvalidity(now: float) -> int:
+    return max(1, int(now) - IMAP_EPOCH)
