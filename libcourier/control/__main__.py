@@ -1,0 +1,5 @@
+import sys
+
+from libcourier.control.main import main
+
+sys.exit(main())
