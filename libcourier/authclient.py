@@ -1,0 +1,204 @@
+"""Client of authdaemond (Courier's authdaemonlib.c `_authdaemondo`, auth_generic, auth_pre).
+
+One request per connection over the Unix socket (libcourier.layout's `authsocket`).
+None means the daemon answered FAIL (bad user or password); AuthTempFail means it
+could not be asked: unreachable, timed out, or it hung up without a complete reply,
+which Courier's client reports as a temporary failure (the caller answers 4xx / NO
+[UNAVAILABLE] / -ERR and the user may retry).
+
+Timeouts as authdaemonlib.c: connect 10 s, write 10 s, read 30 s for the whole reply;
+the environment variables TIMEOUT_SOCK, TIMEOUT_WRITE, TIMEOUT_READ override them
+(the `timeout` argument is the read timeout when the variable is unset).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from libcourier.authproto import (
+    AuthProtocolError,
+    AuthReply,
+    AuthRequest,
+    EnumerateParser,
+    EnumerateRequest,
+    Failed,
+    PasswdRequest,
+    PreRequest,
+    ReplyParser,
+    Request,
+    format_request,
+    login_authdata,
+)
+from libcourier.proto import NEED_DATA
+
+__all__ = ["AuthInfo", "AuthTempFail", "auth_cram", "auth_enumerate", "auth_login",
+           "auth_passwd", "auth_pre", "parse_options"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthInfo:
+    """What authd tells us about an account. No password fields: those stay in authd."""
+
+    username: str | None
+    uid: int | None
+    gid: int
+    home: str
+    address: str
+    name: str | None
+    maildir: str | None
+    quota: str | None
+    options: dict[str, str]
+
+
+class AuthTempFail(Exception):
+    """authd unreachable, timed out, or hung up without a reply."""
+
+
+def parse_options(text: str) -> dict[str, str]:
+    """OPTIONS "a=1,b" -> {"a": "1", "b": ""}; a repeated name keeps the last value
+    (except group=, which may repeat: its values are joined with ',')."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        k, _, v = item.partition("=")
+        if k == "group" and k in out:
+            out[k] = out[k] + "," + v
+        else:
+            out[k] = v
+    return out
+
+
+def _env_timeout(name: str, default: float) -> float:
+    v = os.environ.get(name)
+    if v:
+        try:
+            n = float(v)
+            if n > 0:
+                return n
+        except ValueError:
+            pass
+    return default
+
+
+def _info_from_reply(reply: AuthReply) -> AuthInfo:
+    f = reply.fields
+    try:
+        gid = int(f["GID"])
+        uid = int(f["UID"]) if "UID" in f else None
+        home, address = f["HOME"], f["ADDRESS"]
+    except (KeyError, ValueError):
+        # README_authlib: ADDRESS, HOME, GID and UID or USERNAME are mandatory;
+        # a reply without them is a broken daemon, not a wrong password.
+        raise AuthTempFail("authdaemon reply lacks mandatory fields") from None
+    username = f.get("USERNAME")
+    if uid is None and not username:
+        raise AuthTempFail("authdaemon reply has neither UID nor USERNAME")
+    return AuthInfo(username=username, uid=uid, gid=gid, home=home, address=address,
+                    name=f.get("NAME"), maildir=f.get("MAILDIR") or None,
+                    quota=f.get("QUOTA") or None, options=parse_options(f.get("OPTIONS", "")))
+
+
+def _exchange(socket_path: str | Path, data: bytes, parser: ReplyParser | EnumerateParser,
+              timeout: float):
+    connect_t = _env_timeout("TIMEOUT_SOCK", 10.0)
+    write_t = _env_timeout("TIMEOUT_WRITE", 10.0)
+    read_t = _env_timeout("TIMEOUT_READ", timeout)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        try:
+            s.settimeout(connect_t)
+            s.connect(os.fspath(socket_path))
+            s.settimeout(write_t)
+            s.sendall(data)
+        except OSError as e:
+            raise AuthTempFail(f"cannot reach authdaemon: {e}") from None
+        deadline = time.monotonic() + read_t
+        while True:
+            try:
+                res = parser.result()
+            except AuthProtocolError as e:
+                raise AuthTempFail(f"bad authdaemon reply: {e}") from None
+            if res is not NEED_DATA:
+                return res
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AuthTempFail("authdaemon timed out")
+            s.settimeout(left)
+            try:
+                chunk = s.recv(16384)
+            except OSError as e:  # includes socket.timeout
+                raise AuthTempFail(f"authdaemon read failed: {e}") from None
+            if not chunk:
+                raise AuthTempFail("authdaemon closed the connection without a reply")
+            parser.feed(chunk)
+    finally:
+        s.close()
+
+
+def _auth_request(socket_path: str | Path, req: Request, timeout: float) -> AuthInfo | None:
+    try:
+        data = format_request(req)
+    except ValueError:
+        return None  # unsendable input (LF in a password, space in a name): a plain FAIL
+    res = _exchange(socket_path, data, ReplyParser(), timeout)
+    if res is Failed.FAIL:
+        return None
+    assert isinstance(res, AuthReply)
+    return _info_from_reply(res)
+
+
+def _meta(remote_ip: str | None) -> dict[str, str]:
+    return {"TCPREMOTEIP": remote_ip} if remote_ip else {}
+
+
+def auth_login(socket_path: str | Path, service: str, user: str, password: str, *,
+               remote_ip: str | None = None, timeout: float = 30.0) -> AuthInfo | None:
+    """AUTH with authtype "login" (auth_login in authlib)."""
+    try:
+        authdata = login_authdata(user, password)
+    except ValueError:
+        return None
+    return _auth_request(socket_path, AuthRequest(service, "login", authdata, _meta(remote_ip)),
+                         timeout)
+
+
+def auth_cram(socket_path: str | Path, service: str, mech: str, challenge_b64: str,
+              response_b64: str, *, remote_ip: str | None = None,
+              timeout: float = 30.0) -> AuthInfo | None:
+    """AUTH with authtype cram-md5/cram-sha1/cram-sha256: challenge and response in base64."""
+    mech = mech.lower()
+    if any(c in challenge_b64 + response_b64 for c in "\r\n") or not challenge_b64 \
+            or not response_b64:
+        return None
+    authdata = f"{challenge_b64}\n{response_b64}\n".encode("ascii", "replace")
+    return _auth_request(socket_path, AuthRequest(service, mech, authdata, _meta(remote_ip)),
+                         timeout)
+
+
+def auth_pre(socket_path: str | Path, service: str, user: str, *, module: str = ".",
+             timeout: float = 30.0) -> AuthInfo | None:
+    """PRE: look an account up without a password (delivery, EXTERNAL)."""
+    return _auth_request(socket_path, PreRequest(module, service, user), timeout)
+
+
+def auth_passwd(socket_path: str | Path, service: str, user: str, oldpw: str, newpw: str, *,
+                timeout: float = 30.0) -> bool:
+    try:
+        data = format_request(PasswdRequest(service, user, oldpw, newpw))
+    except ValueError:
+        return False
+    res = _exchange(socket_path, data, ReplyParser(passwd=True), timeout)
+    return res is True
+
+
+def auth_enumerate(socket_path: str | Path, *,
+                   timeout: float = 30.0) -> list[tuple[str, int, int, str, str, str]]:
+    """Every account of every module that can enumerate: (name, uid, gid, home, maildir, options)."""
+    res = _exchange(socket_path, format_request(EnumerateRequest()), EnumerateParser(), timeout)
+    return [(e.name, e.uid, e.gid, e.home, e.maildir, e.options) for e in res]
