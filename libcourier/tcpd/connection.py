@@ -1,0 +1,79 @@
+"""What a daemon declares (ListenerSpec) and what its handler gets (Connection)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    name: str                                  # service name: process title, log ident
+    addresses: tuple[tuple[str, int], ...]     # ("", 143) = all addresses; ("127.0.0.1", 143)
+    maxdaemons: int = 40                       # Courier MAXDAEMONS: concurrent children
+    maxperip: int = 4                          # Courier MAXPERIP: concurrent children per IP
+    access_file: Path | None = None            # Courier access text file; None = allow all
+    tls_context: ssl.SSLContext | None = None  # TLS on connect (imapd-ssl, pop3d-ssl, esmtpd-ssl)
+    busy_reply: bytes = b""                    # sent before closing when over a limit
+    deny_reply: bytes = b""                    # sent before closing when the access file denies
+    pidfile: Path | None = None                # written once every address listens; removed at exit
+    grace_seconds: float = 10.0                # on SIGTERM: children get this long, then SIGKILL
+    child_user: tuple[str, str] | None = None  # (user, group) children drop to before the handler
+    timeout: float = 300.0                     # socket timeout of the accepted socket
+
+
+def plain_ip(ip: str) -> str:
+    """An IPv4-mapped IPv6 address as plain IPv4 (what admins and access files use)."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return ip
+
+
+@dataclass(slots=True)
+class Connection:
+    sock: socket.socket   # blocking with spec.timeout; an ssl.SSLSocket on TLS ports
+    peer_ip: str
+    peer_port: int
+    local_ip: str
+    local_port: int
+    tls: bool
+    env: dict[str, str]   # TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT + access variables
+
+    def starttls(self, ctx: ssl.SSLContext) -> None:
+        """Server side of STARTTLS/STLS: handshake now, within the socket's timeout.
+
+        Raises ssl.SSLError or OSError; the connection is then unusable. The
+        caller must have drained its receive buffer first (RFC 3207 §4.2, the
+        STARTTLS injection problem): nothing read before the handshake counts.
+        """
+        if self.tls:
+            raise ssl.SSLError("TLS is already active")
+        self.sock = ctx.wrap_socket(self.sock, server_side=True)
+        self.tls = True
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, n: int = 65536) -> bytes:
+        """Up to n bytes; b"" at EOF. A timeout raises TimeoutError (socket.timeout)."""
+        try:
+            return self.sock.recv(n)
+        except ssl.SSLZeroReturnError:
+            return b""
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+Handler = Callable[[Connection], None]
