@@ -1,0 +1,873 @@
+"""IMAP4rev1 protocol core without I/O (RFC 3501): command assembly, parser, formatter.
+
+Bytes go in with `receive_data`; `next_event` hands out typed commands (or a
+`BadCommand` to answer BAD, or NEED_DATA). Continuation requests for
+synchronising literals are queued in `data_to_send()`. The core knows the
+session state only to check the command table; the driver tells it when the
+state changes (`set_state`), and the limits change with it (pre-login:
+small lines and tiny literals, since that code runs as root).
+
+Grammar references are RFC 3501 §9 (formal syntax); LITERAL+ is RFC 7888.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
+
+
+class State(enum.Enum):
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_line: int          # one line of a command, CRLF included
+    max_literal: int       # one literal
+    max_command: int       # all lines and literals of one command together
+
+
+PRELOGIN_LIMITS = Limits(max_line=8 * 1024, max_literal=1024, max_command=16 * 1024)
+SESSION_LIMITS = Limits(max_line=64 * 1024, max_literal=32 * 1024 * 1024,
+                        max_command=64 * 1024 + 32 * 1024 * 1024)
+MAX_TAG = 64
+
+# -- commands -----------------------------------------------------------------------
+
+# A sequence set: ranges with None for "*" (RFC 3501 §9 sequence-set).
+SeqRange = tuple[int | None, int | None]
+
+ALL_STATES = frozenset(State) - {State.LOGOUT}
+NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
+AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+SELECTED = frozenset({State.SELECTED})
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Logout:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    tag: str
+    user: str
+    password: str
+
+    def __repr__(self) -> str:  # never show a password in a log or traceback
+        return f"Login(tag={self.tag!r}, user={self.user!r}, password=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    tag: str
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    tag: str
+    mailbox: str
+    readonly: bool          # EXAMINE
+
+
+@dataclass(frozen=True, slots=True)
+class ListMailboxes:
+    tag: str
+    reference: str
+    pattern: str
+    lsub: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    tag: str
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxCommand:
+    """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE: a verb and one mailbox."""
+    tag: str
+    verb: str
+    mailbox: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rename:
+    tag: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expunge:
+    tag: str
+    uid_set: tuple[SeqRange, ...] | None = None   # UID EXPUNGE (RFC 4315 §2.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Idle:
+    tag: str                  # RFC 2177
+
+
+@dataclass(frozen=True, slots=True)
+class IdleDone:
+    """The client's DONE ending an IDLE."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchItem:
+    """One fetch attribute. `name` is FLAGS, UID, INTERNALDATE, RFC822.SIZE, RFC822,
+    RFC822.HEADER, RFC822.TEXT or BODY; for BODY, `section` is "", "HEADER", "TEXT",
+    "HEADER.FIELDS" or "HEADER.FIELDS.NOT" with `fields`, and `partial` (offset, count)."""
+    name: str
+    section: str = ""
+    fields: tuple[str, ...] = ()
+    peek: bool = False
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    tag: str
+    uid: bool
+    sequence: tuple[SeqRange, ...]
+    items: tuple[FetchItem, ...]
+
+
+class StoreMode(enum.Enum):
+    REPLACE = ""
+    ADD = "+"
+    REMOVE = "-"
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    tag: str
+    uid: bool
+    sequence: tuple[SeqRange, ...]
+    mode: StoreMode
+    silent: bool
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchKey:
+    """ALL, a flag key (SEEN, UNSEEN, ...), UID <set> or a bare <set>."""
+    name: str
+    sequence: tuple[SeqRange, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    tag: str
+    uid: bool
+    keys: tuple[SearchKey, ...]      # all must match (RFC 3501 §6.4.4: implicit AND)
+
+
+@dataclass(frozen=True, slots=True)
+class BadCommand:
+    """Answer `tag BAD text` (tag "*" when there was no usable tag)."""
+    tag: str
+    text: str
+
+
+Command = (Capability | Noop | Logout | StartTLS | Login | Authenticate | Select
+           | ListMailboxes | Status | Namespace | MailboxCommand | Rename | Check | Close
+           | Expunge | Idle | Fetch | Store | Search)
+
+
+class ParseError(Exception):
+    pass
+
+
+# -- reading arguments ----------------------------------------------------------------
+
+ATOM_SPECIALS = b'(){ %*"\\]' + bytes(range(0x20)) + b"\x7f"
+_ATOM_CHARS = bytes(c for c in range(0x21, 0x7f) if c not in ATOM_SPECIALS)
+_LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\r?\n\Z")
+
+
+class Reader:
+    """A cursor over one command: text segments, each possibly followed by a literal."""
+
+    def __init__(self, segments: list[tuple[bytes, bytes | None]]):
+        self.segs = segments
+        self.i = 0
+        self.pos = 0
+
+    @property
+    def _text(self) -> bytes:
+        return self.segs[self.i][0]
+
+    def peek(self) -> int | None:
+        """The next byte of text, or None at a literal or the end."""
+        t = self._text
+        return t[self.pos] if self.pos < len(t) else None
+
+    def at_literal(self) -> bool:
+        return self.pos >= len(self._text) and self.segs[self.i][1] is not None
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self._text) and self.segs[self.i][1] is None
+
+    def expect(self, b: bytes) -> None:
+        t = self._text
+        if t[self.pos:self.pos + len(b)].upper() != b.upper():
+            raise ParseError(f"expected {b.decode()!r}")
+        self.pos += len(b)
+
+    def sp(self) -> None:
+        self.expect(b" ")
+
+    def maybe(self, b: bytes) -> bool:
+        if self._text[self.pos:self.pos + len(b)].upper() == b.upper():
+            self.pos += len(b)
+            return True
+        return False
+
+    def end(self) -> None:
+        if not self.at_end():
+            raise ParseError("unexpected text at end of command")
+
+    def atom(self, extra: bytes = b"", stop: bytes = b"") -> bytes:
+        t = self._text
+        start = self.pos
+        allowed = _ATOM_CHARS + extra
+        while self.pos < len(t) and t[self.pos] in allowed and t[self.pos] not in stop:
+            self.pos += 1
+        if self.pos == start:
+            raise ParseError("expected an atom")
+        return t[start:self.pos]
+
+    def literal(self) -> bytes:
+        if not self.at_literal():
+            raise ParseError("expected a literal")
+        data = self.segs[self.i][1]
+        assert data is not None
+        self.i += 1
+        self.pos = 0
+        return data
+
+    def quoted(self) -> bytes:
+        # RFC 3501 §4.3: quoted = DQUOTE *QUOTED-CHAR DQUOTE; only \" and \\ escape.
+        self.expect(b'"')
+        t = self._text
+        out = bytearray()
+        while True:
+            if self.pos >= len(t):
+                raise ParseError("unterminated quoted string")
+            c = t[self.pos]
+            if c == 0x22:
+                self.pos += 1
+                return bytes(out)
+            if c == 0x5C:
+                if self.pos + 1 >= len(t) or t[self.pos + 1] not in b'"\\':
+                    raise ParseError("bad escape in quoted string")
+                out.append(t[self.pos + 1])
+                self.pos += 2
+                continue
+            if c in (0x0D, 0x0A, 0x00):
+                raise ParseError("CR, LF or NUL in quoted string")
+            out.append(c)
+            self.pos += 1
+
+    def string(self) -> bytes:
+        if self.at_literal():
+            return self.literal()
+        if self.peek() == 0x22:
+            return self.quoted()
+        raise ParseError("expected a string")
+
+    def astring(self) -> bytes:
+        """RFC 3501 astring: atom (with "]" allowed) / string."""
+        if self.at_literal() or self.peek() == 0x22:
+            return self.string()
+        return self.atom(b"]")
+
+    def list_mailbox(self) -> bytes:
+        """list-mailbox = 1*list-char / string; list-char adds % * and ]."""
+        if self.at_literal() or self.peek() == 0x22:
+            return self.string()
+        return self.atom(b"%*]")
+
+    def number(self) -> int:
+        a = self.atom()
+        if not a.isdigit() or len(a) > 10:
+            raise ParseError("expected a number")
+        return int(a)
+
+    def nz_number(self) -> int:
+        n = self.number()
+        if n == 0 or n > 0xFFFFFFFF:
+            raise ParseError("number out of range")
+        return n
+
+    def sequence_set(self) -> tuple[SeqRange, ...]:
+        """RFC 3501 §9: sequence-set = (seq-number / seq-range) *("," sequence-set)."""
+        raw = self.atom(b"*")
+        out: list[SeqRange] = []
+        for part in raw.split(b","):
+            ends = part.split(b":")
+            if len(ends) > 2 or not all(ends):
+                raise ParseError("bad sequence set")
+            vals: list[int | None] = []
+            for e in ends:
+                if e == b"*":
+                    vals.append(None)
+                elif e.isdigit() and len(e) <= 10 and 0 < int(e) <= 0xFFFFFFFF:
+                    vals.append(int(e))
+                else:
+                    raise ParseError("bad sequence set")
+            out.append((vals[0], vals[-1]))
+            if len(out) > 10000:
+                raise ParseError("sequence set too long")
+        return tuple(out)
+
+    def flag_list(self) -> tuple[str, ...]:
+        """flag-list = "(" [flag *(SP flag)] ")"; flags may also come bare (STORE)."""
+        flags: list[str] = []
+        if self.maybe(b"("):
+            while not self.maybe(b")"):
+                if flags:
+                    self.sp()
+                flags.append(self.flag())
+            return tuple(flags)
+        flags.append(self.flag())
+        while self.maybe(b" "):
+            flags.append(self.flag())
+        return tuple(flags)
+
+    def flag(self) -> str:
+        if self.maybe(b"\\"):
+            return "\\" + self.atom().decode("ascii")
+        return self.atom().decode("ascii")
+
+
+def _utf8(b: bytes) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError("not valid UTF-8") from None
+
+
+def mailbox_name(b: bytes) -> str:
+    """RFC 3501 §5.1: INBOX is case-insensitive; other names stay as sent."""
+    name = _utf8(b)
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if name[:6].upper() == "INBOX.":
+        return "INBOX." + name[6:]
+    return name
+
+
+# -- per-command parsers (RFC 3501 §6) ----------------------------------------------
+
+def _no_args(cls: type) -> Callable[[str, Reader, bool], Command]:
+    def parse(tag: str, r: Reader, uid: bool) -> Command:
+        r.end()
+        return cls(tag)
+    return parse
+
+
+def _p_login(tag: str, r: Reader, uid: bool) -> Command:
+    # §6.2.3 login = "LOGIN" SP userid SP password
+    r.sp()
+    user = r.astring()
+    r.sp()
+    pw = r.astring()
+    r.end()
+    return Login(tag, _utf8(user), _utf8(pw))
+
+
+def _p_authenticate(tag: str, r: Reader, uid: bool) -> Command:
+    r.sp()
+    mech = r.atom().decode("ascii").upper()
+    if r.maybe(b" "):
+        r.atom(b"=")  # SASL-IR initial response (RFC 4959): accepted, refused below
+    r.end()
+    return Authenticate(tag, mech)
+
+
+def _p_select(readonly: bool) -> Callable[[str, Reader, bool], Command]:
+    def parse(tag: str, r: Reader, uid: bool) -> Command:
+        r.sp()
+        box = mailbox_name(r.astring())
+        r.end()
+        return Select(tag, box, readonly)
+    return parse
+
+
+def _p_list(lsub: bool) -> Callable[[str, Reader, bool], Command]:
+    def parse(tag: str, r: Reader, uid: bool) -> Command:
+        # §6.3.8 list = "LIST" SP mailbox SP list-mailbox
+        r.sp()
+        ref = _utf8(r.astring())
+        r.sp()
+        pat = _utf8(r.list_mailbox())
+        r.end()
+        return ListMailboxes(tag, ref, pat, lsub)
+    return parse
+
+
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+
+
+def _p_status(tag: str, r: Reader, uid: bool) -> Command:
+    # §6.3.10 status = "STATUS" SP mailbox SP "(" status-att *(SP status-att) ")"
+    r.sp()
+    box = mailbox_name(r.astring())
+    r.sp()
+    r.expect(b"(")
+    items: list[str] = []
+    while not r.maybe(b")"):
+        if items:
+            r.sp()
+        a = r.atom().decode("ascii").upper()
+        if a not in STATUS_ITEMS:
+            raise ParseError(f"unknown STATUS item {a}")
+        items.append(a)
+    if not items:
+        raise ParseError("empty STATUS item list")
+    r.end()
+    return Status(tag, box, tuple(items))
+
+
+def _p_mailbox_verb(verb: str) -> Callable[[str, Reader, bool], Command]:
+    def parse(tag: str, r: Reader, uid: bool) -> Command:
+        r.sp()
+        box = mailbox_name(r.astring())
+        r.end()
+        return MailboxCommand(tag, verb, box)
+    return parse
+
+
+def _p_rename(tag: str, r: Reader, uid: bool) -> Command:
+    r.sp()
+    old = mailbox_name(r.astring())
+    r.sp()
+    new = mailbox_name(r.astring())
+    r.end()
+    return Rename(tag, old, new)
+
+
+_MACROS = {
+    # RFC 3501 §6.4.5: ALL/FAST/FULL; ALL and FULL need ENVELOPE (and BODY), which
+    # this server does not have yet, so only FAST is expanded; the others are BAD.
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+}
+_SIMPLE_ITEMS = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "RFC822", "RFC822.HEADER",
+                 "RFC822.TEXT"}
+
+
+def _fetch_att(r: Reader) -> FetchItem:
+    name = r.atom(stop=b"[<").decode("ascii").upper()
+    if name in _SIMPLE_ITEMS:
+        return FetchItem(name)
+    if name not in ("BODY", "BODY.PEEK"):
+        raise ParseError(f"unsupported FETCH item {name[:40]}")
+    peek = name == "BODY.PEEK"
+    if not r.maybe(b"["):
+        # Bare BODY is the non-extensible BODYSTRUCTURE: not implemented yet.
+        raise ParseError("FETCH BODY without a section is not supported")
+    section = r.atom(b"").decode("ascii").upper() if r.peek() not in (0x5D, None) else ""
+    fields: list[str] = []
+    if section in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        r.sp()
+        r.expect(b"(")
+        while not r.maybe(b")"):
+            if fields:
+                r.sp()
+            fields.append(_utf8(r.astring()))
+            if len(fields) > 1000:
+                raise ParseError("too many header fields")
+        if not fields:
+            raise ParseError("empty header field list")
+    elif section not in ("", "HEADER", "TEXT"):
+        raise ParseError(f"unsupported section {section[:40]}")
+    r.expect(b"]")
+    partial = None
+    if r.maybe(b"<"):
+        off = r.atom(stop=b">").split(b".")
+        if len(off) != 2 or not all(x.isdigit() and len(x) <= 10 for x in off) or int(off[1]) == 0:
+            raise ParseError("bad partial <offset.count>")
+        r.expect(b">")
+        partial = (int(off[0]), int(off[1]))
+    return FetchItem("BODY", section, tuple(fields), peek, partial)
+
+
+def _p_fetch(tag: str, r: Reader, uid: bool) -> Command:
+    # §6.4.5 fetch = "FETCH" SP sequence-set SP ("ALL" / "FULL" / "FAST" / fetch-att /
+    #                "(" fetch-att *(SP fetch-att) ")")
+    r.sp()
+    seq = r.sequence_set()
+    r.sp()
+    items: list[FetchItem] = []
+    if r.maybe(b"("):
+        while not r.maybe(b")"):
+            if items:
+                r.sp()
+            items.append(_fetch_att(r))
+            if len(items) > 100:
+                raise ParseError("too many FETCH items")
+        if not items:
+            raise ParseError("empty FETCH item list")
+    else:
+        save = r.pos
+        word = r.atom().decode("ascii").upper()
+        if word in _MACROS:
+            items = [FetchItem(n) for n in _MACROS[word]]
+        elif word in ("ALL", "FULL"):
+            raise ParseError(f"FETCH {word} needs ENVELOPE, which is not supported yet")
+        else:
+            r.pos = save
+            items.append(_fetch_att(r))
+    r.end()
+    if uid and not any(i.name == "UID" for i in items):
+        items.insert(0, FetchItem("UID"))   # RFC 3501 §6.4.8: UID FETCH always returns UID
+    return Fetch(tag, uid, seq, tuple(items))
+
+
+def _p_store(tag: str, r: Reader, uid: bool) -> Command:
+    # §6.4.6 store = "STORE" SP sequence-set SP store-att-flags
+    # store-att-flags = (["+" / "-"] "FLAGS" [".SILENT"]) SP (flag-list / (flag *(SP flag)))
+    r.sp()
+    seq = r.sequence_set()
+    r.sp()
+    mode = StoreMode.REPLACE
+    if r.maybe(b"+"):
+        mode = StoreMode.ADD
+    elif r.maybe(b"-"):
+        mode = StoreMode.REMOVE
+    r.expect(b"FLAGS")
+    silent = r.maybe(b".SILENT")
+    r.sp()
+    flags = r.flag_list()
+    r.end()
+    return Store(tag, uid, seq, mode, silent, flags)
+
+
+_SEARCH_FLAG_KEYS = {"ALL", "SEEN", "UNSEEN", "DELETED", "UNDELETED", "FLAGGED", "UNFLAGGED",
+                     "ANSWERED", "UNANSWERED", "DRAFT", "UNDRAFT", "RECENT", "NEW", "OLD"}
+
+
+def _p_search(tag: str, r: Reader, uid: bool) -> Command:
+    # §6.4.4, a subset: ALL, flag keys, UID <set>, <set>; [CHARSET UTF-8|US-ASCII] accepted.
+    keys: list[SearchKey] = []
+    while r.maybe(b" "):
+        if r.peek() is not None and chr(r.peek()).isdigit() or r.peek() == 0x2A:
+            keys.append(SearchKey("SEQ", r.sequence_set()))
+            continue
+        word = r.atom().decode("ascii").upper()
+        if word == "CHARSET" and not keys:
+            r.sp()
+            cs = r.astring().decode("ascii", "replace").upper()
+            if cs not in ("UTF-8", "US-ASCII"):
+                raise ParseError("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
+            continue
+        if word == "UID":
+            r.sp()
+            keys.append(SearchKey("UID", r.sequence_set()))
+        elif word in _SEARCH_FLAG_KEYS:
+            keys.append(SearchKey(word))
+        else:
+            raise ParseError(f"unsupported SEARCH key {word[:40]}")
+        if len(keys) > 100:
+            raise ParseError("too many SEARCH keys")
+    r.end()
+    if not keys:
+        raise ParseError("SEARCH needs a search key")
+    return Search(tag, uid, tuple(keys))
+
+
+def _p_expunge(tag: str, r: Reader, uid: bool) -> Command:
+    uid_set = None
+    if uid:
+        r.sp()
+        uid_set = r.sequence_set()
+    r.end()
+    return Expunge(tag, uid_set)
+
+
+Parser = Callable[[str, Reader, bool], Command]
+
+# The one command table: name -> (parser, states in which it is legal, UID-able).
+COMMANDS: dict[str, tuple[Parser, frozenset[State]]] = {
+    "CAPABILITY": (_no_args(Capability), ALL_STATES),      # §6.1.1
+    "NOOP": (_no_args(Noop), ALL_STATES),                  # §6.1.2
+    "LOGOUT": (_no_args(Logout), ALL_STATES),              # §6.1.3
+    "STARTTLS": (_no_args(StartTLS), NOT_AUTH),            # §6.2.1
+    "AUTHENTICATE": (_p_authenticate, NOT_AUTH),           # §6.2.2
+    "LOGIN": (_p_login, NOT_AUTH),                         # §6.2.3
+    "SELECT": (_p_select(False), AUTH),                    # §6.3.1
+    "EXAMINE": (_p_select(True), AUTH),                    # §6.3.2
+    "CREATE": (_p_mailbox_verb("CREATE"), AUTH),           # §6.3.3
+    "DELETE": (_p_mailbox_verb("DELETE"), AUTH),           # §6.3.4
+    "RENAME": (_p_rename, AUTH),                           # §6.3.5
+    "SUBSCRIBE": (_p_mailbox_verb("SUBSCRIBE"), AUTH),     # §6.3.6
+    "UNSUBSCRIBE": (_p_mailbox_verb("UNSUBSCRIBE"), AUTH),  # §6.3.7
+    "LIST": (_p_list(False), AUTH),                        # §6.3.8
+    "LSUB": (_p_list(True), AUTH),                         # §6.3.9
+    "STATUS": (_p_status, AUTH),                           # §6.3.10
+    "NAMESPACE": (_no_args(Namespace), AUTH),              # RFC 2342
+    "CHECK": (_no_args(Check), SELECTED),                  # §6.4.1
+    "CLOSE": (_no_args(Close), SELECTED),                  # §6.4.2
+    "EXPUNGE": (_p_expunge, SELECTED),                     # §6.4.3, RFC 4315 UID EXPUNGE
+    "IDLE": (_no_args(Idle), AUTH),                        # RFC 2177
+    "SEARCH": (_p_search, SELECTED),                       # §6.4.4
+    "FETCH": (_p_fetch, SELECTED),                         # §6.4.5
+    "STORE": (_p_store, SELECTED),                         # §6.4.6
+}
+UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "EXPUNGE"}                # §6.4.8
+
+
+def parse_command(segments: list[tuple[bytes, bytes | None]], state: State) -> Command | BadCommand:
+    """Parse one assembled command (the last segment's text has no line end)."""
+    r = Reader(segments)
+    try:
+        tag_b = r.atom()
+    except ParseError:
+        return BadCommand("*", "Missing tag")
+    if b"+" in tag_b or len(tag_b) > MAX_TAG:
+        return BadCommand("*", "Invalid tag")
+    tag = tag_b.decode("ascii")
+    try:
+        r.sp()
+        name = r.atom().decode("ascii").upper()
+        uid = False
+        if name == "UID":
+            r.sp()
+            name = r.atom().decode("ascii").upper()
+            if name not in UID_COMMANDS:
+                return BadCommand(tag, f"UID {name[:40]} is not a UID command")
+            uid = True
+        entry = COMMANDS.get(name)
+        if entry is None:
+            return BadCommand(tag, f"Unknown command {name[:40]}")
+        parser, states = entry
+        if state not in states:
+            return BadCommand(tag, f"{name} is not valid in the {state.value} state")
+        return parser(tag, r, uid)
+    except ParseError as e:
+        return BadCommand(tag, f"Syntax error: {e}")
+    except UnicodeDecodeError:
+        return BadCommand(tag, "Syntax error: non-ASCII where ASCII is required")
+
+
+# -- the connection: assembling lines and literals -------------------------------------
+
+class _Phase(enum.Enum):
+    LINE = 1          # reading a command line
+    LITERAL = 2       # reading literal bytes into the current command
+    SKIP_LITERAL = 3  # discarding a rejected non-synchronising literal
+    SKIP_LINE = 4     # discarding the rest of a rejected command
+
+
+class ImapConnection:
+    """Sans-I/O IMAP server connection: bytes in, commands out."""
+
+    def __init__(self, state: State = State.NOT_AUTHENTICATED, limits: Limits = PRELOGIN_LIMITS):
+        self.state = state
+        self.limits = limits
+        self._buf = ReceiveBuffer(limits.max_line)
+        self._out = bytearray()
+        self._phase = _Phase.LINE
+        self._segments: list[tuple[bytes, bytes | None]] = []
+        self._pending_text = b""
+        self._literal_left = 0
+        self._literal_parts: list[bytes] = []
+        self._command_size = 0
+        self._skip_tag = "*"
+        self.idling = False       # set by the driver after "+ idling"; only DONE is read
+
+    def set_state(self, state: State, limits: Limits | None = None) -> None:
+        self.state = state
+        if limits is not None:
+            self.limits = limits
+            self._buf.max_line = limits.max_line
+
+    def receive_data(self, data: bytes) -> None:
+        self._buf.feed(data)
+
+    def discard_buffer(self) -> int:
+        """Drop unread input (after STARTTLS, RFC 3501 §6.2.1: no plaintext injection)."""
+        n = len(self._buf)
+        self._buf.take_all()
+        self._reset_command()
+        return n
+
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _reset_command(self) -> None:
+        self._phase = _Phase.LINE
+        self._segments = []
+        self._literal_parts = []
+        self._literal_left = 0
+        self._command_size = 0
+
+    def _tag_of(self) -> str:
+        first = self._segments[0][0] if self._segments else self._pending_text
+        tag = first.split(b" ", 1)[0]
+        if tag and len(tag) <= MAX_TAG and all(c in _ATOM_CHARS for c in tag) and b"+" not in tag:
+            return tag.decode("ascii")
+        return "*"
+
+    def next_event(self) -> Command | BadCommand | IdleDone | object:
+        while True:
+            if self._phase in (_Phase.LITERAL, _Phase.SKIP_LITERAL):
+                if not len(self._buf):
+                    return NEED_DATA
+                chunk = self._buf.take(self._literal_left)
+                self._literal_left -= len(chunk)
+                if self._phase is _Phase.LITERAL:
+                    self._literal_parts.append(chunk)
+                if self._literal_left:
+                    return NEED_DATA
+                if self._phase is _Phase.LITERAL:
+                    self._segments.append((self._pending_text, b"".join(self._literal_parts)))
+                    self._literal_parts = []
+                    self._phase = _Phase.LINE
+                else:
+                    self._phase = _Phase.SKIP_LINE
+                continue
+            try:
+                line = self._buf.next_line()
+            except LineTooLong:
+                tag = self._tag_of()
+                self._reset_command()
+                return BadCommand(tag, f"Line too long (limit {self.limits.max_line} bytes)")
+            if line is NEED_DATA:
+                return NEED_DATA
+            assert isinstance(line, bytes)
+            if self.idling:
+                # RFC 2177: the only thing a client may send while idling is DONE.
+                self.idling = False
+                if line.rstrip(b"\r\n").upper() == b"DONE":
+                    return IdleDone()
+                return BadCommand("*", "Expected DONE to end IDLE")
+            m = _LITERAL_AT_END.search(line)
+            if self._phase is _Phase.SKIP_LINE:
+                # Inside a rejected command: drain its further non-synchronising literals.
+                if m and m.group(2):
+                    self._literal_left = int(m.group(1))
+                    self._phase = _Phase.SKIP_LITERAL
+                elif not m:
+                    self._reset_command()
+                continue
+            self._command_size += len(line)
+            if m is None:
+                text = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+                self._segments.append((text, None))
+                segs = self._segments
+                self._reset_command()
+                if len(segs) == 1 and not text.strip():
+                    return BadCommand("*", "Empty command line")
+                return parse_command(segs, self.state)
+            size = int(m.group(1))
+            sync = not m.group(2)
+            self._pending_text = line[:m.start()]
+            if not self._segments:
+                self._skip_tag = self._tag_of()
+            too_big = size > self.limits.max_literal or \
+                self._command_size + size > self.limits.max_command
+            if too_big:
+                tag = self._tag_of()
+                if sync:
+                    # The client waits for "+" and will not send the literal (§7.5).
+                    self._reset_command()
+                else:
+                    # RFC 7888 §4: a LITERAL+ literal is on its way; read and drop it.
+                    self._literal_left = size
+                    self._phase = _Phase.SKIP_LITERAL
+                    self._segments = []
+                return BadCommand(tag, f"Literal too large (limit {self.limits.max_literal} bytes)")
+            self._command_size += size
+            if sync:
+                self._out += b"+ go ahead\r\n"   # Courier's wording: "+ OK" ; RFC leaves text free
+            if size == 0:
+                self._segments.append((self._pending_text, b""))
+                continue
+            self._literal_left = size
+            self._phase = _Phase.LITERAL
+
+
+# -- the formatter --------------------------------------------------------------------
+
+def quote(s: str | bytes) -> bytes:
+    """An IMAP string: quoted when it can be, else a literal (RFC 3501 §4.3)."""
+    b = s.encode("utf-8") if isinstance(s, str) else s
+    if len(b) < 1024 and not any(c in b"\r\n\x00" or c >= 0x80 for c in b):
+        return b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(b) + b
+
+
+def astring_out(s: str) -> bytes:
+    b = s.encode("utf-8")
+    if b and all(c in _ATOM_CHARS for c in b) and b.upper() != b"NIL":
+        return b
+    return quote(b)
+
+
+def tagged(tag: str, status: str, text: str, code: str | None = None) -> bytes:
+    """`tag OK|NO|BAD [code] text` (RFC 3501 §7.1)."""
+    c = f"[{code}] " if code else ""
+    return f"{tag} {status} {c}{text}\r\n".encode("utf-8", "replace")
+
+
+def untagged(text: str | bytes) -> bytes:
+    b = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    return b"* " + b + b"\r\n"
+
+
+def bad(cmd: BadCommand) -> bytes:
+    return tagged(cmd.tag, "BAD", cmd.text)
+
+
+def fetch_response(seq: int, parts: list[bytes]) -> bytes:
+    """`* n FETCH (...)`; parts already formatted, literals included."""
+    return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"

@@ -1,0 +1,177 @@
+"""The pre-login dialogue, which runs as root (Courier's model, DESIGN.md §2).
+
+Greeting, CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN; AUTHENTICATE answers NO
+until SASL lands. Hard limits come from core.PRELOGIN_LIMITS (8 KB lines, 1 KB
+literals); no mailbox, no MIME, nothing from the user's files is touched here.
+On success the caller switches to the user for good and only then opens mail.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from courier_imapd.config import ImapdConfig, capability_line
+from courier_imapd.core import (
+    NEED_DATA,
+    Authenticate,
+    BadCommand,
+    Capability,
+    IdleDone,
+    ImapConnection,
+    Login,
+    Logout,
+    Noop,
+    StartTLS,
+    State,
+    bad,
+    tagged,
+    untagged,
+)
+
+log = logging.getLogger("courier.imapd")
+
+PRELOGIN_TIMEOUT = 60.0       # seconds of silence before a pre-login session is dropped
+FAILED_LOGIN_DELAY = 2.0      # Courier sleeps after a failed login to slow guessing
+MAX_FAILED_LOGINS = 3
+
+
+class Wire(Protocol):
+    """What the session needs from a tcpd Connection."""
+    sock: Any
+    peer_ip: str
+    peer_port: int
+    tls: bool
+
+    def sendall(self, data: bytes) -> None: ...
+    def recv(self, n: int = 65536) -> bytes: ...
+    def starttls(self, ctx: ssl.SSLContext) -> None: ...
+
+
+class AuthUnavailable(Exception):
+    """authd is down or timed out (authclient.AuthTempFail, translated by main)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoginOK:
+    tag: str           # the caller answers it once the switch to the user worked
+    user: str
+    info: Any          # libcourier.authclient.AuthInfo
+
+
+Authenticator = Callable[[str, str, str], Any]   # (user, password, ip) -> AuthInfo | None
+
+
+@dataclass(slots=True)
+class Counters:
+    rcvd: int = 0
+    sent: int = 0
+    body: int = 0
+
+
+def read_event(conn: Wire, core: ImapConnection, counters: Counters) -> object | None:
+    """The next command from the client, or None on EOF. socket.timeout propagates."""
+    while True:
+        ev = core.next_event()
+        if ev is not NEED_DATA:
+            return ev
+        out = core.data_to_send()
+        if out:
+            send(conn, out, counters)
+        data = conn.recv(65536)
+        if not data:
+            return None
+        counters.rcvd += len(data)
+        core.receive_data(data)
+
+
+def send(conn: Wire, data: bytes, counters: Counters) -> None:
+    conn.sendall(data)
+    counters.sent += len(data)
+
+
+def greeting(cfg: ImapdConfig, tls: bool) -> bytes:
+    return untagged(f"OK [CAPABILITY {capability_line(cfg, tls)}] courier-py IMAP ready")
+
+
+def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: Authenticator,
+             tls_context: ssl.SSLContext | None, counters: Counters,
+             sleep: Callable[[float], None] = time.sleep) -> LoginOK | None:
+    """Run the not-authenticated state; LoginOK on success, None when the session ends."""
+    failures = 0
+    conn.sock.settimeout(PRELOGIN_TIMEOUT)
+    send(conn, greeting(cfg, conn.tls), counters)
+    while True:
+        try:
+            ev = read_event(conn, core, counters)
+        except TimeoutError:
+            send(conn, untagged("BYE Autologout; idle for too long"), counters)
+            return None
+        if ev is None:
+            return None
+        match ev:
+            case BadCommand():
+                send(conn, bad(ev), counters)
+            case IdleDone():
+                send(conn, untagged("BAD Unexpected DONE"), counters)
+            case Capability(tag=tag):
+                send(conn, untagged("CAPABILITY " + capability_line(cfg, conn.tls))
+                     + tagged(tag, "OK", "CAPABILITY completed"), counters)
+            case Noop(tag=tag):
+                send(conn, tagged(tag, "OK", "NOOP completed"), counters)
+            case Logout(tag=tag):
+                send(conn, untagged("BYE Courier-IMAP server shutting down")
+                     + tagged(tag, "OK", "LOGOUT completed"), counters)
+                return None
+            case StartTLS(tag=tag):
+                # RFC 3501 §6.2.1: only on a plain connection with a certificate.
+                if conn.tls or tls_context is None or not cfg.starttls:
+                    send(conn, tagged(tag, "NO", "STARTTLS not available"), counters)
+                    continue
+                send(conn, tagged(tag, "OK", "Begin SSL/TLS negotiation now."), counters)
+                # Anything pipelined after STARTTLS came in the clear: drop it, so it
+                # cannot be injected into the TLS session (CVE-2011-0411's class).
+                core.discard_buffer()
+                try:
+                    conn.starttls(tls_context)
+                except (ssl.SSLError, OSError) as e:
+                    log.info("STARTTLS failed, ip=[%s]: %s", conn.peer_ip, e)
+                    return None
+            case Authenticate(tag=tag):
+                send(conn, tagged(tag, "NO", "Unsupported authentication mechanism"), counters)
+            case Login(tag=tag, user=user, password=password):
+                if cfg.tls_required and not conn.tls and cfg.starttls:
+                    send(conn, tagged(tag, "NO", "STARTTLS first", "PRIVACYREQUIRED"), counters)
+                    continue
+                if cfg.defdomain and "@" not in user:
+                    user += cfg.defdomain if cfg.defdomain.startswith("@") else "@" + cfg.defdomain
+                try:
+                    info = authenticate(user, password, conn.peer_ip)
+                except AuthUnavailable:
+                    log.warning("authdaemon unavailable, user=%s, ip=[%s]", user, conn.peer_ip)
+                    send(conn, tagged(tag, "NO", "[UNAVAILABLE] Temporary problem, "
+                                      "please try again later"), counters)
+                    continue
+                if info is not None and "disableimap" in getattr(info, "options", {}) and \
+                        info.options.get("disableimap", "1") not in ("0",):
+                    info = None
+                if info is None:
+                    log.info("LOGIN FAILED, user=%s, ip=[%s]", user, conn.peer_ip)
+                    failures += 1
+                    sleep(FAILED_LOGIN_DELAY)
+                    send(conn, tagged(tag, "NO", "Login failed."), counters)
+                    if failures >= MAX_FAILED_LOGINS:
+                        send(conn, untagged("BYE Too many failed logins"), counters)
+                        return None
+                    continue
+                log.info("LOGIN, user=%s, ip=[%s], port=[%d], protocol=IMAP",
+                         user, conn.peer_ip, conn.peer_port)
+                core.set_state(State.AUTHENTICATED)
+                return LoginOK(tag, user, info)
+            case _:
+                # The command table lets nothing else through in this state.
+                send(conn, tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"), counters)

@@ -1,0 +1,164 @@
+"""The selected mailbox as one session sees it: sequence numbers <-> UIDs (RFC 3501 §2.3.1).
+
+The view changes only when the session may tell the client: new messages are
+announced with EXISTS/RECENT, flags others changed with FETCH, and messages
+others removed with EXPUNGE — the last only where RFC 3501 §7.4.1 allows it
+(not during FETCH, STORE or SEARCH), so until then a vanished message keeps its
+sequence number as a "ghost" and fetching it answers NO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from courier_imapd.core import SeqRange
+
+from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap
+from libcourier.maildir.folder import FolderState, Maildir, MessageRef
+
+PERMANENT_FLAGS = "(" + " ".join(IMAP_FLAG_ORDER) + ")"
+
+
+class SequenceError(Exception):
+    """A sequence number beyond the mailbox: BAD (RFC 3501 §6.4.5 / §9 seq-number)."""
+
+
+def flags_text(letters: str, recent: bool) -> str:
+    names = letters_to_imap(letters)
+    if recent:
+        names.append("\\Recent")
+    return "(" + " ".join(names) + ")"
+
+
+def letters_for(flags: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Maildir letters for IMAP flags, and the flags we cannot store (keywords, \\Recent)."""
+    letters, unknown = [], []
+    for f in flags:
+        c = imap_to_letter(f)
+        if c is None:
+            unknown.append(f)
+        else:
+            letters.append(c)
+    return "".join(sorted(set(letters))), unknown
+
+
+class MailboxView:
+    def __init__(self, name: str, maildir: Maildir, readonly: bool):
+        self.name = name
+        self.maildir = maildir
+        self.readonly = readonly
+        self.state: FolderState = maildir.scan()
+        self.messages: list[MessageRef] = list(self.state.messages)
+        self.recent: set[int] = set(self.state.recent)
+        self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
+        self.sizes: dict[int, int] = {}      # uid -> size with CRLF line ends (RFC822.SIZE)
+
+    # -- opening (RFC 3501 §6.3.1) --------------------------------------------------------
+
+    def select_responses(self) -> list[str]:
+        out = [
+            "FLAGS " + PERMANENT_FLAGS,
+            "OK [PERMANENTFLAGS " + ("()" if self.readonly else PERMANENT_FLAGS) + "] Limited",
+            f"{len(self.messages)} EXISTS",
+            f"{len(self.recent)} RECENT",
+            f"OK [UIDVALIDITY {self.state.uidvalidity}] Ok",
+            f"OK [UIDNEXT {self.state.uidnext}] Ok",
+        ]
+        for i, m in enumerate(self.messages, 1):
+            if "S" not in m.flags:
+                out.append(f"OK [UNSEEN {i}] Message {i} is first unseen")
+                break
+        return out
+
+    # -- numbers ---------------------------------------------------------------------------
+
+    def resolve(self, ranges: tuple[SeqRange, ...], uid: bool) -> list[int]:
+        """0-based indexes of the messages named, ascending, without duplicates."""
+        n = len(self.messages)
+        picked: set[int] = set()
+        if uid:
+            if not n:
+                return []
+            top = self.messages[-1].uid
+            for a, b in ranges:
+                lo, hi = (top if a is None else a), (top if b is None else b)
+                if lo > hi:
+                    lo, hi = hi, lo
+                # RFC 3501 §6.4.8: "*" in a UID range is the highest UID, and a range
+                # with no UIDs in it is not an error.
+                for i, m in enumerate(self.messages):
+                    if lo <= m.uid <= hi:
+                        picked.add(i)
+            return sorted(picked)
+        for a, b in ranges:
+            lo, hi = (n if a is None else a), (n if b is None else b)
+            if lo > hi:
+                lo, hi = hi, lo
+            if lo < 1 or hi > n:
+                raise SequenceError("Invalid message sequence number")
+            picked.update(range(lo - 1, hi))
+        return sorted(picked)
+
+    def seq_of_uid(self, uid: int) -> int | None:
+        for i, m in enumerate(self.messages, 1):
+            if m.uid == uid:
+                return i
+        return None
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def refresh(self, allow_expunge: bool) -> list[str]:
+        """Rescan the folder; untagged responses for what changed (RFC 3501 §7.3, §7.4)."""
+        st = self.maildir.scan()
+        out: list[str] = []
+        on_disk = {m.uid: m for m in st.messages}
+        self.recent |= st.recent
+        for i, m in enumerate(self.messages):
+            now = on_disk.get(m.uid)
+            if now is None:
+                self.ghosts.add(m.uid)
+            elif now.flags != m.flags:
+                self.messages[i] = replace(now)
+                out.append(f"{i + 1} FETCH (FLAGS {flags_text(now.flags, now.uid in self.recent)})")
+            else:
+                self.messages[i] = now
+        if allow_expunge and self.ghosts:
+            out.extend(self._drop_ghosts())
+        known_top = self.messages[-1].uid if self.messages else 0
+        fresh = [m for m in st.messages if m.uid > known_top]
+        if fresh:
+            self.messages.extend(fresh)
+            out.append(f"{len(self.messages)} EXISTS")
+            out.append(f"{len(self.recent)} RECENT")
+        self.state = st
+        return out
+
+    def _drop_ghosts(self) -> list[str]:
+        out = []
+        # Highest first, so each number is right when the client applies it.
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i].uid in self.ghosts:
+                out.append(f"{i + 1} EXPUNGE")
+                self.recent.discard(self.messages[i].uid)
+                del self.messages[i]
+        self.ghosts.clear()
+        return out
+
+    def update(self, index: int, msg: MessageRef) -> None:
+        self.messages[index] = msg
+
+    def expunge(self) -> list[str]:
+        """Remove \\Deleted messages (RFC 3501 §6.4.3); the EXPUNGE responses, highest first."""
+        out = []
+        for i in range(len(self.messages) - 1, -1, -1):
+            m = self.messages[i]
+            if "T" in m.flags:
+                self.maildir.remove(m)
+                out.append(f"{i + 1} EXPUNGE")
+                self.recent.discard(m.uid)
+                self.sizes.pop(m.uid, None)
+                del self.messages[i]
+        return out
+
+    def count_unseen(self) -> int:
+        return sum(1 for m in self.messages if "S" not in m.flags)

@@ -1,0 +1,116 @@
+"""`python -m courier_imapd -C ETC --service imapd|imapd-ssl`: the IMAP listener.
+
+The listener (libcourier.tcpd) forks a root child per connection; the child
+runs login.prelogin, asks authd, switches for good to the user, and only then
+opens the Maildir and runs session.Session (DESIGN.md §2). Everything the
+child needs is imported here, at the top, before any fork or privilege drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pwd
+import sys
+from functools import partial
+from pathlib import Path
+
+from courier_imapd import fetch as _fetch  # noqa: F401  (imported before the drop)
+from courier_imapd import mailbox as _mailbox  # noqa: F401
+from courier_imapd.config import ImapdConfig, load_config
+from courier_imapd.core import ImapConnection, tagged, untagged
+from courier_imapd.login import PRELOGIN_TIMEOUT, AuthUnavailable, Counters, Wire, prelogin, send
+from courier_imapd.session import Session, open_maildir_root
+
+from libcourier import authclient, privsep, proctitle, tcpd
+from libcourier import log as courier_log
+from libcourier.config import ConfigError, config_dir
+from libcourier.layout import Layout, load_layout
+
+log = logging.getLogger("courier.imapd")
+
+
+def _authenticator(layout: Layout):
+    def authenticate(user: str, password: str, ip: str):
+        try:
+            return authclient.auth_login(layout.authsocket, "imap", user, password, remote_ip=ip)
+        except authclient.AuthTempFail as e:
+            raise AuthUnavailable(str(e)) from None
+    return authenticate
+
+
+def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
+                      starttls_ctx) -> None:
+    proctitle.set_title(f"imapd: [{conn.peer_ip}] NOT AUTHENTICATED")
+    core = ImapConnection()
+    counters = Counters()
+    ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters)
+    if ok is None:
+        return
+    info = ok.info
+    try:
+        uid = info.uid
+        if uid is None:
+            uid = pwd.getpwnam(info.username).pw_uid
+        privsep.switch_to_user(uid, info.gid)
+        os.chdir(info.home)
+        root = open_maildir_root(info.home, info.maildir, cfg.maildirpath)
+        if not (root / "cur").is_dir():
+            raise FileNotFoundError(f"{root} is not a Maildir")
+    except (privsep.PrivsepError, KeyError, OSError) as e:
+        log.error("cannot open the mailbox of user=%s, ip=[%s]: %s", ok.user, conn.peer_ip, e)
+        send(conn, tagged(ok.tag, "NO", "Unable to open your mailbox"), counters)
+        send(conn, untagged("BYE Login failed"), counters)
+        return
+    send(conn, tagged(ok.tag, "OK", "LOGIN Ok."), counters)
+    Session(conn, core, root, cfg, ok.user, counters).run()
+
+
+def make_loader(etc: Path, service: str, layout: Layout):
+    def load():
+        cfg, warnings = load_config(etc, service)
+        for w in warnings:
+            log.warning("%s", w)
+        ctx = None
+        if cfg.tls_certfile is not None:
+            ctx = tcpd.server_context(cfg.tls_certfile, cfg.tls_keyfile,
+                                      protocol=cfg.tls_protocol or None,
+                                      ciphers=cfg.tls_cipher_list or None)
+        spec = tcpd.ListenerSpec(
+            name=service,
+            addresses=cfg.addresses,
+            maxdaemons=cfg.maxdaemons,
+            maxperip=cfg.maxperip,
+            tls_context=ctx if cfg.tls_on_connect else None,
+            busy_reply=b"* BYE Too many connections, try again later\r\n",
+            deny_reply=b"* BYE Access denied\r\n",
+            pidfile=layout.pidfile(service),
+            timeout=PRELOGIN_TIMEOUT,
+        )
+        handler = partial(handle_connection, cfg=cfg, layout=layout,
+                          starttls_ctx=ctx if cfg.starttls else None)
+        return spec, handler
+    return load
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="courier_imapd", description="courier-py IMAP server")
+    ap.add_argument("-C", dest="etc", help="config directory (default /etc/courier)")
+    ap.add_argument("--service", default="imapd", choices=("imapd", "imapd-ssl"))
+    ap.add_argument("--debug", action="store_true")
+    args = ap.parse_args(argv)
+    etc = config_dir(args.etc)
+    try:
+        layout = load_layout(etc)
+        load = make_loader(etc, args.service, layout)
+        load()   # validate now, so a bad value stops us with file:line before binding
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    courier_log.setup(args.service, foreground=True, debug=args.debug)
+    try:
+        return tcpd.serve(load)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1

@@ -1,0 +1,444 @@
+"""The authenticated IMAP session: the driver between the core, the socket and the Maildir.
+
+Runs after the switch to the user. Each command from the core is handled here
+against libcourier.maildir; the replies are built with the core's formatter.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from courier_imapd import fetch as fetchmod
+from courier_imapd.config import ImapdConfig, capability_line
+from courier_imapd.core import (
+    SESSION_LIMITS,
+    BadCommand,
+    Capability,
+    Check,
+    Close,
+    Expunge,
+    Fetch,
+    Idle,
+    IdleDone,
+    ImapConnection,
+    ListMailboxes,
+    Logout,
+    MailboxCommand,
+    Namespace,
+    Noop,
+    Rename,
+    Search,
+    Select,
+    State,
+    Status,
+    Store,
+    StoreMode,
+    astring_out,
+    bad,
+    fetch_response,
+    tagged,
+    untagged,
+)
+from courier_imapd.login import Counters, Wire, read_event, send
+from courier_imapd.mailbox import MailboxView, SequenceError, flags_text, letters_for
+
+from libcourier import proctitle
+from libcourier.maildir.folder import Maildir, folder_path, list_folders
+
+log = logging.getLogger("courier.imapd")
+
+NAMESPACE = '(("INBOX." ".")) NIL (("#shared." ".")("shared." "."))'   # Courier imapd.C
+SUBSCRIBED = "courierimapsubscribed"
+
+
+@dataclass(slots=True)
+class Session:
+    conn: Wire
+    core: ImapConnection
+    root: Path                      # the Maildir (INBOX)
+    cfg: ImapdConfig
+    user: str
+    counters: Counters = field(default_factory=Counters)
+    view: MailboxView | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def out(self, *chunks: bytes) -> None:
+        send(self.conn, b"".join(chunks), self.counters)
+
+    def title(self, state: str) -> None:
+        proctitle.set_title(f"imapd: {self.user} [{self.conn.peer_ip}] {state}")
+
+    def _untagged(self, lines: list[str]) -> bytes:
+        return b"".join(untagged(x) for x in lines)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.core.set_state(State.AUTHENTICATED, SESSION_LIMITS)
+        self.conn.sock.settimeout(self.cfg.autologout)
+        self.title("AUTHENTICATED")
+        try:
+            while True:
+                try:
+                    ev = read_event(self.conn, self.core, self.counters)
+                except TimeoutError:
+                    self.out(untagged("BYE Autologout; idle for too long"))
+                    return
+                if ev is None:
+                    return
+                if not self.handle(ev):
+                    return
+        finally:
+            log.info("LOGOUT, user=%s, ip=[%s], headers=0, body=%d, rcvd=%d, sent=%d, time=%d",
+                     self.user, self.conn.peer_ip, self.counters.body, self.counters.rcvd,
+                     self.counters.sent, int(time.monotonic() - self.started))
+
+    def handle(self, ev: object) -> bool:
+        """Answer one command; False when the session is over."""
+        match ev:
+            case BadCommand():
+                self.out(bad(ev))
+            case IdleDone():
+                self.out(untagged("BAD Unexpected DONE"))
+            case Capability(tag=tag):
+                self.out(untagged("CAPABILITY " + capability_line(self.cfg, self.conn.tls)),
+                         tagged(tag, "OK", "CAPABILITY completed"))
+            case Noop(tag=tag) | Check(tag=tag):
+                self.out(self._updates(), tagged(tag, "OK", f"{type(ev).__name__.upper()} completed"))
+            case Logout(tag=tag):
+                self.out(untagged("BYE Courier-IMAP server shutting down"),
+                         tagged(tag, "OK", "LOGOUT completed"))
+                return False
+            case Namespace(tag=tag):
+                self.out(untagged("NAMESPACE " + NAMESPACE), tagged(tag, "OK", "NAMESPACE completed"))
+            case Select():
+                self.select(ev)
+            case ListMailboxes():
+                self.list(ev)
+            case Status():
+                self.status(ev)
+            case MailboxCommand(tag=tag, verb=verb):
+                self.out(tagged(tag, "NO", f"{verb} is not supported yet"))
+            case Rename(tag=tag):
+                self.out(tagged(tag, "NO", "RENAME is not supported yet"))
+            case Close(tag=tag):
+                assert self.view is not None
+                if not self.view.readonly:
+                    self.view.expunge()   # RFC 3501 §6.4.2: no untagged EXPUNGE for CLOSE
+                self._unselect()
+                self.out(tagged(tag, "OK", "mailbox closed."))
+            case Expunge():
+                self.expunge(ev)
+            case Fetch():
+                self.fetch(ev)
+            case Store():
+                self.store(ev)
+            case Search():
+                self.search(ev)
+            case Idle():
+                return self.idle(ev)
+            case _:
+                self.out(tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"))
+        return True
+
+    def _updates(self) -> bytes:
+        if self.view is None:
+            return b""
+        return self._untagged(self.view.refresh(allow_expunge=True))
+
+    def _unselect(self) -> None:
+        self.view = None
+        self.core.set_state(State.AUTHENTICATED)
+        self.title("AUTHENTICATED")
+
+    # -- mailboxes (RFC 3501 §6.3) ------------------------------------------------------------
+
+    def select(self, cmd: Select) -> None:
+        self._unselect()   # §6.3.1: a failed SELECT leaves no mailbox selected
+        path = folder_path(self.root, cmd.mailbox)
+        if path is None or not (path / "cur").is_dir():
+            self.out(tagged(cmd.tag, "NO", "Mailbox does not exist, or must be subscribed to."))
+            return
+        try:
+            view = MailboxView(cmd.mailbox, Maildir(path), cmd.readonly)
+        except OSError as e:
+            log.error("cannot open %s for %s: %s", path, self.user, e)
+            self.out(tagged(cmd.tag, "NO", "Cannot open the mailbox"))
+            return
+        self.view = view
+        self.core.set_state(State.SELECTED)
+        self.title(f"SELECTED {cmd.mailbox}")
+        self.out(self._untagged(view.select_responses()),
+                 tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if cmd.readonly else "READ-WRITE"))
+
+    def _all_mailboxes(self) -> list[str]:
+        return ["INBOX"] + ["INBOX." + f for f in list_folders(self.root)]
+
+    def list(self, cmd: ListMailboxes) -> None:
+        name = "LSUB" if cmd.lsub else "LIST"
+        if not cmd.lsub and cmd.pattern == "":
+            # §6.3.8: an empty pattern asks for the hierarchy delimiter.
+            self.out(untagged('LIST (\\Noselect) "." ""'), tagged(cmd.tag, "OK", "LIST completed"))
+            return
+        rx = pattern_regex(cmd.reference + cmd.pattern)
+        if cmd.lsub:
+            boxes = read_subscriptions(self.root)
+        else:
+            boxes = self._all_mailboxes()
+        allnames = set(self._all_mailboxes())
+        lines = []
+        for b in boxes:
+            if not rx.fullmatch(b):
+                continue
+            kids = any(o.startswith(b + ".") for o in allnames)
+            attr = "\\HasChildren" if kids else "\\HasNoChildren"
+            lines.append(f"{name} ({attr}) \".\" ".encode() + astring_out(b))
+        self.out(b"".join(untagged(x) for x in lines), tagged(cmd.tag, "OK", f"{name} completed"))
+
+    def status(self, cmd: Status) -> None:
+        path = folder_path(self.root, cmd.mailbox)
+        if path is None or not (path / "cur").is_dir():
+            self.out(tagged(cmd.tag, "NO", "Mailbox does not exist"))
+            return
+        st = Maildir(path).scan()
+        vals = {
+            "MESSAGES": len(st.messages),
+            "RECENT": len(st.recent),
+            "UIDNEXT": st.uidnext,
+            "UIDVALIDITY": st.uidvalidity,
+            "UNSEEN": sum(1 for m in st.messages if "S" not in m.flags),
+        }
+        if self.view is not None and folder_path(self.root, self.view.name) == path:
+            vals["RECENT"] = len(self.view.recent)
+        items = " ".join(f"{k} {vals[k]}" for k in cmd.items)
+        self.out(untagged(b"STATUS " + astring_out(cmd.mailbox) + f" ({items})".encode()),
+                 tagged(cmd.tag, "OK", "STATUS Completed."))
+
+    # -- messages (RFC 3501 §6.4) ---------------------------------------------------------------
+
+    def _resolve(self, tag: str, seq: tuple, uid: bool) -> list[int] | None:
+        assert self.view is not None
+        try:
+            return self.view.resolve(seq, uid)
+        except SequenceError as e:
+            self.out(tagged(tag, "BAD", str(e)))
+            return None
+
+    def fetch(self, cmd: Fetch) -> None:
+        view = self.view
+        assert view is not None
+        idx = self._resolve(cmd.tag, cmd.sequence, cmd.uid)
+        if idx is None:
+            return
+        sets_seen = not view.readonly and any(fetchmod.sets_seen(i) for i in cmd.items)
+        wants_flags = any(i.name == "FLAGS" for i in cmd.items)
+        missing = False
+        for i in idx:
+            msg = view.messages[i]
+            if msg.uid in view.ghosts:
+                missing = True
+                continue
+            items = cmd.items
+            if sets_seen and "S" not in msg.flags:
+                try:
+                    msg = view.maildir.set_flags(msg, msg.flags + "S")
+                    view.update(i, msg)
+                except FileNotFoundError:
+                    view.ghosts.add(msg.uid)
+                    missing = True
+                    continue
+                if not wants_flags:   # §6.4.5: report the \Seen we just set
+                    items = (*items, fetchmod.FetchItem("FLAGS"))
+            try:
+                parts, size = fetchmod.message_parts(
+                    items, msg, view.maildir.path_of(msg),
+                    flags_text(msg.flags, msg.uid in view.recent), view.sizes.get(msg.uid))
+            except FileNotFoundError:
+                view.ghosts.add(msg.uid)
+                missing = True
+                continue
+            if size is not None:
+                view.sizes[msg.uid] = size
+            self.counters.body += sum(len(p) for p in parts if p.startswith((b"BODY[", b"RFC822 ")))
+            self.out(fetch_response(i + 1, parts))
+        if missing:
+            # RFC 2180 §4.1.2: messages expunged by another session.
+            self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
+        else:
+            self.out(tagged(cmd.tag, "OK", "FETCH completed."))
+
+    def store(self, cmd: Store) -> None:
+        view = self.view
+        assert view is not None
+        if view.readonly:
+            self.out(tagged(cmd.tag, "NO", "Mailbox is read-only"))
+            return
+        idx = self._resolve(cmd.tag, cmd.sequence, cmd.uid)
+        if idx is None:
+            return
+        # Keywords are not permanent here (no \* in PERMANENTFLAGS): RFC 3501 §7.1
+        # lets the server ignore them; \Recent cannot be stored and is ignored too.
+        letters, _ignored = letters_for(cmd.flags)
+        missing = False
+        for i in idx:
+            msg = view.messages[i]
+            if msg.uid in view.ghosts:
+                missing = True
+                continue
+            system = set(c for c in msg.flags if c.isupper())
+            other = "".join(c for c in msg.flags if not c.isupper())   # keep keyword letters
+            if cmd.mode is StoreMode.REPLACE:
+                new = set(letters)
+            elif cmd.mode is StoreMode.ADD:
+                new = system | set(letters)
+            else:
+                new = system - set(letters)
+            try:
+                msg = view.maildir.set_flags(msg, "".join(new) + other)
+            except FileNotFoundError:
+                view.ghosts.add(msg.uid)
+                missing = True
+                continue
+            view.update(i, msg)
+            if not cmd.silent:
+                uidpart = f" UID {msg.uid}" if cmd.uid else ""
+                self.out(untagged(f"{i + 1} FETCH (FLAGS "
+                                  f"{flags_text(msg.flags, msg.uid in view.recent)}{uidpart})"))
+        if missing:
+            self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
+        else:
+            self.out(tagged(cmd.tag, "OK", "STORE completed."))
+
+    def expunge(self, cmd: Expunge) -> None:
+        view = self.view
+        assert view is not None
+        if view.readonly:
+            self.out(tagged(cmd.tag, "NO", "Mailbox is read-only"))
+            return
+        if cmd.uid_set is not None:
+            # RFC 4315 §2.1: only the \Deleted messages among these UIDs.
+            keep = set(range(len(view.messages))) - set(view.resolve(cmd.uid_set, True))
+            saved = {}
+            for i in keep:
+                m = view.messages[i]
+                if "T" in m.flags:
+                    saved[m.uid] = m
+                    view.messages[i] = type(m)(m.uid, m.base, m.filename,
+                                               m.flags.replace("T", ""), m.size, m.mtime)
+            lines = view.expunge()
+            for i, m in enumerate(view.messages):
+                if m.uid in saved:
+                    view.messages[i] = saved[m.uid]
+        else:
+            lines = view.expunge()
+        self.out(self._untagged(lines), tagged(cmd.tag, "OK", "EXPUNGE completed"))
+
+    def search(self, cmd: Search) -> None:
+        view = self.view
+        assert view is not None
+        hits = set(range(len(view.messages)))
+        for key in cmd.keys:
+            if key.name == "UID":
+                hits &= set(view.resolve(key.sequence, True))
+            elif key.name == "SEQ":
+                try:
+                    hits &= set(view.resolve(key.sequence, False))
+                except SequenceError:
+                    hits = set()
+            else:
+                hits = {i for i in hits if search_flag(key.name, view.messages[i].flags,
+                                                       view.messages[i].uid in view.recent)}
+        nums = sorted(hits)
+        vals = [view.messages[i].uid if cmd.uid else i + 1 for i in nums]
+        self.out(untagged("SEARCH" + "".join(f" {v}" for v in vals)),
+                 tagged(cmd.tag, "OK", "SEARCH done."))
+
+    # -- IDLE (RFC 2177) ------------------------------------------------------------------------
+
+    def idle(self, cmd: Idle) -> bool:
+        self.out(b"+ entering IDLE mode\r\n")
+        self.core.idling = True
+        self.title("IDLE")
+        deadline = time.monotonic() + self.cfg.autologout
+        self.conn.sock.settimeout(max(1, self.cfg.idle_timeout))
+        try:
+            while True:
+                try:
+                    ev = read_event(self.conn, self.core, self.counters)
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        self.out(untagged("BYE Autologout; idle for too long"))
+                        return False
+                    self.out(self._updates())
+                    continue
+                if ev is None:
+                    return False
+                if isinstance(ev, IdleDone):
+                    self.out(self._updates(), tagged(cmd.tag, "OK", "IDLE completed"))
+                else:
+                    self.core.idling = False
+                    self.out(tagged(cmd.tag, "BAD", "Expected DONE"))
+                    if not isinstance(ev, BadCommand):
+                        return self.handle(ev)
+                return True
+        finally:
+            self.core.idling = False
+            self.conn.sock.settimeout(self.cfg.autologout)
+            self.title("SELECTED" if self.view else "AUTHENTICATED")
+
+
+_SEARCH_FLAGS = {"SEEN": "S", "DELETED": "T", "FLAGGED": "F", "ANSWERED": "R", "DRAFT": "D"}
+
+
+def search_flag(name: str, flags: str, recent: bool) -> bool:
+    if name == "ALL":
+        return True
+    if name == "RECENT":
+        return recent
+    if name == "OLD":
+        return not recent
+    if name == "NEW":
+        return recent and "S" not in flags
+    if name.startswith("UN"):
+        return _SEARCH_FLAGS[name[2:]] not in flags
+    return _SEARCH_FLAGS[name] in flags
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """RFC 3501 §6.3.8: "*" matches anything, "%" anything but the delimiter "."."""
+    parts = []
+    for c in pattern:
+        if c == "*":
+            parts.append(".*")
+        elif c == "%":
+            parts.append(r"[^.]*")
+        else:
+            parts.append(re.escape(c))
+    # INBOX is case-insensitive (§5.1): a pattern starting with it matches any case.
+    if pattern[:5].upper() == "INBOX":
+        parts[:5] = ["(?i:INBOX)"]
+    return re.compile("".join(parts))
+
+
+def read_subscriptions(root: Path) -> list[str]:
+    """courierimapsubscribed: one subscribed folder name a line (Courier imap/imapd.C)."""
+    try:
+        text = (root / SUBSCRIBED).read_text("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def open_maildir_root(home: str, maildir: str | None, default: str) -> Path:
+    """The user's Maildir: authd's MAILDIR (absolute or relative to home), else MAILDIRPATH."""
+    m = maildir or default
+    p = Path(m)
+    return p if p.is_absolute() else Path(home) / p
+
+
