@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
     etc = config_dir(args.etc)
+    courier_log.setup(args.service, foreground=True, debug=args.debug)
     try:
         layout = load_layout(etc)
         load = make_loader(etc, args.service, layout)
@@ -108,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    courier_log.setup(args.service, foreground=True, debug=args.debug)
     try:
         return tcpd.serve(load)
     except ConfigError as e:
