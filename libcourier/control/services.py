@@ -27,6 +27,7 @@ from libcourier.pidfile import pid_alive, read_pidfile
 START_TIMEOUT = 20.0  # seconds for every daemon to write its pid file
 STOP_TIMEOUT = 10.0  # seconds after SIGTERM before SIGKILL
 POLL = 0.05
+STRAGGLER_GRACE = 2.0  # seconds for a stopped daemon's leftover children
 LOG_TAIL_LINES = 20
 
 
@@ -208,13 +209,18 @@ def _order_for_stop(services: Iterable[Service]) -> list[list[Service]]:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    """Signal a daemon and, when it leads its own process group (we started it
-    with start_new_session), the children it forked too."""
+    """Signal a daemon and the children it forked: we started it with
+    start_new_session, so its pid names its process group, which outlives the
+    leader as long as one member is left (the kernel does not reuse the id)."""
     try:
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
+        os.killpg(pid, sig)
+        return
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return
+    try:
+        os.kill(pid, sig)  # not a group leader (started by someone else)
     except ProcessLookupError:
         pass
 
@@ -247,24 +253,29 @@ def _group_has_live_member(pgid: int) -> bool:
 def terminate(pids: Sequence[int], layout: Layout, services: Sequence[Service],
               timeout: float = STOP_TIMEOUT,
               reap: Callable[[], None] | None = None) -> list[str]:
-    """SIGTERM the daemons, wait (bounded), SIGKILL what is left; names killed hard."""
+    """SIGTERM the daemons and wait (bounded); SIGKILL a daemon that will not
+    stop. Children a daemon leaves behind in its process group (a session it
+    did not end) get SIGTERM, a short grace, then SIGKILL: `stop` means no
+    process of the service is left. Returns the names killed hard."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if reap:
-            reap()
-        # Wait for the whole process group: a listener's session children and
-        # courierd's courierlocal finish their work after the leader exits.
-        if not any(_group_alive(p) for p in pids):
-            break
-        time.sleep(POLL)
+
+    def wait(check: Callable[[int], bool], todo: Sequence[int], limit: float) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if reap:
+                reap()
+            if not any(check(p) for p in todo):
+                return
+            time.sleep(POLL)
+
+    wait(pid_alive, pids, timeout)
     killed: list[str] = []
     for pid, svc in zip(pids, services, strict=True):
-        if _group_alive(pid):
+        if pid_alive(pid):
             _signal_group(pid, signal.SIGKILL)
             killed.append(svc.name)
             # It could not remove its pid file itself.
@@ -273,6 +284,17 @@ def terminate(pids: Sequence[int], layout: Layout, services: Sequence[Service],
                     layout.pidfile(svc.name).unlink()
             except FileNotFoundError:
                 pass
+    leftovers = [p for p in pids if _group_alive(p)]
+    if leftovers:
+        wait(_group_alive, leftovers, STRAGGLER_GRACE)  # they may be finishing already
+        for p in leftovers:
+            if _group_alive(p):
+                _signal_group(p, signal.SIGTERM)
+        wait(_group_alive, leftovers, STRAGGLER_GRACE)
+        for p in leftovers:
+            if _group_alive(p):
+                _signal_group(p, signal.SIGKILL)
+        wait(_group_alive, leftovers, STRAGGLER_GRACE)
     if reap:
         reap()
     return killed
