@@ -386,7 +386,12 @@ class _Listener:
         _current = self
         try:
             if self.pidfile is not None:
-                write_pidfile(self.pidfile)
+                try:
+                    write_pidfile(self.pidfile)
+                except OSError as exc:
+                    log.error("cannot write the pid file %s: %s", self.pidfile, exc.strerror)
+                    self.pidfile = None   # not ours: stop() must not remove it
+                    return 1
             log.info("%s: listening on %s", self.spec.name, ", ".join(
                 _describe(s.getsockname()) for s in self.sockets))
             self._title()
