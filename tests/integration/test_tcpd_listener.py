@@ -324,3 +324,25 @@ def test_bad_config_and_busy_port_exit_1(tmp_path):
         busy.stderr.close()
     assert "cannot listen" in busy.log()
     assert not busy.pidfile.exists()
+
+
+def test_burst_of_sessions_is_fully_reaped(server_factory):
+    # Many children exit together; coalesced SIGCHLDs must still free every slot.
+    srv = server_factory(maxdaemons=5, maxperip=5)
+    socks = [srv.connect() for _ in range(5)]
+    for s in socks:
+        assert readline(s).startswith(b"+OK")
+    for s in socks:
+        s.sendall(b"QUIT\r\n")
+    for s in socks:
+        assert readline(s) == b"+OK bye\r\n"
+        s.close()
+    wait_for(lambda: not srv.children(), what="children to exit")
+    for _ in range(3):   # the counters went back to zero: five fit again
+        socks = [srv.connect() for _ in range(5)]
+        for s in socks:
+            assert readline(s).startswith(b"+OK")
+            s.close()
+        wait_for(lambda: not srv.children(), what="children to exit")
+    assert "limit" not in srv.log()
+    assert srv.stop() == 0
