@@ -1,0 +1,236 @@
+"""authdaemond: `python -m courier_authd -C ETC`.
+
+The parent binds the socket the way authdaemond does (socket.tmp, chmod 0666,
+rename to socket, in a 0750 directory owned by root:MAILGROUP), forks `daemons`
+workers, restarts any that die, reloads on SIGHUP (config and userdb; a bad new
+config is logged and the old one kept) by replacing the workers, and on SIGTERM
+stops them all, removes the socket and the pid file.
+
+The parent keeps SIGCHLD/SIGTERM/SIGINT/SIGHUP blocked and takes them with
+sigtimedwait, so no signal can arrive between "check" and "wait".
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import grp
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from courier_authd.config import AuthdConfig, load_config
+from courier_authd.core import Authenticator
+from courier_authd.modules import BackendTempFail, make_modules
+from courier_authd.worker import fork_worker
+
+from libcourier.config import ConfigError, config_dir
+from libcourier.layout import load_layout
+from libcourier.pidfile import pid_alive, read_pidfile, remove_pidfile, write_pidfile
+
+log = logging.getLogger("courier.authd")
+
+SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+STOP_GRACE = 5.0
+RESTART_BURST = 10       # more worker deaths than this within RESTART_WINDOW: slow down
+RESTART_WINDOW = 10.0
+
+
+def setup_logging() -> None:
+    root = logging.getLogger("courier")
+    if root.handlers:
+        return
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(logging.Formatter("%(asctime)s authdaemond: %(message)s"))
+    root.addHandler(err)
+    if os.path.exists("/dev/log"):
+        try:
+            sl = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_MAIL)
+            sl.setFormatter(logging.Formatter("authdaemond: %(message)s"))
+            root.addHandler(sl)
+        except OSError:
+            pass
+    root.setLevel(logging.INFO)
+
+
+def build(etc: Path) -> tuple[AuthdConfig, Authenticator]:
+    cfg = load_config(etc)
+    try:
+        modules = make_modules(cfg.modules, etc)
+    except BackendTempFail as e:
+        raise ConfigError(str(e)) from None
+    return cfg, Authenticator(modules, default_options=cfg.default_options,
+                              debug_login=cfg.debug_login)
+
+
+def bind_socket(path: Path, mailgroup: str) -> socket.socket:
+    d = path.parent
+    d.mkdir(parents=True, exist_ok=True, mode=0o750)
+    os.chmod(d, 0o750)
+    if os.geteuid() == 0:
+        try:
+            os.chown(d, 0, grp.getgrnam(mailgroup).gr_gid)
+        except KeyError:
+            log.warning("group %s does not exist: %s stays root:root", mailgroup, d)
+    tmp = d / "socket.tmp"
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.bind(os.fspath(tmp))
+    os.chmod(tmp, 0o666)   # the directory's mode is the access control
+    s.listen(128)
+    os.rename(tmp, path)
+    return s
+
+
+class Supervisor:
+    def __init__(self, etc: Path, cfg: AuthdConfig, auth: Authenticator, listener: socket.socket):
+        self.etc, self.cfg, self.auth, self.listener = etc, cfg, auth, listener
+        self.workers: set[int] = set()
+        self.replaced: set[int] = set()   # told to stop at a reload, maybe still finishing
+        self.deaths: list[float] = []
+
+    def spawn(self) -> None:
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < RESTART_WINDOW]
+        if len(self.deaths) > RESTART_BURST:
+            return  # crashing in a loop: try again on the next tick, not in a fork storm
+        while len(self.workers) < self.cfg.daemons:
+            self.workers.add(fork_worker(self.listener, self.auth))
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.replaced.discard(pid)
+            if pid in self.workers:
+                self.workers.discard(pid)
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0 and code != -signal.SIGTERM:
+                    log.error("worker %d exited with %d; restarting", pid, code)
+                    self.deaths.append(time.monotonic())
+
+    def reload(self) -> None:
+        try:
+            cfg, auth = build(self.etc)
+        except ConfigError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return
+        if cfg.authdaemonvar != self.cfg.authdaemonvar:
+            log.warning("authdaemonvar changed: the socket moves only on a restart")
+        for w in cfg.warnings:
+            log.warning("%s", w)
+        self.cfg, self.auth = cfg, auth
+        old = set(self.workers)
+        self.replaced |= old
+        self.workers.clear()
+        for pid in old:
+            self._kill(pid, signal.SIGTERM)
+        # Old workers finish their request and exit; reap() forgets them.
+        gc.collect()
+        gc.freeze()
+        self.spawn()
+        log.info("reloaded configuration and userdb")
+
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def all_children(self) -> None:
+        """SIGTERM the workers, wait STOP_GRACE for every child (replaced workers were
+        sent SIGTERM at the reload), then SIGKILL what lingers."""
+        for pid in self.workers:
+            self._kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.02)
+        for pid in self.workers | self.replaced:
+            self._kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+
+    def run(self) -> int:
+        self.spawn()
+        while True:
+            info = signal.sigtimedwait(SIGNALS, 1.0)
+            sig = info.si_signo if info is not None else None
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping")
+                self.all_children()
+                return 0
+            if sig == signal.SIGHUP:
+                self.reap()
+                self.reload()
+                continue
+            self.reap()
+            self.spawn()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="authdaemond", description="courier-py authentication daemon")
+    ap.add_argument("-C", dest="etc", help="configuration directory")
+    args = ap.parse_args(argv)
+    etc = config_dir(args.etc)
+    try:
+        cfg, auth = build(etc)
+        layout = load_layout(etc)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    setup_logging()
+    for w in cfg.warnings:
+        log.warning("%s", w)
+
+    pidfile = layout.pidfile("authdaemond")
+    other = read_pidfile(pidfile)
+    if other is not None and other != os.getpid() and pid_alive(other):
+        print(f"{pidfile}: authdaemond is already running (pid {other})", file=sys.stderr)
+        return 1
+    # Block before the first fork so no signal is lost; workers unblock their own.
+    signal.signal(signal.SIGCHLD, lambda s, f: None)  # not SIG_DFL: make it pend, not vanish
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        listener = bind_socket(layout.authsocket, layout.mailgroup)
+    except OSError as e:
+        print(f"{layout.authsocket}: cannot listen: {e.strerror}", file=sys.stderr)
+        return 1
+    sock_ino = os.stat(layout.authsocket).st_ino
+    layout.rundir.mkdir(parents=True, exist_ok=True)
+    write_pidfile(pidfile)
+    log.info("listening on %s with %d workers (modules: %s)", layout.authsocket, cfg.daemons,
+             " ".join(cfg.modules))
+    gc.collect()
+    gc.freeze()   # keep the workers' copy-on-write pages shared
+    sup = Supervisor(etc, cfg, auth, listener)
+    try:
+        return sup.run()
+    finally:
+        listener.close()
+        try:
+            if os.stat(layout.authsocket).st_ino == sock_ino:
+                layout.authsocket.unlink()
+        except FileNotFoundError:
+            pass
+        remove_pidfile(pidfile)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

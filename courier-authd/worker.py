@@ -1,0 +1,125 @@
+"""One prefork worker: accept on the shared socket, answer one request per connection.
+
+Courier's authdaemond forks `daemons` copies that each loop on accept(); so do we.
+A connection gets READ_TIMEOUT seconds in all to send its request (bounded by
+authproto's size limits); a bad request gets FAIL, a temporary failure gets the
+connection closed without a reply, which Courier's client reads as "try later".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+
+from courier_authd.core import Authenticator
+
+from libcourier.authproto import FAIL, AuthProtocolError, RequestParser
+from libcourier.proto import NEED_DATA
+
+log = logging.getLogger("courier.authd")
+
+READ_TIMEOUT = 10.0
+WRITE_TIMEOUT = 10.0
+
+
+def serve_connection(conn: socket.socket, auth: Authenticator, *,
+                     read_timeout: float = READ_TIMEOUT) -> None:
+    parser = RequestParser()
+    deadline = time.monotonic() + read_timeout
+    try:
+        while True:
+            try:
+                req = parser.next_request()
+            except AuthProtocolError as e:
+                log.info("bad request: %s", e)
+                conn.settimeout(WRITE_TIMEOUT)
+                conn.sendall(FAIL)
+                return
+            if req is not NEED_DATA:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.info("request timed out")
+                return
+            conn.settimeout(left)
+            chunk = conn.recv(4096)
+            if not chunk:
+                return  # the client gave up before finishing its request
+            parser.feed(chunk)
+        try:
+            outcome = auth.handle(req)
+        except Exception:
+            # Our fault: log it and hang up, which the client treats as a temporary failure.
+            log.exception("internal error handling a request")
+            return
+        for line in outcome.log:
+            log.info("%s", line)
+        if outcome.reply is not None:
+            conn.settimeout(WRITE_TIMEOUT)
+            conn.sendall(outcome.reply)
+    except OSError as e:
+        log.debug("connection error: %s", e)
+    finally:
+        conn.close()
+
+
+class _State:
+    busy = False
+    stop = False
+
+
+def worker_main(listener: socket.socket, auth: Authenticator) -> int:
+    """Run in the forked child until SIGTERM; the caller os._exit()s with the result."""
+    state = _State()
+
+    def on_term(signum, frame):
+        # Idle in accept(): leave now. Busy: finish this request first.
+        if not state.busy:
+            raise SystemExit(0)
+        state.stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides; ^C goes to the group
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the parent reloads by replacing workers
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        import setproctitle
+        setproctitle.setproctitle("authdaemond: worker")
+    except ImportError:
+        pass
+    try:
+        while not state.stop:
+            try:
+                conn, _ = listener.accept()
+            except InterruptedError:
+                continue
+            except OSError as e:
+                log.error("accept failed: %s", e)
+                time.sleep(0.1)
+                continue
+            state.busy = True
+            try:
+                serve_connection(conn, auth)
+            finally:
+                state.busy = False
+    except SystemExit:
+        pass
+    return 0
+
+
+def fork_worker(listener: socket.socket, auth: Authenticator) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        code = worker_main(listener, auth)
+    except BaseException:
+        log.exception("worker crashed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
