@@ -299,6 +299,12 @@ class _Listener:
             status = 0
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            # The client hung up, stalled past the timeout or broke TLS: the
+            # session is over, nothing is wrong with us (no traceback).
+            log.info("%s: connection with [%s] ended: %s", self.spec.name, conn.peer_ip,
+                     "timeout" if isinstance(exc, TimeoutError) else exc)
+            status = 0
         except BaseException:
             log.exception("%s: uncaught exception in session with [%s]",
                           self.spec.name, conn.peer_ip)

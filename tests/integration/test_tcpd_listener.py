@@ -346,3 +346,13 @@ def test_burst_of_sessions_is_fully_reaped(server_factory):
         wait_for(lambda: not srv.children(), what="children to exit")
     assert "limit" not in srv.log()
     assert srv.stop() == 0
+
+
+def test_idle_timeout_ends_session_quietly(server_factory):
+    srv = server_factory(timeout=0.3)
+    with srv.connect() as s:
+        readline(s)
+        assert recv_all(s) == b""   # the child gave up on us
+    wait_for(lambda: "ended: timeout" in srv.log(), what="timeout log")
+    assert "Traceback" not in srv.log()
+    assert srv.stop() == 0
