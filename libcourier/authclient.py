@@ -36,7 +36,7 @@ from libcourier.authproto import (
 from libcourier.proto import NEED_DATA
 
 __all__ = ["AuthInfo", "AuthTempFail", "auth_cram", "auth_enumerate", "auth_login",
-           "auth_passwd", "auth_pre", "parse_options"]
+           "auth_passwd", "auth_pre", "auth_raw", "parse_options"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +151,13 @@ def _auth_request(socket_path: str | Path, req: Request, timeout: float) -> Auth
         return None
     assert isinstance(res, AuthReply)
     return _info_from_reply(res)
+
+
+def auth_raw(socket_path: str | Path, req: PreRequest | AuthRequest, *,
+             timeout: float = 30.0) -> AuthReply | None:
+    """The daemon's reply as sent, PASSWD fields included (for authtest); None = FAIL."""
+    res = _exchange(socket_path, format_request(req), ReplyParser(), timeout)
+    return None if res is Failed.FAIL else res
 
 
 def _meta(remote_ip: str | None) -> dict[str, str]:
