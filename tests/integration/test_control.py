@@ -140,3 +140,17 @@ def test_stop_kills_a_daemon_that_ignores_sigterm(new_instance):
             pass
     assert killed == ["imapd"]
     assert not new_instance.layout.pidfile("imapd").exists()
+
+
+def test_adduser_then_imap_login_through_authd(new_instance):
+    """adduser's userdb entry and Maildir are what authd and imapd expect;
+    a user added while authd runs is seen after adduser's SIGHUP."""
+    import imaplib
+    new_instance.start("authdaemond", "imapd")
+    new_instance.adduser("frank@example.org", "frank-pw")
+    imap = imaplib.IMAP4("127.0.0.1", new_instance.port("imap"), timeout=10)
+    try:
+        assert imap.login("frank@example.org", "frank-pw")[0] == "OK"
+        assert imap.select("INBOX") == ("OK", [b"0"])
+    finally:
+        imap.logout()
