@@ -1,0 +1,178 @@
+"""The spool on disk: SPOOLDIR/tmp (being written) and SPOOLDIR/msgs (committed).
+
+A message is `msgs/<qid>.dat` (the message as it will be delivered, with LF
+line ends and the Received: line on top) plus `msgs/<qid>.env` (the envelope).
+The .env appearing by rename is the commit point; a .dat without a .env is a
+crash leftover that purge_tmp removes. Nothing is written in place: every file
+is written under tmp/, fsync'd, renamed, and the directory fsync'd.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from libcourier.spool.envelope import Envelope, SpoolError, format_envelope, parse_envelope
+
+TMP = "tmp"
+MSGS = "msgs"
+_QID = re.compile(r"[0-9a-f]{16}\.[0-9a-f]{1,8}\.[0-9a-f]{1,16}")
+_counter = itertools.count(1)
+
+
+def _after_fork() -> None:
+    global _counter
+    _counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def new_qid() -> str:
+    """Unique on this host and sortable by creation time: ns clock, pid, counter.
+
+    The clock is 16 hex digits (fixed width until the year 2554), so plain
+    string order is time order.
+    """
+    return f"{time.time_ns():016x}.{os.getpid():x}.{next(_counter):x}"
+
+
+def check_qid(qid: str) -> str:
+    if not _QID.fullmatch(qid):
+        raise SpoolError(f"invalid queue id {qid[:40]!r}")
+    return qid
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durably(tmp: Path, final: Path, data: bytes, mode: int = 0o640) -> None:
+    """tmp (O_EXCL), write, fsync, rename over final, fsync final's directory."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(final.parent)
+
+
+def ensure_spool(spooldir: Path, uid: int | None = None, gid: int | None = None) -> None:
+    spooldir = Path(spooldir)
+    for d in (spooldir, spooldir / TMP, spooldir / MSGS):
+        d.mkdir(mode=0o750, parents=(d == spooldir), exist_ok=True)
+        if uid is not None or gid is not None:
+            os.chown(d, -1 if uid is None else uid, -1 if gid is None else gid)
+
+
+def list_queue(spooldir: Path) -> list[str]:
+    """Committed queue ids (those with an .env), oldest first."""
+    try:
+        names = os.listdir(Path(spooldir) / MSGS)
+    except FileNotFoundError:
+        return []
+    qids = [n[:-4] for n in names if n.endswith(".env") and _QID.fullmatch(n[:-4])]
+    qids.sort()
+    return qids
+
+
+def read_envelope(spooldir: Path, qid: str) -> Envelope:
+    path = Path(spooldir) / MSGS / f"{check_qid(qid)}.env"
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(4 * 1024 * 1024 + 1)
+    except OSError as e:
+        raise SpoolError(f"{path}: {e.strerror}") from None
+    try:
+        return parse_envelope(data)
+    except SpoolError as e:
+        raise SpoolError(f"{path}: {e}") from None
+
+
+def open_data(spooldir: Path, qid: str) -> BinaryIO:
+    return open(Path(spooldir) / MSGS / f"{check_qid(qid)}.dat", "rb")
+
+
+def rewrite_envelope(spooldir: Path, qid: str, envelope: Envelope) -> None:
+    spooldir = Path(spooldir)
+    check_qid(qid)
+    final = spooldir / MSGS / f"{qid}.env"
+    if not final.exists():
+        raise SpoolError(f"{final}: no such queue entry")
+    tmp = spooldir / TMP / f"{qid}.env.{os.getpid()}.{next(_counter)}"
+    write_file_durably(tmp, final, format_envelope(envelope))
+
+
+def remove(spooldir: Path, qid: str) -> None:
+    """Envelope first: once it is gone the entry is no longer queued."""
+    msgs = Path(spooldir) / MSGS
+    check_qid(qid)
+    for suffix in (".env", ".dat"):
+        try:
+            os.unlink(msgs / f"{qid}{suffix}")
+        except FileNotFoundError:
+            pass
+    fsync_dir(msgs)
+
+
+def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
+    """Remove leftovers of crashed writers: files in tmp/ and .dat files in
+    msgs/ without an .env, older than `older_than` seconds. Returns the count."""
+    spooldir = Path(spooldir)
+    cutoff = time.time() - older_than
+    removed = 0
+    candidates: list[Path] = []
+    try:
+        candidates += [p for p in (spooldir / TMP).iterdir()]
+    except FileNotFoundError:
+        pass
+    try:
+        candidates += [p for p in (spooldir / MSGS).iterdir()
+                       if p.suffix == ".dat" and not p.with_suffix(".env").exists()]
+    except FileNotFoundError:
+        pass
+    for p in candidates:
+        try:
+            if p.lstat().st_mtime < cutoff:
+                p.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def notify(queue_socket: Path, qid: str, timeout: float = 2.0) -> bool:
+    """Tell courierd about a new message. False if nobody listens: courierd's
+    periodic rescan will find the message anyway, so this never raises for that."""
+    line = f"NEW {check_qid(qid)}\n".encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect(str(queue_socket))
+        s.sendall(line)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

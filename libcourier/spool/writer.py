@@ -1,0 +1,100 @@
+"""Writing one message into the spool (the submit side).
+
+The data goes to tmp/<qid>.dat as it arrives (buffered), never past max_size:
+past it, the writer only counts (`too_big`), so the server can read to the end
+of DATA and answer 552. commit() makes it durable and returns the queue id;
+only after it returns may the server say 250 (DESIGN.md §8.2).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from libcourier.spool.envelope import Envelope, SpoolError, format_envelope
+from libcourier.spool.queue import MSGS, TMP, fsync_dir, new_qid, write_file_durably
+
+BUFFER = 64 * 1024
+
+
+class SpoolWriter:
+    def __init__(self, spooldir: Path, max_size: int):
+        self.spooldir = Path(spooldir)
+        self.max_size = max_size            # 0 or less: no limit
+        self.qid = new_qid()
+        self._tmp = self.spooldir / TMP / f"{self.qid}.dat"
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self._fh = os.fdopen(fd, "wb", buffering=BUFFER)
+        self._size = 0
+        self._too_big = False
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        """Octets offered so far (also those not written because of the limit)."""
+        return self._size
+
+    @property
+    def too_big(self) -> bool:
+        return self._too_big
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise SpoolError("write after commit/abort")
+        self._size += len(data)
+        if self._too_big:
+            return
+        if self.max_size > 0 and self._size > self.max_size:
+            self._too_big = True
+            return
+        try:
+            self._fh.write(data)
+        except OSError as e:
+            self.abort()
+            raise SpoolError(f"cannot write {self._tmp}: {e.strerror}") from None
+
+    def commit(self, envelope: Envelope) -> str:
+        if self._done:
+            raise SpoolError("commit after commit/abort")
+        if self._too_big:
+            self.abort()
+            raise SpoolError("message larger than the size limit")
+        msgs = self.spooldir / MSGS
+        dat = msgs / f"{self.qid}.dat"
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.rename(self._tmp, dat)
+            fsync_dir(msgs)
+            write_file_durably(self.spooldir / TMP / f"{self.qid}.env",
+                               msgs / f"{self.qid}.env", format_envelope(envelope))
+        except OSError as e:
+            self._done = True
+            for p in (self._tmp, dat):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+            raise SpoolError(f"cannot commit {self.qid}: {e.strerror or e}") from None
+        self._done = True
+        return self.qid
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> SpoolWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()    # a no-op after commit
