@@ -1,0 +1,578 @@
+"""The POP3 protocol without I/O: bytes in, replies and events out (RFC 1939, 2449, 2595).
+
+`Pop3Server` takes what the client sent (`receive_data`), answers every
+command it can decide on its own into an output buffer (`data_to_send`) and
+hands the driver an event for the rest (`next_event`):
+
+    AuthRequest  USER/PASS complete: ask authd, then login_ok / login_failed /
+                 login_unavailable / login_refused
+    StartTLS     STLS accepted: the "+OK" is queued, the receive buffer dropped;
+                 handshake, then tls_started()
+    Retrieve     RETR/TOP of a valid message: open it, respond_retrieve(ok),
+                 then stream it through a WireEncoder
+    Update       QUIT in TRANSACTION: remove the DELE'd messages, update_done()
+    Closed       the session is over (QUIT in AUTHORIZATION, too many errors)
+
+The maildrop is a `DropView` (sizes and UIDLs); deletion marks live here, so
+nothing touches the disk before the UPDATE state (RFC 1939 §6). The core
+imports nothing of socket, ssl, os, time or logging.
+
+Grammar (RFC 1939 §3, RFC 2449 §3): a command is a case-insensitive keyword
+of 3-4 characters, then arguments separated by a single space, ending in CRLF;
+a command line is at most 255 octets including the CRLF (RFC 2449 §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
+
+__all__ = ["NEED_DATA"]
+
+MAX_COMMAND_LINE = 255      # RFC 2449 §4, including CRLF
+MAX_NUMBER_DIGITS = 10      # a message number or line count longer than this is nonsense
+
+
+class State(Enum):
+    AUTHORIZATION = "AUTHORIZATION"   # RFC 1939 §4
+    TRANSACTION = "TRANSACTION"       # RFC 1939 §5
+    UPDATE = "UPDATE"                 # RFC 1939 §6: QUIT seen, deletions in progress
+    CLOSED = "CLOSED"
+
+
+# -- commands (what the parser makes of a line) ---------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    password: str
+
+    def __repr__(self) -> str:     # never let a password reach a log through repr()
+        return "Pass(password=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Simple:
+    verb: str                       # STAT RSET NOOP QUIT CAPA STLS
+
+
+@dataclass(frozen=True, slots=True)
+class MsgArg:
+    verb: str                       # LIST UIDL (msg may be None), RETR DELE
+    msg: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Top:
+    msg: int
+    lines: int
+
+
+@dataclass(frozen=True, slots=True)
+class BadCommand:
+    text: str                       # the -ERR text
+
+
+Command = User | Pass | Simple | MsgArg | Top
+
+
+# -- events for the driver ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AuthRequest:
+    user: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"AuthRequest(user={self.user!r}, password=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieve:
+    index: int                      # 0-based index into the DropView
+    lines: int | None               # TOP's body line count; None for RETR
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    deleted: tuple[int, ...]        # 0-based indexes to remove
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    reason: str
+
+
+Event = AuthRequest | StartTLS | Retrieve | Update | Closed
+
+
+@dataclass(frozen=True, slots=True)
+class DropView:
+    """What the core needs to know of the maildrop: per message its size and UIDL."""
+    sizes: tuple[int, ...]          # octets as sent (CRLF), RFC 1939 §11
+    uidls: tuple[str, ...]          # RFC 1939 §7: 1-70 chars 0x21-0x7E
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    stls: bool = False              # a certificate is configured and STLS is enabled
+    tls: bool = False               # the connection is already TLS (pop3d-ssl)
+    tls_required: bool = False      # POP3_TLS_REQUIRED: no USER/PASS in the clear
+    login_delay: int = 10           # advertised only (RFC 2449 §6.5), as Courier does
+    implementation: str = "courier-py"
+    max_bad_commands: int = 10
+    max_failed_logins: int = 3
+
+
+# Which verbs each state accepts (RFC 1939 §4-5, RFC 2449 §5 CAPA in both, RFC 2595 §4 STLS
+# only before login). Anything else is answered -ERR and the session goes on.
+ALLOWED: dict[State, frozenset[str]] = {
+    State.AUTHORIZATION: frozenset({"USER", "PASS", "QUIT", "CAPA", "STLS"}),
+    State.TRANSACTION: frozenset({"STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET",
+                                  "NOOP", "QUIT", "CAPA"}),
+    State.UPDATE: frozenset(),
+    State.CLOSED: frozenset(),
+}
+KNOWN_VERBS = frozenset().union(*ALLOWED.values()) | {"APOP", "AUTH", "UTF8", "LANG"}
+
+
+def ok(text: str) -> bytes:
+    return b"+OK " + text.encode("utf-8") + b"\r\n" if text else b"+OK\r\n"
+
+
+def err(text: str, code: str | None = None) -> bytes:
+    # RFC 2449 §8: an extended response code in brackets right after "-ERR ".
+    prefix = f"[{code}] " if code else ""
+    return b"-ERR " + (prefix + text).encode("utf-8") + b"\r\n"
+
+
+def multiline(first: bytes, lines: Sequence[str]) -> bytes:
+    """A multi-line response (RFC 1939 §3): lines dot-stuffed, ended by "."."""
+    body = "".join(("." + ln if ln.startswith(".") else ln) + "\r\n" for ln in lines)
+    return first + body.encode("utf-8") + b".\r\n"
+
+
+def _number(arg: str) -> int | None:
+    if not arg.isascii() or not arg.isdigit() or len(arg) > MAX_NUMBER_DIGITS:
+        return None
+    return int(arg)
+
+
+def parse_command(line: bytes) -> Command | BadCommand:
+    """One command line (with or without its CRLF) -> a Command, or BadCommand with the -ERR text."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return BadCommand("Invalid characters in command.")
+    if any(c < " " and c != "\t" or c == "\x7f" for c in text):
+        return BadCommand("Invalid characters in command.")
+    verb, _, rest = text.partition(" ")
+    verb = verb.upper()
+    if not verb:
+        return BadCommand("Invalid command.")
+    if verb not in KNOWN_VERBS:
+        return BadCommand("Invalid command.")
+    if verb == "PASS":
+        # RFC 1939 §7 (PASS): the password may contain spaces; it is the rest of the line.
+        if not rest:
+            return BadCommand("Syntax error: PASS needs a password.")
+        return Pass(rest)
+    args = rest.split(" ") if rest else []
+    if any(a == "" for a in args):
+        return BadCommand("Syntax error: arguments are separated by one space.")
+    match verb:
+        case "USER":
+            if len(args) != 1:
+                return BadCommand("Syntax error: USER needs one name.")
+            return User(args[0])
+        case "STAT" | "RSET" | "NOOP" | "QUIT" | "CAPA" | "STLS":
+            if args:
+                return BadCommand(f"Syntax error: {verb} takes no arguments.")
+            return Simple(verb)
+        case "LIST" | "UIDL" | "RETR" | "DELE":
+            optional = verb in ("LIST", "UIDL")
+            if len(args) > 1 or (not args and not optional):
+                return BadCommand(f"Syntax error: {verb} needs one message number."
+                                  if not optional else f"Syntax error: {verb} [msg].")
+            if not args:
+                return MsgArg(verb, None)
+            n = _number(args[0])
+            if n is None:
+                return BadCommand("Invalid message number.")
+            return MsgArg(verb, n)
+        case "TOP":
+            if len(args) != 2:
+                return BadCommand("Syntax error: TOP msg n.")
+            n, k = _number(args[0]), _number(args[1])
+            if n is None or k is None:
+                return BadCommand("Syntax error: TOP msg n with numbers.")
+            return Top(n, k)
+        case _:   # APOP, AUTH, UTF8, LANG: known to exist, not offered here
+            return BadCommand(f"{verb} is not supported.")
+
+
+class Pop3Server:
+    """One POP3 session's protocol state (the server side)."""
+
+    def __init__(self, options: Options = Options(),
+                 greeting: str = "Hello there."):
+        self.options = options
+        self.tls = options.tls
+        self.state = State.AUTHORIZATION
+        self._in = ReceiveBuffer(MAX_COMMAND_LINE)
+        self._out = bytearray()
+        self._pending: Event | None = None     # waiting for the driver's answer
+        self._user: str | None = None
+        self._bad = 0
+        self._failed_logins = 0
+        self._view = DropView((), ())
+        self._deleted: set[int] = set()
+        self._close_reason: str | None = None
+        self._out += ok(greeting)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self._in.feed(data)
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _close(self, reason: str) -> None:
+        self.state = State.CLOSED
+        self._close_reason = reason
+
+    def next_event(self) -> Event | object:
+        """The next event for the driver, or NEED_DATA when more input is needed."""
+        while True:
+            if self.state is State.CLOSED:
+                return Closed(self._close_reason or "closed")
+            if self._pending is not None:
+                raise RuntimeError(f"the driver has not answered {self._pending!r}")
+            try:
+                line = self._in.next_line()
+            except LineTooLong:
+                self._bad_command("Command line too long.")
+                continue
+            if line is NEED_DATA:
+                return NEED_DATA
+            assert isinstance(line, bytes)
+            ev = self._handle(parse_command(line))
+            if ev is not None:
+                if not isinstance(ev, Closed):
+                    self._pending = ev
+                return ev
+
+    def _bad_command(self, text: str) -> None:
+        self._bad += 1
+        self._out += err(text)
+        if self._bad >= self.options.max_bad_commands:
+            self._out += err("Too many bad commands, closing the connection.")
+            self._close("too many bad commands")
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def _handle(self, cmd: Command | BadCommand) -> Event | None:
+        if isinstance(cmd, BadCommand):
+            self._bad_command(cmd.text)
+            return None
+        verb = {User: "USER", Pass: "PASS", Top: "TOP"}.get(type(cmd)) or cmd.verb  # type: ignore[union-attr]
+        if verb not in ALLOWED[self.state]:
+            self._bad_command(f"{verb} is not valid in the {self.state.value} state.")
+            return None
+        if self.state is State.AUTHORIZATION:
+            return self._authorization(cmd)
+        return self._transaction(cmd)
+
+    # -- RFC 1939 §4, §7: AUTHORIZATION -----------------------------------------------------
+
+    def _authorization(self, cmd: Command) -> Event | None:
+        match cmd:
+            case Simple(verb="QUIT"):
+                self._out += ok("Bye-bye.")
+                self._close("quit")
+                return Closed("quit")
+            case Simple(verb="CAPA"):
+                self._capa()
+            case Simple(verb="STLS"):
+                # RFC 2595 §4: only before login, only once, only with a certificate.
+                if self.tls:
+                    self._out += err("Already using TLS.")
+                elif not self.options.stls:
+                    self._out += err("STLS is not available.")
+                else:
+                    self._out += ok("Begin SSL/TLS negotiation now.")
+                    # Bytes pipelined after STLS arrived in the clear: drop them so they
+                    # cannot be injected into the TLS session (CVE-2011-0411's class).
+                    self._in.take_all()
+                    self._user = None
+                    return StartTLS()
+            case User(name=name):
+                if self._tls_needed():
+                    self._out += err("TLS required to log in.", "AUTH")
+                    return None
+                self._user = name
+                self._out += ok("Password required.")
+            case Pass(password=password):
+                if self._tls_needed():
+                    self._out += err("TLS required to log in.", "AUTH")
+                    return None
+                if self._user is None:
+                    self._out += err("USER first.")
+                    return None
+                user, self._user = self._user, None
+                return AuthRequest(user, password)
+        return None
+
+    def _tls_needed(self) -> bool:
+        return self.options.tls_required and not self.tls
+
+    def capabilities(self) -> list[str]:
+        """RFC 2449 §5 CAPA lines, in Courier's pop3dcapa order (FORMATS.md §2.2)."""
+        caps: list[str] = []
+        # SASL is not offered until it is implemented.
+        if self.state is State.AUTHORIZATION and self.options.stls and not self.tls:
+            caps.append("STLS")
+        caps.append("TOP")
+        if not self._tls_needed():
+            caps.append("USER")
+        caps += [f"LOGIN-DELAY {self.options.login_delay}", "PIPELINING", "UIDL",
+                 "RESP-CODES", "AUTH-RESP-CODE",
+                 f"IMPLEMENTATION {self.options.implementation}"]
+        return caps
+
+    def _capa(self) -> None:
+        self._out += multiline(ok("Here's what I can do:"), self.capabilities())
+
+    # -- driver answers -----------------------------------------------------------------------
+
+    def _answer(self, kind: type) -> None:
+        if not isinstance(self._pending, kind):
+            raise RuntimeError(f"no {kind.__name__} is waiting for an answer")
+        self._pending = None
+
+    def login_ok(self, view: DropView) -> None:
+        self._answer(AuthRequest)
+        self._view = view
+        self._deleted = set()
+        self.state = State.TRANSACTION
+        self._out += ok("logged in.")
+
+    def login_failed(self) -> None:
+        """Wrong user or password (the driver has already waited its delay)."""
+        self._answer(AuthRequest)
+        self._failed_logins += 1
+        self._out += err("Login failed.", "AUTH")     # RFC 3206 §4 AUTH
+        if self._failed_logins >= self.options.max_failed_logins:
+            self._out += err("Too many failed logins, closing the connection.")
+            self._close("too many failed logins")
+
+    def login_unavailable(self) -> None:
+        """authd is down or timed out: try again later (RFC 3206 §4 SYS/TEMP)."""
+        self._answer(AuthRequest)
+        self._out += err("Temporary problem, please try again later.", "SYS/TEMP")
+
+    def login_refused(self, text: str, code: str | None) -> None:
+        """Authenticated, but the maildrop cannot be used (IN-USE, disabled, broken).
+
+        The driver may already have switched to the user, so the session ends.
+        """
+        self._answer(AuthRequest)
+        self._out += err(text, code)
+        self._close("login refused")
+
+    def tls_started(self) -> None:
+        self._answer(StartTLS)
+        self.tls = True
+
+    def respond_retrieve(self, opened: bool) -> None:
+        """Queue RETR/TOP's status line; when opened, the driver then streams the message."""
+        ev = self._pending
+        self._answer(Retrieve)
+        assert isinstance(ev, Retrieve)
+        if not opened:
+            self._out += err("Can't open the message file - it's gone!")
+        elif ev.lines is None:
+            self._out += ok(f"{self._view.sizes[ev.index]} octets follow.")
+        else:
+            self._out += ok("headers follow.")
+
+    def update_done(self, failed: int = 0) -> None:
+        """RFC 1939 §6: +OK when every DELE'd message is gone, else -ERR; then close."""
+        self._answer(Update)
+        if failed:
+            self._out += err(f"{failed} message(s) could not be deleted.", "SYS/TEMP")
+        else:
+            self._out += ok("Bye-bye.")
+        self._close("quit")
+
+    # -- RFC 1939 §5: TRANSACTION -------------------------------------------------------------
+
+    def _msg(self, n: int) -> int | None:
+        """0-based index of message n, or None after answering -ERR."""
+        if n < 1 or n > len(self._view.sizes):
+            self._out += err("Invalid message number.")
+            return None
+        if n - 1 in self._deleted:
+            self._out += err(f"Message {n} has been deleted.")
+            return None
+        return n - 1
+
+    def _live(self) -> list[int]:
+        return [i for i in range(len(self._view.sizes)) if i not in self._deleted]
+
+    def _transaction(self, cmd: Command) -> Event | None:
+        v = self._view
+        match cmd:
+            case Simple(verb="QUIT"):
+                self.state = State.UPDATE
+                return Update(tuple(sorted(self._deleted)))
+            case Simple(verb="CAPA"):
+                self._capa()
+            case Simple(verb="STAT"):
+                live = self._live()
+                self._out += ok(f"{len(live)} {sum(v.sizes[i] for i in live)}")
+            case Simple(verb="NOOP"):
+                self._out += ok("Yup.")
+            case Simple(verb="RSET"):
+                self._deleted.clear()
+                self._out += ok("Resurrected.")
+            case MsgArg(verb="LIST", msg=None):
+                live = self._live()
+                # Message numbers stay those of the session's start (RFC 1939 §5).
+                self._out += multiline(
+                    ok(f"{len(live)} messages ({sum(v.sizes[i] for i in live)} octets)"),
+                    [f"{i + 1} {v.sizes[i]}" for i in live])
+            case MsgArg(verb="UIDL", msg=None):
+                self._out += multiline(ok(""), [f"{i + 1} {v.uidls[i]}" for i in self._live()])
+            case MsgArg(verb=verb, msg=n):
+                assert n is not None
+                i = self._msg(n)
+                if i is None:
+                    return None
+                if verb == "LIST":
+                    self._out += ok(f"{n} {v.sizes[i]}")
+                elif verb == "UIDL":
+                    self._out += ok(f"{n} {v.uidls[i]}")
+                elif verb == "DELE":
+                    self._deleted.add(i)
+                    self._out += ok("Deleted.")
+                else:
+                    return Retrieve(i, None)
+            case Top(msg=n, lines=k):
+                i = self._msg(n)
+                if i is not None:
+                    return Retrieve(i, k)
+        return None
+
+
+# -- message bytes on the wire (RFC 1939 §3 byte-stuffing) -------------------------------------
+
+class WireEncoder:
+    """Turns a stored message (LF or CRLF line ends) into what RETR/TOP send, chunk by chunk.
+
+    A bare LF becomes CRLF, an existing CRLF is kept, every other byte is sent
+    as is; a line starting with "." gets one more "." (RFC 1939 §3); a message
+    not ending in a line end gets a CRLF; `finish()` adds the ".\\r\\n". For TOP
+    (`body_lines` set) the header, the blank line and that many body lines are
+    sent, then `done` turns true and the caller may stop reading.
+
+    `octets` counts what is sent before stuffing and without the final "."
+    line: RFC 1939's "exact size", which LIST reports.
+    """
+
+    __slots__ = ("body_lines", "done", "octets", "stuffed", "utf8_header",
+                 "_at_start", "_line_empty", "_last_cr", "_in_header", "_any")
+
+    def __init__(self, body_lines: int | None = None):
+        self.body_lines = body_lines
+        self.done = False
+        self.octets = 0
+        self.stuffed = 0
+        self.utf8_header = False     # 8-bit bytes in the header (Courier's isutf8)
+        self._at_start = True
+        self._line_empty = True      # the current line holds nothing but maybe a CR
+        self._last_cr = False
+        self._in_header = True
+        self._any = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        out = bytearray()
+        pos, n = 0, len(chunk)
+        while pos < n and not self.done:
+            if self._at_start and self.body_lines is not None and not self._in_header:
+                if self.body_lines == 0:
+                    self.done = True
+                    break
+            nl = chunk.find(b"\n", pos)
+            end = n if nl < 0 else nl
+            seg = chunk[pos:end]
+            if seg:
+                self._any = True
+                if self._at_start and seg[0:1] == b".":
+                    out += b"."
+                    self.stuffed += 1
+                if self._in_header and not self.utf8_header and any(b >= 0x80 for b in seg):
+                    self.utf8_header = True
+                out += seg
+                self.octets += len(seg)
+                self._at_start = False
+                if self._line_empty and seg != b"\r":
+                    self._line_empty = False
+                self._last_cr = seg[-1:] == b"\r"
+            if nl < 0:
+                break
+            self._any = True
+            eol = b"\n" if self._last_cr else b"\r\n"
+            out += eol
+            self.octets += len(eol)
+            self._end_line()
+            pos = nl + 1
+        return bytes(out)
+
+    def _end_line(self) -> None:
+        if self._in_header:
+            if self._line_empty:
+                self._in_header = False     # the blank line ends the header (RFC 5322 §2.1)
+        elif self.body_lines is not None:
+            self.body_lines -= 1
+        self._at_start = True
+        self._line_empty = True
+        self._last_cr = False
+
+    def finish(self) -> bytes:
+        """The end of the message: a CRLF if the last line was unterminated, then ".\\r\\n"."""
+        tail = b""
+        if not self._at_start and not self.done:
+            tail = b"\n" if self._last_cr else b"\r\n"
+            self.octets += len(tail)
+        self._at_start = True
+        self.done = True
+        return tail + b".\r\n"
+
+
+def wire_size(chunks: Iterable[bytes]) -> tuple[int, bool]:
+    """(RFC 1939 size, 8-bit header) of a message given as an iterable of chunks."""
+    enc = WireEncoder()
+    for c in chunks:
+        enc.feed(c)
+    enc.finish()
+    return enc.octets, enc.utf8_header
