@@ -1,0 +1,588 @@
+"""The ESMTP server protocol without I/O (RFC 5321, with RFC 1870, 2034, 2920, 3207, 6152, 6531).
+
+Bytes go in with `feed`, a list of events comes out: replies to send, message
+data to store, and the points where the driver must act before the dialogue
+may go on (commit the message, do the TLS handshake, close). The core never
+touches a socket, a file or the clock; policy (is this recipient ours?) is a
+hook object it calls, so all I/O stays in the driver and the hook.
+
+Every command goes through one table (COMMANDS): the states it is legal in
+(check step) and its handler (act step), as OpenSMTPD and mox do. Limits:
+command lines 512 octets (§4.5.3.1.4), text lines 1000 (§4.5.3.1.6), message
+size, recipients per message, bad commands per session.
+
+DATA decisions (SMTP smuggling, CVE-2023-51766 and friends):
+- Only CRLF "." CRLF ends DATA. A "." line ended by a bare LF, or a "." line
+  that follows a line ended by a bare LF, is content, never the end.
+- A message containing a bare LF or a bare CR anywhere is read to the real
+  end and then refused with 550 5.6.2 (RFC 5321 §2.3.8: bare CR/LF MUST NOT be
+  treated as line ends). Refusing instead of "fixing" means no two readings of
+  the same bytes can ever disagree about where a message ends or what it
+  holds, which is the root of every smuggling variant. Postfix does the same
+  with smtpd_forbid_bare_newline=reject. Real MTAs never send bare LF.
+- Over-long lines and over-size messages are read to the end too, then
+  answered (550 5.6.0 / 552 5.3.4) after the dot, never mid-stream, so the
+  client stays in step.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from libcourier.proto import NEED_DATA, ClientError, LineTooLong, ReceiveBuffer
+from libcourier.smtp import (
+    MAX_COMMAND_LINE,
+    MAX_TEXT_LINE,
+    Reply,
+    parse_command,
+    parse_helo_domain,
+    parse_mail_from,
+    parse_rcpt_to,
+)
+
+# A DATA line longer than this is not kept in memory even to check it: it is
+# dropped as it arrives (ReceiveBuffer) and the message is refused.
+DATA_LINE_MEMORY = 64 * 1024
+
+
+class State(enum.Enum):
+    GREETED = "greeted"        # before EHLO/HELO (also right after STARTTLS)
+    READY = "ready"            # after EHLO/HELO, no transaction
+    MAIL = "mail"              # MAIL accepted, no recipient yet
+    RCPT = "rcpt"              # at least one recipient accepted
+    DATA = "data"              # reading message text
+    WAIT_COMMIT = "commit"     # the driver is committing the message
+    WAIT_TLS = "starttls"      # the driver is doing the TLS handshake
+    CLOSED = "closed"
+
+
+# --- the policy hook ------------------------------------------------------
+
+class VerdictKind(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    TEMPFAIL = "tempfail"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: VerdictKind
+    code: int = 250
+    enhanced: str = "2.1.5"
+    text: str = "Ok."
+
+    @classmethod
+    def accept(cls) -> Verdict:
+        return cls(VerdictKind.ACCEPT)
+
+    @classmethod
+    def reject(cls, code: int = 550, enhanced: str = "5.1.1", text: str = "User unknown.") -> Verdict:
+        return cls(VerdictKind.REJECT, code, enhanced, text)
+
+    @classmethod
+    def tempfail(cls, code: int = 451, enhanced: str = "4.3.0", text: str = "Try again later.") -> Verdict:
+        return cls(VerdictKind.TEMPFAIL, code, enhanced, text)
+
+
+class Policy(Protocol):
+    """What the core asks about a transaction; the driver supplies it (it may do I/O)."""
+
+    def check_sender(self, sender: str, session: SessionInfo) -> Verdict: ...
+
+    def check_recipient(self, address: str, session: SessionInfo) -> Verdict: ...
+
+
+class AcceptAll:
+    """A policy for tests and for `sendmail`-like trusted submitters."""
+
+    def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
+        return Verdict.accept()
+
+    def check_recipient(self, address: str, session: SessionInfo) -> Verdict:
+        return Verdict.accept()
+
+
+# --- limits, session facts, transactions ----------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_size: int = 10 * 1024 * 1024     # SIZELIMIT; 0 = no limit (as Courier)
+    max_recipients: int = 100            # RFC 5321 §4.5.3.1.8 minimum; Courier's bofh default
+    max_errors: int = 20                 # bad commands before 421
+    max_command_line: int = MAX_COMMAND_LINE
+    max_text_line: int = MAX_TEXT_LINE
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """Facts about the session the policy and the driver may look at."""
+    hostname: str                 # our name (`me`), for the greeting and EHLO
+    tls_available: bool = False   # a certificate is configured: offer STARTTLS
+    tls_active: bool = False
+    helo: str = ""
+    esmtp: bool = False           # EHLO (not HELO): extensions usable
+    authenticated: str = ""       # AUTH user (a later milestone); "" = none
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str
+    orcpt: str | None = None
+    notify: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    sender: str                          # "" for <>
+    recipients: tuple[Recipient, ...]
+    body: str = "7BIT"                   # or "8BITMIME" (RFC 6152)
+    smtputf8: bool = False               # RFC 6531
+    declared_size: int | None = None     # RFC 1870 SIZE=
+    size: int = 0                        # octets received (after unstuffing, CRLF counted)
+
+
+@dataclass(slots=True)
+class _Txn:
+    sender: str = ""
+    recipients: list[Recipient] = field(default_factory=list)
+    body: str = "7BIT"
+    smtputf8: bool = False
+    declared_size: int | None = None
+
+
+# --- events ---------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes to send. The driver may hold them until the input is drained (RFC 2920 §3.1)."""
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataStart:
+    """354 was sent: open the spool file (and write the Received: line)."""
+    transaction: Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk:
+    """Unstuffed message text with its CRLF line ends, in order."""
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReady:
+    """The message ended well: commit it, then call message_accepted / message_failed."""
+    transaction: Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAborted:
+    """The message is refused (the reply is already queued): discard the spool file."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS:
+    """220 was queued: send it, do the handshake, then call tls_started()."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Send what is queued and close the connection."""
+    reason: str
+
+
+Event = Send | DataStart | DataChunk | MessageReady | MessageAborted | StartTLS | Close
+
+
+def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
+    return Reply.make(code, enhanced, *lines)
+
+
+HELP_TEXT = ("courier-py ESMTP server. Commands:",
+             "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS")
+
+
+class SmtpServer:
+    """One SMTP session's protocol state. Not thread-safe; one per connection."""
+
+    def __init__(self, session: SessionInfo, policy: Policy, limits: Limits | None = None):
+        self.session = session
+        self.policy = policy
+        self.limits = limits or Limits()
+        self.state = State.GREETED
+        self.errors = 0
+        self._buf = ReceiveBuffer(self.limits.max_command_line)
+        self._txn = _Txn()
+        self._out: list[Event] = []
+        # DATA bookkeeping
+        self._data_size = 0
+        self._data_problem: Reply | None = None
+        self._prev_crlf = True       # the previous DATA line ended with CRLF
+        self._chunk = bytearray()
+
+    # -- public API --------------------------------------------------------
+
+    def greeting(self) -> bytes:
+        # RFC 5321 §4.2: 220 <domain>; RFC 2034: no enhanced code on the greeting.
+        return _r(220, None, f"{self.session.hostname} ESMTP").to_bytes()
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Take received bytes; return what to do. b"" means the client closed."""
+        if self.state is State.CLOSED:
+            return []
+        if data:
+            self._buf.feed(data)
+            return self._run()
+        # EOF: a message in progress is lost (never half-committed).
+        if self.state is State.DATA:
+            self._out.append(MessageAborted("connection closed during DATA"))
+        self.state = State.CLOSED
+        self._out.append(Close("connection closed by client"))
+        return self._take()
+
+    def message_accepted(self, queue_id: str) -> list[Event]:
+        """The driver committed the message (fsync'd): say 250 and go on with pipelined input."""
+        assert self.state is State.WAIT_COMMIT
+        self._send(_r(250, "2.0.0", f"Ok. {queue_id}"))
+        self._reset_txn(State.READY)
+        return self._run()
+
+    def message_failed(self, reply: Reply | None = None) -> list[Event]:
+        """The commit failed (disk full, ...): a temporary error, the message is not ours."""
+        assert self.state is State.WAIT_COMMIT
+        self._send(reply or _r(451, "4.3.0", "Unable to queue the message, try again later."))
+        self._reset_txn(State.READY)
+        return self._run()
+
+    def tls_started(self) -> list[Event]:
+        """RFC 3207 §4.2: after the handshake the session starts over; EHLO again."""
+        assert self.state is State.WAIT_TLS
+        self.session.tls_active = True
+        self.session.helo = ""
+        self.session.esmtp = False
+        self._reset_txn(State.GREETED)
+        return self._run()
+
+    def timeout(self) -> list[Event]:
+        self._send(_r(421, "4.4.2", f"{self.session.hostname} Timeout, closing connection."))
+        if self.state is State.DATA:
+            self._out.append(MessageAborted("timeout during DATA"))
+        return self._close("timeout")
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _take(self) -> list[Event]:
+        out, self._out = self._out, []
+        return out
+
+    def _send(self, reply: Reply) -> None:
+        self._out.append(Send(reply.to_bytes()))
+
+    def _close(self, reason: str) -> list[Event]:
+        self.state = State.CLOSED
+        self._out.append(Close(reason))
+        return self._take()
+
+    def _reset_txn(self, state: State) -> None:
+        self._txn = _Txn()
+        self.state = state
+
+    def _error(self, reply: Reply) -> None:
+        """A client error: answer, count, and close once there were too many."""
+        self._send(reply)
+        self.errors += 1
+        if self.errors >= self.limits.max_errors and self.state is not State.CLOSED:
+            self._send(_r(421, "4.7.0", f"{self.session.hostname} Too many errors, closing connection."))
+            self.state = State.CLOSED
+            self._out.append(Close("too many errors"))
+
+    def _run(self) -> list[Event]:
+        while self.state not in (State.CLOSED, State.WAIT_COMMIT, State.WAIT_TLS):
+            if self.state is State.DATA:
+                if not self._data_step():
+                    break
+                continue
+            try:
+                line = self._buf.next_line()
+            except LineTooLong:
+                self._error(_r(500, "5.5.2", "Line too long."))
+                continue
+            if line is NEED_DATA:
+                break
+            assert isinstance(line, bytes)
+            self._command(line)
+        return self._take()
+
+    # -- commands: check, then act ----------------------------------------
+
+    def _command(self, line: bytes) -> None:
+        try:
+            cmd = parse_command(line)
+        except ClientError as e:
+            code, enh = (e.code or "500 5.5.2").split()
+            self._error(_r(int(code), enh, e.text))
+            return
+        entry = COMMANDS.get(cmd.verb)
+        if entry is None:
+            self._error(_r(500, "5.5.2", "Syntax error, command unrecognized."))
+            return
+        states, handler = entry
+        if self.state not in states:
+            self._error(_sequence_reply(cmd.verb, self.state))
+            return
+        try:
+            handler(self, cmd.arg)
+        except ClientError as e:
+            code, enh = (e.code or "501 5.5.4").split()
+            self._error(_r(int(code), enh, e.text))
+
+    def _ehlo(self, arg: str) -> None:
+        # RFC 5321 §4.1.4: EHLO may come at any time and resets the transaction.
+        self.session.helo = parse_helo_domain(arg)
+        self.session.esmtp = True
+        self._reset_txn(State.READY)
+        lines = [f"{self.session.hostname} Ok."]
+        if self.session.tls_available and not self.session.tls_active:
+            lines.append("STARTTLS")
+        lines += ["PIPELINING", "8BITMIME", "SMTPUTF8"]
+        # RFC 1870 §4: SIZE with the limit (0 = no fixed limit).
+        lines.append(f"SIZE {self.limits.max_size}" if self.limits.max_size else "SIZE")
+        lines.append("ENHANCEDSTATUSCODES")
+        self._send(Reply(250, None, tuple(lines)))
+
+    def _helo(self, arg: str) -> None:
+        self.session.helo = parse_helo_domain(arg)
+        self.session.esmtp = False
+        self._reset_txn(State.READY)
+        self._send(_r(250, None, f"{self.session.hostname} Ok."))
+
+    def _mail(self, arg: str) -> None:
+        path = parse_mail_from(arg)      # RFC 5321 §4.1.1.2
+        txn = _Txn(sender=path.address)
+        if path.params and not self.session.esmtp:
+            # RFC 1869 §4.4: no parameters after HELO.
+            self._error(_r(555, "5.5.4", "MAIL parameters need EHLO."))
+            return
+        for key, value in path.params.items():
+            if key == "SIZE":            # RFC 1870 §6
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise ClientError("Invalid SIZE value.", "501 5.5.4")
+                txn.declared_size = int(value)
+                if self.limits.max_size and txn.declared_size > self.limits.max_size:
+                    self._error(_r(552, "5.3.4", "Message size exceeds fixed maximum message size."))
+                    return
+            elif key == "BODY":          # RFC 6152 §3
+                body = (value or "").upper()
+                if body not in ("7BIT", "8BITMIME"):
+                    raise ClientError("BODY must be 7BIT or 8BITMIME.", "501 5.5.4")
+                txn.body = body
+            elif key == "SMTPUTF8":      # RFC 6531 §3.4
+                if value is not None:
+                    raise ClientError("SMTPUTF8 takes no value.", "501 5.5.4")
+                txn.smtputf8 = True
+            else:
+                # RFC 5321 §4.1.1.11: parameters not recognized -> 555.
+                self._error(_r(555, "5.5.4", f"Unsupported parameter {key}."))
+                return
+        if not path.address.isascii() and not txn.smtputf8:
+            # RFC 6531 §3.5: a UTF-8 address without SMTPUTF8.
+            self._error(_r(553, "5.6.7", "Non-ASCII address needs SMTPUTF8."))
+            return
+        verdict = self.policy.check_sender(path.address, self.session)
+        if verdict.kind is not VerdictKind.ACCEPT:
+            self._verdict_reply(verdict)
+            return
+        self._txn = txn
+        self.state = State.MAIL
+        self._send(_r(250, "2.1.0", "Ok."))
+
+    def _rcpt(self, arg: str) -> None:
+        path = parse_rcpt_to(arg)        # RFC 5321 §4.1.1.3
+        if path.params:
+            if not self.session.esmtp:
+                self._error(_r(555, "5.5.4", "RCPT parameters need EHLO."))
+                return
+            key = next(iter(path.params))
+            self._error(_r(555, "5.5.4", f"Unsupported parameter {key}."))
+            return
+        address = path.address
+        if not address.isascii() and not self._txn.smtputf8:
+            self._error(_r(553, "5.6.7", "Non-ASCII address needs SMTPUTF8."))
+            return
+        if len(self._txn.recipients) >= self.limits.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
+            self._send(_r(452, "4.5.3", "Too many recipients."))
+            return
+        verdict = self.policy.check_recipient(address, self.session)
+        if verdict.kind is not VerdictKind.ACCEPT:
+            self._verdict_reply(verdict)
+            return
+        self._txn.recipients.append(Recipient(address))
+        self.state = State.RCPT
+        self._send(_r(250, "2.1.5", "Ok."))
+
+    def _verdict_reply(self, verdict: Verdict) -> None:
+        reply = _r(verdict.code, verdict.enhanced, verdict.text)
+        if verdict.kind is VerdictKind.REJECT:
+            self._error(reply)      # a dictionary attack counts against the session
+        else:
+            self._send(reply)
+
+    def _data(self, arg: str) -> None:
+        if arg.strip():
+            raise ClientError("DATA takes no parameters.", "501 5.5.4")
+        if self.state is State.MAIL:
+            # RFC 5321 §3.3: no valid recipients -> 554 (or 503).
+            self._error(_r(554, "5.5.1", "No valid recipients."))
+            return
+        self.state = State.DATA
+        self._data_size = 0
+        self._data_problem = None
+        self._prev_crlf = True
+        self._buf.max_line = DATA_LINE_MEMORY
+        self._send(_r(354, None, "Ok."))
+        self._out.append(DataStart(self._transaction()))
+
+    def _rset(self, arg: str) -> None:
+        if arg.strip():
+            raise ClientError("RSET takes no parameters.", "501 5.5.4")
+        self._reset_txn(State.GREETED if not self.session.helo else State.READY)
+        self._send(_r(250, "2.0.0", "Ok."))
+
+    def _noop(self, arg: str) -> None:
+        self._send(_r(250, "2.0.0", "Ok."))
+
+    def _quit(self, arg: str) -> None:
+        self._send(_r(221, "2.0.0", f"{self.session.hostname} closing connection."))
+        self.state = State.CLOSED
+        self._out.append(Close("QUIT"))
+
+    def _vrfy(self, arg: str) -> None:
+        if not arg.strip():
+            raise ClientError("VRFY needs an argument.", "501 5.5.4")
+        # RFC 5321 §3.5.3: 252 when we will not verify but will accept.
+        self._send(_r(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery."))
+
+    def _expn(self, arg: str) -> None:
+        self._error(_r(502, "5.5.1", "EXPN not available."))
+
+    def _help(self, arg: str) -> None:
+        self._send(_r(214, "2.0.0", *HELP_TEXT))
+
+    def _starttls(self, arg: str) -> None:
+        if arg.strip():
+            raise ClientError("STARTTLS takes no parameters.", "501 5.5.4")
+        if self.session.tls_active:
+            self._error(_r(503, "5.5.1", "TLS already active."))
+            return
+        if not self.session.tls_available:
+            self._error(_r(502, "5.5.1", "STARTTLS not available."))
+            return
+        self._send(_r(220, "2.0.0", "Ready to start TLS."))
+        # RFC 3207 §4.2 (and CVE-2011-0411): anything the client pipelined after
+        # STARTTLS arrived in clear text and must not be taken as TLS input.
+        self._buf.take_all()
+        self.state = State.WAIT_TLS
+        self._out.append(StartTLS())
+
+    # -- DATA --------------------------------------------------------------
+
+    def _transaction(self) -> Transaction:
+        t = self._txn
+        return Transaction(t.sender, tuple(t.recipients), t.body, t.smtputf8,
+                           t.declared_size, self._data_size)
+
+    def _flush_chunk(self) -> None:
+        if self._chunk:
+            self._out.append(DataChunk(bytes(self._chunk)))
+            self._chunk.clear()
+
+    def _data_step(self) -> bool:
+        """Consume DATA lines; False when more input is needed."""
+        while True:
+            try:
+                line = self._buf.next_line()
+            except LineTooLong:
+                # Its line end is unknown (dropped); assume CRLF so the client's
+                # real end of data is found. The message is refused anyway.
+                self._problem(_r(550, "5.6.0", "Message has a line longer than 1000 characters."))
+                self._prev_crlf = True
+                continue
+            if line is NEED_DATA:
+                self._flush_chunk()
+                return False
+            assert isinstance(line, bytes)
+            crlf = line.endswith(b"\r\n")
+            if crlf and line == b".\r\n" and self._prev_crlf:
+                self._flush_chunk()
+                self._end_of_data()
+                return True
+            if not crlf or b"\r" in line[:-2]:
+                self._problem(_r(550, "5.6.2", "Message contains bare CR or LF characters "
+                                 "(RFC 5321 section 2.3.8)."))
+            self._prev_crlf = crlf
+            if len(line) > self.limits.max_text_line:
+                self._problem(_r(550, "5.6.0", "Message has a line longer than 1000 characters."))
+            if line.startswith(b"."):
+                line = line[1:]      # RFC 5321 §4.5.2: transparency
+            self._data_size += len(line)
+            if self.limits.max_size and self._data_size > self.limits.max_size:
+                self._problem(_r(552, "5.3.4", "Message size exceeds fixed maximum message size."))
+            if self._data_problem is None:
+                self._chunk += line
+                if len(self._chunk) >= 65536:
+                    self._flush_chunk()
+
+    def _problem(self, reply: Reply) -> None:
+        if self._data_problem is None:
+            self._data_problem = reply
+            self._chunk.clear()
+
+    def _end_of_data(self) -> None:
+        self._buf.max_line = self.limits.max_command_line
+        if self._data_problem is not None:
+            self._send(self._data_problem)
+            self._out.append(MessageAborted(self._data_problem.text))
+            self._reset_txn(State.READY)
+            return
+        self.state = State.WAIT_COMMIT
+        self._out.append(MessageReady(self._transaction()))
+
+
+def _sequence_reply(verb: str, state: State) -> Reply:
+    """RFC 5321 §4.1.4 / §3.3: commands out of order get 503 5.5.1."""
+    if state is State.GREETED:
+        return _r(503, "5.5.1", "Send EHLO/HELO first.")
+    if verb == "MAIL":
+        return _r(503, "5.5.1", "Nested MAIL command.")
+    if verb in ("RCPT",):
+        return _r(503, "5.5.1", "Need MAIL before RCPT.")
+    if verb == "DATA":
+        return _r(503, "5.5.1", "Need RCPT before DATA.")
+    return _r(503, "5.5.1", f"{verb} not allowed now.")
+
+
+_ANY = frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT})
+Handler = Callable[[SmtpServer, str], None]
+
+# The command table: verb -> (states it is legal in, handler).
+COMMANDS: dict[str, tuple[frozenset[State], Handler]] = {
+    "EHLO": (_ANY, SmtpServer._ehlo),
+    "HELO": (_ANY, SmtpServer._helo),
+    "MAIL": (frozenset({State.READY}), SmtpServer._mail),
+    "RCPT": (frozenset({State.MAIL, State.RCPT}), SmtpServer._rcpt),
+    "DATA": (frozenset({State.MAIL, State.RCPT}), SmtpServer._data),
+    "RSET": (_ANY, SmtpServer._rset),
+    "NOOP": (_ANY, SmtpServer._noop),
+    "QUIT": (_ANY, SmtpServer._quit),
+    "VRFY": (_ANY, SmtpServer._vrfy),
+    "EXPN": (_ANY, SmtpServer._expn),
+    "HELP": (_ANY, SmtpServer._help),
+    # RFC 3207 §4: after EHLO, outside a transaction.
+    "STARTTLS": (frozenset({State.READY}), SmtpServer._starttls),
+}
