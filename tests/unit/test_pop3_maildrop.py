@@ -1,0 +1,160 @@
+"""The POP3 view of a Maildir, and the courierpop3dsizelist cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from courier_pop3d.maildrop import Maildrop, MaildropInUse
+
+from libcourier.maildir import pop3sizelist as sl
+
+MSGS = [
+    b"From: a@example.com\nSubject: one\n\nHello\n.dot\n",
+    b"From: b@example.com\nSubject: two\n\nbody 1\nbody 2\n",
+    b"Subject: caf\xc3\xa9\n\nno final newline",
+]
+
+
+def make_maildir(root: Path, msgs: list[bytes] = MSGS) -> Path:
+    for d in ("tmp", "new", "cur"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(msgs):
+        (root / "new" / f"{1700000000 + i}.M{i}P1.host,S={len(m)}").write_bytes(m)
+    return root
+
+
+def retr(drop: Maildrop, i: int, lines: int | None = None) -> bytes:
+    f = drop.open_message(i)
+    assert f is not None
+    with f:
+        return b"".join(drop.stream(f, lines))
+
+
+def test_sizes_uidls_and_stream(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    drop = Maildrop(root)
+    view = drop.open()
+    crlf = [m.replace(b"\n", b"\r\n") for m in MSGS]
+    assert view.sizes == (len(crlf[0]), len(crlf[1]), len(crlf[2]) + 2)
+    uidv = drop.maildir.scan().uidvalidity
+    assert view.uidls == (f"UID1-{uidv}", f"UID2-{uidv}", f"UID3-{uidv}")
+    assert retr(drop, 0) == crlf[0].replace(b"\r\n.dot", b"\r\n..dot") + b".\r\n"
+    assert retr(drop, 2) == crlf[2] + b"\r\n.\r\n"
+    assert retr(drop, 1, 1) == b"From: b@example.com\r\nSubject: two\r\n\r\nbody 1\r\n.\r\n"
+    # RFC 1939 "exact size": what RETR sends, minus stuffing and the final ".".
+    for i, size in enumerate(view.sizes):
+        body = retr(drop, i)[:-3]
+        stuffed = sum(1 for ln in body.split(b"\r\n") if ln.startswith(b".."))
+        assert len(body) - stuffed == size
+    assert drop.messages[2].utf8 is True
+
+
+def test_uidls_stable_and_cache_written(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    first = Maildrop(root).open()
+    cache = sl.read(root)
+    assert cache is not None and len(cache.entries) == 3
+    assert (root / sl.FILENAME).read_bytes().startswith(b"/3 4 ")
+    # A new arrival gets the next UIDL; the old ones do not change.
+    (root / "new" / "1800000000.M9P1.host").write_bytes(b"Subject: new\n\nx\n")
+    second = Maildrop(root).open()
+    assert second.uidls[:3] == first.uidls and second.sizes[:3] == first.sizes
+    assert second.uidls[3].startswith("UID4-")
+
+
+def test_courier_sizelist_uidls_are_kept(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir", MSGS[:2])
+    Maildrop(root).open()          # moves new/ to cur/
+    names = sorted(os.listdir(root / "cur"))
+    # A list written by Courier's pop3d (version 2: no UTF-8 flag), with its own UIDs.
+    (root / sl.FILENAME).write_text(
+        f"/2 40 1600000000\n{names[0]} 999 37:1600000000\n"
+        f"{names[1].split(':')[0]} 123 38:1600000000\n")
+    view = Maildrop(root).open()
+    assert view.uidls == ("UID37-1600000000", "UID38-1600000000")
+    assert view.sizes == (999, 123)    # trusted, as Courier does
+    assert sl.read(root).entries[0].uid == 37   # rewritten in version 3, still there
+
+
+def test_deletions_only_at_commit(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    drop = Maildrop(root)
+    drop.open()
+    assert len(os.listdir(root / "cur")) == 3
+    assert drop.commit((0, 2)) == 0
+    left = os.listdir(root / "cur")
+    assert len(left) == 1 and left[0].startswith("1700000001.")
+    assert Maildrop(root).open().uidls == (f"UID2-{drop.maildir.scan().uidvalidity}",)
+
+
+def test_commit_follows_flag_renames(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    drop = Maildrop(root)
+    drop.open()
+    name = drop.messages[0].ref.filename
+    os.rename(root / "cur" / name, root / "cur" / (name.split(":")[0] + ":2,F"))  # IMAP flagged it
+    assert retr(drop, 0).startswith(b"From: a@")
+    assert drop.commit((0,)) == 0
+    assert len(os.listdir(root / "cur")) == 2
+
+
+def test_retr_marks_seen(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    drop = Maildrop(root)
+    drop.open()
+    drop.mark_seen(1)
+    assert any(n.endswith(":2,S") for n in os.listdir(root / "cur"))
+    assert drop.messages[1].ref.flags == "S"
+
+
+def test_lock_in_use(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    a, b = Maildrop(root), Maildrop(root)
+    a.lock()
+    with pytest.raises(MaildropInUse):
+        b.lock()
+    a.unlock()
+    b.lock()
+    b.unlock()
+
+
+def test_missing_message_is_none(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    drop = Maildrop(root)
+    drop.open()
+    os.unlink(drop.maildir.path_of(drop.messages[0].ref))
+    assert drop.open_message(0) is None
+    assert drop.commit((0,)) == 0      # already gone is not a failure
+
+
+# -- courierpop3dsizelist ------------------------------------------------------------------
+
+def test_sizelist_round_trip(tmp_path: Path) -> None:
+    lst = sl.SizeList(7, 1700000000, (
+        sl.SizeEntry("1.M1P1.h,S=5:2,S", 7, 1, 1700000000, False),
+        sl.SizeEntry("2 with space.M2P1.h", 9, 5, 1700000000, True),
+    ))
+    sl.write(tmp_path, lst)
+    assert sl.read(tmp_path) == lst
+    assert (tmp_path / sl.FILENAME).read_text() == (
+        "/3 7 1700000000\n1.M1P1.h,S=5:2,S 7 1:1700000000:0\n"
+        "2 with space.M2P1.h 9 5:1700000000:1\n")
+    assert not [p for p in tmp_path.iterdir() if p.name != sl.FILENAME]   # no tmp left
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"garbage\n", b"/9 1 2\n", b"/3 x y\n", b"3 1 2\n",
+])
+def test_sizelist_bad_header_is_ignored(data: bytes) -> None:
+    assert sl.parse(data) is None
+
+
+def test_sizelist_bad_lines_skipped() -> None:
+    got = sl.parse(b"/3 5 9\nok 1 2:9:0\nbad line\nx y z:w\n"
+                   b"n 1 2:3:4:5\ntorn 1 2:9")
+    assert got is not None
+    assert [e.filename for e in got.entries] == ["ok"]
+    assert got.entries[0].uidl == "UID2-9"
+    assert sl.SizeEntry("f", 1, 3, 0).uidl == "UID3"
