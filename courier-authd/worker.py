@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import signal
 import socket
 import time
@@ -66,48 +67,53 @@ def serve_connection(conn: socket.socket, auth: Authenticator, *,
         conn.close()
 
 
-class _State:
-    busy = False
-    stop = False
-
-
 def worker_main(listener: socket.socket, auth: Authenticator) -> int:
-    """Run in the forked child until SIGTERM; the caller os._exit()s with the result."""
-    state = _State()
+    """Run in the forked child until SIGTERM; the caller os._exit()s with the result.
+
+    SIGTERM only sets a flag (through the wakeup pipe), and the worker waits in
+    select() rather than accept(): a connection once accepted is always answered,
+    so a reload or stop never drops a client mid-request. The listening socket is
+    non-blocking because every worker is woken for one connection and only one wins.
+    """
+    stop = False
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def on_term(signum, frame):
-        # Idle in accept(): leave now. Busy: finish this request first.
-        if not state.busy:
-            raise SystemExit(0)
-        state.stop = True
+        nonlocal stop
+        stop = True
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides; ^C goes to the group
     signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the parent reloads by replacing workers
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     try:
         import setproctitle
         setproctitle.setproctitle("authdaemond: worker")
     except ImportError:
         pass
-    try:
-        while not state.stop:
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    sel.register(rfd, selectors.EVENT_READ)
+    while not stop:
+        for key, _ in sel.select():
+            if key.fd == rfd:
+                try:
+                    os.read(rfd, 512)
+                except BlockingIOError:
+                    pass
+                continue
             try:
                 conn, _ = listener.accept()
-            except InterruptedError:
-                continue
+            except (BlockingIOError, InterruptedError):
+                continue  # another worker took it
             except OSError as e:
                 log.error("accept failed: %s", e)
                 time.sleep(0.1)
                 continue
-            state.busy = True
-            try:
-                serve_connection(conn, auth)
-            finally:
-                state.busy = False
-    except SystemExit:
-        pass
+            serve_connection(conn, auth)
     return 0
 
 
