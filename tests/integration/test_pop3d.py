@@ -1,0 +1,176 @@
+"""pop3d as real processes: `courier start authdaemond pop3d pop3d-ssl`, driven by poplib."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+USER, PASSWORD = "alice@example.com", "alice-secret"
+MSGS = [
+    b"From: a@example.net\nSubject: one\n\nHello\n.leading dot\n",
+    b"From: b@example.net\nSubject: two\n\nline 1\nline 2\nline 3\n",
+    b"From: c@example.net\nSubject: three\n\nno newline at the end",
+]
+
+
+def deliver(maildir: Path, msgs: list[bytes]) -> None:
+    st = maildir.stat()
+    for i, m in enumerate(msgs):
+        tmp = maildir / "tmp" / f"t{i}"
+        tmp.write_bytes(m)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.rename(tmp, maildir / "new" / f"{1700000000 + i}.M{i}P9.mx.test,S={len(m)}")
+
+
+def wire(m: bytes) -> bytes:
+    return m.replace(b"\n", b"\r\n") + (b"" if m.endswith(b"\n") else b"\r\n")
+
+
+@pytest.fixture
+def pop3(new_instance):
+    inst = new_instance
+    inst.adduser(USER, PASSWORD)
+    deliver(inst.maildir(USER), MSGS)
+    inst.start("authdaemond", "pop3d", "pop3d-ssl")
+    return inst
+
+
+def login(inst) -> poplib.POP3:
+    p = poplib.POP3("127.0.0.1", inst.port("pop3"), timeout=10)
+    p.user(USER)
+    p.pass_(PASSWORD)
+    return p
+
+
+def files(maildir: Path) -> list[str]:
+    return sorted(n for sub in ("new", "cur") for n in os.listdir(maildir / sub))
+
+
+def test_pop3d_session(pop3) -> None:
+    inst = pop3
+    maildir = inst.maildir(USER)
+    p = poplib.POP3("127.0.0.1", inst.port("pop3"), timeout=10)
+    assert p.getwelcome().startswith(b"+OK")
+    caps = p.capa()
+    assert {"TOP", "USER", "UIDL", "PIPELINING", "STLS", "RESP-CODES"} <= set(caps)
+    assert caps["IMPLEMENTATION"] == ["courier-py"] and "SASL" not in caps
+    p.user(USER)
+    p.pass_(PASSWORD)
+    count, size = p.stat()
+    assert count == 3 and size == sum(len(wire(m)) for m in MSGS)
+    _, listing, _ = p.list()
+    assert listing == [f"{i + 1} {len(wire(m))}".encode() for i, m in enumerate(MSGS)]
+    _, uidls, _ = p.uidl()
+    for i, m in enumerate(MSGS):
+        # poplib undoes the dot-stuffing; the raw octets are checked below.
+        _, lines, octets = p.retr(i + 1)
+        assert b"\r\n".join(lines) + b"\r\n" == wire(m)
+    _, top, _ = p.top(2, 1)
+    assert top == [b"From: b@example.net", b"Subject: two", b"", b"line 1"]
+    p.dele(1)
+    with pytest.raises(poplib.error_proto, match="deleted"):
+        p.retr(1)
+    assert p.quit().startswith(b"+OK")
+    assert len(files(maildir)) == 2
+    # RETR set \Seen on what is left (Courier's pop3d does the same).
+    assert all(n.endswith(":2,S") for n in os.listdir(maildir / "cur"))
+
+    # UIDLs are stable across sessions; numbers are per session.
+    p = login(inst)
+    _, again, _ = p.uidl()
+    old = [ln.split()[1] for ln in uidls][1:]
+    assert [ln.split()[1] for ln in again] == old
+    p.quit()
+    log = (inst.root / "var/log/pop3d.log").read_text()
+    assert f"LOGIN, user={USER}, ip=[127.0.0.1], port=[" in log
+    assert f"LOGOUT, user={USER}, ip=[127.0.0.1], port=[" in log and ", top=" in log
+
+
+def test_raw_bytes_dot_stuffing_and_pipelining(pop3) -> None:
+    with socket.create_connection(("127.0.0.1", pop3.port("pop3")), timeout=10) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        s.sendall(f"USER {USER}\r\nPASS {PASSWORD}\r\nLIST 1\r\nRETR 1\r\nQUIT\r\n".encode())
+        out = b""
+        deadline = time.monotonic() + 10
+        while not out.endswith(b"+OK Bye-bye.\r\n") and time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    w = wire(MSGS[0])
+    assert out == (b"+OK Password required.\r\n+OK logged in.\r\n"
+                   + f"+OK 1 {len(w)}\r\n+OK {len(w)} octets follow.\r\n".encode()
+                   + w.replace(b"\r\n.leading", b"\r\n..leading") + b".\r\n+OK Bye-bye.\r\n")
+    assert len(files(pop3.maildir(USER))) == 3      # QUIT without DELE removes nothing
+
+
+def test_dropped_connection_deletes_nothing_and_lock(pop3) -> None:
+    maildir = pop3.maildir(USER)
+    p = login(pop3)
+    p.dele(1)
+    p.dele(2)
+    # A second session while the first holds the maildrop: RFC 2449 [IN-USE].
+    q = poplib.POP3("127.0.0.1", pop3.port("pop3"), timeout=10)
+    q.user(USER)
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        q.pass_(PASSWORD)
+    q.close()
+    p.sock.close()          # dropped, no QUIT
+    p.file.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:   # the child exits and the flock goes with it
+        try:
+            r = login(pop3)
+            break
+        except poplib.error_proto as e:
+            assert b"IN-USE" in e.args[0]
+            time.sleep(0.05)
+    else:
+        raise AssertionError("the lock outlived the dropped session")
+    assert r.stat()[0] == 3
+    r.quit()
+    assert len(files(maildir)) == 3
+
+
+def test_failed_logins_and_errors(pop3) -> None:
+    p = poplib.POP3("127.0.0.1", pop3.port("pop3"), timeout=10)
+    with pytest.raises(poplib.error_proto, match="STAT is not valid"):
+        p._shortcmd("STAT")
+    p.user(USER)
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        p.pass_("wrong")
+    p.user(USER)
+    p.pass_(PASSWORD)
+    with pytest.raises(poplib.error_proto, match="Invalid command"):
+        p._shortcmd("XYZZY")
+    with pytest.raises(poplib.error_proto, match="too long"):
+        p._shortcmd("NOOP " + "x" * 300)
+    assert p.noop().startswith(b"+OK")
+    p.quit()
+    log = (pop3.root / "var/log/pop3d.log").read_text()
+    assert f"LOGIN FAILED, user={USER}, ip=[127.0.0.1]" in log
+
+
+def test_stls_and_pop3s(pop3) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    p = poplib.POP3("127.0.0.1", pop3.port("pop3"), timeout=10)
+    p.stls(ctx)
+    assert "STLS" not in p.capa()
+    p.user(USER)
+    p.pass_(PASSWORD)
+    assert p.stat()[0] == 3
+    p.quit()
+    s = poplib.POP3_SSL("127.0.0.1", pop3.port("pop3s"), timeout=10, context=ctx)
+    s.user(USER)
+    s.pass_(PASSWORD)
+    assert s.stat()[0] == 3
+    s.quit()
