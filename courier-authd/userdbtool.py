@@ -26,11 +26,9 @@ def _split_target(source: Path, target: str) -> tuple[Path, str]:
     if source.is_dir():
         path, _, name = target.rpartition("/")
         if not path:
-            print(f"userdb: {source} is a directory: say path/{name}", file=sys.stderr)
-            raise SystemExit(1)
+            raise ValueError(f"{source} is a directory: say path/{name}")
         if ".." in Path(path).parts or path.startswith("/"):
-            print("userdb: bad path", file=sys.stderr)
-            raise SystemExit(1)
+            raise ValueError(f"bad path {path!r}")
         return source / path, name
     return source, target
 
