@@ -80,6 +80,11 @@ def test_pop3d_session(pop3) -> None:
     assert len(files(maildir)) == 2
     # RETR set \Seen on what is left (Courier's pop3d does the same).
     assert all(n.endswith(":2,S") for n in os.listdir(maildir / "cur"))
+    # The session ran as the mailbox owner, not root: what it wrote is the user's.
+    if os.geteuid() == 0:
+        assert maildir.stat().st_uid != 0
+    for name in ("courierpop3dsizelist", "courierpop3dlock", "courierimapuiddb"):
+        assert (maildir / name).stat().st_uid == maildir.stat().st_uid, name
 
     # UIDLs are stable across sessions; numbers are per session.
     p = login(inst)
