@@ -1,6 +1,6 @@
 """`courier init DIR`: a self-contained instance (DESIGN.md §6, INTERNALS.md "Instance layout").
 
-The config files are the shipped defaults (packaging/config, Courier's file
+The config files are the shipped defaults (libcourier/control/defaults, Courier's file
 names, keys and ##NAME markers) with the handful of keys an instance needs
 changed in place, so an admin who knows /etc/courier finds the same files.
 """
@@ -40,11 +40,11 @@ class InitError(Exception):
 
 
 def template_dir() -> Path:
-    """The shipped defaults: $COURIER_TEMPLATE_DIR, else packaging/config in the source tree."""
+    """The shipped defaults: $COURIER_TEMPLATE_DIR, else the files installed with this package."""
     env = os.environ.get("COURIER_TEMPLATE_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "packaging" / "config"
+    return Path(__file__).resolve().parent / "defaults"
 
 
 def _quote(value: str) -> str:
