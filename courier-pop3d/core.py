@@ -24,6 +24,7 @@ a command line is at most 255 octets including the CRLF (RFC 2449 §4).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -34,6 +35,7 @@ __all__ = ["NEED_DATA"]
 
 MAX_COMMAND_LINE = 255      # RFC 2449 §4, including CRLF
 MAX_NUMBER_DIGITS = 10      # a message number or line count longer than this is nonsense
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class State(Enum):
@@ -546,7 +548,36 @@ class WireEncoder:
             self.octets += len(eol)
             self._end_line()
             pos = nl + 1
+            if not self._in_header and self.body_lines is None:
+                out += self._body(chunk[pos:])     # RETR past the header: no more line logic
+                break
         return bytes(out)
+
+    def _body(self, chunk: bytes) -> bytes:
+        """The same transformation as the loop in feed(), done with C-speed regexes."""
+        if not chunk:
+            return b""
+        head = b""
+        if self._last_cr and chunk[:1] == b"\n":
+            # The CR of this CRLF came at the end of the previous chunk.
+            head, chunk = b"\n", chunk[1:]
+            self.octets += 1
+            self._at_start, self._last_cr = True, False
+            if not chunk:
+                return head
+        body = _BARE_LF.sub(b"\r\n", chunk)
+        self.octets += len(body)
+        stuffed = body.count(b"\n.")
+        body = body.replace(b"\n.", b"\n..")
+        if self._at_start and body[:1] == b".":
+            body = b"." + body
+            stuffed += 1
+        self.stuffed += stuffed
+        self._any = True
+        self._at_start = body.endswith(b"\n")
+        self._last_cr = body.endswith(b"\r")
+        self._line_empty = self._at_start
+        return head + body
 
     def _end_line(self) -> None:
         if self._in_header:

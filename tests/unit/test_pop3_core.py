@@ -456,8 +456,13 @@ def test_fuzz_any_bytes_give_replies_never_exceptions(chunks: list[bytes], login
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=2000), st.integers(min_value=1, max_value=50))
-def test_fuzz_encoder_unstuffs_to_the_same_lines(msg: bytes, step: int) -> None:
+@given(st.binary(max_size=2000), st.integers(min_value=1, max_value=50),
+       st.sampled_from([b"", b"S: x\n\n", b"S: x\r\n\r\n", b"\n"]),
+       st.lists(st.sampled_from([b".", b"\r", b"\n", b"x"]), max_size=40))
+def test_fuzz_encoder_unstuffs_to_the_same_lines(raw: bytes, step: int, header: bytes,
+                                                  tricky: list[bytes]) -> None:
+    # A header first, so the body goes through the fast path; dots, CRs, LFs on chunk edges.
+    msg = header + b"".join(tricky) + raw
     enc = c.WireEncoder()
     out = b"".join(enc.feed(msg[i:i + step]) for i in range(0, len(msg), step)) + enc.finish()
     assert out.endswith(b".\r\n")
