@@ -1,0 +1,111 @@
+"""Who we accept mail for (RFC 5321 §3.6, §4.5.1; Courier's locals/hosteddomains).
+
+A recipient is local when its domain (lowercased) is `me`, is listed in
+`locals`, or is a hosted domain (`hosteddomains`, lines `domain` or
+`alias<TAB>domain`). Local recipients are looked up in authd with service
+"esmtp": hosted domains by full address, `me`/`locals` domains by local part
+(they map to system-style accounts). `postmaster` is always accepted for any
+local domain (RFC 5321 §4.5.1), and bare `<postmaster>` too (§4.1.1.3).
+Other domains are relaying: refused unless the access file set RELAYCLIENT.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from courier_smtpd.core import SessionInfo, Verdict
+
+from libcourier.authclient import AuthInfo, AuthTempFail, auth_pre
+from libcourier.config import read_control_file
+from libcourier.config.control import read_control_value
+
+log = logging.getLogger("courier.esmtpd")
+
+Lookup = Callable[[Path, str, str], AuthInfo | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Domains:
+    me: str
+    locals: tuple[str, ...]                  # entries as in the file, lowercased
+    hosted: Mapping[str, str]                # domain or alias -> hosted domain
+
+    def is_locals(self, domain: str) -> bool:
+        """`me` or a `locals` entry. `.example.com` matches subdomains; `!host`
+        excludes a host (Courier's locals syntax); the first match decides."""
+        if domain == self.me:
+            return True
+        for entry in self.locals:
+            if entry.startswith("!"):
+                if domain == entry[1:]:
+                    return False
+            elif entry.startswith("."):
+                if domain.endswith(entry):
+                    return True
+            elif domain == entry:
+                return True
+        return False
+
+
+def load_domains(etc: Path, hostname: str) -> Domains:
+    etc = Path(etc)
+    me = (read_control_value(etc / "me") or hostname).lower()
+    locals_ = tuple(x.lower() for x in read_control_file(etc / "locals"))
+    hosted: dict[str, str] = {}
+    for line in read_control_file(etc / "hosteddomains"):
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) >= 2:
+            hosted[parts[0].strip().lower()] = parts[1].strip().lower()
+        else:
+            hosted[parts[0].strip().lower()] = parts[0].strip().lower()
+    return Domains(me, locals_, hosted)
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address, ""
+    if local.startswith('"') and local.endswith('"') and len(local) >= 2:
+        local = local[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return local, domain.lower()
+
+
+class LocalPolicy:
+    """The esmtpd recipient policy: local users via authd, no open relay."""
+
+    def __init__(self, domains: Domains, authsocket: Path, *, relayclient: bool = False,
+                 lookup: Lookup | None = None):
+        self.domains = domains
+        self.authsocket = authsocket
+        self.relayclient = relayclient
+        self._lookup = lookup or (lambda sock, service, user: auth_pre(sock, service, user))
+
+    def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
+        return Verdict.accept()
+
+    def check_recipient(self, address: str, session: SessionInfo) -> Verdict:
+        local, domain = split_address(address)
+        if not domain:
+            if local.lower() == "postmaster":
+                return Verdict.accept()
+            return Verdict.reject(550, "5.1.3", "Address must have a domain.")
+        hosted = self.domains.hosted.get(domain)
+        is_local = hosted is not None or self.domains.is_locals(domain)
+        if not is_local:
+            if self.relayclient:
+                return Verdict.accept()
+            return Verdict.reject(550, "5.7.1", "Relaying denied.")
+        if local.lower() == "postmaster":
+            return Verdict.accept()
+        user = f"{local}@{hosted}" if hosted is not None else local
+        try:
+            info = self._lookup(self.authsocket, "esmtp", user)
+        except AuthTempFail as e:
+            log.warning("authd unavailable for %s: %s", address, e)
+            return Verdict.tempfail(451, "4.4.3", "Unable to verify the address, try again later.")
+        if info is None:
+            return Verdict.reject(550, "5.1.1", "User unknown.")
+        return Verdict.accept()

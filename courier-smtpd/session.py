@@ -1,0 +1,233 @@
+"""The ESMTP driver: one forked child, one connection (runs as the daemon account).
+
+It owns what the core must not touch: the socket, the clock, the spool, the
+log, the TLS handshake and reverse DNS. It feeds received bytes to the core and
+carries out its events; replies are sent once a batch of input is processed
+(RFC 2920 §3.1: the server may hold replies until its input is drained), and
+never a 250 for a message before SpoolWriter.commit() returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+
+from courier_smtpd.config import SmtpdConfig
+from courier_smtpd.core import (
+    Close,
+    DataChunk,
+    DataStart,
+    Event,
+    Limits,
+    MessageAborted,
+    MessageReady,
+    Policy,
+    Send,
+    SessionInfo,
+    SmtpServer,
+    StartTLS,
+    Transaction,
+    Verdict,
+    VerdictKind,
+)
+
+from libcourier import proctitle, spool
+from libcourier.tcpd import Connection
+
+log = logging.getLogger("courier.esmtpd")
+
+RECV_SIZE = 65536
+
+
+def _printable(text: str, limit: int = 255) -> str:
+    """Header-safe: printable ASCII only, no parentheses that would end the comment."""
+    out = "".join(ch if " " < ch < "\x7f" and ch not in "()\\" else "?" for ch in text)
+    return out[:limit] or "unknown"
+
+
+def received_header(*, helo: str, rdns: str | None, ip: str, me: str, esmtp: bool,
+                    tls: bool, auth: bool, smtputf8: bool, when: datetime) -> bytes:
+    """Received: (RFC 5321 §4.4) with the RFC 3848 / RFC 6531 §3.7.3 protocol token."""
+    proto = ("UTF8SMTP" if smtputf8 else "ESMTP" if esmtp or tls or auth else "SMTP")
+    if tls:
+        proto += "S"
+    if auth:
+        proto += "A"
+    host = _printable(rdns) if rdns else f"[{ip}]"
+    return (f"Received: from {_printable(helo)} ({host} [{ip}])\n"
+            f"  by {_printable(me)} with {proto}; {format_datetime(when)}\n").encode("ascii")
+
+
+def reverse_dns(ip: str) -> str | None:
+    try:
+        return socket.gethostbyaddr(ip)[0]
+    except (OSError, UnicodeError):
+        return None
+
+
+class LoggingPolicy:
+    """Wraps the real policy to log refusals the way Courier does."""
+
+    def __init__(self, inner: Policy, ip: str):
+        self.inner = inner
+        self.ip = ip
+        self.sender = ""
+
+    def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
+        self.sender = sender
+        verdict = self.inner.check_sender(sender, session)
+        if verdict.kind is not VerdictKind.ACCEPT:
+            log.info("error,relay=[%s],from=<%s>: %d %s", self.ip, sender, verdict.code, verdict.text)
+        return verdict
+
+    def check_recipient(self, address: str, session: SessionInfo) -> Verdict:
+        verdict = self.inner.check_recipient(address, session)
+        if verdict.kind is not VerdictKind.ACCEPT:
+            log.info("error,relay=[%s],from=<%s>,to=<%s>: %d %s", self.ip, self.sender, address,
+                     verdict.code, verdict.text)
+        return verdict
+
+
+class Session:
+    def __init__(self, conn: Connection, cfg: SmtpdConfig, spooldir: Path, queue_socket: Path,
+                 policy: Policy, starttls_ctx: ssl.SSLContext | None,
+                 clock: Callable[[], float] = time.time):
+        self.conn = conn
+        self.cfg = cfg
+        self.spooldir = spooldir
+        self.queue_socket = queue_socket
+        self.starttls_ctx = starttls_ctx
+        self.clock = clock
+        info = SessionInfo(cfg.hostname, tls_available=starttls_ctx is not None and not conn.tls,
+                           tls_active=conn.tls)
+        self.policy = LoggingPolicy(policy, conn.peer_ip)
+        self.core = SmtpServer(info, self.policy, Limits(max_size=cfg.sizelimit))
+        self.writer: spool.SpoolWriter | None = None
+        self.write_error: str | None = None
+        self.out = bytearray()
+        self.closed = False
+        self._rdns: str | None | bool = False     # False: not looked up yet
+
+    def title(self) -> None:
+        proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}")
+
+    def run(self) -> None:
+        self.title()
+        try:
+            self.conn.sendall(self.core.greeting())
+            while not self.closed:
+                try:
+                    data = self.conn.recv(RECV_SIZE)
+                except TimeoutError:
+                    self.handle(self.core.timeout())
+                    break
+                except (OSError, ssl.SSLError) as e:
+                    log.info("connection error, ip=[%s]: %s", self.conn.peer_ip, e)
+                    self.handle(self.core.feed(b""))
+                    break
+                self.handle(self.core.feed(data))
+                self.title()
+        except (OSError, ssl.SSLError) as e:
+            log.info("connection lost, ip=[%s]: %s", self.conn.peer_ip, e)
+        finally:
+            self._abort()
+
+    def flush(self) -> None:
+        if self.out:
+            data, self.out = bytes(self.out), bytearray()
+            self.conn.sendall(data)
+
+    def handle(self, events: list[Event]) -> None:
+        queue: deque[Event] = deque(events)
+        while queue:
+            ev = queue.popleft()
+            match ev:
+                case Send(data):
+                    self.out += data
+                case DataStart(txn):
+                    self._open(txn)
+                case DataChunk(data):
+                    self._write(data)
+                case MessageReady(txn):
+                    queue.extend(self._commit(txn))
+                case MessageAborted(reason):
+                    log.info("message refused, ip=[%s], from=<%s>: %s", self.conn.peer_ip,
+                             self.policy.sender, reason)
+                    self._abort()
+                case StartTLS():
+                    self.flush()
+                    assert self.starttls_ctx is not None
+                    try:
+                        self.conn.starttls(self.starttls_ctx)
+                    except (OSError, ssl.SSLError) as e:
+                        log.info("STARTTLS failed, ip=[%s]: %s", self.conn.peer_ip, e)
+                        self.closed = True
+                        return
+                    queue.extend(self.core.tls_started())
+                case Close():
+                    self.flush()
+                    self.closed = True
+                    return
+        self.flush()
+
+    def _open(self, txn: Transaction) -> None:
+        self.write_error = None
+        try:
+            limit = self.cfg.sizelimit + 8192 if self.cfg.sizelimit else 0
+            self.writer = spool.SpoolWriter(self.spooldir, limit)
+            if self._rdns is False:
+                self._rdns = reverse_dns(self.conn.peer_ip)
+            s = self.core.session
+            self.writer.write(received_header(
+                helo=s.helo, rdns=self._rdns or None, ip=self.conn.peer_ip, me=self.cfg.hostname,
+                esmtp=s.esmtp, tls=s.tls_active, auth=bool(s.authenticated),
+                smtputf8=txn.smtputf8, when=datetime.fromtimestamp(self.clock(), UTC)
+                .astimezone()))
+        except (OSError, spool.SpoolError) as e:
+            log.error("cannot create a spool file in %s: %s", self.spooldir, e)
+            self.write_error = str(e)
+            self._abort()
+
+    def _write(self, data: bytes) -> None:
+        if self.writer is None:
+            return
+        try:
+            # Lossless: the core refuses any message with a bare CR or LF, and
+            # chunks hold whole lines, so CRLF never straddles two chunks.
+            self.writer.write(data.replace(b"\r\n", b"\n"))
+        except spool.SpoolError as e:
+            log.error("spool write failed: %s", e)
+            self.write_error = str(e)
+            self.writer = None
+
+    def _commit(self, txn: Transaction) -> list[Event]:
+        writer, self.writer = self.writer, None
+        if writer is None:
+            return self.core.message_failed()
+        s = self.core.session
+        env = spool.Envelope(
+            sender=txn.sender,
+            recipients=tuple(spool.Recipient(r.address, r.orcpt, r.notify) for r in txn.recipients),
+            received=self.clock(), body=txn.body, smtputf8=txn.smtputf8,
+            client=f"[{self.conn.peer_ip}] helo={_printable(s.helo)}")
+        try:
+            qid = writer.commit(env)
+        except spool.SpoolError as e:
+            log.error("cannot queue a message from [%s]: %s", self.conn.peer_ip, e)
+            return self.core.message_failed()
+        log.info("newmsg,id=%s,from=<%s>,rcpts=%d,size=%d,relay=[%s],helo=%s", qid, txn.sender,
+                 len(txn.recipients), writer.size, self.conn.peer_ip, _printable(s.helo))
+        spool.notify(self.queue_socket, qid)
+        return self.core.message_accepted(qid)
+
+    def _abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
