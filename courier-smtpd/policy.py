@@ -35,14 +35,16 @@ class Domains:
 
     def is_locals(self, domain: str) -> bool:
         """`me` or a `locals` entry. `.example.com` matches subdomains; `!host`
-        excludes a host (Courier's locals syntax); the first match decides."""
+        excludes a host (Courier's locals syntax)."""
         if domain == self.me:
             return True
+        # Exclusions win wherever they stand, so `.lan` then `!printer.lan` works.
+        if "!" + domain in self.locals:
+            return False
         for entry in self.locals:
             if entry.startswith("!"):
-                if domain == entry[1:]:
-                    return False
-            elif entry.startswith("."):
+                continue
+            if entry.startswith("."):
                 if domain.endswith(entry):
                     return True
             elif domain == entry:

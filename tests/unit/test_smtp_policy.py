@@ -1,0 +1,114 @@
+"""courier_smtpd.policy and config: local domains, authd lookups, relaying; esmtpd files."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from courier_smtpd.config import load_config
+from courier_smtpd.core import SessionInfo, VerdictKind
+from courier_smtpd.policy import LocalPolicy, load_domains
+from courier_smtpd.session import received_header
+
+from libcourier.authclient import AuthInfo, AuthTempFail
+from libcourier.config import ConfigError
+
+INFO = AuthInfo("u", 1000, 1000, "/home/u", "u", None, None, None, {})
+
+
+@pytest.fixture
+def etc(tmp_path):
+    (tmp_path / "me").write_text("mx.example.com\n")
+    (tmp_path / "locals").write_text("localhost\n.lan.example\n!printer.lan.example\n")
+    (tmp_path / "hosteddomains").write_text("example.com\nalias.example\texample.com\n")
+    (tmp_path / "esmtpd").write_text("PORT=2525\nADDRESS=127.0.0.1\nTLS_CERTFILE=esmtpd.pem\n")
+    (tmp_path / "esmtpd-msa").write_text("PORT=587\nAUTH_REQUIRED=1\n")
+    (tmp_path / "esmtpd-ssl").write_text("SSLPORT=4465\nSSLADDRESS=127.0.0.1\n")
+    return tmp_path
+
+
+def policy(etc, users, relay=False, temp=False):
+    asked = []
+
+    def lookup(sock, service, user):
+        asked.append((service, user))
+        if temp:
+            raise AuthTempFail("down")
+        return INFO if user in users else None
+    return LocalPolicy(load_domains(etc, "fallback"), etc / "sock", relayclient=relay,
+                       lookup=lookup), asked
+
+
+S = SessionInfo("mx.example.com")
+
+
+def kind(p, addr):
+    v = p.check_recipient(addr, S)
+    return v.kind, v.code, v.enhanced
+
+
+def test_local_lookups(etc):
+    p, asked = policy(etc, {"alice@example.com", "root", "bob"})
+    assert kind(p, "Alice@EXAMPLE.com")[0] is VerdictKind.REJECT   # lookup keeps the local case
+    assert kind(p, "alice@example.com")[0] is VerdictKind.ACCEPT
+    assert kind(p, "alice@alias.example")[0] is VerdictKind.ACCEPT  # alias -> hosted domain
+    assert kind(p, "root@mx.example.com")[0] is VerdictKind.ACCEPT  # me: by local part
+    assert kind(p, "bob@host.lan.example")[0] is VerdictKind.ACCEPT  # .domain wildcard
+    assert kind(p, "nobody@example.com") == (VerdictKind.REJECT, 550, "5.1.1")
+    assert ("esmtp", "alice@example.com") in asked and ("esmtp", "root") in asked
+    asked.clear()
+    assert kind(p, "postmaster@example.com")[0] is VerdictKind.ACCEPT
+    assert kind(p, "PostMaster@localhost")[0] is VerdictKind.ACCEPT
+    assert kind(p, "postmaster")[0] is VerdictKind.ACCEPT
+    assert asked == []
+
+
+def test_relaying(etc):
+    p, _ = policy(etc, set())
+    assert kind(p, "x@elsewhere.example") == (VerdictKind.REJECT, 550, "5.7.1")
+    assert kind(p, "bob@printer.lan.example") == (VerdictKind.REJECT, 550, "5.7.1")  # excluded
+    p, _ = policy(etc, set(), relay=True)
+    assert kind(p, "x@elsewhere.example")[0] is VerdictKind.ACCEPT
+
+
+def test_authd_down_is_tempfail(etc):
+    p, _ = policy(etc, set(), temp=True)
+    assert kind(p, "alice@example.com") == (VerdictKind.TEMPFAIL, 451, "4.4.3")
+
+
+def test_config_chains(etc):
+    cfg, warnings = load_config(etc, "esmtpd")
+    assert cfg.addresses == (("127.0.0.1", 2525),) and not cfg.tls_on_connect
+    assert cfg.hostname == "mx.example.com" and cfg.sizelimit == 10485760
+    assert cfg.tls_certfile == etc / "esmtpd.pem"
+    msa, _ = load_config(etc, "esmtpd-msa")
+    assert msa.addresses == (("127.0.0.1", 587),)
+    ssl, _ = load_config(etc, "esmtpd-ssl")
+    assert ssl.addresses == (("127.0.0.1", 4465),) and ssl.tls_on_connect
+    (etc / "sizelimit").write_text("5000\n")
+    assert load_config(etc, "esmtpd")[0].sizelimit == 5000
+    with open(etc / "esmtpd", "a") as fh:
+        fh.write("SIZELIMIT=0\nFROBNICATE=1\n")
+    cfg, warnings = load_config(etc, "esmtpd")
+    assert cfg.sizelimit == 0 and any("FROBNICATE" in w for w in warnings)
+
+
+def test_config_errors(etc):
+    (etc / "esmtpd").write_text("PORT=2525\nMAXDAEMONS=many\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(etc, "esmtpd")
+    assert str(e.value).startswith(f"{etc / 'esmtpd'}:2: MAXDAEMONS")
+    (etc / "esmtpd").write_text("PORT=2525\n")
+    with pytest.raises(ConfigError):
+        load_config(etc, "esmtpd-ssl")       # no TLS_CERTFILE
+
+
+def test_received_header():
+    when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    h = received_header(helo="client(x)\r\nBcc: y", rdns=None, ip="192.0.2.1", me="mx.example.com",
+                        esmtp=True, tls=True, auth=False, smtputf8=False, when=when)
+    assert h == (b"Received: from client?x???Bcc:?y ([192.0.2.1] [192.0.2.1])\n"
+                 b"  by mx.example.com with ESMTPS; Tue, 02 Jan 2024 03:04:05 +0100\n")
+    h = received_header(helo="h", rdns="host.example", ip="::1", me="mx", esmtp=False, tls=False,
+                        auth=False, smtputf8=False, when=when)
+    assert h.startswith(b"Received: from h (host.example [::1])\n  by mx with SMTP; ")
