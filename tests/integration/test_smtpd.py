@@ -156,3 +156,27 @@ def test_bad_config_value_exits_1_with_file_line(new_instance, capsys):
     assert smtpd_main(["-C", str(new_instance.etc), "--service", "esmtpd"]) == 1
     err = capsys.readouterr().err
     assert f"{esmtpd}:{len(lines)}: SIZELIMIT" in err
+
+
+def test_new_hosted_domain_seen_after_reload(smtpd):
+    """`courier adduser` adds the domain to hosteddomains and SIGHUPs esmtpd."""
+    with smtplib.SMTP("127.0.0.1", smtpd.port("smtp"), timeout=10) as s:
+        s.ehlo("client.test")
+        s.mail("<a@b.example>")
+        assert s.rcpt("carol@newdomain.example")[0] == 550
+    smtpd.adduser("carol@newdomain.example", "carol-secret")
+
+    def accepted() -> bool:
+        with smtplib.SMTP("127.0.0.1", smtpd.port("smtp"), timeout=10) as s:
+            s.ehlo("client.test")
+            s.mail("<a@b.example>")
+            return s.rcpt("carol@newdomain.example")[0] == 250
+    assert wait_for(accepted, 10), smtpd.logs()
+
+
+def test_submission_port(new_instance):
+    new_instance.adduser(USER, "alice-secret")
+    new_instance.start("authdaemond", "esmtpd-msa")
+    with smtplib.SMTP("127.0.0.1", new_instance.port("submission"), timeout=10) as s:
+        s.sendmail("a@b.example", [USER], b"Subject: msa\r\n\r\nx\r\n")
+    assert len(list_queue(new_instance.layout.spooldir)) == 1
