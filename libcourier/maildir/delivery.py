@@ -1,0 +1,205 @@
+"""Deliver one message into a Maildir, crash-safely (maildir(5), FORMATS.md §3.3).
+
+The sequence is Courier's deliverquota / maildir(5)'s:
+
+1. create tmp/<unique> with O_EXCL (0600) and stream the message into it;
+2. fsync the file: only now is the content durable;
+3. link it into new/<unique>V..I..,S=<size> (rename if the link is refused,
+   e.g. a filesystem without hard links), then unlink the tmp name;
+4. fsync new/, so the directory entry survives a crash too.
+
+A reader only ever sees complete files in new/: anything that fails before
+step 3 removes the tmp file and raises DeliveryError; a crash leaves at most a
+stale tmp/ file, which readers purge after 36 hours.
+
+Messages are stored with LF line ends (the Maildir convention): CRLF is turned
+into LF while streaming; every other byte (a lone CR, 8-bit data) is kept.
+The message is never read whole into memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from libcourier.maildir.names import unique_name
+
+CHUNK = 64 * 1024
+MAX_NAME_TRIES = 20  # EEXIST retries with a fresh counter before giving up
+
+
+class DeliveryError(Exception):
+    """A delivery failed; `temporary` says whether trying again later may succeed."""
+
+    def __init__(self, temporary: bool, text: str):
+        super().__init__(text)
+        self.temporary = temporary
+        self.text = text
+
+
+class CRLFToLF:
+    """Streaming CRLF -> LF; a CR at a chunk end waits for the next chunk."""
+
+    __slots__ = ("_cr",)
+
+    def __init__(self) -> None:
+        self._cr = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._cr:
+            data = b"\r" + data
+            self._cr = False
+        if data.endswith(b"\r"):
+            self._cr = True
+            data = data[:-1]
+        return data.replace(b"\r\n", b"\n")
+
+    def finish(self) -> bytes:
+        """A CR at the very end of the message was not part of a CRLF: keep it."""
+        if self._cr:
+            self._cr = False
+            return b"\r"
+        return b""
+
+
+def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
+    if hasattr(source, "read"):
+        while True:
+            block = source.read(CHUNK)  # type: ignore[union-attr]
+            if not block:
+                return
+            yield block
+    else:
+        yield from source  # type: ignore[misc]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temporary(err: OSError) -> bool:
+    # A missing or unwritable mailbox is a setup problem an admin can fix, a
+    # full disk or quota frees up: Courier defers all of these. Only a name
+    # that is too long or not a directory is a permanent fault of the config.
+    return err.errno not in (errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
+
+
+def ensure_maildir(maildir: Path) -> None:
+    """Create maildir/{tmp,new,cur} (0700) if missing; the parent of the Maildir must exist."""
+    created = False
+    for sub in ("", "tmp", "new", "cur"):
+        d = maildir / sub if sub else maildir
+        try:
+            os.mkdir(d, 0o700)
+            created = True
+        except FileExistsError:
+            if not d.is_dir():
+                raise DeliveryError(False, f"{d} exists and is not a directory") from None
+        except OSError as e:
+            raise DeliveryError(_temporary(e), f"cannot create {d}: {e.strerror}") from None
+    if created:
+        try:
+            _fsync_dir(maildir)
+            _fsync_dir(maildir.parent)
+        except OSError as e:
+            raise DeliveryError(True, f"cannot sync {maildir}: {e.strerror}") from None
+
+
+def _create_tmp(tmpdir: Path) -> tuple[int, str]:
+    for _ in range(MAX_NAME_TRIES):
+        name = unique_name()
+        try:
+            fd = os.open(tmpdir / name,
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
+        except FileExistsError:
+            continue  # the next call takes the next counter value
+        return fd, name
+    raise DeliveryError(True, f"cannot find a free name in {tmpdir}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def deliver_to_maildir(maildir: Path, chunks: Iterable[bytes] | BinaryIO, *,
+                       prefix: bytes = b"") -> str:
+    """Store prefix + message in maildir/new; return the new file's name (no directory)."""
+    maildir = Path(maildir)
+    ensure_maildir(maildir)
+    tmpdir, newdir = maildir / "tmp", maildir / "new"
+    fd, tmpname = _create_tmp(tmpdir)
+    tmppath = tmpdir / tmpname
+    linked: Path | None = None
+    try:
+        try:
+            size = 0
+            conv = CRLFToLF()
+            if prefix:
+                _write_all(fd, prefix)
+                size += len(prefix)
+            for chunk in _chunks(chunks):
+                out = conv.feed(bytes(chunk))
+                _write_all(fd, out)
+                size += len(out)
+            tail = conv.finish()
+            _write_all(fd, tail)
+            size += len(tail)
+            os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DeliveryError(True, f"{tmppath} is not a regular file")
+        base = tmpname.split(".", 2)
+        # Insert V<dev>I<ino> before the host part: time.MusecPpid[_n]VdevIino.host
+        final = (f"{base[0]}.{base[1]}V{st.st_dev:016X}I{st.st_ino:016X}.{base[2]}"
+                 f",S={size}")
+        target = newdir / final
+        try:
+            os.link(tmppath, target)
+            linked = target
+            os.unlink(tmppath)
+        except FileExistsError:
+            raise DeliveryError(True, f"{target} already exists") from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+                raise
+            # No hard links here: rename is atomic too, it just cannot refuse
+            # to overwrite; the inode in the name makes a clash impossible.
+            os.rename(tmppath, target)
+            linked = target
+        _fsync_dir(newdir)
+        return final
+    except DeliveryError:
+        _cleanup(tmppath, linked)
+        raise
+    except OSError as e:
+        _cleanup(tmppath, linked)
+        raise DeliveryError(_temporary(e), f"cannot deliver to {maildir}: {e.strerror}") from None
+    except BaseException:
+        _cleanup(tmppath, linked)
+        raise
+
+
+def _cleanup(tmppath: Path, linked: Path | None) -> None:
+    # A failure after the link (the directory fsync) withdraws the file too:
+    # the caller will retry, and a duplicate is worse than a retry.
+    for p in (tmppath, linked):
+        if p is None:
+            continue
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
