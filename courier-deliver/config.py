@@ -40,6 +40,15 @@ def to_duration(v: str) -> int:
     return int(v) * mult
 
 
+def to_maildir(v: str) -> str:
+    """Courier's DEFAULTDELIVERY; only a Maildir path is supported in this milestone
+    (no `| program`, no mbox)."""
+    v = v.strip()
+    if not v or v[0] in "|!" or "\n" in v:
+        raise ValueError(f"only a Maildir path is supported, got {v!r}")
+    return v.rstrip("/") or "/"
+
+
 QUEUE_SETTINGS = (
     Setting("RETRYFIRST", "retry_first", to_duration, "5m",
             "wait before the first retry of a temporarily failed recipient"),
@@ -51,6 +60,9 @@ QUEUE_SETTINGS = (
             "seconds between scans of the spool for messages not announced"),
     Setting("MAXDELS", "maxdels", positive_int, "4",
             "messages delivered at the same time"),
+    Setting("DEFAULTDELIVERY", "defaultdelivery", to_maildir, "./Maildir",
+            "the Maildir (relative to HOME) for accounts without their own; "
+            "read at start"),
 )
 
 
@@ -73,6 +85,7 @@ class QueueConfig:
     rescan: int
     maxdels: int
     domains: Domains
+    defaultdelivery: str = "./Maildir"
 
 
 def _domains(etc: Path) -> Domains:
@@ -97,7 +110,7 @@ def load_config(etc: Path) -> QueueConfig:
     return QueueConfig(layout=layout, retry_first=values["retry_first"],
                        retry_max=values["retry_max"], queuetime=values["queuetime"],
                        rescan=values["rescan"], maxdels=values["maxdels"],
-                       domains=_domains(etc))
+                       domains=_domains(etc), defaultdelivery=values["defaultdelivery"])
 
 
 def retry_delay(attempts: int, first: int, maximum: int) -> int:

@@ -77,9 +77,9 @@ def _pread_chunks(fd: int) -> Iterator[bytes]:
         yield block
 
 
-def maildir_path(info: AuthInfo) -> Path:
-    """AuthInfo.maildir, absolute or relative to HOME; Courier's default ./Maildir."""
-    md = info.maildir or DEFAULT_MAILDIR
+def maildir_path(info: AuthInfo, default: str = DEFAULT_MAILDIR) -> Path:
+    """AuthInfo.maildir, absolute or relative to HOME; else DEFAULTDELIVERY."""
+    md = info.maildir or default
     p = Path(md)
     return p if p.is_absolute() else Path(info.home) / p
 
@@ -92,7 +92,8 @@ def delivery_prefix(sender: str, recipient: str) -> bytes:
     return ret + f"Delivered-To: {recipient}\n".encode("utf-8", "surrogateescape")
 
 
-def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest) -> Reply:
+def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,
+                     default_maildir: str) -> Reply:
     if info.uid is None:
         return Reply(Status.TEMP, "authd returned no uid")
     try:
@@ -108,7 +109,7 @@ def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest) -> Reply:
     except OSError as e:
         return Reply(Status.TEMP, f"4.2.1 cannot chdir to home {info.home}: {e.strerror}")
     try:
-        name = deliver_to_maildir(maildir_path(info), _pread_chunks(fd),
+        name = deliver_to_maildir(maildir_path(info, default_maildir), _pread_chunks(fd),
                                   prefix=delivery_prefix(req.sender, req.recipient))
     except DeliveryError as e:
         return Reply(Status.TEMP if e.temporary else Status.PERM,
@@ -116,9 +117,10 @@ def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest) -> Reply:
     return Reply(Status.OK, name)
 
 
-def _run_delivery_child(info: AuthInfo, fd: int, req: DeliverRequest, wpipe: int) -> None:
+def _run_delivery_child(info: AuthInfo, fd: int, req: DeliverRequest, wpipe: int,
+                        default_maildir: str) -> None:
     try:
-        reply = _deliver_as_user(info, fd, req)
+        reply = _deliver_as_user(info, fd, req, default_maildir)
     except BaseException as e:  # noqa: BLE001 - the child must always report and exit
         reply = Reply(Status.TEMP, f"4.3.0 delivery failed: {type(e).__name__}: {e}")
     try:
@@ -186,7 +188,8 @@ def _wait_result(pid: int, rpipe: int) -> Reply:
     return reply
 
 
-def handle_connection(conn: socket.socket, authsocket: Path) -> Reply:
+def handle_connection(conn: socket.socket, authsocket: Path,
+                      default_maildir: str = DEFAULT_MAILDIR) -> Reply:
     """Serve one request (in the root connection child) and return the reply sent."""
     try:
         req, fd = _recv_request(conn)
@@ -195,14 +198,15 @@ def handle_connection(conn: socket.socket, authsocket: Path) -> Reply:
         _send_reply(conn, reply)
         return reply
     try:
-        reply = _lookup_and_deliver(req, fd, authsocket)
+        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir)
     finally:
         os.close(fd)
     _send_reply(conn, reply)
     return reply
 
 
-def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path) -> Reply:
+def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
+                        default_maildir: str) -> Reply:
     user = req.user or req.recipient
     try:
         info = auth_pre(authsocket, "courier", user)
@@ -214,7 +218,7 @@ def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path) -> Reply
     pid = os.fork()
     if pid == 0:
         os.close(rpipe)
-        _run_delivery_child(info, fd, req, wpipe)
+        _run_delivery_child(info, fd, req, wpipe, default_maildir)
     os.close(wpipe)
     try:
         reply = _wait_result(pid, rpipe)
@@ -268,7 +272,9 @@ class Helper:
 
     def __init__(self, listen: socket.socket, authsocket: Path, allowed_uids: set[int],
                  parent_pid: int | None, cleanup: tuple[Path, ...] = (),
-                 parent_pidfile: Path | None = None, lifeline: int | None = None):
+                 parent_pidfile: Path | None = None, lifeline: int | None = None,
+                 default_maildir: str = DEFAULT_MAILDIR):
+        self.default_maildir = default_maildir
         self.parent_pidfile = parent_pidfile
         # The read end of a pipe whose write end only courierd holds: EOF means
         # "stop" (courierd, no longer root, cannot signal us) or "courierd died".
@@ -311,7 +317,7 @@ class Helper:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     signal.set_wakeup_fd(-1)
                     set_title("courierlocal: delivering")
-                    handle_connection(conn, self.authsocket)
+                    handle_connection(conn, self.authsocket, self.default_maildir)
                 except BaseException:  # noqa: BLE001 - log, never return into the loop
                     logger.exception("courierlocal connection failed")
                     code = 1
@@ -395,13 +401,14 @@ class Helper:
 
 def run_helper(listen: socket.socket, authsocket: Path, allowed_uids: set[int],
                parent_pid: int | None, cleanup: tuple[Path, ...] = (),
-               parent_pidfile: Path | None = None, lifeline: int | None = None) -> int:
+               parent_pidfile: Path | None = None, lifeline: int | None = None,
+               default_maildir: str = DEFAULT_MAILDIR) -> int:
     """Entry point in the forked helper process."""
     set_title("courierlocal")
     courier_log.setup("courierlocal", foreground=True)
     try:
         Helper(listen, authsocket, allowed_uids, parent_pid, cleanup, parent_pidfile,
-               lifeline).serve()
+               lifeline, default_maildir).serve()
     except Exception:  # noqa: BLE001 - the helper's own fault: log it and exit non-zero
         logger.exception("courierlocal failed")
         return 1

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             queue_sock.close()
             code = run_helper(local_sock, layout.authsocket, allowed, parent,
                               cleanup=(layout.local_socket, layout.queue_socket),
-                              parent_pidfile=pidfile, lifeline=life_r)
+                              parent_pidfile=pidfile, lifeline=life_r,
+                              default_maildir=config.defaultdelivery)
         finally:
             courier_log.flush()
             os._exit(code)
@@ -167,7 +168,8 @@ async def _run(manager: QueueManager, queue_sock, etc) -> None:
         if new.layout != manager.config.layout:
             logger.warning("SPOOLDIR/RUNDIR/MAILUSER changes need a restart")
             new = QueueConfig(manager.config.layout, new.retry_first, new.retry_max,
-                              new.queuetime, new.rescan, new.maxdels, new.domains)
+                              new.queuetime, new.rescan, new.maxdels, new.domains,
+                              new.defaultdelivery)
         manager.reload(new)
         logger.info("configuration reloaded")
 
