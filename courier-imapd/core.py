@@ -750,8 +750,11 @@ class ImapConnection:
         self._literal_left = 0
         self._command_size = 0
 
-    def _tag_of(self) -> str:
-        first = self._segments[0][0] if self._segments else self._pending_text
+    def _tag_of(self, head: bytes | None = None) -> str:
+        if self._segments:
+            first = self._segments[0][0]
+        else:
+            first = self._pending_text if head is None else head
         tag = first.split(b" ", 1)[0]
         if tag and len(tag) <= MAX_TAG and all(c in _ATOM_CHARS for c in tag) and b"+" not in tag:
             return tag.decode("ascii")
@@ -777,8 +780,10 @@ class ImapConnection:
                 continue
             try:
                 line = self._buf.next_line()
-            except LineTooLong:
-                tag = self._tag_of()
+            except LineTooLong as e:
+                # Answer with the client's tag when the line's start names one, so a
+                # client waiting for it is not left hanging (the bytes are gone).
+                tag = self._tag_of(e.head if self._phase is _Phase.LINE else None)
                 self._reset_command()
                 return BadCommand(tag, f"Line too long (limit {self.limits.max_line} bytes)")
             if line is NEED_DATA:

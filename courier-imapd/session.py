@@ -7,6 +7,7 @@ against libcourier.maildir; the replies are built with the core's formatter.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ log = logging.getLogger("courier.imapd")
 
 NAMESPACE = '(("INBOX." ".")) NIL (("#shared." ".")("shared." "."))'   # Courier imapd.C
 SUBSCRIBED = "courierimapsubscribed"
+IDLE_POLL = 1.0     # seconds between the cheap change checks of IDLE
 
 
 @dataclass(slots=True)
@@ -361,21 +363,47 @@ class Session:
 
     # -- IDLE (RFC 2177) ------------------------------------------------------------------------
 
+    def _fingerprint(self) -> tuple[int | None, ...]:
+        """mtimes of new/ and cur/: a delivery, an expunge or another session's
+        flag change renames a file in one of them, which changes its mtime."""
+        if self.view is None:
+            return ()
+        out: list[int | None] = []
+        for sub in ("new", "cur"):
+            try:
+                out.append(os.stat(self.view.maildir.path / sub).st_mtime_ns)
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
     def idle(self, cmd: Idle) -> bool:
-        self.out(b"+ entering IDLE mode\r\n")
+        # Courier tells idling clients at once when FAM/inotify is there, and
+        # polls every IMAP_IDLE_TIMEOUT seconds when not. We stat new/ and cur/
+        # every IDLE_POLL seconds (two syscalls) and rescan when they changed,
+        # plus a full rescan every IMAP_IDLE_TIMEOUT for changes that could hide
+        # inside one coarse directory timestamp tick.
+        self.out(self._updates(), b"+ entering IDLE mode\r\n")
         self.core.idling = True
         self.title("IDLE")
-        deadline = time.monotonic() + self.cfg.autologout
-        self.conn.sock.settimeout(max(1, self.cfg.idle_timeout))
+        now = time.monotonic()
+        deadline = now + self.cfg.autologout
+        next_full = now + self.cfg.idle_timeout
+        seen = self._fingerprint()
+        self.conn.sock.settimeout(min(IDLE_POLL, self.cfg.idle_timeout))
         try:
             while True:
                 try:
                     ev = read_event(self.conn, self.core, self.counters)
                 except TimeoutError:
-                    if time.monotonic() > deadline:
+                    now = time.monotonic()
+                    if now > deadline:
                         self.out(untagged("BYE Autologout; idle for too long"))
                         return False
-                    self.out(self._updates())
+                    fp = self._fingerprint()
+                    if fp != seen or now >= next_full:
+                        self.out(self._updates())
+                        seen = self._fingerprint()   # after our own new/ -> cur/ moves
+                        next_full = now + self.cfg.idle_timeout
                     continue
                 if ev is None:
                     return False

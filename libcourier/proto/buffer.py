@@ -24,8 +24,19 @@ class _NeedData:
 NEED_DATA: Final = _NeedData()
 
 
+HEAD_KEPT = 256
+
+
 class LineTooLong(Exception):
-    """The current line exceeded the limit; it has been (or is being) discarded."""
+    """The current line exceeded the limit; it has been (or is being) discarded.
+
+    `head` is the start of that line (up to HEAD_KEPT bytes), so a protocol can
+    still name the command it answers (an IMAP tag) after the bytes are gone.
+    """
+
+    def __init__(self, head: bytes = b""):
+        super().__init__("line too long")
+        self.head = head
 
 
 class ReceiveBuffer:
@@ -71,16 +82,18 @@ class ReceiveBuffer:
                 continue
             if nl < 0:
                 if len(self._buf) - self._pos > self.max_line:
+                    head = bytes(self._buf[self._pos:self._pos + HEAD_KEPT])
                     self._discarding = True
                     self._buf.clear()
                     self._pos = self._scan = 0
-                    raise LineTooLong()
+                    raise LineTooLong(head)
                 self._scan = len(self._buf)
                 return NEED_DATA
             if nl + 1 - self._pos > self.max_line:
+                head = bytes(self._buf[self._pos:min(nl + 1, self._pos + HEAD_KEPT)])
                 self._pos = self._scan = nl + 1
                 self._compact()
-                raise LineTooLong()
+                raise LineTooLong(head)
             line = bytes(self._buf[self._pos: nl + 1])
             self._pos = self._scan = nl + 1
             self._compact()

@@ -105,6 +105,19 @@ def test_line_limit_prelogin() -> None:
     assert conn.next_event() == c.Noop("a2")
 
 
+@pytest.mark.parametrize("mode", ["whole", "bytes"])
+def test_line_too_long_keeps_the_tag(mode: str) -> None:
+    # A client waits for its own tag: an untagged BAD would leave it hanging.
+    conn = c.ImapConnection()
+    long_line = b"a1 LOGIN " + b"x" * 9000 + b" y\r\n"
+    evs = events(conn, b"a0 NOOP\r\n" + long_line + b"a2 NOOP\r\n" + long_line[:20]
+                 + b"\r\n" + b"\x01" * 9000 + b"\r\na3 NOOP\r\n", mode)
+    assert evs[:3] == [c.Noop("a0"), c.BadCommand("a1", "Line too long (limit 8192 bytes)"),
+                       c.Noop("a2")]
+    assert isinstance(evs[3], c.BadCommand) and evs[3].tag == "a1"   # LOGIN without password
+    assert evs[4:] == [c.BadCommand("*", "Line too long (limit 8192 bytes)"), c.Noop("a3")]
+
+
 def test_sync_literal_over_limit_gets_no_go_ahead() -> None:
     conn = c.ImapConnection()
     conn.receive_data(b"a1 LOGIN {2000}\r\na2 NOOP\r\n")
