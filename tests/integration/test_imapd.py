@@ -459,3 +459,76 @@ def test_maxperip_busy_reply(new_instance) -> None:
     finally:
         for r in held:
             r.close()
+
+
+# -- two sessions on one mailbox ----------------------------------------------------------
+
+def test_two_sessions_see_each_others_changes(imap) -> None:
+    a, b = login(imap), login(imap)
+    try:
+        a.select("INBOX")
+        b.select("INBOX")
+        # b's flag change shows up in a as an untagged FETCH on NOOP (RFC 3501 §7.4.2).
+        b.store("1", "+FLAGS", "(\\Flagged)")
+        a.untagged_responses.clear()
+        a.noop()
+        assert any(b"\\Flagged" in x for x in a.untagged_responses.get("FETCH", []))
+        # b expunges message 2; a learns of it on NOOP, not during FETCH (§7.4.1).
+        b.store("2", "+FLAGS", "(\\Deleted)")
+        assert b.expunge()[1] == [b"2"]
+        typ, data = a.fetch("2", "(BODY.PEEK[])")
+        assert typ == "NO"                      # RFC 2180 §4.1.2: gone meanwhile
+        a.untagged_responses.clear()
+        typ, data = a.fetch("1,3", "(UID)")
+        assert typ == "OK" and data == [b"1 (UID 1)", b"3 (UID 3)"]
+        a.untagged_responses.clear()
+        a.noop()
+        assert a.untagged_responses.get("EXPUNGE") == [b"2"]
+        assert uid_map(a) == {1: 1, 2: 3}
+        # Both see one new delivery, with one UID.
+        deliver(imap.maildir(USER), b"Subject: both\n\nboth\n")
+        a.noop()
+        b.noop()
+        assert uid_map(a) == uid_map(b) == {1: 1, 2: 3, 3: 4}
+    finally:
+        a.logout()
+        b.logout()
+
+
+def test_examine_is_read_only(imap) -> None:
+    c = login(imap)
+    try:
+        typ, data = c.select("INBOX", readonly=True)
+        assert typ == "OK" and data == [b"3"]
+        assert c.untagged_responses.get("READ-ONLY") is not None
+        typ, data = c.fetch("1", "(BODY[])")
+        assert bodies(data) == [wire(MSGS[0])]
+        typ, data = c.store("1", "+FLAGS", "(\\Seen)")
+        assert typ == "NO" and b"read-only" in data[0]
+    finally:
+        c.logout()
+    assert all(n.endswith(":2,") for n in os.listdir(imap.maildir(USER) / "cur"))
+
+
+def test_list_status_namespace(imap) -> None:
+    sub = imap.maildir(USER) / ".Sent"
+    for d in ("tmp", "new", "cur"):
+        (sub / d).mkdir(parents=True)
+    st = imap.maildir(USER).stat()
+    for p in (sub, sub / "tmp", sub / "new", sub / "cur"):
+        os.chown(p, st.st_uid, st.st_gid)
+    c = login(imap)
+    try:
+        typ, data = c.list('""', "*")
+        assert typ == "OK"
+        assert sorted(data) == [b'(\\HasChildren) "." INBOX', b'(\\HasNoChildren) "." INBOX.Sent']
+        typ, data = c.status("INBOX", "(MESSAGES UNSEEN UIDNEXT)")
+        assert data == [b"INBOX (MESSAGES 3 UNSEEN 3 UIDNEXT 4)"]
+        typ, data = c.select("INBOX.Sent")
+        assert typ == "OK" and data == [b"0"]
+        typ, data = c.namespace()
+        assert data == [b'(("INBOX." ".")) NIL (("#shared." ".")("shared." "."))']
+        typ, data = c.select("INBOX.Nope")
+        assert typ == "NO"
+    finally:
+        c.logout()
