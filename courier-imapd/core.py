@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
@@ -873,6 +873,49 @@ def bad(cmd: BadCommand) -> bytes:
     return tagged(cmd.tag, "BAD", cmd.text)
 
 
-def fetch_response(seq: int, parts: list[bytes]) -> bytes:
-    """`* n FETCH (...)`; parts already formatted, literals included."""
-    return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+@dataclass(frozen=True, slots=True)
+class StreamedLiteral:
+    """`NAME {size}` and a literal whose bytes come from `chunks` while they are sent,
+    so a large message is never held whole (the caller reads its file lazily)."""
+    name: bytes
+    size: int
+    chunks: Iterable[bytes]
+
+
+class LiteralShort(Exception):
+    """A streamed literal ended before its announced size: the client is now out of
+    step (RFC 3501 §4.3 counts octets), so the only safe thing is to end the session."""
+
+
+FetchPart = bytes | StreamedLiteral
+
+
+def fetch_response_pieces(seq: int, parts: list[FetchPart]) -> Iterator[bytes]:
+    """`* n FETCH (...)` as pieces to send in order; streamed literals are passed through
+    chunk by chunk, cut at their announced size, and LiteralShort if they fall short."""
+    pending = b"* %d FETCH (" % seq
+    for k, part in enumerate(parts):
+        if k:
+            pending += b" "
+        if not isinstance(part, StreamedLiteral):
+            pending += part
+            continue
+        yield pending + part.name + b" {%d}\r\n" % part.size
+        pending = b""
+        left = part.size
+        for chunk in part.chunks:
+            if len(chunk) > left:
+                chunk = chunk[:left]
+            if chunk:
+                left -= len(chunk)
+                yield chunk
+            if not left:
+                break
+        if left:
+            raise LiteralShort(f"{part.name!r}: {left} of {part.size} bytes missing")
+    yield pending + b")\r\n"
+
+
+def fetch_response(seq: int, parts: list[FetchPart]) -> bytes:
+    """`* n FETCH (...)` in one piece; parts already formatted, literals included."""
+    return b"".join(fetch_response_pieces(seq, parts))

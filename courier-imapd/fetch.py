@@ -1,20 +1,26 @@
 """FETCH data items (RFC 3501 §6.4.5, §7.4.2) from Maildir files.
 
 Messages are stored with LF line ends and served with CRLF; RFC822.SIZE is the
-size of the CRLF form, so it equals the number of bytes BODY[] sends. A message
-is read once per FETCH item set; the CRLF size is cached by the view.
+size of the CRLF form, so it equals the number of bytes BODY[] sends. Nothing is
+read whole: the size is counted over chunks (and cached by the view), and
+BODY[] / BODY.PEEK[] / RFC822 and the header / text sections are windows of the
+CRLF form streamed from the open file while the response is sent.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
-from courier_imapd.core import FetchItem
+from courier_imapd.core import FetchItem, FetchPart, StreamedLiteral
 
 from libcourier.maildir.folder import MessageRef
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+CHUNK = 1 << 16     # bytes read from a message file at a time
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -22,17 +28,64 @@ def to_crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def crlf_size(path: Path) -> int:
+def crlf_stream(fh: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The CRLF form of the whole file, from its start, a chunk at a time.
+
+    Concatenated, the pieces equal to_crlf(file contents): a CR at the end of a
+    chunk is held back until the next one, so a CRLF split across two reads is
+    not seen as a bare CR followed by a bare LF.
+    """
+    fh.seek(0)
+    carry = b""
+    while raw := fh.read(chunk):
+        data = carry + raw
+        if data.endswith(b"\r"):
+            data, carry = data[:-1], b"\r"
+        else:
+            carry = b""
+        if data:
+            yield to_crlf(data)
+    if carry:
+        yield carry
+
+
+def window(stream: Iterator[bytes], start: int, stop: int) -> Iterator[bytes]:
+    """The bytes [start, stop) of a stream of chunks."""
+    if start >= stop:
+        return
+    pos = 0
+    for piece in stream:
+        end = pos + len(piece)
+        if end > start:
+            yield piece[max(0, start - pos):stop - pos]
+        pos = end
+        if pos >= stop:
+            return
+
+
+def crlf_size(fh: BinaryIO) -> int:
     """Size of the CRLF form, read in chunks so a large message is not held whole."""
-    total = 0
-    prev_cr = False
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            lf = chunk.count(b"\n")
-            crlf = chunk.count(b"\r\n") + (1 if prev_cr and chunk.startswith(b"\n") else 0)
-            total += len(chunk) + lf - crlf
-            prev_cr = chunk.endswith(b"\r")
-    return total
+    return sum(len(piece) for piece in crlf_stream(fh))
+
+
+def header_length(fh: BinaryIO) -> int:
+    """Length of the header of the CRLF form, blank line included (as split_header):
+    up to the first empty line, 2 for a message that starts with one, else all of it."""
+    head = b""      # the first two bytes
+    tail = b""      # the last three bytes before `piece`, for a CRLFCRLF split between reads
+    pos = 0         # offset of `piece` in the CRLF form
+    for piece in crlf_stream(fh):
+        if len(head) < 2:
+            head += piece[:2 - len(head)]
+            if head == b"\r\n":
+                return 2
+        buf = tail + piece
+        i = buf.find(b"\r\n\r\n")
+        if i >= 0:
+            return pos - len(tail) + i + 4
+        tail = buf[-3:]
+        pos += len(piece)
+    return pos
 
 
 def internaldate(mtime: float) -> str:
@@ -99,37 +152,53 @@ def literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-def body_part(item: FetchItem, msg: bytes) -> bytes:
-    """The formatted `NAME {n}\\r\\n<bytes>` for a content item of a CRLF message."""
+def needs_file(items: tuple[FetchItem, ...], size_known: bool) -> bool:
+    return any(needs_content(i) or (i.name == "RFC822.SIZE" and not size_known) for i in items)
+
+
+def body_part(item: FetchItem, fh: BinaryIO, size: int,
+              header_len: Callable[[], int]) -> FetchPart:
+    """`NAME {n}\\r\\n<bytes>` for a content item; the whole message, its header
+    and its text are streamed from `fh` as windows of the CRLF form."""
+    name = section_name(item)
     if item.name in ("RFC822", "BODY") and item.section == "":
-        data = msg
+        start, stop = 0, size
+    elif item.name == "RFC822.HEADER" or item.section == "HEADER":
+        start, stop = 0, header_len()
+    elif item.name == "RFC822.TEXT" or item.section == "TEXT":
+        start, stop = header_len(), size
     else:
-        header, text = split_header(msg)
-        if item.name == "RFC822.HEADER" or item.section == "HEADER":
-            data = header
-        elif item.name == "RFC822.TEXT" or item.section == "TEXT":
-            data = text
-        else:
-            data = header_fields(header, item.fields, item.section == "HEADER.FIELDS.NOT")
+        header = b"".join(window(crlf_stream(fh), 0, header_len()))
+        data = header_fields(header, item.fields, item.section == "HEADER.FIELDS.NOT")
+        if item.partial is not None:
+            off, count = item.partial
+            data = data[off:off + count]
+        return name + b" " + literal(data)
     if item.partial is not None:
+        # RFC 3501 §6.4.5: <offset.count> of the section; past its end is empty.
         off, count = item.partial
-        data = data[off:off + count]
-    return section_name(item) + b" " + literal(data)
+        start = min(start + off, stop)
+        stop = min(start + count, stop)
+    return StreamedLiteral(name, stop - start, window(crlf_stream(fh), start, stop))
 
 
-def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, path: Path, seq_flags: str,
-                  size: int | None) -> tuple[list[bytes], int | None]:
-    """All parts for one message except FLAGS (the caller knows \\Recent).
+def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | None,
+                  seq_flags: str, size: int | None) -> tuple[list[FetchPart], int | None]:
+    """All parts for one message.
 
-    Returns (parts, crlf size if it was computed). `seq_flags` is the formatted
-    flag list, used where FLAGS is asked for. Raises OSError when the file went away.
+    `fh` is the open message file (needs_file() says when one is needed); streamed
+    parts read it while they are sent, so the caller keeps it open until then.
+    Returns (parts, crlf size if known). `seq_flags` is the formatted flag list.
     """
-    parts: list[bytes] = []
-    content: bytes | None = None
-    if any(needs_content(i) for i in items):
-        with open(path, "rb") as fh:
-            content = to_crlf(fh.read())
-        size = len(content)
+    parts: list[FetchPart] = []
+    hlen: list[int] = []
+
+    def header_len() -> int:
+        if not hlen:
+            assert fh is not None
+            hlen.append(header_length(fh))
+        return hlen[0]
+
     for item in items:
         if item.name == "UID":
             parts.append(b"UID %d" % msg.uid)
@@ -137,14 +206,12 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, path: Path, seq
             parts.append(b"FLAGS " + seq_flags.encode("ascii"))
         elif item.name == "INTERNALDATE":
             parts.append(b"INTERNALDATE " + internaldate(msg.mtime).encode("ascii"))
-        elif item.name == "RFC822.SIZE":
-            if size is None:
-                size = crlf_size(path)
-            parts.append(b"RFC822.SIZE %d" % size)
         else:
-            assert content is not None
-            parts.append(body_part(item, content))
+            assert fh is not None
+            if size is None:
+                size = crlf_size(fh)
+            if item.name == "RFC822.SIZE":
+                parts.append(b"RFC822.SIZE %d" % size)
+            else:
+                parts.append(body_part(item, fh, size, header_len))
     return parts, size
-
-
-

@@ -27,6 +27,7 @@ from courier_imapd.core import (
     IdleDone,
     ImapConnection,
     ListMailboxes,
+    LiteralShort,
     Logout,
     MailboxCommand,
     Namespace,
@@ -38,9 +39,10 @@ from courier_imapd.core import (
     Status,
     Store,
     StoreMode,
+    StreamedLiteral,
     astring_out,
     bad,
-    fetch_response,
+    fetch_response_pieces,
     tagged,
     untagged,
 )
@@ -94,7 +96,13 @@ class Session:
                     return
                 if ev is None:
                     return
-                if not self.handle(ev):
+                try:
+                    if not self.handle(ev):
+                        return
+                except LiteralShort as e:
+                    # A message file shrank under us mid-literal: the client cannot
+                    # find the next response any more, so end the session.
+                    log.error("user=%s, ip=[%s]: %s; closing", self.user, self.conn.peer_ip, e)
                     return
         finally:
             log.info("LOGOUT, user=%s, ip=[%s], headers=0, body=%d, rcvd=%d, sent=%d, time=%d",
@@ -257,18 +265,30 @@ class Session:
                     continue
                 if not wants_flags:   # §6.4.5: report the \Seen we just set
                     items = (*items, fetchmod.FetchItem("FLAGS"))
+            size = view.sizes.get(msg.uid)
             try:
-                parts, size = fetchmod.message_parts(
-                    items, msg, view.maildir.path_of(msg),
-                    flags_text(msg.flags, msg.uid in view.recent), view.sizes.get(msg.uid))
+                # Message files are never rewritten, only renamed or removed; an open
+                # file keeps its bytes, so the size and the streamed body agree.
+                fh = open(view.maildir.path_of(msg), "rb") \
+                    if fetchmod.needs_file(items, size is not None) else None
             except FileNotFoundError:
                 view.ghosts.add(msg.uid)
                 missing = True
                 continue
-            if size is not None:
-                view.sizes[msg.uid] = size
-            self.counters.body += sum(len(p) for p in parts if p.startswith((b"BODY[", b"RFC822 ")))
-            self.out(fetch_response(i + 1, parts))
+            try:
+                parts, size = fetchmod.message_parts(
+                    items, msg, fh, flags_text(msg.flags, msg.uid in view.recent), size)
+                if size is not None:
+                    view.sizes[msg.uid] = size
+                self.counters.body += sum(
+                    p.size if isinstance(p, StreamedLiteral) else len(p)
+                    for p in parts
+                    if isinstance(p, StreamedLiteral) or p.startswith((b"BODY[", b"RFC822 ")))
+                for piece in fetch_response_pieces(i + 1, parts):
+                    self.out(piece)
+            finally:
+                if fh is not None:
+                    fh.close()
         if missing:
             # RFC 2180 §4.1.2: messages expunged by another session.
             self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))

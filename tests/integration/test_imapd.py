@@ -532,3 +532,29 @@ def test_list_status_namespace(imap) -> None:
         assert typ == "NO"
     finally:
         c.logout()
+
+
+def test_large_message_streamed_byte_exact(imap) -> None:
+    # ~3 MB, LF line ends, with a CRLF that straddles the server's 64 KB read boundary.
+    head = b"Subject: big\n\n"
+    filler = b"y" * (65536 - len(head) - 1)
+    line = b"z" * 99 + b"\n"
+    big = head + filler + b"\r\n" + line * 30000 + b"last line without end"
+    deliver(imap.maildir(USER), big)
+    w = wire(big)
+    c = imaplib.IMAP4_SSL("127.0.0.1", imap.port("imaps"), ssl_context=unverified(),
+                          timeout=IO_TIMEOUT)
+    try:
+        assert c.login(USER, PASSWORD)[0] == "OK"
+        assert c.select("INBOX")[1] == [b"4"]
+        typ, data = c.fetch("4", "(RFC822.SIZE)")
+        assert data == [b"4 (RFC822.SIZE %d)" % len(w)]
+        typ, data = c.fetch("4", "(BODY.PEEK[])")
+        assert bodies(data) == [w]
+        typ, data = c.fetch("4", "(BODY.PEEK[]<2000000.100> BODY.PEEK[TEXT]<65530.20>)")
+        assert bodies(data) == [w[2000000:2000100], w[len(head) + 2 + 65530:][:20]]
+        typ, data = c.fetch("4", "(RFC822)")           # sets \Seen, streams again
+        assert bodies(data) == [w]
+        assert b"\\Seen" in data[-1] or b"\\Seen" in data[0][0]
+    finally:
+        c.logout()
