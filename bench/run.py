@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-MAILBENCH = Path(os.environ.get("MAILBENCH", "/work/shared/bench/mailbench.py"))
+MAILBENCH = Path(os.environ.get(
+    "MAILBENCH", Path(__file__).resolve().parents[2] / "shared" / "bench" / "mailbench.py"))
 PORT_OFFSETS = {"smtp": 25, "submission": 587, "smtps": 465, "imap": 143,
                 "imaps": 993, "pop3": 110, "pop3s": 995}
 USER, PASSWORD = "benchuser@example.com", "benchpass"
