@@ -140,7 +140,10 @@ class Session:
             case Close(tag=tag):
                 assert self.view is not None
                 if not self.view.readonly:
-                    self.view.expunge()   # RFC 3501 §6.4.2: no untagged EXPUNGE for CLOSE
+                    # Rescan first so \Deleted set by another session counts too;
+                    # RFC 3501 §6.4.2: no untagged responses for CLOSE.
+                    self.view.refresh(allow_expunge=False)
+                    self.view.expunge()
                 self._unselect()
                 self.out(tagged(tag, "OK", "mailbox closed."))
             case Expunge():
@@ -343,6 +346,9 @@ class Session:
         if view.readonly:
             self.out(tagged(cmd.tag, "NO", "Mailbox is read-only"))
             return
+        # §6.4.3 removes every message with \Deleted, also where another session
+        # set it: rescan first (EXPUNGE may report others' changes, §7.4.1).
+        updates = view.refresh(allow_expunge=True)
         if cmd.uid_set is not None:
             # RFC 4315 §2.1: only the \Deleted messages among these UIDs.
             keep = set(range(len(view.messages))) - set(view.resolve(cmd.uid_set, True))
@@ -359,7 +365,7 @@ class Session:
                     view.messages[i] = saved[m.uid]
         else:
             lines = view.expunge()
-        self.out(self._untagged(lines), tagged(cmd.tag, "OK", "EXPUNGE completed"))
+        self.out(self._untagged(updates + lines), tagged(cmd.tag, "OK", "EXPUNGE completed"))
 
     def search(self, cmd: Search) -> None:
         view = self.view

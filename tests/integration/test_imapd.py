@@ -94,6 +94,7 @@ def bodies(data: list) -> list[bytes]:
 
 def uid_map(c: imaplib.IMAP4) -> dict[int, int]:
     """sequence number -> UID for the selected mailbox."""
+    c.untagged_responses.pop("FETCH", None)     # flag updates imaplib kept from before
     typ, data = c.fetch("1:*", "(UID)")
     assert typ == "OK"
     out = {}
@@ -490,6 +491,20 @@ def test_two_sessions_see_each_others_changes(imap) -> None:
         a.noop()
         b.noop()
         assert uid_map(a) == uid_map(b) == {1: 1, 2: 3, 3: 4}
+        # \Deleted set by b is expunged by a's EXPUNGE without a NOOP first (§6.4.3:
+        # "all messages that have the \Deleted flag set").
+        b.store("2", "+FLAGS.SILENT", "(\\Deleted)")
+        a.untagged_responses.clear()
+        typ, data = a.expunge()
+        assert typ == "OK" and data == [b"2"]
+        assert uid_map(a) == {1: 1, 2: 4}
+        # And by CLOSE.
+        b.noop()
+        assert uid_map(b) == {1: 1, 2: 4}
+        assert b.store("2", "+FLAGS.SILENT", "(\\Deleted)")[0] == "OK"
+        assert a.close()[0] == "OK"
+        b.noop()
+        assert uid_map(b) == {1: 1}
     finally:
         a.logout()
         b.logout()
