@@ -228,7 +228,11 @@ class Session:
             "UNSEEN": sum(1 for m in st.messages if "S" not in m.flags),
         }
         if self.view is not None and folder_path(self.root, self.view.name) == path:
-            vals["RECENT"] = len(self.view.recent)
+            # This scan may have moved new arrivals to cur/: their \Recent belongs
+            # to this session, which announces them on its next NOOP (§2.3.2).
+            self.view.recent |= st.recent
+            on_disk = {m.uid for m in st.messages}
+            vals["RECENT"] = len(self.view.recent & on_disk)
         items = " ".join(f"{k} {vals[k]}" for k in cmd.items)
         self.out(untagged(b"STATUS " + astring_out(cmd.mailbox) + f" ({items})".encode()),
                  tagged(cmd.tag, "OK", "STATUS Completed."))

@@ -573,3 +573,20 @@ def test_large_message_streamed_byte_exact(imap) -> None:
         assert b"\\Seen" in data[-1] or b"\\Seen" in data[0][0]
     finally:
         c.logout()
+
+
+def test_status_of_the_selected_mailbox_keeps_recent(imap) -> None:
+    c = login(imap)
+    try:
+        c.select("INBOX")
+        deliver(imap.maildir(USER), b"Subject: s\n\ns\n")
+        typ, data = c.status("INBOX", "(MESSAGES RECENT)")
+        assert data == [b"INBOX (MESSAGES 4 RECENT 4)"]
+        c.untagged_responses.clear()
+        c.noop()
+        assert c.untagged_responses.get("EXISTS") == [b"4"]
+        assert c.untagged_responses.get("RECENT") == [b"4"]
+        typ, data = c.fetch("4", "(FLAGS)")
+        assert data == [b"4 (FLAGS (\\Recent))"]
+    finally:
+        c.logout()
