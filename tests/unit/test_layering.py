@@ -27,6 +27,7 @@ SANS_IO = {
     ROOT / "libcourier" / "proto" / "buffer.py",
     ROOT / "libcourier" / "proto" / "errors.py",
     ROOT / "libcourier" / "authproto.py",
+    ROOT / "libcourier" / "sasl" / "__init__.py",
 }
 
 

@@ -1,0 +1,301 @@
+"""Server-side SASL (RFC 4422) without I/O: one ServerExchange per AUTH/AUTHENTICATE.
+
+The protocol driver (IMAP AUTHENTICATE, POP3 AUTH, SMTP AUTH) owns the wire
+framing ("+ ", "334 ", "+ " ...) and the base64 transport; this core only turns
+client responses into the next Step:
+
+- ``Challenge(data)``: send base64(data) to the client and feed its next line to
+  ``step``;
+- ``LoginCredentials`` / ``CramCredentials`` / ``ExternalCredentials``: the
+  exchange is over, verify them through authd (authclient.auth_login /
+  auth_cram / auth_pre) and answer success or failure;
+- ``Failed(reason)``: the client cancelled or sent malformed data; answer the
+  protocol's failure reply (the session goes on).
+
+Mechanisms: PLAIN (RFC 4616), LOGIN (draft-murchison-sasl-login-00), CRAM-MD5
+(RFC 2195) and its SHA1/SHA256 variants (Courier's authlib names), EXTERNAL
+(RFC 4422 Appendix A). SCRAM-SHA-* (RFC 5802/7677) is not here: it needs
+salted stored keys that authd cannot hand out today.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = [
+    "CRAM_MECHANISMS",
+    "IMPLEMENTED",
+    "MAX_SASL_LINE",
+    "PLAINTEXT_MECHANISMS",
+    "Challenge",
+    "CramCredentials",
+    "ExternalCredentials",
+    "Failed",
+    "LoginCredentials",
+    "ServerExchange",
+    "Step",
+    "UnknownMechanism",
+    "cram_nonce",
+    "decode_initial_response",
+    "offered_mechanisms",
+]
+
+# One client line of base64: 12288 chars carry 9216 bytes, far more than any
+# user name + password we accept below (Courier's authlib caps a request at 8 KB).
+MAX_SASL_LINE = 12288
+# Each decoded field (authzid, authcid, password, CRAM response).
+MAX_FIELD = 1024
+# Mechanisms that send the password itself (only over TLS unless allowed).
+PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+CRAM_MECHANISMS = frozenset({"CRAM-MD5", "CRAM-SHA1", "CRAM-SHA256"})
+# In the order we prefer to offer them when nothing else decides.
+IMPLEMENTED = ("EXTERNAL", "CRAM-SHA256", "CRAM-SHA1", "CRAM-MD5", "PLAIN", "LOGIN")
+
+
+class UnknownMechanism(ValueError):
+    """The client named a mechanism we do not implement (IMAP NO, SMTP 504 5.5.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    data: bytes  # send base64(data) to the client
+
+
+@dataclass(frozen=True, slots=True)
+class LoginCredentials:
+    user: str
+    password: str
+    authzid: str  # "" or equal to user: a different one is refused before we get here
+
+
+@dataclass(frozen=True, slots=True)
+class CramCredentials:
+    mech: str  # "CRAM-MD5", "CRAM-SHA1", "CRAM-SHA256"
+    challenge: bytes  # what we sent, e.g. b"<1896.697170952@postoffice.example.net>"
+    response: bytes  # "user SP hex-digest", as the client sent it (decoded)
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalCredentials:
+    identity: str  # from the TLS client certificate
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+
+
+Step = Challenge | LoginCredentials | CramCredentials | ExternalCredentials | Failed
+
+
+class _State(enum.Enum):
+    START = enum.auto()
+    PLAIN_WAIT = enum.auto()  # sent the empty challenge, want "authzid NUL authcid NUL passwd"
+    LOGIN_USER = enum.auto()  # sent "Username:"
+    LOGIN_PASS = enum.auto()  # sent "Password:"
+    CRAM_WAIT = enum.auto()  # sent "<nonce@host>"
+    EXTERNAL_WAIT = enum.auto()  # sent the empty challenge, want the authzid
+    DONE = enum.auto()
+
+
+def cram_nonce(now: int) -> bytes:
+    """The "random.time" part of a CRAM challenge (RFC 2195 §2: unique per exchange).
+
+    The driver owns the clock and passes int(time.time()); the random part makes
+    the challenge unguessable even within one second.
+    """
+    return f"{secrets.randbelow(10**10)}.{now}".encode("ascii")
+
+
+def decode_initial_response(text: bytes) -> bytes | Failed:
+    """An initial response as carried by SMTP AUTH / IMAP SASL-IR: "=" is empty (RFC 4954 §4)."""
+    if text == b"=":
+        return b""
+    decoded = _b64decode(text)
+    if decoded is None:
+        return Failed("initial response is not valid base64")
+    return decoded
+
+
+def _b64decode(data: bytes) -> bytes | None:
+    # RFC 4648 strict: no whitespace, no junk, correct padding.
+    if len(data) > MAX_SASL_LINE:
+        return None
+    try:
+        return binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _text(field: bytes) -> str | None:
+    # RFC 4616 §2: UTF-8 without NUL; we also refuse CR/LF, which would break the
+    # authd protocol's line framing further down.
+    if len(field) > MAX_FIELD or any(b in field for b in b"\0\r\n"):
+        return None
+    try:
+        return field.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class ServerExchange:
+    """One SASL authentication exchange, server side."""
+
+    def __init__(self, mechanism: str, *, hostname: str, nonce: bytes | None = None,
+                 external_identity: str | None = None) -> None:
+        mech = mechanism.upper()
+        if mech not in IMPLEMENTED:
+            raise UnknownMechanism(mechanism)
+        if mech == "EXTERNAL" and not external_identity:
+            # Without a verified client certificate there is nothing to assert.
+            raise UnknownMechanism(mechanism)
+        self.mechanism = mech
+        self._hostname = hostname
+        self._nonce = nonce
+        self._external = external_identity
+        self._state = _State.START
+        self._user = ""
+        self._challenge = b""
+
+    @property
+    def done(self) -> bool:
+        return self._state is _State.DONE
+
+    def start(self, initial_response: bytes | None) -> Step:
+        """Begin; ``initial_response`` is already base64-decoded (b"" for "=")."""
+        if self._state is not _State.START:
+            raise RuntimeError("SASL exchange already started")
+        mech = self.mechanism
+        if mech == "PLAIN":
+            if initial_response is None:
+                self._state = _State.PLAIN_WAIT
+                return Challenge(b"")  # RFC 4422 §5: empty challenge, client sends all
+            return self._plain(initial_response)
+        if mech == "LOGIN":
+            if initial_response is None or initial_response == b"":
+                self._state = _State.LOGIN_USER
+                return Challenge(b"Username:")
+            return self._login_user(initial_response)
+        if mech in CRAM_MECHANISMS:
+            # RFC 2195: the server speaks first; an initial response has no meaning.
+            if initial_response:
+                return self._fail("CRAM takes no initial response")
+            nonce = self._nonce if self._nonce is not None else cram_nonce(0)
+            self._challenge = b"<" + nonce + b"@" + self._hostname.encode("utf-8", "replace") + b">"
+            self._state = _State.CRAM_WAIT
+            return Challenge(self._challenge)
+        # EXTERNAL (RFC 4422 Appendix A): the message is an optional authzid.
+        if initial_response is None:
+            self._state = _State.EXTERNAL_WAIT
+            return Challenge(b"")
+        return self._external_authzid(initial_response)
+
+    def step(self, client_data_b64: bytes) -> Step:
+        """Feed the client's line (base64, without CRLF); b"*" cancels (RFC 4422 §3.5)."""
+        if self._state in (_State.START, _State.DONE):
+            raise RuntimeError("SASL exchange not waiting for a response")
+        line = client_data_b64.strip(b" \t")
+        if line == b"*":
+            return self._fail("authentication cancelled")
+        if len(line) > MAX_SASL_LINE:
+            return self._fail("response too long")
+        data = _b64decode(line)
+        if data is None:
+            return self._fail("response is not valid base64")
+        match self._state:
+            case _State.PLAIN_WAIT:
+                return self._plain(data)
+            case _State.LOGIN_USER:
+                return self._login_user(data)
+            case _State.LOGIN_PASS:
+                return self._login_pass(data)
+            case _State.CRAM_WAIT:
+                return self._cram(data)
+            case _:
+                return self._external_authzid(data)
+
+    # -- mechanisms ---------------------------------------------------------
+
+    def _fail(self, reason: str) -> Failed:
+        self._state = _State.DONE
+        return Failed(reason)
+
+    def _plain(self, data: bytes) -> Step:
+        # RFC 4616 §2: message = [authzid] UTF8NUL authcid UTF8NUL passwd
+        parts = data.split(b"\0")
+        if len(parts) != 3:
+            return self._fail("PLAIN message must be authzid NUL authcid NUL password")
+        fields = [_text(p) for p in parts]
+        authzid, authcid, passwd = fields
+        if authzid is None or authcid is None or passwd is None:
+            return self._fail("PLAIN field too long or not UTF-8")
+        if not authcid or not passwd:
+            return self._fail("PLAIN authcid and password must not be empty")
+        if authzid and authzid != authcid:
+            # RFC 4616 §2: the server decides; we allow no proxy authorization.
+            return self._fail("authorization identity differs from authentication identity")
+        self._state = _State.DONE
+        return LoginCredentials(authcid, passwd, authzid)
+
+    def _login_user(self, data: bytes) -> Step:
+        user = _text(data)
+        if not user:
+            return self._fail("LOGIN user name empty, too long or not UTF-8")
+        self._user = user
+        self._state = _State.LOGIN_PASS
+        return Challenge(b"Password:")
+
+    def _login_pass(self, data: bytes) -> Step:
+        password = _text(data)
+        if not password:
+            return self._fail("LOGIN password empty, too long or not UTF-8")
+        self._state = _State.DONE
+        return LoginCredentials(self._user, password, "")
+
+    def _cram(self, data: bytes) -> Step:
+        # RFC 2195 §2: "user SP digest", digest in lowercase hex.
+        user, sep, digest = data.rpartition(b" ")
+        if not sep or _text(user) in (None, "") or len(data) > MAX_FIELD:
+            return self._fail("CRAM response must be user SP hex-digest")
+        size = {"CRAM-MD5": 32, "CRAM-SHA1": 40, "CRAM-SHA256": 64}[self.mechanism]
+        if len(digest) != size or any(c not in b"0123456789abcdefABCDEF" for c in digest):
+            return self._fail("CRAM digest is not a hex digest of the right length")
+        self._state = _State.DONE
+        return CramCredentials(self.mechanism, self._challenge, data)
+
+    def _external_authzid(self, data: bytes) -> Step:
+        authzid = _text(data)
+        if authzid is None:
+            return self._fail("EXTERNAL authorization identity too long or not UTF-8")
+        assert self._external is not None  # checked in __init__
+        if authzid and authzid != self._external:
+            return self._fail("authorization identity differs from the certificate's")
+        self._state = _State.DONE
+        return ExternalCredentials(self._external)
+
+
+def offered_mechanisms(configured: Iterable[str], *, tls: bool, allow_plaintext: bool,
+                       external: bool = False) -> tuple[str, ...]:
+    """The configured list (ESMTPAUTH, POP3AUTH, IMAP AUTH=...) filtered to what we implement.
+
+    Order and case follow the configuration; duplicates drop. PLAIN and LOGIN
+    only over TLS unless ``allow_plaintext`` (RFC 4954 §4, RFC 3501 §11.1);
+    EXTERNAL only when the connection carries a verified client certificate.
+    """
+    seen: list[str] = []
+    for name in configured:
+        mech = name.strip().upper()
+        if mech.startswith("AUTH="):
+            mech = mech[5:]
+        if mech not in IMPLEMENTED or mech in seen:
+            continue
+        if mech in PLAINTEXT_MECHANISMS and not (tls or allow_plaintext):
+            continue
+        if mech == "EXTERNAL" and not external:
+            continue
+        seen.append(mech)
+    return tuple(seen)
