@@ -8,13 +8,10 @@ child needs is imported here, at the top, before any fork or privilege drop.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pwd
-import sys
 from functools import partial
-from pathlib import Path
 
 from courier_imapd import fetch as _fetch  # noqa: F401  (imported before the drop)
 from courier_imapd import mailbox as _mailbox  # noqa: F401
@@ -24,9 +21,8 @@ from courier_imapd.login import PRELOGIN_TIMEOUT, AuthUnavailable, Counters, Wir
 from courier_imapd.session import Session, open_maildir_root
 
 from libcourier import authclient, privsep, proctitle, tcpd
-from libcourier import log as courier_log
-from libcourier.config import ConfigError, config_dir
-from libcourier.layout import Layout, load_layout
+from libcourier.layout import Layout
+from libcourier.tcpd.daemon import ListenerDaemon, run_listener
 
 log = logging.getLogger("courier.imapd")
 
@@ -67,50 +63,23 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
     Session(conn, core, root, cfg, ok.user, counters).run()
 
 
-def make_loader(etc: Path, service: str, layout: Layout):
-    def load():
-        cfg, warnings = load_config(etc, service)
-        for w in warnings:
-            log.warning("%s", w)
-        ctx = None
-        if cfg.tls_certfile is not None:
-            ctx = tcpd.server_context(cfg.tls_certfile, cfg.tls_keyfile,
-                                      protocol=cfg.tls_protocol or None,
-                                      ciphers=cfg.tls_cipher_list or None)
-        spec = tcpd.ListenerSpec(
-            name=service,
-            addresses=cfg.addresses,
-            maxdaemons=cfg.maxdaemons,
-            maxperip=cfg.maxperip,
-            tls_context=ctx if cfg.tls_on_connect else None,
-            busy_reply=b"* BYE Too many connections, try again later\r\n",
-            deny_reply=b"* BYE Access denied\r\n",
-            pidfile=layout.pidfile(service),
-            timeout=PRELOGIN_TIMEOUT,
-        )
-        handler = partial(handle_connection, cfg=cfg, layout=layout,
-                          starttls_ctx=ctx if cfg.starttls else None)
-        return spec, handler
-    return load
+def make_handler(cfg: ImapdConfig, layout: Layout, ctx) -> tcpd.Handler:
+    return partial(handle_connection, cfg=cfg, layout=layout,
+                   starttls_ctx=ctx if cfg.starttls else None)
+
+
+DAEMON = ListenerDaemon(
+    prog="courier_imapd",
+    description="courier-py IMAP server",
+    services=("imapd", "imapd-ssl"),
+    load_config=load_config,
+    make_handler=make_handler,
+    busy_reply=b"* BYE Too many connections, try again later\r\n",
+    deny_reply=b"* BYE Access denied\r\n",
+    timeout=PRELOGIN_TIMEOUT,
+    logger="courier.imapd",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="courier_imapd", description="courier-py IMAP server")
-    ap.add_argument("-C", dest="etc", help="config directory (default /etc/courier)")
-    ap.add_argument("--service", default="imapd", choices=("imapd", "imapd-ssl"))
-    ap.add_argument("--debug", action="store_true")
-    args = ap.parse_args(argv)
-    etc = config_dir(args.etc)
-    courier_log.setup(args.service, foreground=True, debug=args.debug)
-    try:
-        layout = load_layout(etc)
-        load = make_loader(etc, args.service, layout)
-        load()   # validate now, so a bad value stops us with file:line before binding
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
-    try:
-        return tcpd.serve(load)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+    return run_listener(DAEMON, argv)

@@ -8,11 +8,9 @@ child needs is imported here, at the top, before any fork or privilege drop.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pwd
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -31,11 +29,10 @@ from courier_pop3d.maildrop import Maildrop, MaildropInUse
 from courier_pop3d.session import Session
 
 from libcourier import authclient, privsep, proctitle, tcpd
-from libcourier import log as courier_log
-from libcourier.config import ConfigError, config_dir
-from libcourier.layout import Layout, load_layout
+from libcourier.layout import Layout
 from libcourier.maildir import pop3sizelist as _sizelist  # noqa: F401
 from libcourier.maildir import uiddb as _uiddb  # noqa: F401
+from libcourier.tcpd.daemon import ListenerDaemon, run_listener
 
 log = logging.getLogger("courier.pop3d")
 
@@ -103,51 +100,24 @@ def handle_connection(conn: Wire, *, cfg: Pop3dConfig, layout: Layout, starttls_
             log_deletions=cfg.log_deletions, counters=counters).run()
 
 
-def make_loader(etc: Path, service: str, layout: Layout):
-    def load():
-        cfg, warnings = load_config(etc, service)
-        for w in warnings:
-            log.warning("%s", w)
-        ctx = None
-        if cfg.tls_certfile is not None:
-            ctx = tcpd.server_context(cfg.tls_certfile, cfg.tls_keyfile,
-                                      protocol=cfg.tls_protocol or None,
-                                      ciphers=cfg.tls_cipher_list or None)
-        spec = tcpd.ListenerSpec(
-            name=service,
-            addresses=cfg.addresses,
-            maxdaemons=cfg.maxdaemons,
-            maxperip=cfg.maxperip,
-            tls_context=ctx if cfg.tls_on_connect else None,
-            # RFC 3206 §4: SYS/TEMP, a temporary problem on our side.
-            busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n",
-            deny_reply=b"-ERR [SYS/PERM] Access denied.\r\n",
-            pidfile=layout.pidfile(service),
-            timeout=PRELOGIN_TIMEOUT,
-        )
-        handler = partial(handle_connection, cfg=cfg, layout=layout,
-                          starttls_ctx=ctx if cfg.stls else None)
-        return spec, handler
-    return load
+def make_handler(cfg: Pop3dConfig, layout: Layout, ctx) -> tcpd.Handler:
+    return partial(handle_connection, cfg=cfg, layout=layout,
+                   starttls_ctx=ctx if cfg.stls else None)
+
+
+DAEMON = ListenerDaemon(
+    prog="courier_pop3d",
+    description="courier-py POP3 server",
+    services=("pop3d", "pop3d-ssl"),
+    load_config=load_config,
+    make_handler=make_handler,
+    # RFC 3206 §4: SYS/TEMP, a temporary problem on our side.
+    busy_reply=b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n",
+    deny_reply=b"-ERR [SYS/PERM] Access denied.\r\n",
+    timeout=PRELOGIN_TIMEOUT,
+    logger="courier.pop3d",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="courier_pop3d", description="courier-py POP3 server")
-    ap.add_argument("-C", dest="etc", help="config directory (default /etc/courier)")
-    ap.add_argument("--service", default="pop3d", choices=("pop3d", "pop3d-ssl"))
-    ap.add_argument("--debug", action="store_true")
-    args = ap.parse_args(argv)
-    etc = config_dir(args.etc)
-    try:
-        layout = load_layout(etc)
-        load = make_loader(etc, args.service, layout)
-        load()   # validate now, so a bad value stops us with file:line before binding
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
-    courier_log.setup(args.service, foreground=True, debug=args.debug)
-    try:
-        return tcpd.serve(load)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 1
+    return run_listener(DAEMON, argv)

@@ -46,6 +46,13 @@ def non_negative_int(v: str) -> int:
     return n
 
 
+def positive_int(v: str) -> int:
+    n = to_int(v)
+    if n <= 0:
+        raise ValueError(f"must be positive, got {n}")
+    return n
+
+
 def to_words(v: str) -> tuple[str, ...]:
     return tuple(v.split())
 
