@@ -17,6 +17,7 @@ from libcourier.config.listener import (
     merge_settings,
 )
 from libcourier.config.schema import Setting, non_negative_int, positive_int, to_bool, to_str
+from libcourier.sasl import offered_mechanisms
 
 # Our default IMAP_CAPABILITY lists only what we implement. Left out of Courier's
 # default: THREAD=ORDEREDSUBJECT, THREAD=REFERENCES, SORT, QUOTA (commands not
@@ -92,9 +93,28 @@ def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
     return cfg, loaded.warnings
 
 
+# SASL mechanisms authd can verify today: it checks a password (PLAIN, LOGIN) but
+# answers FAIL to CRAM (Courier's stored HMAC states are not supported yet), and
+# the listener asks for no client certificate (EXTERNAL).
+SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
+
+
+def sasl_mechanisms(cfg: ImapdConfig, tls: bool) -> tuple[str, ...]:
+    """The AUTH=<mech> words of IMAP_CAPABILITY(_TLS) we offer (Courier's model: the
+    admin lists them there), kept to what libcourier.sasl implements and authd can
+    verify; none in the clear while LOGINDISABLED (RFC 3501 §6.2.3)."""
+    words = (cfg.capability_tls if tls else cfg.capability).split()
+    configured = [w[5:] for w in words if w.upper().startswith("AUTH=")]
+    disabled = not tls and cfg.starttls and cfg.tls_required
+    return tuple(m for m in offered_mechanisms(configured, tls=tls, allow_plaintext=not disabled)
+                 if m in SASL_VERIFIABLE)
+
+
 def capability_line(cfg: ImapdConfig, tls: bool) -> str:
     """Courier's imapcapability() order (FORMATS.md §2.1), for what we implement."""
-    words = (cfg.capability_tls if tls else cfg.capability).split()
+    offered = sasl_mechanisms(cfg, tls)
+    words = [w for w in (cfg.capability_tls if tls else cfg.capability).split()
+             if not w.upper().startswith("AUTH=") or w[5:].upper() in offered]
     if not tls and cfg.starttls:
         words.append("STARTTLS")
         if cfg.tls_required:

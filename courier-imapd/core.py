@@ -84,6 +84,7 @@ class Login:
 class Authenticate:
     tag: str
     mechanism: str
+    initial_response: bytes | None = None   # SASL-IR (RFC 4959), still base64; b"=" is empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,10 +423,11 @@ def _p_login(tag: str, r: Reader, uid: bool) -> Command:
 def _p_authenticate(tag: str, r: Reader, uid: bool) -> Command:
     r.sp()
     mech = r.atom().decode("ascii").upper()
+    initial = None
     if r.maybe(b" "):
-        r.atom(b"=")  # SASL-IR initial response (RFC 4959): accepted, refused below
+        initial = r.atom(b"=")  # RFC 4959 §3: initial-resp = base64 / "="
     r.end()
-    return Authenticate(tag, mech)
+    return Authenticate(tag, mech, initial)
 
 
 def _p_select(readonly: bool) -> Callable[[str, Reader, bool], Command]:
@@ -737,6 +739,18 @@ class ImapConnection:
 
     def buffered(self) -> int:
         return len(self._buf)
+
+    def next_sasl_line(self) -> bytes | object:
+        """One AUTHENTICATE continuation line without CRLF (RFC 3501 §6.2.2), or NEED_DATA.
+
+        Not a command: the driver calls this while an exchange waits on "+ ".
+        Raises LineTooLong past the line limit (the driver cancels the exchange).
+        """
+        line = self._buf.next_line()
+        if line is NEED_DATA:
+            return NEED_DATA
+        assert isinstance(line, bytes)
+        return line.rstrip(b"\r\n")
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)

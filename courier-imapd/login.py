@@ -1,21 +1,24 @@
 """The pre-login dialogue, which runs as root (Courier's model, DESIGN.md §2).
 
-Greeting, CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN; AUTHENTICATE answers NO
-until SASL lands. Hard limits come from core.PRELOGIN_LIMITS (8 KB lines, 1 KB
+Greeting, CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN, AUTHENTICATE (RFC 3501
+§6.2.2, with SASL-IR, RFC 4959, through libcourier.sasl). Hard limits come from core.PRELOGIN_LIMITS (8 KB lines, 1 KB
 literals); no mailbox, no MIME, nothing from the user's files is touched here.
 On success the caller switches to the user for good and only then opens mail.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
-from courier_imapd.config import ImapdConfig, capability_line
+from courier_imapd.config import ImapdConfig, capability_line, sasl_mechanisms
 from courier_imapd.core import (
     NEED_DATA,
     Authenticate,
@@ -31,6 +34,19 @@ from courier_imapd.core import (
     bad,
     tagged,
     untagged,
+)
+
+from libcourier.proto import LineTooLong
+from libcourier.sasl import (
+    Challenge,
+    CramCredentials,
+    ExternalCredentials,
+    Failed,
+    LoginCredentials,
+    ServerExchange,
+    UnknownMechanism,
+    cram_nonce,
+    decode_initial_response,
 )
 
 log = logging.getLogger("courier.imapd")
@@ -64,6 +80,18 @@ class LoginOK:
 
 
 Authenticator = Callable[[str, str, str], Any]   # (user, password, ip) -> AuthInfo | None
+Credentials = LoginCredentials | CramCredentials | ExternalCredentials
+# (credentials, ip) -> AuthInfo | None; raises AuthUnavailable like Authenticator.
+SaslAuthenticator = Callable[[Credentials, str], Any]
+
+
+def password_only(authenticate: Authenticator) -> SaslAuthenticator:
+    """A SaslAuthenticator that verifies PLAIN/LOGIN through ``authenticate`` only."""
+    def verify(creds: Credentials, ip: str) -> Any:
+        if isinstance(creds, LoginCredentials):
+            return authenticate(creds.user, creds.password, ip)
+        return None
+    return verify
 
 
 @dataclass(slots=True)
@@ -100,9 +128,11 @@ def greeting(cfg: ImapdConfig, tls: bool) -> bytes:
 
 def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: Authenticator,
              tls_context: ssl.SSLContext | None, counters: Counters,
-             sleep: Callable[[float], None] = time.sleep) -> LoginOK | None:
+             sleep: Callable[[float], None] = time.sleep,
+             sasl_authenticate: SaslAuthenticator | None = None) -> LoginOK | None:
     """Run the not-authenticated state; LoginOK on success, None when the session ends."""
     failures = 0
+    verify = sasl_authenticate or password_only(authenticate)
     conn.sock.settimeout(PRELOGIN_TIMEOUT)
     send(conn, greeting(cfg, conn.tls), counters)
     while True:
@@ -141,26 +171,47 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
                 except (ssl.SSLError, OSError) as e:
                     log.info("STARTTLS failed, ip=[%s]: %s", conn.peer_ip, e)
                     return None
-            case Authenticate(tag=tag):
-                send(conn, tagged(tag, "NO", "Unsupported authentication mechanism"), counters)
+            case Authenticate(tag=tag, mechanism=mech, initial_response=initial):
+                if mech not in sasl_mechanisms(cfg, conn.tls):
+                    send(conn, tagged(tag, "NO", "Unsupported authentication mechanism"), counters)
+                    continue
+                try:
+                    creds = sasl_exchange(conn, core, mech, initial, counters)
+                except EOFError:
+                    return None
+                if isinstance(creds, Failed):
+                    # RFC 3501 §6.2.2: BAD for a cancelled or malformed exchange.
+                    send(conn, tagged(tag, "BAD", creds.reason), counters)
+                    continue
+                user = creds.identity if isinstance(creds, ExternalCredentials) else \
+                    creds.user if isinstance(creds, LoginCredentials) else \
+                    creds.response.rpartition(b" ")[0].decode("utf-8", "replace")
+                result = _verify(conn, tag, user, partial(verify, creds, conn.peer_ip), counters,
+                                 mech)
+                if result is None:
+                    continue
+                if not isinstance(result, LoginOK):
+                    failures += 1
+                    sleep(FAILED_LOGIN_DELAY)
+                    send(conn, tagged(tag, "NO", "[AUTHENTICATIONFAILED] "
+                                      "Authentication failed."), counters)
+                    if failures >= MAX_FAILED_LOGINS:
+                        send(conn, untagged("BYE Too many failed logins"), counters)
+                        return None
+                    continue
+                core.set_state(State.AUTHENTICATED)
+                return result
             case Login(tag=tag, user=user, password=password):
                 if cfg.tls_required and not conn.tls and cfg.starttls:
                     send(conn, tagged(tag, "NO", "STARTTLS first", "PRIVACYREQUIRED"), counters)
                     continue
                 if cfg.defdomain and "@" not in user:
                     user += cfg.defdomain if cfg.defdomain.startswith("@") else "@" + cfg.defdomain
-                try:
-                    info = authenticate(user, password, conn.peer_ip)
-                except AuthUnavailable:
-                    log.warning("authdaemon unavailable, user=%s, ip=[%s]", user, conn.peer_ip)
-                    send(conn, tagged(tag, "NO", "[UNAVAILABLE] Temporary problem, "
-                                      "please try again later"), counters)
+                result = _verify(conn, tag, user, partial(authenticate, user, password,
+                                                          conn.peer_ip), counters, "")
+                if result is None:
                     continue
-                if info is not None and "disableimap" in getattr(info, "options", {}) and \
-                        info.options.get("disableimap", "1") not in ("0",):
-                    info = None
-                if info is None:
-                    log.info("LOGIN FAILED, user=%s, ip=[%s]", user, conn.peer_ip)
+                if not isinstance(result, LoginOK):
                     failures += 1
                     sleep(FAILED_LOGIN_DELAY)
                     send(conn, tagged(tag, "NO", "Login failed."), counters)
@@ -168,10 +219,66 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
                         send(conn, untagged("BYE Too many failed logins"), counters)
                         return None
                     continue
-                log.info("LOGIN, user=%s, ip=[%s], port=[%d], protocol=IMAP",
-                         user, conn.peer_ip, conn.peer_port)
                 core.set_state(State.AUTHENTICATED)
-                return LoginOK(tag, user, info)
+                return result
             case _:
                 # The command table lets nothing else through in this state.
                 send(conn, tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"), counters)
+
+
+def _verify(conn: Wire, tag: str, user: str, check: Callable[[], Any], counters: Counters,
+            how: str) -> LoginOK | bool | None:
+    """Ask authd: LoginOK, False (refused; the caller delays and counts), None (answered NO
+    [UNAVAILABLE] already: authd is down, which is never a bad password)."""
+    try:
+        info = check()
+    except AuthUnavailable:
+        log.warning("authdaemon unavailable, user=%s, ip=[%s]", user, conn.peer_ip)
+        send(conn, tagged(tag, "NO", "[UNAVAILABLE] Temporary problem, please try again later"),
+             counters)
+        return None
+    if info is not None and "disableimap" in getattr(info, "options", {}) and \
+            info.options.get("disableimap", "1") not in ("0",):
+        info = None
+    if info is None:
+        # Courier's log lines: "method=" only for AUTHENTICATE.
+        log.info("LOGIN FAILED, %suser=%s, ip=[%s]", f"method={how}, " if how else "", user,
+                 conn.peer_ip)
+        return False
+    log.info("LOGIN, user=%s, ip=[%s], port=[%d], protocol=IMAP%s",
+             user, conn.peer_ip, conn.peer_port, f", method={how}" if how else "")
+    return LoginOK(tag, user, info)
+
+
+def sasl_exchange(conn: Wire, core: ImapConnection, mech: str, initial: bytes | None,
+                  counters: Counters) -> Credentials | Failed:
+    """Run one AUTHENTICATE exchange to its end (RFC 3501 §6.2.2); EOFError if the client goes."""
+    first: bytes | None = None
+    if initial is not None:
+        decoded = decode_initial_response(initial)   # RFC 4959 §3: "=" is empty
+        if isinstance(decoded, Failed):
+            return decoded
+        first = decoded
+    try:
+        ex = ServerExchange(mech, hostname=socket.gethostname(),
+                            nonce=cram_nonce(int(time.time())))
+    except UnknownMechanism:
+        return Failed("Unsupported authentication mechanism")
+    step = ex.start(first)
+    while isinstance(step, Challenge):
+        send(conn, b"+ " + base64.b64encode(step.data) + b"\r\n", counters)
+        while True:
+            try:
+                line = core.next_sasl_line()
+            except LineTooLong:
+                return Failed("Authentication response too long")
+            if line is not NEED_DATA:
+                break
+            data = conn.recv(65536)
+            if not data:
+                raise EOFError
+            counters.rcvd += len(data)
+            core.receive_data(data)
+        assert isinstance(line, bytes)
+        step = ex.step(line)
+    return step

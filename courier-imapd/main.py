@@ -8,6 +8,7 @@ child needs is imported here, at the top, before any fork or privilege drop.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import pwd
@@ -17,11 +18,20 @@ from courier_imapd import fetch as _fetch  # noqa: F401  (imported before the dr
 from courier_imapd import mailbox as _mailbox  # noqa: F401
 from courier_imapd.config import ImapdConfig, load_config
 from courier_imapd.core import ImapConnection, tagged, untagged
-from courier_imapd.login import PRELOGIN_TIMEOUT, AuthUnavailable, Counters, Wire, prelogin, send
+from courier_imapd.login import (
+    PRELOGIN_TIMEOUT,
+    AuthUnavailable,
+    Counters,
+    Credentials,
+    Wire,
+    prelogin,
+    send,
+)
 from courier_imapd.session import Session, open_maildir_root
 
 from libcourier import authclient, privsep, proctitle, tcpd
 from libcourier.layout import Layout
+from libcourier.sasl import CramCredentials, LoginCredentials
 from libcourier.tcpd.daemon import ListenerDaemon, run_listener
 
 log = logging.getLogger("courier.imapd")
@@ -36,12 +46,31 @@ def _authenticator(layout: Layout):
     return authenticate
 
 
+def _sasl_authenticator(layout: Layout):
+    """AUTHENTICATE's credentials to authd: password (PLAIN/LOGIN), cram, or PRE (EXTERNAL)."""
+    def verify(creds: Credentials, ip: str):
+        try:
+            if isinstance(creds, LoginCredentials):
+                return authclient.auth_login(layout.authsocket, "imap", creds.user,
+                                             creds.password, remote_ip=ip)
+            if isinstance(creds, CramCredentials):
+                return authclient.auth_cram(layout.authsocket, "imap", creds.mech.lower(),
+                                            base64.b64encode(creds.challenge).decode(),
+                                            base64.b64encode(creds.response).decode(),
+                                            remote_ip=ip)
+            return authclient.auth_pre(layout.authsocket, "imap", creds.identity)
+        except authclient.AuthTempFail as e:
+            raise AuthUnavailable(str(e)) from None
+    return verify
+
+
 def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
                       starttls_ctx) -> None:
     proctitle.set_title(f"imapd: [{conn.peer_ip}] NOT AUTHENTICATED")
     core = ImapConnection()
     counters = Counters()
-    ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters)
+    ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters,
+                  sasl_authenticate=_sasl_authenticator(layout))
     if ok is None:
         return
     info = ok.info
