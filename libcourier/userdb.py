@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libcourier.config.errors import ConfigError
+from libcourier.durable import write_atomic
 
 MAX_USERDB_FILE = 64 * 1024 * 1024
 MAX_LINE = 64 * 1024
@@ -139,36 +140,6 @@ def format_entry(name: str, fields: Mapping[str, str]) -> str:
     return f"{name}\t{'|'.join(parts)}\n"
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int, tmp_name: str | None = None) -> None:
-    tmp = path.with_name(tmp_name or f".tmp.{path.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is masked by umask and ignored for an old tmp
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    _fsync_dir(path.parent)
-
-
 class _Lock:
     """The userdb tool's lock file `.lock.<file>`, held with flock."""
 
@@ -213,7 +184,7 @@ def _rewrite(source_file: Path, name: str, new_line: str | None) -> bool:
     if not found and new_line is not None:
         out.append(new_line.rstrip("\n"))
     body = "\n".join(out) + ("\n" if out else "")
-    _write_atomic(source_file, body.encode("utf-8"), 0o600)
+    write_atomic(source_file, body.encode("utf-8"), mode=0o600)
     return found
 
 
@@ -255,8 +226,8 @@ def compile_userdb(source: Path, dat: Path, shadow: Path) -> int:
             sec.append(format_entry(e.name, pw))
         except ValueError as err:
             raise ConfigError(str(err), e.path, e.line) from None
-    _write_atomic(Path(dat), (COMPILED_HEADER + "".join(pub)).encode("utf-8"), 0o644)
-    _write_atomic(Path(shadow), (COMPILED_HEADER + "".join(sec)).encode("utf-8"), 0o600)
+    write_atomic(Path(dat), (COMPILED_HEADER + "".join(pub)).encode("utf-8"), mode=0o644)
+    write_atomic(Path(shadow), (COMPILED_HEADER + "".join(sec)).encode("utf-8"), mode=0o600)
     return len(entries)
 
 

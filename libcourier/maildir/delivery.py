@@ -26,6 +26,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from libcourier.durable import fsync_dir as _fsync_dir  # a module name the tests patch
+from libcourier.durable import write_all
 from libcourier.maildir.names import unique_name
 
 CHUNK = 64 * 1024
@@ -77,14 +79,6 @@ def _chunks(source: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
         yield from source  # type: ignore[misc]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _temporary(err: OSError) -> bool:
     # A missing or unwritable mailbox is a setup problem an admin can fix, a
     # full disk or quota frees up: Courier defers all of these. Only a name
@@ -126,13 +120,6 @@ def _create_tmp(tmpdir: Path) -> tuple[int, str]:
     raise DeliveryError(True, f"cannot find a free name in {tmpdir}")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def deliver_to_maildir(maildir: Path, chunks: Iterable[bytes] | BinaryIO, *,
                        prefix: bytes = b"") -> str:
     """Store prefix + message in maildir/new; return the new file's name (no directory)."""
@@ -147,14 +134,14 @@ def deliver_to_maildir(maildir: Path, chunks: Iterable[bytes] | BinaryIO, *,
             size = 0
             conv = CRLFToLF()
             if prefix:
-                _write_all(fd, prefix)
+                write_all(fd, prefix)
                 size += len(prefix)
             for chunk in _chunks(chunks):
                 out = conv.feed(bytes(chunk))
-                _write_all(fd, out)
+                write_all(fd, out)
                 size += len(out)
             tail = conv.finish()
-            _write_all(fd, tail)
+            write_all(fd, tail)
             size += len(tail)
             os.fsync(fd)
             st = os.fstat(fd)

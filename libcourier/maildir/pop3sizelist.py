@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from libcourier.durable import write_atomic
+
 FILENAME = "courierpop3dsizelist"
 LISTVERSION = 3
 MAX_LINE = 2048            # Courier reads lines into a 2048-byte buffer
@@ -124,36 +126,8 @@ def read(maildir: Path) -> SizeList | None:
 def write(maildir: Path, sl: SizeList) -> None:
     """Replace the cache durably: tmp file, fsync, rename, fsync the directory."""
     maildir = Path(maildir)
-    tmp = maildir / "tmp" / f"{FILENAME}.{os.getpid()}.tmp"
+    tag = f"{os.getpid()}.{os.urandom(4).hex()}"
+    tmp = maildir / "tmp" / f"{FILENAME}.{tag}.tmp"
     if not tmp.parent.is_dir():
-        tmp = maildir / f".{FILENAME}.{os.getpid()}.tmp"
-    data = format_list(sl)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.rename(tmp, maildir / FILENAME)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    dfd = os.open(maildir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _unlink(p: Path) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
+        tmp = maildir / f".{FILENAME}.{tag}.tmp"
+    write_atomic(maildir / FILENAME, format_list(sl), mode=0o600, tmp=tmp)

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from libcourier.durable import write_atomic
+
 IMAPDB = "courierimapuiddb"
 IMAPDBVERSION = 1
 IMAP_EPOCH = 1_000_000_000   # UIDVALIDITY = time - IMAP_EPOCH (imapscanclient.C)
@@ -82,25 +84,7 @@ def write(folder: Path, db: UidDb, hostname: str = "") -> None:
     """Replace the database atomically: write in tmp/, fsync, rename, fsync the folder."""
     host = hostname or os.uname().nodename
     tmpname = folder / "tmp" / f"{os.getpid()}.imapuid_{os.urandom(4).hex()}.{host}"
-    fd = os.open(tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        data = format_db(db)
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmpname)
-        raise
-    os.close(fd)
-    os.rename(tmpname, folder / IMAPDB)
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(folder / IMAPDB, format_db(db), mode=0o600, tmp=tmpname)
 
 
 def new_uidvalidity(now: float) -> int:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from libcourier.durable import fsync_dir, write_atomic
 from libcourier.spool.envelope import Envelope, SpoolError, format_envelope, parse_envelope
 
 TMP = "tmp"
@@ -48,34 +49,9 @@ def check_qid(qid: str) -> str:
     return qid
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_file_durably(tmp: Path, final: Path, data: bytes, mode: int = 0o640) -> None:
-    """tmp (O_EXCL), write, fsync, rename over final, fsync final's directory."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(final.parent)
+    """The spool's commit step: written under tmp/, renamed into msgs/ (libcourier.durable)."""
+    write_atomic(final, data, mode=mode, tmp=tmp)
 
 
 def ensure_spool(spooldir: Path, uid: int | None = None, gid: int | None = None) -> None:

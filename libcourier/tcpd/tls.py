@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import ssl
 from pathlib import Path
 
 from libcourier.config.errors import ConfigError
+from libcourier.durable import write_atomic
 
 # TLS_PROTOCOL: Courier (OpenSSL build) names like "TLSv1.2", "TLSv1.2++" (that or
 # newer); the GnuTLS build's "TLS1_2"; several joined by ':'. We take the lowest
@@ -104,26 +104,4 @@ def make_self_signed(certfile: Path, hostname: str) -> None:
                             serialization.PrivateFormat.TraditionalOpenSSL,
                             serialization.NoEncryption())
     pem += cert.public_bytes(serialization.Encoding.PEM)
-    _write_durably(certfile, pem)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """tmp (0600, O_EXCL), fsync, rename, fsync the directory: never a half-written key."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(certfile, pem, mode=0o600)   # never a half-written key
