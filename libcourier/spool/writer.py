@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from libcourier.durable import fsync_dir
 from libcourier.spool.envelope import Envelope, SpoolError, format_envelope
-from libcourier.spool.queue import MSGS, TMP, fsync_dir, new_qid, write_file_durably
+from libcourier.spool.queue import MSGS, TMP, new_qid, write_file_durably
 
 BUFFER = 64 * 1024
 
