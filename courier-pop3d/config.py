@@ -24,9 +24,9 @@ SETTINGS = merge_settings(listener_settings(
     Setting("POP3DSTARTTLS", "pop3dstarttls", to_bool, "YES", "offer STLS on pop3d"),
     Setting("POP3_STARTTLS", "pop3_starttls", to_bool, "YES", "Courier's other name for it"),
     Setting("POP3_TLS_REQUIRED", "tls_required", to_bool, "0", "refuse USER/PASS before STLS"),
-    Setting("POP3AUTH", "pop3auth", to_str, "", "SASL mechanisms (not yet)"),
+    Setting("POP3AUTH", "pop3auth", to_str, "", "SASL mechanisms offered in the clear"),
     Setting("POP3AUTH_ORIG", "pop3auth_orig", to_str, "", "(accepted)"),
-    Setting("POP3AUTH_TLS", "pop3auth_tls", to_str, "", "SASL mechanisms under TLS (not yet)"),
+    Setting("POP3AUTH_TLS", "pop3auth_tls", to_str, "", "SASL mechanisms offered under TLS"),
     Setting("POP3AUTH_TLS_ORIG", "pop3auth_tls_orig", to_str, "", "(accepted)"),
     Setting("POP3_PROXY", "proxy", to_str, "0", "(not supported)"),
     Setting("POP3_PROXY_FOREIGN", "proxy_foreign", to_str, "0", "(not supported)"),
@@ -46,6 +46,8 @@ class Pop3dConfig(ListenerConfig):
     maildirpath: str
     defdomain: str
     log_deletions: bool
+    pop3auth: tuple[str, ...] = ()        # SASL mechanisms (RFC 5034) in the clear
+    pop3auth_tls: tuple[str, ...] = ()    # and under TLS (STLS or pop3d-ssl)
     timeout: float = 600.0         # RFC 1939 §3: an autologout timer of at least 10 minutes
 
 
@@ -62,8 +64,28 @@ def load_config(etc: Path, service: str) -> tuple[Pop3dConfig, list[str]]:
         tls_required=v["tls_required"],
         maildirpath=v["maildirpath"] or "Maildir", defdomain=v["defdomain"],
         log_deletions=v["log_deletions"],
+        pop3auth=sasl_list(v["pop3auth"], "POP3AUTH", warnings),
+        pop3auth_tls=sasl_list(v["pop3auth_tls"], "POP3AUTH_TLS", warnings),
     )
     if cfg.tls_required and not cfg.stls and not ssl:
         warnings.append(f"{Path(etc) / 'pop3d'}: POP3_TLS_REQUIRED is set but STLS is not "
                         "available: nobody can log in on pop3d")
     return cfg, warnings
+
+
+# What authd can verify today: a password (PLAIN, LOGIN). It answers FAIL to CRAM
+# (no stored HMAC states yet) and the listener asks for no client certificate
+# (EXTERNAL), so offering those would only produce failures.
+SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
+
+
+def sasl_list(value: str, key: str, warnings: list[str]) -> tuple[str, ...]:
+    """Courier's POP3AUTH / POP3AUTH_TLS: mechanism names separated by spaces."""
+    out: list[str] = []
+    for name in value.split():
+        mech = name.upper()
+        if mech not in SASL_VERIFIABLE:
+            warnings.append(f"{key}: {name} is not offered (only {', '.join(sorted(SASL_VERIFIABLE))})")
+        elif mech not in out:
+            out.append(mech)
+    return tuple(out)

@@ -6,6 +6,8 @@ hands the driver an event for the rest (`next_event`):
 
     AuthRequest  USER/PASS complete: ask authd, then login_ok / login_failed /
                  login_unavailable / login_refused
+    SaslAuth     AUTH (RFC 5034) exchange complete: verify the credentials through
+                 authd, then answer as for AuthRequest
     StartTLS     STLS accepted: the "+OK" is queued, the receive buffer dropped;
                  handshake, then tls_started()
     Retrieve     RETR/TOP of a valid message: open it, respond_retrieve(ok),
@@ -19,17 +21,32 @@ imports nothing of socket, ssl, os, time or logging.
 
 Grammar (RFC 1939 §3, RFC 2449 §3): a command is a case-insensitive keyword
 of 3-4 characters, then arguments separated by a single space, ending in CRLF;
-a command line is at most 255 octets including the CRLF (RFC 2449 §4).
+a command line is at most 255 octets including the CRLF (RFC 2449 §4). The
+client's lines inside an AUTH exchange are base64 and may be longer (RFC 5034
+§4), up to libcourier.sasl.MAX_SASL_LINE.
 """
 
 from __future__ import annotations
 
+import base64
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
+from libcourier.sasl import (
+    MAX_SASL_LINE,
+    Challenge,
+    CramCredentials,
+    ExternalCredentials,
+    Failed,
+    LoginCredentials,
+    ServerExchange,
+    UnknownMechanism,
+    decode_initial_response,
+    offered_mechanisms,
+)
 
 __all__ = ["NEED_DATA"]
 
@@ -78,11 +95,20 @@ class Top:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    mechanism: str                  # RFC 5034 §4: AUTH mechanism [initial-response]
+    initial: bytes | None           # still base64 ("=" for an empty one)
+
+    def __repr__(self) -> str:
+        return f"Auth(mechanism={self.mechanism!r}, initial=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
 class BadCommand:
     text: str                       # the -ERR text
 
 
-Command = User | Pass | Simple | MsgArg | Top
+Command = User | Pass | Simple | MsgArg | Top | Auth
 
 
 # -- events for the driver ------------------------------------------------------------------
@@ -94,6 +120,17 @@ class AuthRequest:
 
     def __repr__(self) -> str:
         return f"AuthRequest(user={self.user!r}, password=<hidden>)"
+
+
+Credentials = LoginCredentials | CramCredentials | ExternalCredentials
+
+
+@dataclass(frozen=True, slots=True)
+class SaslAuth:
+    credentials: Credentials
+
+    def __repr__(self) -> str:
+        return f"SaslAuth({type(self.credentials).__name__}, <hidden>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +154,7 @@ class Closed:
     reason: str
 
 
-Event = AuthRequest | StartTLS | Retrieve | Update | Closed
+Event = AuthRequest | SaslAuth | StartTLS | Retrieve | Update | Closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,18 +173,28 @@ class Options:
     implementation: str = "courier-py"
     max_bad_commands: int = 10
     max_failed_logins: int = 3
+    # SASL (RFC 5034): Courier's POP3AUTH (clear) and POP3AUTH_TLS (under TLS) lists,
+    # already cut down to what authd can verify; hostname for CRAM challenges.
+    sasl: tuple[str, ...] = ()
+    sasl_tls: tuple[str, ...] = ()
+    hostname: str = "localhost"
+    external_identity: str | None = None   # a verified TLS client certificate's identity
+    nonce: Callable[[], bytes] | None = None  # CRAM's "random.time" (the driver owns the clock)
 
 
 # Which verbs each state accepts (RFC 1939 §4-5, RFC 2449 §5 CAPA in both, RFC 2595 §4 STLS
 # only before login). Anything else is answered -ERR and the session goes on.
 ALLOWED: dict[State, frozenset[str]] = {
-    State.AUTHORIZATION: frozenset({"USER", "PASS", "QUIT", "CAPA", "STLS"}),
+    # RFC 6856 §2: UTF8 is an AUTHORIZATION-state command.
+    State.AUTHORIZATION: frozenset({"USER", "PASS", "QUIT", "CAPA", "STLS", "AUTH", "UTF8"}),
     State.TRANSACTION: frozenset({"STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET",
                                   "NOOP", "QUIT", "CAPA"}),
     State.UPDATE: frozenset(),
     State.CLOSED: frozenset(),
 }
-KNOWN_VERBS = frozenset().union(*ALLOWED.values()) | {"APOP", "AUTH", "UTF8", "LANG"}
+# APOP needs the plain-text password on the server; LANG (RFC 6856 §3) is not offered
+# by Courier's pop3d either (its CAPA has no LANG line and it answers "Invalid command").
+KNOWN_VERBS = frozenset().union(*ALLOWED.values()) | {"APOP", "LANG"}
 
 
 def ok(text: str) -> bytes:
@@ -203,7 +250,14 @@ def parse_command(line: bytes) -> Command | BadCommand:
             if len(args) != 1:
                 return BadCommand("Syntax error: USER needs one name.")
             return User(args[0])
-        case "STAT" | "RSET" | "NOOP" | "QUIT" | "CAPA" | "STLS":
+        case "AUTH":
+            # RFC 5034 §4: AUTH mechanism [initial-response]. AUTH alone is not in
+            # RFC 5034 (RFC 1734 had no listing form either); CAPA lists mechanisms.
+            if len(args) not in (1, 2):
+                return BadCommand("Syntax error: AUTH mechanism [initial-response].")
+            return Auth(args[0].upper(), args[1].encode("ascii", "replace")
+                        if len(args) == 2 else None)
+        case "STAT" | "RSET" | "NOOP" | "QUIT" | "CAPA" | "STLS" | "UTF8":
             if args:
                 return BadCommand(f"Syntax error: {verb} takes no arguments.")
             return Simple(verb)
@@ -225,7 +279,7 @@ def parse_command(line: bytes) -> Command | BadCommand:
             if n is None or k is None:
                 return BadCommand("Syntax error: TOP msg n with numbers.")
             return Top(n, k)
-        case _:   # APOP, AUTH, UTF8, LANG: known to exist, not offered here
+        case _:   # APOP, LANG: known to exist, not offered here
             return BadCommand(f"{verb} is not supported.")
 
 
@@ -246,6 +300,8 @@ class Pop3Server:
         self._view = DropView((), ())
         self._deleted: set[int] = set()
         self._close_reason: str | None = None
+        self._sasl: ServerExchange | None = None    # an AUTH exchange in progress
+        self.utf8 = False                           # RFC 6856 §2: UTF8 issued
         self._out += ok(greeting)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -272,12 +328,18 @@ class Pop3Server:
             try:
                 line = self._in.next_line()
             except LineTooLong:
+                if self._sasl is not None:
+                    self._sasl_step_result(Failed("response too long"))
+                    continue
                 self._bad_command("Command line too long.")
                 continue
             if line is NEED_DATA:
                 return NEED_DATA
             assert isinstance(line, bytes)
-            ev = self._handle(parse_command(line))
+            if self._sasl is not None:
+                ev = self._sasl_step_result(self._sasl.step(line.rstrip(b"\r\n")))
+            else:
+                ev = self._handle(parse_command(line))
             if ev is not None:
                 if not isinstance(ev, Closed):
                     self._pending = ev
@@ -296,7 +358,8 @@ class Pop3Server:
         if isinstance(cmd, BadCommand):
             self._bad_command(cmd.text)
             return None
-        verb = {User: "USER", Pass: "PASS", Top: "TOP"}.get(type(cmd)) or cmd.verb  # type: ignore[union-attr]
+        verb = {User: "USER", Pass: "PASS", Top: "TOP", Auth: "AUTH"}.get(type(cmd)) \
+            or cmd.verb  # type: ignore[union-attr]
         if verb not in ALLOWED[self.state]:
             self._bad_command(f"{verb} is not valid in the {self.state.value} state.")
             return None
@@ -314,6 +377,13 @@ class Pop3Server:
                 return Closed("quit")
             case Simple(verb="CAPA"):
                 self._capa()
+            case Simple(verb="UTF8"):
+                # RFC 6856 §2: from now on user names, passwords and SASL identities
+                # are UTF-8 (we accept them either way) and messages go out unaltered.
+                self.utf8 = True
+                self._out += ok("UTF8 enabled")
+            case Auth(mechanism=mech, initial=initial):
+                return self._auth(mech, initial)
             case Simple(verb="STLS"):
                 # RFC 2595 §4: only before login, only once, only with a certificate.
                 if self.tls:
@@ -347,17 +417,74 @@ class Pop3Server:
     def _tls_needed(self) -> bool:
         return self.options.tls_required and not self.tls
 
+    # -- RFC 5034: AUTH -----------------------------------------------------------------------
+
+    def sasl_mechanisms(self) -> tuple[str, ...]:
+        """What CAPA's SASL line offers now (FORMATS.md §2.2): POP3AUTH_TLS under TLS,
+        POP3AUTH in the clear; PLAIN/LOGIN in the clear only where USER/PASS is
+        allowed there too; EXTERNAL only with a verified client certificate."""
+        o = self.options
+        configured = o.sasl_tls if self.tls else o.sasl
+        return offered_mechanisms(configured, tls=self.tls, allow_plaintext=not self._tls_needed(),
+                                  external=o.external_identity is not None)
+
+    def _auth(self, mech: str, initial: bytes | None) -> Event | None:
+        if mech not in self.sasl_mechanisms():
+            # RFC 5034 §4: an unsupported mechanism is refused and AUTHORIZATION goes on.
+            self._out += err("Unsupported authentication mechanism.", "AUTH"
+                             if self._tls_needed() else None)
+            return None
+        decoded: bytes | None = None
+        if initial is not None:
+            d = decode_initial_response(initial)
+            if isinstance(d, Failed):
+                return self._sasl_step_result(d)
+            decoded = d
+        try:
+            nonce = self.options.nonce() if self.options.nonce else None
+            exchange = ServerExchange(mech, hostname=self.options.hostname, nonce=nonce,
+                                      external_identity=self.options.external_identity)
+        except UnknownMechanism:
+            self._out += err("Unsupported authentication mechanism.")
+            return None
+        self._sasl = exchange
+        # The client's answers are base64 lines that may exceed 255 octets (RFC 5034 §4).
+        self._in.max_line = MAX_SASL_LINE + 2
+        return self._sasl_step_result(exchange.start(decoded))
+
+    def _sasl_step_result(self, step: object) -> Event | None:
+        match step:
+            case Challenge(data=data):
+                # RFC 5034 §4: "+" SP base64 challenge (empty for an empty challenge).
+                self._out += b"+ " + base64.b64encode(data) + b"\r\n"
+                return None
+            case Failed():
+                self._end_sasl()
+                # RFC 5034 §4: cancelled or malformed -> -ERR, still in AUTHORIZATION.
+                self._bad_command("Authentication aborted.")
+                return None
+            case LoginCredentials() | CramCredentials() | ExternalCredentials():
+                self._end_sasl()
+                return SaslAuth(step)
+        raise AssertionError(f"unexpected SASL step {step!r}")
+
+    def _end_sasl(self) -> None:
+        self._sasl = None
+        self._in.max_line = MAX_COMMAND_LINE
+
     def capabilities(self) -> list[str]:
         """RFC 2449 §5 CAPA lines, in Courier's pop3dcapa order (FORMATS.md §2.2)."""
         caps: list[str] = []
-        # SASL is not offered until it is implemented.
+        mechs = self.sasl_mechanisms()
+        if mechs:
+            caps.append("SASL " + " ".join(mechs))
         if self.state is State.AUTHORIZATION and self.options.stls and not self.tls:
             caps.append("STLS")
         caps.append("TOP")
         if not self._tls_needed():
             caps.append("USER")
         caps += [f"LOGIN-DELAY {self.options.login_delay}", "PIPELINING", "UIDL",
-                 "RESP-CODES", "AUTH-RESP-CODE",
+                 "UTF8 USER", "RESP-CODES", "AUTH-RESP-CODE",
                  f"IMPLEMENTATION {self.options.implementation}"]
         return caps
 
@@ -366,13 +493,13 @@ class Pop3Server:
 
     # -- driver answers -----------------------------------------------------------------------
 
-    def _answer(self, kind: type) -> None:
+    def _answer(self, kind: type | tuple[type, ...]) -> None:
         if not isinstance(self._pending, kind):
-            raise RuntimeError(f"no {kind.__name__} is waiting for an answer")
+            raise RuntimeError(f"no {kind!r} is waiting for an answer")
         self._pending = None
 
     def login_ok(self, view: DropView) -> None:
-        self._answer(AuthRequest)
+        self._answer((AuthRequest, SaslAuth))
         self._view = view
         self._deleted = set()
         self.state = State.TRANSACTION
@@ -380,7 +507,7 @@ class Pop3Server:
 
     def login_failed(self) -> None:
         """Wrong user or password (the driver has already waited its delay)."""
-        self._answer(AuthRequest)
+        self._answer((AuthRequest, SaslAuth))
         self._failed_logins += 1
         self._out += err("Login failed.", "AUTH")     # RFC 3206 §4 AUTH
         if self._failed_logins >= self.options.max_failed_logins:
@@ -389,7 +516,7 @@ class Pop3Server:
 
     def login_unavailable(self) -> None:
         """authd is down or timed out: try again later (RFC 3206 §4 SYS/TEMP)."""
-        self._answer(AuthRequest)
+        self._answer((AuthRequest, SaslAuth))
         self._out += err("Temporary problem, please try again later.", "SYS/TEMP")
 
     def login_refused(self, text: str, code: str | None) -> None:
@@ -397,7 +524,7 @@ class Pop3Server:
 
         The driver may already have switched to the user, so the session ends.
         """
-        self._answer(AuthRequest)
+        self._answer((AuthRequest, SaslAuth))
         self._out += err(text, code)
         self._close("login refused")
 

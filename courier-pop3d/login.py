@@ -1,6 +1,6 @@
 """The POP3 AUTHORIZATION state, which runs as root (Courier's pop3login, DESIGN.md §2).
 
-Greeting, CAPA, STLS, USER/PASS, QUIT. Hard limits come from the core (255-octet
+Greeting, CAPA, STLS, UTF8, USER/PASS, AUTH (RFC 5034), QUIT. Hard limits come from the core (255-octet
 command lines, 10 bad commands, 3 failed logins); no mailbox is touched here.
 On success the caller switches to the user for good and only then opens mail.
 """
@@ -12,6 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from courier_pop3d.config import Pop3dConfig
@@ -20,8 +21,11 @@ from courier_pop3d.core import (
     AuthRequest,
     Closed,
     Pop3Server,
+    SaslAuth,
     StartTLS,
 )
+
+from libcourier.sasl import CramCredentials, ExternalCredentials, LoginCredentials
 
 log = logging.getLogger("courier.pop3d")
 
@@ -46,6 +50,12 @@ class AuthUnavailable(Exception):
 
 
 Authenticator = Callable[[str, str, str], Any]   # (user, password, ip) -> AuthInfo | None
+
+
+class SaslVerifier(Protocol):
+    """Checks what a SASL exchange produced through authd (main binds the socket)."""
+    def cram(self, cred: CramCredentials, ip: str) -> Any: ...      # AuthInfo | None
+    def external(self, cred: ExternalCredentials, ip: str) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -94,7 +104,8 @@ def read_event(conn: Wire, core: Pop3Server, counters: Counters) -> object | Non
 
 def prelogin(conn: Wire, core: Pop3Server, cfg: Pop3dConfig, authenticate: Authenticator,
              tls_context: ssl.SSLContext | None, counters: Counters,
-             sleep: Callable[[float], None] = time.sleep) -> LoginOK | None:
+             sleep: Callable[[float], None] = time.sleep,
+             sasl: SaslVerifier | None = None) -> LoginOK | None:
     """Run AUTHORIZATION until a password is accepted (LoginOK) or the session ends (None).
 
     On LoginOK the core still waits for login_ok/login_refused: the caller
@@ -121,33 +132,71 @@ def prelogin(conn: Wire, core: Pop3Server, cfg: Pop3dConfig, authenticate: Authe
                     log.info("STLS failed, ip=[%s]: %s", conn.peer_ip, e)
                     return None
                 core.tls_started()
-            case AuthRequest(user=user, password=password):
-                if cfg.defdomain and "@" not in user:
-                    user += cfg.defdomain if cfg.defdomain.startswith("@") else "@" + cfg.defdomain
-                try:
-                    info = authenticate(user, password, conn.peer_ip)
-                except AuthUnavailable:
-                    log.warning("authdaemon unavailable, user=%s, ip=[%s]", user, conn.peer_ip)
-                    core.login_unavailable()
-                    continue
-                if info is None:
-                    log.info("LOGIN FAILED, user=%s, ip=[%s]", user, conn.peer_ip)
-                    sleep(FAILED_LOGIN_DELAY)
-                    core.login_failed()
-                    continue
-                if _option(info, "disablepop3"):
-                    log.info("LOGIN FAILED, user=%s, ip=[%s] (POP3 disabled)", user, conn.peer_ip)
-                    core.login_refused("POP3 access disabled for this account.", "SYS/PERM")
-                    flush(conn, core, counters)
-                    return None
-                if _option(info, "disableinsecurepop3") and not conn.tls:
-                    core.login_refused("POP3 access disabled via insecure connection.",
-                                       "SYS/PERM")
-                    flush(conn, core, counters)
-                    return None
-                return LoginOK(user, info)
+            case AuthRequest(user=user, password=password) | SaslAuth(
+                    credentials=LoginCredentials(user=user, password=password)):
+                user = _with_domain(user, cfg.defdomain)
+                result = _verify(user, partial(authenticate, user, password, conn.peer_ip),
+                                 conn, core, counters, sleep)
+                if result is not _AGAIN:
+                    return result
+            case SaslAuth(credentials=CramCredentials() as cred):
+                user = cred.response.rpartition(b" ")[0].decode("utf-8", "replace")
+                result = _verify(user, partial(_sasl_check, sasl, cred, conn.peer_ip),
+                                 conn, core, counters, sleep)
+                if result is not _AGAIN:
+                    return result
+            case SaslAuth(credentials=ExternalCredentials(identity=user) as cred):
+                result = _verify(user, partial(_sasl_check, sasl, cred, conn.peer_ip),
+                                 conn, core, counters, sleep)
+                if result is not _AGAIN:
+                    return result
             case _:
                 raise AssertionError(f"unexpected event before login: {ev!r}")
+
+
+_AGAIN = object()     # the login failed, AUTHORIZATION goes on
+
+
+def _sasl_check(sasl: SaslVerifier | None, cred: Any, ip: str) -> Any:
+    if sasl is None:
+        return None
+    if isinstance(cred, CramCredentials):
+        return sasl.cram(cred, ip)
+    return sasl.external(cred, ip)
+
+
+def _with_domain(user: str, defdomain: str) -> str:
+    if defdomain and "@" not in user:
+        user += defdomain if defdomain.startswith("@") else "@" + defdomain
+    return user
+
+
+def _verify(user: str, check: Callable[[], Any], conn: Wire, core: Pop3Server,
+            counters: Counters, sleep: Callable[[float], None]) -> LoginOK | None | object:
+    """Ask authd (through `check`) and answer the core: LoginOK, None (session over) or
+    _AGAIN (failed or unavailable, the client may try again)."""
+    try:
+        info = check()
+    except AuthUnavailable:
+        log.warning("authdaemon unavailable, user=%s, ip=[%s]", user, conn.peer_ip)
+        core.login_unavailable()
+        return _AGAIN
+    if info is None:
+        log.info("LOGIN FAILED, user=%s, ip=[%s]", user, conn.peer_ip)
+        sleep(FAILED_LOGIN_DELAY)
+        core.login_failed()
+        return _AGAIN
+    if _option(info, "disablepop3"):
+        log.info("LOGIN FAILED, user=%s, ip=[%s] (POP3 disabled)", user, conn.peer_ip)
+        core.login_refused("POP3 access disabled for this account.", "SYS/PERM")
+        flush(conn, core, counters)
+        return None
+    if _option(info, "disableinsecurepop3") and not conn.tls:
+        core.login_refused("POP3 access disabled via insecure connection.",
+                           "SYS/PERM")
+        flush(conn, core, counters)
+        return None
+    return LoginOK(user, info)
 
 
 def _option(info: Any, name: str) -> bool:

@@ -8,9 +8,12 @@ child needs is imported here, at the top, before any fork or privilege drop.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import pwd
+import socket
+import time
 from functools import partial
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from libcourier import authclient, privsep, proctitle, tcpd
 from libcourier.layout import Layout
 from libcourier.maildir import pop3sizelist as _sizelist  # noqa: F401
 from libcourier.maildir import uiddb as _uiddb  # noqa: F401
+from libcourier.sasl import CramCredentials, ExternalCredentials, cram_nonce
 from libcourier.tcpd.daemon import ListenerDaemon, run_listener
 
 log = logging.getLogger("courier.pop3d")
@@ -46,6 +50,28 @@ def _authenticator(layout: Layout):
     return authenticate
 
 
+class _SaslVerifier:
+    """CRAM and EXTERNAL credentials to authd (password mechanisms go through authenticate)."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    def cram(self, cred: CramCredentials, ip: str):
+        try:
+            return authclient.auth_cram(self.layout.authsocket, "pop3", cred.mech.lower(),
+                                        base64.b64encode(cred.challenge).decode("ascii"),
+                                        base64.b64encode(cred.response).decode("ascii"),
+                                        remote_ip=ip)
+        except authclient.AuthTempFail as e:
+            raise AuthUnavailable(str(e)) from None
+
+    def external(self, cred: ExternalCredentials, ip: str):  # noqa: ARG002 - the protocol
+        try:
+            return authclient.auth_pre(self.layout.authsocket, "pop3", cred.identity)
+        except authclient.AuthTempFail as e:
+            raise AuthUnavailable(str(e)) from None
+
+
 def maildir_of(home: str, maildir: str | None, default: str) -> Path:
     """The user's Maildir: authd's MAILDIR (absolute or relative to home), else MAILDIRPATH."""
     p = Path(maildir or default)
@@ -55,9 +81,12 @@ def maildir_of(home: str, maildir: str | None, default: str) -> Path:
 def handle_connection(conn: Wire, *, cfg: Pop3dConfig, layout: Layout, starttls_ctx) -> None:
     proctitle.set_title(f"pop3d: [{conn.peer_ip}] AUTHORIZATION")
     core = Pop3Server(Options(stls=starttls_ctx is not None, tls=conn.tls,
-                              tls_required=cfg.tls_required))
+                              tls_required=cfg.tls_required, sasl=cfg.pop3auth,
+                              sasl_tls=cfg.pop3auth_tls, hostname=socket.gethostname(),
+                              nonce=lambda: cram_nonce(int(time.time()))))
     counters = Counters()
-    ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters)
+    ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters,
+                  sasl=_SaslVerifier(layout))
     if ok is None:
         return
     info = ok.info

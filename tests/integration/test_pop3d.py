@@ -179,3 +179,36 @@ def test_stls_and_pop3s(pop3) -> None:
     s.pass_(PASSWORD)
     assert s.stat()[0] == 3
     s.quit()
+
+
+def test_sasl_auth_after_stls_and_on_pop3s(pop3) -> None:
+    """RFC 5034 AUTH against the real authd: none offered in the clear (POP3AUTH=""),
+    PLAIN and LOGIN after STLS and on pop3d-ssl (POP3AUTH_TLS, the default file)."""
+    import base64
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    p = poplib.POP3("127.0.0.1", pop3.port("pop3"), timeout=10)
+    assert "SASL" not in p.capa()
+    with pytest.raises(poplib.error_proto, match="Unsupported authentication mechanism"):
+        p._shortcmd("AUTH PLAIN " + base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode())
+    p.stls(ctx)
+    assert p.capa()["SASL"] == ["PLAIN", "LOGIN"]
+    bad = base64.b64encode(f"\0{USER}\0wrong".encode()).decode()
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\] Login failed"):
+        p._shortcmd("AUTH PLAIN " + bad)
+    # LOGIN, with the server's two challenges.
+    assert p._shortcmd("AUTH LOGIN") == b"+ " + base64.b64encode(b"Username:")
+    assert p._shortcmd(base64.b64encode(USER.encode()).decode()) == \
+        b"+ " + base64.b64encode(b"Password:")
+    assert p._shortcmd(base64.b64encode(PASSWORD.encode()).decode()).startswith(b"+OK")
+    assert p.stat()[0] == 3
+    p.quit()
+    s = poplib.POP3_SSL("127.0.0.1", pop3.port("pop3s"), timeout=10, context=ctx)
+    assert s._shortcmd("AUTH PLAIN").startswith(b"+")
+    assert s._shortcmd(base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+                       ).startswith(b"+OK")
+    assert s.stat()[0] == 3
+    s.quit()
+    log = (pop3.root / "var/log/pop3d.log").read_text()
+    assert f"LOGIN FAILED, user={USER}, ip=[127.0.0.1]" in log

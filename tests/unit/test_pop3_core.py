@@ -8,6 +8,8 @@ from courier_pop3d.core import NEED_DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libcourier.sasl import CramCredentials, ExternalCredentials, LoginCredentials
+
 MSG1 = b"From: a@example.com\nSubject: one\n\nHello\n.dot line\n..two dots\n"
 MSG2 = b"From: b@example.com\nSubject: two\n\nline 1\nline 2\nline 3\nno final newline"
 USERS = {"mrose": "tanstaaf"}
@@ -37,7 +39,8 @@ class Harness:
             if ev is NEED_DATA:
                 return
             match ev:
-                case c.AuthRequest(user=u, password=p):
+                case c.AuthRequest(user=u, password=p) | c.SaslAuth(
+                        credentials=LoginCredentials(user=u, password=p)):
                     self.auth_calls += 1
                     if USERS.get(u) == p:
                         self.core.login_ok(self.view())
@@ -74,7 +77,8 @@ def parse_transcript(text: str) -> tuple[bytes, bytes]:
             who, rest = raw.strip()[0], ""
         target = client if who == "C" else server
         assert who in ("C", "S"), raw
-        target += rest.encode() + b"\r\n"
+        # "<SP>" spells a trailing space, which the strip() above would lose.
+        target += rest.replace("<SP>", " ").encode() + b"\r\n"
     return bytes(client), bytes(server)
 
 
@@ -286,6 +290,7 @@ S: USER
 S: LOGIN-DELAY 10
 S: PIPELINING
 S: UIDL
+S: UTF8 USER
 S: RESP-CODES
 S: AUTH-RESP-CODE
 S: IMPLEMENTATION courier-py
@@ -476,3 +481,183 @@ def test_fuzz_encoder_unstuffs_to_the_same_lines(raw: bytes, step: int, header: 
     expect = msg + b"\n" if msg and not msg.endswith(b"\n") else msg
     expect = expect.replace(b"\r\n", b"\n")
     assert b"\n".join(unstuffed) + (b"\n" if lines else b"") == expect
+
+
+# -- RFC 5034 AUTH, RFC 6856 UTF8 --------------------------------------------------------------
+
+SASL_OPTS = c.Options(stls=True, sasl=("PLAIN", "LOGIN", "CRAM-MD5"),
+                      sasl_tls=("PLAIN", "LOGIN"), hostname="pop.example.net")
+
+# RFC 5034 §6 example, PLAIN with an initial response ("mrose\0tanstaaf" base64'd by hand).
+AUTH_PLAIN_IR = """
+S: +OK Hello there.
+C: CAPA
+S: +OK Here's what I can do:
+S: SASL PLAIN LOGIN CRAM-MD5
+S: STLS
+S: TOP
+S: USER
+S: LOGIN-DELAY 10
+S: PIPELINING
+S: UIDL
+S: UTF8 USER
+S: RESP-CODES
+S: AUTH-RESP-CODE
+S: IMPLEMENTATION courier-py
+S: .
+C: AUTH PLAIN AG1yb3NlAHRhbnN0YWFm
+S: +OK logged in.
+C: STAT
+S: +OK 2 146
+C: QUIT
+S: +OK Bye-bye.
+"""
+
+AUTH_LOGIN = """
+S: +OK Hello there.
+C: AUTH LOGIN
+S: + VXNlcm5hbWU6
+C: bXJvc2U=
+S: + UGFzc3dvcmQ6
+C: dGFuc3RhYWY=
+S: +OK logged in.
+C: QUIT
+S: +OK Bye-bye.
+"""
+
+AUTH_PLAIN_EMPTY_CHALLENGE = """
+S: +OK Hello there.
+C: AUTH plain
+S: +<SP>
+C: AG1yb3NlAHdyb25n
+S: -ERR [AUTH] Login failed.
+C: AUTH PLAIN
+S: +<SP>
+C: *
+S: -ERR Authentication aborted.
+C: AUTH PLAIN
+S: +<SP>
+C: !!!not base64
+S: -ERR Authentication aborted.
+C: AUTH PLAIN =
+S: -ERR Authentication aborted.
+C: AUTH SCRAM-SHA-1
+S: -ERR Unsupported authentication mechanism.
+C: AUTH
+S: -ERR Syntax error: AUTH mechanism [initial-response].
+C: AUTH PLAIN AG1yb3NlAHRhbnN0YWFm
+S: +OK logged in.
+C: AUTH PLAIN AG1yb3NlAHRhbnN0YWFm
+S: -ERR AUTH is not valid in the TRANSACTION state.
+C: QUIT
+S: +OK Bye-bye.
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("transcript", [AUTH_PLAIN_IR, AUTH_LOGIN, AUTH_PLAIN_EMPTY_CHALLENGE])
+def test_auth_transcripts(mode: str, transcript: str) -> None:
+    h = run(transcript, mode, options=SASL_OPTS)
+    assert h.closed == "quit" and h.deleted == ()
+
+
+def test_auth_cram_hands_over_challenge_and_response() -> None:
+    h = Harness([], SASL_OPTS)
+    h.core.receive_data(b"AUTH CRAM-MD5\r\n")
+    assert h.core.next_event() is NEED_DATA
+    line = h.core.data_to_send()
+    assert line.startswith(b"+ ") and line.endswith(b"\r\n")
+    import base64
+    challenge = base64.b64decode(line[2:-2])
+    assert challenge.startswith(b"<") and challenge.endswith(b"@pop.example.net>")
+    resp = b"mrose " + b"a" * 32
+    h.core.receive_data(base64.b64encode(resp) + b"\r\n")
+    ev = h.core.next_event()
+    assert isinstance(ev, c.SaslAuth) and isinstance(ev.credentials, CramCredentials)
+    assert ev.credentials.challenge == challenge and ev.credentials.response == resp
+    assert "aaaa" not in repr(ev)
+    h.core.login_failed()
+    assert h.core.data_to_send() == b"-ERR [AUTH] Login failed.\r\n"
+
+
+def test_auth_mechanisms_follow_tls_and_tls_required() -> None:
+    # In the clear the POP3AUTH list, under TLS the POP3AUTH_TLS list (FORMATS.md §2.2).
+    opts = c.Options(stls=True, sasl=("CRAM-MD5", "PLAIN"), sasl_tls=("PLAIN", "LOGIN"))
+    assert c.Pop3Server(opts).sasl_mechanisms() == ("CRAM-MD5", "PLAIN")
+    srv = c.Pop3Server(c.Options(stls=True, tls=True, sasl=opts.sasl, sasl_tls=opts.sasl_tls))
+    assert srv.sasl_mechanisms() == ("PLAIN", "LOGIN")
+    # POP3_TLS_REQUIRED: no password-carrying mechanism before STLS; CAPA shows no SASL line.
+    req = c.Options(stls=True, tls_required=True, sasl=("PLAIN", "LOGIN"), sasl_tls=("PLAIN",))
+    h = Harness([], req)
+    h.feed(b"CAPA\r\nAUTH PLAIN AG1yb3NlAHRhbnN0YWFm\r\n")
+    assert b"SASL" not in h.out and h.auth_calls == 0
+    assert h.out.endswith(b"-ERR [AUTH] Unsupported authentication mechanism.\r\n")
+    # After STLS the TLS list is offered.
+    h = Harness([], req)
+    h.core.receive_data(b"STLS\r\n")
+    assert isinstance(h.core.next_event(), c.StartTLS)
+    h.core.tls_started()
+    h.out.clear()
+    h.core.data_to_send()
+    h.feed(b"CAPA\r\nAUTH PLAIN AG1yb3NlAHRhbnN0YWFm\r\n")
+    assert b"\r\nSASL PLAIN\r\n" in h.out and h.out.endswith(b"+OK logged in.\r\n")
+    # Nothing configured: no SASL line, every AUTH refused.
+    h = Harness([])
+    h.feed(b"CAPA\r\nAUTH PLAIN\r\n")
+    assert b"SASL" not in h.out
+    assert h.out.endswith(b"-ERR Unsupported authentication mechanism.\r\n")
+
+
+def test_auth_external_only_with_certificate() -> None:
+    opts = c.Options(tls=True, sasl_tls=("EXTERNAL", "PLAIN"), external_identity="mrose")
+    h = Harness([], opts)
+    h.core.receive_data(b"AUTH EXTERNAL =\r\n")
+    ev = h.core.next_event()
+    assert ev == c.SaslAuth(ExternalCredentials("mrose"))
+    assert c.Pop3Server(c.Options(tls=True, sasl_tls=("EXTERNAL", "PLAIN"))
+                        ).sasl_mechanisms() == ("PLAIN",)
+
+
+def test_auth_response_may_exceed_255_but_not_the_sasl_limit() -> None:
+    h = Harness([], SASL_OPTS)
+    # A long (valid) response: 300 octets of base64 are fine inside AUTH (RFC 5034 §4) ...
+    import base64
+    long_pw = "p" * 400
+    h.feed(b"AUTH PLAIN\r\n" + base64.b64encode(b"\0mrose\0" + long_pw.encode()) + b"\r\n")
+    assert h.out.endswith(b"-ERR [AUTH] Login failed.\r\n") and h.auth_calls == 1
+    # ... and the 255-octet limit is back for the next command.
+    h.feed(b"NOOP " + b"x" * 300 + b"\r\n")
+    assert h.out.endswith(b"-ERR Command line too long.\r\n")
+    # A response over MAX_SASL_LINE aborts the exchange without being buffered whole.
+    h.feed(b"AUTH PLAIN\r\n" + b"A" * 20000)
+    assert h.out.endswith(b"+ \r\n-ERR Authentication aborted.\r\n")
+    assert len(h.core._in) < 13000
+    h.feed(b"A" * 20000 + b"\r\nNOOP\r\n")
+    assert h.out.endswith(b"-ERR NOOP is not valid in the AUTHORIZATION state.\r\n")
+
+
+UTF8 = """
+S: +OK Hello there.
+C: UTF8
+S: +OK UTF8 enabled
+C: USER mrosé
+S: +OK Password required.
+C: PASS tanstaaf
+S: -ERR [AUTH] Login failed.
+C: USER mrose
+S: +OK Password required.
+C: PASS tanstaaf
+S: +OK logged in.
+C: UTF8
+S: -ERR UTF8 is not valid in the TRANSACTION state.
+C: LANG
+S: -ERR LANG is not supported.
+C: QUIT
+S: +OK Bye-bye.
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_utf8(mode: str) -> None:
+    h = run(UTF8, mode)
+    assert h.core.utf8 and h.closed == "quit"
