@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 from courier_pop3d.core import DropView, WireEncoder, wire_size
 
-from libcourier.maildir import pop3sizelist
+from libcourier.maildir import pop3sizelist, quota
 from libcourier.maildir.flags import split_name
 from libcourier.maildir.folder import Maildir, MessageRef
 
@@ -178,20 +178,31 @@ class Maildrop:
     def commit(self, deleted: tuple[int, ...]) -> int:
         """RFC 1939 §6: remove the DELE'd messages; the number that could not be removed."""
         failed = 0
+        gone: list[int] = []
         for i in deleted:
             ref = self.messages[i].ref
             p = self._path(i)
-            if p is not None and p.name != ref.filename:
+            if p is None:
+                continue          # removed meanwhile (IMAP EXPUNGE): whoever removed it counted it
+            if p.name != ref.filename:
                 ref = MessageRef(ref.uid, ref.base, p.name, split_name(p.name)[1],
                                  ref.size, ref.mtime)
             try:
                 self.maildir.remove(ref)
             except OSError:
                 failed += 1
+                continue
+            gone.append(ref.size)
         if deleted:
             dfd = os.open(self.root / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 os.fsync(dfd)     # the removals are durable before we answer +OK
             finally:
                 os.close(dfd)
+        if gone:
+            try:
+                # Maildir++ quota (FORMATS.md §3.6): one "-size -1" line per message.
+                quota.removed(self.root, gone)
+            except OSError:
+                pass      # the messages are gone; a stale maildirsize is recalculated later
         return failed

@@ -158,3 +158,70 @@ def test_sizelist_bad_lines_skipped() -> None:
     assert [e.filename for e in got.entries] == ["ok"]
     assert got.entries[0].uidl == "UID2-9"
     assert sl.SizeEntry("f", 1, 3, 0).uidl == "UID3"
+
+
+# -- maildirsize (Maildir++ quota, FORMATS.md §3.6) ----------------------------------------
+
+def test_commit_appends_to_maildirsize(tmp_path: Path) -> None:
+    from libcourier.maildir import quota
+    root = make_maildir(tmp_path / "Maildir")
+    # As Courier's maildirmake -q 100000S,50C then three deliveries.
+    (root / "maildirsize").write_bytes(b"100000S,50C\n" + quota.line(0, 0) + b"".join(
+        quota.line(len(m), 1) for m in MSGS))
+    drop = Maildrop(root)
+    drop.open()
+    assert drop.commit((0, 2)) == 0
+    data = (root / "maildirsize").read_bytes()
+    assert data.endswith(b"%12d %12d\n" % (-len(MSGS[0]), -1) + b"%12d %12d\n" % (-len(MSGS[2]), -1))
+    usage = quota.parse(data)
+    assert usage is not None and (usage.bytes, usage.count) == (len(MSGS[1]), 1)
+    assert (usage.bytes, usage.count) == quota.measure(root)
+    # The sizelist agrees with what is left on the next session.
+    assert [e.uid for e in sl.read(root).entries] == [1, 2, 3]
+    Maildrop(root).open()
+    assert [e.uid for e in sl.read(root).entries] == [2]
+
+
+def test_commit_without_maildirsize_creates_none(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir")
+    drop = Maildrop(root)
+    drop.open()
+    assert drop.commit((1,)) == 0
+    assert not (root / "maildirsize").exists()
+
+
+def test_large_or_corrupt_maildirsize_is_recalculated(tmp_path: Path) -> None:
+    from libcourier.maildir import quota
+    root = make_maildir(tmp_path / "Maildir")
+    (root / ".Sent" / "cur").mkdir(parents=True)
+    (root / ".Sent" / "cur" / "1.M1P1.h,S=1000:2,S").write_bytes(b"x" * 10)
+    (root / ".Trash" / "cur").mkdir(parents=True)
+    (root / ".Trash" / "cur" / "2.M1P1.h,S=5000:2,S").write_bytes(b"x")
+    (root / "maildirsize").write_bytes(b"5000S\n" + quota.line(1, 1) * 300)   # > 5120 bytes
+    drop = Maildrop(root)
+    drop.open()
+    assert drop.commit((0,)) == 0
+    data = (root / "maildirsize").read_bytes()
+    left = len(MSGS[1]) + len(MSGS[2]) + 1000     # Trash does not count, ,S= wins over stat
+    assert data == b"5000S\n" + quota.line(left, 3)
+    (root / "maildirsize").write_bytes(b"5000S\ngarbage\n")
+    drop = Maildrop(root)
+    drop.open()
+    assert drop.commit((0,)) == 0
+    assert (root / "maildirsize").read_bytes() == b"5000S\n" + quota.line(len(MSGS[2]) + 1000, 2)
+
+
+def test_quota_parse_rules() -> None:
+    from libcourier.maildir import quota
+    assert quota.parse_spec("100000S,50C") == quota.QuotaSpec(100000, 50)
+    assert quota.parse_spec("50C") == quota.QuotaSpec(None, 50)
+    assert quota.parse_spec("100X") is None
+    u = quota.parse(b"100S\n          28            1\n         -28           -1\n  5 1")
+    assert u == quota.Usage(quota.QuotaSpec(100, None), 0, 0, 2)   # torn last line ignored
+    assert quota.parse(b"100S\n1 2 3\n") is None
+    over = quota.parse(b"10S\n" + quota.line(28, 1))
+    assert over is not None and over.over()
+    assert not quota.needs_recalc((over, 30, 1000.0), now=1000.0 + 60)
+    assert quota.needs_recalc((over, 30, 1000.0), now=1000.0 + quota.OVER_QUOTA_AGE)
+    assert quota.needs_recalc(None, now=0.0)
+    assert quota.needs_recalc((over, quota.RECALC_SIZE, 0.0), now=0.0)
