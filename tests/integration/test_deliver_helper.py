@@ -76,8 +76,10 @@ def test_peer_not_allowed_gets_no_answer(helper, tmp_path):
         reply = request_delivery(path, fd, "", "alice@example.com", timeout=10)
     finally:
         os.close(fd)
-    # Closed unanswered (a reset when our request was still unread).
-    assert reply.status is Status.TEMP and ("closed" in reply.text or "reset" in reply.text)
+    # Closed unanswered: depending on timing the client sees EOF, a reset (our
+    # request still unread) or a broken pipe (closed before we finished sending).
+    assert reply.status is Status.TEMP
+    assert any(w in reply.text.lower() for w in ("closed", "reset", "broken pipe")), reply.text
 
 
 def test_bad_request_is_refused_and_the_helper_goes_on(helper, tmp_path):

@@ -75,7 +75,14 @@ class Server:
         return (self.dir / "echod.log").read_text(errors="replace")
 
     def children(self) -> list[psutil.Process]:
-        return [c for c in self.ps.children() if c.status() != psutil.STATUS_ZOMBIE]
+        alive = []
+        for c in self.ps.children():
+            try:
+                if c.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(c)
+            except psutil.NoSuchProcess:  # exited and reaped since children() listed it
+                pass
+        return alive
 
     def connect(self, source: str = "127.0.0.1", host: str = "127.0.0.1") -> socket.socket:
         sock = socket.create_connection((host, self.port), timeout=5,
