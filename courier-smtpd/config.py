@@ -21,7 +21,8 @@ from libcourier.config.listener import (
     load_listener,
     merge_settings,
 )
-from libcourier.config.schema import Setting, non_negative_int, to_str
+from libcourier.config.schema import Setting, non_negative_int, to_bool, to_str
+from libcourier.sasl import offered_mechanisms
 
 DEFAULT_SIZELIMIT = 10 * 1024 * 1024      # Courier's sizelimit default (10485760)
 
@@ -37,11 +38,12 @@ SETTINGS = merge_settings(listener_settings(
     Setting("SIZELIMIT", "sizelimit", _optional_size, "", "largest message; 0 = no limit; "
             "empty = the `sizelimit` control file or 10485760"),
     Setting("ACCESSFILE", "accessfile", to_str, "", "text access file (couriertcpd -access)"),
-    Setting("ESMTPAUTH", "esmtpauth", to_str, "", "AUTH mechanisms (later milestone; not advertised)"),
-    Setting("ESMTPAUTH_TLS", "esmtpauth_tls", to_str, "", "AUTH mechanisms under TLS (later)"),
+    Setting("ESMTPAUTH", "esmtpauth", to_str, "", "AUTH mechanisms offered in the clear"),
+    Setting("ESMTPAUTH_TLS", "esmtpauth_tls", to_str, "", "AUTH mechanisms under TLS "
+            "(empty: those of ESMTPAUTH, as in Courier)"),
     Setting("ESMTPAUTH_WEBADMIN", "esmtpauth_webadmin", to_str, "", "(accepted)"),
     Setting("ESMTPAUTH_TLS_WEBADMIN", "esmtpauth_tls_webadmin", to_str, "", "(accepted)"),
-    Setting("AUTH_REQUIRED", "auth_required", to_str, "0", "(accepted; AUTH comes later)"),
+    Setting("AUTH_REQUIRED", "auth_required", to_bool, "0", "MAIL needs AUTH first (530)"),
     Setting("ESMTP_TLS_REQUIRED", "esmtp_tls_required", to_str, "0", "(accepted)"),
     Setting("BOFHCHECKDNS", "bofhcheckdns", to_str, "", "(accepted)"),
     Setting("BOFHCHECKHELO", "bofhcheckhelo", to_str, "", "(accepted)"),
@@ -68,6 +70,22 @@ SERVICES = ("esmtpd", "esmtpd-msa", "esmtpd-ssl")
 class SmtpdConfig(ListenerConfig):
     hostname: str                  # `me`
     sizelimit: int                 # 0 = none
+    auth_plain: tuple[str, ...] = ()   # SASL mechanisms offered in the clear (ESMTPAUTH)
+    auth_tls: tuple[str, ...] = ()     # ... under TLS (ESMTPAUTH_TLS)
+    auth_required: bool = False
+
+
+# What authd can verify today: passwords (PLAIN, LOGIN). It answers FAIL to CRAM
+# (Courier's precomputed HMAC states are not supported), and the listener asks
+# for no client certificate (EXTERNAL), so those are never offered.
+SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
+
+
+def _mechanisms(text: str, *, tls: bool) -> tuple[str, ...]:
+    # Courier's ESMTPAUTH lists are the admin's choice, so a plain-text mechanism
+    # listed in ESMTPAUTH is offered in the clear (allow_plaintext).
+    return tuple(m for m in offered_mechanisms(text.split(), tls=tls, allow_plaintext=True)
+                 if m in SASL_VERIFIABLE)
 
 
 def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
@@ -84,4 +102,9 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         except ValueError as e:
             raise ConfigError(str(e), str(etc / "sizelimit"), 1) from None
     me = read_control_value(etc / "me") or socket.getfqdn()
-    return SmtpdConfig(**loaded.common, hostname=me, sizelimit=sizelimit), loaded.warnings
+    v = loaded.values
+    return SmtpdConfig(
+        **loaded.common, hostname=me, sizelimit=sizelimit,
+        auth_plain=_mechanisms(v["esmtpauth"], tls=False),
+        auth_tls=_mechanisms(v["esmtpauth_tls"] or v["esmtpauth"], tls=True),
+        auth_required=v["auth_required"]), loaded.warnings

@@ -1,4 +1,4 @@
-"""The ESMTP server protocol without I/O (RFC 5321, with RFC 1870, 2034, 2920, 3207, 6152, 6531).
+"""The ESMTP server protocol without I/O (RFC 5321, with RFC 1870, 2034, 2920, 3207, 4954, 6152, 6531).
 
 Bytes go in with `feed`, a list of events comes out: replies to send, message
 data to store, and the points where the driver must act before the dialogue
@@ -27,12 +27,24 @@ DATA decisions (SMTP smuggling, CVE-2023-51766 and friends):
 
 from __future__ import annotations
 
+import base64
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from libcourier.proto import NEED_DATA, ClientError, LineTooLong, ReceiveBuffer
+from libcourier.sasl import (
+    MAX_SASL_LINE,
+    Challenge,
+    CramCredentials,
+    ExternalCredentials,
+    Failed,
+    LoginCredentials,
+    ServerExchange,
+    UnknownMechanism,
+    decode_initial_response,
+)
 from libcourier.smtp import (
     MAX_COMMAND_LINE,
     MAX_TEXT_LINE,
@@ -56,6 +68,8 @@ class State(enum.Enum):
     DATA = "data"              # reading message text
     WAIT_COMMIT = "commit"     # the driver is committing the message
     WAIT_TLS = "starttls"      # the driver is doing the TLS handshake
+    AUTH = "auth"              # a SASL exchange waits for the client's next line (RFC 4954 §4)
+    WAIT_AUTH = "authcheck"    # the driver is verifying the credentials with authd
     CLOSED = "closed"
 
 
@@ -124,7 +138,18 @@ class SessionInfo:
     tls_active: bool = False
     helo: str = ""
     esmtp: bool = False           # EHLO (not HELO): extensions usable
-    authenticated: str = ""       # AUTH user (a later milestone); "" = none
+    authenticated: str = ""       # the AUTH user; "" = none
+    auth_mechanism: str = ""      # the SASL mechanism it authenticated with
+    # SASL mechanisms offered in the clear (ESMTPAUTH) and under TLS (ESMTPAUTH_TLS),
+    # already filtered by libcourier.sasl.offered_mechanisms and what authd verifies.
+    auth_plain: tuple[str, ...] = ()
+    auth_tls: tuple[str, ...] = ()
+    auth_required: bool = False   # AUTH_REQUIRED: MAIL needs AUTH first (530 5.7.0)
+    nonce: bytes | None = None    # the CRAM challenge's random.time part (the driver's clock)
+    external_identity: str | None = None   # a verified TLS client certificate's identity
+
+    def auth_offered(self) -> tuple[str, ...]:
+        return self.auth_tls if self.tls_active else self.auth_plain
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +221,18 @@ class Close:
     reason: str
 
 
-Event = Send | DataStart | DataChunk | MessageReady | MessageAborted | StartTLS | Close
+@dataclass(frozen=True, slots=True)
+class AuthVerify:
+    """A SASL exchange ended with credentials: verify them, then call auth_result()."""
+    credentials: LoginCredentials | CramCredentials | ExternalCredentials
+    mechanism: str
+
+    def __repr__(self) -> str:  # never show a password in a log or traceback
+        return f"AuthVerify(mechanism={self.mechanism!r})"
+
+
+Event = (Send | DataStart | DataChunk | MessageReady | MessageAborted | StartTLS | Close
+         | AuthVerify)
 
 
 def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
@@ -204,7 +240,7 @@ def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
 
 
 HELP_TEXT = ("courier-py ESMTP server. Commands:",
-             "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS")
+             "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
 
 
 class SmtpServer:
@@ -224,6 +260,7 @@ class SmtpServer:
         self._data_problem: Reply | None = None
         self._prev_crlf = True       # the previous DATA line ended with CRLF
         self._chunk = bytearray()
+        self._sasl: ServerExchange | None = None
 
     # -- public API --------------------------------------------------------
 
@@ -265,7 +302,29 @@ class SmtpServer:
         self.session.tls_active = True
         self.session.helo = ""
         self.session.esmtp = False
+        # RFC 3207 §4.2: forget everything learnt in the clear, AUTH included.
+        self.session.authenticated = ""
+        self.session.auth_mechanism = ""
         self._reset_txn(State.GREETED)
+        return self._run()
+
+    def auth_result(self, user: str | None, *, temporary: bool = False) -> list[Event]:
+        """The driver's verdict on AuthVerify: the user authenticated, or None (refused)."""
+        assert self.state is State.WAIT_AUTH
+        mech = self._sasl.mechanism if self._sasl else ""
+        self._sasl = None
+        self._buf.max_line = self.limits.max_command_line
+        self.state = State.READY
+        if temporary:
+            # RFC 4954 §6: authd is down; never "bad password" for that.
+            self._send(_r(454, "4.7.0", "Temporary authentication failure."))
+        elif user is None:
+            # RFC 4954 §6 / RFC 5248: counted, so guessing ends in 421.
+            self._error(_r(535, "5.7.8", "Authentication credentials invalid."))
+        else:
+            self.session.authenticated = user
+            self.session.auth_mechanism = mech
+            self._send(_r(235, "2.7.0", "Authentication successful."))
         return self._run()
 
     def timeout(self) -> list[Event]:
@@ -302,7 +361,8 @@ class SmtpServer:
             self._out.append(Close("too many errors"))
 
     def _run(self) -> list[Event]:
-        while self.state not in (State.CLOSED, State.WAIT_COMMIT, State.WAIT_TLS):
+        while self.state not in (State.CLOSED, State.WAIT_COMMIT, State.WAIT_TLS,
+                                 State.WAIT_AUTH):
             if self.state is State.DATA:
                 if not self._data_step():
                     break
@@ -310,11 +370,17 @@ class SmtpServer:
             try:
                 line = self._buf.next_line()
             except LineTooLong:
+                if self.state is State.AUTH:
+                    self._auth_failed(_r(500, "5.5.6", "Authentication exchange line too long."))
+                    continue
                 self._error(_r(500, "5.5.2", "Line too long."))
                 continue
             if line is NEED_DATA:
                 break
             assert isinstance(line, bytes)
+            if self.state is State.AUTH:
+                self._auth_line(line)
+                continue
             self._command(line)
         return self._take()
 
@@ -349,6 +415,9 @@ class SmtpServer:
         lines = [f"{self.session.hostname} Ok."]
         if self.session.tls_available and not self.session.tls_active:
             lines.append("STARTTLS")
+        offered = self.session.auth_offered()
+        if offered:
+            lines.append("AUTH " + " ".join(offered))    # RFC 4954 §3
         lines += ["PIPELINING", "8BITMIME", "SMTPUTF8"]
         # RFC 1870 §4: SIZE with the limit (0 = no fixed limit).
         lines.append(f"SIZE {self.limits.max_size}" if self.limits.max_size else "SIZE")
@@ -362,6 +431,10 @@ class SmtpServer:
         self._send(_r(250, None, f"{self.session.hostname} Ok."))
 
     def _mail(self, arg: str) -> None:
+        if self.session.auth_required and not self.session.authenticated:
+            # Courier's AUTH_REQUIRED (the submission port, RFC 6409 §4.3).
+            self._error(_r(530, "5.7.0", "Authentication required."))
+            return
         path = parse_mail_from(arg)      # RFC 5321 §4.1.1.2
         txn = _Txn(sender=path.address)
         if path.params and not self.session.esmtp:
@@ -381,6 +454,11 @@ class SmtpServer:
                 if body not in ("7BIT", "8BITMIME"):
                     raise ClientError("BODY must be 7BIT or 8BITMIME.", "501 5.5.4")
                 txn.body = body
+            elif key == "AUTH" and self.session.auth_offered():
+                # RFC 4954 §5: the submitter's identity for relays. We trust nobody's
+                # claim but our own AUTH, so the value is checked and not kept.
+                if not value:
+                    raise ClientError("AUTH= needs a value.", "501 5.5.4")
             elif key == "SMTPUTF8":      # RFC 6531 §3.4
                 if value is not None:
                     raise ClientError("SMTPUTF8 takes no value.", "501 5.5.4")
@@ -473,6 +551,70 @@ class SmtpServer:
 
     def _help(self, arg: str) -> None:
         self._send(_r(214, "2.0.0", *HELP_TEXT))
+
+    def _auth(self, arg: str) -> None:
+        """RFC 4954 §4: AUTH mechanism [initial-response]."""
+        if not self.session.esmtp:
+            self._error(_r(503, "5.5.1", "Send EHLO first."))
+            return
+        if self.session.authenticated:
+            self._error(_r(503, "5.5.1", "Already authenticated."))   # RFC 4954 §4
+            return
+        words = arg.split()
+        if not words or len(words) > 2:
+            raise ClientError("Syntax: AUTH mechanism [initial-response]", "501 5.5.4")
+        mech = words[0].upper()
+        if mech not in self.session.auth_offered():
+            if not self.session.tls_active and mech in self.session.auth_tls:
+                # RFC 4954 §6: 538 when the mechanism needs an encrypted channel.
+                self._error(_r(538, "5.7.11", "Encryption required for requested "
+                               "authentication mechanism."))
+            else:
+                self._error(_r(504, "5.5.4", "Unrecognized authentication type."))
+            return
+        initial: bytes | None = None
+        if len(words) == 2:
+            decoded = decode_initial_response(words[1].encode("ascii", "replace"))
+            if isinstance(decoded, Failed):
+                self._error(_r(501, "5.5.2", decoded.reason))
+                return
+            initial = decoded
+        try:
+            self._sasl = ServerExchange(mech, hostname=self.session.hostname,
+                                        nonce=self.session.nonce,
+                                        external_identity=self.session.external_identity)
+        except UnknownMechanism:
+            self._error(_r(504, "5.5.4", "Unrecognized authentication type."))
+            return
+        # RFC 4954 §4: the exchange's lines may be up to 12288 octets.
+        self._buf.max_line = MAX_SASL_LINE + 2
+        self._auth_step(self._sasl.start(initial))
+
+    def _auth_line(self, line: bytes) -> None:
+        assert self._sasl is not None
+        self._auth_step(self._sasl.step(line.rstrip(b"\r\n")))
+
+    def _auth_step(self, step: object) -> None:
+        match step:
+            case Challenge(data=data):
+                # RFC 4954 §4: "334 " base64, no enhanced code.
+                self.state = State.AUTH
+                self._out.append(Send(b"334 " + base64.b64encode(data) + b"\r\n"))
+            case Failed(reason=reason):
+                if reason == "authentication cancelled":
+                    self._auth_failed(_r(501, "5.0.0", "AUTH aborted."))   # RFC 4954 §4
+                else:
+                    self._auth_failed(_r(501, "5.5.2", reason))
+            case LoginCredentials() | CramCredentials() | ExternalCredentials():
+                assert self._sasl is not None
+                self.state = State.WAIT_AUTH
+                self._out.append(AuthVerify(step, self._sasl.mechanism))
+
+    def _auth_failed(self, reply: Reply) -> None:
+        self._sasl = None
+        self._buf.max_line = self.limits.max_command_line
+        self.state = State.READY
+        self._error(reply)
 
     def _starttls(self, arg: str) -> None:
         if arg.strip():
@@ -585,4 +727,6 @@ COMMANDS: dict[str, tuple[frozenset[State], Handler]] = {
     "HELP": (_ANY, SmtpServer._help),
     # RFC 3207 §4: after EHLO, outside a transaction.
     "STARTTLS": (frozenset({State.READY}), SmtpServer._starttls),
+    # RFC 4954 §4: after EHLO, not during a mail transaction.
+    "AUTH": (frozenset({State.READY}), SmtpServer._auth),
 }

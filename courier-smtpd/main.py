@@ -10,18 +10,21 @@ makes the listener call load() again: config and the `me`, `locals` and
 
 from __future__ import annotations
 
+import base64
 import encodings.idna  # noqa: F401  (gethostbyaddr may need it after the drop)
 import logging
 import os
 from functools import partial
+from pathlib import Path
 
 from courier_smtpd import session as _session  # noqa: F401
 from courier_smtpd.config import SmtpdConfig, load_config
 from courier_smtpd.policy import Domains, LocalPolicy, load_domains
-from courier_smtpd.session import Session
+from courier_smtpd.session import Credentials, Session
 
-from libcourier import privsep, spool, tcpd
+from libcourier import authclient, privsep, spool, tcpd
 from libcourier.layout import Layout
+from libcourier.sasl import CramCredentials, LoginCredentials
 from libcourier.tcpd.daemon import ListenerDaemon, StartupError, run_listener
 
 log = logging.getLogger("courier.esmtpd")
@@ -36,7 +39,31 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
         conn.sendall(f"554 5.7.1 {text}\r\n".encode("utf-8", "replace"))
         return
     policy = LocalPolicy(domains, layout.authsocket, relayclient="RELAYCLIENT" in conn.env)
-    Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx).run()
+    Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
+            authenticate=partial(_authenticate, layout.authsocket)).run()
+
+
+def _authenticate(authsocket: Path, creds: Credentials, ip: str) -> str | None:
+    """SMTP AUTH credentials to authd (service "esmtp"); the user name, or None."""
+    if isinstance(creds, LoginCredentials):
+        info = authclient.auth_login(authsocket, "esmtp", creds.user, creds.password,
+                                     remote_ip=ip)
+        user = creds.user
+    elif isinstance(creds, CramCredentials):
+        info = authclient.auth_cram(authsocket, "esmtp", creds.mech.lower(),
+                                    base64.b64encode(creds.challenge).decode(),
+                                    base64.b64encode(creds.response).decode(), remote_ip=ip)
+        user = creds.response.rpartition(b" ")[0].decode("utf-8", "replace")
+    else:
+        info = authclient.auth_pre(authsocket, "esmtp", creds.identity)
+        user = creds.identity
+    if info is None:
+        return None
+    # authd OPTIONS disablesmtp=1 (issue 4; "disableesmtp" too) refuses AUTH.
+    for key in ("disablesmtp", "disableesmtp"):
+        if key in info.options and info.options[key] != "0":
+            return None
+    return user
 
 
 def make_handler(cfg: SmtpdConfig, layout: Layout, ctx) -> tcpd.Handler:

@@ -6,7 +6,8 @@ A recipient is local when its domain (lowercased) is `me`, is listed in
 "esmtp": hosted domains by full address, `me`/`locals` domains by local part
 (they map to system-style accounts). `postmaster` is always accepted for any
 local domain (RFC 5321 §4.5.1), and bare `<postmaster>` too (§4.1.1.3).
-Other domains are relaying: refused unless the access file set RELAYCLIENT.
+Other domains are relaying: refused unless the access file set RELAYCLIENT or
+the client authenticated (SMTP AUTH).
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class LocalPolicy:
         hosted = self.domains.hosted.get(domain)
         is_local = hosted is not None or self.domains.is_locals(domain)
         if not is_local:
-            if self.relayclient:
+            # smtpaccess RELAYCLIENT, or an AUTHenticated client (RFC 4954 §1, RFC 6409).
+            if self.relayclient or session.authenticated:
                 return Verdict.accept()
             return Verdict.reject(550, "5.7.1", "Relaying denied.")
         if local.lower() == "postmaster":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from courier_smtpd.config import SmtpdConfig
 from courier_smtpd.core import (
+    AuthVerify,
     Close,
     DataChunk,
     DataStart,
@@ -39,11 +40,24 @@ from courier_smtpd.core import (
 )
 
 from libcourier import proctitle, spool
+from libcourier.authclient import AuthTempFail
+from libcourier.sasl import (
+    CramCredentials,
+    ExternalCredentials,
+    LoginCredentials,
+    cram_nonce,
+)
 from libcourier.tcpd import Connection
 
 log = logging.getLogger("courier.esmtpd")
 
 RECV_SIZE = 65536
+FAILED_AUTH_DELAY = 2.0     # seconds before answering a refused AUTH: slows guessing
+
+Credentials = LoginCredentials | CramCredentials | ExternalCredentials
+# (credentials, client ip) -> the authenticated user name, or None when refused;
+# raises libcourier.authclient.AuthTempFail when authd cannot answer.
+Authenticate = Callable[[Credentials, str], str | None]
 
 
 def _printable(text: str, limit: int = 255) -> str:
@@ -53,15 +67,22 @@ def _printable(text: str, limit: int = 255) -> str:
 
 
 def received_header(*, helo: str, rdns: str | None, ip: str, me: str, esmtp: bool,
-                    tls: bool, auth: bool, smtputf8: bool, when: datetime) -> bytes:
-    """Received: (RFC 5321 §4.4) with the RFC 3848 / RFC 6531 §3.7.3 protocol token."""
+                    tls: bool, auth: bool, smtputf8: bool, when: datetime,
+                    auth_user: str = "", auth_mechanism: str = "") -> bytes:
+    """Received: (RFC 5321 §4.4) with the RFC 3848 / RFC 6531 §3.7.3 protocol token.
+
+    An authenticated submitter is noted as Courier does, in a comment line
+    "(AUTH: <mechanism> <user>)" between the from and by clauses.
+    """
     proto = ("UTF8SMTP" if smtputf8 else "ESMTP" if esmtp or tls or auth else "SMTP")
     if tls:
         proto += "S"
     if auth:
         proto += "A"
     host = _printable(rdns) if rdns else f"[{ip}]"
-    return (f"Received: from {_printable(helo)} ({host} [{ip}])\n"
+    note = f"  (AUTH: {_printable(auth_mechanism)} {_printable(auth_user)})\n" \
+        if auth and auth_user else ""
+    return (f"Received: from {_printable(helo)} ({host} [{ip}])\n{note}"
             f"  by {_printable(me)} with {proto}; {format_datetime(when)}\n").encode("ascii")
 
 
@@ -98,15 +119,24 @@ class LoggingPolicy:
 class Session:
     def __init__(self, conn: Connection, cfg: SmtpdConfig, spooldir: Path, queue_socket: Path,
                  policy: Policy, starttls_ctx: ssl.SSLContext | None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 authenticate: Authenticate | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
         self.conn = conn
         self.cfg = cfg
         self.spooldir = spooldir
         self.queue_socket = queue_socket
         self.starttls_ctx = starttls_ctx
         self.clock = clock
+        self.authenticate = authenticate
+        self.sleep = sleep
+        # No verifier, no AUTH: offering what nobody can check would only refuse.
         info = SessionInfo(cfg.hostname, tls_available=starttls_ctx is not None and not conn.tls,
-                           tls_active=conn.tls)
+                           tls_active=conn.tls,
+                           auth_plain=cfg.auth_plain if authenticate else (),
+                           auth_tls=cfg.auth_tls if authenticate else (),
+                           auth_required=cfg.auth_required,
+                           nonce=cram_nonce(int(clock())))
         self.policy = LoggingPolicy(policy, conn.peer_ip)
         self.core = SmtpServer(info, self.policy, Limits(max_size=cfg.sizelimit))
         self.writer: spool.SpoolWriter | None = None
@@ -171,11 +201,36 @@ class Session:
                         self.closed = True
                         return
                     queue.extend(self.core.tls_started())
+                case AuthVerify(credentials=creds, mechanism=mech):
+                    queue.extend(self._verify(creds, mech))
                 case Close():
                     self.flush()
                     self.closed = True
                     return
         self.flush()
+
+    def _verify(self, creds: Credentials, mech: str) -> list[Event]:
+        ip = self.conn.peer_ip
+        if isinstance(creds, LoginCredentials):
+            who = creds.user
+        elif isinstance(creds, CramCredentials):
+            who = creds.response.rpartition(b" ")[0].decode("utf-8", "replace")
+        else:
+            who = creds.identity
+        assert self.authenticate is not None    # AUTH is only offered with a verifier
+        try:
+            user = self.authenticate(creds, ip)
+        except AuthTempFail as e:
+            log.warning("authdaemon unavailable, user=%s, ip=[%s]: %s", who, ip, e)
+            return self.core.auth_result(None, temporary=True)
+        if user is None:
+            # Courier's log line; never the password.
+            log.info("AUTH FAILED, method=%s, user=%s, ip=[%s]", mech, who, ip)
+            self.flush()
+            self.sleep(FAILED_AUTH_DELAY)
+            return self.core.auth_result(None)
+        log.info("AUTH, method=%s, user=%s, ip=[%s]", mech, user, ip)
+        return self.core.auth_result(user)
 
     def _open(self, txn: Transaction) -> None:
         self.write_error = None
@@ -188,6 +243,7 @@ class Session:
             self.writer.write(received_header(
                 helo=s.helo, rdns=self._rdns or None, ip=self.conn.peer_ip, me=self.cfg.hostname,
                 esmtp=s.esmtp, tls=s.tls_active, auth=bool(s.authenticated),
+                auth_user=s.authenticated, auth_mechanism=s.auth_mechanism,
                 smtputf8=txn.smtputf8, when=datetime.fromtimestamp(self.clock(), UTC)
                 .astimezone()))
         except (OSError, spool.SpoolError) as e:

@@ -48,14 +48,51 @@ def test_swaks_delivers(running_instance, mode):
 
 
 def test_swaks_relaying_refused(running_instance):
-    """No open relay: a remote recipient from an unauthenticated client is refused
-    (SMTP AUTH on submission comes with issue 7)."""
+    """No open relay: a remote recipient from an unauthenticated client is refused on
+    port 25, and the submission port wants AUTH before MAIL (AUTH_REQUIRED=1)."""
     inst = running_instance
-    r = swaks("--server", f"127.0.0.1:{inst.port('submission')}", "--tls",
+    r = swaks("--server", f"127.0.0.1:{inst.port('smtp')}", "--tls",
               "--from", "bob@example.net", "--to", "someone@elsewhere.example",
               "--body", "relay attempt")
     assert r.returncode != 0
     assert "550 5.7.1 Relaying denied" in r.stdout, r.stdout
+    r = swaks("--server", f"127.0.0.1:{inst.port('submission')}", "--tls",
+              "--from", "bob@example.net", "--to", "someone@elsewhere.example",
+              "--body", "relay attempt")
+    assert r.returncode != 0
+    assert "530 5.7.0 Authentication required" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_swaks_auth_on_submission(running_instance, mech):
+    """RFC 4954 AUTH after STARTTLS on port 587; the Received line says ESMTPSA and
+    names the user as Courier does; a wrong password is 535 5.7.8."""
+    inst = running_instance
+    base = ["--server", f"127.0.0.1:{inst.port('submission')}", "--tls",
+            "--auth", mech, "--auth-user", "bob@example.net",
+            "--from", "bob@example.net", "--to", "alice@example.com"]
+    r = swaks(*base, "--auth-password", "wrong", "--body", "x")
+    assert r.returncode != 0 and "535 5.7.8" in r.stdout, r.stdout
+    r = swaks(*base, "--auth-password", "bob-secret", "--body", f"authenticated {mech}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "235 2.7.0" in r.stdout
+    assert delivered(inst.maildir("alice@example.com"), 1) == 1, inst.logs()
+    body = next((inst.maildir("alice@example.com") / "new").iterdir()).read_bytes()
+    assert f"(AUTH: {mech} bob@example.net)".encode() in body
+    assert b"with ESMTPSA;" in body
+
+
+def test_swaks_authenticated_client_may_relay(running_instance):
+    """An authenticated client relays: the message for a remote domain is queued
+    (remote delivery is issue 8)."""
+    inst = running_instance
+    r = swaks("--server", f"127.0.0.1:{inst.port('submission')}", "--tls",
+              "--auth", "PLAIN", "--auth-user", "bob@example.net",
+              "--auth-password", "bob-secret",
+              "--from", "bob@example.net", "--to", "someone@elsewhere.example",
+              "--body", "relayed")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "250 2.1.5" in r.stdout
 
 
 def test_swaks_unknown_recipient_refused(running_instance):

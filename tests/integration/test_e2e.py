@@ -144,16 +144,17 @@ def test_smtp_swaks_imap_pop3_round_trip(running_instance, tmp_path):
 
 
 def test_submission_port_takes_mail_over_starttls(running_instance):
-    """Port 587 (esmtpd-msa) with STARTTLS. SMTP AUTH and AUTH_REQUIRED are issue 7."""
+    """Port 587 (esmtpd-msa) with STARTTLS and SMTP AUTH (AUTH_REQUIRED=1 there)."""
     inst = running_instance
     msg = message("via submission", "e2e-3@example.net")
     with smtplib.SMTP("127.0.0.1", inst.port("submission"), timeout=10) as s:
         s.ehlo("client.example.net")
         s.starttls(context=ssl._create_unverified_context())
         s.ehlo("client.example.net")
+        s.login("bob@example.net", "bob-secret")
         assert s.sendmail("bob@example.net", ["alice@example.com"], msg) == {}
     files = wait_for_messages(inst.maildir("alice@example.com"), 1)
-    assert b"with ESMTPS" in files[0].read_bytes()
+    assert b"with ESMTPSA" in files[0].read_bytes()
 
 
 def test_disconnect_mid_data_leaves_nothing_in_the_spool(running_instance):

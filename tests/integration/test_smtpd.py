@@ -178,5 +178,12 @@ def test_submission_port(new_instance):
     new_instance.adduser(USER, "alice-secret")
     new_instance.start("authdaemond", "esmtpd-msa")
     with smtplib.SMTP("127.0.0.1", new_instance.port("submission"), timeout=10) as s:
+        # The shipped esmtpd-msa has AUTH_REQUIRED=1 and offers AUTH only under TLS.
+        with pytest.raises(smtplib.SMTPSenderRefused, match="Authentication required"):
+            s.sendmail("a@b.example", [USER], b"Subject: msa\r\n\r\nx\r\n")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        s.starttls(context=ctx)
+        s.login(USER, "alice-secret")
         s.sendmail("a@b.example", [USER], b"Subject: msa\r\n\r\nx\r\n")
     assert len(list_queue(new_instance.layout.spooldir)) == 1
