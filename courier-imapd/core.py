@@ -158,8 +158,11 @@ class IdleDone:
 @dataclass(frozen=True, slots=True)
 class FetchItem:
     """One fetch attribute. `name` is FLAGS, UID, INTERNALDATE, RFC822.SIZE, RFC822,
-    RFC822.HEADER, RFC822.TEXT or BODY; for BODY, `section` is "", "HEADER", "TEXT",
-    "HEADER.FIELDS" or "HEADER.FIELDS.NOT" with `fields`, and `partial` (offset, count)."""
+    RFC822.HEADER, RFC822.TEXT, ENVELOPE, BODYSTRUCTURE, BODY.STRUCTURE (the bare
+    BODY item: the non-extensible structure) or BODY; for BODY, `section` is a
+    section-spec (RFC 3501 §6.4.5: "", "1.2", "HEADER", "2.TEXT", "1.MIME",
+    "HEADER.FIELDS", "3.HEADER.FIELDS.NOT" ...; upper case) with `fields` for the
+    HEADER.FIELDS forms, and `partial` (offset, count)."""
     name: str
     section: str = ""
     fields: tuple[str, ...] = ()
@@ -493,12 +496,18 @@ def _p_rename(tag: str, r: Reader, uid: bool) -> Command:
 
 
 _MACROS = {
-    # RFC 3501 §6.4.5: ALL/FAST/FULL; ALL and FULL need ENVELOPE (and BODY), which
-    # this server does not have yet, so only FAST is expanded; the others are BAD.
+    # RFC 3501 §6.4.5: the macros ALL, FAST and FULL.
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY.STRUCTURE"),
 }
 _SIMPLE_ITEMS = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "RFC822", "RFC822.HEADER",
-                 "RFC822.TEXT"}
+                 "RFC822.TEXT", "ENVELOPE", "BODYSTRUCTURE"}
+# §6.4.5 section-spec = section-msgtext / (section-part ["." section-text])
+_SECTION = re.compile(r"(?:[1-9][0-9]{0,8}(?:\.[1-9][0-9]{0,8}){0,99})?"
+                      r"|(?:(?:[1-9][0-9]{0,8}\.){0,100})(?:HEADER|HEADER\.FIELDS|"
+                      r"HEADER\.FIELDS\.NOT|TEXT)"
+                      r"|(?:[1-9][0-9]{0,8}\.){1,100}MIME")
 
 
 def _fetch_att(r: Reader) -> FetchItem:
@@ -509,11 +518,14 @@ def _fetch_att(r: Reader) -> FetchItem:
         raise ParseError(f"unsupported FETCH item {name[:40]}")
     peek = name == "BODY.PEEK"
     if not r.maybe(b"["):
-        # Bare BODY is the non-extensible BODYSTRUCTURE: not implemented yet.
-        raise ParseError("FETCH BODY without a section is not supported")
+        if peek:
+            raise ParseError("BODY.PEEK needs a section")
+        return FetchItem("BODY.STRUCTURE")     # bare BODY: non-extensible BODYSTRUCTURE
     section = r.atom(b"").decode("ascii").upper() if r.peek() not in (0x5D, None) else ""
+    if not _SECTION.fullmatch(section):
+        raise ParseError(f"bad section {section[:40]}")
     fields: list[str] = []
-    if section in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+    if section.endswith(("HEADER.FIELDS", "HEADER.FIELDS.NOT")):
         r.sp()
         r.expect(b"(")
         while not r.maybe(b")"):
@@ -524,8 +536,6 @@ def _fetch_att(r: Reader) -> FetchItem:
                 raise ParseError("too many header fields")
         if not fields:
             raise ParseError("empty header field list")
-    elif section not in ("", "HEADER", "TEXT"):
-        raise ParseError(f"unsupported section {section[:40]}")
     r.expect(b"]")
     partial = None
     if r.maybe(b"<"):
@@ -558,8 +568,6 @@ def _p_fetch(tag: str, r: Reader, uid: bool) -> Command:
         word = r.atom().decode("ascii").upper()
         if word in _MACROS:
             items = [FetchItem(n) for n in _MACROS[word]]
-        elif word in ("ALL", "FULL"):
-            raise ParseError(f"FETCH {word} needs ENVELOPE, which is not supported yet")
         else:
             r.pos = save
             items.append(_fetch_att(r))

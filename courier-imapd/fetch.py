@@ -16,6 +16,7 @@ from typing import BinaryIO
 from courier_imapd.core import FetchItem, FetchPart, StreamedLiteral
 
 from libcourier.maildir.folder import MessageRef
+from libcourier.mime import Part, imapview, parse
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -128,6 +129,8 @@ def header_fields(header: bytes, names: tuple[str, ...], negate: bool) -> bytes:
 
 
 def section_name(item: FetchItem) -> bytes:
+    if item.name == "BODY.STRUCTURE":
+        return b"BODY"
     if item.name != "BODY":
         return item.name.encode("ascii")
     sec = item.section
@@ -145,7 +148,17 @@ def sets_seen(item: FetchItem) -> bool:
 
 
 def needs_content(item: FetchItem) -> bool:
-    return item.name in ("BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT")
+    return item.name in ("BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "ENVELOPE",
+                         "BODYSTRUCTURE", "BODY.STRUCTURE")
+
+
+def needs_tree(item: FetchItem) -> bool:
+    """Items answered from the MIME tree (one linear parse of the file); the
+    whole message and the top-level HEADER / TEXT are windows found without it."""
+    if item.name in ("BODYSTRUCTURE", "BODY.STRUCTURE"):
+        return True
+    return item.name == "BODY" and item.section not in (
+        "", "HEADER", "TEXT", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
 
 
 def literal(data: bytes) -> bytes:
@@ -156,17 +169,32 @@ def needs_file(items: tuple[FetchItem, ...], size_known: bool) -> bool:
     return any(needs_content(i) or (i.name == "RFC822.SIZE" and not size_known) for i in items)
 
 
-def body_part(item: FetchItem, fh: BinaryIO, size: int,
-              header_len: Callable[[], int]) -> FetchPart:
+def body_part(item: FetchItem, fh: BinaryIO, size: Callable[[], int],
+              header_len: Callable[[], int], tree: Callable[[], Part]) -> FetchPart:
     """`NAME {n}\\r\\n<bytes>` for a content item; the whole message, its header
-    and its text are streamed from `fh` as windows of the CRLF form."""
+    and its text, and numbered parts are streamed from `fh` as windows of the CRLF
+    form; `tree()` gives the message's MIME tree when a part number needs it."""
     name = section_name(item)
-    if item.name in ("RFC822", "BODY") and item.section == "":
-        start, stop = 0, size
+    if item.name == "BODY" and needs_tree(item):
+        sec = imapview.parse_section(item.section)
+        found = imapview.resolve(tree(), sec) if sec is not None else None
+        if found is None:
+            # RFC 3501 leaves a missing part open; like Dovecot, send it empty
+            return name + b" " + literal(b"")
+        start, stop, filtered = found
+        if filtered:
+            header = b"".join(window(crlf_stream(fh), start, stop))
+            data = header_fields(header, item.fields, item.section.endswith(".NOT"))
+            if item.partial is not None:
+                off, count = item.partial
+                data = data[off:off + count]
+            return name + b" " + literal(data)
+    elif item.name in ("RFC822", "BODY") and item.section == "":
+        start, stop = 0, size()
     elif item.name == "RFC822.HEADER" or item.section == "HEADER":
         start, stop = 0, header_len()
     elif item.name == "RFC822.TEXT" or item.section == "TEXT":
-        start, stop = header_len(), size
+        start, stop = header_len(), size()
     else:
         header = b"".join(window(crlf_stream(fh), 0, header_len()))
         data = header_fields(header, item.fields, item.section == "HEADER.FIELDS.NOT")
@@ -192,13 +220,31 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
     """
     parts: list[FetchPart] = []
     hlen: list[int] = []
+    known: list[Part] = []       # the MIME tree, parsed at most once
+    sizes: list[int] = [] if size is None else [size]
 
     def header_len() -> int:
         if not hlen:
             assert fh is not None
-            hlen.append(header_length(fh))
+            hlen.append(known[0].body_start if known else header_length(fh))
         return hlen[0]
 
+    def tree() -> Part:
+        if not known:
+            assert fh is not None
+            known.append(parse(fh))
+            if not sizes:
+                sizes.append(known[0].body_end)     # the root ends at end of file
+        return known[0]
+
+    def crlf_len() -> int:
+        if not sizes:
+            assert fh is not None
+            sizes.append(crlf_size(fh))
+        return sizes[0]
+
+    if any(needs_tree(i) for i in items):
+        tree()
     for item in items:
         if item.name == "UID":
             parts.append(b"UID %d" % msg.uid)
@@ -206,12 +252,18 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
             parts.append(b"FLAGS " + seq_flags.encode("ascii"))
         elif item.name == "INTERNALDATE":
             parts.append(b"INTERNALDATE " + internaldate(msg.mtime).encode("ascii"))
+        elif item.name == "RFC822.SIZE":
+            parts.append(b"RFC822.SIZE %d" % crlf_len())
+        elif item.name == "ENVELOPE":
+            assert fh is not None
+            # the envelope needs only the header: no full parse unless one is made anyway
+            head = known[0] if known else parse(fh, header_only=True)
+            parts.append(b"ENVELOPE " + imapview.envelope(head))
+        elif item.name == "BODYSTRUCTURE":
+            parts.append(b"BODYSTRUCTURE " + imapview.bodystructure(tree()))
+        elif item.name == "BODY.STRUCTURE":
+            parts.append(b"BODY " + imapview.body(tree()))
         else:
             assert fh is not None
-            if size is None:
-                size = crlf_size(fh)
-            if item.name == "RFC822.SIZE":
-                parts.append(b"RFC822.SIZE %d" % size)
-            else:
-                parts.append(body_part(item, fh, size, header_len))
-    return parts, size
+            parts.append(body_part(item, fh, crlf_len, header_len, tree))
+    return parts, (sizes[0] if sizes else None)

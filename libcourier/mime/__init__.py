@@ -1,0 +1,300 @@
+"""A MIME tree (RFC 2045/2046) with byte offsets, from one linear pass.
+
+`parse(fh)` reads a message file once, line by line, and returns its tree of
+`Part`s. Nothing but the few header fields IMAP needs (Content-*, and the
+envelope fields of messages) is kept, each bounded in size, so a 50 MB message
+costs the same memory as a small one. Offsets and sizes are in terms of the
+message's CRLF form — Maildir files are stored with LF and served with CRLF, so
+BODY[1] must send the CRLF bytes and BODYSTRUCTURE must count them (RFC 3501
+§7.4.2: size in octets "in its transfer encoding", as the client receives it).
+
+Broken input is reported as best the RFCs allow: a missing final boundary ends
+the part at end of file (RFC 2046 §5.1.1 says nothing better), a multipart
+without boundary parameter is taken as text/plain like Dovecot does, nesting
+beyond MAX_DEPTH or more than MAX_PARTS parts is left unparsed as a leaf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from libcourier.mime.params import Param, parse_content_type, parse_params
+
+__all__ = ["MAX_DEPTH", "MAX_PARTS", "Param", "Part", "parse", "parse_content_type",
+           "parse_params"]
+
+MAX_LINE = 1 << 16           # a physical line is read in pieces of at most this many bytes
+MAX_FIELD = 1 << 16          # bytes kept of one header field value
+MAX_DEPTH = 64               # nested multipart / message levels parsed
+MAX_PARTS = 10000            # parts parsed in one message
+
+# Header fields kept per part: what BODYSTRUCTURE and ENVELOPE read.
+KEPT = frozenset({
+    b"content-type", b"content-transfer-encoding", b"content-id", b"content-description",
+    b"content-disposition", b"content-language", b"content-location", b"content-md5",
+    b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
+    b"in-reply-to", b"message-id",
+})
+ADDRESS_FIELDS = frozenset({b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"})
+
+
+@dataclass(slots=True)
+class Part:
+    """One body part. Offsets are into the CRLF form of the whole message.
+
+    header_start..body_start is the part's MIME header including its blank line;
+    body_start..body_end its body (for a multipart: preamble, parts, epilogue; the
+    CRLF before a boundary belongs to the boundary, RFC 2046 §5.1.1).
+    """
+    header_start: int
+    body_start: int = 0
+    body_end: int = 0
+    lines: int = 0                      # line ends (LF) in the body
+    fields: dict[bytes, bytes] = field(default_factory=dict)   # first of each KEPT field
+    type: bytes = b"text"               # lower case
+    subtype: bytes = b"plain"
+    params: tuple[Param, ...] = ()
+    explicit_type: bool = False         # the part had a usable Content-Type
+    children: list[Part] = field(default_factory=list)          # multipart parts
+    message: Part | None = None         # message/rfc822: the encapsulated message
+
+    @property
+    def is_multipart(self) -> bool:
+        return self.type == b"multipart"
+
+    @property
+    def is_message(self) -> bool:
+        return self.message is not None
+
+    @property
+    def size(self) -> int:
+        return self.body_end - self.body_start
+
+    def field(self, name: bytes) -> bytes | None:
+        return self.fields.get(name)
+
+
+@dataclass(slots=True)
+class _Line:
+    data: bytes        # the piece as stored (LF or CRLF line end, or none for a split line)
+    start: int         # CRLF offset of its first byte
+    lf_before: int     # LF count before it
+    line_start: bool   # first piece of a physical line
+
+
+class _Reader:
+    """Pieces of lines of a file with their offsets in the CRLF form."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.pos = 0              # CRLF offset of the next piece
+        self.lfs = 0              # LFs so far
+        self.at_line_start = True
+        self.prev_cr = False      # the previous piece ended with CR (a CRLF split in two)
+        self.parts = 0
+
+    def next(self) -> _Line | None:
+        data = self.fh.readline(MAX_LINE)
+        if not data:
+            return None
+        line = _Line(data, self.pos, self.lfs, self.at_line_start)
+        if data.endswith(b"\n"):
+            # LF -> CRLF, unless the CR is already there (in this piece or the last)
+            crlf_len = len(data) if (data.endswith(b"\r\n") or
+                                     (len(data) == 1 and self.prev_cr)) else len(data) + 1
+            self.lfs += 1
+            self.at_line_start = True
+        else:
+            crlf_len = len(data)
+            self.at_line_start = False
+        self.prev_cr = data.endswith(b"\r")
+        self.pos += crlf_len
+        return line
+
+
+@dataclass(slots=True)
+class _End:
+    """What ended a part: a boundary line of the stack, or end of file (index -1)."""
+    index: int
+    close: bool
+    line: _Line | None
+
+
+def _is_blank(data: bytes) -> bool:
+    return data in (b"\n", b"\r\n")
+
+
+def _boundary(line: _Line, stack: list[bytes]) -> _End | None:
+    """RFC 2046 §5.1.1: "--" boundary ["--"] at the start of a line. Like Dovecot,
+    anything after the boundary (transport padding or not) is ignored; the
+    innermost matching boundary wins."""
+    d = line.data
+    if not line.line_start or not d.startswith(b"--") or not stack:
+        return None
+    for i, b in enumerate(stack):
+        if d.startswith(b, 2):
+            return _End(i, d.startswith(b"--", 2 + len(b)), line)
+    return None
+
+
+def _finish(part: Part, end: _End, reader: _Reader) -> None:
+    """Set body_end and lines from what ended the body."""
+    if end.line is None:
+        part.body_end = reader.pos
+        part.lines = reader.lfs - part.lines
+        return
+    ln = end.line
+    if ln.start > part.body_start:
+        # the line end before the boundary belongs to the boundary
+        part.body_end = ln.start - 2
+        part.lines = ln.lf_before - 1 - part.lines
+    else:
+        part.body_end = part.body_start
+        part.lines = 0
+    part.body_end = max(part.body_end, part.body_start)
+    part.lines = max(part.lines, 0)
+
+
+def _skip_to_boundary(reader: _Reader, stack: list[bytes]) -> _End:
+    while (line := reader.next()) is not None:
+        end = _boundary(line, stack)
+        if end is not None:
+            return end
+    return _End(-1, False, None)
+
+
+def _parse_header(part: Part, reader: _Reader, stack: list[bytes]) -> _End | None:
+    """Read the header of `part`; returns an _End if a boundary or EOF came first."""
+    name: bytes | None = None
+    value = bytearray()
+
+    def keep() -> None:
+        if name is None or name not in KEPT:
+            return
+        old = part.fields.get(name)
+        if old is None:
+            part.fields[name] = bytes(value)
+        elif name in ADDRESS_FIELDS and len(old) < MAX_FIELD:
+            # repeated address fields are one list (as Dovecot and Courier read them)
+            part.fields[name] = (old + b"," + bytes(value))[:MAX_FIELD]
+
+    while True:
+        line = reader.next()
+        if line is None:
+            keep()
+            part.body_start = reader.pos
+            return _End(-1, False, None)
+        if line.line_start:
+            end = _boundary(line, stack)
+            if end is not None:
+                keep()
+                part.body_start = line.start
+                return end
+            if _is_blank(line.data):
+                keep()
+                part.body_start = reader.pos
+                part.lines = reader.lfs      # LFs before the body, subtracted in _finish
+                return None
+            if line.data[:1] in (b" ", b"\t"):          # folded continuation (§2.2.3)
+                if name is not None and len(value) < MAX_FIELD:
+                    value += line.data[:MAX_FIELD - len(value)]
+                continue
+            keep()
+            colon = line.data.find(b":")
+            if colon > 0:
+                name = line.data[:colon].rstrip(b" \t").lower()
+                value = bytearray(line.data[colon + 1:colon + 1 + MAX_FIELD])
+            else:
+                name = None       # not a header field: ignored (RFC 5322 §2.2 needs a colon)
+        elif name is not None and len(value) < MAX_FIELD:
+            value += line.data[:MAX_FIELD - len(value)]
+
+
+def _set_type(part: Part, default: tuple[bytes, bytes]) -> None:
+    part.type, part.subtype = default
+    ct = part.fields.get(b"content-type")
+    if ct is None:
+        if default == (b"text", b"plain"):
+            part.params = (Param(b"charset", b"us-ascii"),)
+        return
+    parsed = parse_content_type(ct)
+    if parsed is None:
+        # RFC 2045 §5.2: an invalid Content-Type is taken as text/plain; us-ascii
+        part.type, part.subtype = b"text", b"plain"
+        part.params = (Param(b"charset", b"us-ascii"),)
+        return
+    part.type, part.subtype, part.params = parsed
+    part.explicit_type = True
+    if part.type == b"text" and _param(part, b"charset") is None:
+        # RFC 2045 §5.2 / RFC 2046 §4.1.2: text without charset is us-ascii
+        part.params = (*part.params, Param(b"charset", b"us-ascii"))
+
+
+def _param(part: Part, name: bytes) -> bytes | None:
+    for p in part.params:
+        if p.name.lower() == name:
+            return p.value
+    return None
+
+
+def _parse_part(reader: _Reader, stack: list[bytes], default: tuple[bytes, bytes],
+                depth: int, start: int) -> tuple[Part, _End]:
+    reader.parts += 1
+    part = Part(start)
+    end = _parse_header(part, reader, stack)
+    _set_type(part, default)
+    if end is not None:          # no body at all
+        part.lines = 0
+        part.body_end = part.body_start
+        return part, end
+    deep = depth >= MAX_DEPTH or reader.parts >= MAX_PARTS
+    if part.type == b"multipart" and not deep and _param(part, b"boundary"):
+        # (a multipart without boundary has no findable parts: its body is skipped
+        # like a leaf's and the views report one empty part, as Dovecot does)
+        boundary = _param(part, b"boundary") or b""  # (checked non-empty above)
+        inner = [boundary, *stack]
+        child_default = (b"message", b"rfc822") if part.subtype == b"digest" else (b"text", b"plain")
+        end = _skip_to_boundary(reader, inner)                  # preamble
+        while end.index == 0 and not end.close and reader.parts < MAX_PARTS:
+            assert end.line is not None
+            child, end = _parse_part(reader, inner, child_default, depth + 1, reader.pos)
+            part.children.append(child)
+        if end.index == 0 and not end.close:
+            end = _skip_to_boundary(reader, inner)              # over the part limit
+        if end.index == 0:                                      # close delimiter: epilogue
+            end = _skip_to_boundary(reader, stack)
+        else:
+            end = _End(end.index - 1 if end.index > 0 else -1, end.close, end.line)
+    elif part.type == b"message" and part.subtype in (b"rfc822", b"global") and not deep:
+        child, end = _parse_part(reader, stack, (b"text", b"plain"), depth + 1, part.body_start)
+        part.message = child
+    else:
+        end = _skip_to_boundary(reader, stack)
+    _finish(part, end, reader)
+    if part.message is not None:
+        # the encapsulated message ends where this body ends
+        part.message.body_end = min(part.message.body_end, part.body_end)
+    return part, end
+
+
+def parse(fh: BinaryIO, *, header_only: bool = False) -> Part:
+    """The MIME tree of the message in `fh` (read from its start, once).
+
+    header_only: read only the top-level header (enough for ENVELOPE); the
+    returned part has its fields and type but no body offsets or children.
+    """
+    fh.seek(0)
+    reader = _Reader(fh)
+    if header_only:
+        part = Part(0)
+        _parse_header(part, reader, [])
+        _set_type(part, (b"text", b"plain"))
+        part.lines = 0
+        part.body_end = part.body_start
+        return part
+    part, end = _parse_part(reader, [], (b"text", b"plain"), 0, 0)
+    if end.index >= 0:
+        # cannot happen at top level (empty stack); kept for safety
+        _finish(part, _End(-1, False, None), reader)
+    return part
