@@ -191,6 +191,18 @@ def _parse_header(part: Part, reader: _Reader, stack: list[bytes]) -> _End | Non
                 keep()
                 part.body_start = line.start
                 return end
+            data = line.data
+            while not data.endswith(b"\n"):
+                # a physical line longer than one read: gather it (bounded), so a
+                # field name is never cut from its colon
+                more = reader.next()
+                if more is None:
+                    break
+                if len(data) < MAX_FIELD:
+                    data += more.data[:MAX_FIELD - len(data)]
+                if more.data.endswith(b"\n"):
+                    break
+            line.data = data
             if _is_blank(line.data):
                 keep()
                 part.body_start = reader.pos
@@ -272,10 +284,24 @@ def _parse_part(reader: _Reader, stack: list[bytes], default: tuple[bytes, bytes
     else:
         end = _skip_to_boundary(reader, stack)
     _finish(part, end, reader)
+    # The CRLF before the boundary that ended this part belongs to the boundary,
+    # so the last child (or the encapsulated message) may have been finished past
+    # this part's end: pull it back.
+    if part.children:
+        _clamp(part.children[-1], part.body_end)
     if part.message is not None:
-        # the encapsulated message ends where this body ends
-        part.message.body_end = min(part.message.body_end, part.body_end)
+        _clamp(part.message, part.body_end)
     return part, end
+
+
+def _clamp(part: Part, limit: int) -> None:
+    part.header_start = min(part.header_start, limit)
+    part.body_start = min(part.body_start, limit)
+    part.body_end = min(part.body_end, limit)
+    if part.children:
+        _clamp(part.children[-1], limit)
+    if part.message is not None:
+        _clamp(part.message, limit)
 
 
 def parse(fh: BinaryIO, *, header_only: bool = False) -> Part:
