@@ -30,11 +30,25 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import struct
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+from courier_deliver import dotcourier
+from courier_deliver.dotcourier import (
+    Context,
+    DotCourierError,
+    Forward,
+    Mailbox,
+    Program,
+    ProgramOutcome,
+)
 from courier_deliver.localproto import (
     DeliverRequest,
     Reply,
@@ -43,6 +57,9 @@ from courier_deliver.localproto import (
     Status,
     format_reply,
     format_request,
+    parse_reply_line,
+    xtext_decode,
+    xtext_encode,
 )
 
 from libcourier import log as courier_log
@@ -52,6 +69,7 @@ from libcourier.maildir.delivery import CHUNK, DeliveryError, deliver_to_maildir
 from libcourier.pidfile import read_pidfile
 from libcourier.proctitle import set_title
 from libcourier.proto import ClientError
+from libcourier.spool import Envelope, Recipient, SpoolWriter, notify
 
 logger = logging.getLogger("courier.courierlocal")
 
@@ -59,8 +77,22 @@ REQUEST_TIMEOUT = 30.0       # to read one request line
 DELIVERY_TIMEOUT = 600.0     # one delivery child, start to finish
 MAX_CHILDREN = 32            # connection children at once; more wait in the backlog
 STOP_WAIT = 5.0             # on SIGTERM, how long in-flight deliveries may finish
-RESULT_MAX = 1024            # bytes a delivery child may report
+RESULT_MAX = 1024            # bytes of the final reply line a delivery child reports
+REPORT_MAX = 256 * 1024      # the whole report, forwarding addresses included
 DEFAULT_MAILDIR = "./Maildir"
+PROGRAM_TIMEOUT = 300.0      # one `| program` of a .courier file; then killed, retried
+PROGRAM_OUTPUT_MAX = 400     # bytes of a failing program's output kept for the reply
+HEADER_SCAN_MAX = 256 * 1024 # bytes of header read to find loops
+MAX_HOPS = 100               # Received/Delivered-To lines before we call it a loop
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardSpool:
+    """Where forwarded copies go: the spool, written as the daemon account."""
+    spooldir: Path
+    queue_socket: Path
+    uid: int
+    gid: int
 
 
 # --- the delivery child (runs as the user) --------------------------------------------
@@ -92,39 +124,268 @@ def delivery_prefix(sender: str, recipient: str) -> bytes:
     return ret + f"Delivered-To: {recipient}\n".encode("utf-8", "surrogateescape")
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a delivery child reports: the reply and the addresses to forward to."""
+    reply: Reply
+    forwards: tuple[str, ...] = ()
+
+
+class _Fail(Exception):
+    def __init__(self, reply: Reply):
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+def _temp(text: str) -> _Fail:
+    return _Fail(Reply(Status.TEMP, text))
+
+
+def _perm(text: str) -> _Fail:
+    return _Fail(Reply(Status.PERM, text))
+
+
+def _check_loop(fd: int, recipient: str) -> None:
+    """A copy that already went through this mailbox, or too many hops, is a
+    loop (RFC 5321 §6.3): refuse it permanently rather than mail forever."""
+    head = os.pread(fd, HEADER_SCAN_MAX, 0)
+    end = head.find(b"\n\n")
+    if end >= 0:
+        head = head[:end + 1]
+    hops = 0
+    mine = f"delivered-to: {recipient}".lower().encode("utf-8", "surrogateescape")
+    for line in head.split(b"\n"):
+        low = line.lower()
+        if low.startswith((b"received:", b"delivered-to:")):
+            hops += 1
+        if low.rstrip(b"\r ") == mine:
+            raise _perm(f"5.4.6 mail loop: the message was already delivered to {recipient}")
+    if hops > MAX_HOPS:
+        raise _perm(f"5.4.6 mail loop: more than {MAX_HOPS} hops")
+
+
+def _read_dot_courier(ext: str | None) -> tuple[list[dotcourier.Instruction] | None, str | None]:
+    """The instructions from HOME (the cwd), or None for the default delivery.
+    Returns (instructions, DEFAULT). Raises _Fail."""
+    for name, default in dotcourier.candidate_files(ext):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise _temp(f"4.2.1 cannot open {name}: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _temp(f"4.2.1 {name} is not a regular file")
+            # Courier's rules: a file others may change is not trusted, and the
+            # execute bit is the owner's way to hold mail for a while.
+            if st.st_uid not in (os.getuid(), 0) or st.st_mode & 0o022:
+                raise _temp(f"4.7.0 {name} has unsafe ownership or permissions; "
+                            f"delivery deferred")
+            if st.st_mode & 0o111:
+                raise _temp(f"4.2.1 {name} is executable: delivery deferred")
+            data = os.read(fd, dotcourier.MAX_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+        if not data.strip():
+            return None, default            # an empty file: the default delivery
+        try:
+            return dotcourier.parse(data), default
+        except DotCourierError as e:
+            # Never drop mail over a typo: defer, with the reason in the log.
+            raise _temp(f"4.2.1 {name}: {e}") from None
+    if ext is None:
+        return None, None
+    raise _perm("5.1.1 no such address (no .courier file for this extension)")
+
+
+def _feed_stdin(wfd: int, fd: int) -> None:
+    try:
+        for block in _pread_chunks(fd):
+            write_all_pipe(wfd, block)
+    except OSError:
+        pass            # the program stopped reading: its exit code tells the rest
+    finally:
+        os.close(wfd)
+
+
+def write_all_pipe(wfd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(wfd, view)
+        view = view[n:]
+
+
+def run_program(command: str, env: dict[str, str], fd: int,
+                timeout: float = PROGRAM_TIMEOUT) -> tuple[int | None, bytes]:
+    """Run `/bin/sh -c command` with the message on stdin, in its own process
+    group; returns (exit code or None when killed/timed out, start of its output)."""
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    try:
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=rfd,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, close_fds=True)
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        raise
+    os.close(rfd)
+    feeder = threading.Thread(target=_feed_stdin, args=(wfd, fd), daemon=True)
+    feeder.start()
+    assert proc.stdout is not None
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    killed = False
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                killed = True
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            if len(output) < PROGRAM_OUTPUT_MAX:
+                output += chunk[:PROGRAM_OUTPUT_MAX - len(output)]
+        if not killed:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                killed = True
+    finally:
+        sel.close()
+        if killed:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        proc.stdout.close()
+    feeder.join(5.0)
+    if killed or proc.returncode < 0:
+        return None, bytes(output)
+    return proc.returncode, bytes(output)
+
+
+def _ufline(sender: str) -> str:
+    # mbox's From_ line: "From <sender> <asctime>" (asctime of the delivery).
+    return f"From {sender or 'MAILER-DAEMON'} {datetime.now().strftime('%a %b %e %H:%M:%S %Y')}\n"
+
+
+def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
+                      ext: str | None) -> Outcome:
+    instructions, default = _read_dot_courier(ext)
+    prefix = delivery_prefix(req.sender, req.recipient)
+    if instructions is None:
+        name = deliver_to_maildir(maildir_path(info, default_maildir), _pread_chunks(fd),
+                                  prefix=prefix)
+        return Outcome(Reply(Status.OK, name))
+    ctx = Context(home=info.home, user=info.address or info.username or "", sender=req.sender,
+                  recipient=req.recipient, ext=ext, default=default)
+    done: list[str] = []
+    seen_maildirs: set[str] = set()
+    forwards: list[str] = []
+    for ins in instructions:
+        match ins:
+            case Mailbox(path=path, maildir=is_maildir):
+                if not is_maildir and not os.path.isdir(path):
+                    raise _perm(f"5.3.5 {path}: mbox delivery is not implemented; "
+                                f"use a Maildir (a path ending with /)")
+                real = os.path.realpath(path)
+                if real in seen_maildirs:
+                    continue            # the same Maildir twice in one run: one copy
+                seen_maildirs.add(real)
+                name = deliver_to_maildir(Path(path), _pread_chunks(fd), prefix=prefix)
+                done.append(name)
+            case Program(command=command):
+                env = dotcourier.program_environment(ctx, _ufline(req.sender))
+                try:
+                    code, output = run_program(command, env, fd)
+                except OSError as e:
+                    raise _temp(f"4.3.0 cannot run {command[:60]!r}: {e.strerror}") from None
+                text = output.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+                if code is None:
+                    raise _temp(f"4.3.0 program {command[:60]!r} killed or timed out")
+                match dotcourier.program_outcome(code):
+                    case ProgramOutcome.CONTINUE:
+                        done.append(f"|{command[:40]}")
+                    case ProgramOutcome.STOP:
+                        done.append(f"|{command[:40]} (stop)")
+                        break
+                    case ProgramOutcome.PERMANENT:
+                        raise _perm(f"5.3.0 program exited {code}: {text}")
+                    case ProgramOutcome.TEMPORARY:
+                        raise _temp(f"4.3.0 program exited {code}: {text}")
+            case Forward(addresses=addrs):
+                for a in addrs:
+                    q = dotcourier.qualify_forward(a, req.recipient)
+                    if q.lower() != req.recipient.lower() and q not in forwards:
+                        forwards.append(q)
+    if forwards:
+        done.append("forwarded to " + ", ".join(forwards))
+    return Outcome(Reply(Status.OK, "; ".join(done) or "no delivery instructions"),
+                   tuple(forwards))
+
+
 def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,
-                     default_maildir: str) -> Reply:
+                     default_maildir: str, ext: str | None = None) -> Outcome:
     if info.uid is None:
-        return Reply(Status.TEMP, "authd returned no uid")
+        return Outcome(Reply(Status.TEMP, "authd returned no uid"))
     try:
         privsep.refuse_root(info.uid)
     except privsep.PrivsepError:
-        return Reply(Status.PERM, "5.7.1 refusing to deliver to an account with uid 0")
+        return Outcome(Reply(Status.PERM, "5.7.1 refusing to deliver to an account with uid 0"))
     try:
         privsep.switch_to_user(info.uid, info.gid)
     except privsep.PrivsepError as e:
-        return Reply(Status.TEMP, f"4.3.0 {e}")
+        return Outcome(Reply(Status.TEMP, f"4.3.0 {e}"))
     try:
         os.chdir(info.home)
     except OSError as e:
-        return Reply(Status.TEMP, f"4.2.1 cannot chdir to home {info.home}: {e.strerror}")
+        return Outcome(Reply(Status.TEMP,
+                             f"4.2.1 cannot chdir to home {info.home}: {e.strerror}"))
+    os.umask(0o077)
     try:
-        name = deliver_to_maildir(maildir_path(info, default_maildir), _pread_chunks(fd),
-                                  prefix=delivery_prefix(req.sender, req.recipient))
+        _check_loop(fd, req.recipient)
+        return _run_instructions(info, fd, req, default_maildir, ext)
+    except _Fail as f:
+        return Outcome(f.reply)
     except DeliveryError as e:
-        return Reply(Status.TEMP if e.temporary else Status.PERM,
-                     ("4.2.0 " if e.temporary else "5.2.0 ") + e.text)
-    return Reply(Status.OK, name)
+        return Outcome(Reply(Status.TEMP if e.temporary else Status.PERM,
+                             ("4.2.0 " if e.temporary else "5.2.0 ") + e.text))
+
+
+def format_report(outcome: Outcome) -> bytes:
+    """Delivery child -> connection child: `FWD <xtext>` lines, then the reply line."""
+    lines = [f"FWD {xtext_encode(a)}\n".encode("ascii") for a in outcome.forwards]
+    return b"".join(lines) + format_reply(outcome.reply)[:RESULT_MAX]
+
+
+def parse_report(data: bytes) -> Outcome | None:
+    """The complete report, or None when it is cut short; raises ClientError."""
+    if not data.endswith(b"\n"):
+        return None
+    lines = data[:-1].split(b"\n")
+    forwards = []
+    for line in lines[:-1]:
+        if not line.startswith(b"FWD "):
+            raise ClientError("bad report line")
+        forwards.append(xtext_decode(line[4:].decode("ascii", "replace")))
+    return Outcome(parse_reply_line(lines[-1]), tuple(forwards))
 
 
 def _run_delivery_child(info: AuthInfo, fd: int, req: DeliverRequest, wpipe: int,
-                        default_maildir: str) -> None:
+                        default_maildir: str, ext: str | None = None) -> None:
     try:
-        reply = _deliver_as_user(info, fd, req, default_maildir)
+        outcome = _deliver_as_user(info, fd, req, default_maildir, ext)
     except BaseException as e:  # noqa: BLE001 - the child must always report and exit
-        reply = Reply(Status.TEMP, f"4.3.0 delivery failed: {type(e).__name__}: {e}")
+        outcome = Outcome(Reply(Status.TEMP,
+                                f"4.3.0 delivery failed: {type(e).__name__}: {e}"))
     try:
-        os.write(wpipe, format_reply(reply)[:RESULT_MAX])
+        write_all_pipe(wpipe, format_report(outcome))
     finally:
         courier_log.flush()
         os._exit(0)
@@ -158,38 +419,44 @@ def _recv_request(conn: socket.socket) -> tuple[DeliverRequest, int]:
             os.close(extra)
 
 
-def _wait_result(pid: int, rpipe: int) -> Reply:
+def _wait_result(pid: int, rpipe: int) -> Outcome:
     deadline = time.monotonic() + DELIVERY_TIMEOUT
-    reader = ReplyReader()
-    reply: Reply | None = None
+    data = bytearray()
+    outcome: Outcome | None = None
     sel = selectors.DefaultSelector()
     sel.register(rpipe, selectors.EVENT_READ)
     try:
-        while reply is None:
+        while True:
             left = deadline - time.monotonic()
             if left <= 0 or not sel.select(left):
                 os.kill(pid, signal.SIGKILL)
-                reply = Reply(Status.TEMP, "4.3.0 delivery timed out")
+                outcome = Outcome(Reply(Status.TEMP, "4.3.0 delivery timed out"))
                 break
-            chunk = os.read(rpipe, RESULT_MAX)
+            chunk = os.read(rpipe, 65536)
             if not chunk:
                 break
-            reader.feed(chunk)
-            try:
-                reply = reader.next_reply()
-            except ClientError:
+            data += chunk
+            if len(data) > REPORT_MAX:
+                os.kill(pid, signal.SIGKILL)
+                outcome = Outcome(Reply(Status.TEMP, "4.3.0 delivery report too long"))
                 break
     finally:
         sel.close()
     _, status = os.waitpid(pid, 0)
-    if reply is None:
-        return Reply(Status.TEMP, f"4.3.0 delivery process ended without a result "
-                                  f"(wait status {status})")
-    return reply
+    if outcome is None:
+        try:
+            outcome = parse_report(bytes(data))
+        except ClientError:
+            outcome = None
+    if outcome is None:
+        return Outcome(Reply(Status.TEMP, f"4.3.0 delivery process ended without a result "
+                                          f"(wait status {status})"))
+    return outcome
 
 
 def handle_connection(conn: socket.socket, authsocket: Path,
-                      default_maildir: str = DEFAULT_MAILDIR) -> Reply:
+                      default_maildir: str = DEFAULT_MAILDIR,
+                      forward: ForwardSpool | None = None) -> Reply:
     """Serve one request (in the root connection child) and return the reply sent."""
     try:
         req, fd = _recv_request(conn)
@@ -198,37 +465,88 @@ def handle_connection(conn: socket.socket, authsocket: Path,
         _send_reply(conn, reply)
         return reply
     try:
-        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir)
+        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward)
     finally:
         os.close(fd)
     _send_reply(conn, reply)
     return reply
 
 
+def find_account(authsocket: Path, user: str) -> tuple[AuthInfo, str | None] | None:
+    """The account and address extension for `user` (Courier's user-ext rule):
+    the whole name first, then shorter prefixes at each "-" of the local part.
+    Raises AuthTempFail."""
+    local, at, domain = user.rpartition("@")
+    if not at:
+        local, domain = user, ""
+    for head, ext in dotcourier.split_extension(local):
+        info = auth_pre(authsocket, "courier", f"{head}@{domain}" if at else head)
+        if info is not None:
+            return info, ext
+    return None
+
+
 def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
-                        default_maildir: str) -> Reply:
+                        default_maildir: str, forward: ForwardSpool | None = None) -> Reply:
     user = req.user or req.recipient
     try:
-        info = auth_pre(authsocket, "courier", user)
+        found = find_account(authsocket, user)
     except AuthTempFail as e:
         return Reply(Status.TEMP, f"4.4.3 authentication service unavailable: {e}")
-    if info is None:
+    if found is None:
         return Reply(Status.PERM, "5.1.1 no such user")
+    info, ext = found
     rpipe, wpipe = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(rpipe)
-        _run_delivery_child(info, fd, req, wpipe, default_maildir)
+        _run_delivery_child(info, fd, req, wpipe, default_maildir, ext)
     os.close(wpipe)
     try:
-        reply = _wait_result(pid, rpipe)
+        outcome = _wait_result(pid, rpipe)
     finally:
         os.close(rpipe)
+    reply = outcome.reply
+    if reply.status is Status.OK and outcome.forwards:
+        reply = _forward(forward, fd, req, outcome)
     if reply.status is Status.OK:
         logger.info("delivered to %s (uid %s): %s", req.recipient, info.uid, reply.text)
     else:
         logger.info("delivery to %s: %s %s", req.recipient, reply.status.value, reply.text)
     return reply
+
+
+def _forward(forward: ForwardSpool | None, fd: int, req: DeliverRequest,
+             outcome: Outcome) -> Reply:
+    """Queue one copy for the forwarding addresses, with the original sender,
+    as the daemon account (a fork that drops root). Delivered-To on top lets
+    the next hop see the loop if the forward comes back."""
+    if forward is None:
+        return Reply(Status.TEMP, "4.3.0 forwarding is not configured")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            privsep.switch_to_user(forward.uid, forward.gid)
+            w = SpoolWriter(forward.spooldir, 0)
+            w.write(f"Delivered-To: {req.recipient}\n".encode("utf-8", "surrogateescape"))
+            for block in _pread_chunks(fd):
+                w.write(block)
+            qid = w.commit(Envelope(req.sender, tuple(Recipient(a) for a in outcome.forwards),
+                                    time.time(), client=f"forward from {req.recipient}"))
+            logger.info("id=%s: forwarded from %s to %s", qid, req.recipient,
+                        ",".join(outcome.forwards))
+            notify(forward.queue_socket, qid)
+            code = 0
+        except BaseException as e:  # noqa: BLE001 - report through the exit code
+            logger.error("cannot queue the forward from %s: %s", req.recipient, e)
+        finally:
+            courier_log.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return Reply(Status.TEMP, "4.3.0 cannot queue the forwarded copy")
+    return outcome.reply
 
 
 def _send_reply(conn: socket.socket, reply: Reply) -> None:
@@ -273,8 +591,9 @@ class Helper:
     def __init__(self, listen: socket.socket, authsocket: Path, allowed_uids: set[int],
                  parent_pid: int | None, cleanup: tuple[Path, ...] = (),
                  parent_pidfile: Path | None = None, lifeline: int | None = None,
-                 default_maildir: str = DEFAULT_MAILDIR):
+                 default_maildir: str = DEFAULT_MAILDIR, forward: ForwardSpool | None = None):
         self.default_maildir = default_maildir
+        self.forward = forward
         self.parent_pidfile = parent_pidfile
         # The read end of a pipe whose write end only courierd holds: EOF means
         # "stop" (courierd, no longer root, cannot signal us) or "courierd died".
@@ -317,7 +636,8 @@ class Helper:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     signal.set_wakeup_fd(-1)
                     set_title("courierlocal: delivering")
-                    handle_connection(conn, self.authsocket, self.default_maildir)
+                    handle_connection(conn, self.authsocket, self.default_maildir,
+                                      self.forward)
                 except BaseException:  # noqa: BLE001 - log, never return into the loop
                     logger.exception("courierlocal connection failed")
                     code = 1
@@ -402,13 +722,14 @@ class Helper:
 def run_helper(listen: socket.socket, authsocket: Path, allowed_uids: set[int],
                parent_pid: int | None, cleanup: tuple[Path, ...] = (),
                parent_pidfile: Path | None = None, lifeline: int | None = None,
-               default_maildir: str = DEFAULT_MAILDIR) -> int:
+               default_maildir: str = DEFAULT_MAILDIR,
+               forward: ForwardSpool | None = None) -> int:
     """Entry point in the forked helper process."""
     set_title("courierlocal")
     courier_log.setup("courierlocal", foreground=True)
     try:
         Helper(listen, authsocket, allowed_uids, parent_pid, cleanup, parent_pidfile,
-               lifeline, default_maildir).serve()
+               lifeline, default_maildir, forward).serve()
     except Exception:  # noqa: BLE001 - the helper's own fault: log it and exit non-zero
         logger.exception("courierlocal failed")
         return 1

@@ -28,7 +28,7 @@ import sys
 import time
 
 from courier_deliver.config import QueueConfig, load_config
-from courier_deliver.local import bind_local_socket, run_helper
+from courier_deliver.local import ForwardSpool, bind_local_socket, run_helper
 from courier_deliver.queue import QueueManager, bind_queue_socket, serve
 
 from libcourier import log as courier_log
@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             code = run_helper(local_sock, layout.authsocket, allowed, parent,
                               cleanup=(layout.local_socket, layout.queue_socket),
                               parent_pidfile=pidfile, lifeline=life_r,
-                              default_maildir=config.defaultdelivery)
+                              default_maildir=config.defaultdelivery,
+                              forward=ForwardSpool(layout.spooldir, layout.queue_socket,
+                                                   uid, gid))
         finally:
             courier_log.flush()
             os._exit(code)
