@@ -168,3 +168,22 @@ def test_deep_nesting_is_bounded() -> None:
     while root.children:
         root, depth = root.children[0], depth + 1
     assert depth <= mime.MAX_DEPTH
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"--b\r\n", b"--b--\n", b"-x\n", b"\n", b"x\r\n", b"\r", b"\r\n",
+    b"Content-Type: multipart/mixed; boundary=c\n", b"--c\n", b"Content-Type: message/rfc822\n",
+    b"y" * 20]), max_size=40))
+def test_small_reads_same_tree(lines: list[bytes]) -> None:
+    # The bulk skipping and the buffer refills must not change a single offset.
+    data = b"Content-Type: multipart/mixed; boundary=b\n\n" + b"".join(lines)
+    want = tree(data)
+    old = mime.CHUNK, mime.MAX_LINE
+    mime.CHUNK, mime.MAX_LINE = 7, 64
+    try:
+        got = tree(data)
+    finally:
+        mime.CHUNK, mime.MAX_LINE = old
+    assert got == want
+    assert want.body_end == len(to_crlf(data))
