@@ -26,6 +26,7 @@ __all__ = ["MAX_DEPTH", "MAX_PARTS", "Param", "Part", "parse", "parse_content_ty
 
 MAX_LINE = 1 << 16           # a physical line is read in pieces of at most this many bytes
 CHUNK = 1 << 16              # bytes read from the file at a time
+FAST_HEADER = 1 << 18        # headers up to this size are parsed as one block
 MAX_FIELD = 1 << 16          # bytes kept of one header field value
 MAX_DEPTH = 64               # nested multipart / message levels parsed
 MAX_PARTS = 10000            # parts parsed in one message
@@ -216,20 +217,67 @@ def _skip_to_boundary(reader: _Reader, stack: list[bytes]) -> _End:
             return end
 
 
+def _keep(part: Part, name: bytes | None, value: bytes) -> None:
+    if name is None or name not in KEPT:
+        return
+    old = part.fields.get(name)
+    if old is None:
+        part.fields[name] = value[:MAX_FIELD]
+    elif name in ADDRESS_FIELDS and len(old) < MAX_FIELD:
+        # repeated address fields are one list (as Dovecot and Courier read them)
+        part.fields[name] = (old + b"," + value)[:MAX_FIELD]
+
+
+def _fast_header(part: Part, reader: _Reader, stack: list[bytes]) -> bool:
+    """The common case: the whole header, up to its blank line, is (or after a
+    refill or two is) in the reader's buffer and holds no boundary line; parse it
+    as one block. False: nothing consumed, use the line-by-line path."""
+    if not reader.at_line_start or reader.prev_cr:
+        return False
+    while True:
+        buf, off = reader.buf, reader.off
+        if buf[off:off + 1] == b"\n" or buf[off:off + 2] == b"\r\n":
+            return False
+        i, j = buf.find(b"\n\n", off), buf.find(b"\n\r\n", off)
+        if i >= 0 or j >= 0:
+            e = i if j < 0 or 0 <= i < j else j
+            break
+        if len(buf) - off > FAST_HEADER or not reader._fill():
+            return False
+    block = buf[off:e + 1]
+    if stack and (block.startswith(b"--") or b"\n--" in block):
+        return False
+    name: bytes | None = None
+    chunks: list[bytes] = []
+    for raw in block.split(b"\n")[:-1]:
+        line = raw + b"\n"
+        if line[:1] in (b" ", b"\t"):
+            if name is not None:
+                chunks.append(line)
+            continue
+        _keep(part, name, b"".join(chunks))
+        colon = line.find(b":")
+        if colon > 0:
+            name = line[:colon].rstrip(b" \t").lower()
+            chunks = [line[colon + 1:]]
+        else:
+            name, chunks = None, []
+    _keep(part, name, b"".join(chunks))
+    reader._account(e + (2 if e == i else 3))
+    part.body_start = reader.pos
+    part.lines = reader.lfs          # LFs before the body, subtracted in _finish
+    return True
+
+
 def _parse_header(part: Part, reader: _Reader, stack: list[bytes]) -> _End | None:
     """Read the header of `part`; returns an _End if a boundary or EOF came first."""
+    if _fast_header(part, reader, stack):
+        return None
     name: bytes | None = None
     value = bytearray()
 
     def keep() -> None:
-        if name is None or name not in KEPT:
-            return
-        old = part.fields.get(name)
-        if old is None:
-            part.fields[name] = bytes(value)
-        elif name in ADDRESS_FIELDS and len(old) < MAX_FIELD:
-            # repeated address fields are one list (as Dovecot and Courier read them)
-            part.fields[name] = (old + b"," + bytes(value))[:MAX_FIELD]
+        _keep(part, name, bytes(value))
 
     while True:
         line = reader.next()

@@ -8,6 +8,7 @@ the project's reference; the deviations are listed in tests/unit/test_imap_golde
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from libcourier.mime import Part
@@ -18,11 +19,14 @@ __all__ = ["Section", "body", "bodystructure", "envelope", "imap_string", "nstri
            "parse_section", "resolve"]
 
 
+_NEEDS_LITERAL = re.compile(rb"[^\x20-\x7e]").search
+
+
 def imap_string(s: bytes) -> bytes:
     """A quoted string (RFC 3501 §4.3) when it can be one, else a literal: CR, LF,
     NUL and 8-bit octets cannot be quoted; like Dovecot, other controls (TAB) go as
     a literal too."""
-    if any(c < 0x20 or c > 0x7E for c in s):
+    if _NEEDS_LITERAL(s):
         return b"{%d}\r\n" % len(s) + s
     return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 

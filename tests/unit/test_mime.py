@@ -174,7 +174,7 @@ def test_deep_nesting_is_bounded() -> None:
 @given(st.lists(st.sampled_from([
     b"--b\r\n", b"--b--\n", b"-x\n", b"\n", b"x\r\n", b"\r", b"\r\n",
     b"Content-Type: multipart/mixed; boundary=c\n", b"--c\n", b"Content-Type: message/rfc822\n",
-    b"y" * 20]), max_size=40))
+    b"y" * 20, b"To: a@b,\n", b" c@d\n", b"Cc: e@f\r\n", b"junk line\n"]), max_size=40))
 def test_small_reads_same_tree(lines: list[bytes]) -> None:
     # The bulk skipping and the buffer refills must not change a single offset.
     data = b"Content-Type: multipart/mixed; boundary=b\n\n" + b"".join(lines)
@@ -187,3 +187,30 @@ def test_small_reads_same_tree(lines: list[bytes]) -> None:
         mime.CHUNK, mime.MAX_LINE = old
     assert got == want
     assert want.body_end == len(to_crlf(data))
+    fast = mime._fast_header
+    mime._fast_header = lambda *a: False      # the line-by-line header path agrees
+    try:
+        assert tree(data) == want
+    finally:
+        mime._fast_header = fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_address_and_word_parsers_take_any_bytes(value: bytes) -> None:
+    items = parse_addresses(value)
+    assert len(items) <= 1000
+    decode_words(value)
+    parse_params(value)
+    parse_content_type(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abc xyz,.:;<>@\"()", min_size=1, max_size=12), max_size=8))
+def test_folding_round_trip(words: list[str]) -> None:
+    # RFC 5322 §2.2.3: folding inserts CRLF before WSP; unfolding removes it again.
+    from libcourier.rfc5322 import unfold
+    value = " ".join(words).encode()
+    folded = value.replace(b" ", b"\r\n ")
+    assert unfold(folded) == value
+    assert parse_addresses(folded) == parse_addresses(value)
