@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from libcourier.aliases import AliasTable
 from libcourier.config.control import read_control_file, read_control_value
 from libcourier.config.rcfile import read_rc_files
 from libcourier.config.schema import Setting, load_settings, non_negative_int
@@ -86,6 +87,7 @@ class QueueConfig:
     maxdels: int
     domains: Domains
     defaultdelivery: str = "./Maildir"
+    aliases: AliasTable | None = None    # ETC/aliases.dat, re-read when it changes
 
 
 def _domains(etc: Path) -> Domains:
@@ -107,10 +109,14 @@ def load_config(etc: Path) -> QueueConfig:
     # they are not reported as unknown.
     values, _warnings = load_settings(QUEUE_SETTINGS + COURIERD_SETTINGS, scope,
                                       str(etc / "courierd"))
+    domains = _domains(etc)
+    aliases = AliasTable(etc / "aliases.dat", domains.me,
+                         lambda d: d == domains.me or _domain_matches(d, domains.locals))
     return QueueConfig(layout=layout, retry_first=values["retry_first"],
                        retry_max=values["retry_max"], queuetime=values["queuetime"],
                        rescan=values["rescan"], maxdels=values["maxdels"],
-                       domains=_domains(etc), defaultdelivery=values["defaultdelivery"])
+                       domains=domains, defaultdelivery=values["defaultdelivery"],
+                       aliases=aliases)
 
 
 def retry_delay(attempts: int, first: int, maximum: int) -> int:

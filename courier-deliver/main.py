@@ -171,7 +171,7 @@ async def _run(manager: QueueManager, queue_sock, etc) -> None:
             logger.warning("SPOOLDIR/RUNDIR/MAILUSER changes need a restart")
             new = QueueConfig(manager.config.layout, new.retry_first, new.retry_max,
                               new.queuetime, new.rescan, new.maxdels, new.domains,
-                              new.defaultdelivery)
+                              new.defaultdelivery, new.aliases)
         manager.reload(new)
         logger.info("configuration reloaded")
 

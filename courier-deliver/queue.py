@@ -92,6 +92,11 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn) -> Result
             return Result(Outcome.GONE)
         logger.error("id=%s: unreadable envelope: %s", qid, e)
         return Result(Outcome.DEFERRED)
+    try:
+        env = expand_aliases(config, qid, env)
+    except (OSError, SpoolError) as e:
+        logger.error("id=%s: cannot record the alias expansion: %s", qid, e)
+        return Result(Outcome.DEFERRED, env.received)
     todo = list(env.recipients)
     kept: list[Recipient] = []
     while todo:
@@ -117,6 +122,39 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn) -> Result
         remove(spool, qid)
     logger.info("id=%s,from=<%s>: completed", qid, env.sender)
     return Result(Outcome.DONE, env.received)
+
+
+def expand_aliases(config: QueueConfig, qid: str, env: Envelope) -> Envelope:
+    """Replace each alias recipient by its addresses (ETC/aliases.dat) and record
+    that in the envelope before any delivery, so a crash cannot deliver an
+    alias twice over. Expansions are complete (no alias remains), so the
+    rewritten envelope is never expanded again; ORCPT keeps the alias (RFC 3461
+    §4.2) for DSNs."""
+    if config.aliases is None:
+        return env
+    out: list[Recipient] = []
+    seen: set[str] = set()
+    changed = False
+    for rcpt in env.recipients:
+        targets = config.aliases.expand(rcpt.address)
+        if targets is None:
+            if rcpt.address.lower() not in seen:
+                seen.add(rcpt.address.lower())
+                out.append(rcpt)
+            continue
+        changed = True
+        logger.info("%s: alias expanded to %s", _fmt(qid, env.sender, rcpt.address),
+                    ",".join(targets) or "(nothing: a loop)")
+        orcpt = rcpt.orcpt or f"rfc822;{rcpt.address}"
+        for t in targets:
+            if t.lower() not in seen:
+                seen.add(t.lower())
+                out.append(Recipient(t, orcpt, rcpt.notify))
+    if not changed:
+        return env
+    new = dataclasses.replace(env, recipients=tuple(out))
+    rewrite_envelope(config.layout.spooldir, qid, new)
+    return new
 
 
 def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,

@@ -23,6 +23,7 @@ from courier_smtpd.policy import Domains, LocalPolicy, load_domains
 from courier_smtpd.session import Credentials, Session
 
 from libcourier import authclient, privsep, spool, tcpd
+from libcourier.aliases import AliasTable
 from libcourier.layout import Layout
 from libcourier.sasl import CramCredentials, LoginCredentials
 from libcourier.tcpd.daemon import ListenerDaemon, StartupError, run_listener
@@ -31,14 +32,16 @@ log = logging.getLogger("courier.esmtpd")
 
 
 def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout,
-                      domains: Domains, starttls_ctx) -> None:
+                      domains: Domains, starttls_ctx, aliases: AliasTable | None = None
+                      ) -> None:
     block = conn.env.get("BLOCK")
     if block is not None:
         # Courier's smtpaccess BLOCK: refuse the whole session, with its text if any.
         text = block.strip() or "Access denied."
         conn.sendall(f"554 5.7.1 {text}\r\n".encode("utf-8", "replace"))
         return
-    policy = LocalPolicy(domains, layout.authsocket, relayclient="RELAYCLIENT" in conn.env)
+    policy = LocalPolicy(domains, layout.authsocket, relayclient="RELAYCLIENT" in conn.env,
+                         aliases=aliases)
     Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
             authenticate=partial(_authenticate, layout.authsocket)).run()
 
@@ -69,8 +72,9 @@ def _authenticate(authsocket: Path, creds: Credentials, ip: str) -> str | None:
 def make_handler(cfg: SmtpdConfig, layout: Layout, ctx) -> tcpd.Handler:
     # Re-read on every load (SIGHUP) with the config: `me`, `locals`, `hosteddomains`.
     domains = load_domains(cfg.etc, cfg.hostname)
+    aliases = AliasTable(cfg.etc / "aliases.dat", domains.me, domains.is_locals)
     return partial(handle_connection, cfg=cfg, layout=layout, domains=domains,
-                   starttls_ctx=None if cfg.tls_on_connect else ctx)
+                   starttls_ctx=None if cfg.tls_on_connect else ctx, aliases=aliases)
 
 
 def _prepare_spool(layout: Layout) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from courier_smtpd.core import SessionInfo, Verdict
 
+from libcourier.aliases import AliasTable
 from libcourier.authclient import AuthInfo, AuthTempFail, auth_pre
 from libcourier.config import read_control_file
 from libcourier.config.control import read_control_value
@@ -80,8 +81,9 @@ class LocalPolicy:
     """The esmtpd recipient policy: local users via authd, no open relay."""
 
     def __init__(self, domains: Domains, authsocket: Path, *, relayclient: bool = False,
-                 lookup: Lookup | None = None):
+                 lookup: Lookup | None = None, aliases: AliasTable | None = None):
         self.domains = domains
+        self.aliases = aliases      # ETC/aliases.dat: an alias is a valid recipient
         self.authsocket = authsocket
         self.relayclient = relayclient
         self._lookup = lookup or (lambda sock, service, user: auth_pre(sock, service, user))
@@ -104,12 +106,22 @@ class LocalPolicy:
             return Verdict.reject(550, "5.7.1", "Relaying denied.")
         if local.lower() == "postmaster":
             return Verdict.accept()
-        user = f"{local}@{hosted}" if hosted is not None else local
-        try:
-            info = self._lookup(self.authsocket, "esmtp", user)
-        except AuthTempFail as e:
-            log.warning("authd unavailable for %s: %s", address, e)
-            return Verdict.tempfail(451, "4.4.3", "Unable to verify the address, try again later.")
-        if info is None:
-            return Verdict.reject(550, "5.1.1", "User unknown.")
-        return Verdict.accept()
+        if self.aliases is not None and self.aliases.lookup(address) is not None:
+            return Verdict.accept()
+        # user-ext addresses go to `user` (Courier's rule; its .courier-ext decides
+        # at delivery): try the whole local part, then shorter prefixes at "-".
+        parts = local.split("-")
+        for n in range(len(parts), 0, -1):
+            head = "-".join(parts[:n])
+            if not head or len(parts) - n > 8:
+                break
+            user = f"{head}@{hosted}" if hosted is not None else head
+            try:
+                info = self._lookup(self.authsocket, "esmtp", user)
+            except AuthTempFail as e:
+                log.warning("authd unavailable for %s: %s", address, e)
+                return Verdict.tempfail(451, "4.4.3",
+                                        "Unable to verify the address, try again later.")
+            if info is not None:
+                return Verdict.accept()
+        return Verdict.reject(550, "5.1.1", "User unknown.")
