@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from courier_imapd.core import FetchItem, FetchPart, StreamedLiteral
 
+from libcourier.maildir import index as mindex
 from libcourier.maildir.folder import MessageRef
 from libcourier.mime import Part, imapview, parse
 
@@ -22,6 +24,21 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 
 
 CHUNK = 1 << 16     # bytes read from a message file at a time
+MAX_OPEN_INDEXES = 4    # folder indexes kept open per process (a session selects one at a time)
+
+_indexes: dict[Path, mindex.FolderIndex] = {}
+
+
+def folder_index(message_file: str | Path) -> mindex.FolderIndex:
+    """The index of the folder holding `message_file` (FOLDER/cur/NAME), kept open
+    across FETCH commands; the least recently opened is closed beyond the limit."""
+    folder = Path(message_file).parent.parent
+    idx = _indexes.get(folder)
+    if idx is None:
+        while len(_indexes) >= MAX_OPEN_INDEXES:
+            _indexes.pop(next(iter(_indexes))).close()
+        idx = _indexes[folder] = mindex.FolderIndex(folder)
+    return idx
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -210,18 +227,49 @@ def body_part(item: FetchItem, fh: BinaryIO, size: Callable[[], int],
     return StreamedLiteral(name, stop - start, window(crlf_stream(fh), start, stop))
 
 
+def _entry_of(msg: MessageRef, root: Part | None, head: Part | None,
+              size: int | None) -> mindex.Entry:
+    """What a parse (full `root`, or header-only `head`) and a counted size tell."""
+    src = root if root is not None else head
+    headers = None if src is None else tuple(src.fields.get(n) for n in mindex.HEADER_FIELDS)
+    if root is None:
+        return mindex.Entry(msg.size, crlf_size=size,
+                            envelope=None if head is None else imapview.envelope(head),
+                            headers=headers)
+    return mindex.Entry(msg.size, crlf_size=root.body_end, header_len=root.body_start,
+                        envelope=imapview.envelope(root), body=imapview.body(root),
+                        bodystructure=imapview.bodystructure(root), headers=headers)
+
+
 def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | None,
-                  seq_flags: str, size: int | None) -> tuple[list[FetchPart], int | None]:
+                  seq_flags: str, size: int | None,
+                  index: mindex.FolderIndex | None = None) -> tuple[list[FetchPart], int | None]:
     """All parts for one message.
 
     `fh` is the open message file (needs_file() says when one is needed); streamed
     parts read it while they are sent, so the caller keeps it open until then.
     Returns (parts, crlf size if known). `seq_flags` is the formatted flag list.
+
+    ENVELOPE, BODY, BODYSTRUCTURE, RFC822.SIZE and the header length come from
+    the folder's index (`index`, else the one of the folder `fh` is in) when it
+    has them; a miss parses the file and appends what the parse gave.
     """
     parts: list[FetchPart] = []
     hlen: list[int] = []
     known: list[Part] = []       # the MIME tree, parsed at most once
+    heads: list[Part] = []       # a header-only parse, for ENVELOPE
     sizes: list[int] = [] if size is None else [size]
+    name = getattr(fh, "name", None)
+    if index is None and isinstance(name, str) and Path(name).parent.name == "cur":
+        # only a file in a Maildir's cur/ has a base name that identifies its bytes
+        index = folder_index(name)
+    cached = index.get(msg.base, msg.size) if index is not None else None
+    if cached is not None:
+        if not sizes and cached.crlf_size is not None:
+            sizes.append(cached.crlf_size)
+        if cached.header_len is not None:
+            hlen.append(cached.header_len)
+    counted: list[int] = []      # a size counted here (not from the index or the caller)
 
     def header_len() -> int:
         if not hlen:
@@ -241,9 +289,15 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
         if not sizes:
             assert fh is not None
             sizes.append(crlf_size(fh))
+            counted.append(sizes[0])
         return sizes[0]
 
-    if any(needs_tree(i) for i in items):
+    def from_index(name: str) -> bytes | None:
+        return None if cached is None else getattr(cached, name)
+
+    if any(needs_tree(i) and not (i.name in ("BODYSTRUCTURE", "BODY.STRUCTURE") and
+                                  from_index(i.name.lower().replace(".structure", "")))
+           for i in items):
         tree()
     for item in items:
         if item.name == "UID":
@@ -255,15 +309,24 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
         elif item.name == "RFC822.SIZE":
             parts.append(b"RFC822.SIZE %d" % crlf_len())
         elif item.name == "ENVELOPE":
-            assert fh is not None
-            # the envelope needs only the header: no full parse unless one is made anyway
-            head = known[0] if known else parse(fh, header_only=True)
-            parts.append(b"ENVELOPE " + imapview.envelope(head))
+            env = from_index("envelope")
+            if env is None:
+                assert fh is not None
+                # the envelope needs only the header: no full parse unless one is made anyway
+                if not known and not heads:
+                    heads.append(parse(fh, header_only=True))
+                env = imapview.envelope(known[0] if known else heads[0])
+            parts.append(b"ENVELOPE " + env)
         elif item.name == "BODYSTRUCTURE":
-            parts.append(b"BODYSTRUCTURE " + imapview.bodystructure(tree()))
+            parts.append(b"BODYSTRUCTURE " + (from_index("bodystructure") or
+                                              imapview.bodystructure(tree())))
         elif item.name == "BODY.STRUCTURE":
-            parts.append(b"BODY " + imapview.body(tree()))
+            parts.append(b"BODY " + (from_index("body") or imapview.body(tree())))
         else:
             assert fh is not None
             parts.append(body_part(item, fh, crlf_len, header_len, tree))
+    if index is not None and (known or heads or counted):
+        new = _entry_of(msg, known[0] if known else None, heads[0] if heads else None,
+                        counted[0] if counted else None)
+        index.put(msg.base, new if cached is None else cached.merge(new))
     return parts, (sizes[0] if sizes else None)

@@ -1,0 +1,344 @@
+"""`courierpyindex`: our per-folder cache of what FETCH, SORT and SEARCH read.
+
+A pure cache (issue 3): delete it and nothing is lost, the next FETCH that
+misses parses the message and appends its record again. Courier never reads
+or writes a file of this name (its own are courierimapuiddb,
+courierimapkeywords/, courierimapacl, courierimapsubscribed,
+courierpop3dsizelist), so the two can share a folder.
+
+Format (all bytes)::
+
+    courierpy-index 1\\n                                 the file header
+    R <payload length> <crc32 hex> <base>\\n<payload>     one record, repeated
+
+`base` is the message's courierimapuiddb key (FORMATS.md §3.4); the CRC32
+covers base and payload, so a torn append, an interleaved write or a flipped
+bit is seen. The payload is a list of fields, each `<len>:<bytes>` or `-:`
+for "not known" (see `_FIELDS`). A later record for a base replaces an earlier
+one, so the file is only ever appended to; a message file is never rewritten
+in a Maildir, and the on-disk size kept in the record is checked on every
+lookup, so a stale record is a miss, never a wrong answer.
+
+Concurrency: every process appends whole records with one O_APPEND write
+(the kernel keeps the position and the data of one write together for a
+regular file) and reads with pread; nobody blocks. A damaged file is replaced
+by write-new-and-rename with the records that verified; a process still
+holding the old inode sees the rename (different st_ino) on its next miss and
+reopens. Appends made to the old inode in between are lost: only a cache.
+No fsync: a record lost in a crash is parsed again.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+INDEX_NAME = "courierpyindex"
+MAGIC = b"courierpy-index 1\n"
+MAX_INDEX_BYTES = 1 << 30      # a larger file is not read (and is rebuilt empty)
+MAX_RECORD = 8 << 20           # a record longer than this is not stored
+MAX_HEAD = 4096                # a record header line (the base is part of it)
+SCAN_CHUNK = 1 << 20
+# The header fields SORT (RFC 5256) and header SEARCH (RFC 3501 §6.4.4) want.
+HEADER_FIELDS = (b"date", b"subject", b"from", b"to", b"cc", b"message-id")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What is known of one message; None: not computed yet."""
+    disk_size: int                     # on-disk bytes the record was made from
+    crlf_size: int | None = None       # RFC822.SIZE
+    header_len: int | None = None      # CRLF length of the header, blank line included
+    envelope: bytes | None = None      # the ENVELOPE list
+    body: bytes | None = None          # BODY (no extension data)
+    bodystructure: bytes | None = None
+    # raw values of HEADER_FIELDS, in order, as in the header (folding kept), for SORT/SEARCH
+    headers: tuple[bytes | None, ...] | None = None
+
+    def merge(self, new: Entry) -> Entry:
+        """This entry with every field `new` knows taken from `new`."""
+        if new.disk_size != self.disk_size:
+            return new
+        return replace(self, **{
+            n: getattr(new, n) for n in _FIELDS[1:] if getattr(new, n) is not None})
+
+
+_FIELDS = ("disk_size", "crlf_size", "header_len", "envelope", "body", "bodystructure",
+           "headers")
+
+
+class IndexError_(ValueError):
+    """A record that does not decode."""
+
+
+def _put(out: list[bytes], data: bytes | None) -> None:
+    if data is None:
+        out.append(b"-:")
+    else:
+        out.append(b"%d:" % len(data))
+        out.append(data)
+
+
+def encode(entry: Entry) -> bytes:
+    out: list[bytes] = []
+    for name in _FIELDS:
+        v = getattr(entry, name)
+        if name == "headers":
+            if v is None:
+                out.append(b"-:")
+            else:
+                out.append(b"%d:" % len(v))
+                for h in v:
+                    _put(out, h)
+        elif isinstance(v, int):
+            _put(out, b"%d" % v)
+        else:
+            _put(out, v)
+    return b"".join(out)
+
+
+def _take(data: bytes, pos: int) -> tuple[bytes | None, int]:
+    colon = data.find(b":", pos, pos + 12)
+    if colon < 0:
+        raise IndexError_("no field length")
+    n = data[pos:colon]
+    if n == b"-":
+        return None, colon + 1
+    if not n.isdigit():
+        raise IndexError_("bad field length")
+    end = colon + 1 + int(n)
+    if end > len(data):
+        raise IndexError_("field past the record")
+    return data[colon + 1:end], end
+
+
+def decode(data: bytes) -> Entry:
+    vals: list[object] = []
+    pos = 0
+    for name in _FIELDS:
+        if name == "headers":
+            colon = data.find(b":", pos, pos + 12)
+            count = data[pos:colon] if colon >= 0 else b""
+            pos = colon + 1
+            if count == b"-":
+                vals.append(None)
+                continue
+            if not count.isdigit() or int(count) > len(HEADER_FIELDS):
+                raise IndexError_("bad header count")
+            hs: list[bytes | None] = []
+            for _ in range(int(count)):
+                h, pos = _take(data, pos)
+                hs.append(h)
+            vals.append(tuple(hs))
+        elif name in ("disk_size", "crlf_size", "header_len"):
+            raw, pos = _take(data, pos)
+            if raw is None:
+                if name == "disk_size":
+                    raise IndexError_("no disk size")
+                vals.append(None)
+            elif raw.isdigit():
+                vals.append(int(raw))
+            else:
+                raise IndexError_("bad number")
+        else:
+            raw, pos = _take(data, pos)
+            vals.append(raw)
+    if pos != len(data):
+        raise IndexError_("trailing bytes")
+    return Entry(*vals)  # type: ignore[arg-type]
+
+
+def frame(base: str, payload: bytes) -> bytes:
+    b = base.encode("utf-8", "surrogateescape")
+    crc = zlib.crc32(payload, zlib.crc32(b))
+    return b"R %d %08x %s\n" % (len(payload), crc, b) + payload
+
+
+class FolderIndex:
+    """The index of one Maildir folder, opened lazily; every method is best
+    effort: an OSError means "no cache" and is never raised to the caller."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / INDEX_NAME
+        self._fd = -1
+        self._ino = -1
+        self._scanned = 0                             # bytes of the file parsed
+        self._where: dict[str, tuple[int, int, int]] = {}   # base -> (offset, len, crc)
+        self.rebuilt = 0                              # times a damaged file was replaced
+
+    # -- opening, scanning, rebuilding ----------------------------------------------------
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self._ino, self._scanned = -1, -1, 0
+        self._where.clear()
+
+    def _open(self) -> None:
+        self.close()
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._replace({})
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        self._fd, self._ino = fd, os.fstat(fd).st_ino
+        if os.pread(fd, len(MAGIC), 0) != MAGIC or os.fstat(fd).st_size > MAX_INDEX_BYTES:
+            self._rebuild({})
+            return
+        self._scanned = len(MAGIC)
+        self._scan()
+
+    def _scan(self) -> None:
+        """Parse the records appended since the last scan; damage -> rebuild."""
+        end = os.fstat(self._fd).st_size
+        buf = b""
+        pos = self._scanned          # file offset of buf[0]
+        at = 0                       # next record in buf
+        while True:
+            if len(buf) - at < MAX_HEAD and pos + len(buf) < end:
+                buf = buf[at:] + os.pread(self._fd, SCAN_CHUNK, pos + len(buf))
+                pos += at
+                at = 0
+            if at >= len(buf):
+                break
+            nl = buf.find(b"\n", at, at + MAX_HEAD)
+            head = buf[at:nl].split(b" ", 3) if nl >= 0 else []
+            if len(head) != 4 or head[0] != b"R" or not head[1].isdigit() or len(head[2]) != 8:
+                if nl < 0 and pos + len(buf) >= end and len(buf) - at < MAX_HEAD:
+                    break        # a record being appended right now: its header is not all there
+                self._rebuild(self._where)
+                return
+            n = int(head[1])
+            try:
+                crc = int(head[2], 16)
+            except ValueError:
+                self._rebuild(self._where)
+                return
+            start = pos + nl + 1
+            if start + n > end:
+                break            # torn or still being written: look again later
+            base = head[3].decode("utf-8", "surrogateescape")
+            self._where[base] = (start, n, crc)
+            self._scanned = start + n
+            # skip the payload without reading it into buf when it is past the buffer
+            if nl + 1 + n <= len(buf):
+                at = nl + 1 + n
+            else:
+                pos, buf, at = start + n, b"", 0
+
+    def _records(self, where: dict[str, tuple[int, int, int]]) -> list[bytes]:
+        """The records of `where` that still verify, framed again."""
+        out = []
+        if self._fd < 0:
+            return out
+        for base, (off, n, crc) in where.items():
+            try:
+                payload = os.pread(self._fd, n, off)
+            except OSError:
+                continue
+            b = base.encode("utf-8", "surrogateescape")
+            if len(payload) == n and zlib.crc32(payload, zlib.crc32(b)) == crc:
+                out.append(frame(base, payload))
+        return out
+
+    def _replace(self, where: dict[str, tuple[int, int, int]]) -> None:
+        """Write a new file holding the verified records of `where`; rename it in."""
+        data = MAGIC + b"".join(self._records(where))
+        tmp = self.folder / "tmp" / f"{os.getpid()}.pyindex_{os.urandom(4).hex()}"
+        if not tmp.parent.is_dir():
+            tmp = self.folder / f".{INDEX_NAME}.{os.getpid()}.{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, self.path)
+        except OSError:
+            os.unlink(tmp)
+            raise
+
+    def _rebuild(self, where: dict[str, tuple[int, int, int]]) -> None:
+        self._replace(dict(where))
+        self.rebuilt += 1
+        self.close()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        self._fd, self._ino = fd, os.fstat(fd).st_ino
+        self._scanned = len(MAGIC)
+        self._scan()
+
+    def _refresh(self) -> None:
+        """Catch up with other processes: a replaced file is reopened, new records read."""
+        if self._fd < 0:
+            self._open()
+            return
+        try:
+            ino = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            ino = -2
+        if ino != self._ino:
+            self._open()
+        elif os.fstat(self._fd).st_size > self._scanned:
+            self._scan()
+
+    # -- the cache ----------------------------------------------------------------------
+
+    def get(self, base: str, disk_size: int) -> Entry | None:
+        """The entry for a message, or None (unknown, damaged, or made for other bytes)."""
+        try:
+            if self._fd < 0 or base not in self._where:
+                self._refresh()
+            loc = self._where.get(base)
+            if loc is None:
+                return None
+            off, n, crc = loc
+            payload = os.pread(self._fd, n, off)
+            b = base.encode("utf-8", "surrogateescape")
+            if len(payload) != n or zlib.crc32(payload, zlib.crc32(b)) != crc:
+                del self._where[base]
+                return None
+            entry = decode(payload)
+        except (OSError, IndexError_):
+            return None
+        return entry if entry.disk_size == disk_size else None
+
+    def put(self, base: str, entry: Entry) -> bool:
+        """Append the record for a message; False when it was not stored."""
+        if "\n" in base or not base:
+            return False
+        payload = encode(entry)
+        if len(payload) > MAX_RECORD:
+            return False
+        rec = frame(base, payload)
+        try:
+            if self._fd < 0:
+                self._open()
+            if os.fstat(self._fd).st_size + len(rec) > MAX_INDEX_BYTES:
+                return False
+            written = os.write(self._fd, rec)
+            if written != len(rec):
+                return False      # a short write leaves a torn record: the next scan rebuilds
+            # after an O_APPEND write the offset is the end of our record (Linux)
+            end = os.lseek(self._fd, 0, os.SEEK_CUR)
+            b = base.encode("utf-8", "surrogateescape")
+            self._where[base] = (end - len(payload), len(payload),
+                                 zlib.crc32(payload, zlib.crc32(b)))
+        except OSError:
+            return False
+        return True
+
+    def compact(self, live: set[str]) -> None:
+        """Rewrite the file with the records of `live` bases only (after expunges)."""
+        try:
+            self._refresh()
+            self._rebuild({b: v for b, v in self._where.items() if b in live})
+        except OSError:
+            pass
+
+    def __len__(self) -> int:
+        return len(self._where)
