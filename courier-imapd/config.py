@@ -22,7 +22,7 @@ from libcourier.sasl import offered_mechanisms
 # Our default IMAP_CAPABILITY lists only what we implement. Left out of Courier's
 # default: THREAD=ORDEREDSUBJECT, THREAD=REFERENCES, SORT, QUOTA (commands not
 # implemented yet); ACL/ACL2 (IMAP_ACL defaults to 0 here for the same reason).
-DEFAULT_CAPABILITY = "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE IDLE LITERAL+"
+DEFAULT_CAPABILITY = "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE IDLE LITERAL+ MOVE"
 
 
 SETTINGS = merge_settings(listener_settings(

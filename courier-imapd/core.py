@@ -12,11 +12,13 @@ Grammar references are RFC 3501 §9 (formal syntax); LITERAL+ is RFC 7888.
 
 from __future__ import annotations
 
+import datetime
 import enum
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from libcourier.maildir.mutf7 import decode_mutf7
 from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
 
 
@@ -209,6 +211,30 @@ class Search:
 
 
 @dataclass(frozen=True, slots=True)
+class Append:
+    """RFC 3501 §6.3.11: the message as sent (CRLF lines), its flags and INTERNALDATE
+    (seconds since the epoch, None: now)."""
+    tag: str
+    mailbox: str
+    flags: tuple[str, ...]
+    internaldate: float | None
+    message: bytes
+
+    def __repr__(self) -> str:
+        return f"Append(tag={self.tag!r}, mailbox={self.mailbox!r}, {len(self.message)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """COPY / UID COPY (RFC 3501 §6.4.7), and MOVE / UID MOVE (RFC 6851) when `move`."""
+    tag: str
+    uid: bool
+    sequence: tuple[SeqRange, ...]
+    mailbox: str
+    move: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class BadCommand:
     """Answer `tag BAD text` (tag "*" when there was no usable tag)."""
     tag: str
@@ -217,7 +243,7 @@ class BadCommand:
 
 Command = (Capability | Noop | Logout | StartTLS | Login | Authenticate | Select
            | ListMailboxes | Status | Namespace | MailboxCommand | Rename | Check | Close
-           | Expunge | Idle | Fetch | Store | Search)
+           | Expunge | Idle | Fetch | Store | Search | Append | Copy)
 
 
 class ParseError(Exception):
@@ -394,9 +420,22 @@ def _utf8(b: bytes) -> str:
         raise ParseError("not valid UTF-8") from None
 
 
+def _mutf7(b: bytes) -> str:
+    """A name as the client sent it -> the name as text. RFC 3501 §5.1.3: modified
+    UTF-7; a client that sends raw UTF-8 anyway (8-bit bytes cannot be mUTF-7) is taken
+    at its word, as Courier does."""
+    name = _utf8(b)
+    if not name.isascii():
+        return name
+    try:
+        return decode_mutf7(name)
+    except ValueError as e:
+        raise ParseError(f"bad modified UTF-7 mailbox name ({e})") from None
+
+
 def mailbox_name(b: bytes) -> str:
     """RFC 3501 §5.1: INBOX is case-insensitive; other names stay as sent."""
-    name = _utf8(b)
+    name = _mutf7(b)
     if name.upper() == "INBOX":
         return "INBOX"
     if name[:6].upper() == "INBOX.":
@@ -446,9 +485,9 @@ def _p_list(lsub: bool) -> Callable[[str, Reader, bool], Command]:
     def parse(tag: str, r: Reader, uid: bool) -> Command:
         # §6.3.8 list = "LIST" SP mailbox SP list-mailbox
         r.sp()
-        ref = _utf8(r.astring())
+        ref = _mutf7(r.astring())
         r.sp()
-        pat = _utf8(r.list_mailbox())
+        pat = _mutf7(r.list_mailbox())
         r.end()
         return ListMailboxes(tag, ref, pat, lsub)
     return parse
@@ -638,6 +677,61 @@ def _p_expunge(tag: str, r: Reader, uid: bool) -> Command:
     return Expunge(tag, uid_set)
 
 
+_MONTHS = {m: i for i, m in enumerate(
+    ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
+# RFC 3501 §9: date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE
+_DATE_TIME = re.compile(rb"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+
+
+def parse_date_time(b: bytes) -> float:
+    m = _DATE_TIME.fullmatch(b)
+    if m is None or m.group(2).upper().decode() not in _MONTHS:
+        raise ParseError("bad date-time")
+    sign = -1 if m.group(7) == b"-" else 1
+    tz = datetime.timezone(sign * datetime.timedelta(hours=int(m.group(8)), minutes=int(m.group(9))))
+    try:
+        dt = datetime.datetime(int(m.group(3)), _MONTHS[m.group(2).upper().decode()],
+                               int(m.group(1)), int(m.group(4)), int(m.group(5)),
+                               int(m.group(6)), tzinfo=tz)
+    except ValueError:
+        raise ParseError("bad date-time") from None
+    return dt.timestamp()
+
+
+def _p_append(tag: str, r: Reader, uid: bool) -> Command:
+    # §6.3.11 append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
+    r.sp()
+    box = mailbox_name(r.astring())
+    if r.at_end():
+        raise ParseError("APPEND needs the message as a literal")
+    r.sp()
+    flags: tuple[str, ...] = ()
+    if r.peek() == 0x28:
+        flags = r.flag_list()
+        if any(f.upper() == "\\RECENT" for f in flags):
+            raise ParseError("\\Recent cannot be set by APPEND")
+        r.sp()
+    date = None
+    if r.peek() == 0x22:
+        date = parse_date_time(r.quoted())
+        r.sp()
+    msg = r.literal()
+    r.end()
+    return Append(tag, box, flags, date, msg)
+
+
+def _p_copy(move: bool) -> Callable[[str, Reader, bool], Command]:
+    def parse(tag: str, r: Reader, uid: bool) -> Command:
+        # §6.4.7 copy = "COPY" SP sequence-set SP mailbox; RFC 6851 §3 move likewise
+        r.sp()
+        seq = r.sequence_set()
+        r.sp()
+        box = mailbox_name(r.astring())
+        r.end()
+        return Copy(tag, uid, seq, box, move)
+    return parse
+
+
 Parser = Callable[[str, Reader, bool], Command]
 
 # The one command table: name -> (parser, states in which it is legal, UID-able).
@@ -666,8 +760,11 @@ COMMANDS: dict[str, tuple[Parser, frozenset[State]]] = {
     "SEARCH": (_p_search, SELECTED),                       # §6.4.4
     "FETCH": (_p_fetch, SELECTED),                         # §6.4.5
     "STORE": (_p_store, SELECTED),                         # §6.4.6
+    "APPEND": (_p_append, AUTH),                           # §6.3.11
+    "COPY": (_p_copy(False), SELECTED),                    # §6.4.7
+    "MOVE": (_p_copy(True), SELECTED),                     # RFC 6851
 }
-UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "EXPUNGE"}                # §6.4.8
+UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "EXPUNGE", "COPY", "MOVE"}  # §6.4.8, RFC 6851
 
 
 def parse_command(segments: list[tuple[bytes, bytes | None]], state: State) -> Command | BadCommand:

@@ -17,10 +17,12 @@ from courier_imapd import fetch as fetchmod
 from courier_imapd.config import ImapdConfig, capability_line
 from courier_imapd.core import (
     SESSION_LIMITS,
+    Append,
     BadCommand,
     Capability,
     Check,
     Close,
+    Copy,
     Expunge,
     Fetch,
     Idle,
@@ -50,12 +52,15 @@ from courier_imapd.login import Counters, Wire, read_event, send
 from courier_imapd.mailbox import MailboxView, SequenceError, flags_text, letters_for
 
 from libcourier import proctitle
-from libcourier.maildir.folder import Maildir, folder_path, list_folders
+from libcourier.maildir import folders
+from libcourier.maildir.folder import Maildir, folder_path
+from libcourier.maildir.folders import FolderError
+from libcourier.maildir.mutf7 import encode_mutf7
 
 log = logging.getLogger("courier.imapd")
 
 NAMESPACE = '(("INBOX." ".")) NIL (("#shared." ".")("shared." "."))'   # Courier imapd.C
-SUBSCRIBED = "courierimapsubscribed"
+SUBSCRIBED = folders.SUBSCRIBED
 IDLE_POLL = 1.0     # seconds between the cheap change checks of IDLE
 
 
@@ -133,10 +138,14 @@ class Session:
                 self.list(ev)
             case Status():
                 self.status(ev)
-            case MailboxCommand(tag=tag, verb=verb):
-                self.out(tagged(tag, "NO", f"{verb} is not supported yet"))
-            case Rename(tag=tag):
-                self.out(tagged(tag, "NO", "RENAME is not supported yet"))
+            case MailboxCommand():
+                self.mailbox_command(ev)
+            case Rename():
+                self.rename(ev)
+            case Append():
+                self.append(ev)
+            case Copy():
+                self.copy(ev)
             case Close(tag=tag):
                 assert self.view is not None
                 if not self.view.readonly:
@@ -191,7 +200,7 @@ class Session:
                  tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if cmd.readonly else "READ-WRITE"))
 
     def _all_mailboxes(self) -> list[str]:
-        return ["INBOX"] + ["INBOX." + f for f in list_folders(self.root)]
+        return folders.all_folders(self.root)
 
     def list(self, cmd: ListMailboxes) -> None:
         name = "LSUB" if cmd.lsub else "LIST"
@@ -200,19 +209,142 @@ class Session:
             self.out(untagged('LIST (\\Noselect) "." ""'), tagged(cmd.tag, "OK", "LIST completed"))
             return
         rx = pattern_regex(cmd.reference + cmd.pattern)
+        real = self._all_mailboxes()
+        allnames = set(real)
+        # Maildir++ is flat: .a.b may exist without .a. Such a parent is listed as
+        # \Noselect (RFC 3501 §6.3.8) so a client can still walk the tree.
+        parents = {b.rsplit(".", k)[0] for b in real for k in range(1, b.count(".") + 1)}
+        parents -= allnames
         if cmd.lsub:
-            boxes = read_subscriptions(self.root)
+            boxes = folders.read_subscriptions(self.root)
+            noselect = {b for b in boxes if b not in allnames}
         else:
-            boxes = self._all_mailboxes()
-        allnames = set(self._all_mailboxes())
+            boxes = sorted(allnames | parents, key=lambda b: (b != "INBOX", b))
+            noselect = parents
         lines = []
         for b in boxes:
             if not rx.fullmatch(b):
                 continue
             kids = any(o.startswith(b + ".") for o in allnames)
-            attr = "\\HasChildren" if kids else "\\HasNoChildren"
-            lines.append(f"{name} ({attr}) \".\" ".encode() + astring_out(b))
+            attrs = ["\\HasChildren" if kids else "\\HasNoChildren"]
+            if b in noselect:
+                attrs.insert(0, "\\Noselect")
+            lines.append(f"{name} ({' '.join(attrs)}) \".\" ".encode() + mailbox_out(b))
         self.out(b"".join(untagged(x) for x in lines), tagged(cmd.tag, "OK", f"{name} completed"))
+
+    def mailbox_command(self, cmd: MailboxCommand) -> None:
+        """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE (RFC 3501 §6.3.3, 6.3.4, 6.3.6, 6.3.7)."""
+        try:
+            if cmd.verb == "CREATE":
+                folders.create_folder(self.root, cmd.mailbox)
+            elif cmd.verb == "DELETE":
+                if self.view is not None and \
+                        folder_path(self.root, self.view.name) == folder_path(self.root, cmd.mailbox):
+                    raise FolderError("Cannot delete the selected mailbox")
+                folders.delete_folder(self.root, cmd.mailbox)
+            elif cmd.verb == "SUBSCRIBE":
+                folders.subscribe(self.root, cmd.mailbox)
+            else:
+                folders.unsubscribe(self.root, cmd.mailbox)
+        except FolderError as e:
+            self.out(tagged(cmd.tag, "NO", e.text))
+            return
+        except OSError as e:
+            log.error("%s %s for %s: %s", cmd.verb, cmd.mailbox, self.user, e)
+            self.out(tagged(cmd.tag, "NO", f"{cmd.verb} failed"))
+            return
+        self.out(tagged(cmd.tag, "OK", f"{cmd.verb} completed"))
+
+    def rename(self, cmd: Rename) -> None:
+        try:
+            folders.rename_folder(self.root, cmd.old, cmd.new)
+        except FolderError as e:
+            self.out(tagged(cmd.tag, "NO", e.text))
+            return
+        except OSError as e:
+            log.error("RENAME %s for %s: %s", cmd.old, self.user, e)
+            self.out(tagged(cmd.tag, "NO", "RENAME failed"))
+            return
+        if self.view is not None and self.view.name.upper() == "INBOX" and cmd.old == "INBOX":
+            self.out(self._updates())
+        self.out(tagged(cmd.tag, "OK", "RENAME completed"))
+
+    def _target(self, tag: str, mailbox: str) -> Path | None:
+        """The folder a message goes into, or None after NO [TRYCREATE] (§6.3.11, §6.4.7)."""
+        path = folder_path(self.root, mailbox)
+        if path is None or not (path / "cur").is_dir():
+            self.out(tagged(tag, "NO", "Mailbox does not exist", "TRYCREATE"))
+            return None
+        return path
+
+    def append(self, cmd: Append) -> None:
+        path = self._target(cmd.tag, cmd.mailbox)
+        if path is None:
+            return
+        letters, _ignored = letters_for(cmd.flags)   # keywords are not kept (PERMANENTFLAGS)
+        try:
+            added = folders.append_message(path, cmd.message, letters, cmd.internaldate)
+        except OSError as e:
+            log.error("APPEND to %s for %s: %s", cmd.mailbox, self.user, e)
+            self.out(tagged(cmd.tag, "NO", "APPEND failed"))
+            return
+        # RFC 3501 §6.3.11: a client appending to the selected mailbox is told at once.
+        updates = self._updates() if self.view is not None and \
+            folder_path(self.root, self.view.name) == path else b""
+        self.out(updates, tagged(cmd.tag, "OK", "APPEND completed",
+                                 f"APPENDUID {added.uidvalidity} {added.uids[0]}"))
+
+    def copy(self, cmd: Copy) -> None:
+        """COPY / MOVE (RFC 3501 §6.4.7, RFC 6851) with COPYUID (RFC 4315 §3)."""
+        view = self.view
+        assert view is not None
+        verb = "MOVE" if cmd.move else "COPY"
+        if cmd.move and view.readonly:
+            self.out(tagged(cmd.tag, "NO", "Mailbox is read-only"))
+            return
+        idx = self._resolve(cmd.tag, cmd.sequence, cmd.uid)
+        if idx is None:
+            return
+        path = self._target(cmd.tag, cmd.mailbox)
+        if path is None:
+            return
+        picked = [view.messages[i] for i in idx]
+        if any(m.uid in view.ghosts for m in picked):
+            self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
+            return
+        if not picked:
+            # A UID range with no messages is not an error (§6.4.8).
+            self.out(tagged(cmd.tag, "OK", f"{verb} completed"))
+            return
+        try:
+            added = folders.copy_messages(
+                [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path)
+        except FileNotFoundError:
+            view.refresh(allow_expunge=False)   # they become ghosts; expunged later
+            self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
+            return
+        except OSError as e:
+            log.error("%s to %s for %s: %s", verb, cmd.mailbox, self.user, e)
+            self.out(tagged(cmd.tag, "NO", f"{verb} failed"))
+            return
+        code = (f"COPYUID {added.uidvalidity} {uid_set([m.uid for m in picked])} "
+                f"{uid_set(list(added.uids))}")
+        if not cmd.move:
+            self.out(tagged(cmd.tag, "OK", "COPY completed", code))
+            return
+        # RFC 6851 §4.3/§4.4: COPYUID in an untagged OK before the EXPUNGEs.
+        gone = {m.uid for m in picked}
+        lines = []
+        for i in range(len(view.messages) - 1, -1, -1):
+            m = view.messages[i]
+            if m.uid in gone:
+                view.maildir.remove(m)
+                lines.append(f"{i + 1} EXPUNGE")
+                view.recent.discard(m.uid)
+                view.sizes.pop(m.uid, None)
+                del view.messages[i]
+        self.out(untagged(f"OK [{code}] Moved"), self._untagged(lines),
+                 tagged(cmd.tag, "OK", "MOVE completed"))
 
     def status(self, cmd: Status) -> None:
         path = folder_path(self.root, cmd.mailbox)
@@ -234,7 +366,7 @@ class Session:
             on_disk = {m.uid for m in st.messages}
             vals["RECENT"] = len(self.view.recent & on_disk)
         items = " ".join(f"{k} {vals[k]}" for k in cmd.items)
-        self.out(untagged(b"STATUS " + astring_out(cmd.mailbox) + f" ({items})".encode()),
+        self.out(untagged(b"STATUS " + mailbox_out(cmd.mailbox) + f" ({items})".encode()),
                  tagged(cmd.tag, "OK", "STATUS Completed."))
 
     # -- messages (RFC 3501 §6.4) ---------------------------------------------------------------
@@ -484,13 +616,29 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
-def read_subscriptions(root: Path) -> list[str]:
-    """courierimapsubscribed: one subscribed folder name a line (Courier imap/imapd.C)."""
-    try:
-        text = (root / SUBSCRIBED).read_text("utf-8", "replace")
-    except OSError:
-        return []
-    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+read_subscriptions = folders.read_subscriptions
+
+
+def mailbox_out(name: str) -> bytes:
+    """A mailbox name on the wire: modified UTF-7 (RFC 3501 §5.1.3), quoted as needed."""
+    return astring_out(encode_mutf7(name))
+
+
+def uid_set(uids: list[int]) -> str:
+    """UIDs in order as a compact set, "4:6,9" (RFC 4315 §3 uid-set; order kept, since
+    COPYUID pairs the source and destination sets element by element)."""
+    out: list[str] = []
+    start = prev = None
+    for u in uids:
+        if prev is not None and u == prev + 1:
+            prev = u
+            continue
+        if start is not None:
+            out.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = u
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(out)
 
 
 def open_maildir_root(home: str, maildir: str | None, default: str) -> Path:
