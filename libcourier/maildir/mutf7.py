@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import base64
 
+# The codec module is loaded on first use; load it now, since imapd decodes names
+# only after it has become the user, who cannot read the stdlib (INTERNALS.md).
+import encodings.utf_16_be  # noqa: F401
+
 
 def encode_mutf7(name: str) -> str:
     """UTF-8 (str) -> modified UTF-7: printable ASCII as is ("&" as "&-"), other runs as
