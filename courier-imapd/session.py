@@ -104,6 +104,14 @@ class Session:
                 try:
                     if not self.handle(ev):
                         return
+                except FileNotFoundError:
+                    # Another session deleted or renamed the selected folder: there is
+                    # nothing left to show, so end the session cleanly (RFC 3501 §7.1.5).
+                    if self.view is None or (self.view.maildir.path / "cur").is_dir():
+                        raise
+                    log.info("user=%s: selected folder %s vanished", self.user, self.view.name)
+                    self.out(untagged("BYE [ALERT] The selected mailbox was deleted or renamed"))
+                    return
                 except LiteralShort as e:
                     # A message file shrank under us mid-literal: the client cannot
                     # find the next response any more, so end the session.
@@ -256,6 +264,11 @@ class Session:
         self.out(tagged(cmd.tag, "OK", f"{cmd.verb} completed"))
 
     def rename(self, cmd: Rename) -> None:
+        if self.view is not None and cmd.old != "INBOX" and \
+                (self.view.name == cmd.old or self.view.name.startswith(cmd.old + ".")):
+            # Our view's directory would move under us; Courier refuses this too.
+            self.out(tagged(cmd.tag, "NO", "Cannot rename the selected mailbox"))
+            return
         try:
             folders.rename_folder(self.root, cmd.old, cmd.new)
         except FolderError as e:

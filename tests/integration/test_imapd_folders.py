@@ -140,3 +140,18 @@ def test_rename_inbox(inst) -> None:
         assert (md / ".Old" / "maildirfolder").is_file()
     finally:
         c.logout()
+
+
+def test_selected_folder_deleted_by_another_session(inst) -> None:
+    a, b = client(inst), client(inst)
+    try:
+        assert a.create("INBOX.Tmp")[0] == "OK"
+        assert a.select("INBOX.Tmp")[0] == "OK"
+        assert a.rename("INBOX.Tmp", "INBOX.Other")[0] == "NO"     # our own selected folder
+        assert a.delete("INBOX.Tmp")[0] == "NO"
+        assert b.delete("INBOX.Tmp")[0] == "OK"
+        with pytest.raises(imaplib.IMAP4.abort):
+            a.noop()                                                # BYE, not a traceback
+        assert "Traceback" not in (inst.root / "var/log/imapd.log").read_text()
+    finally:
+        b.logout()
