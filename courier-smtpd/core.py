@@ -1,4 +1,4 @@
-"""The ESMTP server protocol without I/O (RFC 5321, with RFC 1870, 2034, 2920, 3207, 4954, 6152, 6531).
+"""The ESMTP server protocol without I/O (RFC 5321, with RFC 1870, 2034, 2920, 3030, 3207, 3461, 4954, 6152, 6531).
 
 Bytes go in with `feed`, a list of events comes out: replies to send, message
 data to store, and the points where the driver must act before the dialogue
@@ -23,6 +23,23 @@ DATA decisions (SMTP smuggling, CVE-2023-51766 and friends):
 - Over-long lines and over-size messages are read to the end too, then
   answered (550 5.6.0 / 552 5.3.4) after the dot, never mid-stream, so the
   client stays in step.
+
+BDAT decisions (RFC 3030 CHUNKING):
+- A chunk is read by its octet count, nothing else: no dot, no stuffing, so
+  there is no end-of-data marker to smuggle. Every chunk announced with a
+  readable size is read, even when the command is refused (wrong state, no
+  recipients, over SIZE), so the client stays in step (§2, §3).
+- The content rules are those of DATA: a bare CR or LF, or a line over 1000
+  octets, refuses the message (BINARYMIME is not offered, so 7BIT/8BITMIME
+  line rules hold, RFC 3030 §3). The chunk where the problem shows is
+  answered with the error; later chunks of that transaction are read and
+  discarded (§2 "must accept and discard additional BDAT chunks after the
+  failed BDAT") and answered 503 until BDAT LAST or RSET ends it.
+- A last line without CRLF is completed with CRLF: the spool keeps lines, and
+  DATA cannot send such a message either.
+- DATA inside a BDAT transaction is 503 (§2); a BDAT whose size cannot be
+  read leaves us unable to find the next command, so it is answered and the
+  connection closed (421).
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ from libcourier.smtp import (
     parse_mail_from,
     parse_rcpt_to,
 )
+from libcourier.smtp.grammar import parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_ret
 
 # A DATA line longer than this is not kept in memory even to check it: it is
 # dropped as it arrives (ReceiveBuffer) and the message is refused.
@@ -66,6 +84,8 @@ class State(enum.Enum):
     MAIL = "mail"              # MAIL accepted, no recipient yet
     RCPT = "rcpt"              # at least one recipient accepted
     DATA = "data"              # reading message text
+    CHUNKING = "chunking"      # between BDAT chunks of one transaction (RFC 3030)
+    BDAT = "bdat"              # reading a BDAT chunk's octets
     WAIT_COMMIT = "commit"     # the driver is committing the message
     WAIT_TLS = "starttls"      # the driver is doing the TLS handshake
     AUTH = "auth"              # a SASL exchange waits for the client's next line (RFC 4954 §4)
@@ -167,6 +187,8 @@ class Transaction:
     smtputf8: bool = False               # RFC 6531
     declared_size: int | None = None     # RFC 1870 SIZE=
     size: int = 0                        # octets received (after unstuffing, CRLF counted)
+    envid: str | None = None             # RFC 3461 ENVID=, xtext-decoded
+    ret: str | None = None               # RFC 3461 RET=: "FULL" or "HDRS"
 
 
 @dataclass(slots=True)
@@ -176,6 +198,11 @@ class _Txn:
     body: str = "7BIT"
     smtputf8: bool = False
     declared_size: int | None = None
+    envid: str | None = None
+    ret: str | None = None
+    chunking: bool = False               # a BDAT was taken: DATA is refused now (RFC 3030 §2)
+    spool_open: bool = False             # DataStart went out and no end yet (BDAT only)
+    failed: bool = False                 # a chunk failed: the rest are discarded
 
 
 # --- events ---------------------------------------------------------------
@@ -240,7 +267,7 @@ def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
 
 
 HELP_TEXT = ("courier-py ESMTP server. Commands:",
-             "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
+             "EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
 
 
 class SmtpServer:
@@ -261,6 +288,15 @@ class SmtpServer:
         self._prev_crlf = True       # the previous DATA line ended with CRLF
         self._chunk = bytearray()
         self._sasl: ServerExchange | None = None
+        # BDAT bookkeeping: octets still to read, LAST, the reply decided when
+        # the command came (None: the chunk is taken), the state to go back to,
+        # and the end of the message text that is not a whole line yet.
+        self._bdat_left = 0
+        self._bdat_last = False
+        self._bdat_reply: Reply | None = None
+        self._bdat_after = State.READY
+        self._bdat_counted = True        # the refusal counts toward max_errors
+        self._partial = b""
 
     # -- public API --------------------------------------------------------
 
@@ -276,7 +312,7 @@ class SmtpServer:
             self._buf.feed(data)
             return self._run()
         # EOF: a message in progress is lost (never half-committed).
-        if self.state is State.DATA:
+        if self.state is State.DATA or self._txn.spool_open:
             self._out.append(MessageAborted("connection closed during DATA"))
         self.state = State.CLOSED
         self._out.append(Close("connection closed by client"))
@@ -329,7 +365,7 @@ class SmtpServer:
 
     def timeout(self) -> list[Event]:
         self._send(_r(421, "4.4.2", f"{self.session.hostname} Timeout, closing connection."))
-        if self.state is State.DATA:
+        if self.state is State.DATA or self._txn.spool_open:
             self._out.append(MessageAborted("timeout during DATA"))
         return self._close("timeout")
 
@@ -348,6 +384,9 @@ class SmtpServer:
         return self._take()
 
     def _reset_txn(self, state: State) -> None:
+        if self._txn.spool_open:
+            # RSET or EHLO between BDAT chunks (RFC 3030 §2): the chunks are dropped.
+            self._out.append(MessageAborted("transaction reset during BDAT"))
         self._txn = _Txn()
         self.state = state
 
@@ -365,6 +404,10 @@ class SmtpServer:
                                  State.WAIT_AUTH):
             if self.state is State.DATA:
                 if not self._data_step():
+                    break
+                continue
+            if self.state is State.BDAT:
+                if not self._bdat_step():
                     break
                 continue
             try:
@@ -418,7 +461,8 @@ class SmtpServer:
         offered = self.session.auth_offered()
         if offered:
             lines.append("AUTH " + " ".join(offered))    # RFC 4954 §3
-        lines += ["PIPELINING", "8BITMIME", "SMTPUTF8"]
+        # RFC 3461 DSN, RFC 3030 CHUNKING (BINARYMIME is not offered).
+        lines += ["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
         # RFC 1870 §4: SIZE with the limit (0 = no fixed limit).
         lines.append(f"SIZE {self.limits.max_size}" if self.limits.max_size else "SIZE")
         lines.append("ENHANCEDSTATUSCODES")
@@ -463,6 +507,10 @@ class SmtpServer:
                 if value is not None:
                     raise ClientError("SMTPUTF8 takes no value.", "501 5.5.4")
                 txn.smtputf8 = True
+            elif key == "RET":           # RFC 3461 §4.3
+                txn.ret = parse_ret(value)
+            elif key == "ENVID":         # RFC 3461 §4.4
+                txn.envid = parse_envid(value)
             else:
                 # RFC 5321 §4.1.1.11: parameters not recognized -> 555.
                 self._error(_r(555, "5.5.4", f"Unsupported parameter {key}."))
@@ -481,13 +529,19 @@ class SmtpServer:
 
     def _rcpt(self, arg: str) -> None:
         path = parse_rcpt_to(arg)        # RFC 5321 §4.1.1.3
-        if path.params:
-            if not self.session.esmtp:
-                self._error(_r(555, "5.5.4", "RCPT parameters need EHLO."))
-                return
-            key = next(iter(path.params))
-            self._error(_r(555, "5.5.4", f"Unsupported parameter {key}."))
+        if path.params and not self.session.esmtp:
+            self._error(_r(555, "5.5.4", "RCPT parameters need EHLO."))
             return
+        notify: str | None = None
+        orcpt: str | None = None
+        for key, value in path.params.items():
+            if key == "NOTIFY":          # RFC 3461 §4.1
+                notify = parse_notify(value)
+            elif key == "ORCPT":         # RFC 3461 §4.2
+                orcpt = parse_orcpt(value)
+            else:
+                self._error(_r(555, "5.5.4", f"Unsupported parameter {key}."))
+                return
         address = path.address
         if not address.isascii() and not self._txn.smtputf8:
             self._error(_r(553, "5.6.7", "Non-ASCII address needs SMTPUTF8."))
@@ -500,7 +554,7 @@ class SmtpServer:
         if verdict.kind is not VerdictKind.ACCEPT:
             self._verdict_reply(verdict)
             return
-        self._txn.recipients.append(Recipient(address))
+        self._txn.recipients.append(Recipient(address, orcpt, notify))
         self.state = State.RCPT
         self._send(_r(250, "2.1.5", "Ok."))
 
@@ -632,12 +686,144 @@ class SmtpServer:
         self.state = State.WAIT_TLS
         self._out.append(StartTLS())
 
+    # -- BDAT (RFC 3030) ---------------------------------------------------
+
+    def _bdat(self, arg: str) -> None:
+        bdat = parse_bdat(arg)
+        if bdat.size is None:
+            # Without a size the chunk cannot be told from the next command:
+            # any reading would be a guess, so answer and close (RFC 5321 §3.8).
+            self._send(_r(501, "5.5.4", bdat.error or "Syntax error."))
+            self._send(_r(421, "4.5.0", f"{self.session.hostname} Lost step after a bad BDAT, "
+                          "closing connection."))
+            if self._txn.spool_open:
+                self._txn.spool_open = False
+                self._out.append(MessageAborted("bad BDAT"))
+            self.state = State.CLOSED
+            self._out.append(Close("bad BDAT"))
+            return
+        before = self.state
+        self._bdat_left = bdat.size
+        self._bdat_last = bdat.last
+        self._bdat_after = before
+        self._bdat_reply = None
+        self._bdat_counted = not self._txn.failed
+        in_txn = before in (State.RCPT, State.CHUNKING)
+        if not self.session.esmtp:
+            self._bdat_reply = _r(503, "5.5.1", "BDAT needs EHLO.")
+        elif before in (State.GREETED, State.READY):
+            self._bdat_reply = _sequence_reply("BDAT", before)
+        elif before is State.MAIL:
+            self._bdat_reply = _r(554, "5.5.1", "No valid recipients.")
+        elif self._txn.failed:
+            # RFC 3030 §2: discard the chunks that follow a failed one.
+            self._bdat_reply = _r(503, "5.5.1", "Previous BDAT failed, chunk discarded; "
+                                  "send RSET.")
+        elif bdat.error is not None:
+            self._bdat_reply = _r(501, "5.5.4", bdat.error)
+        if self._bdat_reply is not None and in_txn:
+            self._fail_chunks()
+        elif self._bdat_reply is None:
+            if not self._txn.chunking:
+                self._txn.chunking = True
+                self._txn.spool_open = True
+                self._data_size = 0
+                self._data_problem = None
+                self._partial = b""
+                self._out.append(DataStart(self._transaction()))
+            if self.limits.max_size and self._data_size + bdat.size > self.limits.max_size:
+                # Known before reading: the chunk is still read (and dropped).
+                self._problem(_r(552, "5.3.4", "Message size exceeds fixed maximum message size."))
+        self.state = State.BDAT
+
+    def _fail_chunks(self) -> None:
+        """The transaction failed: drop its spool file; later chunks are discarded."""
+        self._txn.failed = True
+        self._txn.chunking = True
+        self._bdat_after = State.CHUNKING
+        if self._txn.spool_open:
+            self._txn.spool_open = False
+            self._out.append(MessageAborted("BDAT transaction failed"))
+
+    def _bdat_step(self) -> bool:
+        """Read the chunk's octets; False when more input is needed."""
+        if self._bdat_left:
+            data = self._buf.take(self._bdat_left)
+            if not data:
+                self._flush_chunk()
+                return False
+            self._bdat_left -= len(data)
+            if self._bdat_reply is None and self._data_problem is None:
+                self._bdat_data(data)
+            if self._bdat_left:
+                self._flush_chunk()
+                return False
+        self._bdat_end()
+        return True
+
+    def _bdat_data(self, data: bytes) -> None:
+        """Check and pass on whole lines; the unfinished one waits in _partial."""
+        self._data_size += len(data)
+        text = self._partial + data
+        cut = text.rfind(b"\n") + 1
+        lines, self._partial = text[:cut], text[cut:]
+        limit = self.limits.max_text_line
+        if (lines.count(b"\r\n") != lines.count(b"\n") or lines.count(b"\r") != lines.count(b"\n")
+                or b"\r" in self._partial[:-1]):
+            self._problem(_r(550, "5.6.2", "Message contains bare CR or LF characters "
+                             "(RFC 5321 section 2.3.8)."))
+        elif len(self._partial) + 1 > limit or (
+                len(lines) > limit and max(map(len, lines.split(b"\n"))) + 1 > limit):
+            self._problem(_r(550, "5.6.0", "Message has a line longer than 1000 characters."))
+        if self._data_problem is not None:
+            self._partial = b""
+            return
+        self._chunk += lines
+        if len(self._chunk) >= 65536:
+            self._flush_chunk()
+
+    def _bdat_end(self) -> None:
+        """The chunk is read: answer it (RFC 3030 §2: one reply per BDAT)."""
+        self._flush_chunk()
+        reply = self._bdat_reply
+        counted = self._bdat_counted
+        if reply is None and self._bdat_last and self._partial:
+            if self._partial.endswith(b"\r"):
+                self._problem(_r(550, "5.6.2", "Message contains bare CR or LF characters "
+                                 "(RFC 5321 section 2.3.8)."))
+            else:
+                self._out.append(DataChunk(self._partial + b"\r\n"))
+                self._data_size += 2
+            self._partial = b""
+        if reply is None and self._data_problem is not None:
+            reply = self._data_problem
+            self._fail_chunks()
+        if reply is not None:
+            if counted:
+                self._error(reply)
+            else:
+                self._send(reply)
+            if self.state is State.CLOSED:
+                return
+            if self._bdat_last and self._txn.failed:
+                self._reset_txn(State.READY)
+            else:
+                self.state = self._bdat_after
+            return
+        if self._bdat_last:
+            self._txn.spool_open = False
+            self.state = State.WAIT_COMMIT
+            self._out.append(MessageReady(self._transaction()))
+            return
+        self.state = State.CHUNKING
+        self._send(_r(250, "2.0.0", f"{self._data_size} octets received."))
+
     # -- DATA --------------------------------------------------------------
 
     def _transaction(self) -> Transaction:
         t = self._txn
         return Transaction(t.sender, tuple(t.recipients), t.body, t.smtputf8,
-                           t.declared_size, self._data_size)
+                           t.declared_size, self._data_size, t.envid, t.ret)
 
     def _flush_chunk(self) -> None:
         if self._chunk:
@@ -700,6 +886,12 @@ def _sequence_reply(verb: str, state: State) -> Reply:
     """RFC 5321 §4.1.4 / §3.3: commands out of order get 503 5.5.1."""
     if state is State.GREETED:
         return _r(503, "5.5.1", "Send EHLO/HELO first.")
+    if state is State.CHUNKING and verb == "DATA":
+        return _r(503, "5.5.1", "DATA cannot follow BDAT in one transaction.")   # RFC 3030 §2
+    if verb == "BDAT":
+        return _r(503, "5.5.1", "Need MAIL and RCPT before BDAT.")
+    if state is State.CHUNKING:
+        return _r(503, "5.5.1", f"{verb} not allowed during a BDAT transaction.")
     if verb == "MAIL":
         return _r(503, "5.5.1", "Nested MAIL command.")
     if verb in ("RCPT",):
@@ -709,7 +901,7 @@ def _sequence_reply(verb: str, state: State) -> Reply:
     return _r(503, "5.5.1", f"{verb} not allowed now.")
 
 
-_ANY = frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT})
+_ANY = frozenset({State.GREETED, State.READY, State.MAIL, State.RCPT, State.CHUNKING})
 Handler = Callable[[SmtpServer, str], None]
 
 # The command table: verb -> (states it is legal in, handler).
@@ -719,6 +911,8 @@ COMMANDS: dict[str, tuple[frozenset[State], Handler]] = {
     "MAIL": (frozenset({State.READY}), SmtpServer._mail),
     "RCPT": (frozenset({State.MAIL, State.RCPT}), SmtpServer._rcpt),
     "DATA": (frozenset({State.MAIL, State.RCPT}), SmtpServer._data),
+    # RFC 3030 §2: legal anywhere, so that a chunk sent out of turn is still read.
+    "BDAT": (_ANY, SmtpServer._bdat),
     "RSET": (_ANY, SmtpServer._rset),
     "NOOP": (_ANY, SmtpServer._noop),
     "QUIT": (_ANY, SmtpServer._quit),

@@ -256,7 +256,7 @@ class Session:
             return
         try:
             # Lossless: the core refuses any message with a bare CR or LF, and
-            # chunks hold whole lines, so CRLF never straddles two chunks.
+            # chunks (DATA and BDAT alike) hold whole lines, so CRLF never straddles two.
             self.writer.write(data.replace(b"\r\n", b"\n"))
         except spool.SpoolError as e:
             log.error("spool write failed: %s", e)
@@ -272,6 +272,7 @@ class Session:
             sender=txn.sender,
             recipients=tuple(spool.Recipient(r.address, r.orcpt, r.notify) for r in txn.recipients),
             received=self.clock(), body=txn.body, smtputf8=txn.smtputf8,
+            envid=txn.envid, ret=txn.ret,
             client=f"[{self.conn.peer_ip}] helo={_printable(s.helo)}")
         try:
             qid = writer.commit(env)

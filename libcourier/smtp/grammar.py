@@ -291,3 +291,120 @@ def xtext_decode(value: str) -> str:
 def xtext_encode(value: str) -> str:
     return "".join(ch if "!" <= ch <= "~" and ch not in "+=" else
                    "".join(f"+{b:02X}" for b in ch.encode()) for ch in value)
+
+
+# --- DSN parameters (RFC 3461 §4) ------------------------------------------
+# A bad value is answered 555 5.5.4 (RFC 5321 §4.1.1.11: parameter not
+# recognized; RFC 3463 5.5.4: invalid command arguments). The values are kept
+# decoded (ORCPT as "addr-type;address") and may not hold control characters:
+# they end up in DSN header fields (RFC 3464 §2.2.1, §2.3.1), where a CR or LF
+# would let a client write headers of its own.
+
+MAX_ENVID = 100              # RFC 3461 §4.4
+MAX_ORCPT = 500              # RFC 3461 §4.2
+NOTIFY_WORDS = ("SUCCESS", "FAILURE", "DELAY")
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+")     # addr-type = atom (RFC 3461 §4.2)
+
+
+def _dsn_error(text: str) -> ClientError:
+    return syntax_error(text, 555, "5.5.4")
+
+
+def _xtext_value(value: str, what: str) -> str:
+    """xtext = *( xchar / hexchar ), hexchar = "+" 2(DIGIT / %x41-46)  (RFC 3461 §4).
+
+    The octets are UTF-8 (RFC 6533 §3 for "utf-8" addresses; plain ASCII is a subset).
+    """
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "+":
+            pair = value[i + 1:i + 3]
+            if len(pair) != 2 or not all(c in "0123456789ABCDEF" for c in pair):
+                raise _dsn_error(f"Invalid xtext in {what}.")
+            out.append(int(pair, 16))
+            i += 3
+            continue
+        if not "!" <= ch <= "~" or ch == "=":
+            raise _dsn_error(f"Invalid xtext in {what}.")
+        out.append(ord(ch))
+        i += 1
+    try:
+        text = out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _dsn_error(f"Invalid UTF-8 in {what}.") from None
+    if any(c < " " or c == "\x7f" for c in text):
+        raise _dsn_error(f"Control characters in {what}.")
+    return text
+
+
+def parse_ret(value: str | None) -> str:
+    """RET=FULL / RET=HDRS (RFC 3461 §4.3)."""
+    ret = (value or "").upper()
+    if ret not in ("FULL", "HDRS"):
+        raise _dsn_error("RET must be FULL or HDRS.")
+    return ret
+
+
+def parse_envid(value: str | None) -> str:
+    """ENVID=xtext, at most 100 characters as sent (RFC 3461 §4.4); returns it decoded."""
+    if not value:
+        raise _dsn_error("ENVID needs a value.")
+    if len(value) > MAX_ENVID:
+        raise _dsn_error("ENVID too long.")
+    return _xtext_value(value, "ENVID")
+
+
+def parse_notify(value: str | None) -> str:
+    """NOTIFY="NEVER" / 1#( "SUCCESS" / "FAILURE" / "DELAY" )  (RFC 3461 §4.1).
+
+    Returns the upper-cased list as sent ("NEVER" or e.g. "SUCCESS,FAILURE");
+    NEVER cannot be combined, and no keyword may repeat.
+    """
+    words = (value or "").upper().split(",")
+    if words == ["NEVER"]:
+        return "NEVER"
+    if not value or any(w not in NOTIFY_WORDS for w in words):
+        raise _dsn_error("NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY.")
+    if len(set(words)) != len(words):
+        raise _dsn_error("NOTIFY lists a keyword twice.")
+    return ",".join(words)
+
+
+def parse_orcpt(value: str | None) -> str:
+    """ORCPT=addr-type ";" xtext  (RFC 3461 §4.2); returns "addr-type;address" decoded."""
+    if not value:
+        raise _dsn_error("ORCPT needs a value.")
+    if len(value) > MAX_ORCPT:
+        raise _dsn_error("ORCPT too long.")
+    kind, semi, addr = value.partition(";")
+    if not semi or not _ATOM.fullmatch(kind) or not addr:
+        raise _dsn_error("ORCPT must be addr-type;xtext.")
+    return f"{kind.lower()};{_xtext_value(addr, 'ORCPT')}"
+
+
+@dataclass(frozen=True, slots=True)
+class BdatArg:
+    size: int | None        # None: no readable chunk size, so the chunk cannot be found
+    last: bool
+    error: str | None       # why the command is refused; None if it is well formed
+
+
+def parse_bdat(arg: str) -> BdatArg:
+    """BDAT SP chunk-size [SP end-marker]  (RFC 3030 §2).
+
+    chunk-size = 1*DIGIT, end-marker = "LAST". The size is returned even when
+    the rest is bad, so the server can still read the chunk and stay in step.
+    At most 18 digits: any size fits; a big one is a size-limit matter.
+    """
+    words = arg.split(" ")
+    head = words[0]
+    if not head.isascii() or not head.isdigit() or len(head) > 18:
+        return BdatArg(None, False, "Syntax: BDAT chunk-size [LAST]")
+    size = int(head)
+    if len(words) == 1:
+        return BdatArg(size, False, None)
+    if len(words) == 2 and words[1].upper() == "LAST":
+        return BdatArg(size, True, None)
+    return BdatArg(size, False, "Syntax: BDAT chunk-size [LAST]")

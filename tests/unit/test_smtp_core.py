@@ -126,6 +126,8 @@ S: 250-foo.com Ok.
 S: 250-PIPELINING
 S: 250-8BITMIME
 S: 250-SMTPUTF8
+S: 250-DSN
+S: 250-CHUNKING
 S: 250-SIZE 10485760
 S: 250 ENHANCEDSTATUSCODES
 """
@@ -238,8 +240,10 @@ C: DATA
 S: 554 5.5.1 No valid recipients.
 C: RCPT TO:<Green@foo.com>
 S: 550 5.1.1 No such user here.
-C: RCPT TO:<x@foo.com> NOTIFY=NEVER
-S: 555 5.5.4 Unsupported parameter NOTIFY.
+C: RCPT TO:<x@foo.com> NOTIFY=NEVER,SUCCESS
+S: 555 5.5.4 NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY.
+C: RCPT TO:<x@foo.com> XFOO=1
+S: 555 5.5.4 Unsupported parameter XFOO.
 C: RCPT TO:<>
 S: 501 5.1.3 Empty recipient address
 C: DATA extra
@@ -256,7 +260,7 @@ C: NOOP whatever
 S: 250 2.0.0 Ok.
 C: HELP
 S: 214-2.0.0 courier-py ESMTP server. Commands:
-S: 214 2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH
+S: 214 2.0.0 EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH
 C: rset
 S: 250 2.0.0 Ok.
 C: STARTTLS
