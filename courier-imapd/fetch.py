@@ -9,6 +9,7 @@ CRLF form streamed from the open file while the response is sent.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,18 +27,19 @@ MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", 
 CHUNK = 1 << 16     # bytes read from a message file at a time
 MAX_OPEN_INDEXES = 4    # folder indexes kept open per process (a session selects one at a time)
 
-_indexes: dict[Path, mindex.FolderIndex] = {}
+_indexes: dict[str, mindex.FolderIndex] = {}
 
 
-def folder_index(message_file: str | Path) -> mindex.FolderIndex:
+def folder_index(message_file: str) -> mindex.FolderIndex:
     """The index of the folder holding `message_file` (FOLDER/cur/NAME), kept open
-    across FETCH commands; the least recently opened is closed beyond the limit."""
-    folder = Path(message_file).parent.parent
+    across FETCH commands; the least recently opened is closed beyond the limit.
+    (os.path, not pathlib: this runs once per message and pathlib is slow.)"""
+    folder = os.path.dirname(os.path.dirname(message_file))
     idx = _indexes.get(folder)
     if idx is None:
         while len(_indexes) >= MAX_OPEN_INDEXES:
             _indexes.pop(next(iter(_indexes))).close()
-        idx = _indexes[folder] = mindex.FolderIndex(folder)
+        idx = _indexes[folder] = mindex.FolderIndex(Path(folder))
     return idx
 
 
@@ -227,18 +229,24 @@ def body_part(item: FetchItem, fh: BinaryIO, size: Callable[[], int],
     return StreamedLiteral(name, stop - start, window(crlf_stream(fh), start, stop))
 
 
-def _entry_of(msg: MessageRef, root: Part | None, head: Part | None,
-              size: int | None) -> mindex.Entry:
-    """What a parse (full `root`, or header-only `head`) and a counted size tell."""
+def _entry_of(msg: MessageRef, root: Part | None, head: Part | None, size: int | None,
+              cached: mindex.Entry | None, want_body: bool,
+              made: dict[str, bytes]) -> mindex.Entry:
+    """What a parse (full `root`, or header-only `head`) and a counted size tell.
+    Views the index already has, or this FETCH `made`, are not computed again;
+    BODY (no extension data) only when it was asked for, since clients rarely do."""
     src = root if root is not None else head
     headers = None if src is None else tuple(src.fields.get(n) for n in mindex.HEADER_FIELDS)
+    env = made.get("envelope")
+    if env is None and src is not None and (cached is None or cached.envelope is None):
+        env = imapview.envelope(src)
     if root is None:
-        return mindex.Entry(msg.size, crlf_size=size,
-                            envelope=None if head is None else imapview.envelope(head),
-                            headers=headers)
+        return mindex.Entry(msg.size, crlf_size=size, envelope=env, headers=headers)
     return mindex.Entry(msg.size, crlf_size=root.body_end, header_len=root.body_start,
-                        envelope=imapview.envelope(root), body=imapview.body(root),
-                        bodystructure=imapview.bodystructure(root), headers=headers)
+                        envelope=env,
+                        body=made.get("body") or (imapview.body(root) if want_body else None),
+                        bodystructure=made.get("bodystructure") or imapview.bodystructure(root),
+                        headers=headers)
 
 
 def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | None,
@@ -260,7 +268,8 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
     heads: list[Part] = []       # a header-only parse, for ENVELOPE
     sizes: list[int] = [] if size is None else [size]
     name = getattr(fh, "name", None)
-    if index is None and isinstance(name, str) and Path(name).parent.name == "cur":
+    if index is None and isinstance(name, str) and \
+            os.path.basename(os.path.dirname(name)) == "cur":
         # only a file in a Maildir's cur/ has a base name that identifies its bytes
         index = folder_index(name)
     cached = index.get(msg.base, msg.size) if index is not None else None
@@ -292,8 +301,16 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
             counted.append(sizes[0])
         return sizes[0]
 
+    made: dict[str, bytes] = {}     # views computed here, for the index
+
     def from_index(name: str) -> bytes | None:
         return None if cached is None else getattr(cached, name)
+
+    def view(name: str, compute: Callable[[], bytes]) -> bytes:
+        got = from_index(name)
+        if got is None:
+            got = made[name] = compute()
+        return got
 
     if any(needs_tree(i) and not (i.name in ("BODYSTRUCTURE", "BODY.STRUCTURE") and
                                   from_index(i.name.lower().replace(".structure", "")))
@@ -309,24 +326,24 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
         elif item.name == "RFC822.SIZE":
             parts.append(b"RFC822.SIZE %d" % crlf_len())
         elif item.name == "ENVELOPE":
-            env = from_index("envelope")
-            if env is None:
+            def env() -> bytes:
                 assert fh is not None
                 # the envelope needs only the header: no full parse unless one is made anyway
                 if not known and not heads:
                     heads.append(parse(fh, header_only=True))
-                env = imapview.envelope(known[0] if known else heads[0])
-            parts.append(b"ENVELOPE " + env)
+                return imapview.envelope(known[0] if known else heads[0])
+            parts.append(b"ENVELOPE " + view("envelope", env))
         elif item.name == "BODYSTRUCTURE":
-            parts.append(b"BODYSTRUCTURE " + (from_index("bodystructure") or
-                                              imapview.bodystructure(tree())))
+            parts.append(b"BODYSTRUCTURE " + view(
+                "bodystructure", lambda: imapview.bodystructure(tree())))
         elif item.name == "BODY.STRUCTURE":
-            parts.append(b"BODY " + (from_index("body") or imapview.body(tree())))
+            parts.append(b"BODY " + view("body", lambda: imapview.body(tree())))
         else:
             assert fh is not None
             parts.append(body_part(item, fh, crlf_len, header_len, tree))
     if index is not None and (known or heads or counted):
         new = _entry_of(msg, known[0] if known else None, heads[0] if heads else None,
-                        counted[0] if counted else None)
+                        counted[0] if counted else None, cached,
+                        any(i.name == "BODY.STRUCTURE" for i in items), made)
         index.put(msg.base, new if cached is None else cached.merge(new))
     return parts, (sizes[0] if sizes else None)

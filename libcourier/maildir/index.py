@@ -31,6 +31,7 @@ No fsync: a record lost in a crash is parsed again.
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +42,8 @@ MAX_INDEX_BYTES = 1 << 30      # a larger file is not read (and is rebuilt empty
 MAX_RECORD = 8 << 20           # a record longer than this is not stored
 MAX_HEAD = 4096                # a record header line (the base is part of it)
 SCAN_CHUNK = 1 << 20
+REFRESH_EVERY = 0.5            # seconds: a run of misses looks for other writers' records
+RETRY_AFTER = 30.0             # seconds before an index that failed (EACCES, ENOSPC...) is retried
 # The header fields SORT (RFC 5256) and header SEARCH (RFC 3501 §6.4.4) want.
 HEADER_FIELDS = (b"date", b"subject", b"from", b"to", b"cc", b"message-id")
 
@@ -168,6 +171,8 @@ class FolderIndex:
         self._scanned = 0                             # bytes of the file parsed
         self._where: dict[str, tuple[int, int, int]] = {}   # base -> (offset, len, crc)
         self.rebuilt = 0                              # times a damaged file was replaced
+        self._refreshed = -1e9                        # monotonic time of the last refresh
+        self._failed = -1e9                           # monotonic time of the last OSError
 
     # -- opening, scanning, rebuilding ----------------------------------------------------
 
@@ -199,7 +204,8 @@ class FolderIndex:
         at = 0                       # next record in buf
         while True:
             if len(buf) - at < MAX_HEAD and pos + len(buf) < end:
-                buf = buf[at:] + os.pread(self._fd, SCAN_CHUNK, pos + len(buf))
+                want = min(SCAN_CHUNK, end - pos - len(buf))
+                buf = buf[at:] + os.pread(self._fd, want, pos + len(buf))
                 pos += at
                 at = 0
             if at >= len(buf):
@@ -273,10 +279,19 @@ class FolderIndex:
         self._scan()
 
     def _refresh(self) -> None:
-        """Catch up with other processes: a replaced file is reopened, new records read."""
+        """Catch up with other processes: a replaced file is reopened, new records read.
+        At most every REFRESH_EVERY seconds, so a cold FETCH 1:* (a miss per message)
+        does not stat the file once per message."""
+        now = time.monotonic()
         if self._fd < 0:
+            if now - self._failed < RETRY_AFTER:
+                return
+            self._refreshed = now
             self._open()
             return
+        if now - self._refreshed < REFRESH_EVERY:
+            return
+        self._refreshed = now
         try:
             ino = os.stat(self.path).st_ino
         except FileNotFoundError:
@@ -303,7 +318,10 @@ class FolderIndex:
                 del self._where[base]
                 return None
             entry = decode(payload)
-        except (OSError, IndexError_):
+        except IndexError_:
+            return None
+        except OSError:
+            self._failed = time.monotonic()
             return None
         return entry if entry.disk_size == disk_size else None
 
@@ -317,8 +335,10 @@ class FolderIndex:
         rec = frame(base, payload)
         try:
             if self._fd < 0:
+                if time.monotonic() - self._failed < RETRY_AFTER:
+                    return False
                 self._open()
-            if os.fstat(self._fd).st_size + len(rec) > MAX_INDEX_BYTES:
+            if self._scanned + len(rec) > MAX_INDEX_BYTES:
                 return False
             written = os.write(self._fd, rec)
             if written != len(rec):
@@ -328,7 +348,10 @@ class FolderIndex:
             b = base.encode("utf-8", "surrogateescape")
             self._where[base] = (end - len(payload), len(payload),
                                  zlib.crc32(payload, zlib.crc32(b)))
+            if end - len(rec) == self._scanned:
+                self._scanned = end     # nobody appended in between: no need to read it back
         except OSError:
+            self._failed = time.monotonic()
             return False
         return True
 

@@ -65,7 +65,8 @@ def test_merge_keeps_known_fields() -> None:
     assert mindex.Entry(10, envelope=b"E").merge(mindex.Entry(11)).envelope is None
 
 
-def test_sees_other_writers_appends(tmp_path: Path) -> None:
+def test_sees_other_writers_appends(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mindex, "REFRESH_EVERY", 0.0)
     d = folder(tmp_path)
     a, b = mindex.FolderIndex(d), mindex.FolderIndex(d)
     assert a.get("m", 10) is None and b.get("m", 10) is None
@@ -95,7 +96,8 @@ def test_damaged_file_is_ignored_and_rebuilt(tmp_path: Path) -> None:
     assert b"junk" not in path.read_bytes()
 
 
-def test_bad_magic_and_deleted_file(tmp_path: Path) -> None:
+def test_bad_magic_and_deleted_file(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mindex, "REFRESH_EVERY", 0.0)
     d = folder(tmp_path)
     (d / mindex.INDEX_NAME).write_bytes(b"courierpy-index 999\nR 1 00000000 a\nx")
     idx = mindex.FolderIndex(d)
@@ -117,6 +119,15 @@ def test_torn_tail_is_not_read(tmp_path: Path) -> None:
         fh.write(rec[:-5])                       # a writer still appending (or died)
     other = mindex.FolderIndex(d)
     assert other.get("a", 10) == full() and other.get("b", 10) is None
+
+
+def test_unwritable_folder_is_no_cache_and_no_error(tmp_path: Path) -> None:
+    d = folder(tmp_path)
+    (d / mindex.INDEX_NAME).mkdir()             # cannot be opened as a file
+    idx = mindex.FolderIndex(d)
+    assert idx.get("a", 1) is None
+    assert not idx.put("a", full())
+    assert idx.get("a", 1) is None
 
 
 def test_compact_drops_dead_records(tmp_path: Path) -> None:
