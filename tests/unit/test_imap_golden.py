@@ -85,6 +85,9 @@ def test_matches_dovecot(name: str, tmp_path: pathlib.Path) -> None:
 
 
 def test_deviation_answer_is_rfc_default(tmp_path: pathlib.Path) -> None:
+    src = CORPUS / "cpython_msg_14.eml"
+    if not src.is_file():
+        pytest.skip("no ../shared/corpus beside the checkout")
     stored = tmp_path / "msg"
-    stored.write_bytes((CORPUS / "cpython_msg_14.eml").read_bytes())
+    stored.write_bytes(src.read_bytes())
     assert _ours(stored, "BODY").startswith(b'BODY ("text" "plain" ("charset" "us-ascii")')
