@@ -70,6 +70,7 @@ from libcourier.pidfile import read_pidfile
 from libcourier.proctitle import set_title
 from libcourier.proto import ClientError
 from libcourier.spool import Envelope, Recipient, SpoolWriter, notify
+from libcourier.unixsock import bind_unix
 
 logger = logging.getLogger("courier.courierlocal")
 
@@ -567,22 +568,7 @@ def peer_uid(conn: socket.socket) -> int:
 
 def bind_local_socket(path: Path, group_gid: int | None) -> socket.socket:
     """Listen on courierlocal.sock: 0660, group MAILGROUP when root (INTERNALS.md)."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # Bind with a tight umask so the socket never exists with wider rights.
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    if group_gid is not None and os.geteuid() == 0:
-        os.chown(path, 0, group_gid)
-    os.chmod(path, 0o660)
-    sock.listen(64)
-    return sock
+    return bind_unix(path, 0o660, None if group_gid is None else (0, group_gid))
 
 
 class Helper:

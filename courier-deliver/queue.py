@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import enum
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from libcourier.spool import (
     rewrite_envelope,
 )
 from libcourier.spool.queue import check_qid
+from libcourier.unixsock import bind_unix
 
 logger = logging.getLogger("courier.courierd")
 
@@ -337,21 +337,7 @@ class QueueManager:
 def bind_queue_socket(path: Path, owner: tuple[int, int] | None) -> socket.socket:
     """courierd.sock. Mode 0666: a notice only makes courierd look at the spool
     sooner (it rescans anyway), so any local submitter may send one."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(path, *owner)
-    os.chmod(path, 0o666)
-    sock.listen(128)
-    return sock
+    return bind_unix(path, 0o666, owner, backlog=128)
 
 
 async def serve(manager: QueueManager, queue_sock: socket.socket) -> None:
