@@ -1,27 +1,49 @@
-"""Password hash checking as courier-authlib's checkpassword.c, plus userdbpw's hashing.
+"""Password hash checking as courier-authlib's checkpassword.c (plus Dovecot's scheme
+names, so a `doveadm pw` hash works too), and userdbpw's hashing.
 
 Recognised forms of a stored password:
-  {MD5}<base64 md5>  {MD5RAW}<hex md5>  {SHA}<base64 sha1>  {SSHA}<base64 sha1+salt>
-  {SHA256}<base64>   {SHA512}<base64>   {CRYPT}<crypt string>
-  $1$ $5$ $6$        MD5/SHA-256/SHA-512 crypt, via passlib (no libc needed)
-  anything else      crypt(3), as Courier falls back to it: $2b$ (bcrypt), $y$ (yescrypt)
-                     and DES work as far as the C library supports them.
-Every comparison of secrets is constant-time (hmac.compare_digest).
+  {MD5}<base64 md5>       Courier/LDAP; {MD5}$1$... is Dovecot's name for MD5-crypt
+  {MD5RAW}<hex md5>       also {PLAIN-MD5} (Dovecot);  {LDAP-MD5}<base64 md5>
+  {SMD5} {SHA} {SSHA} {SHA256} {SSHA256} {SHA512} {SSHA512}   base64 of hash[+salt]
+  {CRYPT}<crypt string>   also {SHA512-CRYPT} {SHA256-CRYPT} {MD5-CRYPT} {BLF-CRYPT}
+                          {DES-CRYPT} (Dovecot)
+  {CRAM-MD5} {CRAM-SHA1} {CRAM-SHA256} / {HMAC-MD5}   precomputed HMAC contexts, hex
+                          (userdbpw -hmac-*, doveadm pw -s CRAM-MD5); a login password
+                          is checked by computing its contexts
+  {SCRAM-SHA-1} {SCRAM-SHA-256}  iter,salt,StoredKey,ServerKey (doveadm pw -s SCRAM-*)
+  {PLAIN} {CLEAR} {CLEARTEXT}   plain text, only when the admin wrote that prefix
+  $1$ $5$ $6$             MD5/SHA-256/SHA-512 crypt, via libpass (no libc needed)
+  anything else           crypt(3), as Courier falls back to it: $2b$/$2y$ (bcrypt),
+                          $y$ (yescrypt) and DES, through libxcrypt.
+Every comparison of secrets is constant-time (hmac.compare_digest or libpass's consteq).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import ctypes.util
 import hashlib
 import hmac
+import os
 import warnings
 
+from courier_authd.hmacctx import HASHES, cram_matches, key_contexts, parse_contexts
 from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
 
+from libcourier.sasl.scram import MECHANISMS as SCRAM_MECHS
+from libcourier.sasl.scram import (
+    MIN_ITERATIONS,
+    StoredKeys,
+    derive_keys,
+    format_stored,
+    parse_stored,
+)
+
 with warnings.catch_warnings():
-    # The stdlib crypt module is deprecated (gone in 3.13); it is only the fallback
-    # for hash kinds passlib cannot do without extra packages (bcrypt, yescrypt).
+    # The stdlib crypt module is deprecated (gone in 3.13); without it we call
+    # libxcrypt (Debian's libcrypt.so.1) through ctypes, which does the same.
     warnings.simplefilter("ignore", DeprecationWarning)
     try:
         import crypt as _crypt
@@ -31,6 +53,36 @@ with warnings.catch_warnings():
 MAX_PASSWORD = 1024  # longer "passwords" are refused outright: no hashing cost for them
 
 _PASSLIB = {"$1$": md5_crypt, "$5$": sha256_crypt, "$6$": sha512_crypt}
+_DIGESTS = {"SHA": "sha1", "SHA256": "sha256", "SHA512": "sha512", "MD5": "md5"}
+_CRYPT_PREFIXES = ("{CRYPT}", "{SHA512-CRYPT}", "{SHA256-CRYPT}", "{MD5-CRYPT}",
+                   "{BLF-CRYPT}", "{DES-CRYPT}")
+_CRAM_PREFIXES = {"{CRAM-MD5}": "md5", "{HMAC-MD5}": "md5", "{CRAM-SHA1}": "sha1",
+                  "{CRAM-SHA256}": "sha256"}
+_PLAIN_PREFIXES = ("{PLAIN}", "{CLEAR}", "{CLEARTEXT}")
+
+
+def _libcrypt():
+    name = ctypes.util.find_library("crypt") or "libcrypt.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return None
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = (ctypes.c_char_p, ctypes.c_char_p)
+    return lib
+
+
+_LIBCRYPT = _libcrypt() if _crypt is None else None
+
+
+def _crypt3(password: str, salt: str) -> str | None:
+    if _crypt is not None:
+        return _crypt.crypt(password, salt)
+    if _LIBCRYPT is None:
+        return None
+    # Each worker is single-threaded, so crypt()'s static buffer is safe here.
+    out = _LIBCRYPT.crypt(password.encode("utf-8"), salt.encode("utf-8"))
+    return out.decode("utf-8", "replace") if out else None
 
 
 def _eq(a: bytes | str, b: bytes | str) -> bool:
@@ -56,10 +108,10 @@ def _check_crypt(password: str, stored: str) -> bool:
                 return bool(handler.verify(password, stored))
             except (ValueError, TypeError):
                 return False
-    if _crypt is None or not stored:
+    if not stored or "\0" in password:
         return False
     try:
-        computed = _crypt.crypt(password, stored)
+        computed = _crypt3(password, stored)
     except (OSError, ValueError):
         return False
     # crypt(3) returns "*0"/"*1" or None for salts it does not know: never a match.
@@ -68,46 +120,111 @@ def _check_crypt(password: str, stored: str) -> bool:
     return _eq(computed, stored)
 
 
+def _check_digest(pw: bytes, algo: str, b64: str, salted: bool) -> bool:
+    raw = _b64(b64)
+    size = hashlib.new(algo).digest_size
+    if raw is None or len(raw) < size or (not salted and len(raw) != size) \
+            or (salted and len(raw) == size):
+        return False
+    digest, salt = raw[:size], raw[size:]
+    return _eq(hashlib.new(algo, pw + salt).digest(), digest)
+
+
+def _scheme(stored: str) -> tuple[str, str]:
+    """("{NAME}", rest) for a {NAME} prefix (upper-cased), else ("", stored)."""
+    if stored.startswith("{"):
+        end = stored.find("}", 1, 24)
+        if end > 0:
+            return stored[:end + 1].upper(), stored[end + 1:]
+    return "", stored
+
+
 def check_password(password: str, stored: str) -> bool:
-    """Does `password` match the stored hash? Unknown or empty hashes never match."""
-    if not stored or len(password) > MAX_PASSWORD:
+    """Does `password` match the stored hash? Unknown or empty hashes, and an empty
+    password, never match."""
+    if not stored or not password or len(password) > MAX_PASSWORD:
         return False
     pw = password.encode("utf-8")
-    upper = stored[:9].upper()
-    if upper.startswith("{MD5RAW}"):
-        return _eq(hashlib.md5(pw).hexdigest(), stored[8:].strip().lower())
-    if upper.startswith("{MD5}"):
-        want = _b64(stored[5:])
-        return want is not None and _eq(hashlib.md5(pw).digest(), want)
-    if upper.startswith("{SHA}"):
-        want = _b64(stored[5:])
-        return want is not None and _eq(hashlib.sha1(pw).digest(), want)
-    if upper.startswith("{SSHA}"):
-        # RFC 2307-style salted SHA-1: base64(sha1(password + salt) + salt)
-        raw = _b64(stored[6:])
-        if raw is None or len(raw) <= 20:
+    scheme, rest = _scheme(stored)
+    if not scheme:
+        return _check_crypt(password, stored)
+    name = scheme[1:-1]
+    if scheme in ("{MD5RAW}", "{PLAIN-MD5}"):
+        return _eq(hashlib.md5(pw).hexdigest(), rest.strip().lower())
+    if scheme == "{MD5}" and rest.startswith("$1$"):
+        return _check_crypt(password, rest)   # Dovecot's {MD5} is MD5-crypt
+    if scheme == "{LDAP-MD5}":
+        return _check_digest(pw, "md5", rest, False)
+    if name in _DIGESTS:
+        return _check_digest(pw, _DIGESTS[name], rest, False)
+    if name.startswith("S") and name[1:] in _DIGESTS:   # {SSHA} {SSHA256} {SSHA512} {SMD5}
+        return _check_digest(pw, _DIGESTS[name[1:]], rest, True)
+    if scheme in _CRYPT_PREFIXES:
+        return _check_crypt(password, rest)
+    if scheme in _CRAM_PREFIXES:
+        want = parse_contexts(_CRAM_PREFIXES[scheme], rest)
+        return want is not None and _eq(key_contexts(_CRAM_PREFIXES[scheme], pw), want)
+    if name in SCRAM_MECHS:
+        keys = parse_stored(name, rest)
+        if keys is None:
             return False
-        digest, salt = raw[:20], raw[20:]
-        return _eq(hashlib.sha1(pw + salt).digest(), digest)
-    if upper.startswith("{SHA256}"):
-        want = _b64(stored[8:])
-        return want is not None and _eq(hashlib.sha256(pw).digest(), want)
-    if upper.startswith("{SHA512}"):
-        want = _b64(stored[8:])
-        return want is not None and _eq(hashlib.sha512(pw).digest(), want)
-    if upper.startswith("{CRYPT}"):
-        return _check_crypt(password, stored[7:])
-    if stored.startswith("{"):
-        return False  # a scheme we do not know
-    return _check_crypt(password, stored)
+        mine = derive_keys(SCRAM_MECHS[name], password, keys.salt, keys.iterations)
+        return _eq(mine.stored_key, keys.stored_key)
+    if scheme in _PLAIN_PREFIXES:
+        return _eq(pw, rest.encode("utf-8", "surrogateescape"))
+    return False  # a scheme we do not know
+
+
+def clear_password(stored: str) -> str | None:
+    """The plain text of a {PLAIN}/{CLEAR}/{CLEARTEXT} value, else None."""
+    scheme, rest = _scheme(stored)
+    return rest if scheme in _PLAIN_PREFIXES else None
+
+
+def check_cram(hash_name: str, challenge: bytes, digest_hex: str, stored: str) -> bool:
+    """A CRAM-<hash> response against one stored value: a bare hex HMAC context (Courier's
+    hmac-<hash>pw fields), the same with a {CRAM-*} prefix, or a plain-text password."""
+    if hash_name not in HASHES or not stored:
+        return False
+    scheme, rest = _scheme(stored)
+    clear = clear_password(stored)
+    if clear is not None:
+        return cram_matches(hash_name, challenge=challenge, digest_hex=digest_hex,
+                            secret=clear.encode("utf-8"))
+    if scheme and _CRAM_PREFIXES.get(scheme) != hash_name:
+        return False
+    ctx = parse_contexts(hash_name, rest)
+    return ctx is not None and cram_matches(hash_name, challenge=challenge,
+                                            digest_hex=digest_hex, contexts=ctx)
+
+
+def scram_keys(mech: str, stored: str, user: str) -> StoredKeys | None:
+    """The SCRAM keys a stored value yields: a {SCRAM-*} entry, or derived from plain text
+    with a salt fixed per user (the two authd requests of one exchange must agree)."""
+    scheme, rest = _scheme(stored)
+    if scheme == "{" + mech + "}":
+        return parse_stored(mech, rest)
+    clear = clear_password(stored)
+    if clear is None:
+        return None
+    salt = hashlib.sha256(b"courier-py scram salt\0" + user.encode("utf-8")).digest()[:16]
+    return derive_keys(SCRAM_MECHS[mech], clear, salt, MIN_ITERATIONS)
 
 
 def hash_password(password: str, scheme: str = "sha512") -> str:
-    """What userdbpw prints: SHA-512 crypt with glibc's default 5000 rounds unless asked."""
+    """What userdbpw prints: SHA-512 crypt with glibc's default 5000 rounds unless asked.
+    hmac-md5/-sha1/-sha256 give the bare hex contexts Courier's userdbpw prints;
+    scram-sha-1/-256 give Dovecot's {SCRAM-SHA-*} form (4096 iterations, 16-byte salt)."""
     if scheme == "sha512":
         return sha512_crypt.using(rounds=5000).hash(password)
     if scheme == "sha256":
         return sha256_crypt.using(rounds=5000).hash(password)
     if scheme == "md5":
         return md5_crypt.hash(password)
+    if scheme.startswith("hmac-") and scheme[5:] in HASHES:
+        return key_contexts(scheme[5:], password.encode("utf-8")).hex()
+    mech = scheme.upper()
+    if mech in SCRAM_MECHS:
+        keys = derive_keys(SCRAM_MECHS[mech], password, os.urandom(16), MIN_ITERATIONS)
+        return format_stored(mech, keys)
     raise ValueError(f"unknown scheme {scheme!r}")
