@@ -19,15 +19,37 @@ from libcourier.maildir.folder import FolderState, Maildir, MessageRef
 PERMANENT_FLAGS = "(" + " ".join(IMAP_FLAG_ORDER) + ")"
 
 
+def flags_line(keywords: set[str]) -> str:
+    """The FLAGS response: the folder's keywords, then the system flags (Courier's order)."""
+    return "FLAGS (" + " ".join([*sorted(keywords), *IMAP_FLAG_ORDER, "\\Recent"]) + ")"
+
+
+def permanent_line(keywords: set[str], readonly: bool) -> str:
+    """RFC 3501 §7.1: \\* says clients may create keywords (they are stored in
+    courierimapkeywords/, libcourier.maildir.keywords)."""
+    if readonly:
+        return "OK [PERMANENTFLAGS ()] Limited"
+    return "OK [PERMANENTFLAGS (" + " ".join([*sorted(keywords), "\\*", *IMAP_FLAG_ORDER]) + \
+        ")] Limited"
+
+
 class SequenceError(Exception):
     """A sequence number beyond the mailbox: BAD (RFC 3501 §6.4.5 / §9 seq-number)."""
 
 
-def flags_text(letters: str, recent: bool) -> str:
+def flags_text(letters: str, recent: bool, keywords: frozenset[str] = frozenset()) -> str:
     names = letters_to_imap(letters)
     if recent:
         names.append("\\Recent")
+    names.extend(sorted(keywords))
     return "(" + " ".join(names) + ")"
+
+
+def split_flags(flags: tuple[str, ...]) -> tuple[str, frozenset[str]]:
+    """Maildir letters and keywords for the flags of STORE / APPEND; other system flags
+    (\\Recent, unknown \\X) cannot be stored and are left out (RFC 3501 §7.1)."""
+    letters, unknown = letters_for(flags)
+    return letters, frozenset(f for f in unknown if not f.startswith("\\"))
 
 
 def letters_for(flags: tuple[str, ...]) -> tuple[str, list[str]]:
@@ -52,13 +74,16 @@ class MailboxView:
         self.recent: set[int] = set(self.state.recent)
         self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
         self.sizes: dict[int, int] = {}      # uid -> size with CRLF line ends (RFC822.SIZE)
+        # Keywords the client has been told of in FLAGS (RFC 3501 §7.2.6: a new one
+        # is announced with a new FLAGS response before it is used).
+        self.keywords: set[str] = {k for m in self.messages for k in m.keywords}
 
     # -- opening (RFC 3501 §6.3.1) --------------------------------------------------------
 
     def select_responses(self) -> list[str]:
         out = [
-            "FLAGS " + PERMANENT_FLAGS,
-            "OK [PERMANENTFLAGS " + ("()" if self.readonly else PERMANENT_FLAGS) + "] Limited",
+            flags_line(self.keywords),
+            permanent_line(self.keywords, self.readonly),
             f"{len(self.messages)} EXISTS",
             f"{len(self.recent)} RECENT",
             f"OK [UIDVALIDITY {self.state.uidvalidity}] Ok",
@@ -110,16 +135,17 @@ class MailboxView:
     def refresh(self, allow_expunge: bool) -> list[str]:
         """Rescan the folder; untagged responses for what changed (RFC 3501 §7.3, §7.4)."""
         st = self.maildir.scan()
-        out: list[str] = []
+        out: list[str] = self.announce({k for m in st.messages for k in m.keywords})
         on_disk = {m.uid: m for m in st.messages}
         self.recent |= st.recent
         for i, m in enumerate(self.messages):
             now = on_disk.get(m.uid)
             if now is None:
                 self.ghosts.add(m.uid)
-            elif now.flags != m.flags:
+            elif now.flags != m.flags or now.keywords != m.keywords:
                 self.messages[i] = replace(now)
-                out.append(f"{i + 1} FETCH (FLAGS {flags_text(now.flags, now.uid in self.recent)})")
+                out.append(f"{i + 1} FETCH (FLAGS "
+                           f"{flags_text(now.flags, now.uid in self.recent, now.keywords)})")
             else:
                 self.messages[i] = now
         if allow_expunge and self.ghosts:
@@ -132,6 +158,13 @@ class MailboxView:
             out.append(f"{len(self.recent)} RECENT")
         self.state = st
         return out
+
+    def announce(self, keywords: set[str]) -> list[str]:
+        """FLAGS and PERMANENTFLAGS again when keywords the client has not seen appear."""
+        if keywords <= self.keywords:
+            return []
+        self.keywords |= keywords
+        return [flags_line(self.keywords), permanent_line(self.keywords, self.readonly)]
 
     def _drop_ghosts(self) -> list[str]:
         out = []

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from courier_imapd import fetch as fetchmod
+from courier_imapd import ident, specialuse, trash
+from courier_imapd import quota as quotamod
 from courier_imapd.config import ImapdConfig, capability_line
 from courier_imapd.core import (
     SESSION_LIMITS,
@@ -23,8 +25,10 @@ from courier_imapd.core import (
     Check,
     Close,
     Copy,
+    Enable,
     Expunge,
     Fetch,
+    Id,
     Idle,
     IdleDone,
     ImapConnection,
@@ -34,6 +38,7 @@ from courier_imapd.core import (
     MailboxCommand,
     Namespace,
     Noop,
+    Quota,
     Rename,
     Search,
     Select,
@@ -42,19 +47,22 @@ from courier_imapd.core import (
     Store,
     StoreMode,
     StreamedLiteral,
+    Unselect,
     astring_out,
     bad,
     fetch_response_pieces,
+    quote,
     tagged,
     untagged,
 )
 from courier_imapd.login import Counters, Wire, read_event, send
-from courier_imapd.mailbox import MailboxView, SequenceError, flags_text, letters_for
+from courier_imapd.mailbox import MailboxView, SequenceError, flags_text, split_flags
 
 from libcourier import proctitle
 from libcourier.maildir import folders
 from libcourier.maildir.folder import Maildir, folder_path
 from libcourier.maildir.folders import FolderError
+from libcourier.maildir.keywords import KeywordError
 from libcourier.maildir.mutf7 import encode_mutf7
 
 log = logging.getLogger("courier.imapd")
@@ -294,9 +302,12 @@ class Session:
         path = self._target(cmd.tag, cmd.mailbox)
         if path is None:
             return
-        letters, _ignored = letters_for(cmd.flags)   # keywords are not kept (PERMANENTFLAGS)
+        letters, names = split_flags(cmd.flags)
         try:
-            added = folders.append_message(path, cmd.message, letters, cmd.internaldate)
+            added = folders.append_message(path, cmd.message, letters, cmd.internaldate, names)
+        except KeywordError as e:
+            self.out(tagged(cmd.tag, "NO", str(e)))
+            return
         except OSError as e:
             log.error("APPEND to %s for %s: %s", cmd.mailbox, self.user, e)
             self.out(tagged(cmd.tag, "NO", "APPEND failed"))
@@ -331,7 +342,8 @@ class Session:
             return
         try:
             added = folders.copy_messages(
-                [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path)
+                [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path,
+                [m.keywords for m in picked])
         except FileNotFoundError:
             view.refresh(allow_expunge=False)   # they become ghosts; expunged later
             self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
@@ -409,7 +421,7 @@ class Session:
             items = cmd.items
             if sets_seen and "S" not in msg.flags:
                 try:
-                    msg = view.maildir.set_flags(msg, msg.flags + "S")
+                    msg = view.maildir.change_flags(msg, add="S")
                     view.update(i, msg)
                 except FileNotFoundError:
                     view.ghosts.add(msg.uid)
@@ -429,7 +441,8 @@ class Session:
                 continue
             try:
                 parts, size = fetchmod.message_parts(
-                    items, msg, fh, flags_text(msg.flags, msg.uid in view.recent), size)
+                    items, msg, fh, flags_text(msg.flags, msg.uid in view.recent, msg.keywords),
+                    size)
                 if size is not None:
                     view.sizes[msg.uid] = size
                 self.counters.body += sum(
@@ -456,34 +469,54 @@ class Session:
         idx = self._resolve(cmd.tag, cmd.sequence, cmd.uid)
         if idx is None:
             return
-        # Keywords are not permanent here (no \* in PERMANENTFLAGS): RFC 3501 §7.1
-        # lets the server ignore them; \Recent cannot be stored and is ignored too.
-        letters, _ignored = letters_for(cmd.flags)
+        # System flags are letters of the file name, changed by rename against the
+        # file's current name (a concurrent change of another flag is kept); keywords
+        # go to courierimapkeywords/ in one locked read-merge-write for the command.
+        # \Recent cannot be stored and is ignored (RFC 3501 §7.1).
+        letters, names = split_flags(cmd.flags)
         missing = False
+        changed: list[int] = []
         for i in idx:
             msg = view.messages[i]
             if msg.uid in view.ghosts:
                 missing = True
                 continue
-            system = set(c for c in msg.flags if c.isupper())
-            other = "".join(c for c in msg.flags if not c.isupper())   # keep keyword letters
-            if cmd.mode is StoreMode.REPLACE:
-                new = set(letters)
-            elif cmd.mode is StoreMode.ADD:
-                new = system | set(letters)
-            else:
-                new = system - set(letters)
             try:
-                msg = view.maildir.set_flags(msg, "".join(new) + other)
+                if cmd.mode is StoreMode.REPLACE:
+                    msg = view.maildir.change_flags(msg, exact=letters)
+                elif cmd.mode is StoreMode.ADD:
+                    msg = view.maildir.change_flags(msg, add=letters)
+                else:
+                    msg = view.maildir.change_flags(msg, remove=letters)
             except FileNotFoundError:
                 view.ghosts.add(msg.uid)
                 missing = True
                 continue
             view.update(i, msg)
-            if not cmd.silent:
-                uidpart = f" UID {msg.uid}" if cmd.uid else ""
-                self.out(untagged(f"{i + 1} FETCH (FLAGS "
-                                  f"{flags_text(msg.flags, msg.uid in view.recent)}{uidpart})"))
+            changed.append(i)
+        if names or (cmd.mode is StoreMode.REPLACE
+                     and any(view.messages[i].keywords for i in changed)):
+            mode = {StoreMode.REPLACE: "=", StoreMode.ADD: "+"}.get(cmd.mode, "-")
+            try:
+                new = view.maildir.change_keywords([view.messages[i] for i in changed],
+                                                   mode, names)
+            except KeywordError as e:
+                self.out(tagged(cmd.tag, "NO", str(e)))
+                return
+            except OSError as e:
+                log.error("user=%s: keywords in %s: %s", self.user, view.name, e)
+                self.out(tagged(cmd.tag, "NO", "Cannot store keywords"))
+                return
+            for i, m in zip(changed, new, strict=True):
+                view.update(i, m)
+        lines = view.announce({k for i in changed for k in view.messages[i].keywords})
+        if not cmd.silent:
+            uidpart = " UID {}" if cmd.uid else ""
+            for i in changed:
+                m = view.messages[i]
+                lines.append(f"{i + 1} FETCH (FLAGS {flags_text(m.flags, m.uid in view.recent, m.keywords)}"
+                             + uidpart.format(m.uid) + ")")
+        self.out(self._untagged(lines))
         if missing:
             self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
         else:

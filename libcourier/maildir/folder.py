@@ -15,14 +15,18 @@ it: they only add to new/, which the next scan picks up.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from libcourier.maildir import keywords as kwmod
 from libcourier.maildir import uiddb
 from libcourier.maildir.flags import join_name, split_name
+
+log = logging.getLogger("courier.maildir")
 
 TMP_MAX_AGE = 36 * 3600          # Courier purges tmp/ files older than 36 hours
 _SIZE_TAG = re.compile(r",S=(\d+)")
@@ -36,6 +40,7 @@ class MessageRef:
     flags: str        # maildir flag letters, sorted (e.g. "FS"); lowercase keyword letters kept
     size: int         # on-disk size in bytes (from ,S= when present, else stat)
     mtime: float      # INTERNALDATE source
+    keywords: frozenset[str] = frozenset()   # IMAP keywords (courierimapkeywords/)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,18 +145,72 @@ class Maildir:
                 uiddb.write(self.path, db)
         finally:
             os.close(lockfd)  # releases the flock
+        kws = self.read_keywords({base for _, base in kept}, now)
         msgs = []
         recent = set()
+        empty: frozenset[str] = frozenset()
         for uid, base in kept:
             name, st = files[base]
             size = _size_of(base)
             msgs.append(MessageRef(uid, base, name, split_name(name)[1],
-                                   st.st_size if size is None else size, st.st_mtime))
+                                   st.st_size if size is None else size, st.st_mtime,
+                                   kws.get(base, empty)))
             if base in moved:
                 recent.add(uid)
         return FolderState(db.uidvalidity, nextuid, tuple(msgs), frozenset(recent))
 
+    def read_keywords(self, bases: set[str], now: float | None = None) -> dict[str, frozenset[str]]:
+        """base -> keywords; a keyword directory we cannot use costs the keywords, not
+        the scan (Courier's imapd goes on without them too)."""
+        try:
+            return kwmod.read(self.path, bases, now)
+        except OSError as e:
+            log.error("%s: cannot read %s: %s", self.path, kwmod.KEYWORDDIR, e)
+            return {}
+
+    def change_keywords(self, msgs: list[MessageRef], mode: str,
+                        names: frozenset[str]) -> list[MessageRef]:
+        """STORE on keywords (mode "=", "+" or "-"); the messages with their new keywords.
+        The change is made against the folder's current keywords under the keyword
+        lock, so another session's concurrent change is kept, not overwritten."""
+        if not msgs:
+            return []
+        bases = set(self._list_cur())   # every message in cur/, to keep their keywords
+        state = kwmod.update(self.path, bases, {m.base: (mode, names) for m in msgs})
+        empty: frozenset[str] = frozenset()
+        return [replace(m, keywords=state.get(m.base, empty)) for m in msgs]
+
     # -- per message --------------------------------------------------------------
+
+    def change_flags(self, msg: MessageRef, add: str = "", remove: str = "",
+                     exact: str | None = None) -> MessageRef:
+        """Add / remove flag letters (or set them to `exact`) against the file's
+        current flags. The rename names the exact current file, so if another
+        process renamed it meanwhile ours fails and we re-read and retry: a
+        concurrent change of another flag is never lost. FileNotFoundError if
+        the message has gone."""
+        name = msg.filename
+        for _ in range(64):   # each retry means someone else changed it: bounded
+            current = split_name(name)[1]
+            if exact is not None:
+                keep = "".join(c for c in current if not c.isupper())   # others' letters
+                letters = "".join(set(exact) | set(keep))
+            else:
+                letters = "".join((set(current) | set(add)) - set(remove))
+            target = join_name(msg.base, letters)
+            try:
+                if target == name:
+                    os.stat(self.path / "cur" / name)
+                else:
+                    os.rename(self.path / "cur" / name, self.path / "cur" / target)
+                return replace(msg, filename=target, flags=split_name(target)[1])
+            except FileNotFoundError:
+                found = self._find(msg.base)
+                if found is None:
+                    raise
+                name = found
+        raise OSError(f"{msg.base}: flags keep changing under us")
+
 
     def path_of(self, msg: MessageRef) -> Path:
         return self.path / "cur" / msg.filename

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_all, write_atomic
+from libcourier.maildir import keywords as kwmod
 from libcourier.maildir import uiddb
 from libcourier.maildir.flags import join_name
 from libcourier.maildir.folder import Maildir, folder_path, list_folders
@@ -272,10 +273,12 @@ def _place(folder: Path, placers: Iterable[tuple[str, object]]) -> Added:
 
 
 def append_message(folder: Path, data: bytes, flags: str = "",
-                   internaldate: float | None = None) -> Added:
-    """Write one message into the folder's cur/ with its flag letters; the file's mtime
-    is the INTERNALDATE (as Courier's imapd sets it)."""
+                   internaldate: float | None = None,
+                   keywords: Iterable[str] = ()) -> Added:
+    """Write one message into the folder's cur/ with its flag letters and IMAP keywords;
+    the file's mtime is the INTERNALDATE (as Courier's imapd sets it)."""
     folder = Path(folder)
+    keywords = frozenset(kwmod.check_name(k) for k in keywords)
     tmpname = folder / "tmp" / unique_name(len(data))
     fd = os.open(tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -301,6 +304,10 @@ def append_message(folder: Path, data: bytes, flags: str = "",
         except OSError:
             pass
         raise
+    # After the message has its UID, as Courier's imapd renames its keyword file in
+    # after the message: a scan in between sees the message without keywords, never
+    # keywords without a message (which would be dropped as an orphan).
+    kwmod.write(folder, {base: keywords})
     return added
 
 
@@ -329,12 +336,15 @@ def _copy_one(src: Path, folder: Path, target: Path) -> None:
         raise
 
 
-def copy_messages(sources: list[tuple[Path, str, int]], folder: Path) -> Added:
-    """Copy message files into folder's cur/: each source is (path, flag letters, size).
+def copy_messages(sources: list[tuple[Path, str, int]], folder: Path,
+                  keywords: list[frozenset[str]] | None = None) -> Added:
+    """Copy message files into folder's cur/: each source is (path, flag letters, size),
+    `keywords` (if given) the IMAP keywords of each, in the same order.
     FileNotFoundError when a source vanished (nothing is copied then, RFC 3501 §6.4.7:
     COPY is all or nothing)."""
     folder = Path(folder)
     placers = []
+    bases: list[str] = []
     made: list[Path] = []
     for path, flags, size in sources:
         base = unique_name(size)
@@ -344,8 +354,9 @@ def copy_messages(sources: list[tuple[Path, str, int]], folder: Path) -> Added:
             _copy_one(path, folder, target)
             made.append(target)
         placers.append((base, put))
+        bases.append(base)
     try:
-        return _place(folder, placers)
+        added = _place(folder, placers)
     except BaseException:
         for t in made:
             try:
@@ -353,3 +364,6 @@ def copy_messages(sources: list[tuple[Path, str, int]], folder: Path) -> Added:
             except OSError:
                 pass
         raise
+    if keywords:
+        kwmod.write(folder, dict(zip(bases, keywords, strict=True)))
+    return added
