@@ -13,6 +13,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from courier_smtpd.bofh import Bofh, load_bofh
+from courier_smtpd.headers import MAX_HEADER_OCTETS
+
 from libcourier.config import ConfigError
 from libcourier.config.control import read_control_value
 from libcourier.config.listener import (
@@ -50,8 +53,16 @@ SETTINGS = merge_settings(listener_settings(
     Setting("BOFHNOEXPN", "bofhnoexpn", to_str, "", "(accepted; EXPN is not offered)"),
     Setting("BOFHNOVRFY", "bofhnovrfy", to_str, "", "(accepted; VRFY answers 252)"),
     Setting("TARPIT", "tarpit", to_str, "", "(accepted; later)"),
-    Setting("NOADDMSGID", "noaddmsgid", to_str, "", "(accepted)"),
-    Setting("NOADDDATE", "noadddate", to_str, "", "(accepted)"),
+    # Courier's submit adds both unless set to non-zero; its esmtpd file sets 1,
+    # esmtpd-msa 0 (RFC 6409 §8: the submission server adds them).
+    Setting("NOADDMSGID", "noaddmsgid", to_bool, "0", "1 = never add a missing Message-ID:"),
+    Setting("NOADDDATE", "noadddate", to_bool, "0", "1 = never add a missing Date:"),
+    Setting("BOFHHEADERLIMIT", "bofhheaderlimit", _optional_size, "",
+            "largest header section in octets (at least 1000; default 100000, "
+            "or `opt BOFHHEADERLIMIT=` in bofh)"),
+    Setting("AUTH_SENDER_CHECK", "auth_sender_check", to_bool, "0",
+            "1 = an authenticated client's MAIL FROM must be its login address "
+            "(or login-ext@ the same domain) or <>"),
     Setting("NOADDRREWRITE", "noaddrrewrite", to_str, "", "(accepted)"),
     Setting("BLACKLISTS", "blacklists", to_str, "", "(accepted)"),
     Setting("ALLOW_EXCLUSIVE", "allow_exclusive", to_str, "", "(accepted)"),
@@ -73,6 +84,11 @@ class SmtpdConfig(ListenerConfig):
     auth_plain: tuple[str, ...] = ()   # SASL mechanisms offered in the clear (ESMTPAUTH)
     auth_tls: tuple[str, ...] = ()     # ... under TLS (ESMTPAUTH_TLS)
     auth_required: bool = False
+    add_message_id: bool = False
+    add_date: bool = False
+    header_limit: int = MAX_HEADER_OCTETS  # BOFHHEADERLIMIT (esmtpd files, else bofh opt)
+    auth_sender_check: bool = False
+    bofh: Bofh = Bofh()                # the `bofh` control file
 
 
 # What authd can verify today: passwords (PLAIN, LOGIN). It answers FAIL to CRAM
@@ -103,8 +119,20 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
             raise ConfigError(str(e), str(etc / "sizelimit"), 1) from None
     me = read_control_value(etc / "me") or socket.getfqdn()
     v = loaded.values
+    try:
+        bofh = load_bofh(etc)
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(e), str(etc / "bofh"), 1) from None
+    header_limit = v["bofhheaderlimit"]
+    if header_limit is None:
+        opt = bofh.opts.get("BOFHHEADERLIMIT", "")
+        header_limit = int(opt) if opt.isdigit() else MAX_HEADER_OCTETS
+    header_limit = max(header_limit, 1000)     # Courier's floor
     return SmtpdConfig(
         **loaded.common, hostname=me, sizelimit=sizelimit,
         auth_plain=_mechanisms(v["esmtpauth"], tls=False),
         auth_tls=_mechanisms(v["esmtpauth_tls"] or v["esmtpauth"], tls=True),
-        auth_required=v["auth_required"]), loaded.warnings
+        auth_required=v["auth_required"],
+        add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
+        header_limit=header_limit, auth_sender_check=v["auth_sender_check"],
+        bofh=bofh), loaded.warnings

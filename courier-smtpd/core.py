@@ -145,6 +145,7 @@ class AcceptAll:
 class Limits:
     max_size: int = 10 * 1024 * 1024     # SIZELIMIT; 0 = no limit (as Courier)
     max_recipients: int = 100            # RFC 5321 §4.5.3.1.8 minimum; Courier's bofh default
+    recipients_hard: bool = False        # bofh `maxrcpts N hard`: 552 instead of 452
     max_errors: int = 20                 # bad commands before 421
     max_command_line: int = MAX_COMMAND_LINE
     max_text_line: int = MAX_TEXT_LINE
@@ -547,8 +548,12 @@ class SmtpServer:
             self._error(_r(553, "5.6.7", "Non-ASCII address needs SMTPUTF8."))
             return
         if len(self._txn.recipients) >= self.limits.max_recipients:
-            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
-            self._send(_r(452, "4.5.3", "Too many recipients."))
+            if self.limits.recipients_hard:
+                # bofh `maxrcpts N hard`: the admin wants the extra ones bounced.
+                self._send(_r(552, "5.5.3", "Too many recipients."))
+            else:
+                # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest later.
+                self._send(_r(452, "4.5.3", "Too many recipients."))
             return
         verdict = self.policy.check_recipient(address, self.session)
         if verdict.kind is not VerdictKind.ACCEPT:

@@ -40,10 +40,13 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
         text = block.strip() or "Access denied."
         conn.sendall(f"554 5.7.1 {text}\r\n".encode("utf-8", "replace"))
         return
-    policy = LocalPolicy(domains, layout.authsocket, relayclient="RELAYCLIENT" in conn.env,
-                         aliases=aliases)
-    Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
-            authenticate=partial(_authenticate, layout.authsocket)).run()
+    relayclient = "RELAYCLIENT" in conn.env
+    policy = LocalPolicy(domains, layout.authsocket, relayclient=relayclient,
+                         aliases=aliases, bofh=cfg.bofh, auth_sender_check=cfg.auth_sender_check)
+    session = Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
+                      authenticate=partial(_authenticate, layout.authsocket))
+    policy.remote_host = session.verified_rdns
+    session.run()
 
 
 def _authenticate(authsocket: Path, creds: Credentials, ip: str) -> str | None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from courier_smtpd.bofh import Bofh, relay_in_domains
 from courier_smtpd.core import SessionInfo, Verdict
 
 from libcourier.aliases import AliasTable
@@ -81,15 +82,47 @@ class LocalPolicy:
     """The esmtpd recipient policy: local users via authd, no open relay."""
 
     def __init__(self, domains: Domains, authsocket: Path, *, relayclient: bool = False,
-                 lookup: Lookup | None = None, aliases: AliasTable | None = None):
+                 lookup: Lookup | None = None, aliases: AliasTable | None = None,
+                 bofh: Bofh | None = None, remote_host: Callable[[], str | None] | None = None,
+                 auth_sender_check: bool = False):
         self.domains = domains
         self.aliases = aliases      # ETC/aliases.dat: an alias is a valid recipient
         self.authsocket = authsocket
         self.relayclient = relayclient
+        self.bofh = bofh or Bofh()
+        self.remote_host = remote_host or (lambda: None)   # the client's verified rDNS name
+        self.auth_sender_check = auth_sender_check
         self._lookup = lookup or (lambda sock, service, user: auth_pre(sock, service, user))
 
     def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
+        if sender and self.bofh.is_badfrom(sender):
+            return Verdict.reject(550, "5.7.1", f"Sender rejected: {sender}")
+        if self.auth_sender_check and session.authenticated and sender \
+                and not self.owns(session.authenticated, sender):
+            return Verdict.reject(553, "5.7.1",
+                                  f"Sender address not owned by user {session.authenticated}.")
+        if sender and not (self.relayclient or session.authenticated):
+            relays = self.bofh.freemail_domains(sender)
+            # Courier's freemail: only from a client whose host name is in the domain.
+            if relays is not None and not relay_in_domains(self.remote_host(), relays):
+                return Verdict.reject(550, "5.7.1", f"Sender rejected: {sender} can be accepted "
+                                      f"only from {relays[0]}'s mail relays.")
         return Verdict.accept()
+
+    def owns(self, login: str, sender: str) -> bool:
+        """Is `sender` the login's own address: itself, or login-ext at its domain
+        (a login without a domain owns that local part at `me` and `locals`)?"""
+        s_local, s_domain = split_address(sender)
+        l_local, at, l_domain = login.lower().rpartition("@")
+        if not at:
+            l_local, l_domain = login.lower(), ""
+        if l_domain:
+            if s_domain != l_domain:
+                return False
+        elif not self.domains.is_locals(s_domain):
+            return False
+        s_local = s_local.lower()
+        return s_local == l_local or s_local.startswith(l_local + "-")
 
     def check_recipient(self, address: str, session: SessionInfo) -> Verdict:
         local, domain = split_address(address)

@@ -10,6 +10,7 @@ never a 250 for a message before SpoolWriter.commit() returned.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import time
@@ -38,6 +39,7 @@ from courier_smtpd.core import (
     Verdict,
     VerdictKind,
 )
+from courier_smtpd.headers import HeaderFilter, HeaderRules
 
 from libcourier import proctitle, spool
 from libcourier.authclient import AuthTempFail
@@ -47,6 +49,7 @@ from libcourier.sasl import (
     LoginCredentials,
     cram_nonce,
 )
+from libcourier.smtp.reply import Reply
 from libcourier.tcpd import Connection
 
 log = logging.getLogger("courier.esmtpd")
@@ -91,6 +94,23 @@ def reverse_dns(ip: str) -> str | None:
         return socket.gethostbyaddr(ip)[0]
     except (OSError, UnicodeError):
         return None
+
+
+def forward_confirmed(name: str | None, ip: str) -> bool:
+    """The PTR name resolves back to the client's address (FCrDNS): a name a
+    client could not simply claim by owning its reverse zone."""
+    if not name:
+        return False
+    try:
+        infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return False
+    return any(info[4][0] == ip for info in infos)
+
+
+def message_id(hostname: str, now: float) -> str:
+    """Courier's style: unique by time, pid and randomness, at our name (RFC 5322 §3.6.4)."""
+    return f"<courier.{int(now):08X}.{os.getpid():08X}.{os.urandom(4).hex().upper()}@{hostname}>"
 
 
 class LoggingPolicy:
@@ -138,8 +158,11 @@ class Session:
                            auth_required=cfg.auth_required,
                            nonce=cram_nonce(int(clock())))
         self.policy = LoggingPolicy(policy, conn.peer_ip)
-        self.core = SmtpServer(info, self.policy, Limits(max_size=cfg.sizelimit))
+        self.core = SmtpServer(info, self.policy, Limits(
+            max_size=cfg.sizelimit, max_recipients=cfg.bofh.maxrcpts,
+            recipients_hard=cfg.bofh.maxrcpts_hard))
         self.writer: spool.SpoolWriter | None = None
+        self.headers: HeaderFilter | None = None
         self.write_error: str | None = None
         self.out = bytearray()
         self.closed = False
@@ -237,11 +260,10 @@ class Session:
         try:
             limit = self.cfg.sizelimit + 8192 if self.cfg.sizelimit else 0
             self.writer = spool.SpoolWriter(self.spooldir, limit)
-            if self._rdns is False:
-                self._rdns = reverse_dns(self.conn.peer_ip)
+            self.headers = HeaderFilter(self._header_rules())
             s = self.core.session
             self.writer.write(received_header(
-                helo=s.helo, rdns=self._rdns or None, ip=self.conn.peer_ip, me=self.cfg.hostname,
+                helo=s.helo, rdns=self.rdns(), ip=self.conn.peer_ip, me=self.cfg.hostname,
                 esmtp=s.esmtp, tls=s.tls_active, auth=bool(s.authenticated),
                 auth_user=s.authenticated, auth_mechanism=s.auth_mechanism,
                 smtputf8=txn.smtputf8, when=datetime.fromtimestamp(self.clock(), UTC)
@@ -251,13 +273,34 @@ class Session:
             self.write_error = str(e)
             self._abort()
 
+    def rdns(self) -> str | None:
+        if self._rdns is False:
+            self._rdns = reverse_dns(self.conn.peer_ip)
+        return self._rdns or None
+
+    def verified_rdns(self) -> str | None:
+        """The client's host name when forward-confirmed (bofh freemail), else None."""
+        name = self.rdns()
+        return name if forward_confirmed(name, self.conn.peer_ip) else None
+
+    def _header_rules(self) -> HeaderRules:
+        now = self.clock()
+        return HeaderRules(
+            add_message_id=message_id(self.cfg.hostname, now) if self.cfg.add_message_id else None,
+            add_date=format_datetime(datetime.fromtimestamp(now, UTC).astimezone())
+            if self.cfg.add_date else None,
+            max_octets=self.cfg.header_limit)
+
     def _write(self, data: bytes) -> None:
         if self.writer is None:
             return
         try:
             # Lossless: the core refuses any message with a bare CR or LF, and
             # chunks (DATA and BDAT alike) hold whole lines, so CRLF never straddles two.
-            self.writer.write(data.replace(b"\r\n", b"\n"))
+            data = data.replace(b"\r\n", b"\n")
+            if self.headers is not None:
+                data = self.headers.feed(data)
+            self.writer.write(data)
         except spool.SpoolError as e:
             log.error("spool write failed: %s", e)
             self.write_error = str(e)
@@ -267,6 +310,23 @@ class Session:
         writer, self.writer = self.writer, None
         if writer is None:
             return self.core.message_failed()
+        headers, self.headers = self.headers, None
+        refusal = None
+        if headers is not None:
+            try:
+                writer.write(headers.finish())
+            except spool.SpoolError as e:
+                writer.abort()
+                log.error("spool write failed: %s", e)
+                return self.core.message_failed()
+            refusal = headers.refusal
+        if refusal is None and any(self.cfg.bofh.is_spamtrap(r.address) for r in txn.recipients):
+            refusal = Reply.make(550, "5.7.1", "Spam refused.")    # Courier's spamtrap answer
+        if refusal is not None:
+            writer.abort()
+            log.info("error,relay=[%s],from=<%s>: %d %s", self.conn.peer_ip, txn.sender,
+                     refusal.code, refusal.text)
+            return self.core.message_failed(refusal)
         s = self.core.session
         env = spool.Envelope(
             sender=txn.sender,
@@ -285,6 +345,7 @@ class Session:
         return self.core.message_accepted(qid)
 
     def _abort(self) -> None:
+        self.headers = None
         if self.writer is not None:
             self.writer.abort()
             self.writer = None

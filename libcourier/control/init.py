@@ -175,6 +175,7 @@ def init(dest: Path, *, port_base: int | None = None, hostname: str | None = Non
         local_names = list(dict.fromkeys([hostname, "localhost"]))
         write_atomic(etc / "locals", "\n".join(local_names) + "\n")
         write_atomic(etc / "hosteddomains", (tdir / "hosteddomains").read_bytes())
+        write_atomic(etc / "bofh", (tdir / "bofh").read_bytes())
         # userdb holds password hashes: 0600, as makeuserdb wants.
         write_atomic(etc / "userdb", b"", 0o600)
         compile_userdb(etc / "userdb", etc / "userdb.dat", etc / "userdbshadow.dat")
