@@ -6,8 +6,9 @@ A recipient is local when its domain (lowercased) is `me`, is listed in
 "esmtp": hosted domains by full address, `me`/`locals` domains by local part
 (they map to system-style accounts). `postmaster` is always accepted for any
 local domain (RFC 5321 §4.5.1), and bare `<postmaster>` too (§4.1.1.3).
-Other domains are relaying: refused unless the access file set RELAYCLIENT or
-the client authenticated (SMTP AUTH).
+Other domains are relaying: refused unless the access file set RELAYCLIENT, the
+client authenticated (SMTP AUTH), or the domain is in `esmtpacceptmailfor`
+(Courier's backup-MX list: accepted from anyone, delivered on by MX).
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class Domains:
     me: str
     locals: tuple[str, ...]                  # entries as in the file, lowercased
     hosted: Mapping[str, str]                # domain or alias -> hosted domain
+    # esmtpacceptmailfor(.dir): other domains we take mail for and pass on by MX
+    # (a backup MX), without RELAYCLIENT. `.example.com` matches sub-domains.
+    acceptmailfor: tuple[str, ...] = ()
+
+    def accepts_for(self, domain: str) -> bool:
+        return any(domain == e or (e.startswith(".") and domain.endswith(e))
+                   for e in self.acceptmailfor)
 
     def is_locals(self, domain: str) -> bool:
         """`me` or a `locals` entry. `.example.com` matches subdomains; `!host`
@@ -66,7 +74,8 @@ def load_domains(etc: Path, hostname: str) -> Domains:
             hosted[parts[0].strip().lower()] = parts[1].strip().lower()
         else:
             hosted[parts[0].strip().lower()] = parts[0].strip().lower()
-    return Domains(me, locals_, hosted)
+    accept = tuple(x.lower() for x in read_control_file(etc / "esmtpacceptmailfor"))
+    return Domains(me, locals_, hosted, accept)
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -134,7 +143,7 @@ class LocalPolicy:
         is_local = hosted is not None or self.domains.is_locals(domain)
         if not is_local:
             # smtpaccess RELAYCLIENT, or an AUTHenticated client (RFC 4954 §1, RFC 6409).
-            if self.relayclient or session.authenticated:
+            if self.relayclient or session.authenticated or self.domains.accepts_for(domain):
                 return Verdict.accept()
             return Verdict.reject(550, "5.7.1", "Relaying denied.")
         if local.lower() == "postmaster":

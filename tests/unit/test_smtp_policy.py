@@ -71,6 +71,20 @@ def test_relaying(etc):
     assert kind(p, "x@elsewhere.example")[0] is VerdictKind.ACCEPT
 
 
+def test_esmtpacceptmailfor_is_a_backup_mx_list(etc):
+    # Courier's esmtpacceptmailfor.dir: accepted from anyone and passed on by MX,
+    # files in the directory read in order; nothing else opens relaying.
+    (etc / "esmtpacceptmailfor.dir").mkdir()
+    (etc / "esmtpacceptmailfor.dir" / "a").write_text("backup.example\n")
+    (etc / "esmtpacceptmailfor.dir" / "b").write_text(".subs.example\n")
+    p, _ = policy(etc, set())
+    assert kind(p, "x@backup.example")[0] is VerdictKind.ACCEPT
+    assert kind(p, "x@BACKUP.example")[0] is VerdictKind.ACCEPT
+    assert kind(p, "x@a.subs.example")[0] is VerdictKind.ACCEPT
+    assert kind(p, "x@subs.example") == (VerdictKind.REJECT, 550, "5.7.1")
+    assert kind(p, "x@elsewhere.example") == (VerdictKind.REJECT, 550, "5.7.1")
+
+
 def test_authd_down_is_tempfail(etc):
     p, _ = policy(etc, set(), temp=True)
     assert kind(p, "alice@example.com") == (VerdictKind.TEMPFAIL, 451, "4.4.3")
