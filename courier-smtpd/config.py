@@ -17,7 +17,7 @@ from courier_smtpd.bofh import Bofh, load_bofh
 from courier_smtpd.headers import MAX_HEADER_OCTETS
 
 from libcourier.config import ConfigError
-from libcourier.config.control import read_control_value
+from libcourier.config.control import read_control_file, read_control_value
 from libcourier.config.listener import (
     ListenerConfig,
     listener_settings,
@@ -28,6 +28,8 @@ from libcourier.config.schema import Setting, non_negative_int, to_bool, to_str
 from libcourier.sasl import offered_mechanisms
 
 DEFAULT_SIZELIMIT = 10 * 1024 * 1024      # Courier's sizelimit default (10485760)
+MAX_GREETING_LINES = 10
+MAX_GREETING_LINE = 200
 
 
 def _optional_size(v: str) -> int | None:
@@ -89,6 +91,7 @@ class SmtpdConfig(ListenerConfig):
     header_limit: int = MAX_HEADER_OCTETS  # BOFHHEADERLIMIT (esmtpd files, else bofh opt)
     auth_sender_check: bool = False
     bofh: Bofh = Bofh()                # the `bofh` control file
+    greeting: tuple[str, ...] = ()     # the `esmtpgreeting` control file, as written
 
 
 # What authd can verify today: passwords (PLAIN, LOGIN). It answers FAIL to CRAM
@@ -128,6 +131,10 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         opt = bofh.opts.get("BOFHHEADERLIMIT", "")
         header_limit = int(opt) if opt.isdigit() else MAX_HEADER_OCTETS
     header_limit = max(header_limit, 1000)     # Courier's floor
+    # Courier's esmtpgreeting: the 220 text, one reply line per file line (printable
+    # ASCII kept, each line and the count bounded so a stray file cannot flood a client).
+    greeting = tuple("".join(c for c in line if " " <= c < "\x7f")[:MAX_GREETING_LINE]
+                     for line in read_control_file(etc / "esmtpgreeting")[:MAX_GREETING_LINES])
     return SmtpdConfig(
         **loaded.common, hostname=me, sizelimit=sizelimit,
         auth_plain=_mechanisms(v["esmtpauth"], tls=False),
@@ -135,4 +142,4 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         auth_required=v["auth_required"],
         add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
         header_limit=header_limit, auth_sender_check=v["auth_sender_check"],
-        bofh=bofh), loaded.warnings
+        bofh=bofh, greeting=greeting), loaded.warnings

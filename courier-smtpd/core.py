@@ -168,6 +168,7 @@ class SessionInfo:
     auth_required: bool = False   # AUTH_REQUIRED: MAIL needs AUTH first (530 5.7.0)
     nonce: bytes | None = None    # the CRAM challenge's random.time part (the driver's clock)
     external_identity: str | None = None   # a verified TLS client certificate's identity
+    greeting: tuple[str, ...] = ()   # the `esmtpgreeting` lines; () = "<hostname> ESMTP"
 
     def auth_offered(self) -> tuple[str, ...]:
         return self.auth_tls if self.tls_active else self.auth_plain
@@ -303,7 +304,8 @@ class SmtpServer:
 
     def greeting(self) -> bytes:
         # RFC 5321 §4.2: 220 <domain>; RFC 2034: no enhanced code on the greeting.
-        return _r(220, None, f"{self.session.hostname} ESMTP").to_bytes()
+        return _r(220, None, *(self.session.greeting or (f"{self.session.hostname} ESMTP",))
+                  ).to_bytes()
 
     def feed(self, data: bytes) -> list[Event]:
         """Take received bytes; return what to do. b"" means the client closed."""

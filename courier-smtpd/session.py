@@ -155,7 +155,7 @@ class Session:
                            tls_active=conn.tls,
                            auth_plain=cfg.auth_plain if authenticate else (),
                            auth_tls=cfg.auth_tls if authenticate else (),
-                           auth_required=cfg.auth_required,
+                           auth_required=cfg.auth_required, greeting=cfg.greeting,
                            nonce=cram_nonce(int(clock())))
         self.policy = LoggingPolicy(policy, conn.peer_ip)
         self.core = SmtpServer(info, self.policy, Limits(

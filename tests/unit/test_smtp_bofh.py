@@ -144,3 +144,17 @@ def test_header_filter_routing_loop_and_size_limits() -> None:
     f = HeaderFilter(HeaderRules(max_fields=3))
     _run(f, b"A: 1\nB: 2\nC: 3\nD: 4\n\n", 1)
     assert f.refusal is not None
+
+
+def test_esmtpgreeting_control_file(tmp_path: Path) -> None:
+    from courier_smtpd.config import load_config
+    from courier_smtpd.core import AcceptAll, SmtpServer
+    (tmp_path / "me").write_text("mx.example.com\n")
+    (tmp_path / "esmtpd").write_text("PORT=2525\nADDRESS=127.0.0.1\n")
+    cfg, _ = load_config(tmp_path, "esmtpd")
+    assert SmtpServer(SessionInfo(cfg.hostname, greeting=cfg.greeting), AcceptAll()).greeting() \
+        == b"220 mx.example.com ESMTP\r\n"
+    (tmp_path / "esmtpgreeting").write_text("mx.example.com ESMTP ready\nno spam\x07 please\n")
+    cfg, _ = load_config(tmp_path, "esmtpd")
+    assert SmtpServer(SessionInfo(cfg.hostname, greeting=cfg.greeting), AcceptAll()).greeting() \
+        == b"220-mx.example.com ESMTP ready\r\n220 no spam please\r\n"
