@@ -187,3 +187,19 @@ def test_submission_port(new_instance):
         s.login(USER, "alice-secret")
         s.sendmail("a@b.example", [USER], b"Subject: msa\r\n\r\nx\r\n")
     assert len(list_queue(new_instance.layout.spooldir)) == 1
+
+
+def test_early_talker_is_served_in_order(smtpd):
+    """A client that talks before the 220 (Courier's courieresmtpd reads it like any
+    pipelined input, and so do we): it gets the greeting first, then its answers."""
+    with socket.create_connection(("127.0.0.1", smtpd.port("smtp")), timeout=10) as sock:
+        sock.sendall(b"EHLO early.test\r\nQUIT\r\n")
+        data = b""
+        while not data.endswith(b"\r\n") or b"221 " not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    lines = data.split(b"\r\n")
+    assert lines[0].startswith(b"220 ")
+    assert lines[1].startswith(b"250-") and b"221 " in data
