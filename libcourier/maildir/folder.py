@@ -28,7 +28,8 @@ from libcourier.maildir.flags import join_name, split_name
 
 log = logging.getLogger("courier.maildir")
 
-TMP_MAX_AGE = 36 * 3600          # Courier purges tmp/ files older than 36 hours
+TMP_MAX_AGE = 36 * 3600
+RELIST_TRIES = 3                 # extra reads of cur/ when a known message seems gone          # Courier purges tmp/ files older than 36 hours
 _SIZE_TAG = re.compile(r",S=(\d+)")
 
 
@@ -117,6 +118,29 @@ class Maildir:
                     found[base] = (ent.name, st)
         return found
 
+    def _relist_missing(self, files: dict[str, tuple[str, os.stat_result]],
+                        db: uiddb.UidDb) -> None:
+        """readdir() may miss a file renamed while the directory is read (a flag change
+        by a process that takes no lock: Courier's imapd, a POP3 client of another
+        server). Dropping it would give it a new UID at the next scan, so before a
+        known message counts as gone, cur/ is read again (a few times at most)."""
+        for _ in range(RELIST_TRIES):
+            if all(base in files for _, base in db.entries):
+                return
+            for base, found in self._list_cur().items():
+                files.setdefault(base, found)
+
+    def _cur_lock(self, kind: int) -> int:
+        """flock on cur/ (module docstring): LOCK_SH for a flag rename, so our renames
+        never run while one of our scans reads the directory (LOCK_EX)."""
+        fd = os.open(self.path / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, kind)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def scan(self, now: float | None = None) -> FolderState:
         now = time.time() if now is None else now
         self._purge_tmp(now)
@@ -126,6 +150,8 @@ class Maildir:
             moved = self._move_new()
             files = self._list_cur()
             db = uiddb.read(self.path)
+            if db is not None:
+                self._relist_missing(files, db)
             changed = db is None
             if db is None:
                 db = uiddb.UidDb(uiddb.new_uidvalidity(now), 1, ())
@@ -190,6 +216,14 @@ class Maildir:
         concurrent change of another flag is never lost. FileNotFoundError if
         the message has gone."""
         name = msg.filename
+        lockfd = self._cur_lock(fcntl.LOCK_SH)
+        try:
+            return self._change_flags(msg, name, add, remove, exact)
+        finally:
+            os.close(lockfd)
+
+    def _change_flags(self, msg: MessageRef, name: str, add: str, remove: str,
+                      exact: str | None) -> MessageRef:
         for _ in range(64):   # each retry means someone else changed it: bounded
             current = split_name(name)[1]
             if exact is not None:
@@ -217,6 +251,13 @@ class Maildir:
 
     def set_flags(self, msg: MessageRef, flags: str) -> MessageRef:
         """Rename to base:2,<sorted flags>; FileNotFoundError if it has gone."""
+        lockfd = self._cur_lock(fcntl.LOCK_SH)
+        try:
+            return self._set_flags(msg, flags)
+        finally:
+            os.close(lockfd)
+
+    def _set_flags(self, msg: MessageRef, flags: str) -> MessageRef:
         target = join_name(msg.base, flags)
         new = replace(msg, filename=target, flags=split_name(target)[1])
         if target == msg.filename:
