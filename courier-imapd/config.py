@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from courier_imapd.core import COMMANDS
+
 from libcourier.config.listener import (
     ListenerConfig,
     listener_settings,
@@ -19,10 +21,65 @@ from libcourier.config.listener import (
 from libcourier.config.schema import Setting, non_negative_int, positive_int, to_bool, to_str
 from libcourier.sasl import offered_mechanisms
 
-# Our default IMAP_CAPABILITY lists only what we implement. Left out of Courier's
-# default: THREAD=ORDEREDSUBJECT, THREAD=REFERENCES, SORT, QUOTA (commands not
-# implemented yet); ACL/ACL2 (IMAP_ACL defaults to 0 here for the same reason).
-DEFAULT_CAPABILITY = "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE IDLE LITERAL+ MOVE"
+
+def folder_word(v: str) -> str:
+    """A folder name under INBOX: no hierarchy separator, not empty."""
+    v = v.strip()
+    if not v or "." in v or "/" in v or len(v) > 200:
+        raise ValueError(f"not a top-level folder name: {v!r}")
+    return v
+
+
+def specialuse_spec(v: str) -> tuple[tuple[str, str], ...]:
+    """"Drafts=Drafts,Sent=Sent Items" -> (("Drafts", "Drafts"), ("Sent", "Sent Items"))."""
+    out: list[tuple[str, str]] = []
+    for item in v.split(","):
+        if not item.strip():
+            continue
+        use, sep, name = item.partition("=")
+        use = use.strip().lstrip("\\").capitalize()
+        if not sep or use not in SPECIAL_USES or use == "Trash":
+            raise ValueError(f"expected USE=Folder with USE one of {', '.join(SPECIAL_USES[:-1])}"
+                             f" (Trash is IMAP_TRASHFOLDERNAME): {item.strip()!r}")
+        out.append((use, folder_word(name)))
+    return tuple(out)
+
+
+def emptytrash_spec(v: str) -> tuple[tuple[str, int], ...]:
+    """Courier's IMAP_EMPTYTRASH: "7" (the Trash, 7 days) or "Trash:7,Sent:30"; the
+    folder "" means IMAP_TRASHFOLDERNAME. A day count below 1 counts as 1 (Courier)."""
+    v = v.strip()
+    if not v:
+        return ()
+    if ":" not in v and "," not in v:
+        return (("", max(1, int(v))),)
+    out = []
+    for item in v.split(","):
+        if not item.strip():
+            continue
+        name, sep, days = item.partition(":")
+        if not sep:
+            continue            # Courier skips an entry without ":"
+        out.append((folder_word(name), max(1, int(days))))
+    return tuple(out)
+
+# Our default IMAP_CAPABILITY: Courier's list plus the extensions we implement.
+# capability_line() still drops any word whose command is not implemented (THREAD
+# and SORT until their commands are in the core's table), so the list is honest
+# whatever an admin writes; ACL/ACL2 come from IMAP_ACL as in Courier (off: not
+# implemented), ID from IMAP_ID_FIELDS, ENABLE UTF8=ACCEPT always (Courier's step 8).
+DEFAULT_CAPABILITY = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
+                      "THREAD=REFERENCES SORT QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE IDLE "
+                      "LITERAL+ MOVE UNSELECT SPECIAL-USE")
+
+# Capability words that are not a command name but name something we implement.
+# Any other word is advertised only when core.COMMANDS has its command (SORT,
+# THREAD=..., MOVE, UNSELECT, ENABLE, ID, IDLE, NAMESPACE).
+_IMPLEMENTED_WORDS = frozenset({
+    "IMAP4REV1", "UIDPLUS", "CHILDREN", "LITERAL+", "SASL-IR", "QUOTA", "QUOTA=RES-STORAGE",
+    "QUOTA=RES-MESSAGE", "SPECIAL-USE", "UTF8=ACCEPT", "STARTTLS", "LOGINDISABLED",
+    "XMAGICTRASH",
+})
 
 
 SETTINGS = merge_settings(listener_settings(
@@ -37,9 +94,16 @@ SETTINGS = merge_settings(listener_settings(
     Setting("IMAP_IDLE_TIMEOUT", "idle_timeout", positive_int, "60", "IDLE re-check seconds"),
     Setting("IMAP_KEYWORDS", "keywords", non_negative_int, "1", "custom keywords (not yet)"),
     Setting("IMAP_ACL", "acl", non_negative_int, "0", "ACL extension (not yet)"),
-    Setting("IMAP_EMPTYTRASH", "emptytrash", to_str, "", "Trash:days (not yet)"),
-    Setting("IMAP_MOVE_EXPUNGE_TO_TRASH", "move_expunge_to_trash", to_bool, "0", "(not yet)"),
-    Setting("IMAP_TRASHFOLDERNAME", "trashfoldername", to_str, "Trash", "Trash folder"),
+    Setting("IMAP_EMPTYTRASH", "emptytrash", emptytrash_spec, "",
+            "days, or Folder:days,...: purge old messages at login and logout"),
+    Setting("IMAP_MOVE_EXPUNGE_TO_TRASH", "move_expunge_to_trash", to_bool, "0",
+            "EXPUNGE moves messages to the Trash folder"),
+    Setting("IMAP_TRASHFOLDERNAME", "trashfoldername", folder_word, "Trash", "Trash folder"),
+    Setting("IMAP_SPECIALUSE_FOLDERS", "specialuse_folders", specialuse_spec,
+            "Drafts=Drafts,Sent=Sent,Junk=Junk",
+            "USE=Folder,...: RFC 6154 folders besides the Trash (\\Trash)"),
+    Setting("IMAP_SPECIALUSE_CREATE", "specialuse_create", to_bool, "1",
+            "create the special-use folders at login when missing"),
     Setting("IMAP_PROXY", "proxy", to_str, "0", "(not supported)"),
     Setting("IMAP_PROXY_FOREIGN", "proxy_foreign", to_str, "0", "(not supported)"),
     Setting("IMAP_MAILBOX_SANITY_CHECK", "sanity_check", to_str, "1", "(accepted)"),
@@ -52,7 +116,8 @@ SETTINGS = merge_settings(listener_settings(
     Setting("IMAP_SHAREDINDEXFILE", "sharedindexfile", to_str, "", "(accepted)"),
     Setting("IMAP_ENHANCEDIDLE", "enhancedidle", to_str, "0", "(accepted)"),
     Setting("IMAP_LOG_DELETIONS", "log_deletions", to_str, "0", "(accepted)"),
-    Setting("IMAP_ID_FIELDS", "id_fields", to_str, "", "(accepted)"),
+    Setting("IMAP_ID_FIELDS", "id_fields", to_str, "1",
+            "ID (RFC 2971): empty: off; bits 1 version, 2 os, 4 os-version"),
     Setting("SMAP_CAPABILITY", "smap_capability", to_str, "", "(not supported)"),
     Setting("OUTBOX", "outbox", to_str, "", "(not supported)"),
     Setting("OUTBOX_MULTIPLE_SEND", "outbox_multiple_send", to_str, "", "(accepted)"),
@@ -61,6 +126,8 @@ SETTINGS = merge_settings(listener_settings(
 ))
 
 SERVICES = ("imapd", "imapd-ssl")
+
+SPECIAL_USES = ("Drafts", "Sent", "Junk", "Archive", "All", "Flagged", "Trash")   # RFC 6154 §2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +140,12 @@ class ImapdConfig(ListenerConfig):
     defdomain: str
     idle_timeout: int
     autologout: int = 30 * 60     # RFC 3501 §5.4: at least 30 minutes
+    id_fields: int | None = 1     # None: ID not offered
+    move_expunge_to_trash: bool = False
+    emptytrash: tuple[tuple[str, int], ...] = ()
+    trashfoldername: str = "Trash"
+    specialuse: tuple[tuple[str, str], ...] = ()   # (use, folder) besides the Trash
+    specialuse_create: bool = True
 
 
 def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
@@ -89,8 +162,43 @@ def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
         and v["imapdstarttls"],
         maildirpath=v["maildirpath"] or "Maildir", defdomain=v["defdomain"],
         idle_timeout=v["idle_timeout"],
+        id_fields=_id_fields(v["id_fields"]),
+        move_expunge_to_trash=v["move_expunge_to_trash"],
+        emptytrash=v["emptytrash"], trashfoldername=v["trashfoldername"],
+        specialuse=v["specialuse_folders"], specialuse_create=v["specialuse_create"],
     )
-    return cfg, loaded.warnings
+    warnings = list(loaded.warnings)
+    # Words of Courier's own default list that we lack (SORT, THREAD until done) are
+    # dropped quietly; anything else an admin lists and we lack is worth a word.
+    expected = set(DEFAULT_CAPABILITY.upper().split())
+    dropped = dict.fromkeys(w for w in (cfg.capability + " " + cfg.capability_tls).split()
+                            if not implemented(w) and w.upper() not in expected)
+    if dropped:
+        warnings.append("IMAP_CAPABILITY: not implemented, not advertised: "
+                        + " ".join(dropped))
+    return cfg, warnings
+
+
+def _id_fields(v: str) -> int | None:
+    # Courier offers ID whenever IMAP_ID_FIELDS is set; its value is a bit mask.
+    v = v.strip()
+    if not v:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        return 0
+
+
+def implemented(word: str) -> bool:
+    """Whether a CAPABILITY word names something this imapd does (AUTH= is checked
+    separately against the SASL mechanisms)."""
+    w = word.upper()
+    if w.startswith("AUTH="):
+        return True
+    if w in _IMPLEMENTED_WORDS:
+        return True
+    return w.split("=", 1)[0] in COMMANDS
 
 
 # SASL mechanisms authd can verify today: it checks a password (PLAIN, LOGIN) but
@@ -114,10 +222,20 @@ def capability_line(cfg: ImapdConfig, tls: bool) -> str:
     """Courier's imapcapability() order (FORMATS.md §2.1), for what we implement."""
     offered = sasl_mechanisms(cfg, tls)
     words = [w for w in (cfg.capability_tls if tls else cfg.capability).split()
-             if not w.upper().startswith("AUTH=") or w[5:].upper() in offered]
+             if implemented(w) and (not w.upper().startswith("AUTH=") or w[5:].upper() in offered)]
+    if cfg.id_fields is not None:
+        words.append("ID")
     if not tls and cfg.starttls:
         words.append("STARTTLS")
         if cfg.tls_required:
             words.append("LOGINDISABLED")
-    # ENABLE / UTF8=ACCEPT (Courier's step 8) are not implemented, so not advertised.
-    return " ".join(words)
+    if cfg.move_expunge_to_trash:
+        words.append("XMAGICTRASH")
+    words += ["ENABLE", "UTF8=ACCEPT"]
+    seen: set[str] = set()
+    out = []
+    for w in words:     # an admin's list may name what we add: say each word once
+        if w.upper() not in seen:
+            seen.add(w.upper())
+            out.append(w)
+    return " ".join(out)

@@ -102,6 +102,9 @@ class ListMailboxes:
     reference: str
     pattern: str
     lsub: bool
+    select_opts: tuple[str, ...] = ()    # RFC 5258 selection options, e.g. SPECIAL-USE
+    return_opts: tuple[str, ...] = ()    # RFC 5258 RETURN (...), e.g. SPECIAL-USE
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +238,32 @@ class Copy:
 
 
 @dataclass(frozen=True, slots=True)
+class Enable:
+    tag: str                      # RFC 5161
+    extensions: tuple[str, ...]   # upper case, as named by the client
+
+
+@dataclass(frozen=True, slots=True)
+class Unselect:
+    tag: str                      # RFC 3691: CLOSE without the expunge
+
+
+@dataclass(frozen=True, slots=True)
+class Id:
+    """RFC 2971: the client's field/value pairs (None for NIL), at most 30."""
+    tag: str
+    params: tuple[tuple[str, str | None], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """GETQUOTA root / GETQUOTAROOT mailbox / SETQUOTA root (...) (RFC 9208 §4)."""
+    tag: str
+    verb: str                     # GETQUOTA, GETQUOTAROOT or SETQUOTA
+    name: str                     # the quota root, or the mailbox for GETQUOTAROOT
+
+
+@dataclass(frozen=True, slots=True)
 class BadCommand:
     """Answer `tag BAD text` (tag "*" when there was no usable tag)."""
     tag: str
@@ -243,7 +272,8 @@ class BadCommand:
 
 Command = (Capability | Noop | Logout | StartTLS | Login | Authenticate | Select
            | ListMailboxes | Status | Namespace | MailboxCommand | Rename | Check | Close
-           | Expunge | Idle | Fetch | Store | Search | Append | Copy)
+           | Expunge | Idle | Fetch | Store | Search | Append | Copy | Enable | Unselect | Id
+           | Quota)
 
 
 class ParseError(Exception):
@@ -481,15 +511,113 @@ def _p_select(readonly: bool) -> Callable[[str, Reader, bool], Command]:
     return parse
 
 
+# RFC 5258 / RFC 6154 options we act on; others are refused with BAD (§3: a server
+# must not ignore a selection option it does not know).
+LIST_SELECT_OPTS = frozenset({"SPECIAL-USE", "SUBSCRIBED"})
+LIST_RETURN_OPTS = frozenset({"SPECIAL-USE", "CHILDREN", "SUBSCRIBED"})
+
+
+def _list_opts(r: Reader, allowed: frozenset[str]) -> tuple[str, ...]:
+    r.expect(b"(")
+    opts: list[str] = []
+    while not r.maybe(b")"):
+        if opts:
+            r.sp()
+        o = r.atom().decode("ascii").upper()
+        if o not in allowed:
+            raise ParseError(f"unsupported LIST option {o[:40]}")
+        opts.append(o)
+        if len(opts) > 20:
+            raise ParseError("too many LIST options")
+    return tuple(opts)
+
+
 def _p_list(lsub: bool) -> Callable[[str, Reader, bool], Command]:
     def parse(tag: str, r: Reader, uid: bool) -> Command:
-        # §6.3.8 list = "LIST" SP mailbox SP list-mailbox
+        # §6.3.8 list = "LIST" SP mailbox SP list-mailbox; RFC 5258 §6 adds
+        # [list-select-opts SP] before the mailbox and [SP list-return-opts] at the end.
         r.sp()
+        select: tuple[str, ...] = ()
+        if not lsub and r.peek() == 0x28:
+            select = _list_opts(r, LIST_SELECT_OPTS)
+            r.sp()
         ref = _mutf7(r.astring())
         r.sp()
         pat = _mutf7(r.list_mailbox())
+        ret: tuple[str, ...] = ()
+        if not lsub and r.maybe(b" RETURN "):
+            ret = _list_opts(r, LIST_RETURN_OPTS)
         r.end()
-        return ListMailboxes(tag, ref, pat, lsub)
+        return ListMailboxes(tag, ref, pat, lsub, select, ret)
+    return parse
+
+
+def _p_enable(tag: str, r: Reader, uid: bool) -> Command:
+    # RFC 5161 §4: command-any =/ "ENABLE" 1*(SP capability)
+    names: list[str] = []
+    while r.maybe(b" "):
+        names.append(r.atom().decode("ascii").upper())
+        if len(names) > 50:
+            raise ParseError("too many ENABLE arguments")
+    r.end()
+    if not names:
+        raise ParseError("ENABLE needs a capability")
+    return Enable(tag, tuple(names))
+
+
+ID_MAX_PAIRS = 30       # RFC 2971 §3.3: at most 30 field-value pairs,
+ID_MAX_FIELD = 30       # fields of at most 30 octets,
+ID_MAX_VALUE = 1024     # values of at most 1024 octets
+
+
+def _p_id(tag: str, r: Reader, uid: bool) -> Command:
+    # RFC 2971 §4: id = "ID" SP id_params_list
+    # id_params_list ::= "(" #(string SPACE nstring) ")" / nil
+    r.sp()
+    if r.maybe(b"NIL"):
+        r.end()
+        return Id(tag, None)
+    r.expect(b"(")
+    pairs: list[tuple[str, str | None]] = []
+    while not r.maybe(b")"):
+        if pairs:
+            r.sp()
+        field = r.string()
+        r.sp()
+        value = None if r.maybe(b"NIL") else r.string()
+        if len(field) > ID_MAX_FIELD or (value is not None and len(value) > ID_MAX_VALUE):
+            raise ParseError("ID field or value too long")
+        pairs.append((field.decode("utf-8", "replace"),
+                      None if value is None else value.decode("utf-8", "replace")))
+        if len(pairs) > ID_MAX_PAIRS:
+            raise ParseError("more than 30 ID pairs")
+    r.end()
+    return Id(tag, tuple(pairs))
+
+
+def _p_quota(verb: str) -> Callable[[str, Reader, bool], Command]:
+    def parse(tag: str, r: Reader, uid: bool) -> Command:
+        # RFC 9208 §4.2-4.4: getquota = "GETQUOTA" SP quota-root-name;
+        # getquotaroot = "GETQUOTAROOT" SP mailbox;
+        # setquota = "SETQUOTA" SP quota-root-name SP setquota-list
+        r.sp()
+        raw = r.astring()
+        name = mailbox_name(raw) if verb == "GETQUOTAROOT" else _utf8(raw)
+        if verb == "SETQUOTA":
+            r.sp()
+            r.expect(b"(")
+            n = 0
+            while not r.maybe(b")"):
+                if n:
+                    r.sp()
+                r.atom()
+                r.sp()
+                r.number()
+                n += 1
+                if n > 20:
+                    raise ParseError("too many quota resources")
+        r.end()
+        return Quota(tag, verb, name)
     return parse
 
 
@@ -715,7 +843,12 @@ def _p_append(tag: str, r: Reader, uid: bool) -> Command:
     if r.peek() == 0x22:
         date = parse_date_time(r.quoted())
         r.sp()
-    msg = r.literal()
+    if r.maybe(b"UTF8 (~"):
+        # RFC 6855 §4: append-data =/ "UTF8" SP "(" literal8 ")"
+        msg = r.literal()
+        r.expect(b")")
+    else:
+        msg = r.literal()
     r.end()
     return Append(tag, box, flags, date, msg)
 
@@ -763,6 +896,12 @@ COMMANDS: dict[str, tuple[Parser, frozenset[State]]] = {
     "APPEND": (_p_append, AUTH),                           # §6.3.11
     "COPY": (_p_copy(False), SELECTED),                    # §6.4.7
     "MOVE": (_p_copy(True), SELECTED),                     # RFC 6851
+    "ENABLE": (_p_enable, frozenset({State.AUTHENTICATED})),  # RFC 5161 §3.1
+    "UNSELECT": (_no_args(Unselect), SELECTED),            # RFC 3691
+    "ID": (_p_id, ALL_STATES),                             # RFC 2971
+    "GETQUOTA": (_p_quota("GETQUOTA"), AUTH),              # RFC 9208 §4.2
+    "GETQUOTAROOT": (_p_quota("GETQUOTAROOT"), AUTH),      # RFC 9208 §4.3
+    "SETQUOTA": (_p_quota("SETQUOTA"), AUTH),              # RFC 9208 §4.4 (refused)
 }
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "EXPUNGE", "COPY", "MOVE"}  # §6.4.8, RFC 6851
 

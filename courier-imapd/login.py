@@ -24,6 +24,7 @@ from courier_imapd.core import (
     Authenticate,
     BadCommand,
     Capability,
+    Id,
     IdleDone,
     ImapConnection,
     Login,
@@ -35,6 +36,7 @@ from courier_imapd.core import (
     tagged,
     untagged,
 )
+from courier_imapd.ident import id_log_text, id_response
 
 from libcourier.proto import LineTooLong
 from libcourier.sasl import (
@@ -153,6 +155,14 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
                      + tagged(tag, "OK", "CAPABILITY completed"), counters)
             case Noop(tag=tag):
                 send(conn, tagged(tag, "OK", "NOOP completed"), counters)
+            case Id(tag=tag, params=params):
+                # RFC 2971 §3.1: ID is valid in every state; clients send it before login.
+                if cfg.id_fields is None:
+                    send(conn, tagged(tag, "BAD", "ID is not enabled"), counters)
+                    continue
+                log.info("ID, user=, ip=[%s]%s", conn.peer_ip, id_log_text(params))
+                send(conn, untagged(id_response(cfg.id_fields)) + tagged(tag, "OK", "ID completed"),
+                     counters)
             case Logout(tag=tag):
                 send(conn, untagged("BYE Courier-IMAP server shutting down")
                      + tagged(tag, "OK", "LOGOUT completed"), counters)

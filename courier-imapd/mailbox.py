@@ -10,11 +10,15 @@ sequence number as a "ghost" and fetching it answers NO.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from courier_imapd.core import SeqRange
 
 from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap
 from libcourier.maildir.folder import FolderState, Maildir, MessageRef
+
+if TYPE_CHECKING:
+    from courier_imapd.trash import Disposer
 
 PERMANENT_FLAGS = "(" + " ".join(IMAP_FLAG_ORDER) + ")"
 
@@ -73,6 +77,7 @@ class MailboxView:
         self.messages: list[MessageRef] = list(self.state.messages)
         self.recent: set[int] = set(self.state.recent)
         self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
+        self.disposer: Disposer | None = None   # what EXPUNGE does with a message (trash.py)
         self.sizes: dict[int, int] = {}      # uid -> size with CRLF line ends (RFC822.SIZE)
         # Keywords the client has been told of in FLAGS (RFC 3501 §7.2.6: a new one
         # is announced with a new FLAGS response before it is used).
@@ -186,11 +191,16 @@ class MailboxView:
         for i in range(len(self.messages) - 1, -1, -1):
             m = self.messages[i]
             if "T" in m.flags:
-                self.maildir.remove(m)
+                if self.disposer is not None:
+                    self.disposer.dispose(self.maildir, m)
+                else:
+                    self.maildir.remove(m)
                 out.append(f"{i + 1} EXPUNGE")
                 self.recent.discard(m.uid)
                 self.sizes.pop(m.uid, None)
                 del self.messages[i]
+        if self.disposer is not None:
+            self.disposer.done()
         return out
 
     def count_unseen(self) -> int:

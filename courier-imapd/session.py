@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from courier_imapd import fetch as fetchmod
-from courier_imapd import ident, specialuse, trash
+from courier_imapd import ident, searchdata, specialuse, trash
 from courier_imapd import quota as quotamod
+from courier_imapd import search as searchmod
+from courier_imapd import sort as sortmod
+from courier_imapd import thread as threadmod
 from courier_imapd.config import ImapdConfig, capability_line
 from courier_imapd.core import (
     SESSION_LIMITS,
@@ -42,16 +45,17 @@ from courier_imapd.core import (
     Rename,
     Search,
     Select,
+    Sort,
     State,
     Status,
     Store,
     StoreMode,
     StreamedLiteral,
+    Thread,
     Unselect,
     astring_out,
     bad,
     fetch_response_pieces,
-    quote,
     tagged,
     untagged,
 )
@@ -82,6 +86,8 @@ class Session:
     counters: Counters = field(default_factory=Counters)
     view: MailboxView | None = None
     started: float = field(default_factory=time.monotonic)
+    utf8: bool = False              # ENABLE UTF8=ACCEPT (RFC 6855): names go out as UTF-8
+    copied: set[int] = field(default_factory=set)   # UIDs copied from the selected folder
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -100,6 +106,7 @@ class Session:
         self.core.set_state(State.AUTHENTICATED, SESSION_LIMITS)
         self.conn.sock.settimeout(self.cfg.autologout)
         self.title("AUTHENTICATED")
+        self._maintain(login=True)
         try:
             while True:
                 try:
@@ -126,6 +133,7 @@ class Session:
                     log.error("user=%s, ip=[%s]: %s; closing", self.user, self.conn.peer_ip, e)
                     return
         finally:
+            self._maintain(login=False)
             log.info("LOGOUT, user=%s, ip=[%s], headers=0, body=%d, rcvd=%d, sent=%d, time=%d",
                      self.user, self.conn.peer_ip, self.counters.body, self.counters.rcvd,
                      self.counters.sent, int(time.monotonic() - self.started))
@@ -177,10 +185,12 @@ class Session:
                 self.fetch(ev)
             case Store():
                 self.store(ev)
-            case Search():
+            case Search() | Sort() | Thread():
                 self.search(ev)
             case Idle():
                 return self.idle(ev)
+            case Enable() | Unselect() | Id() | Quota():
+                self.extension(ev)
             case _:
                 self.out(tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"))
         return True
@@ -192,8 +202,77 @@ class Session:
 
     def _unselect(self) -> None:
         self.view = None
+        self.copied.clear()
         self.core.set_state(State.AUTHENTICATED)
         self.title("AUTHENTICATED")
+
+    # -- extensions: ENABLE, UNSELECT, ID, QUOTA; upkeep at login and logout ---------------
+
+    def _maintain(self, login: bool) -> None:
+        """Courier's chores at login and logout: IMAP_EMPTYTRASH, and at login the
+        special-use folders. A failure is logged; the session goes on."""
+        try:
+            if login:
+                specialuse.ensure_folders(self.root, self.cfg)
+            trash.empty_trash(self.root, self.cfg)
+        except OSError as e:
+            log.error("user=%s: %s upkeep failed: %s", self.user, "login" if login else "logout", e)
+
+    def _name_out(self, name: str) -> bytes:
+        """A mailbox name on the wire: modified UTF-7, or UTF-8 once UTF8=ACCEPT is on
+        (RFC 6855 §3: a quoted string may then carry UTF-8)."""
+        if not self.utf8 or name.isascii():
+            return mailbox_out(name)
+        return b'"' + name.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
+
+    def extension(self, ev: Enable | Unselect | Id | Quota) -> None:
+        match ev:
+            case Enable(tag=tag, extensions=names):
+                # RFC 5161 §3.2: ENABLED names what we enabled; the rest is ignored.
+                done = []
+                if "UTF8=ACCEPT" in names:
+                    self.utf8 = True
+                    done.append("UTF8=ACCEPT")
+                self.out(untagged(" ".join(["ENABLED", *done])), tagged(tag, "OK", "Options enabled"))
+            case Unselect(tag=tag):
+                self._unselect()    # RFC 3691: no expunge, no untagged responses
+                self.out(tagged(tag, "OK", "UNSELECT completed"))
+            case Id(tag=tag, params=params):
+                if self.cfg.id_fields is None:
+                    self.out(tagged(tag, "BAD", "ID is not enabled"))
+                    return
+                log.info("ID, user=%s, ip=[%s]%s", self.user, self.conn.peer_ip,
+                         ident.id_log_text(params))
+                self.out(untagged(ident.id_response(self.cfg.id_fields)),
+                         tagged(tag, "OK", "ID completed"))
+            case Quota():
+                self.quota(ev)
+
+    def quota(self, cmd: Quota) -> None:
+        """RFC 9208 §4.2-4.4 with Courier's one quota root, ROOT."""
+        if cmd.verb == "SETQUOTA":
+            self.out(tagged(cmd.tag, "NO", "SETQUOTA No permission.", "NOPERM"))
+            return
+        try:
+            use = quotamod.usage(self.root)
+        except OSError as e:
+            log.error("user=%s: cannot read the quota: %s", self.user, e)
+            self.out(tagged(cmd.tag, "NO", f"{cmd.verb} failed"))
+            return
+        if cmd.verb == "GETQUOTA":
+            if use is None or cmd.name != quotamod.ROOT:
+                self.out(tagged(cmd.tag, "NO", "No such quota root", "NONEXISTENT"))
+                return
+            self.out(untagged(quotamod.quota_line(use)), tagged(cmd.tag, "OK", "GETQUOTA Ok."))
+            return
+        if not folders.exists(self.root, cmd.name):
+            self.out(tagged(cmd.tag, "NO", "Mailbox does not exist", "NONEXISTENT"))
+            return
+        roots = f' "{quotamod.ROOT}"' if use is not None else ""
+        lines = [b"QUOTAROOT " + self._name_out(cmd.name) + roots.encode()]
+        if use is not None:
+            lines.append(quotamod.quota_line(use).encode())
+        self.out(*(untagged(x) for x in lines), tagged(cmd.tag, "OK", "GETQUOTAROOT Ok."))
 
     # -- mailboxes (RFC 3501 §6.3) ------------------------------------------------------------
 
@@ -209,6 +288,8 @@ class Session:
             log.error("cannot open %s for %s: %s", path, self.user, e)
             self.out(tagged(cmd.tag, "NO", "Cannot open the mailbox"))
             return
+        view.disposer = trash.disposer_for(self.root, path, self.cfg)
+        view.disposer.copied = self.copied
         self.view = view
         self.core.set_state(State.SELECTED)
         self.title(f"SELECTED {cmd.mailbox}")
@@ -231,12 +312,20 @@ class Session:
         # \Noselect (RFC 3501 §6.3.8) so a client can still walk the tree.
         parents = {b.rsplit(".", k)[0] for b in real for k in range(1, b.count(".") + 1)}
         parents -= allnames
-        if cmd.lsub:
-            boxes = folders.read_subscriptions(self.root)
+        # RFC 5258 options (parsed by the core): SUBSCRIBED selects like LSUB and
+        # marks \Subscribed; SPECIAL-USE (RFC 6154 §3) keeps only special-use folders.
+        want_subs = "SUBSCRIBED" in cmd.select_opts or "SUBSCRIBED" in cmd.return_opts
+        subs = folders.read_subscriptions(self.root) if cmd.lsub or want_subs else []
+        uses = specialuse.special_uses(self.cfg) if not cmd.lsub else {}
+        if cmd.lsub or "SUBSCRIBED" in cmd.select_opts:
+            boxes = subs
             noselect = {b for b in boxes if b not in allnames}
         else:
             boxes = sorted(allnames | parents, key=lambda b: (b != "INBOX", b))
             noselect = parents
+        if "SPECIAL-USE" in cmd.select_opts:
+            boxes = [b for b in boxes if b in uses and b in allnames]
+        subscribed = set(subs) if want_subs else set()
         lines = []
         for b in boxes:
             if not rx.fullmatch(b):
@@ -244,8 +333,13 @@ class Session:
             kids = any(o.startswith(b + ".") for o in allnames)
             attrs = ["\\HasChildren" if kids else "\\HasNoChildren"]
             if b in noselect:
-                attrs.insert(0, "\\Noselect")
-            lines.append(f"{name} ({' '.join(attrs)}) \".\" ".encode() + mailbox_out(b))
+                attrs.insert(0, "\\NonExistent" if "SUBSCRIBED" in cmd.select_opts
+                             else "\\Noselect")
+            if b in subscribed:
+                attrs.append("\\Subscribed")
+            if b in uses and b in allnames:
+                attrs.append(uses[b])       # RFC 6154 §2: sent whether asked for or not
+            lines.append(f"{name} ({' '.join(attrs)}) \".\" ".encode() + self._name_out(b))
         self.out(b"".join(untagged(x) for x in lines), tagged(cmd.tag, "OK", f"{name} completed"))
 
     def mailbox_command(self, cmd: MailboxCommand) -> None:
@@ -355,6 +449,9 @@ class Session:
         code = (f"COPYUID {added.uidvalidity} {uid_set([m.uid for m in picked])} "
                 f"{uid_set(list(added.uids))}")
         if not cmd.move:
+            # IMAP_MOVE_EXPUNGE_TO_TRASH deletes these on EXPUNGE instead (Courier's
+            # copiedflag): the client has put them where it wanted.
+            self.copied.update(m.uid for m in picked)
             self.out(tagged(cmd.tag, "OK", "COPY completed", code))
             return
         # RFC 6851 §4.3/§4.4: COPYUID in an untagged OK before the EXPUNGEs.
@@ -391,7 +488,7 @@ class Session:
             on_disk = {m.uid for m in st.messages}
             vals["RECENT"] = len(self.view.recent & on_disk)
         items = " ".join(f"{k} {vals[k]}" for k in cmd.items)
-        self.out(untagged(b"STATUS " + mailbox_out(cmd.mailbox) + f" ({items})".encode()),
+        self.out(untagged(b"STATUS " + self._name_out(cmd.mailbox) + f" ({items})".encode()),
                  tagged(cmd.tag, "OK", "STATUS Completed."))
 
     # -- messages (RFC 3501 §6.4) ---------------------------------------------------------------
@@ -549,25 +646,36 @@ class Session:
             lines = view.expunge()
         self.out(self._untagged(updates + lines), tagged(cmd.tag, "OK", "EXPUNGE completed"))
 
-    def search(self, cmd: Search) -> None:
+    def search(self, cmd: Search | Sort | Thread) -> None:
+        """SEARCH (RFC 3501 §6.4.4), SORT and THREAD (RFC 5256): the keys in search.py,
+        the message data in searchdata.py. No untagged EXPUNGE here (§7.4.1)."""
         view = self.view
         assert view is not None
-        hits = set(range(len(view.messages)))
-        for key in cmd.keys:
-            if key.name == "UID":
-                hits &= set(view.resolve(key.sequence, True))
-            elif key.name == "SEQ":
-                try:
-                    hits &= set(view.resolve(key.sequence, False))
-                except SequenceError:
-                    hits = set()
-            else:
-                hits = {i for i in hits if search_flag(key.name, view.messages[i].flags,
-                                                       view.messages[i].uid in view.recent)}
-        nums = sorted(hits)
-        vals = [view.messages[i].uid if cmd.uid else i + 1 for i in nums]
-        self.out(untagged("SEARCH" + "".join(f" {v}" for v in vals)),
-                 tagged(cmd.tag, "OK", "SEARCH done."))
+        verb = type(cmd).__name__.upper()
+        program = cmd.program
+        if program.charset is not None and program.charset not in searchmod.CHARSETS:
+            self.out(tagged(cmd.tag, "NO", f"{program.charset[:40]} is not supported",
+                            searchmod.BADCHARSET))
+            return
+        box = searchdata.MailboxFacts(view)
+        bounds = searchmod.Bounds(len(view.messages), view.messages[-1].uid if view.messages else 0)
+        # SORT and THREAD read the hits' header fields again: keep what was looked up
+        hits = searchmod.search(program.key, box.facts, bounds,
+                                None if verb != "SEARCH" else searchdata.MessageFacts.forget)
+
+        def number(m: searchdata.MessageFacts) -> int:
+            return m.uid if cmd.uid else m.seq
+
+        if isinstance(cmd, Sort):
+            line = "SORT" + "".join(f" {number(m)}" for m in sortmod.sort_messages(
+                cmd.criteria, hits))  # type: ignore[arg-type]
+        elif isinstance(cmd, Thread):
+            text = threadmod.format_threads(threadmod.thread(cmd.algorithm, hits),  # type: ignore[arg-type]
+                                            number)  # type: ignore[arg-type]
+            line = "THREAD" + (" " + text if text else "")
+        else:
+            line = "SEARCH" + "".join(f" {number(m)}" for m in hits)
+        self.out(untagged(line), tagged(cmd.tag, "OK", f"{verb} completed."))
 
     # -- IDLE (RFC 2177) ------------------------------------------------------------------------
 
@@ -627,23 +735,6 @@ class Session:
             self.core.idling = False
             self.conn.sock.settimeout(self.cfg.autologout)
             self.title("SELECTED" if self.view else "AUTHENTICATED")
-
-
-_SEARCH_FLAGS = {"SEEN": "S", "DELETED": "T", "FLAGGED": "F", "ANSWERED": "R", "DRAFT": "D"}
-
-
-def search_flag(name: str, flags: str, recent: bool) -> bool:
-    if name == "ALL":
-        return True
-    if name == "RECENT":
-        return recent
-    if name == "OLD":
-        return not recent
-    if name == "NEW":
-        return recent and "S" not in flags
-    if name.startswith("UN"):
-        return _SEARCH_FLAGS[name[2:]] not in flags
-    return _SEARCH_FLAGS[name] in flags
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:

@@ -536,7 +536,12 @@ def test_list_status_namespace(imap) -> None:
     try:
         typ, data = c.list('""', "*")
         assert typ == "OK"
-        assert sorted(data) == [b'(\\HasChildren) "." INBOX', b'(\\HasNoChildren) "." INBOX.Sent']
+        # The special-use folders (RFC 6154) are made at login; .Sent was there already.
+        assert sorted(data) == [b'(\\HasChildren) "." INBOX',
+                                b'(\\HasNoChildren \\Drafts) "." INBOX.Drafts',
+                                b'(\\HasNoChildren \\Junk) "." INBOX.Junk',
+                                b'(\\HasNoChildren \\Sent) "." INBOX.Sent',
+                                b'(\\HasNoChildren \\Trash) "." INBOX.Trash']
         typ, data = c.status("INBOX", "(MESSAGES UNSEEN UIDNEXT)")
         assert data == [b"INBOX (MESSAGES 3 UNSEEN 3 UIDNEXT 4)"]
         typ, data = c.select("INBOX.Sent")

@@ -18,6 +18,9 @@ MSG = b"From: x@example.net\r\nSubject: appended\r\n\r\nbody line\r\n"
 
 @pytest.fixture
 def inst(new_instance):
+    # These tests make and rename INBOX.Sent themselves: no special-use folders at login.
+    with open(new_instance.etc / "imapd", "a") as f:
+        f.write("\nIMAP_SPECIALUSE_CREATE=0\n")
     new_instance.adduser(USER, PASSWORD)
     for m in MSGS:
         deliver(new_instance.maildir(USER), m)

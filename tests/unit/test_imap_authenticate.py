@@ -87,7 +87,8 @@ def test_capability_filters_auth_words(tmp_path: Path) -> None:
     (etc / "imapd").write_text("PORT=143\n" + CAPS)
     cfg, _ = load_config(etc, "imapd")
     # CRAM-MD5: authd cannot verify it; SCRAM: not implemented.
-    assert capability_line(cfg, False) == "IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR"
+    assert capability_line(cfg, False) == \
+        "IMAP4rev1 AUTH=PLAIN AUTH=LOGIN SASL-IR ID ENABLE UTF8=ACCEPT"
     assert sasl_mechanisms(cfg, False) == ("PLAIN", "LOGIN")
 
 

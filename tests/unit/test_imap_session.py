@@ -89,7 +89,8 @@ def test_login_select_fetch_store(tmp_path: Path) -> None:
     assert b"* 2 FETCH (FLAGS (\\Flagged \\Deleted \\Recent) UID 2)\r\n" in out
     assert b"* SEARCH 2\r\n" in out
     assert b"* 2 EXPUNGE\r\ng OK" in out
-    assert b'* LIST (\\HasNoChildren) "." INBOX\r\n' in out
+    # INBOX has children: the special-use folders made at login (RFC 6154).
+    assert b'* LIST (\\HasChildren) "." INBOX\r\n' in out
     assert b'* NAMESPACE (("INBOX." ".")) NIL (("#shared." ".")("shared." "."))\r\n' in out
     assert out.endswith(b"* BYE Courier-IMAP server shutting down\r\nj OK LOGOUT completed\r\n")
     assert sorted(p.name for p in (root / "cur").iterdir()) == ["1000.M1P1.h:2,S"]
