@@ -29,7 +29,6 @@ client's lines inside an AUTH exchange are base64 and may be longer (RFC 5034
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -52,7 +51,6 @@ __all__ = ["NEED_DATA"]
 
 MAX_COMMAND_LINE = 255      # RFC 2449 §4, including CRLF
 MAX_NUMBER_DIGITS = 10      # a message number or line count longer than this is nonsense
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class State(Enum):
@@ -616,121 +614,82 @@ class Pop3Server:
 # -- message bytes on the wire (RFC 1939 §3 byte-stuffing) -------------------------------------
 
 class WireEncoder:
-    """Turns a stored message (LF or CRLF line ends) into what RETR/TOP send, chunk by chunk.
+    """Turns a stored message into what RETR/TOP send, chunk by chunk, as Courier's pop3d does.
 
-    A bare LF becomes CRLF, an existing CRLF is kept, every other byte is sent
-    as is; a line starting with "." gets one more "." (RFC 1939 §3); a message
-    not ending in a line end gets a CRLF; `finish()` adds the ".\\r\\n". For TOP
-    (`body_lines` set) the header, the blank line and that many body lines are
-    sent, then `done` turns true and the caller may stop reading.
+    Every LF becomes CRLF and every other byte is sent as is (a stored CRLF goes
+    out as CR CR LF, exactly as Courier's do_retr() sends it, so the sizes in a
+    courierpop3dsizelist Courier wrote stay true); a line starting with "." gets
+    one more "." (RFC 1939 §3). When the message does not end in LF (or is
+    empty) a CRLF follows, which the size does not count (Courier's size is
+    octets + LFs). `finish()` adds the ".\\r\\n". For TOP (`body_lines` set) the
+    header, the blank line ("" or a lone CR before the LF) and that many body
+    lines are sent, then `done` turns true and the caller may stop reading.
 
-    `octets` counts what is sent before stuffing and without the final "."
-    line: RFC 1939's "exact size", which LIST reports.
+    `octets` counts the message's octets plus one per LF: the size LIST reports.
     """
 
-    __slots__ = ("body_lines", "done", "octets", "stuffed", "utf8_header",
-                 "_at_start", "_line_empty", "_last_cr", "_in_header", "_any")
+    __slots__ = ("body_lines", "done", "octets", "stuffed", "_at_start", "_in_header",
+                 "_line_head")
 
     def __init__(self, body_lines: int | None = None):
         self.body_lines = body_lines
         self.done = False
         self.octets = 0
         self.stuffed = 0
-        self.utf8_header = False     # 8-bit bytes in the header (Courier's isutf8)
-        self._at_start = True
-        self._line_empty = True      # the current line holds nothing but maybe a CR
-        self._last_cr = False
+        self._at_start = True        # the next byte starts a line
         self._in_header = True
-        self._any = False
+        self._line_head = b""        # the first two bytes of the current line (TOP)
 
     def feed(self, chunk: bytes) -> bytes:
+        if self.done or not chunk:
+            return b""
+        if self.body_lines is None:
+            return self._plain(chunk)
         out = bytearray()
         pos, n = 0, len(chunk)
-        while pos < n and not self.done:
-            if self._at_start and self.body_lines is not None and not self._in_header:
+        while pos < n:
+            if self._at_start and not self._in_header:
                 if self.body_lines == 0:
                     self.done = True
                     break
+                self.body_lines -= 1
             nl = chunk.find(b"\n", pos)
-            end = n if nl < 0 else nl
+            end = n if nl < 0 else nl + 1
             seg = chunk[pos:end]
-            if seg:
-                self._any = True
-                if self._at_start and seg[0:1] == b".":
-                    out += b"."
-                    self.stuffed += 1
-                if self._in_header and not self.utf8_header and any(b >= 0x80 for b in seg):
-                    self.utf8_header = True
-                out += seg
-                self.octets += len(seg)
-                self._at_start = False
-                if self._line_empty and seg != b"\r":
-                    self._line_empty = False
-                self._last_cr = seg[-1:] == b"\r"
-            if nl < 0:
-                break
-            self._any = True
-            eol = b"\n" if self._last_cr else b"\r\n"
-            out += eol
-            self.octets += len(eol)
-            self._end_line()
-            pos = nl + 1
-            if not self._in_header and self.body_lines is None:
-                out += self._body(chunk[pos:])     # RETR past the header: no more line logic
-                break
+            if self._at_start:
+                self._line_head = b""
+            if self._in_header and len(self._line_head) < 2:
+                self._line_head += seg[:2 - len(self._line_head)]
+            out += self._plain(seg)
+            if nl >= 0 and self._in_header and self._line_head in (b"\n", b"\r\n"):
+                self._in_header = False     # the blank line ends the header (RFC 5322 §2.1)
+            pos = end
         return bytes(out)
 
-    def _body(self, chunk: bytes) -> bytes:
-        """The same transformation as the loop in feed(), done with C-speed regexes."""
-        if not chunk:
-            return b""
-        head = b""
-        if self._last_cr and chunk[:1] == b"\n":
-            # The CR of this CRLF came at the end of the previous chunk.
-            head, chunk = b"\n", chunk[1:]
-            self.octets += 1
-            self._at_start, self._last_cr = True, False
-            if not chunk:
-                return head
-        body = _BARE_LF.sub(b"\r\n", chunk)
-        self.octets += len(body)
+    def _plain(self, chunk: bytes) -> bytes:
+        """LF to CRLF and dot-stuffing over a whole chunk at C speed."""
+        lfs = chunk.count(b"\n")
+        self.octets += len(chunk) + lfs
+        body = chunk.replace(b"\n", b"\r\n") if lfs else chunk
         stuffed = body.count(b"\n.")
-        body = body.replace(b"\n.", b"\n..")
+        if stuffed:
+            body = body.replace(b"\n.", b"\n..")
         if self._at_start and body[:1] == b".":
             body = b"." + body
             stuffed += 1
         self.stuffed += stuffed
-        self._any = True
         self._at_start = body.endswith(b"\n")
-        self._last_cr = body.endswith(b"\r")
-        self._line_empty = self._at_start
-        return head + body
-
-    def _end_line(self) -> None:
-        if self._in_header:
-            if self._line_empty:
-                self._in_header = False     # the blank line ends the header (RFC 5322 §2.1)
-        elif self.body_lines is not None:
-            self.body_lines -= 1
-        self._at_start = True
-        self._line_empty = True
-        self._last_cr = False
+        return body
 
     def finish(self) -> bytes:
-        """The end of the message: a CRLF if the last line was unterminated, then ".\\r\\n"."""
-        tail = b""
-        if not self._at_start and not self.done:
-            tail = b"\n" if self._last_cr else b"\r\n"
-            self.octets += len(tail)
+        """The end: a CRLF unless the last byte sent was a LF (Courier: also for an empty
+        message), then ".\\r\\n"."""
+        tail = b"" if self._at_start and (self.octets or self.done) else b"\r\n"
         self._at_start = True
         self.done = True
         return tail + b".\r\n"
 
 
-def wire_size(chunks: Iterable[bytes]) -> tuple[int, bool]:
-    """(RFC 1939 size, 8-bit header) of a message given as an iterable of chunks."""
-    enc = WireEncoder()
-    for c in chunks:
-        enc.feed(c)
-    enc.finish()
-    return enc.octets, enc.utf8_header
+def wire_size(chunks: Iterable[bytes]) -> int:
+    """The RFC 1939 size Courier reports for a message given as chunks: octets + LFs."""
+    return sum(len(c) + c.count(b"\n") for c in chunks)

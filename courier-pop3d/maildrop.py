@@ -2,12 +2,14 @@
 
 Runs only after the switch to the user (DESIGN.md §2).
 
-Messages and order come from libcourier.maildir (the same scan IMAP uses: new/
-moved to cur/, UIDs from courierimapuiddb), so POP3 sees what IMAP sees. The
-POP3 sizes and UIDLs come from `courierpop3dsizelist` (Courier's cache, FORMATS.md
-§3.7): a message already listed there keeps its size and its UIDL, so the
-UIDLs a Courier pop3d handed out stay valid; a new message gets the UIDL
-``UID<imap uid>-<uidvalidity>`` and its size is computed once by reading it.
+The list is built as Courier's pop3d builds it (imap/pop3dserver.C, checked
+against Debian's courier-pop 5.0.13: tests/data/pop3-golden/courier-scratch.json):
+tmp/ files older than 48 hours are purged, new/ is moved to cur/, the messages
+are cur/'s files in Courier's order, and sizes and UIDLs come from
+`courierpop3dsizelist` (libcourier.maildir.pop3sizelist.reconcile). Courier's
+pop3d numbers messages in that file on its own, not from IMAP's
+courierimapuiddb, so a mailbox a Courier pop3d served keeps its UIDLs with us,
+and one it never saw gets the UIDLs Courier would have given it.
 
 Lock: RFC 1939 §8 has the server lock the maildrop. We take
 ``flock(LOCK_EX|LOCK_NB)`` on ``courierpop3dlock`` in the Maildir (the name
@@ -21,20 +23,28 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
+import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from courier_pop3d.core import DropView, WireEncoder, wire_size
+from courier_pop3d.core import DropView, WireEncoder
 
+from libcourier import mime
 from libcourier.maildir import pop3sizelist, quota
 from libcourier.maildir.flags import split_name
 from libcourier.maildir.folder import Maildir, MessageRef
 
+log = logging.getLogger("courier.pop3d")
+
 LOCKFILE = "courierpop3dlock"
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
+TMP_MAX_AGE = 48 * 3600        # Courier's pop3d purgetmp(): 48 hours
+_SIZE_TAG = re.compile(r",S=(\d+)")
 
 
 class MaildropInUse(Exception):
@@ -44,7 +54,7 @@ class MaildropInUse(Exception):
 @dataclass(frozen=True, slots=True)
 class DropMessage:
     ref: MessageRef
-    size: int          # RFC 1939 size (CRLF line ends, before stuffing)
+    size: int          # RFC 1939 size as Courier counts it (octets + LFs)
     uidl: str
     utf8: bool
 
@@ -55,6 +65,74 @@ def _read_chunks(f: BinaryIO) -> Iterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+def _header_spans(part: mime.Part, out: list[tuple[int, int]]) -> None:
+    out.append((part.header_start, part.body_start))
+    for child in part.children:
+        _header_spans(child, out)
+    if part.message is not None:
+        _header_spans(part.message, out)
+
+
+def eight_bit_header(f: BinaryIO) -> bool:
+    """8-bit octets in the header of any MIME part (Courier's RFC2045_ERR8BITHEADER, which
+    rfc2045 sets on the whole message for a header of any part or attached message)."""
+    root = mime.parse(f)
+    spans: list[tuple[int, int]] = []
+    _header_spans(root, spans)
+    spans.sort()
+    # The MIME offsets are in the message's CRLF form (a bare LF counts two, a stored
+    # CRLF two): walk the file once in that form and look at the header spans only.
+    f.seek(0)
+    pos = 0                 # CRLF offset of the next byte
+    prev_cr = False
+    k = 0
+    for chunk in _read_chunks(f):
+        n_lf = chunk.count(b"\n")
+        crlf = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") if n_lf else chunk
+        if prev_cr and chunk[:1] == b"\n":
+            crlf = crlf[1:]            # that LF's CR was the last byte of the previous chunk
+        prev_cr = chunk.endswith(b"\r")
+        end = pos + len(crlf)
+        while k < len(spans) and spans[k][1] <= pos:
+            k += 1
+        j = k
+        while j < len(spans) and spans[j][0] < end:
+            a, b = max(spans[j][0], pos) - pos, min(spans[j][1], end) - pos
+            if not crlf[a:b].isascii():
+                return True
+            j += 1
+        if k >= len(spans):
+            return False
+        pos = end
+    return False
+
+
+def measure(path: Path) -> tuple[int, bool] | None:
+    """(size, 8-bit header) of a message file as Courier's calcsize(); None if it is gone."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    with f:
+        size = 0
+        ascii_only = True
+        for chunk in _read_chunks(f):
+            size += len(chunk) + chunk.count(b"\n")
+            ascii_only = ascii_only and chunk.isascii()
+        return size, (not ascii_only and eight_bit_header(f))
+
+
+def _disk_size(name: str, path: Path) -> int:
+    """What Maildir++ quota counts for a message: its S= size, else the file's size."""
+    m = _SIZE_TAG.search(split_name(name)[0])
+    if m:
+        return int(m.group(1))
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 class Maildrop:
@@ -84,38 +162,72 @@ class Maildrop:
 
     # -- the list ---------------------------------------------------------------------------
 
-    def open(self) -> DropView:
-        """Scan the Maildir and build the session's message list (fixed until QUIT)."""
-        state = self.maildir.scan()
-        cache = pop3sizelist.read(self.root)
-        known = cache.by_base() if cache is not None else {}
-        msgs: list[DropMessage] = []
-        entries: list[pop3sizelist.SizeEntry] = []
-        changed = cache is None
-        for ref in state.messages:
-            e = known.get(ref.base)
-            if e is None:
-                try:
-                    with open(self.maildir.path_of(ref), "rb") as f:
-                        size, utf8 = wire_size(_read_chunks(f))
-                except FileNotFoundError:
-                    continue      # expunged by IMAP since the scan
-                e = pop3sizelist.SizeEntry(ref.filename, size, ref.uid, state.uidvalidity, utf8)
-                changed = True
-            elif e.filename != ref.filename:
-                e = pop3sizelist.SizeEntry(ref.filename, e.size, e.uid, e.uidv, e.utf8)
-                changed = True
-            entries.append(e)
-            msgs.append(DropMessage(ref, e.size, e.uidl, e.utf8))
-        changed |= len(entries) != len(known)
-        if changed:
+    def _purge_tmp(self, now: float) -> None:
+        try:
+            with os.scandir(self.root / "tmp") as it:
+                for ent in it:
+                    if ent.name.startswith("."):
+                        continue
+                    try:
+                        if ent.stat().st_mtime < now - TMP_MAX_AGE:
+                            os.unlink(ent.path)
+                    except OSError:
+                        pass      # gone meanwhile, or not ours to remove
+        except FileNotFoundError:
+            pass
+
+    def _move_new(self) -> None:
+        """Courier's maildir_getnew(): new/NAME -> cur/NAME:2, (a name with ":" keeps it)."""
+        new, cur = self.root / "new", self.root / "cur"
+        try:
+            names = os.listdir(new)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith("."):
+                continue
+            target = name if ":" in name else name + ":2,"
             try:
-                pop3sizelist.write(self.root, pop3sizelist.SizeList(
-                    state.uidnext, state.uidvalidity, tuple(entries)))
-            except OSError:
-                # Only a cache: the UIDLs above are still the stable ones (from the
-                # uiddb or the old list), so the session can go on.
-                pass
+                os.rename(new / name, cur / target)
+            except FileNotFoundError:
+                continue      # another session moved it first
+
+    def open(self, now: int | None = None) -> DropView:
+        """Scan the Maildir and build the session's message list (fixed until QUIT).
+
+        `now` is Courier's time(NULL): the UIDVALIDITY of a Maildir without a list.
+        """
+        now = int(time.time()) if now is None else now
+        self._purge_tmp(now)
+        self._move_new()
+        cur = self.root / "cur"
+        names = [n for n in os.listdir(cur) if not n.startswith(".")]
+        rec = pop3sizelist.reconcile(names, pop3sizelist.read(self.root), now,
+                                     lambda name: measure(cur / name))
+        entries = list(rec.entries)
+        enomem: str | None = None
+        if rec.save is not None:
+            try:
+                pop3sizelist.write(self.root, rec.save)
+            except OSError as e:
+                # Courier's recovery: messages without a recorded UID are not shown (their
+                # UIDL would change next time); if none is left, the first message alone,
+                # with a UIDL from its inode, so a full disk can still be emptied.
+                log.error("cannot save %s in %s: %s", pop3sizelist.FILENAME, self.root, e)
+                kept = [x for x in entries if x.filename not in rec.new]
+                if not kept and entries:
+                    try:
+                        st = os.stat(cur / entries[0].filename)
+                        kept = entries[:1]
+                        enomem = f"ENOMEM-{st.st_mtime_ns // 10**9:016X}-" \
+                                 f"{st.st_dev:016X}-{st.st_ino:016X}"
+                    except OSError:
+                        kept = []
+                entries = kept
+        msgs = []
+        for x in entries:
+            ref = MessageRef(x.uid, x.base, x.filename, split_name(x.filename)[1], 0, 0.0)
+            msgs.append(DropMessage(ref, x.size, enomem or x.uidl, x.utf8))
         self.messages = msgs
         return DropView(tuple(m.size for m in msgs), tuple(m.uidl for m in msgs))
 
@@ -160,8 +272,9 @@ class Maildrop:
     def mark_seen(self, i: int) -> None:
         """RETR sets \\Seen, as Courier's pop3d does (TOP does not)."""
         m = self.messages[i]
-        if "S" in m.ref.flags:
-            return
+        info = m.ref.filename.partition(":")[2]
+        if "S" in m.ref.flags or (info and not info.startswith("2,")):
+            return      # Courier leaves names with another info (":1,...") alone
         p = self._path(i)
         if p is None:
             return
@@ -187,12 +300,13 @@ class Maildrop:
             if p.name != ref.filename:
                 ref = MessageRef(ref.uid, ref.base, p.name, split_name(p.name)[1],
                                  ref.size, ref.mtime)
+            size = _disk_size(p.name, p)
             try:
                 self.maildir.remove(ref)
             except OSError:
                 failed += 1
                 continue
-            gone.append(ref.size)
+            gone.append(size)
         if deleted:
             dfd = os.open(self.root / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:

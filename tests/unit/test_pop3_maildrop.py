@@ -35,11 +35,12 @@ def retr(drop: Maildrop, i: int, lines: int | None = None) -> bytes:
 def test_sizes_uidls_and_stream(tmp_path: Path) -> None:
     root = make_maildir(tmp_path / "Maildir")
     drop = Maildrop(root)
-    view = drop.open()
+    view = drop.open(now=1700000000)
     crlf = [m.replace(b"\n", b"\r\n") for m in MSGS]
-    assert view.sizes == (len(crlf[0]), len(crlf[1]), len(crlf[2]) + 2)
-    uidv = drop.maildir.scan().uidvalidity
-    assert view.uidls == (f"UID1-{uidv}", f"UID2-{uidv}", f"UID3-{uidv}")
+    # Courier's sizes: octets + LFs; the CRLF sent after "no final newline" is not counted.
+    assert view.sizes == (len(crlf[0]), len(crlf[1]), len(crlf[2]))
+    # Courier's pop3d: no list yet, so UIDVALIDITY is the time and UIDs start at 1.
+    assert view.uidls == ("UID1-1700000000", "UID2-1700000000", "UID3-1700000000")
     assert retr(drop, 0) == crlf[0].replace(b"\r\n.dot", b"\r\n..dot") + b".\r\n"
     assert retr(drop, 2) == crlf[2] + b"\r\n.\r\n"
     assert retr(drop, 1, 1) == b"From: b@example.com\r\nSubject: two\r\n\r\nbody 1\r\n.\r\n"
@@ -47,7 +48,7 @@ def test_sizes_uidls_and_stream(tmp_path: Path) -> None:
     for i, size in enumerate(view.sizes):
         body = retr(drop, i)[:-3]
         stuffed = sum(1 for ln in body.split(b"\r\n") if ln.startswith(b".."))
-        assert len(body) - stuffed == size
+        assert len(body) - stuffed - (0 if MSGS[i].endswith(b"\n") else 2) == size
     assert drop.messages[2].utf8 is True
 
 
@@ -70,23 +71,27 @@ def test_courier_sizelist_uidls_are_kept(tmp_path: Path) -> None:
     names = sorted(os.listdir(root / "cur"))
     # A list written by Courier's pop3d (version 2: no UTF-8 flag), with its own UIDs.
     (root / sl.FILENAME).write_text(
-        f"/2 40 1600000000\n{names[0]} 999 37:1600000000\n"
+        f"/2 40 1600000000\n{names[0].split(':')[0]}:2,S 999 37:1600000000\n"
         f"{names[1].split(':')[0]} 123 38:1600000000\n")
     view = Maildrop(root).open()
-    assert view.uidls == ("UID37-1600000000", "UID38-1600000000")
-    assert view.sizes == (999, 123)    # trusted, as Courier does
-    assert sl.read(root).entries[0].uid == 37   # rewritten in version 3, still there
+    # Courier's cmpmsgs() matches up to a ":" both names have: a flag change keeps the
+    # entry, a name without ":" does not match "name:2," (it gets the next UID).
+    assert view.uidls == ("UID37-1600000000", "UID40-1600000000")
+    assert view.sizes == (999, len(MSGS[1]) + MSGS[1].count(b"\n"))   # trusted, as Courier does
+    lst = sl.read(root)
+    assert lst is not None and lst.version == 3 and lst.nextuid == 41
+    assert [e.uid for e in lst.entries] == [37, 40]     # rewritten in version 3
 
 
 def test_deletions_only_at_commit(tmp_path: Path) -> None:
     root = make_maildir(tmp_path / "Maildir")
     drop = Maildrop(root)
-    drop.open()
+    drop.open(now=1700000000)
     assert len(os.listdir(root / "cur")) == 3
     assert drop.commit((0, 2)) == 0
     left = os.listdir(root / "cur")
     assert len(left) == 1 and left[0].startswith("1700000001.")
-    assert Maildrop(root).open().uidls == (f"UID2-{drop.maildir.scan().uidvalidity}",)
+    assert Maildrop(root).open().uidls == ("UID2-1700000000",)
 
 
 def test_commit_follows_flag_renames(tmp_path: Path) -> None:
@@ -145,17 +150,26 @@ def test_sizelist_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("data", [
-    b"", b"garbage\n", b"/9 1 2\n", b"/3 x y\n", b"3 1 2\n",
+    b"", b"garbage\n", b"/3\n", b"/3 x y\n", b"3 1 2\n",
 ])
 def test_sizelist_bad_header_is_ignored(data: bytes) -> None:
     assert sl.parse(data) is None
+
+
+def test_sizelist_unknown_version_keeps_counters_only() -> None:
+    # Courier's sscanf() has filled nextuid and uidv before the version check fails.
+    got = sl.parse(b"/9 5 1600000000\nx 1 2:3:0\n")
+    assert got == sl.SizeList(5, 1600000000, (), 9)
+    rec = sl.reconcile(["x:2,"], got, 1700000000, lambda n: (3, False))
+    assert [e.uidl for e in rec.entries] == ["UID5-1600000000"]
 
 
 def test_sizelist_bad_lines_skipped() -> None:
     got = sl.parse(b"/3 5 9\nok 1 2:9:0\nbad line\nx y z:w\n"
                    b"n 1 2:3:4:5\ntorn 1 2:9")
     assert got is not None
-    assert [e.filename for e in got.entries] == ["ok"]
+    # "n" is read as Courier's sscanf("%lu %lu:%lu:%d") reads it: trailing fields ignored.
+    assert [e.filename for e in got.entries] == ["ok", "n"]
     assert got.entries[0].uidl == "UID2-9"
     assert sl.SizeEntry("f", 1, 3, 0).uidl == "UID3"
 
@@ -225,3 +239,35 @@ def test_quota_parse_rules() -> None:
     assert quota.needs_recalc((over, 30, 1000.0), now=1000.0 + quota.OVER_QUOTA_AGE)
     assert quota.needs_recalc(None, now=0.0)
     assert quota.needs_recalc((over, quota.RECALC_SIZE, 0.0), now=0.0)
+
+
+def test_sort_key_is_courier_cmpmsgs() -> None:
+    names = ["1790000013.M11P100.golden:2,", "abc:2,", "999999999.x:2,S",
+             "1790000013.M11P100.g\udcc3\udcb6lden:2,", "1790000000.M1:2,", "1790000000.M0:2,T"]
+    # atol() first (a name without a number is 0), then bytes as signed char:
+    # a byte >= 0x80 sorts before ASCII.
+    assert sorted(names, key=sl.sort_key) == [
+        "abc:2,", "999999999.x:2,S", "1790000000.M0:2,T", "1790000000.M1:2,",
+        "1790000013.M11P100.g\udcc3\udcb6lden:2,", "1790000013.M11P100.golden:2,"]
+    assert sl.sort_key("5.a:2,S") == sl.sort_key("5.a:2,")       # flags do not count
+    assert sl.sort_key("5.a") != sl.sort_key("5.a:2,")
+    assert sl.sort_key("5.a") < sl.sort_key("5.ab")
+
+
+def test_reconcile_rewrites_only_when_courier_would() -> None:
+    first = sl.reconcile(["2.b:2,", "1.a:2,"], None, 1700000000, lambda n: (10, False))
+    assert [e.uidl for e in first.entries] == ["UID1-1700000000", "UID2-1700000000"]
+    assert first.save is not None and first.save.nextuid == 3
+    # A flag change alone: same UIDs, nothing to write.
+    again = sl.reconcile(["2.b:2,S", "1.a:2,F"], first.save, 1800000000, lambda n: None)
+    assert [e.uid for e in again.entries] == [1, 2] and again.save is None
+    assert again.entries[0].filename == "1.a:2,F"
+    # One gone: written; a new one: the next UID under the old UIDVALIDITY.
+    gone = sl.reconcile(["1.a:2,"], first.save, 1800000000, lambda n: None)
+    assert gone.save is not None and [e.uid for e in gone.save.entries] == [1]
+    more = sl.reconcile(["0.z:2,", "1.a:2,", "2.b:2,"], first.save, 1800000000,
+                        lambda n: (5, True))
+    assert [e.uidl for e in more.entries] == ["UID3-1700000000", "UID1-1700000000",
+                                              "UID2-1700000000"]
+    # Empty Maildir, no list: Courier writes nothing.
+    assert sl.reconcile([], None, 1, lambda n: None).save is None
