@@ -1,21 +1,33 @@
 """courierd's settings: the layout keys plus the queue's timing, from ETC/courierd,
 and the domain lists that decide which recipients are local.
 
-Courier's own courierd tunes retries with the control files retryalpha,
-retrybeta, retrygamma and retrymaxdelta (a two-level schedule). This milestone
-uses a simpler one, declared here as courierd keys: the first retry after
-RETRYFIRST seconds, each later wait doubled up to RETRYMAX, and the message
-kept until QUEUETIME has passed since it was accepted.
+Retries follow Courier's two-level schedule from the control files
+retryalpha, retrybeta, retrygamma and retrymaxdelta (man courier(8)): retrybeta
+attempts retryalpha apart, then a wait of retrygamma, doubled after each group
+up to retrygamma*2^retrymaxdelta; defaults 5m/3/15m/3 give waits of
+5,5,5,15,5,5,30,5,5,60,5,5,120,... minutes. Two courier-py keys in courierd
+shorten it for tests and small sites: RETRYFIRST replaces both retryalpha and
+retrygamma, RETRYMAX caps every wait. The control files `queuetime` (1w) and
+`warntime` (4h) say when a message is given up (and bounced) and when its
+sender gets one delay warning; the QUEUETIME/WARNTIME keys are used when the
+control file is absent.
+
+Remote delivery (esmtp) settings live in EsmtpConfig (remote.py reads them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from courier_deliver.routes import Routes, load_routes
+
 from libcourier.aliases import AliasTable
-from libcourier.config.control import read_control_file, read_control_value
+from libcourier.config.control import read_control_file, read_control_lines, read_control_value
+from libcourier.config.errors import ConfigError
 from libcourier.config.rcfile import read_rc_files
 from libcourier.config.schema import Setting, load_settings, non_negative_int
 from libcourier.layout import COURIERD_SETTINGS, Layout, load_layout
@@ -50,13 +62,61 @@ def to_maildir(v: str) -> str:
     return v.rstrip("/") or "/"
 
 
+def optional_duration(v: str) -> int | None:
+    return None if not v.strip() else to_duration(v)
+
+
+def to_flag(v: str) -> bool:
+    v = v.strip()
+    if v not in ("0", "1"):
+        raise ValueError(f"expected 0 or 1, got {v!r}")
+    return v == "1"
+
+
+def to_resolver(v: str) -> tuple[tuple[str, int], ...]:
+    """ESMTP_RESOLVER: "ip[:port] ..." ([v6]:port for IPv6); empty = /etc/resolv.conf."""
+    out = []
+    for item in v.split():
+        host, port = item, 53
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                if not rest.startswith(":") or not rest[1:].isdigit():
+                    raise ValueError(f"bad resolver address {item!r}")
+                port = int(rest[1:])
+        elif item.count(":") == 1:
+            host, _, p = item.partition(":")
+            if not p.isdigit():
+                raise ValueError(f"bad resolver port in {item!r}")
+            port = int(p)
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except OSError:
+            raise ValueError(f"resolver must be an IP address, got {host!r}") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"bad resolver port in {item!r}")
+        out.append((host, port))
+    return tuple(out)
+
+
+def to_port(v: str) -> int:
+    n = positive_int(v)
+    if n > 65535:
+        raise ValueError("a port is at most 65535")
+    return n
+
+
 QUEUE_SETTINGS = (
-    Setting("RETRYFIRST", "retry_first", to_duration, "5m",
-            "wait before the first retry of a temporarily failed recipient"),
-    Setting("RETRYMAX", "retry_max", to_duration, "1h",
-            "the longest wait between retries (each wait doubles up to this)"),
-    Setting("QUEUETIME", "queuetime", to_duration, "7d",
-            "after this long in the queue a message is no longer retried"),
+    Setting("RETRYFIRST", "retry_first", optional_duration, "",
+            "courier-py: replaces retryalpha and retrygamma (empty: Courier's schedule)"),
+    Setting("RETRYMAX", "retry_max", optional_duration, "",
+            "courier-py: the longest wait between retries (empty: no cap)"),
+    Setting("QUEUETIME", "queuetime", to_duration, "1w",
+            "used when the queuetime control file is absent: after this long in "
+            "the queue a message is bounced"),
+    Setting("WARNTIME", "warntime", to_duration, "4h",
+            "used when the warntime control file is absent: after this long the "
+            "sender gets one delay warning"),
     Setting("RESCAN", "rescan", positive_int, "60",
             "seconds between scans of the spool for messages not announced"),
     Setting("MAXDELS", "maxdels", positive_int, "4",
@@ -64,7 +124,69 @@ QUEUE_SETTINGS = (
     Setting("DEFAULTDELIVERY", "defaultdelivery", to_maildir, "./Maildir",
             "the Maildir (relative to HOME) for accounts without their own; "
             "read at start"),
+    # Remote delivery. Courier keeps MAXDELS/MAXHOST/MAXRCPT in module.esmtp;
+    # courier-py has no modules, so they are courierd keys with the esmtp
+    # module's Debian values.
+    Setting("ESMTPMAXDELS", "esmtp_maxdels", positive_int, "40",
+            "remote SMTP sessions open at the same time"),
+    Setting("MAXHOST", "esmtp_maxhost", positive_int, "4",
+            "remote SMTP sessions open at the same time to one host"),
+    Setting("MAXRCPT", "esmtp_maxrcpt", positive_int, "100",
+            "recipients in one SMTP transaction"),
+    Setting("ESMTP_USE_STARTTLS", "esmtp_starttls", to_flag, "1",
+            "use STARTTLS when the remote server offers it"),
+    Setting("ESMTP_PREFER_IPV6_MX", "esmtp_prefer_ipv6", to_flag, "0",
+            "try a mail exchanger's IPv6 addresses before its IPv4 ones"),
+    Setting("ESMTP_TLS_VERIFY_DOMAIN", "esmtp_tls_verify", to_flag, "0",
+            "verify the certificate of every server (always done for /SECURITY=REQUIRED)"),
+    Setting("TLS_TRUSTCERTS", "tls_trustcerts", str, "",
+            "CA certificates (file or directory) for verifying servers; empty: the system's"),
+    Setting("ESMTP_RESOLVER", "esmtp_resolver", to_resolver, "",
+            "courier-py: DNS servers for MX/A/AAAA lookups, `ip[:port] ...`; "
+            "empty: /etc/resolv.conf"),
+    Setting("ESMTPPORT", "esmtp_port", to_port, "25",
+            "courier-py: the port of mail exchangers found in DNS"),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySchedule:
+    """Courier's retry schedule (man courier(8), retryalpha ... retrymaxdelta)."""
+
+    alpha: int = 300
+    beta: int = 3
+    gamma: int = 900
+    maxdelta: int = 3
+    cap: int | None = None
+
+    def delay(self, attempts: int) -> int:
+        """Seconds to wait after the `attempts`-th failed attempt (1-based):
+        beta waits of alpha, then groups of (gamma*2^k, then beta-1 alphas)."""
+        if attempts < 1:
+            return 0
+        if attempts <= self.beta:
+            d = self.alpha
+        else:
+            group, pos = divmod(attempts - self.beta - 1, self.beta)
+            d = self.gamma * 2 ** min(group, self.maxdelta) if pos == 0 else self.alpha
+        return d if self.cap is None else min(d, self.cap)
+
+
+@dataclass(frozen=True, slots=True)
+class EsmtpConfig:
+    helo: str
+    maxdels: int = 40
+    maxhost: int = 4
+    maxrcpt: int = 100
+    port: int = 25
+    starttls: bool = True
+    prefer_ipv6: bool = False
+    verify: bool = False
+    resolver: tuple[tuple[str, int], ...] = ()
+    routes: Routes = field(default_factory=Routes)
+    # Built before the privilege drop (the CA files may be unreadable after it).
+    tls_client: ssl.SSLContext | None = None      # opportunistic: no verification
+    tls_verified: ssl.SSLContext | None = None    # /SECURITY=REQUIRED, ESMTP_TLS_VERIFY_DOMAIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +202,17 @@ class Domains:
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     layout: Layout
-    retry_first: int
-    retry_max: int
+    retry: RetrySchedule
     queuetime: int
     rescan: int
     maxdels: int
     domains: Domains
     defaultdelivery: str = "./Maildir"
     aliases: AliasTable | None = None    # ETC/aliases.dat, re-read when it changes
+    warntime: int = 4 * 3600
+    esmtp: EsmtpConfig | None = None     # None: remote recipients stay queued
+    dsnlimit: int = 32 * 1024            # larger originals are returned as headers only
+    dsnfrom: str | None = None           # From: of DSNs (control file dsnfrom)
 
 
 def _domains(etc: Path) -> Domains:
@@ -112,24 +237,82 @@ def load_config(etc: Path) -> QueueConfig:
     domains = _domains(etc)
     aliases = AliasTable(etc / "aliases.dat", domains.me,
                          lambda d: d == domains.me or _domain_matches(d, domains.locals))
-    return QueueConfig(layout=layout, retry_first=values["retry_first"],
-                       retry_max=values["retry_max"], queuetime=values["queuetime"],
+    retry = RetrySchedule(
+        alpha=_control(etc, "retryalpha", to_duration, 300),
+        beta=_control(etc, "retrybeta", positive_int, 3),
+        gamma=_control(etc, "retrygamma", to_duration, 900),
+        maxdelta=_control(etc, "retrymaxdelta", non_negative_int, 3),
+        cap=values["retry_max"])
+    if values["retry_first"] is not None:
+        retry = dataclasses.replace(retry, alpha=values["retry_first"],
+                                    gamma=values["retry_first"])
+    return QueueConfig(layout=layout, retry=retry,
+                       queuetime=_control(etc, "queuetime", to_duration, values["queuetime"]),
+                       warntime=_control(etc, "warntime", to_duration, values["warntime"]),
                        rescan=values["rescan"], maxdels=values["maxdels"],
                        domains=domains, defaultdelivery=values["defaultdelivery"],
-                       aliases=aliases)
+                       aliases=aliases, esmtp=_esmtp(etc, values, domains),
+                       dsnlimit=_control(etc, "dsnlimit", _size, 32 * 1024),
+                       dsnfrom=_control(etc, "dsnfrom", _header_value, None))
 
 
-def retry_delay(attempts: int, first: int, maximum: int) -> int:
-    """Seconds to wait after the `attempts`-th failed attempt (1-based): first,
-    2*first, 4*first, ... capped at maximum."""
-    if attempts < 1:
-        return 0
-    delay = first
-    for _ in range(attempts - 1):
-        delay *= 2
-        if delay >= maximum:
-            return maximum
-    return min(delay, maximum)
+def _header_value(v: str) -> str:
+    if any(ch < " " for ch in v):
+        raise ValueError("control characters in a header value")
+    return v
+
+
+def _size(v: str) -> int:
+    """Courier's dsnlimit: bytes, or with a K/M suffix."""
+    v = v.strip().upper()
+    mult = {"K": 1024, "M": 1024 * 1024}.get(v[-1:], 1)
+    if mult != 1:
+        v = v[:-1]
+    if not v.isdigit():
+        raise ValueError(f"expected a size like 32K, got {v!r}")
+    return int(v) * mult
+
+
+def _control(etc: Path, name: str, convert, default):
+    """A one-value control file (queuetime, retryalpha, ...): its first line, else default."""
+    lines = read_control_lines(etc / name)
+    if not lines:
+        return default
+    first = lines[0]
+    try:
+        return convert(first.text)
+    except ValueError as e:
+        raise ConfigError(str(e), first.path, first.line) from None
+
+
+def _tls_contexts(values: dict) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    # Opportunistic STARTTLS (RFC 3207 §4.1, RFC 7435): encrypt whatever the
+    # certificate; an unverified session still beats a clear one.
+    loose = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    loose.check_hostname = False
+    loose.verify_mode = ssl.CERT_NONE
+    trust = values["tls_trustcerts"]
+    try:
+        if not trust:
+            strict = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        elif Path(trust).is_dir():
+            strict = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, capath=trust)
+        else:
+            strict = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=trust)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"TLS_TRUSTCERTS: cannot load {trust}: {e}") from None
+    return loose, strict
+
+
+def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
+    loose, strict = _tls_contexts(values)
+    helo = read_control_value(etc / "esmtphelo") or domains.me
+    return EsmtpConfig(
+        helo=helo, maxdels=values["esmtp_maxdels"], maxhost=values["esmtp_maxhost"],
+        maxrcpt=values["esmtp_maxrcpt"], port=values["esmtp_port"],
+        starttls=values["esmtp_starttls"], prefer_ipv6=values["esmtp_prefer_ipv6"],
+        verify=values["esmtp_tls_verify"], resolver=values["esmtp_resolver"],
+        routes=load_routes(etc / "esmtproutes"), tls_client=loose, tls_verified=strict)
 
 
 def _domain_matches(domain: str, entries: tuple[str, ...]) -> bool:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import concurrent.futures.thread  # noqa: F401 - lazily imported by asyncio; import before the drop
+import dataclasses
 import gc
 import logging
 import os
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                               cleanup=(layout.local_socket, layout.queue_socket),
                               parent_pidfile=pidfile, lifeline=life_r,
                               default_maildir=config.defaultdelivery,
+                              etc=etc,
                               forward=ForwardSpool(layout.spooldir, layout.queue_socket,
                                                    uid, gid))
         finally:
@@ -169,9 +171,7 @@ async def _run(manager: QueueManager, queue_sock, etc) -> None:
             return
         if new.layout != manager.config.layout:
             logger.warning("SPOOLDIR/RUNDIR/MAILUSER changes need a restart")
-            new = QueueConfig(manager.config.layout, new.retry_first, new.retry_max,
-                              new.queuetime, new.rescan, new.maxdels, new.domains,
-                              new.defaultdelivery, new.aliases)
+            new = dataclasses.replace(new, layout=manager.config.layout)
         manager.reload(new)
         logger.info("configuration reloaded")
 

@@ -13,32 +13,47 @@ fsync'd; the envelope is rewritten (tmp, fsync, rename) after each completed
 recipient, so a crash re-delivers at most the recipient in flight; the spool
 entry is removed only when no recipient remains.
 
-Retries: a temporary failure schedules the message again after
-retry_delay(attempts) (kept in memory only: after a restart everything is
-tried at once, as Courier does). After QUEUETIME the message is kept but no
-longer tried (bounces are a later milestone).
+Remote recipients go to remote.py's RemoteDelivery, which runs in the event
+loop: the worker thread hands it the recipients and waits for the answers
+(run_coroutine_threadsafe), so the envelope still has one writer.
+
+Retries: a temporary failure schedules the message again after Courier's
+retry schedule (config.RetrySchedule; kept in memory only: after a restart
+everything is tried at once, as Courier does). Past WARNTIME the sender gets
+one delay DSN (recorded in the envelope, so once even across restarts); past
+QUEUETIME the recipients still waiting fail and bounce.
+
+DSNs (dsn.py) are queued through the same spool writer as smtpd, from the
+null sender, *before* the envelope forgets the recipients they report on: a
+crash in between repeats a report or a delivery, never loses a bounce.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import enum
 import logging
+import os
+import re
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from courier_deliver.config import QueueConfig, local_user, retry_delay
+from courier_deliver import dsn
+from courier_deliver.config import QueueConfig, local_user
 from courier_deliver.local import request_delivery
 from courier_deliver.localproto import Reply, Status
+from courier_deliver.remote import RemoteDelivery, RemoteResult
 
 from libcourier.spool import (
     Envelope,
     Recipient,
     SpoolError,
+    SpoolWriter,
     list_queue,
     open_data,
     read_envelope,
@@ -56,6 +71,11 @@ NOTICES_PER_CONNECTION = 10000
 STOP_WAIT = 6.0              # in-flight deliveries on SIGTERM (courier stop kills after 10 s)
 
 DeliverFn = Callable[[Path, int, str, str, "str | None"], Reply]
+# (qid, envelope, remote recipients, message) -> answers; blocking (a worker thread)
+RemoteFn = Callable[[str, Envelope, "list[Recipient]", bytes], "dict[str, RemoteResult]"]
+
+DSN_READ_MAX = 256 * 1024   # bytes of the original read for a DSN beyond dsnlimit (headers)
+_ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})\b")
 
 
 class Outcome(enum.Enum):
@@ -68,6 +88,7 @@ class Outcome(enum.Enum):
 class Result:
     outcome: Outcome
     received: float | None = None
+    injected: tuple[str, ...] = ()     # DSNs queued by this attempt (announce them)
 
 
 @dataclass(slots=True)
@@ -75,14 +96,15 @@ class _Pending:
     """Per-message retry state: in memory only."""
     attempts: int = 0
     next_attempt: float = 0.0
-    given_up: bool = False
 
 
 def _fmt(qid: str, sender: str, addr: str) -> str:
     return f"id={qid},from=<{sender}>,addr=<{addr}>"
 
 
-def process_message(config: QueueConfig, qid: str, deliver: DeliverFn) -> Result:
+def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
+                    remote: RemoteFn | None = None,
+                    clock: Callable[[], float] = time.time) -> Result:
     """Deliver every remaining recipient of one message (blocking; a worker thread)."""
     spool = config.layout.spooldir
     try:
@@ -97,31 +119,194 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn) -> Result
     except (OSError, SpoolError) as e:
         logger.error("id=%s: cannot record the alias expansion: %s", qid, e)
         return Result(Outcome.DEFERRED, env.received)
-    todo = list(env.recipients)
-    kept: list[Recipient] = []
-    while todo:
-        rcpt = todo.pop(0)
-        reply = _deliver_one(config, qid, env, rcpt, deliver)
-        if reply.status is Status.TEMP:
-            kept.append(rcpt)
+    run = _Run(config, qid, env)
+    try:
+        for rcpt in [r for r in env.recipients if local_user(r.address, config.domains)]:
+            reply = _deliver_one(config, qid, env, rcpt, deliver)
+            if run.settle(rcpt, _local_report(rcpt, reply)):
+                run.commit_progress()
+        far = [r for r in env.recipients if not local_user(r.address, config.domains)]
+        if far:
+            for rcpt, report in _remote_reports(config, qid, env, far, remote).items():
+                run.settle(rcpt, report)
+            run.commit_progress()
+        return run.finish(clock())
+    except (OSError, SpoolError) as e:
+        # A recipient may be delivered again later: a duplicate, never a loss.
+        logger.error("id=%s: cannot update the queue entry: %s", qid, e)
+        return Result(Outcome.DEFERRED, env.received, tuple(run.injected))
+
+
+def _status_of(text: str, default: str) -> str:
+    m = _ENHANCED.match(text)
+    return m.group(1) if m and m.group(1)[0] == default[0] else default
+
+
+def _local_report(rcpt: Recipient, reply: Reply) -> dsn.Report:
+    match reply.status:
+        case Status.OK:
+            return dsn.Report(rcpt, dsn.DELIVERED, _status_of(reply.text, "2.0.0"))
+        case Status.TEMP:
+            return dsn.Report(rcpt, dsn.DELAYED, _status_of(reply.text, "4.0.0"),
+                              f"x-local; {reply.text}")
+        case Status.PERM:
+            return dsn.Report(rcpt, dsn.FAILED, _status_of(reply.text, "5.0.0"),
+                              f"x-local; {reply.text}")
+
+
+def _remote_reports(config: QueueConfig, qid: str, env: Envelope, far: list[Recipient],
+                    remote: RemoteFn | None) -> dict[Recipient, dsn.Report]:
+    if remote is None or config.esmtp is None:
+        return {r: dsn.Report(r, dsn.DELAYED, "4.4.0", "x-local; remote delivery is off")
+                for r in far}
+    try:
+        with open_data(config.layout.spooldir, qid) as fh:
+            message = fh.read()
+    except (OSError, SpoolError) as e:
+        return {r: dsn.Report(r, dsn.DELAYED, "4.3.0", f"x-local; cannot read the message: {e}")
+                for r in far}
+    answers = remote(qid, env, far, message)
+    out: dict[Recipient, dsn.Report] = {}
+    for r in far:
+        res = answers.get(r.address)
+        if res is None:
+            out[r] = dsn.Report(r, dsn.DELAYED, "4.3.0", "x-local; no answer for this recipient")
             continue
-        # OK or PERM: this recipient is finished; record it before the next one.
-        left = tuple(kept + todo)
-        try:
-            if left:
-                rewrite_envelope(spool, qid, dataclasses.replace(env, recipients=left))
+        rep = res.reply
+        where = _fmt(qid, env.sender, r.address)
+        diag = f"smtp; {rep.code} {rep.enhanced + ' ' if rep.enhanced else ''}{rep.text}"
+        if 200 <= rep.code < 300:
+            # RFC 3464 §2.3.3: "relayed" when the next server takes no DSN duty.
+            action = dsn.DELIVERED if res.dsn_relayed else dsn.RELAYED
+            out[r] = dsn.Report(r, action, rep.enhanced or "2.0.0", diag, res.host)
+            logger.info("%s,status: success", where)
+        elif rep.code >= 500:
+            out[r] = dsn.Report(r, dsn.FAILED, rep.enhanced if rep.enhanced and
+                                rep.enhanced[0] == "5" else "5.0.0", diag, res.host)
+            logger.warning("%s,status: failure", where)
+        else:
+            out[r] = dsn.Report(r, dsn.DELAYED, rep.enhanced if rep.enhanced and
+                                rep.enhanced[0] == "4" else "4.0.0", diag, res.host)
+            logger.info("%s,status: deferred", where)
+    return out
+
+
+class _Run:
+    """One attempt at one message: which recipients are settled, which DSNs
+    they need, and the envelope writes in the order that loses nothing."""
+
+    def __init__(self, config: QueueConfig, qid: str, env: Envelope):
+        self.config = config
+        self.qid = qid
+        self.env = env
+        self.left: list[Recipient] = list(env.recipients)   # still in the envelope
+        self.reports: list[dsn.Report] = []                  # final, for a DSN
+        self.waiting: list[dsn.Report] = []                  # temporary failures
+        self.injected: list[str] = []
+        self._dirty = False
+
+    def settle(self, rcpt: Recipient, report: dsn.Report) -> bool:
+        """Record one outcome; True when the recipient may leave the envelope now."""
+        if report.action == dsn.DELAYED:
+            self.waiting.append(report)
+            return False
+        if report.action == dsn.FAILED or dsn.notify_wants(rcpt.notify, "SUCCESS"):
+            self.reports.append(report)   # leaves only once its DSN is queued
+            return False
+        self.left.remove(rcpt)
+        self._dirty = True
+        return True
+
+    def commit_progress(self) -> None:
+        if not self._dirty:
+            return
+        spool = self.config.layout.spooldir
+        if self.left:
+            rewrite_envelope(spool, self.qid, dataclasses.replace(self.env,
+                                                                 recipients=tuple(self.left)))
+        else:
+            remove(spool, self.qid)
+        self._dirty = False
+
+    def finish(self, now: float) -> Result:
+        cfg, env = self.config, self.env
+        age = now - env.received
+        if self.waiting and age > cfg.queuetime:
+            for w in self.waiting:
+                logger.warning("%s: in the queue longer than %d s: giving up",
+                               _fmt(self.qid, env.sender, w.recipient.address),
+                               cfg.queuetime)
+                self.reports.append(dataclasses.replace(
+                    w, action=dsn.FAILED,
+                    diagnostic=(w.diagnostic or "x-local;") + " (delivery time expired)"))
+            self.waiting = []
+        self._send_final_dsn(now)
+        warned = env.warned
+        if (self.waiting and not warned and age >= cfg.warntime and env.sender != ""):
+            delayed = [w for w in self.waiting if dsn.notify_wants(w.recipient.notify, "DELAY")]
+            if delayed:
+                self._inject(dsn.DELAYED, delayed, env.sender, dsn.ORIGIN_DSN, now,
+                             until=env.received + cfg.queuetime)
+            warned = True
+        spool = cfg.layout.spooldir
+        keep = tuple(w.recipient for w in self.waiting)
+        if keep:
+            rewrite_envelope(spool, self.qid, dataclasses.replace(env, recipients=keep,
+                                                                 warned=warned))
+            return Result(Outcome.DEFERRED, env.received, tuple(self.injected))
+        remove(spool, self.qid)
+        logger.info("id=%s,from=<%s>: completed", self.qid, env.sender)
+        return Result(Outcome.DONE, env.received, tuple(self.injected))
+
+    def _send_final_dsn(self, now: float) -> None:
+        env = self.env
+        failed = [r for r in self.reports if r.action == dsn.FAILED]
+        if env.sender == "":
+            # RFC 5321 §6.1 / RFC 3461 §6.2: never a DSN to the null sender. A DSN
+            # of ours that failed goes to postmaster (a double bounce) instead;
+            # a double bounce that failed is dropped.
+            if not failed:
+                return
+            where = f"id={self.qid}"
+            if env.client == dsn.ORIGIN_DSN:
+                logger.warning("%s: the delivery status notification could not be "
+                               "delivered; sending it to postmaster", where)
+                self._inject(dsn.FAILED, failed, "postmaster", dsn.ORIGIN_DOUBLE, now,
+                             to_postmaster=True)
+            elif env.client == dsn.ORIGIN_DOUBLE:
+                logger.error("%s: double bounce to postmaster failed; dropped", where)
             else:
-                remove(spool, qid)
-        except (OSError, SpoolError) as e:
-            # The recipient may be delivered again later: a duplicate, never a loss.
-            logger.error("id=%s: cannot update the queue entry: %s", qid, e)
-            return Result(Outcome.DEFERRED, env.received)
-    if kept:
-        return Result(Outcome.DEFERRED, env.received)
-    if env.recipients == ():
-        remove(spool, qid)
-    logger.info("id=%s,from=<%s>: completed", qid, env.sender)
-    return Result(Outcome.DONE, env.received)
+                logger.info("%s: no bounce for a message from the null sender", where)
+            return
+        wanted = [r for r in self.reports
+                  if dsn.notify_wants(r.recipient.notify,
+                                      "FAILURE" if r.action == dsn.FAILED else "SUCCESS")]
+        if wanted:
+            self._inject(dsn.FAILED if failed else dsn.DELIVERED, wanted, env.sender,
+                         dsn.ORIGIN_DSN, now)
+
+    def _inject(self, kind: str, reports: list[dsn.Report], to: str, origin: str, now: float,
+                *, until: float | None = None, to_postmaster: bool = False) -> None:
+        """Queue one DSN; raises SpoolError/OSError (the attempt is then deferred)."""
+        cfg, env = self.config, self.env
+        spool = cfg.layout.spooldir
+        with open_data(spool, self.qid) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            original = fh.read(max(cfg.dsnlimit + 1, DSN_READ_MAX))
+        me = cfg.domains.me
+        mid = f"<{time.time_ns():x}.{os.getpid():x}.{self.qid}@{me}>"
+        report_env = dataclasses.replace(env, sender=to if to_postmaster else env.sender)
+        body = dsn.build_dsn(me=me, dsnfrom=cfg.dsnfrom or f"Mail Delivery System "
+                             f"<MAILER-DAEMON@{me}>", env=report_env, reports=reports,
+                             kind=kind, original=original, original_size=size,
+                             dsnlimit=cfg.dsnlimit, now=now, message_id=mid,
+                             will_retry_until=until)
+        with SpoolWriter(spool, 0) as w:
+            w.write(body)
+            new = w.commit(dsn.dsn_envelope(env, body, now, to=to, origin=origin))
+        self.injected.append(new)
+        logger.info("id=%s: %s DSN queued as %s for <%s> (%d recipient(s))",
+                    self.qid, kind, new, to, len(reports))
 
 
 def expand_aliases(config: QueueConfig, qid: str, env: Envelope) -> Envelope:
@@ -161,10 +346,7 @@ def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,
                  deliver: DeliverFn) -> Reply:
     where = _fmt(qid, env.sender, rcpt.address)
     user = local_user(rcpt.address, config.domains)
-    if user is None:
-        logger.info("%s: remote delivery not implemented", where)
-        logger.info("%s,status: deferred", where)
-        return Reply(Status.TEMP, "4.4.0 remote delivery not implemented")
+    assert user is not None, "only local recipients come here"
     try:
         with open_data(config.layout.spooldir, qid) as fh:
             reply = deliver(config.layout.local_socket, fh.fileno(), env.sender,
@@ -179,7 +361,6 @@ def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,
             logger.info("%s: %s", where, reply.text)
             logger.info("%s,status: deferred", where)
         case Status.PERM:
-            # DSNs are a later milestone: log and drop the recipient.
             logger.warning("%s: %s", where, reply.text)
             logger.warning("%s,status: failure", where)
     return reply
@@ -193,6 +374,8 @@ class QueueManager:
         self.deliver = deliver
         self.clock = clock
         self.helper_alive = helper_alive
+        self.remote: RemoteDelivery | None = None     # made in the loop (run_scheduler)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[str, _Pending] = {}
         self.active: dict[str, asyncio.Task[None]] = {}
         self.stopping = False
@@ -214,6 +397,8 @@ class QueueManager:
     def reload(self, config: QueueConfig) -> None:
         """SIGHUP: new settings for the next attempts; in-flight ones keep theirs."""
         self.config = config
+        if self._loop is not None and config.esmtp is not None:
+            self.remote = RemoteDelivery(config.esmtp)   # in-flight sessions keep the old one
         self.wake(rescan=True)
 
     def announce(self, qid: str) -> None:
@@ -239,35 +424,47 @@ class QueueManager:
 
     def _due(self, now: float) -> list[str]:
         return [q for q, p in sorted(self.pending.items())
-                if q not in self.active and not p.given_up and p.next_attempt <= now]
+                if q not in self.active and p.next_attempt <= now]
+
+    def _remote_blocking(self, qid: str, env: Envelope, rcpts: list[Recipient],
+                         message: bytes) -> dict[str, RemoteResult]:
+        """Called in a worker thread: run the sessions in the loop, wait for them."""
+        remote, loop = self.remote, self._loop
+        assert remote is not None and loop is not None
+        fut = asyncio.run_coroutine_threadsafe(remote.deliver(env, rcpts, message, qid), loop)
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            return {}        # shutting down: every recipient stays queued
 
     async def _attempt(self, qid: str) -> None:
         config = self.config
+        remote = self._remote_blocking if self.remote is not None else None
         try:
-            result = await asyncio.to_thread(process_message, config, qid, self.deliver)
+            result = await asyncio.to_thread(process_message, config, qid, self.deliver,
+                                             remote, self.clock)
         except Exception:  # noqa: BLE001 - our fault: keep the message, log, retry later
             logger.exception("id=%s: delivery attempt failed", qid)
             result = Result(Outcome.DEFERRED)
         finally:
             self.active.pop(qid, None)
+        for new in result.injected:
+            self.pending.setdefault(new, _Pending())
         if result.outcome is not Outcome.DEFERRED:
             self.pending.pop(qid, None)
         else:
             st = self.pending.setdefault(qid, _Pending())
             st.attempts += 1
-            now = self.clock()
-            if result.received is not None and now - result.received > config.queuetime:
-                st.given_up = True
-                logger.warning("id=%s: in the queue longer than %d s; no more retries "
-                               "(message kept)", qid, config.queuetime)
-            else:
-                delay = retry_delay(st.attempts, config.retry_first, config.retry_max)
-                st.next_attempt = now + delay
-                logger.info("id=%s: deferred, next attempt in %d s", qid, delay)
+            delay = config.retry.delay(st.attempts)
+            st.next_attempt = self.clock() + delay
+            logger.info("id=%s: deferred, next attempt in %d s", qid, delay)
         self.wake()
 
     async def run_scheduler(self) -> None:
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        if self.config.esmtp is not None and self.remote is None:
+            self.remote = RemoteDelivery(self.config.esmtp)
         next_scan = 0.0
         while not self.stopping:
             now = self.clock()
@@ -286,7 +483,7 @@ class QueueManager:
             waits = [next_scan - now]
             if len(self.active) < self.config.maxdels:
                 waits += [p.next_attempt - now for q, p in self.pending.items()
-                          if q not in self.active and not p.given_up]
+                          if q not in self.active]
             timeout = max(0.0, min(waits + [5.0]))  # 5 s: also notice the helper dying
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)

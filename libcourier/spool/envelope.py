@@ -10,6 +10,7 @@ An envelope file (`msgs/<qid>.env`) is UTF-8 text, one field a line:
     envid <value>                         <- optional (RFC 3461 ENVID)
     ret FULL | HDRS                       <- optional (RFC 3461 RET)
     client <value>
+    warned 1                              <- optional: the delay DSN was sent (never "0")
     rcpt <address>\t<orcpt>\t<notify>     <- one per recipient, in order; empty = none
     end                                   <- always last: a truncated file is detected
 
@@ -48,6 +49,7 @@ class Envelope:
     envid: str | None = None
     ret: str | None = None
     client: str = ""                # e.g. "[127.0.0.1] helo=foo" for logs
+    warned: bool = False            # courierd sent the one delay warning (RFC 3464 "delayed")
 
 
 _ESC = {"\\": "\\\\", "\t": "\\t", "\r": "\\r", "\n": "\\n"}
@@ -98,6 +100,10 @@ def format_envelope(env: Envelope) -> bytes:
     if env.ret is not None:
         lines.append(f"ret {escape(env.ret)}")
     lines.append(f"client {escape(env.client)}")
+    if env.warned:
+        # Written only when set, so files of senders that know nothing of it
+        # are byte-for-byte what they were.
+        lines.append("warned 1")
     for r in env.recipients:
         lines.append("rcpt " + "\t".join(escape(v or "") for v in (r.address, r.orcpt, r.notify)))
     lines.append("end")
@@ -129,7 +135,8 @@ def parse_envelope(data: bytes) -> Envelope:
             addr, orcpt, notify = (unescape(p) for p in parts)
             rcpts.append(Recipient(addr, orcpt or None, notify or None))
             continue
-        if key not in ("received", "sender", "body", "smtputf8", "envid", "ret", "client"):
+        if key not in ("received", "sender", "body", "smtputf8", "envid", "ret", "client",
+                       "warned"):
             raise SpoolError(f"unknown envelope field {key!r}")
         if key in fields:
             raise SpoolError(f"duplicate envelope field {key!r}")
@@ -143,6 +150,8 @@ def parse_envelope(data: bytes) -> Envelope:
         raise SpoolError("bad received time") from None
     if fields["smtputf8"] not in ("0", "1"):
         raise SpoolError("bad smtputf8 flag")
+    if fields.get("warned", "0") not in ("0", "1"):
+        raise SpoolError("bad warned flag")
     return Envelope(
         sender=unescape(fields["sender"]),
         recipients=tuple(rcpts),
@@ -152,4 +161,5 @@ def parse_envelope(data: bytes) -> Envelope:
         envid=unescape(fields["envid"]) if "envid" in fields else None,
         ret=unescape(fields["ret"]) if "ret" in fields else None,
         client=unescape(fields.get("client", "")),
+        warned=fields.get("warned") == "1",
     )

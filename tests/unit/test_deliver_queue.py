@@ -4,6 +4,7 @@ schedule, which recipients are local, envelope rewriting, NEW notices."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from pathlib import Path
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 from courier_deliver.config import (
     Domains,
+    RetrySchedule,
     load_config,
     local_user,
-    retry_delay,
     to_duration,
 )
 from courier_deliver.localproto import Reply, Status
@@ -29,10 +30,29 @@ from libcourier.config import ConfigError
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify, read_envelope
 
 
-def test_retry_schedule_doubles_to_the_cap():
-    assert [retry_delay(n, 300, 3600) for n in range(0, 8)] == \
-        [0, 300, 600, 1200, 2400, 3600, 3600, 3600]
-    assert retry_delay(10_000, 1, 60) == 60   # no overflow or slow loop for many attempts
+def test_retry_schedule_is_courier_s():
+    # man courier(8): 5m/3/15m/3 gives 5,5,5,15,5,5,30,5,5,60,5,5,120,5,5,120 minutes.
+    minutes = [RetrySchedule().delay(n) // 60 for n in range(1, 17)]
+    assert minutes == [5, 5, 5, 15, 5, 5, 30, 5, 5, 60, 5, 5, 120, 5, 5, 120]
+    assert RetrySchedule().delay(0) == 0
+    assert RetrySchedule().delay(10**9) in (300, 7200)   # no overflow for many attempts
+    assert RetrySchedule(1, 3, 1, 3, cap=1).delay(7) == 1
+
+
+def test_retry_schedule_from_control_files_and_keys(tmp_path):
+    etc = make_etc(tmp_path)
+    for name, value in (("retryalpha", "1m"), ("retrybeta", "2"), ("retrygamma", "10m"),
+                        ("retrymaxdelta", "1"), ("queuetime", "2d"), ("warntime", "1h")):
+        (etc / name).write_text(value + "\n")
+    cfg = load_config(etc)
+    assert cfg.retry == RetrySchedule(60, 2, 600, 1)
+    assert [cfg.retry.delay(n) for n in range(1, 8)] == [60, 60, 600, 60, 1200, 60, 1200]
+    assert (cfg.queuetime, cfg.warntime) == (2 * 86400, 3600)
+    (etc / "retrybeta").write_text("x\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(etc)
+    assert str(ei.value).endswith("retrybeta:1: must be a non-negative integer") or \
+        "retrybeta:1:" in str(ei.value)
 
 
 def test_durations():
@@ -73,7 +93,8 @@ def make_etc(tmp_path: Path, extra: str = "") -> Path:
 
 def test_load_config(tmp_path):
     cfg = load_config(make_etc(tmp_path, "RETRYFIRST=10\nQUEUETIME=2d\nMAXDELS=2\n"))
-    assert (cfg.retry_first, cfg.retry_max, cfg.queuetime, cfg.maxdels) == (10, 3600, 172800, 2)
+    assert (cfg.retry, cfg.queuetime, cfg.maxdels) == (RetrySchedule(10, 3, 10, 3), 172800, 2)
+    assert cfg.warntime == 4 * 3600 and cfg.esmtp is not None and cfg.esmtp.helo == "mx.test"
     assert cfg.domains == Domains("mx.test", ("mx.test",), ("example.com", "alias.example",
                                                              "example.com"))
     assert cfg.layout.spooldir == tmp_path / "spool"
@@ -109,6 +130,8 @@ def spool_message(spooldir: Path, *rcpts: str, sender: str = "s@x", received=Non
 @pytest.fixture
 def cfg(tmp_path):
     c = load_config(make_etc(tmp_path, "RETRYFIRST=1\nRETRYMAX=1\nRESCAN=3600\n"))
+    # No remote delivery here (it would ask the real DNS): remote recipients wait.
+    c = dataclasses.replace(c, esmtp=None)
     from libcourier.spool import ensure_spool
     ensure_spool(c.layout.spooldir)
     return c
@@ -213,11 +236,17 @@ def test_manager_takes_new_notices(cfg):
     assert len(fake.calls) == 3 and list_queue(cfg.layout.spooldir) == []
 
 
-def test_manager_gives_up_after_queuetime_but_keeps_the_message(cfg):
-    qid = spool_message(cfg.layout.spooldir, "far@remote.example", received=time.time() - 8 * 86400)
-    mgr = run_manager(cfg, FakeLocal({}), lambda m: qid in m.pending and m.pending[qid].given_up)
-    assert mgr.pending[qid].given_up
-    assert list_queue(cfg.layout.spooldir) == [qid]
+def test_manager_bounces_after_queuetime_and_delivers_the_bounce(cfg):
+    qid = spool_message(cfg.layout.spooldir, "far@remote.example", sender="s@mx.test",
+                        received=time.time() - 8 * 86400)
+    fake = FakeLocal({})
+    run_manager(cfg, fake, lambda m: not list_queue(cfg.layout.spooldir))
+    assert list_queue(cfg.layout.spooldir) == []
+    # The bounce went from the null sender to s@mx.test, and says why.
+    [(sender, rcpt, user, data)] = fake.calls
+    assert (sender, rcpt, user) == ("", "s@mx.test", "s")
+    assert b"report-type=delivery-status" in data and b"Reporting-MTA: dns; mx.test" in data
+    assert qid.encode() in data   # in the DSN's Message-ID
 
 
 def test_manager_bounds_concurrency(tmp_path):

@@ -1,0 +1,257 @@
+"""Remote delivery: asyncio connections driving the sans-I/O SmtpClient.
+
+`RemoteDelivery.deliver(env, recipients, message)` takes the remote recipients
+of one message, groups them by domain (and by MAXRCPT), finds each group's
+route (esmtproutes, else MX/A/AAAA) and tries the hosts best first: one SMTP
+session per host carries every recipient of the group still waiting. A host
+that cannot be reached, times out, talks garbage or answers 4xx leaves its
+recipients for the next host; 2xx and 5xx are final (RFC 5321 §5.1 and
+§4.2.1). What is still temporary after the last host is retried later by the
+queue manager.
+
+Limits: at most ESMTPMAXDELS sessions at once overall and MAXHOST to one
+exchanger (by name), as Courier's esmtp module does. Timeouts follow RFC 5321
+§4.5.3.2 (5 minutes for a reply, 10 for the reply to the final dot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+
+import dns.asyncresolver
+from courier_deliver.config import EsmtpConfig
+from courier_deliver.mx import DnsFailure, Target, find_targets, host_addresses, make_resolver
+from courier_deliver.routes import Route, Security
+
+from libcourier.smtp.client import (
+    Finished,
+    Rcpt,
+    SmtpClient,
+    StartTLS,
+    State,
+    TlsPolicy,
+    Transaction,
+    local_reply,
+)
+from libcourier.smtp.reply import Reply
+from libcourier.spool import Envelope, Recipient
+
+logger = logging.getLogger("courier.courieresmtp")
+
+CONNECT_TIMEOUT = 30.0
+REPLY_TIMEOUT = 300.0         # RFC 5321 §4.5.3.2.1-6: 5 minutes for most replies
+FINAL_TIMEOUT = 600.0         # §4.5.3.2.7: 10 minutes for the reply to "."
+QUIT_WAIT = 5.0               # for the 221 to QUIT; the message is already safe
+TLS_TIMEOUT = 60.0
+READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteResult:
+    """The final (or last temporary) answer for one recipient."""
+    reply: Reply
+    host: str | None = None        # the server that gave it (None: DNS, no server)
+    dsn_relayed: bool = False      # 2xx from a server offering DSN: it reports from now on
+
+    @property
+    def temporary(self) -> bool:
+        return self.reply.code < 500 and not 200 <= self.reply.code < 300
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionOutcome:
+    results: dict[str, Reply]
+    dsn: bool
+
+
+class RemoteDelivery:
+    """Lives in courierd's event loop; its semaphores are the MAXDELS/MAXHOST limits."""
+
+    def __init__(self, config: EsmtpConfig,
+                 resolver: dns.asyncresolver.Resolver | None = None):
+        self.config = config
+        self.resolver = resolver or make_resolver(config.resolver)
+        self._all = asyncio.Semaphore(config.maxdels)
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+
+    def _host_limit(self, host: str) -> asyncio.Semaphore:
+        sem = self._hosts.get(host)
+        if sem is None:
+            sem = self._hosts[host] = asyncio.Semaphore(self.config.maxhost)
+        return sem
+
+    def _release_host(self, host: str) -> None:
+        # Forget idle semaphores so the dict does not grow with every domain seen.
+        sem = self._hosts.get(host)
+        if sem is not None and sem._value == self.config.maxhost and not sem._waiters:  # noqa: SLF001
+            del self._hosts[host]
+
+    async def deliver(self, env: Envelope, recipients: list[Recipient], message: bytes,
+                      qid: str = "") -> dict[str, RemoteResult]:
+        groups: dict[str, list[Recipient]] = {}
+        for r in recipients:
+            domain = r.address.rpartition("@")[2].lower()
+            groups.setdefault(domain, []).append(r)
+        jobs = []
+        for domain, rcpts in groups.items():
+            for i in range(0, len(rcpts), self.config.maxrcpt):
+                jobs.append(self._deliver_domain(env, domain, rcpts[i:i + self.config.maxrcpt],
+                                                 message, qid))
+        out: dict[str, RemoteResult] = {}
+        for part in await asyncio.gather(*jobs):
+            out.update(part)
+        return out
+
+    async def _targets(self, domain: str, route: Route) -> tuple[list[Target], int]:
+        if route.relay is None:
+            return (await find_targets(self.resolver, domain, self.config.prefer_ipv6),
+                    self.config.port)
+        default_port = 465 if route.security is Security.SMTPS else 25
+        addrs = await host_addresses(self.resolver, route.relay, self.config.prefer_ipv6)
+        if not addrs:
+            # Our esmtproutes names a relay that does not exist: ours to fix.
+            raise DnsFailure(False, "4.4.3", f"relay {route.relay} has no address")
+        return [Target(route.relay, 0, addrs)], route.port or default_port
+
+    def _tls(self, route: Route) -> tuple[TlsPolicy, ssl.SSLContext | None]:
+        c = self.config
+        verified = route.security is Security.REQUIRED or c.verify
+        ctx = c.tls_verified if verified else c.tls_client
+        match route.security:
+            case Security.SMTPS:
+                return TlsPolicy.SMTPS, ctx
+            case Security.STARTTLS | Security.REQUIRED:
+                return TlsPolicy.REQUIRED, ctx
+            case Security.NONE:
+                return TlsPolicy.NONE, None
+            case Security.DEFAULT:
+                return (TlsPolicy.OPPORTUNISTIC if c.starttls else TlsPolicy.NONE), ctx
+
+    async def _deliver_domain(self, env: Envelope, domain: str, rcpts: list[Recipient],
+                              message: bytes, qid: str) -> dict[str, RemoteResult]:
+        route = self.config.routes.lookup(domain)
+        try:
+            targets, port = await self._targets(domain, route)
+        except DnsFailure as e:
+            code = 550 if e.permanent else 451
+            reply = local_reply(code, e.status, e.text)
+            logger.info("id=%s: %s", qid, e.text)
+            return {r.address: RemoteResult(reply) for r in rcpts}
+        policy, ctx = self._tls(route)
+        txn_base = Transaction(
+            sender=env.sender, recipients=(), message=message,
+            eightbit=env.body.upper() == "8BITMIME", smtputf8=env.smtputf8,
+            envid=env.envid, ret=env.ret)
+        waiting = {r.address: r for r in rcpts}
+        results: dict[str, RemoteResult] = {}
+        for target in targets:
+            for address in target.addresses:
+                if not waiting:
+                    return results
+                txn = Transaction(
+                    sender=txn_base.sender, message=message, eightbit=txn_base.eightbit,
+                    smtputf8=txn_base.smtputf8, envid=txn_base.envid, ret=txn_base.ret,
+                    recipients=tuple(Rcpt(r.address, r.orcpt, r.notify)
+                                     for r in waiting.values()))
+                outcome = await self._limited(target.host, address, port, txn, policy, ctx, qid)
+                for addr, reply in outcome.results.items():
+                    res = RemoteResult(reply, target.host,
+                                       dsn_relayed=outcome.dsn and 200 <= reply.code < 300)
+                    results[addr] = res
+                    if not res.temporary:
+                        waiting.pop(addr, None)
+        return results
+
+    async def _limited(self, host: str, address: str, port: int, txn: Transaction,
+                       policy: TlsPolicy, ctx: ssl.SSLContext | None, qid: str
+                       ) -> _SessionOutcome:
+        async with self._all:
+            sem = self._host_limit(host)
+            try:
+                async with sem:
+                    return await session(self.config.helo, host, address, port, txn,
+                                         policy, ctx, qid)
+            finally:
+                self._release_host(host)
+
+
+async def session(helo: str, host: str, address: str, port: int, txn: Transaction,
+                  policy: TlsPolicy, ctx: ssl.SSLContext | None, qid: str = ""
+                  ) -> _SessionOutcome:
+    """One SMTP session carrying one transaction; never raises for network trouble."""
+    client = SmtpClient(helo, txn, tls=policy)
+    where = f"id={qid},host={host}[{address}]:{port}"
+    writer: asyncio.StreamWriter | None = None
+    results: dict[str, Reply] | None = None
+    try:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    address, port,
+                    ssl=ctx if policy is TlsPolicy.SMTPS else None,
+                    server_hostname=host if policy is TlsPolicy.SMTPS else None,
+                    ssl_handshake_timeout=TLS_TIMEOUT if policy is TlsPolicy.SMTPS else None),
+                CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ssl.SSLError) as e:
+            logger.info("%s: cannot connect: %s", where, e or "timeout")
+            finished = client.connection_lost(f"cannot connect to {host}[{address}]: "
+                                              f"{e or 'timeout'}")
+            return _SessionOutcome(finished[0].results, False)
+        while results is None:
+            timeout = FINAL_TIMEOUT if client.state is State.DATA_BODY else REPLY_TIMEOUT
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                events = client.connection_lost(f"timeout talking to {host}[{address}]")
+                data = None
+            except (OSError, ssl.SSLError) as e:
+                events = client.connection_lost(f"connection to {host}[{address}] lost: {e}")
+                data = None
+            if data is not None:
+                events = client.receive(data)
+            out = client.data_to_send()
+            if out and not writer.is_closing():
+                writer.write(out)
+                try:
+                    await asyncio.wait_for(writer.drain(), REPLY_TIMEOUT)
+                except (OSError, TimeoutError, ssl.SSLError) as e:
+                    events += client.connection_lost(f"write to {host}[{address}] failed: {e}")
+            for ev in events:
+                if isinstance(ev, StartTLS):
+                    try:
+                        await asyncio.wait_for(
+                            writer.start_tls(ctx or ssl.create_default_context(),
+                                             server_hostname=host),
+                            TLS_TIMEOUT)
+                    except (OSError, TimeoutError, ssl.SSLError) as e:
+                        logger.info("%s: TLS handshake failed: %s", where, e)
+                        # RFC 3207 §4.1: after a failed handshake the session is unusable.
+                        fin = client.connection_lost(f"TLS handshake with {host} failed: {e}")
+                        results = fin[0].results if fin else dict(client.results)
+                        break
+                    client.tls_started()
+                    writer.write(client.data_to_send())
+                elif isinstance(ev, Finished):
+                    results = ev.results
+        if client.state is State.QUIT and not writer.is_closing():
+            # Wait briefly for the 221 so the server sees an orderly end.
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK), QUIT_WAIT)
+            except (OSError, TimeoutError, ssl.SSLError):
+                data = b""
+            if data:
+                client.receive(data)
+    finally:
+        if writer is not None:
+            writer.close()
+            try:
+                await asyncio.wait_for(writer.wait_closed(), QUIT_WAIT)
+            except (OSError, TimeoutError, ssl.SSLError):
+                pass
+    for addr, reply in results.items():
+        logger.info("%s,addr=<%s>: %d %s%s", where, addr, reply.code,
+                    f"{reply.enhanced} " if reply.enhanced else "", reply.text)
+    return _SessionOutcome(results, "DSN" in client.extensions)

@@ -1,0 +1,280 @@
+"""esmtproutes parsing and lookup; RFC 3464 DSNs parsed back with the email package;
+process_message's DSN decisions (failure, success, delay once, null sender,
+double bounce) with a stand-in courierlocal and remote side."""
+
+from __future__ import annotations
+
+import dataclasses
+import email
+import email.policy
+import time
+
+import pytest
+from courier_deliver import dsn
+from courier_deliver.config import load_config
+from courier_deliver.localproto import Reply, Status
+from courier_deliver.queue import Outcome, process_message
+from courier_deliver.remote import RemoteResult
+from courier_deliver.routes import Route, Routes, Security, load_routes, parse_route
+
+from libcourier.config import ConfigError
+from libcourier.smtp.reply import Reply as SmtpReply
+from libcourier.spool import (
+    Envelope,
+    Recipient,
+    SpoolWriter,
+    ensure_spool,
+    list_queue,
+    open_data,
+    read_envelope,
+)
+
+
+@pytest.mark.parametrize("line,expect", [
+    ("example.com: relay.example.net", ("example.com", Route("relay.example.net"))),
+    ("example.com: relay.example.net,2525", ("example.com", Route("relay.example.net", 2525))),
+    (".Example.com: [192.0.2.1],587 /SECURITY=REQUIRED",
+     (".example.com", Route("192.0.2.1", 587, Security.REQUIRED))),
+    (": smart.example,465/SECURITY=SMTPS", ("", Route("smart.example", 465, Security.SMTPS))),
+    ("local.example:", ("local.example", Route(None))),
+    ("v6.example: [2001:db8::1],25", ("v6.example", Route("2001:db8::1", 25))),
+])
+def test_parse_route(line, expect):
+    assert parse_route(line) == expect
+
+
+@pytest.mark.parametrize("bad", ["no colon here", "a.example: relay,0", "a.example: relay,x",
+                                 "a.example: relay /SECURITY=MAYBE", "a.example: re lay",
+                                 "a.example: /SECURITY=REQUIRED", "a.example: r /FOO=1"])
+def test_bad_route_lines(bad):
+    with pytest.raises(ValueError):
+        parse_route(bad)
+
+
+def test_routes_first_match_and_file_line(tmp_path):
+    p = tmp_path / "esmtproutes"
+    p.write_text("# comment\nexact.example:\n.sub.example: r1\n: smart,2525\n")
+    routes = load_routes(p)
+    assert routes.lookup("exact.example") == Route(None)          # DNS despite the smarthost
+    assert routes.lookup("a.sub.example") == Route("r1")
+    assert routes.lookup("sub.example") == Route("smart", 2525)   # ".sub" is subdomains only
+    assert routes.lookup("other.example") == Route("smart", 2525)
+    assert Routes().lookup("x.example") == Route(None)
+    p.write_text("ok.example:\nbad.example: relay,99999\n")
+    with pytest.raises(ConfigError) as ei:
+        load_routes(p)
+    assert "esmtproutes:2:" in str(ei.value)
+
+
+ORIGINAL = b"Received: from x\nFrom: s@example.org\nSubject: hello\n\nbody line\n"
+
+
+def _parse(data: bytes):
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def _env(**kw) -> Envelope:
+    base = dict(sender="s@example.org", recipients=(Recipient("r@far.example"),),
+                received=1_700_000_000.0)
+    base.update(kw)
+    return Envelope(**base)
+
+
+def test_failure_dsn_is_rfc3464():
+    rc = Recipient("r@far.example", "rfc822;orig@far.example", None)
+    env = _env(recipients=(rc,), envid="ENV 1", ret="FULL")
+    data = dsn.build_dsn(me="mx.test", dsnfrom="MAILER-DAEMON <MAILER-DAEMON@mx.test>", env=env,
+                         reports=[dsn.Report(rc, dsn.FAILED, "5.1.1",
+                                             "smtp; 550 5.1.1 no such user", "mx1.far.example")],
+                         kind=dsn.FAILED, original=ORIGINAL, original_size=len(ORIGINAL),
+                         dsnlimit=1000, now=1_700_000_100.0, message_id="<m1@mx.test>")
+    msg = _parse(data)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    assert msg["To"].addresses[0].addr_spec == "s@example.org" and msg["Auto-Submitted"] == "auto-replied"
+    text, status, orig = msg.get_payload()
+    assert text.get_content_type() == "text/plain" and "no such user" in text.get_content()
+    assert status.get_content_type() == "message/delivery-status"
+    per_msg, per_rcpt = status.get_payload()
+    assert per_msg["Reporting-MTA"] == "dns; mx.test"
+    assert per_msg["Original-Envelope-Id"] == "ENV+201"        # xtext, as in ENVID=
+    assert per_rcpt["Final-Recipient"] == "rfc822; r@far.example"
+    assert per_rcpt["Original-Recipient"] == "rfc822;orig@far.example"
+    assert per_rcpt["Action"] == "failed" and per_rcpt["Status"] == "5.1.1"
+    assert per_rcpt["Remote-MTA"] == "dns; mx1.far.example"
+    assert per_rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
+    assert orig.get_content_type() == "message/rfc822"
+    assert orig.get_payload()[0]["Subject"] == "hello"
+
+
+def test_ret_hdrs_and_dsnlimit_return_headers_only():
+    rc = Recipient("r@far.example")
+    rep = [dsn.Report(rc, dsn.FAILED, "5.0.0", "smtp; 554 no")]
+    for env, limit in ((_env(ret="HDRS"), 10_000), (_env(), 10)):
+        data = dsn.build_dsn(me="mx.test", dsnfrom="x <@>", env=env, reports=rep,
+                             kind=dsn.FAILED, original=ORIGINAL, original_size=len(ORIGINAL),
+                             dsnlimit=limit, now=0.0, message_id="<m@x>")
+        third = _parse(data).get_payload()[2]
+        assert third.get_content_type() == "text/rfc822-headers"
+        assert b"body line" not in data and b"Subject: hello" in data
+
+
+def test_notify_words():
+    assert dsn.notify_wants(None, "FAILURE") and dsn.notify_wants(None, "DELAY")
+    assert not dsn.notify_wants(None, "SUCCESS")
+    assert dsn.notify_wants("SUCCESS,FAILURE", "SUCCESS")
+    assert not dsn.notify_wants("NEVER", "FAILURE")
+    assert not dsn.notify_wants("SUCCESS", "DELAY")
+
+
+def test_reply_text_cannot_inject_fields():
+    rc = Recipient("r@far.example")
+    data = dsn.build_dsn(me="mx.test", dsnfrom="x <@>", env=_env(), kind=dsn.FAILED,
+                         reports=[dsn.Report(rc, dsn.FAILED, "5.0.0",
+                                             "smtp; 550 bad\nX-Evil: 1")],
+                         original=ORIGINAL, original_size=len(ORIGINAL), dsnlimit=10_000,
+                         now=0.0, message_id="<m@x>")
+    assert b"\nX-Evil" not in data
+
+
+# --- process_message's decisions -------------------------------------------------------
+
+def _etc(tmp_path, extra=""):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "courierd").write_text(f"SPOOLDIR=../spool\nRUNDIR=../run\nRETRYFIRST=1\n{extra}")
+    (etc / "me").write_text("mx.test\n")
+    (tmp_path / "run").mkdir()
+    return etc
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    c = load_config(_etc(tmp_path))
+    ensure_spool(c.layout.spooldir)
+    return c
+
+
+class Local:
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def __call__(self, sock, fd, sender, rcpt, user):
+        import os
+        self.calls.append((sender, rcpt, os.pread(fd, 1 << 20, 0)))
+        status = self.answers.get(rcpt, Status.OK)
+        return Reply(status, {Status.OK: "ok", Status.TEMP: "4.2.2 over quota",
+                              Status.PERM: "5.1.1 no such user"}[status])
+
+
+class Remote:
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def __call__(self, qid, env, rcpts, message):
+        self.calls.append([r.address for r in rcpts])
+        return {r.address: self.answers[r.address] for r in rcpts}
+
+
+def _spool(cfg, *rcpts, sender="s@example.org", received=None, client="", notify=None):
+    w = SpoolWriter(cfg.layout.spooldir, 0)
+    w.write(ORIGINAL)
+    return w.commit(Envelope(sender, tuple(Recipient(r, None, notify) for r in rcpts),
+                             time.time() if received is None else received, client=client))
+
+
+def _queued(cfg):
+    out = {}
+    for q in list_queue(cfg.layout.spooldir):
+        with open_data(cfg.layout.spooldir, q) as fh:
+            out[q] = (read_envelope(cfg.layout.spooldir, q), fh.read())
+    return out
+
+
+def test_local_perm_and_remote_5xx_bounce_in_one_dsn(cfg):
+    qid = _spool(cfg, "gone@mx.test", "ok@mx.test", "bad@far.example", "slow@far.example")
+    local = Local({"gone@mx.test": Status.PERM})
+    remote = Remote({"bad@far.example": RemoteResult(SmtpReply.make(550, "5.1.1", "unknown"),
+                                                     "mx.far.example"),
+                     "slow@far.example": RemoteResult(SmtpReply.make(451, "4.3.0", "later"),
+                                                      "mx.far.example")})
+    r = process_message(cfg, qid, local, remote)
+    assert r.outcome is Outcome.DEFERRED and len(r.injected) == 1
+    q = _queued(cfg)
+    assert [x.address for x in q[qid][0].recipients] == ["slow@far.example"]
+    env, data = q[r.injected[0]]
+    assert env.sender == "" and [x.address for x in env.recipients] == ["s@example.org"]
+    assert env.client == dsn.ORIGIN_DSN
+    blocks = _parse(data).get_payload()[1].get_payload()[1:]
+    assert {(b["Final-Recipient"], b["Action"], b["Status"]) for b in blocks} == {
+        ("rfc822; gone@mx.test", "failed", "5.1.1"),
+        ("rfc822; bad@far.example", "failed", "5.1.1")}
+
+
+def test_success_notice_only_when_asked_and_relayed_to_a_non_dsn_server(cfg):
+    qid = _spool(cfg, "a@mx.test", "b@far.example", "c@far.example", notify="SUCCESS")
+    ok = SmtpReply.make(250, "2.0.0", "queued")
+    remote = Remote({"b@far.example": RemoteResult(ok, "mx.far", dsn_relayed=True),
+                     "c@far.example": RemoteResult(ok, "mx.far", dsn_relayed=False)})
+    r = process_message(cfg, qid, Local({}), remote)
+    assert r.outcome is Outcome.DONE and len(r.injected) == 1
+    env, data = _queued(cfg)[r.injected[0]]
+    blocks = _parse(data).get_payload()[1].get_payload()[1:]
+    assert sorted((b["Final-Recipient"], b["Action"]) for b in blocks) == [
+        ("rfc822; a@mx.test", "delivered"), ("rfc822; b@far.example", "delivered"),
+        ("rfc822; c@far.example", "relayed")]
+    assert _parse(data).get_payload()[2].get_content_type() == "text/rfc822-headers"
+    # Without NOTIFY=SUCCESS: no notice at all.
+    qid = _spool(cfg, "a@mx.test")
+    assert process_message(cfg, qid, Local({}), None).injected == ()
+
+
+def test_delay_warning_once_then_bounce_at_queuetime(tmp_path):
+    cfg = load_config(_etc(tmp_path, "WARNTIME=1h\nQUEUETIME=1d\n"))
+    ensure_spool(cfg.layout.spooldir)
+    qid = _spool(cfg, "full@mx.test", received=time.time() - 2 * 3600)
+    local = Local({"full@mx.test": Status.TEMP})
+    r1 = process_message(cfg, qid, local)
+    assert r1.outcome is Outcome.DEFERRED and len(r1.injected) == 1
+    assert read_envelope(cfg.layout.spooldir, qid).warned
+    block = _parse(_queued(cfg)[r1.injected[0]][1]).get_payload()[1].get_payload()[1]
+    assert block["Action"] == "delayed" and block["Status"] == "4.2.2"
+    assert "Will-Retry-Until" in block
+    assert process_message(cfg, qid, local).injected == ()      # warned once only
+    # A day later: given up, bounced, removed.
+    r3 = process_message(cfg, qid, local, clock=lambda: time.time() + 86400)
+    assert r3.outcome is Outcome.DONE and len(r3.injected) == 1
+    env, data = _queued(cfg)[r3.injected[0]]
+    assert _parse(data).get_payload()[1].get_payload()[1]["Action"] == "failed"
+    assert qid not in _queued(cfg)
+
+
+def test_null_sender_gets_no_bounce_and_our_failed_dsn_goes_to_postmaster(cfg):
+    local = Local({"x@mx.test": Status.PERM, "postmaster": Status.PERM})
+    qid = _spool(cfg, "x@mx.test", sender="")
+    r = process_message(cfg, qid, local)
+    assert r.outcome is Outcome.DONE and r.injected == ()
+    qid = _spool(cfg, "x@mx.test", sender="", client=dsn.ORIGIN_DSN)
+    r = process_message(cfg, qid, local)
+    assert len(r.injected) == 1
+    env, data = _queued(cfg)[r.injected[0]]
+    assert env.recipients == (Recipient("postmaster"),) and env.client == dsn.ORIGIN_DOUBLE
+    # The double bounce fails too: dropped, nothing more queued.
+    r = process_message(cfg, r.injected[0], local)
+    assert r.outcome is Outcome.DONE and r.injected == () and _queued(cfg) == {}
+
+
+def test_never_means_never(cfg):
+    qid = _spool(cfg, "x@mx.test", notify="NEVER")
+    r = process_message(cfg, qid, Local({"x@mx.test": Status.PERM}))
+    assert r.outcome is Outcome.DONE and r.injected == ()
+
+
+def test_envelope_warned_flag_round_trips_and_old_files_read():
+    from libcourier.spool.envelope import format_envelope, parse_envelope
+    env = _env()
+    assert b"warned" not in format_envelope(env)
+    assert parse_envelope(format_envelope(dataclasses.replace(env, warned=True))).warned
+    assert not parse_envelope(format_envelope(env)).warned
