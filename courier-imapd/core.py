@@ -17,9 +17,14 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from libcourier.maildir.mutf7 import decode_mutf7
 from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
+
+if TYPE_CHECKING:
+    from courier_imapd.search import Program
+    from courier_imapd.sort import Criterion
 
 
 class State(enum.Enum):
@@ -104,7 +109,6 @@ class ListMailboxes:
     lsub: bool
     select_opts: tuple[str, ...] = ()    # RFC 5258 selection options, e.g. SPECIAL-USE
     return_opts: tuple[str, ...] = ()    # RFC 5258 RETURN (...), e.g. SPECIAL-USE
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,17 +204,29 @@ class Store:
 
 
 @dataclass(frozen=True, slots=True)
-class SearchKey:
-    """ALL, a flag key (SEEN, UNSEEN, ...), UID <set> or a bare <set>."""
-    name: str
-    sequence: tuple[SeqRange, ...] = ()
+class Search:
+    """SEARCH / UID SEARCH (RFC 3501 §6.4.4); the key tree is in search.py."""
+    tag: str
+    uid: bool
+    program: Program
 
 
 @dataclass(frozen=True, slots=True)
-class Search:
+class Sort:
+    """SORT / UID SORT (RFC 5256 §3)."""
     tag: str
     uid: bool
-    keys: tuple[SearchKey, ...]      # all must match (RFC 3501 §6.4.4: implicit AND)
+    criteria: tuple[Criterion, ...]
+    program: Program
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """THREAD / UID THREAD (RFC 5256 §3): ORDEREDSUBJECT or REFERENCES."""
+    tag: str
+    uid: bool
+    algorithm: str
+    program: Program
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +288,7 @@ class BadCommand:
 
 Command = (Capability | Noop | Logout | StartTLS | Login | Authenticate | Select
            | ListMailboxes | Status | Namespace | MailboxCommand | Rename | Check | Close
-           | Expunge | Idle | Fetch | Store | Search | Append | Copy | Enable | Unselect | Id
+           | Expunge | Idle | Fetch | Store | Search | Sort | Thread | Append | Copy | Enable | Unselect | Id
            | Quota)
 
 
@@ -763,37 +779,32 @@ def _p_store(tag: str, r: Reader, uid: bool) -> Command:
     return Store(tag, uid, seq, mode, silent, flags)
 
 
-_SEARCH_FLAG_KEYS = {"ALL", "SEEN", "UNSEEN", "DELETED", "UNDELETED", "FLAGGED", "UNFLAGGED",
-                     "ANSWERED", "UNANSWERED", "DRAFT", "UNDRAFT", "RECENT", "NEW", "OLD"}
-
+# SEARCH, SORT and THREAD parse their keys in search.py, sort.py and thread.py, which
+# import this module for Reader and ParseError: imported when first used (the session
+# module imports them all at start, before any privilege drop).
 
 def _p_search(tag: str, r: Reader, uid: bool) -> Command:
-    # §6.4.4, a subset: ALL, flag keys, UID <set>, <set>; [CHARSET UTF-8|US-ASCII] accepted.
-    keys: list[SearchKey] = []
-    while r.maybe(b" "):
-        if r.peek() is not None and chr(r.peek()).isdigit() or r.peek() == 0x2A:
-            keys.append(SearchKey("SEQ", r.sequence_set()))
-            continue
-        word = r.atom().decode("ascii").upper()
-        if word == "CHARSET" and not keys:
-            r.sp()
-            cs = r.astring().decode("ascii", "replace").upper()
-            if cs not in ("UTF-8", "US-ASCII"):
-                raise ParseError("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset")
-            continue
-        if word == "UID":
-            r.sp()
-            keys.append(SearchKey("UID", r.sequence_set()))
-        elif word in _SEARCH_FLAG_KEYS:
-            keys.append(SearchKey(word))
-        else:
-            raise ParseError(f"unsupported SEARCH key {word[:40]}")
-        if len(keys) > 100:
-            raise ParseError("too many SEARCH keys")
+    # §6.4.4
+    from courier_imapd.search import parse_search_program
+    program = parse_search_program(r)
     r.end()
-    if not keys:
-        raise ParseError("SEARCH needs a search key")
-    return Search(tag, uid, tuple(keys))
+    return Search(tag, uid, program)
+
+
+def _p_sort(tag: str, r: Reader, uid: bool) -> Command:
+    # RFC 5256 §3
+    from courier_imapd.sort import parse_sort_args
+    criteria, program = parse_sort_args(r)
+    r.end()
+    return Sort(tag, uid, criteria, program)
+
+
+def _p_thread(tag: str, r: Reader, uid: bool) -> Command:
+    # RFC 5256 §3
+    from courier_imapd.thread import parse_thread_args
+    algorithm, program = parse_thread_args(r)
+    r.end()
+    return Thread(tag, uid, algorithm, program)
 
 
 def _p_expunge(tag: str, r: Reader, uid: bool) -> Command:
@@ -891,6 +902,8 @@ COMMANDS: dict[str, tuple[Parser, frozenset[State]]] = {
     "EXPUNGE": (_p_expunge, SELECTED),                     # §6.4.3, RFC 4315 UID EXPUNGE
     "IDLE": (_no_args(Idle), AUTH),                        # RFC 2177
     "SEARCH": (_p_search, SELECTED),                       # §6.4.4
+    "SORT": (_p_sort, SELECTED),                           # RFC 5256
+    "THREAD": (_p_thread, SELECTED),                       # RFC 5256
     "FETCH": (_p_fetch, SELECTED),                         # §6.4.5
     "STORE": (_p_store, SELECTED),                         # §6.4.6
     "APPEND": (_p_append, AUTH),                           # §6.3.11
@@ -903,7 +916,7 @@ COMMANDS: dict[str, tuple[Parser, frozenset[State]]] = {
     "GETQUOTAROOT": (_p_quota("GETQUOTAROOT"), AUTH),      # RFC 9208 §4.3
     "SETQUOTA": (_p_quota("SETQUOTA"), AUTH),              # RFC 9208 §4.4 (refused)
 }
-UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "EXPUNGE", "COPY", "MOVE"}  # §6.4.8, RFC 6851
+UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "EXPUNGE", "COPY", "MOVE"}  # §6.4.8, RFC 6851
 
 
 def parse_command(segments: list[tuple[bytes, bytes | None]], state: State) -> Command | BadCommand:

@@ -44,8 +44,11 @@ MAX_HEAD = 4096                # a record header line (the base is part of it)
 SCAN_CHUNK = 1 << 20
 REFRESH_EVERY = 0.5            # seconds: a run of misses looks for other writers' records
 RETRY_AFTER = 30.0             # seconds before an index that failed (EACCES, ENOSPC...) is retried
-# The header fields SORT (RFC 5256) and header SEARCH (RFC 3501 §6.4.4) want.
-HEADER_FIELDS = (b"date", b"subject", b"from", b"to", b"cc", b"message-id")
+# The header fields SORT, THREAD (RFC 5256) and header SEARCH (RFC 3501 §6.4.4) want.
+# Only ever appended to: a record written with fewer fields is read as "the later
+# ones not known" (searchdata.py parses the message again and re-records it).
+HEADER_FIELDS = (b"date", b"subject", b"from", b"to", b"cc", b"message-id",
+                 b"in-reply-to", b"references", b"bcc")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ KEPT = frozenset({
     b"content-type", b"content-transfer-encoding", b"content-id", b"content-description",
     b"content-disposition", b"content-language", b"content-location", b"content-md5",
     b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
-    b"in-reply-to", b"message-id",
+    b"in-reply-to", b"message-id", b"references",    # references: THREAD (RFC 5256)
 })
 ADDRESS_FIELDS = frozenset({b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"})
 

@@ -92,7 +92,7 @@ def test_bad_commands(line: bytes, tag: str, fragment: str) -> None:
     b"a FETCH 0 FLAGS", b"a FETCH 1:x FLAGS", b"a FETCH 1 (FLAGS", b"a FETCH 1 BODY[1.0]", b"a FETCH 1 BODY[MIME]", b"a FETCH 1 BODY[1.FOO]",
     b"a FETCH 1 BODY.PEEK", b"a FETCH 1 BODY[1.HEADER.FIELDS]", b"a FETCH 1 ALL FLAGS",
     b"a FETCH 1 BODY[]<1.0>", b"a STORE 1 FLAGS", b"a STORE 1 XFLAGS (\\Seen)",
-    b"a SEARCH", b"a SEARCH FROM x", b"a STATUS INBOX (FOO)", b"a EXAMINE",
+    b"a SEARCH", b"a SEARCH FROMX x", b"a STATUS INBOX (FOO)", b"a EXAMINE",
 ])
 def test_bad_selected(line: bytes) -> None:
     conn = c.ImapConnection(c.State.SELECTED, c.SESSION_LIMITS)

@@ -1,0 +1,233 @@
+"""What SEARCH, SORT and THREAD ask of a message, from the folder index or the file.
+
+`MessageFacts` implements search.Facts, sort.SortFacts and thread.ThreadFacts
+for one message of the selected mailbox. Every answer is computed lazily and
+at most once: flags, UID and internal date come from the scan; RFC822.SIZE and
+the header fields of libcourier.maildir.index.HEADER_FIELDS from the folder
+index (`courierpyindex`), so a header search or a SORT over 10,000 messages
+opens no message file once the index knows them; a miss parses the message's
+header once and records what it found for next time. Other header fields are
+read from the file's header; BODY/TEXT stream the file through
+libcourier.mime.textsearch. `forget()` drops what one message holds, so memory
+stays bounded over a long search.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import os
+from typing import BinaryIO
+
+from courier_imapd import fetch as fetchmod
+from courier_imapd.mailbox import MailboxView
+
+from libcourier.maildir import index as mindex
+from libcourier.maildir.folder import MessageRef
+from libcourier.mime import Part, imapview, parse, textsearch
+from libcourier.rfc5322 import decode_words, split_field, unfold
+
+MAX_HEADER = 1 << 20      # bytes of a header read for a field the index does not keep
+_INDEXED = {n.decode(): i for i, n in enumerate(mindex.HEADER_FIELDS)}
+_UNSET = object()
+
+
+def parse_date(value: bytes | None) -> tuple[datetime.date, float] | None:
+    """A Date: value -> (the day as written, in its own zone; the time in UTC), or None
+    when there is none or it does not parse (RFC 5322 §3.3 and the obsolete forms)."""
+    if value is None:
+        return None
+    try:
+        t = email.utils.parsedate_tz(unfold(value).decode("ascii", "replace"))
+    except (ValueError, IndexError, OverflowError):
+        return None
+    if t is None:
+        return None
+    try:
+        day = datetime.date(t[0], t[1], t[2])
+        when = email.utils.mktime_tz(t)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return day, float(when)
+
+
+def read_header(fh: BinaryIO, limit: int = MAX_HEADER) -> dict[str, list[bytes]]:
+    """Every field of the message header, name (lower case) -> raw values in order."""
+    fh.seek(0)
+    data = fh.read(limit)
+    end = data.find(b"\n\n")
+    end2 = data.find(b"\n\r\n")
+    if end < 0 or (0 <= end2 < end):
+        end = end2
+    if data.startswith((b"\n", b"\r\n")):
+        end = 0
+    block = data if end < 0 else data[:end + 1]
+    out: dict[str, list[bytes]] = {}
+    current: list[bytes] = []
+    name = None
+    for line in block.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and name is not None:
+            current.append(line)
+            continue
+        if name is not None:
+            out.setdefault(name, []).append(b"\n".join(current))
+        nv = split_field(line)
+        if nv is None:
+            name = None
+            continue
+        name = nv[0].decode("ascii", "replace").lower()
+        current = [nv[1]]
+    if name is not None:
+        out.setdefault(name, []).append(b"\n".join(current))
+    return out
+
+
+def has_text(value: bytes, needle: str) -> bool:
+    """RFC 3501 §6.4.4 substring match on a header value: unfolded, RFC 2047-decoded,
+    case-insensitive."""
+    return needle in decode_words(unfold(value)).casefold()
+
+
+class MailboxFacts:
+    """What the messages of one command share: the view, its folder index."""
+
+    def __init__(self, view: MailboxView):
+        self.view = view
+        self.index = fetchmod.folder_index(os.path.join(str(view.maildir.path), "cur", "-"))
+        self.facts = [MessageFacts(self, i + 1, m) for i, m in enumerate(view.messages)]
+
+
+class MessageFacts:
+    __slots__ = ("box", "seq", "uid", "flags", "recent", "msg", "_entry", "_head",
+                 "_all", "_size", "_sent")
+
+    def __init__(self, box: MailboxFacts, seq: int, msg: MessageRef):
+        self.box = box
+        self.seq = seq
+        self.msg = msg
+        self.uid = msg.uid
+        self.flags = msg.flags
+        self.recent = msg.uid in box.view.recent
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop the per-message caches (the header, the index entry)."""
+        self._entry: object = _UNSET
+        self._head: Part | None = None
+        self._all: dict[str, list[bytes]] | None = None
+        self._size: int | None = None
+        self._sent: object = _UNSET
+
+    # -- sources ------------------------------------------------------------------------
+
+    def _open(self) -> BinaryIO | None:
+        if self.msg.uid in self.box.view.ghosts:
+            return None
+        try:
+            return open(self.box.view.maildir.path_of(self.msg), "rb")
+        except FileNotFoundError:
+            return None       # expunged by another session: nothing in it matches
+
+    def entry(self) -> mindex.Entry | None:
+        if self._entry is _UNSET:
+            self._entry = self.box.index.get(self.msg.base, self.msg.size)
+        return self._entry  # type: ignore[return-value]
+
+    def _parse_head(self) -> Part | None:
+        """The header as libcourier.mime keeps it; recorded in the index."""
+        if self._head is None:
+            fh = self._open()
+            if fh is None:
+                return None
+            with fh:
+                self._head = parse(fh, header_only=True)
+            head = self._head
+            new = mindex.Entry(self.msg.size, envelope=imapview.envelope(head),
+                               headers=tuple(head.fields.get(n) for n in mindex.HEADER_FIELDS))
+            old = self.entry()
+            new = old.merge(new) if old is not None else new
+            self.box.index.put(self.msg.base, new)
+            self._entry = new
+        return self._head
+
+    def field(self, name: bytes) -> bytes | None:
+        """The raw value of an indexed header field (address fields given more than
+        once are joined, as ENVELOPE reads them), or None when the message has none."""
+        i = _INDEXED.get(name.decode())
+        if i is None:
+            vals = self._fields(name.decode())
+            return vals[0] if vals else None
+        e = self.entry()
+        if e is not None and e.headers is not None and len(e.headers) > i:
+            return e.headers[i]
+        head = self._parse_head()
+        return None if head is None else head.fields.get(name)
+
+    def _fields(self, name: str) -> list[bytes]:
+        if self._all is None:
+            fh = self._open()
+            if fh is None:
+                return []
+            with fh:
+                self._all = read_header(fh)
+        return self._all.get(name, [])
+
+    # -- search.Facts ---------------------------------------------------------------------
+
+    def keywords(self) -> frozenset[str]:
+        return frozenset(k.casefold() for k in getattr(self.msg, "keywords", ()))
+
+    def size(self) -> int:
+        if self._size is None:
+            view = self.box.view
+            size = view.sizes.get(self.uid)
+            if size is None:
+                e = self.entry()
+                size = e.crlf_size if e is not None else None
+            if size is None:
+                fh = self._open()
+                if fh is None:
+                    size = self.msg.size
+                else:
+                    with fh:
+                        size = fetchmod.crlf_size(fh)
+                    old = self.entry()
+                    new = mindex.Entry(self.msg.size, crlf_size=size)
+                    self.box.index.put(self.msg.base, old.merge(new) if old else new)
+            view.sizes[self.uid] = size
+            self._size = size
+        return self._size
+
+    def internal_time(self) -> float:
+        return self.msg.mtime
+
+    def internal_day(self) -> datetime.date:
+        # RFC 3501 §6.4.4: the date of INTERNALDATE, which we show in local time
+        return datetime.date.fromtimestamp(self.msg.mtime)
+
+    def _date(self) -> tuple[datetime.date, float] | None:
+        if self._sent is _UNSET:
+            self._sent = parse_date(self.field(b"date"))
+        return self._sent  # type: ignore[return-value]
+
+    def sent_day(self) -> datetime.date | None:
+        d = self._date()
+        return None if d is None else d[0]
+
+    def sent_time(self) -> float:
+        """RFC 5256 §2.2: the Date: in UTC; the internal date when it has none."""
+        d = self._date()
+        return self.msg.mtime if d is None else d[1]
+
+    def header_has(self, name: str, needle: str) -> bool:
+        if name in _INDEXED:
+            v = self.field(name.encode())
+            return v is not None and has_text(v, needle)
+        return any(has_text(v, needle) for v in self._fields(name))
+
+    def text_has(self, needle: str, body_only: bool) -> bool:
+        fh = self._open()
+        if fh is None:
+            return False
+        with fh:
+            return textsearch.contains(fh, needle, body_only=body_only)
