@@ -173,14 +173,17 @@ class Context:
     recipient: str
     ext: str | None = None
     default: str | None = None
+    quota: str = ""             # the account's Maildir++ quota (authd QUOTA=)
 
 
 def program_environment(ctx: Context, ufline: str) -> dict[str, str]:
-    """Courier's variables for `| program` (dot-courier(5)); the *LINE values end
-    with a newline so that `(printf %s "$RPLINE"; cat)` builds a header."""
-    local, _, host = ctx.recipient.rpartition("@")
-    if not _:
-        local, host = ctx.recipient, ""
+    """Courier's variables for `| program` (dot-courier(5), module.local/deliver.c
+    docommand): the *LINE values are whole header lines without the newline, as
+    Courier sets them, so `(echo "$RPLINE"; echo "$DTLINE"; cat)` is preline;
+    MAILDIRQUOTA is the account's quota (what deliverquota and maildrop honour)."""
+    local, at, host = ctx.recipient.rpartition("@")
+    if not at:
+        local, host = ctx.recipient, "localhost"
     ext = ctx.ext or ""
     parts = ext.split("-") if ext else []
     env = {
@@ -189,9 +192,10 @@ def program_environment(ctx: Context, ufline: str) -> dict[str, str]:
         "LOCAL": local, "EXT": ext,
         "EXT2": "-".join(parts[1:]), "EXT3": "-".join(parts[2:]), "EXT4": "-".join(parts[3:]),
         "DEFAULT": ctx.default or "",
-        "UFLINE": ufline,
-        "RPLINE": f"Return-Path: <{ctx.sender}>\n",
-        "DTLINE": f"Delivered-To: {ctx.recipient}\n",
+        "UFLINE": ufline.rstrip("\n"),
+        "RPLINE": f"Return-Path: <{ctx.sender}>",
+        "DTLINE": f"Delivered-To: {ctx.recipient}",
+        "MAILDIRQUOTA": ctx.quota,
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "SHELL": "/bin/sh",
     }

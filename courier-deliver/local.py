@@ -37,7 +37,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from courier_deliver import dotcourier
@@ -65,7 +64,9 @@ from courier_deliver.localproto import (
 from libcourier import log as courier_log
 from libcourier import privsep
 from libcourier.authclient import AuthInfo, AuthTempFail, auth_pre
-from libcourier.maildir.delivery import CHUNK, DeliveryError, deliver_to_maildir
+from libcourier.config.control import read_control_value
+from libcourier.maildir.delivery import CHUNK, DeliveryError, OverQuota, deliver_with_quota
+from libcourier.mbox import deliver_to_mbox, from_line
 from libcourier.pidfile import read_pidfile
 from libcourier.proctitle import set_title
 from libcourier.proto import ClientError
@@ -75,13 +76,14 @@ from libcourier.unixsock import bind_unix
 logger = logging.getLogger("courier.courierlocal")
 
 REQUEST_TIMEOUT = 30.0       # to read one request line
-DELIVERY_TIMEOUT = 600.0     # one delivery child, start to finish
+DELIVERY_TIMEOUT = 900.0     # one delivery child, start to finish: Courier's localtimeout
+MAX_DELIVERY_TIMEOUT = 3600.0  # the most ETC/localtimeout may ask for
+DELIVERY_GRACE = 30.0        # the delivery child's own watchdog fires this much earlier
 MAX_CHILDREN = 32            # connection children at once; more wait in the backlog
 STOP_WAIT = 5.0             # on SIGTERM, how long in-flight deliveries may finish
 RESULT_MAX = 1024            # bytes of the final reply line a delivery child reports
 REPORT_MAX = 256 * 1024      # the whole report, forwarding addresses included
 DEFAULT_MAILDIR = "./Maildir"
-PROGRAM_TIMEOUT = 300.0      # one `| program` of a .courier file; then killed, retried
 PROGRAM_OUTPUT_MAX = 400     # bytes of a failing program's output kept for the reply
 HEADER_SCAN_MAX = 256 * 1024 # bytes of header read to find loops
 MAX_HOPS = 100               # Received/Delivered-To lines before we call it a loop
@@ -219,7 +221,8 @@ def write_all_pipe(wfd: int, data: bytes) -> None:
 
 
 def run_program(command: str, env: dict[str, str], fd: int,
-                timeout: float = PROGRAM_TIMEOUT) -> tuple[int | None, bytes]:
+                timeout: float = DELIVERY_TIMEOUT - DELIVERY_GRACE
+                ) -> tuple[int | None, bytes]:
     """Run `/bin/sh -c command` with the message on stdin, in its own process
     group; returns (exit code or None when killed/timed out, start of its output)."""
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
@@ -271,40 +274,55 @@ def run_program(command: str, env: dict[str, str], fd: int,
     return proc.returncode, bytes(output)
 
 
-def _ufline(sender: str) -> str:
-    # mbox's From_ line: "From <sender> <asctime>" (asctime of the delivery).
-    return f"From {sender or 'MAILER-DAEMON'} {datetime.now().strftime('%a %b %e %H:%M:%S %Y')}\n"
+def _message_size(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return 0
+
+
+def _store(path: str, is_maildir: bool, info: AuthInfo, fd: int, req: DeliverRequest,
+           prefix: bytes) -> str:
+    """One mailbox line: a Maildir (under the account's quota) or an mbox file."""
+    if is_maildir or os.path.isdir(path):
+        return deliver_with_quota(Path(path), _pread_chunks(fd), _message_size(fd),
+                                  prefix=prefix, newquota=info.quota)
+    deliver_to_mbox(Path(path), _pread_chunks(fd), sender=req.sender, prefix=prefix)
+    return f"mbox {path}"
 
 
 def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
-                      ext: str | None) -> Outcome:
+                      ext: str | None, deadline: float | None = None) -> Outcome:
+    if deadline is None:
+        deadline = time.monotonic() + DELIVERY_TIMEOUT - DELIVERY_GRACE
     instructions, default = _read_dot_courier(ext)
     prefix = delivery_prefix(req.sender, req.recipient)
     if instructions is None:
-        name = deliver_to_maildir(maildir_path(info, default_maildir), _pread_chunks(fd),
-                                  prefix=prefix)
+        name = deliver_with_quota(maildir_path(info, default_maildir), _pread_chunks(fd),
+                                  _message_size(fd), prefix=prefix, newquota=info.quota)
         return Outcome(Reply(Status.OK, name))
     ctx = Context(home=info.home, user=info.address or info.username or "", sender=req.sender,
-                  recipient=req.recipient, ext=ext, default=default)
+                  recipient=req.recipient, ext=ext, default=default, quota=info.quota or "")
     done: list[str] = []
-    seen_maildirs: set[str] = set()
+    seen_mailboxes: set[str] = set()
     forwards: list[str] = []
     for ins in instructions:
         match ins:
             case Mailbox(path=path, maildir=is_maildir):
-                if not is_maildir and not os.path.isdir(path):
-                    raise _perm(f"5.3.5 {path}: mbox delivery is not implemented; "
-                                f"use a Maildir (a path ending with /)")
                 real = os.path.realpath(path)
-                if real in seen_maildirs:
-                    continue            # the same Maildir twice in one run: one copy
-                seen_maildirs.add(real)
-                name = deliver_to_maildir(Path(path), _pread_chunks(fd), prefix=prefix)
-                done.append(name)
+                if real in seen_mailboxes:
+                    continue            # the same mailbox twice in one run: one copy
+                seen_mailboxes.add(real)
+                done.append(_store(path, is_maildir, info, fd, req, prefix))
             case Program(command=command):
-                env = dotcourier.program_environment(ctx, _ufline(req.sender))
+                env = dotcourier.program_environment(ctx, from_line(req.sender).decode(
+                    "utf-8", "surrogateescape"))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _temp(f"4.3.0 local delivery time limit reached before "
+                                f"{command[:60]!r}")
                 try:
-                    code, output = run_program(command, env, fd)
+                    code, output = run_program(command, env, fd, timeout=left)
                 except OSError as e:
                     raise _temp(f"4.3.0 cannot run {command[:60]!r}: {e.strerror}") from None
                 text = output.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
@@ -332,7 +350,9 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
 
 
 def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,
-                     default_maildir: str, ext: str | None = None) -> Outcome:
+                     default_maildir: str, ext: str | None = None,
+                     timeout: float = DELIVERY_TIMEOUT) -> Outcome:
+    deadline = time.monotonic() + max(1.0, timeout - DELIVERY_GRACE)
     if info.uid is None:
         return Outcome(Reply(Status.TEMP, "authd returned no uid"))
     try:
@@ -351,9 +371,12 @@ def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,
     os.umask(0o077)
     try:
         _check_loop(fd, req.recipient)
-        return _run_instructions(info, fd, req, default_maildir, ext)
+        return _run_instructions(info, fd, req, default_maildir, ext, deadline)
     except _Fail as f:
         return Outcome(f.reply)
+    except OverQuota as e:
+        # RFC 3463 X.2.2 mailbox full: temporary, retried until queuetime.
+        return Outcome(Reply(Status.TEMP, "4.2.2 " + e.text))
     except DeliveryError as e:
         return Outcome(Reply(Status.TEMP if e.temporary else Status.PERM,
                              ("4.2.0 " if e.temporary else "5.2.0 ") + e.text))
@@ -379,9 +402,10 @@ def parse_report(data: bytes) -> Outcome | None:
 
 
 def _run_delivery_child(info: AuthInfo, fd: int, req: DeliverRequest, wpipe: int,
-                        default_maildir: str, ext: str | None = None) -> None:
+                        default_maildir: str, ext: str | None = None,
+                        timeout: float = DELIVERY_TIMEOUT) -> None:
     try:
-        outcome = _deliver_as_user(info, fd, req, default_maildir, ext)
+        outcome = _deliver_as_user(info, fd, req, default_maildir, ext, timeout)
     except BaseException as e:  # noqa: BLE001 - the child must always report and exit
         outcome = Outcome(Reply(Status.TEMP,
                                 f"4.3.0 delivery failed: {type(e).__name__}: {e}"))
@@ -420,8 +444,8 @@ def _recv_request(conn: socket.socket) -> tuple[DeliverRequest, int]:
             os.close(extra)
 
 
-def _wait_result(pid: int, rpipe: int) -> Outcome:
-    deadline = time.monotonic() + DELIVERY_TIMEOUT
+def _wait_result(pid: int, rpipe: int, timeout: float = DELIVERY_TIMEOUT) -> Outcome:
+    deadline = time.monotonic() + timeout
     data = bytearray()
     outcome: Outcome | None = None
     sel = selectors.DefaultSelector()
@@ -455,9 +479,33 @@ def _wait_result(pid: int, rpipe: int) -> Outcome:
     return outcome
 
 
+def read_localtimeout(etc: Path | None) -> float:
+    """Courier's `localtimeout` control file (a duration: 900, 15m, 1h): how long
+    one local delivery may take; a program still running then is killed and the
+    delivery deferred. Missing or bad: 15 minutes, Courier's default."""
+    if etc is None:
+        return DELIVERY_TIMEOUT
+    try:
+        text = read_control_value(Path(etc) / "localtimeout")
+    except OSError:
+        return DELIVERY_TIMEOUT
+    if not text:
+        return DELIVERY_TIMEOUT
+    text = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    mult = units.get(text[-1:], 0)
+    number = text[:-1] if mult else text
+    if not number.isdigit() or int(number) == 0:
+        logger.warning("%s/localtimeout: bad value %r, using %d s", etc, text[:40],
+                       DELIVERY_TIMEOUT)
+        return DELIVERY_TIMEOUT
+    return float(min(int(number) * (mult or 1), MAX_DELIVERY_TIMEOUT))
+
+
 def handle_connection(conn: socket.socket, authsocket: Path,
                       default_maildir: str = DEFAULT_MAILDIR,
-                      forward: ForwardSpool | None = None) -> Reply:
+                      forward: ForwardSpool | None = None,
+                      timeout: float = DELIVERY_TIMEOUT) -> Reply:
     """Serve one request (in the root connection child) and return the reply sent."""
     try:
         req, fd = _recv_request(conn)
@@ -466,7 +514,7 @@ def handle_connection(conn: socket.socket, authsocket: Path,
         _send_reply(conn, reply)
         return reply
     try:
-        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward)
+        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward, timeout)
     finally:
         os.close(fd)
     _send_reply(conn, reply)
@@ -488,7 +536,8 @@ def find_account(authsocket: Path, user: str) -> tuple[AuthInfo, str | None] | N
 
 
 def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
-                        default_maildir: str, forward: ForwardSpool | None = None) -> Reply:
+                        default_maildir: str, forward: ForwardSpool | None = None,
+                        timeout: float = DELIVERY_TIMEOUT) -> Reply:
     user = req.user or req.recipient
     try:
         found = find_account(authsocket, user)
@@ -501,10 +550,10 @@ def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
     pid = os.fork()
     if pid == 0:
         os.close(rpipe)
-        _run_delivery_child(info, fd, req, wpipe, default_maildir, ext)
+        _run_delivery_child(info, fd, req, wpipe, default_maildir, ext, timeout)
     os.close(wpipe)
     try:
-        outcome = _wait_result(pid, rpipe)
+        outcome = _wait_result(pid, rpipe, timeout)
     finally:
         os.close(rpipe)
     reply = outcome.reply
@@ -577,7 +626,9 @@ class Helper:
     def __init__(self, listen: socket.socket, authsocket: Path, allowed_uids: set[int],
                  parent_pid: int | None, cleanup: tuple[Path, ...] = (),
                  parent_pidfile: Path | None = None, lifeline: int | None = None,
-                 default_maildir: str = DEFAULT_MAILDIR, forward: ForwardSpool | None = None):
+                 default_maildir: str = DEFAULT_MAILDIR, forward: ForwardSpool | None = None,
+                 etc: Path | None = None):
+        self.etc = etc              # for control files read per delivery (localtimeout)
         self.default_maildir = default_maildir
         self.forward = forward
         self.parent_pidfile = parent_pidfile
@@ -623,7 +674,7 @@ class Helper:
                     signal.set_wakeup_fd(-1)
                     set_title("courierlocal: delivering")
                     handle_connection(conn, self.authsocket, self.default_maildir,
-                                      self.forward)
+                                      self.forward, read_localtimeout(self.etc))
                 except BaseException:  # noqa: BLE001 - log, never return into the loop
                     logger.exception("courierlocal connection failed")
                     code = 1
@@ -709,13 +760,13 @@ def run_helper(listen: socket.socket, authsocket: Path, allowed_uids: set[int],
                parent_pid: int | None, cleanup: tuple[Path, ...] = (),
                parent_pidfile: Path | None = None, lifeline: int | None = None,
                default_maildir: str = DEFAULT_MAILDIR,
-               forward: ForwardSpool | None = None) -> int:
+               forward: ForwardSpool | None = None, etc: Path | None = None) -> int:
     """Entry point in the forked helper process."""
     set_title("courierlocal")
     courier_log.setup("courierlocal", foreground=True)
     try:
         Helper(listen, authsocket, allowed_uids, parent_pid, cleanup, parent_pidfile,
-               lifeline, default_maildir, forward).serve()
+               lifeline, default_maildir, forward, etc).serve()
     except Exception:  # noqa: BLE001 - the helper's own fault: log it and exit non-zero
         logger.exception("courierlocal failed")
         return 1
@@ -725,7 +776,8 @@ def run_helper(listen: socket.socket, authsocket: Path, allowed_uids: set[int],
 # --- the client side (courierd, as the daemon account) ----------------------------------
 
 def request_delivery(socket_path: Path, data_fd: int, sender: str, recipient: str,
-                     user: str | None = None, *, timeout: float = DELIVERY_TIMEOUT + 30
+                     user: str | None = None, *,
+                     timeout: float = MAX_DELIVERY_TIMEOUT + 60
                      ) -> Reply:
     """Ask courierlocal to deliver; connection problems become TEMP replies."""
     req = DeliverRequest(sender, recipient, user)

@@ -19,15 +19,19 @@ The message is never read whole into memory.
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import os
+import socket
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from libcourier.durable import fsync_dir as _fsync_dir  # a module name the tests patch
 from libcourier.durable import write_all
+from libcourier.maildir import quota
 from libcourier.maildir.names import unique_name
 
 CHUNK = 64 * 1024
@@ -190,3 +194,63 @@ def _cleanup(tmppath: Path, linked: Path | None) -> None:
             os.unlink(p)
         except OSError:
             pass
+
+
+class OverQuota(DeliveryError):
+    """The Maildir is over its Maildir++ quota: temporary (Courier defers it, and the
+    queue bounces it once queuetime has passed)."""
+
+    def __init__(self, maildir: Path):
+        super().__init__(True, f"{maildir}: mailbox is over quota")
+
+
+def deliver_with_quota(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: int, *,
+                       prefix: bytes = b"", newquota: str | None = None) -> str:
+    """deliver_to_maildir with Courier's quota rules (quota.check_add before, the
+    maildirsize line after). `size` is the message's size as far as it is known
+    before writing (the spool file's; CRLF to LF only makes it smaller);
+    `newquota` is the account's quota (authd QUOTA=), None to use maildirsize's.
+    Raises OverQuota."""
+    maildir = Path(maildir)
+    counted = quota.counts_folder(maildir)
+    if counted:
+        try:
+            check = quota.check_add(maildir, size + len(prefix), 1, newquota)
+        except OSError as e:
+            raise DeliveryError(True, f"{maildir}: cannot read the quota: {e.strerror}") from None
+        if not check.allowed:
+            raise OverQuota(maildir)
+    name = deliver_to_maildir(maildir, chunks, prefix=prefix)
+    if counted:
+        try:
+            quota.add_end(maildir, quota.message_size(name), 1)
+        except OSError:
+            pass            # the message is in; a recount will fix the sum
+    return name
+
+
+MAX_WARNING_BYTES = 64 * 1024
+
+
+def deliver_quota_warning(maildir: Path, percent: int, msgfile: Path | None) -> str | None:
+    """deliverquota -w: when the Maildir is at least `percent` full, put the text of
+    `msgfile` (Courier's quotawarnmsg) into INBOX with Date: and Message-Id: added,
+    at most once a day; counted in the quota but delivered even when over it.
+    Returns the new file's name, or None when no warning was due or there is no
+    message file (Courier stays silent then too)."""
+    if msgfile is None:
+        return None
+    try:
+        with open(msgfile, "rb") as f:
+            text = f.read(MAX_WARNING_BYTES)
+    except OSError:
+        return None
+    root = quota.quota_root(Path(maildir))
+    if not quota.warning_due(root, percent):
+        return None
+    now = time.time()
+    head = (f"Date: {email.utils.formatdate(now, localtime=True)}\n"
+            f"Message-Id: <{int(now)}.overquota@{socket.gethostname()}>\n").encode("ascii")
+    name = deliver_to_maildir(root, [text], prefix=head)
+    quota.add_end(root, quota.message_size(name), 1)
+    return name

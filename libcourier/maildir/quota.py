@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,9 +58,24 @@ class Usage:
     lines: int          # lines after the spec line
 
     def over(self, add_bytes: int = 0, add_count: int = 0) -> bool:
+        # A zero limit is no limit (Courier's checkOneQuota).
         s = self.spec
-        return ((s.bytes is not None and self.bytes + add_bytes > s.bytes)
-                or (s.count is not None and self.count + add_count > s.count))
+        return ((bool(s.bytes) and self.bytes + add_bytes > s.bytes)  # type: ignore[operator]
+                or (bool(s.count) and self.count + add_count > s.count))  # type: ignore[operator]
+
+    def percent(self) -> int:
+        """How full, 0..100, the larger of bytes and count (Courier's maildir_readquota);
+        100 when over. Large byte quotas are divided in KB first, as Courier does, so
+        the integer arithmetic gives the same answer."""
+        if self.over():
+            return 100
+        best = 0
+        for used, limit in ((self.bytes, self.spec.bytes), (self.count, self.spec.count)):
+            if not limit:
+                continue
+            x = 1024 if limit > 20_000_000 else 1
+            best = max(best, (max(used, 0) // x) * 100 // (limit // x))
+        return best
 
 
 def parse_spec(text: str) -> QuotaSpec | None:
@@ -175,15 +191,22 @@ def _folders(maildir: Path) -> list[Path]:
     return out
 
 
+def _deleted(name: str) -> bool:
+    # Courier's maildirquota_countfile: a message flagged T (deleted) does not count.
+    _, sep, info = name.partition(":2,")
+    return bool(sep) and "T" in info.split(",", 1)[0]
+
+
 def measure(maildir: Path) -> tuple[int, int]:
-    """(bytes, messages) in new/ and cur/ of the Maildir and its folders, Trash excluded."""
+    """(bytes, messages) in new/ and cur/ of the Maildir and its folders; Trash and
+    messages flagged deleted are not counted (Courier's default build)."""
     total = count = 0
     for folder in _folders(Path(maildir)):
         for sub in ("new", "cur"):
             try:
                 with os.scandir(folder / sub) as it:
                     for ent in it:
-                        if ent.name.startswith("."):
+                        if ent.name.startswith(".") or _deleted(ent.name):
                             continue
                         total += message_size(ent.name, Path(ent.path))
                         count += 1
@@ -234,3 +257,146 @@ def _spec_only(maildir: Path) -> QuotaSpec | None:
         return parse_spec(first.decode("ascii").rstrip("\n"))
     except UnicodeDecodeError:
         return None
+
+
+# --- delivery: Courier's maildir_quota_add_start / _add_end --------------------------
+
+MAILDIRFOLDER = "maildirfolder"
+RACE_RETRIES = 5             # recalculations that saw the Maildir change under them
+WARN_FILE = "quotawarn"      # its mtime: when the last warning was delivered
+WARN_INTERVAL = 24 * 3600    # at most one warning a day (deliverquota(8))
+
+
+def quota_root(maildir: Path) -> Path:
+    """The Maildir whose maildirsize covers `maildir`: a folder (it holds a
+    `maildirfolder` file) is counted in its parent's quota."""
+    maildir = Path(maildir)
+    if (maildir / MAILDIRFOLDER).exists():
+        return maildir.parent
+    return maildir
+
+
+def counts_folder(maildir: Path) -> bool:
+    """Courier's maildirquota_countfolder: deliveries into Trash are not counted."""
+    return Path(maildir).name != ".Trash"
+
+
+def _dir_stamp(maildir: Path) -> float:
+    """The newest mtime of new/ and cur/ over the Maildir and its counted folders:
+    if it moves while we recalculate, someone delivered or expunged meanwhile."""
+    newest = 0.0
+    for folder in _folders(maildir):
+        for sub in ("new", "cur"):
+            try:
+                newest = max(newest, os.stat(folder / sub).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def _recalculate_checked(maildir: Path, spec: QuotaSpec) -> Usage | None:
+    """recalculate(), or None when the Maildir changed while it was counted."""
+    before = _dir_stamp(maildir)
+    usage = recalculate(maildir, spec)
+    return usage if _dir_stamp(maildir) == before else None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaCheck:
+    """The answer to "may this message go in?"."""
+    allowed: bool
+    usage: Usage | None      # None: the Maildir has no quota
+
+
+def check_add(maildir: Path, add_bytes: int, add_count: int = 1,
+              newquota: str | None = None, *, now: float | None = None) -> QuotaCheck:
+    """May `add_bytes`/`add_count` go into `maildir` (or its folder)? Courier's rules:
+
+    - no maildirsize and no quota given: no quota;
+    - a quota given (authd's QUOTA, deliverquota's second argument) that differs
+      from the file's, or no file yet: the file is (re)built with it;
+    - under quota by the file's sum: yes, without a recount;
+    - over by the sum of a one-line file younger than 15 minutes: no, without a
+      recount; otherwise the Maildir is recounted (as when the file is at least
+      5120 bytes, damaged or negative) and the recount decides;
+    - a recount that keeps racing with other writers gives up and lets it in
+      (a soft quota: Courier punts the same way).
+    """
+    root = quota_root(maildir)
+    now = time.time() if now is None else now
+    given = parse_spec(newquota) if newquota else None
+    if given is not None and not (given.bytes or given.count):
+        given = None                    # "0S" or garbage: no quota from the account
+    found = read(root)
+    if found is None and given is None:
+        return QuotaCheck(True, None)
+    usage = found[0] if found is not None else None
+    spec = given if given is not None else (usage.spec if usage is not None
+                                            else _spec_only(root))
+    if spec is None or not (spec.bytes or spec.count):
+        return QuotaCheck(True, None)   # a file whose quota line says nothing
+    stale = (found is None or usage is None or found[1] >= RECALC_SIZE
+             or usage.bytes < 0 or usage.count < 0 or usage.spec != spec)
+    if not stale:
+        assert usage is not None and found is not None
+        if not usage.over(add_bytes, add_count):
+            return QuotaCheck(True, usage)
+        if usage.lines == 1 and now < found[2] + OVER_QUOTA_AGE:
+            return QuotaCheck(False, usage)
+    for _ in range(RACE_RETRIES):
+        fresh = _recalculate_checked(root, spec)
+        if fresh is not None:
+            return QuotaCheck(not fresh.over(add_bytes, add_count), fresh)
+    return QuotaCheck(True, recalculate(root, spec))
+
+
+def add_end(maildir: Path, add_bytes: int, add_count: int = 1) -> None:
+    """Record a delivery in the covering maildirsize (nothing when there is none)."""
+    append(quota_root(maildir), add_bytes, add_count)
+
+
+def set_quota(maildir: Path, spec: QuotaSpec) -> Usage:
+    """`maildirmake -q`: write maildirsize with this quota and the current usage."""
+    return recalculate(Path(maildir), spec)
+
+
+def percent_full(maildir: Path) -> int | None:
+    """How full the covering Maildir is (0..100), None without a quota."""
+    root = quota_root(maildir)
+    found = read(root)
+    if found is None:
+        return None
+    usage = found[0]
+    if usage is None or found[1] >= RECALC_SIZE:
+        spec = _spec_only(root)
+        if spec is None:
+            return None
+        usage = recalculate(root, spec)
+    if not (usage.spec.bytes or usage.spec.count):
+        return None
+    return usage.percent()
+
+
+def warning_due(maildir: Path, percent: int, *, now: float | None = None) -> bool:
+    """Whether a quota warning should be delivered now: the Maildir is at least
+    `percent` full and no warning went in during the last 24 hours. Marks the
+    warning as sent (the `quotawarn` file's mtime), as Courier does before it
+    delivers, so two concurrent deliveries do not both warn."""
+    root = quota_root(maildir)
+    full = percent_full(root)
+    if full is None or full < percent:
+        return False
+    now = time.time() if now is None else now
+    mark = root / WARN_FILE
+    try:
+        if os.stat(mark).st_mtime + WARN_INTERVAL > now:
+            return False
+    except FileNotFoundError:
+        pass
+    fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, b"\n")
+    finally:
+        os.close(fd)
+    os.utime(mark, (now, now))
+    return True

@@ -73,7 +73,7 @@ def test_program_line_runs_as_the_user_with_courier_environment(inst):
     write_dot(inst, "alice@example.com", ".courier",
               "# deliver and run a program\n./Maildir/\n"
               f"| (id -u; echo \"$SENDER|$RECIPIENT|$HOST|$LOCAL|$EXT|$HOME|$USER\"; \\\n"
-              f"   printf %s \"$DTLINE\"; cat) > {out}\n")
+              f"   echo \"$DTLINE\"; cat) > {out}\n")
     spool(inst, "alice@example.com")
     assert wait_for(lambda: out.exists() and out.stat().st_size > 0 and
                     not list_queue(inst.layout.spooldir)), log(inst)

@@ -49,8 +49,14 @@ def test_program_environment():
                                             "a-b-c", "c"), "From s@x now\n")
     assert (env["HOST"], env["LOCAL"], env["EXT"], env["EXT2"], env["EXT3"], env["EXT4"],
             env["DEFAULT"]) == ("ex.com", "alice-a-b-c", "a-b-c", "b-c", "c", "", "c")
-    assert env["RPLINE"] == "Return-Path: <s@x>\n"
-    assert env["DTLINE"] == "Delivered-To: alice-a-b-c@Ex.com\n"
+    # Courier sets whole header lines without the newline (deliver.c mkdelheaders).
+    assert env["RPLINE"] == "Return-Path: <s@x>"
+    assert env["DTLINE"] == "Delivered-To: alice-a-b-c@Ex.com"
+    assert env["UFLINE"] == "From s@x now"
+    assert env["MAILDIRQUOTA"] == ""
+    bare = dc.program_environment(dc.Context("/h", "u", "", "postmaster", quota="10S"), "")
+    assert (bare["HOST"], bare["LOCAL"], bare["MAILDIRQUOTA"]) == \
+        ("localhost", "postmaster", "10S")
     assert dc.qualify_forward("bob", "alice@ex.com") == "bob@ex.com"
 
 

@@ -1,0 +1,188 @@
+"""Local delivery through the real courierd + courierlocal + authd: Maildir++
+quota from the account (over quota: deferred, then delivered once there is
+room), mbox lines, deliverquota as a `.courier` program, a hanging program
+killed after ETC/localtimeout, one copy per mailbox per run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from libcourier.maildir import quota
+from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
+
+WAIT = 20.0
+BODY = b"Received: from client\nSubject: local\n\n" + b"z" * 200 + b"\n"
+
+
+@pytest.fixture
+def inst(new_instance):
+    new_instance.adduser("alice@example.com", "pw")
+    new_instance.adduser("bob@example.com", "pw")
+    with open(new_instance.etc / "courierd", "a") as fh:
+        fh.write("RETRYFIRST=1\nRETRYMAX=1\n")
+    (new_instance.etc / "localtimeout").write_text("4\n")
+    new_instance.start("authdaemond", "courierd")
+    return new_instance
+
+
+def home(inst, address: str):
+    return inst.maildir(address).parent
+
+
+def write_dot(inst, address: str, text: str, name: str = ".courier"):
+    p = home(inst, address) / name
+    p.write_text(text)
+    os.chmod(p, 0o644)
+    return p
+
+
+def spool(inst, *rcpts: str, body: bytes = BODY, sender: str = "carol@example.net") -> str:
+    lay = inst.layout
+    w = SpoolWriter(lay.spooldir, 1 << 20)
+    w.write(body)
+    qid = w.commit(Envelope(sender, tuple(Recipient(r) for r in rcpts), time.time()))
+    notify(lay.queue_socket, qid)
+    return qid
+
+
+def wait_for(cond, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    return cond()
+
+
+def new_files(inst, address: str) -> list:
+    d = inst.maildir(address) / "new"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def log(inst) -> str:
+    p = inst.root / "var" / "log" / "courierd.log"
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
+def set_account_quota(inst, address: str, spec: str) -> None:
+    """userdb's quota field (authd QUOTA=), recompiled as an admin would."""
+    src = inst.etc / "userdb"
+    lines = []
+    for line in src.read_text().splitlines():
+        if line.startswith(address + "\t"):
+            fields = [f for f in line.split("\t", 1)[1].split("|")
+                      if not f.startswith("quota=")]
+            line = f"{address}\t" + "|".join(fields + [f"quota={spec}"])
+        lines.append(line)
+    src.write_text("\n".join(lines) + "\n")
+    r = subprocess.run([sys.executable, "-m", "courier_authd.makeuserdb", "-C", str(inst.etc)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_account_quota_defers_then_delivers_when_there_is_room(inst):
+    set_account_quota(inst, "alice@example.com", "600S")
+    for _ in range(2):
+        qid = spool(inst, "alice@example.com")
+        assert wait_for(lambda q=qid: q not in list_queue(inst.layout.spooldir)), log(inst)
+    md = inst.maildir("alice@example.com")
+    usage = quota.parse((md / "maildirsize").read_bytes())
+    assert usage is not None and usage.spec == quota.QuotaSpec(600, None)
+    assert usage.count == 2
+    qid = spool(inst, "alice@example.com")       # the third does not fit: deferred
+    assert wait_for(lambda: "over quota" in log(inst)), log(inst)
+    assert "4.2.2" in log(inst)
+    time.sleep(1.5)                              # retried meanwhile, still queued
+    assert qid in list_queue(inst.layout.spooldir)
+    assert len(new_files(inst, "alice@example.com")) == 2
+    for f in new_files(inst, "alice@example.com"):  # the user makes room
+        f.unlink()
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    assert len(new_files(inst, "alice@example.com")) == 1
+
+
+def test_mbox_line_and_one_copy_per_mailbox(inst):
+    write_dot(inst, "alice@example.com",
+              "./mail/inbox\n./Maildir/\n./Maildir\n./mail/../mail/inbox\n")
+    (home(inst, "alice@example.com") / "mail").mkdir()
+    os.chown(home(inst, "alice@example.com") / "mail",
+             home(inst, "alice@example.com").stat().st_uid,
+             home(inst, "alice@example.com").stat().st_gid)
+    body = b"Received: x\nSubject: m\n\nFrom here on\nbye\n"
+    qid = spool(inst, "alice@example.com", body=body)
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    box = home(inst, "alice@example.com") / "mail" / "inbox"
+    data = box.read_bytes()
+    assert data.startswith(b"From carol@example.net ")
+    assert data.count(b"\nFrom ") == 0                       # one message, quoted body
+    assert b"\n>From here on\nbye\n\n" in data
+    assert b"Return-Path: <carol@example.net>\nDelivered-To: alice@example.com\n" in data
+    assert (box.stat().st_mode & 0o777) == 0o600
+    assert box.stat().st_uid == home(inst, "alice@example.com").stat().st_uid
+    assert len(new_files(inst, "alice@example.com")) == 1    # ./Maildir/ and ./Maildir: once
+
+
+def test_hanging_program_is_killed_after_localtimeout_and_retried(inst):
+    marker = home(inst, "alice@example.com") / "ran"
+    write_dot(inst, "alice@example.com", f"| echo run >> {marker}; exec sleep 600\n")
+    qid = spool(inst, "alice@example.com")
+    assert wait_for(lambda: "killed or timed out" in log(inst), timeout=40), log(inst)
+    assert qid in list_queue(inst.layout.spooldir)
+    # The killed program's process group is gone: no shell of ours is left.
+    assert wait_for(lambda: not _running(str(marker)), timeout=10)
+    write_dot(inst, "alice@example.com", "./Maildir/\n")
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    assert marker.read_text().count("run") >= 1
+
+
+def _running(marker: str) -> list[int]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []):
+                found.append(p.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _owner_can_run_python(inst, address: str) -> bool:
+    uid = home(inst, address).stat().st_uid
+    if uid == os.getuid():
+        return True
+    r = subprocess.run(["runuser", "-u", str(uid_name(uid)), "--", sys.executable, "-c",
+                        "import courier_deliver.deliverquota"], capture_output=True,
+                       timeout=30)
+    return r.returncode == 0
+
+
+def uid_name(uid: int) -> str:
+    import pwd
+    return pwd.getpwuid(uid).pw_name
+
+
+def test_deliverquota_from_a_dot_courier_line(inst):
+    if not _owner_can_run_python(inst, "alice@example.com"):
+        pytest.skip(f"the mailbox owner cannot run {sys.executable} (a Python under a "
+                    f"private home); deliverquota is covered in-process by "
+                    f"tests/unit/test_maildir_quota.py")
+    md = inst.maildir("alice@example.com")
+    dq = f"{sys.executable} -m courier_deliver.deliverquota"
+    write_dot(inst, "alice@example.com", f"| {dq} ./Maildir 500S\n")
+    qid = spool(inst, "alice@example.com")
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    assert len(new_files(inst, "alice@example.com")) == 1
+    assert quota.parse((md / "maildirsize").read_bytes()).spec == quota.QuotaSpec(500, None)
+    qid = spool(inst, "alice@example.com")
+    qid2 = spool(inst, "alice@example.com")
+    # The second fits; the third is over: deliverquota exits 75 from a pipe, deferred.
+    assert wait_for(lambda: "program exited 75" in log(inst)), log(inst)
+    assert len(new_files(inst, "alice@example.com")) == 2
+    assert {qid, qid2} & set(list_queue(inst.layout.spooldir))
