@@ -131,6 +131,29 @@ class UserdbModule:
                 out.append(a)
         return out
 
+    def sasl_mechanisms(self) -> frozenset[str]:
+        """PLAIN/LOGIN, plus CRAM-<h> when some account has an hmac-<h>pw field (userdbpw
+        -hmac-<h>), a {CRAM-<H>} or {PLAIN} password; SCRAM-* likewise."""
+        self.reload()
+        out = {"PLAIN", "LOGIN"}
+        every = ("CRAM-MD5", "CRAM-SHA1", "CRAM-SHA256", "SCRAM-SHA-1", "SCRAM-SHA-256")
+        for f in self._users.values():
+            for k, v in f.items():
+                if not k.endswith("pw"):
+                    continue
+                up = v[:16].upper()
+                for h in ("md5", "sha1", "sha256"):
+                    if k.endswith(f"hmac-{h}pw") or up.startswith(f"{{CRAM-{h.upper()}}}"):
+                        out.add(f"CRAM-{h.upper()}")
+                for m in ("SCRAM-SHA-1", "SCRAM-SHA-256"):
+                    if k.endswith(f"{m.lower()}pw") or up.startswith(f"{{{m}}}"):
+                        out.add(m)
+                if up.startswith(("{PLAIN}", "{CLEAR}", "{CLEARTEXT}")):
+                    out.update(every)
+            if len(out) == 2 + len(every):
+                break
+        return frozenset(out)
+
     def change_password(self, user: str, pwfield: str, new_hash: str) -> bool:
         """The `userdb name set <field>` + makeuserdb that Courier's authuserdb passwd runs."""
         key = user.lower()

@@ -82,11 +82,14 @@ def test_pre(etc):
     assert a.handle(PreRequest(".", "courier", "nobody")).reply == FAIL
 
 
-def test_debug_login_never_logs_passwords_below_2(etc):
-    out = login(auth(etc, debug_login=1), "imap", "carol", "wrong-secret")
-    assert out.log and not any("wrong-secret" in x for x in out.log)
-    out = login(auth(etc, debug_login=2), "imap", "carol", "wrong-secret")
-    assert any("wrong-secret" in x for x in out.log)
+def test_debug_login_never_logs_passwords(etc):
+    # Courier logs passwords at DEBUG_LOGIN=2; the issue says never, so neither level does.
+    for level in (1, 2):
+        out = login(auth(etc, debug_login=level), "imap", "carol", "wrong-secret")
+        assert out.log and not any("wrong-secret" in x for x in out.log)
+        out = login(auth(etc, debug_login=level), "imap", "carol", "carolpw")
+        assert out.log and not any("carolpw" in x for x in out.log)
+        assert not any("$6$" in x for x in out.log)
     assert login(auth(etc), "imap", "carol", "wrong-secret").log == ()
 
 
@@ -130,7 +133,7 @@ def test_merge_options():
 
 
 @pytest.mark.parametrize("text, line", [
-    ("authmodulelist=\"authuserdb authldap\"\n", 1),
+    ("authmodulelist=\"authuserdb authnosuch\"\n", 1),
     ("daemons=0\n", 1),
     ("# x\nDEBUG_LOGIN=3\n", 2),
 ])
