@@ -16,7 +16,7 @@ from libcourier.config.listener import (
     load_listener,
     merge_settings,
 )
-from libcourier.config.schema import Setting, to_bool, to_str
+from libcourier.config.schema import Setting, positive_int, to_bool, to_str
 
 SETTINGS = merge_settings(listener_settings(
     proto="POP3", port="110", sslport="995", maxperip="4",
@@ -34,6 +34,11 @@ SETTINGS = merge_settings(listener_settings(
     Setting("MAILDIRPATH", "maildirpath", to_str, "Maildir", "Maildir relative to home"),
     Setting("DEFDOMAIN", "defdomain", to_str, "", "appended to a login without @"),
     Setting("POP3_UTF8", "utf8", to_str, "", "(accepted)"),
+    # Not Courier keys (its pop3d has no such limit): ours, named like its POP3_ keys.
+    Setting("POP3_MAX_BAD_COMMANDS", "max_bad_commands", positive_int, "10",
+            "close the connection after this many bad commands"),
+    Setting("POP3_MAX_FAILED_LOGINS", "max_failed_logins", positive_int, "3",
+            "close the connection after this many failed logins"),
 ))
 
 SERVICES = ("pop3d", "pop3d-ssl")
@@ -49,6 +54,8 @@ class Pop3dConfig(ListenerConfig):
     pop3auth: tuple[str, ...] = ()        # SASL mechanisms (RFC 5034) in the clear
     pop3auth_tls: tuple[str, ...] = ()    # and under TLS (STLS or pop3d-ssl)
     timeout: float = 600.0         # RFC 1939 §3: an autologout timer of at least 10 minutes
+    max_bad_commands: int = 10     # POP3_MAX_BAD_COMMANDS
+    max_failed_logins: int = 3     # POP3_MAX_FAILED_LOGINS
 
 
 def load_config(etc: Path, service: str) -> tuple[Pop3dConfig, list[str]]:
@@ -66,6 +73,7 @@ def load_config(etc: Path, service: str) -> tuple[Pop3dConfig, list[str]]:
         log_deletions=v["log_deletions"],
         pop3auth=sasl_list(v["pop3auth"], "POP3AUTH", warnings),
         pop3auth_tls=sasl_list(v["pop3auth_tls"], "POP3AUTH_TLS", warnings),
+        max_bad_commands=v["max_bad_commands"], max_failed_logins=v["max_failed_logins"],
     )
     if cfg.tls_required and not cfg.stls and not ssl:
         warnings.append(f"{Path(etc) / 'pop3d'}: POP3_TLS_REQUIRED is set but STLS is not "

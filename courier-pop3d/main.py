@@ -83,6 +83,8 @@ def handle_connection(conn: Wire, *, cfg: Pop3dConfig, layout: Layout, starttls_
     core = Pop3Server(Options(stls=starttls_ctx is not None, tls=conn.tls,
                               tls_required=cfg.tls_required, sasl=cfg.pop3auth,
                               sasl_tls=cfg.pop3auth_tls, hostname=socket.gethostname(),
+                              max_bad_commands=cfg.max_bad_commands,
+                              max_failed_logins=cfg.max_failed_logins,
                               nonce=lambda: cram_nonce(int(time.time()))))
     counters = Counters()
     ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters,

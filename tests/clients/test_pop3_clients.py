@@ -1,6 +1,6 @@
 """Real POP3 clients nobody here wrote against the instance's pop3d: fetchmail (keep
 and delete, plain and STLS), mpop (plain and STLS, keep and delete), getmail6 and
-poplib. A missing client fails (apt-get install fetchmail mpop getmail6; .ci/run
+poplib; fetchmail and mpop also over POP3S (pop3d-ssl's port). A missing client fails (apt-get install fetchmail mpop getmail6; .ci/run
 installs them)."""
 
 from __future__ import annotations
@@ -58,12 +58,15 @@ def private(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "stls"])
-def test_fetchmail_keep_then_delete(pop3, tmp_path: Path, tls: bool) -> None:
+@pytest.mark.parametrize("tls", ["", "stls", "pop3s"], ids=["plain", "stls", "pop3s"])
+def test_fetchmail_keep_then_delete(pop3, tmp_path: Path, tls: str) -> None:
     out = tmp_path / "bsmtp"
-    ssl_opts = "sslproto tls1.2+ no sslcertck" if tls else "sslproto ''"
+    ssl_opts = {"": "sslproto ''", "stls": "sslproto tls1.2+ no sslcertck",
+                # POP3S: TLS from the first byte on pop3d-ssl's own port.
+                "pop3s": "ssl sslproto tls1.2+ no sslcertck"}[tls]
+    port = pop3.port("pop3s" if tls == "pop3s" else "pop3")
     rc = private(tmp_path / "fetchmailrc",
-                 f'poll 127.0.0.1 port {pop3.port("pop3")} proto pop3 uidl\n'
+                 f'poll 127.0.0.1 port {port} proto pop3 uidl\n'
                  f'  user "{USER}" password "{PASSWORD}" {ssl_opts}\n')
     base = [exe("fetchmail"), "-f", str(rc), "--idfile", str(tmp_path / "ids"),
             "--bsmtp", str(out), "--nodetach", "--pidfile", str(tmp_path / "pid")]
@@ -82,14 +85,16 @@ def test_fetchmail_keep_then_delete(pop3, tmp_path: Path, tls: bool) -> None:
         assert "stls=1" in (pop3.root / "var/log/pop3d.log").read_text()
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "stls"])
-def test_mpop_keep_then_delete(pop3, tmp_path: Path, tls: bool) -> None:
+@pytest.mark.parametrize("tls", ["", "stls", "pop3s"], ids=["plain", "stls", "pop3s"])
+def test_mpop_keep_then_delete(pop3, tmp_path: Path, tls: str) -> None:
     mbox = tmp_path / "mbox"
     mbox.write_text("")
+    port = pop3.port("pop3s" if tls == "pop3s" else "pop3")
     conf = private(tmp_path / "mpoprc",
-                   f"account default\nhost 127.0.0.1\nport {pop3.port('pop3')}\n"
+                   f"account default\nhost 127.0.0.1\nport {port}\n"
                    f"user {USER}\npassword {PASSWORD}\n"
-                   f"tls {'on' if tls else 'off'}\ntls_starttls on\ntls_certcheck off\n"
+                   f"tls {'on' if tls else 'off'}\n"
+                   f"tls_starttls {'on' if tls == 'stls' else 'off'}\ntls_certcheck off\n"
                    f"auth {'plain' if tls else 'user'}\n"
                    f"delivery mbox {mbox}\nuidls_file {tmp_path / 'uidls'}\nkeep on\n")
     r = run([exe("mpop"), "-C", str(conf)])
@@ -100,7 +105,7 @@ def test_mpop_keep_then_delete(pop3, tmp_path: Path, tls: bool) -> None:
     r = run([exe("mpop"), "-C", str(conf), "--keep=off", "--only-new=off"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert count(pop3.maildir(USER)) == 0
-    if tls:   # SASL PLAIN after STLS (POP3AUTH_TLS in the default pop3d file)
+    if tls:   # SASL PLAIN under TLS (POP3AUTH_TLS in the default pop3d file)
         assert "stls=1" in (pop3.root / "var/log/pop3d.log").read_text()
 
 

@@ -32,6 +32,11 @@ def wire(m: bytes) -> bytes:
     return m.replace(b"\n", b"\r\n") + (b"" if m.endswith(b"\n") else b"\r\n")
 
 
+def size(m: bytes) -> int:
+    """Courier's LIST size: octets + LFs (the CRLF after an unterminated end not counted)."""
+    return len(m) + m.count(b"\n")
+
+
 @pytest.fixture
 def pop3(new_instance):
     inst = new_instance
@@ -62,10 +67,10 @@ def test_pop3d_session(pop3) -> None:
     assert caps["IMPLEMENTATION"] == ["courier-py"] and "SASL" not in caps
     p.user(USER)
     p.pass_(PASSWORD)
-    count, size = p.stat()
-    assert count == 3 and size == sum(len(wire(m)) for m in MSGS)
+    count, total = p.stat()
+    assert count == 3 and total == sum(map(size, MSGS))
     _, listing, _ = p.list()
-    assert listing == [f"{i + 1} {len(wire(m))}".encode() for i, m in enumerate(MSGS)]
+    assert listing == [f"{i + 1} {size(m)}".encode() for i, m in enumerate(MSGS)]
     _, uidls, _ = p.uidl()
     for i, m in enumerate(MSGS):
         # poplib undoes the dot-stuffing; the raw octets are checked below.
@@ -83,8 +88,11 @@ def test_pop3d_session(pop3) -> None:
     # The session ran as the mailbox owner, not root: what it wrote is the user's.
     if os.geteuid() == 0:
         assert maildir.stat().st_uid != 0
-    for name in ("courierpop3dsizelist", "courierpop3dlock", "courierimapuiddb"):
+    for name in ("courierpop3dsizelist", "courierpop3dlock"):
         assert (maildir / name).stat().st_uid == maildir.stat().st_uid, name
+    # As Courier's pop3d: its own UID counter, IMAP's courierimapuiddb is not touched.
+    assert not (maildir / "courierimapuiddb").exists()
+    assert (maildir / "courierpop3dsizelist").read_text().startswith("/3 4 ")
 
     # UIDLs are stable across sessions; numbers are per session.
     p = login(inst)
@@ -212,3 +220,39 @@ def test_sasl_auth_after_stls_and_on_pop3s(pop3) -> None:
     s.quit()
     log = (pop3.root / "var/log/pop3d.log").read_text()
     assert f"LOGIN FAILED, user={USER}, ip=[127.0.0.1]" in log
+
+
+def test_configured_limits_close_the_connection(new_instance) -> None:
+    """POP3_MAX_BAD_COMMANDS / POP3_MAX_FAILED_LOGINS from etc/pop3d; a 255+ line is one
+    bad command, answered before the rest of it is read."""
+    inst = new_instance
+    inst.adduser(USER, PASSWORD)
+    with open(inst.etc / "pop3d", "a") as f:
+        f.write("\nPOP3_MAX_BAD_COMMANDS=3\nPOP3_MAX_FAILED_LOGINS=2\n")
+    inst.start("authdaemond", "pop3d")
+
+    def until_closed(s: socket.socket) -> bytes:
+        out = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+        raise AssertionError(f"still open: {out!r}")
+
+    with socket.create_connection(("127.0.0.1", inst.port("pop3")), timeout=20) as s:
+        assert s.recv(512).startswith(b"+OK")
+        # 1 MB without a line end: refused at once, not buffered until the LF.
+        s.sendall(b"NOOP " + b"x" * 300)
+        assert s.recv(512) == b"-ERR Command line too long.\r\n"
+        s.sendall(b"x" * 1_000_000 + b"\r\nXYZZY\r\nSTAT\r\n")
+        out = until_closed(s)
+    assert out == (b"-ERR Invalid command.\r\n-ERR STAT is not valid in the AUTHORIZATION "
+                   b"state.\r\n-ERR Too many bad commands, closing the connection.\r\n")
+    with socket.create_connection(("127.0.0.1", inst.port("pop3")), timeout=20) as s:
+        assert s.recv(512).startswith(b"+OK")
+        s.sendall(f"USER {USER}\r\nPASS no\r\nUSER {USER}\r\nPASS no2\r\nNOOP\r\n".encode())
+        out = until_closed(s)
+    assert out.count(b"-ERR [AUTH] Login failed.\r\n") == 2
+    assert out.endswith(b"-ERR Too many failed logins, closing the connection.\r\n")

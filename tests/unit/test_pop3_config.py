@@ -65,3 +65,15 @@ def test_maildir_of() -> None:
     assert maildir_of("/home/a", None, "Maildir") == Path("/home/a/Maildir")
     assert maildir_of("/home/a", "./Mail", "Maildir") == Path("/home/a/Mail")
     assert maildir_of("/home/a", "/var/mail/a", "Maildir") == Path("/var/mail/a")
+
+
+def test_bad_input_limits(tmp_path: Path) -> None:
+    cfg, _ = load_config(etc_with(tmp_path, "POP3_MAX_BAD_COMMANDS=4\n"
+                                            "POP3_MAX_FAILED_LOGINS=1\n"), "pop3d")
+    assert (cfg.max_bad_commands, cfg.max_failed_logins) == (4, 1)
+    (tmp_path / "d").mkdir()
+    default, _ = load_config(etc_with(tmp_path / "d", "POP3DSTART=YES\n"), "pop3d")
+    assert (default.max_bad_commands, default.max_failed_logins) == (10, 3)
+    with pytest.raises(ConfigError, match="POP3_MAX_BAD_COMMANDS"):
+        (tmp_path / "bad").mkdir()
+        load_config(etc_with(tmp_path / "bad", "POP3_MAX_BAD_COMMANDS=0\n"), "pop3d")
