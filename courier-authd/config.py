@@ -15,7 +15,8 @@ from libcourier.config.schema import to_str, to_words
 # Modules we implement. Courier's others (authpam, authldap, authmysql, ...) are
 # refused by name in authmodulelist rather than silently skipped: an admin who
 # lists authldap expects LDAP users to log in.
-KNOWN_MODULES = ("authuserdb",)
+KNOWN_MODULES = ("authuserdb", "authpgsql", "authmysql", "authldap",
+                 "authpwd", "authshadow", "authpipe", "authpam")
 MAX_DAEMONS = 128
 
 
@@ -34,6 +35,26 @@ def _debug_login(v: str) -> int:
     if v not in ("0", "1", "2"):
         raise ValueError(f"must be 0, 1 or 2, got {v!r}")
     return int(v)
+
+
+def _seconds(v: str) -> float:
+    try:
+        n = float(v.strip() or "0")
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {v!r}") from None
+    if not 0 <= n <= 86400:
+        raise ValueError(f"must be between 0 and 86400 seconds, got {v!r}")
+    return n
+
+
+def _failures(v: str) -> int:
+    try:
+        n = int(v.strip() or "0")
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {v!r}") from None
+    if not 0 <= n <= 1000:
+        raise ValueError(f"must be between 0 and 1000, got {n}")
+    return n
 
 
 def _modules(v: str) -> tuple[str, ...]:
@@ -60,6 +81,16 @@ SETTINGS = (
     Setting("DEFAULTOPTIONS", "default_options", to_str, "",
             "account options every account gets unless it sets them itself"),
     Setting("LOGGEROPTS", "logger_opts", to_str, "", "courierlogger options (accepted, unused)"),
+    # Ours (Courier has neither): failed-login throttling and a result cache.
+    Setting("AUTH_THROTTLE_FAILURES", "throttle_failures", _failures, "5",
+            "failures of one login or one address before further tries are refused "
+            "for a while; 0 turns throttling off"),
+    Setting("AUTH_THROTTLE_DELAY", "throttle_delay", _seconds, "2",
+            "the first refusal window (seconds); it doubles with each further failure"),
+    Setting("AUTH_THROTTLE_MAXDELAY", "throttle_maxdelay", _seconds, "300",
+            "the longest refusal window (seconds)"),
+    Setting("AUTH_CACHE_TTL", "cache_ttl", _seconds, "0",
+            "seconds a successful login's answer is reused by a worker; 0 (default) is off"),
 )
 
 
@@ -73,6 +104,10 @@ class AuthdConfig:
     debug_login: int
     default_options: str
     logger_opts: str
+    throttle_failures: int = 5
+    throttle_delay: float = 2.0
+    throttle_maxdelay: float = 300.0
+    cache_ttl: float = 0.0
     warnings: tuple[str, ...] = ()
 
     @property

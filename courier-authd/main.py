@@ -17,6 +17,8 @@ import gc
 import grp
 import logging
 import logging.handlers
+import mmap
+import multiprocessing
 import os
 import signal
 import socket
@@ -27,9 +29,12 @@ from pathlib import Path
 from courier_authd.config import AuthdConfig, load_config
 from courier_authd.core import Authenticator
 from courier_authd.modules import BackendTempFail, make_modules
+from courier_authd.throttle import ThrottlePolicy, ThrottleTable, table_size
 from courier_authd.worker import fork_worker
 
+from libcourier.authclient import MECHANISMS_FILE
 from libcourier.config import ConfigError, config_dir
+from libcourier.durable import write_atomic
 from libcourier.layout import load_layout
 from libcourier.pidfile import pid_alive, read_pidfile, remove_pidfile, write_pidfile
 
@@ -58,14 +63,43 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
+# The failed-login table, shared by every worker: mapped once before the first fork
+# and kept across reloads (a SIGHUP must not forgive an attacker).
+_SHARED: dict[str, object] = {}
+
+
+def _shared_throttle():
+    if "buf" not in _SHARED:
+        _SHARED["buf"] = mmap.mmap(-1, table_size())
+        _SHARED["lock"] = multiprocessing.Lock()   # a POSIX semaphore: no thread
+    return _SHARED["buf"], _SHARED["lock"]
+
+
 def build(etc: Path) -> tuple[AuthdConfig, Authenticator]:
     cfg = load_config(etc)
     try:
         modules = make_modules(cfg.modules, etc)
     except BackendTempFail as e:
         raise ConfigError(str(e)) from None
+    throttle, lock = None, None
+    if cfg.throttle_failures > 0:
+        buf, lock = _shared_throttle()
+        throttle = ThrottleTable(buf, ThrottlePolicy(
+            after=cfg.throttle_failures, base=cfg.throttle_delay,
+            cap=max(cfg.throttle_delay, cfg.throttle_maxdelay)))
     return cfg, Authenticator(modules, default_options=cfg.default_options,
-                              debug_login=cfg.debug_login)
+                              debug_login=cfg.debug_login, throttle=throttle,
+                              lock=lock, cache_ttl=cfg.cache_ttl)  # type: ignore[arg-type]
+
+
+def publish_mechanisms(sockdir: Path, auth: Authenticator) -> None:
+    """Tell the mail daemons which SASL mechanisms our modules can verify (read by
+    libcourier.authclient.verifiable_mechanisms): they offer no more than that."""
+    try:
+        write_atomic(sockdir / MECHANISMS_FILE,
+                     (" ".join(sorted(auth.mechanisms())) + "\n").encode(), mode=0o644)
+    except (OSError, BackendTempFail) as e:
+        log.warning("cannot write %s: %s", sockdir / MECHANISMS_FILE, e)
 
 
 def bind_socket(path: Path, mailgroup: str) -> socket.socket:
@@ -96,6 +130,7 @@ class Supervisor:
         self.workers: set[int] = set()
         self.replaced: set[int] = set()   # told to stop at a reload, maybe still finishing
         self.deaths: list[float] = []
+        self.sockdir = Path(listener.getsockname()).parent
 
     def spawn(self) -> None:
         now = time.monotonic()
@@ -132,6 +167,7 @@ class Supervisor:
         for w in cfg.warnings:
             log.warning("%s", w)
         self.cfg, self.auth = cfg, auth
+        publish_mechanisms(self.sockdir, auth)
         old = set(self.workers)
         self.replaced |= old
         self.workers.clear()
@@ -216,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{layout.authsocket}: cannot listen: {e.strerror}", file=sys.stderr)
         return 1
     sock_ino = os.stat(layout.authsocket).st_ino
+    publish_mechanisms(layout.authsocket.parent, auth)
     layout.rundir.mkdir(parents=True, exist_ok=True)
     write_pidfile(pidfile)
     log.info("listening on %s with %d workers (modules: %s)", layout.authsocket, cfg.daemons,

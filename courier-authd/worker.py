@@ -51,7 +51,7 @@ def serve_connection(conn: socket.socket, auth: Authenticator, *,
                 return  # the client gave up before finishing its request
             parser.feed(chunk)
         try:
-            outcome = auth.handle(req)
+            outcome = auth.handle(req, time.monotonic())
         except Exception:
             # Our fault: log it and hang up, which the client treats as a temporary failure.
             log.exception("internal error handling a request")

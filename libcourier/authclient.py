@@ -35,8 +35,36 @@ from libcourier.authproto import (
 )
 from libcourier.proto import NEED_DATA
 
-__all__ = ["AuthInfo", "AuthTempFail", "auth_cram", "auth_enumerate", "auth_login",
-           "auth_passwd", "auth_pre", "auth_raw", "parse_options"]
+__all__ = ["MECHANISMS_FILE", "AuthInfo", "AuthTempFail", "auth_cram", "auth_enumerate",
+           "auth_login", "auth_passwd", "auth_pre", "auth_raw", "parse_options",
+           "verifiable_mechanisms"]
+
+# authd writes, beside its socket, the SASL mechanisms its modules can verify
+# (one line of names); without it, only the password mechanisms are safe to offer.
+MECHANISMS_FILE = "mechanisms"
+PASSWORD_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+_MECH_MAX = 512
+_mech_cache: dict[str, tuple[tuple[int, int, int], frozenset[str]]] = {}
+
+
+def verifiable_mechanisms(socket_path: str | Path) -> frozenset[str]:
+    """What authd says it can verify (re-read when the file changes); PLAIN and LOGIN
+    when it has not said (authd not started yet, or an older one)."""
+    path = os.path.join(os.path.dirname(os.fspath(socket_path)), MECHANISMS_FILE)
+    try:
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = _mech_cache.get(path)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        with open(path, "rb") as f:
+            text = f.read(_MECH_MAX).decode("ascii", "replace")
+    except OSError:
+        return PASSWORD_MECHANISMS
+    mechs = frozenset(w.upper() for w in text.split() if w.isascii() and len(w) <= 20)
+    mechs |= PASSWORD_MECHANISMS
+    _mech_cache[path] = (stamp, mechs)
+    return mechs
 
 
 @dataclass(frozen=True, slots=True)

@@ -181,11 +181,15 @@ def test_sigterm_leaves_nothing(tmp_path):
 
 
 def test_bad_config_exits_1_with_file_line(tmp_path):
-    etc = make_etc(tmp_path, "authmodulelist=authldap\n")
+    etc = make_etc(tmp_path, "authmodulelist=authnosuch\n")
     r = subprocess.run([sys.executable, "-m", "courier_authd", "-C", str(etc)],
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 1
-    assert f"{etc / 'authdaemonrc'}:4:" in r.stderr and "authldap" in r.stderr
+    assert f"{etc / 'authdaemonrc'}:4:" in r.stderr and "authnosuch" in r.stderr
+    (etc / "authdaemonrc").write_text("daemons=2\nAUTH_THROTTLE_DELAY=soon\n")
+    r = subprocess.run([sys.executable, "-m", "courier_authd", "-C", str(etc)],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and f"{etc / 'authdaemonrc'}:2:" in r.stderr
 
 
 def test_authtest_tool(daemon, capsys):
