@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import selectors
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ from libcourier.maildir.folder import Maildir, folder_path
 from libcourier.maildir.folders import FolderError
 from libcourier.maildir.keywords import KeywordError
 from libcourier.maildir.mutf7 import encode_mutf7
+from libcourier.maildir.watch import FolderWatch, open_watch
 
 log = logging.getLogger("courier.imapd")
 
@@ -705,9 +707,31 @@ class Session:
         deadline = now + self.cfg.autologout
         next_full = now + self.cfg.idle_timeout
         seen = self._fingerprint()
+        # With inotify a change wakes us at once; the stat poll stays as the fallback
+        # (no inotify, or a partial DONE that left the socket waiting).
+        watch = open_watch(self.view.maildir.path) if self.view is not None else None
         self.conn.sock.settimeout(min(IDLE_POLL, self.cfg.idle_timeout))
         try:
             while True:
+                if watch is not None and not self.core.buffered() \
+                        and not _tls_pending(self.conn.sock):
+                    now = time.monotonic()
+                    client, changed = _idle_wait(self.conn.sock, watch,
+                                                 max(0.0, min(deadline, next_full) - now))
+                    if changed:
+                        watch.drain()   # before the scan: a change after it wakes us again
+                        self.out(self._updates())
+                        seen = self._fingerprint()
+                        continue
+                    if not client:
+                        now = time.monotonic()
+                        if now > deadline:
+                            self.out(untagged("BYE Autologout; idle for too long"))
+                            return False
+                        if now >= next_full:
+                            self.out(self._updates())
+                            next_full = now + self.cfg.idle_timeout
+                        continue
                 try:
                     ev = read_event(self.conn, self.core, self.counters)
                 except TimeoutError:
@@ -732,9 +756,26 @@ class Session:
                         return self.handle(ev)
                 return True
         finally:
+            if watch is not None:
+                watch.close()
             self.core.idling = False
             self.conn.sock.settimeout(self.cfg.autologout)
             self.title("SELECTED" if self.view else "AUTHENTICATED")
+
+
+def _tls_pending(sock: object) -> bool:
+    """Decrypted bytes an SSL socket holds: select() cannot see them."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending and pending())
+
+
+def _idle_wait(sock: object, watch: FolderWatch, timeout: float) -> tuple[bool, bool]:
+    """Wait for the client or the folder: (client readable, folder changed)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ, "client")   # type: ignore[arg-type]
+        sel.register(watch, selectors.EVENT_READ, "watch")
+        ready = {key.data for key, _ in sel.select(timeout)}
+    return "client" in ready, "watch" in ready
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
