@@ -1,0 +1,158 @@
+"""Small receiving SMTP servers for the remote delivery tests, each with one
+behaviour: accept, refuse recipients (5xx), refuse the first session (4xx),
+talk garbage. A thread per connection; every limit bounded; what the client
+said is recorded for the test to check.
+"""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass, field
+
+MAX_LINE = 4096
+MAX_MESSAGE = 16 * 1024 * 1024
+TIMEOUT = 30.0
+
+
+@dataclass
+class Transaction:
+    mail: str
+    rcpts: list[str]
+    data: bytes
+
+
+@dataclass
+class SinkState:
+    sessions: int = 0
+    active: int = 0
+    max_active: int = 0
+    messages: list[Transaction] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    timeout = TIMEOUT
+
+    def reply(self, text: str) -> None:
+        self.wfile.write(text.encode() + b"\r\n")
+        self.wfile.flush()
+
+    def readline(self) -> str | None:
+        raw = self.rfile.readline(MAX_LINE)
+        if not raw:
+            return None
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        with self.server.state.lock:   # type: ignore[attr-defined]
+            if len(self.server.state.lines) < 10000:   # type: ignore[attr-defined]
+                self.server.state.lines.append(line)   # type: ignore[attr-defined]
+        return line
+
+    def handle(self) -> None:
+        srv = self.server
+        st: SinkState = srv.state                # type: ignore[attr-defined]
+        with st.lock:
+            st.sessions += 1
+            number = st.sessions
+            st.active += 1
+            st.max_active = max(st.max_active, st.active)
+        try:
+            self.session(srv.mode, number)       # type: ignore[attr-defined]
+        except (OSError, ValueError):
+            pass
+        finally:
+            with st.lock:
+                st.active -= 1
+
+    def session(self, mode: str, number: int) -> None:
+        st: SinkState = self.server.state       # type: ignore[attr-defined]
+        if mode == "garbage":
+            self.wfile.write(b"\x00\xffTHIS IS NOT SMTP AT ALL\r\n" * 3)
+            self.wfile.flush()
+            self.rfile.readline(MAX_LINE)
+            return
+        self.reply("220 sink.test ESMTP")
+        mail: str | None = None
+        rcpts: list[str] = []
+        for _ in range(1000):
+            line = self.readline()
+            if line is None:
+                return
+            verb = line[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                exts = ["PIPELINING", "SIZE 10000000", "8BITMIME", "DSN", "SMTPUTF8"]
+                text = ["sink.test"] + exts
+                for t in text[:-1]:
+                    self.wfile.write(f"250-{t}\r\n".encode())
+                self.reply(f"250 {text[-1]}")
+            elif verb == "MAIL":
+                mail, rcpts = line, []
+                self.reply("250 2.1.0 ok")
+            elif verb == "RCPT":
+                if mode == "reject":
+                    self.reply("550 5.1.1 no such user here")
+                elif mode == "tempfail-first" and number == 1:
+                    self.reply("451 4.3.0 try again later")
+                else:
+                    rcpts.append(line)
+                    self.reply("250 2.1.5 ok")
+            elif verb == "DATA":
+                if not rcpts:
+                    self.reply("554 5.5.1 no valid recipients")
+                    continue
+                self.reply("354 go ahead")
+                data = bytearray()
+                while len(data) < MAX_MESSAGE:
+                    raw = self.rfile.readline(MAX_LINE * 256)
+                    if not raw or raw == b".\r\n":
+                        break
+                    data += raw[1:] if raw.startswith(b"..") else raw
+                with st.lock:
+                    st.messages.append(Transaction(mail or "", rcpts, bytes(data)))
+                mail, rcpts = None, []
+                self.reply("250 2.0.0 queued")
+            elif verb == "QUIT":
+                self.reply("221 2.0.0 bye")
+                return
+            elif verb in ("RSET", "NOOP"):
+                self.reply("250 2.0.0 ok")
+            else:
+                self.reply("502 5.5.1 not here")
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+class Sink:
+    def __init__(self, host: str, port: int, mode: str = "accept"):
+        self.state = SinkState()
+        self.server = _Server((host, port), _Handler)
+        self.server.state = self.state   # type: ignore[attr-defined]
+        self.server.mode = mode          # type: ignore[attr-defined]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={
+            "poll_interval": 0.1}, daemon=True)
+
+    def __enter__(self) -> Sink:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def port_free_on(hosts: list[str], port: int) -> bool:
+    for h in hosts:
+        s = socket.socket()
+        try:
+            s.bind((h, port))
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True

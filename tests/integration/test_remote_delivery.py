@@ -1,0 +1,313 @@
+"""Remote delivery end to end: a real courierd (started by `courier start`)
+looks domains up in a dnsmasq on loopback and delivers to a second courier-py
+instance and to small SMTP servers on other loopback addresses: MX preference
+with a dead primary, 4xx then 2xx, 5xx (the bounce DSN parsed and checked),
+garbage, null MX, STARTTLS required, the implicit MX, MAXHOST.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import importlib.util
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from smtp_sink import Sink, port_free_on
+
+from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
+
+DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq"
+                                       if Path("/usr/sbin/dnsmasq").exists() else None)
+pytestmark = pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq is not installed "
+                                "(Debian package dnsmasq)")
+
+WAIT = 40.0
+SINK_HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]
+
+# The test zone: name -> (MX records, A records). Addresses are loopback.
+ZONE_ARGS = [
+    # example.com: the primary is dead (nothing listens on .2), the backup is the receiver.
+    "--mx-host=example.com,mx1.example.com,10", "--host-record=mx1.example.com,127.0.0.2",
+    "--mx-host=example.com,mx2.example.com,20", "--host-record=mx2.example.com,127.0.0.1",
+    "--mx-host=tempfail.test,mx.tempfail.test,10", "--host-record=mx.tempfail.test,127.0.0.3",
+    "--mx-host=reject.test,mx.reject.test,10", "--host-record=mx.reject.test,127.0.0.4",
+    "--mx-host=garbage.test,mx1.garbage.test,10", "--host-record=mx1.garbage.test,127.0.0.5",
+    "--mx-host=garbage.test,mx2.garbage.test,20", "--host-record=mx2.garbage.test,127.0.0.6",
+    "--dns-rr=nullmx.test,15,000000",                        # RFC 7505: "0 ."
+    "--host-record=plain.test,127.0.0.7",                    # no MX: the implicit MX
+    "--mx-host=many.test,mx.many.test,10", "--host-record=mx.many.test,127.0.0.8",
+    "--mx-host=notls.test,mx.notls.test,10", "--host-record=mx.notls.test,127.0.0.9",
+]
+
+
+def _load_root_conftest():
+    # tests/conftest.py holds Instance and the helpers; as a module named
+    # "conftest" it is shadowed by tests/integration/conftest.py, so load it by path.
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("courier_tests_root_conftest", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod        # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ROOT = _load_root_conftest()
+
+
+def _free_port(hosts: list[str], kind=socket.SOCK_STREAM) -> int:
+    for _ in range(200):
+        s = socket.socket(socket.AF_INET, kind)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port_free_on(hosts, port):
+            if kind == socket.SOCK_STREAM:
+                return port
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+    raise RuntimeError("no free port")
+
+
+def _dns_answers(port: int) -> bool:
+    import dns.resolver
+    r = dns.resolver.Resolver(configure=False)
+    r.nameservers = ["127.0.0.1"]
+    r.port = port
+    r.lifetime = 1.0
+    try:
+        r.resolve("mx1.example.com", "A")
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@pytest.fixture(scope="module")
+def dns_port():
+    port = _free_port(["127.0.0.1"], socket.SOCK_DGRAM)
+    proc = subprocess.Popen(
+        [DNSMASQ, "-k", "--no-resolv", "--no-hosts", "-C", "/dev/null", f"--port={port}",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--local=/test/",
+         "--local=/example.com/", "--pid-file=", "--log-facility=-", *ZONE_ARGS],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while not _dns_answers(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None \
+                    else ""
+                pytest.fail(f"dnsmasq did not start: {err}")
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.fixture
+def receiver():
+    """A second courier-py instance receiving for example.com on 127.0.0.1."""
+    root = ROOT._instance_root()
+    inst = ROOT.Instance(root / "inst", ROOT.free_port_base())
+    ROOT.courier("init", str(inst.root), "--port-base", str(inst.port_base),
+                 "--hostname", "rx.test")
+    try:
+        inst.adduser("alice@example.com", "alice-secret")
+        inst.start("authdaemond", "courierd", "esmtpd")
+        yield inst
+    finally:
+        inst.record_pids()
+        try:
+            inst.courier("stop", check=False)
+            inst.assert_no_process_left()
+        finally:
+            for p in inst.leftovers():
+                try:
+                    p.kill()
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    pass
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def start_sender(inst, dns_port: int, smtp_port: int, extra: str = "") -> None:
+    with open(inst.etc / "courierd", "a") as fh:
+        fh.write(f"RETRYFIRST=1\nRETRYMAX=2\nESMTP_RESOLVER=127.0.0.1:{dns_port}\n"
+                 f"ESMTPPORT={smtp_port}\n{extra}")
+    inst.adduser("carol@sender.test", "carol-secret")
+    inst.start("authdaemond", "courierd")
+
+
+BODY = (b"Received: from client\nFrom: carol@sender.test\nTo: someone\n"
+        b"Subject: remote test\nMessage-ID: <t1@sender.test>\n\nline one\n.dot line\n")
+
+
+def spool(inst, *rcpts: Recipient | str, sender: str = "carol@sender.test", body: bytes = BODY,
+          body_type: str = "7BIT", **env) -> str:
+    lay = inst.layout
+    w = SpoolWriter(lay.spooldir, 1 << 24)
+    w.write(body)
+    rs = tuple(r if isinstance(r, Recipient) else Recipient(r) for r in rcpts)
+    qid = w.commit(Envelope(sender, rs, time.time(), body=body_type, **env))
+    notify(lay.queue_socket, qid)
+    return qid
+
+
+def wait_until(cond, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return cond()
+
+
+def maildir_new(inst, address: str) -> list[Path]:
+    d = inst.maildir(address) / "new"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def log(inst) -> str:
+    p = inst.root / "var" / "log" / "courierd.log"
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
+def queue_empty(inst) -> bool:
+    return not list_queue(inst.layout.spooldir)
+
+
+def test_dead_primary_mx_then_backup_courier_receiver(new_instance, receiver, dns_port):
+    port = receiver.port("smtp")
+    assert port_free_on(["127.0.0.2"], port)       # the primary MX is dead
+    start_sender(new_instance, dns_port, port)
+    spool(new_instance, "alice@example.com")
+    assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
+        log(new_instance) + receiver.logs()
+    assert wait_until(lambda: queue_empty(new_instance)), log(new_instance)
+    [f] = maildir_new(receiver, "alice@example.com")
+    data = f.read_bytes()
+    assert b"Subject: remote test" in data and b"\n.dot line\n" in data
+    assert b"Return-Path: <carol@sender.test>" in data
+    text = log(new_instance)
+    assert "host=mx1.example.com[127.0.0.2]" in text and "cannot connect" in text
+    assert "host=mx2.example.com[127.0.0.1]" in text
+
+
+def test_starttls_required_to_a_self_signed_receiver(new_instance, receiver, dns_port):
+    port = receiver.port("smtp")
+    (new_instance.etc / "esmtproutes").write_text(
+        f"example.com: mx2.example.com,{port} /SECURITY=STARTTLS\n"
+        f"notls.test: mx.notls.test,{port} /SECURITY=STARTTLS\n")
+    with Sink("127.0.0.9", port):
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "alice@example.com")
+        notls = spool(new_instance, "x@notls.test")
+        assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
+            log(new_instance) + receiver.logs()
+        data = maildir_new(receiver, "alice@example.com")[0].read_bytes()
+        assert b"with ESMTPS" in data            # the receiver saw a TLS session
+        # A server without STARTTLS gets nothing; the message waits (not bounced).
+        assert wait_until(lambda: "TLS required" in log(new_instance)), log(new_instance)
+        assert notls in list_queue(new_instance.layout.spooldir)
+
+
+def test_4xx_then_2xx_and_dsn_parameters_passed_on(new_instance, dns_port):
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.3", port, "tempfail-first") as sink:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, Recipient("r@tempfail.test", "rfc822;orig@tempfail.test",
+                                      "FAILURE,DELAY"),
+              body=BODY + "caf\u00e9\n".encode(), body_type="8BITMIME", envid="id 42",
+              ret="HDRS")
+        assert wait_until(lambda: sink.state.messages and queue_empty(new_instance)), \
+            log(new_instance)
+    assert sink.state.sessions == 2                 # refused once (451), then accepted
+    [txn] = sink.state.messages
+    assert txn.mail.startswith("MAIL FROM:<carol@sender.test>")
+    for param in ("BODY=8BITMIME", "RET=HDRS", "ENVID=id+2042", "SIZE="):
+        assert param in txn.mail, txn.mail
+    assert txn.rcpts == ["RCPT TO:<r@tempfail.test> NOTIFY=FAILURE,DELAY "
+                         "ORCPT=rfc822;orig@tempfail.test"]
+    assert txn.data.endswith("caf\u00e9\r\n".encode())
+    assert b"\r\n.dot line\r\n" in txn.data       # dot-stuffed on the wire, unstuffed here
+    assert "451 4.3.0" in log(new_instance)
+
+
+def test_5xx_bounces_with_an_rfc3464_dsn(new_instance, dns_port):
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.4", port, "reject"):
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, Recipient("nobody@reject.test", "rfc822;list@reject.test", None),
+              envid="env-77", ret="HDRS")
+        assert wait_until(lambda: maildir_new(new_instance, "carol@sender.test")), \
+            log(new_instance)
+    assert wait_until(lambda: queue_empty(new_instance)), log(new_instance)
+    [f] = maildir_new(new_instance, "carol@sender.test")
+    msg = email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+    assert msg["Return-Path"] == "<>"               # from the null sender
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    text, status, original = msg.get_payload()
+    assert "no such user here" in text.get_content()
+    per_msg, per_rcpt = status.get_payload()
+    assert per_msg["Reporting-MTA"] == "dns; mx.test"
+    assert per_msg["Original-Envelope-Id"] == "env-77"
+    assert per_rcpt["Final-Recipient"] == "rfc822; nobody@reject.test"
+    assert per_rcpt["Original-Recipient"] == "rfc822;list@reject.test"
+    assert per_rcpt["Action"] == "failed" and per_rcpt["Status"] == "5.1.1"
+    assert per_rcpt["Remote-MTA"] == "dns; mx.reject.test"
+    assert per_rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user here"
+    assert original.get_content_type() == "text/rfc822-headers"   # RET=HDRS
+    assert "Subject: remote test" in original.get_content()
+    assert "line one" not in original.get_content()
+
+
+def test_garbage_host_is_temporary_and_the_backup_takes_it(new_instance, dns_port):
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.5", port, "garbage") as bad, Sink("127.0.0.6", port) as good:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "g@garbage.test")
+        assert wait_until(lambda: good.state.messages and queue_empty(new_instance)), \
+            log(new_instance)
+    assert bad.state.sessions >= 1
+    assert "malformed reply" in log(new_instance)
+    assert not maildir_new(new_instance, "carol@sender.test")      # no bounce
+
+
+def test_null_mx_and_missing_domain_bounce(new_instance, dns_port):
+    start_sender(new_instance, dns_port, 25)
+    spool(new_instance, "a@nullmx.test", "b@nowhere.test")
+    assert wait_until(lambda: maildir_new(new_instance, "carol@sender.test")), log(new_instance)
+    [f] = maildir_new(new_instance, "carol@sender.test")
+    msg = email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
+    blocks = {b["Final-Recipient"]: b for b in msg.get_payload()[1].get_payload()[1:]}
+    assert blocks["rfc822; a@nullmx.test"]["Status"] == "5.1.10"
+    assert blocks["rfc822; b@nowhere.test"]["Status"] == "5.1.2"
+    # RET absent and the message small: returned whole.
+    assert msg.get_payload()[2].get_content_type() == "message/rfc822"
+
+
+def test_implicit_mx_and_maxhost(new_instance, dns_port):
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.7", port) as plain, Sink("127.0.0.8", port) as many:
+        start_sender(new_instance, dns_port, port, "MAXHOST=2\nMAXDELS=8\n")
+        spool(new_instance, "p@plain.test")
+        for i in range(12):
+            spool(new_instance, f"m{i}@many.test")
+        assert wait_until(lambda: len(many.state.messages) == 12 and plain.state.messages
+                          and queue_empty(new_instance)), log(new_instance)
+    assert many.state.max_active <= 2
