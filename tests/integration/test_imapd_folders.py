@@ -62,7 +62,8 @@ def test_create_list_delete_rename_subscribe(inst) -> None:
         st = os.stat(md / ".Sent")
         assert (st.st_uid, st.st_gid) == (os.stat(md).st_uid, os.stat(md).st_gid)
         assert names(c) == {"INBOX": "\\HasChildren", "INBOX.Entw&APw-rfe": "\\HasNoChildren",
-                            "INBOX.Sent": "\\HasChildren", "INBOX.Sent.2024": "\\HasNoChildren"}
+                            "INBOX.Sent": "\\HasChildren \\Sent",     # RFC 6154
+                            "INBOX.Sent.2024": "\\HasNoChildren"}
         assert set(names(c, pattern="INBOX.%")) == {"INBOX.Entw&APw-rfe", "INBOX.Sent"}
 
         assert c.subscribe("INBOX.Sent")[0] == "OK"
