@@ -12,6 +12,7 @@ from pathlib import Path
 
 from courier_imapd.core import COMMANDS
 
+from libcourier.authclient import verifiable_mechanisms_for
 from libcourier.config.listener import (
     ListenerConfig,
     listener_settings,
@@ -201,10 +202,9 @@ def implemented(word: str) -> bool:
     return w.split("=", 1)[0] in COMMANDS
 
 
-# SASL mechanisms authd can verify today: it checks a password (PLAIN, LOGIN) but
-# answers FAIL to CRAM (Courier's stored HMAC states are not supported yet), and
-# the listener asks for no client certificate (EXTERNAL).
-SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
+# What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
+# CRAM-* only when accounts have HMAC secrets or clear passwords); the listener asks
+# for no client certificate, so EXTERNAL is not among them.
 
 
 def sasl_mechanisms(cfg: ImapdConfig, tls: bool) -> tuple[str, ...]:
@@ -214,8 +214,9 @@ def sasl_mechanisms(cfg: ImapdConfig, tls: bool) -> tuple[str, ...]:
     words = (cfg.capability_tls if tls else cfg.capability).split()
     configured = [w[5:] for w in words if w.upper().startswith("AUTH=")]
     disabled = not tls and cfg.starttls and cfg.tls_required
+    verifiable = verifiable_mechanisms_for(cfg.etc)
     return tuple(m for m in offered_mechanisms(configured, tls=tls, allow_plaintext=not disabled)
-                 if m in SASL_VERIFIABLE)
+                 if m in verifiable)
 
 
 def capability_line(cfg: ImapdConfig, tls: bool) -> str:

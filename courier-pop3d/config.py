@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from libcourier.authclient import verifiable_mechanisms_for
 from libcourier.config.listener import (
     ListenerConfig,
     listener_settings,
@@ -71,8 +72,9 @@ def load_config(etc: Path, service: str) -> tuple[Pop3dConfig, list[str]]:
         tls_required=v["tls_required"],
         maildirpath=v["maildirpath"] or "Maildir", defdomain=v["defdomain"],
         log_deletions=v["log_deletions"],
-        pop3auth=sasl_list(v["pop3auth"], "POP3AUTH", warnings),
-        pop3auth_tls=sasl_list(v["pop3auth_tls"], "POP3AUTH_TLS", warnings),
+        pop3auth=sasl_list(v["pop3auth"], "POP3AUTH", warnings, verifiable_mechanisms_for(etc)),
+        pop3auth_tls=sasl_list(v["pop3auth_tls"], "POP3AUTH_TLS", warnings,
+                               verifiable_mechanisms_for(etc)),
         max_bad_commands=v["max_bad_commands"], max_failed_logins=v["max_failed_logins"],
     )
     if cfg.tls_required and not cfg.stls and not ssl:
@@ -81,19 +83,20 @@ def load_config(etc: Path, service: str) -> tuple[Pop3dConfig, list[str]]:
     return cfg, warnings
 
 
-# What authd can verify today: a password (PLAIN, LOGIN). It answers FAIL to CRAM
-# (no stored HMAC states yet) and the listener asks for no client certificate
-# (EXTERNAL), so offering those would only produce failures.
+# What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
+# CRAM-* only when accounts have HMAC secrets or clear passwords); the listener asks
+# for no client certificate (EXTERNAL). Offering more would only produce failures.
 SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
 
 
-def sasl_list(value: str, key: str, warnings: list[str]) -> tuple[str, ...]:
+def sasl_list(value: str, key: str, warnings: list[str],
+              verifiable: frozenset[str] = SASL_VERIFIABLE) -> tuple[str, ...]:
     """Courier's POP3AUTH / POP3AUTH_TLS: mechanism names separated by spaces."""
     out: list[str] = []
     for name in value.split():
         mech = name.upper()
-        if mech not in SASL_VERIFIABLE:
-            warnings.append(f"{key}: {name} is not offered (only {', '.join(sorted(SASL_VERIFIABLE))})")
+        if mech not in verifiable:
+            warnings.append(f"{key}: {name} is not offered (only {', '.join(sorted(verifiable))})")
         elif mech not in out:
             out.append(mech)
     return tuple(out)

@@ -16,6 +16,7 @@ from pathlib import Path
 from courier_smtpd.bofh import Bofh, load_bofh
 from courier_smtpd.headers import MAX_HEADER_OCTETS
 
+from libcourier.authclient import verifiable_mechanisms_for
 from libcourier.config import ConfigError
 from libcourier.config.control import read_control_file, read_control_value
 from libcourier.config.listener import (
@@ -94,17 +95,18 @@ class SmtpdConfig(ListenerConfig):
     greeting: tuple[str, ...] = ()     # the `esmtpgreeting` control file, as written
 
 
-# What authd can verify today: passwords (PLAIN, LOGIN). It answers FAIL to CRAM
-# (Courier's precomputed HMAC states are not supported), and the listener asks
-# for no client certificate (EXTERNAL), so those are never offered.
+# What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
+# CRAM-* only when accounts have HMAC secrets or clear passwords); the listener asks
+# for no client certificate (EXTERNAL), so that is never offered.
 SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
 
 
-def _mechanisms(text: str, *, tls: bool) -> tuple[str, ...]:
+def _mechanisms(text: str, *, tls: bool,
+                verifiable: frozenset[str] = SASL_VERIFIABLE) -> tuple[str, ...]:
     # Courier's ESMTPAUTH lists are the admin's choice, so a plain-text mechanism
     # listed in ESMTPAUTH is offered in the clear (allow_plaintext).
     return tuple(m for m in offered_mechanisms(text.split(), tls=tls, allow_plaintext=True)
-                 if m in SASL_VERIFIABLE)
+                 if m in verifiable)
 
 
 def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
@@ -137,8 +139,10 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
                      for line in read_control_file(etc / "esmtpgreeting")[:MAX_GREETING_LINES])
     return SmtpdConfig(
         **loaded.common, hostname=me, sizelimit=sizelimit,
-        auth_plain=_mechanisms(v["esmtpauth"], tls=False),
-        auth_tls=_mechanisms(v["esmtpauth_tls"] or v["esmtpauth"], tls=True),
+        auth_plain=_mechanisms(v["esmtpauth"], tls=False,
+                               verifiable=verifiable_mechanisms_for(etc)),
+        auth_tls=_mechanisms(v["esmtpauth_tls"] or v["esmtpauth"], tls=True,
+                             verifiable=verifiable_mechanisms_for(etc)),
         auth_required=v["auth_required"],
         add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
         header_limit=header_limit, auth_sender_check=v["auth_sender_check"],

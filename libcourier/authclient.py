@@ -13,6 +13,7 @@ the environment variables TIMEOUT_SOCK, TIMEOUT_WRITE, TIMEOUT_READ override the
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -33,11 +34,13 @@ from libcourier.authproto import (
     format_request,
     login_authdata,
 )
+from libcourier.config import ConfigError
+from libcourier.layout import load_layout
 from libcourier.proto import NEED_DATA
 
 __all__ = ["MECHANISMS_FILE", "AuthInfo", "AuthTempFail", "auth_cram", "auth_enumerate",
            "auth_login", "auth_passwd", "auth_pre", "auth_raw", "parse_options",
-           "verifiable_mechanisms"]
+           "verifiable_mechanisms", "verifiable_mechanisms_for"]
 
 # authd writes, beside its socket, the SASL mechanisms its modules can verify
 # (one line of names); without it, only the password mechanisms are safe to offer.
@@ -60,11 +63,29 @@ def verifiable_mechanisms(socket_path: str | Path) -> frozenset[str]:
         with open(path, "rb") as f:
             text = f.read(_MECH_MAX).decode("ascii", "replace")
     except OSError:
-        return PASSWORD_MECHANISMS
+        # After the switch to the user the socket directory is closed to us: keep
+        # what we read before it.
+        hit = _mech_cache.get(path)
+        return hit[1] if hit is not None else PASSWORD_MECHANISMS
     mechs = frozenset(w.upper() for w in text.split() if w.isascii() and len(w) <= 20)
     mechs |= PASSWORD_MECHANISMS
     _mech_cache[path] = (stamp, mechs)
     return mechs
+
+
+@functools.lru_cache(maxsize=8)
+def _authsocket(etc: str) -> Path | None:
+    try:
+        return load_layout(Path(etc)).authsocket
+    except (ConfigError, OSError):
+        return None
+
+
+def verifiable_mechanisms_for(etc: str | Path) -> frozenset[str]:
+    """verifiable_mechanisms() of the authd that config dir `etc` names (its layout is
+    read once per process; the mechanisms file on each call, when it changed)."""
+    sock = _authsocket(os.fspath(etc))
+    return PASSWORD_MECHANISMS if sock is None else verifiable_mechanisms(sock)
 
 
 @dataclass(frozen=True, slots=True)
