@@ -14,6 +14,7 @@ the mailbox"), whatever REVERSE says about the keys before.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -84,18 +85,24 @@ def _mailbox(m: SortFacts, name: bytes) -> bytes:
     return (a.mailbox or b"").upper() if a is not None else b""
 
 
+def unicode_casemap(s: str) -> str:
+    """RFC 5051 i;unicode-casemap, as near as Python gets: case folded, then
+    decomposed (NFKD), so "Émile" sorts with the other E's."""
+    return unicodedata.normalize("NFKD", s.casefold())
+
+
 def _display(m: SortFacts, name: bytes) -> str:
     """RFC 5957 §2: the decoded display name of the first address, else its addr-spec;
-    i;unicode-casemap, approximated by casefolding."""
+    compared in i;unicode-casemap."""
     a = first_address(m.field(name))
     if a is None:
         return ""
     if a.name:
         shown = decode_words(a.name).strip()
         if shown:
-            return shown.casefold()
+            return unicode_casemap(shown)
     spec = (a.mailbox or b"") + (b"@" + a.host if a.host else b"")
-    return spec.decode("utf-8", "replace").casefold()
+    return unicode_casemap(spec.decode("utf-8", "replace"))
 
 
 def sort_key(c: str, m: SortFacts) -> object:
