@@ -1,8 +1,13 @@
-"""userdbpw [-md5|-sha256|-sha512]: read a password, print its crypt hash (userdbpw(8)).
+"""userdbpw [-md5|-sha256|-sha512|-hmac-md5|-hmac-sha1|-hmac-sha256|-scram-sha-1|-scram-sha-256]:
+read a password, print what userdb stores for it (userdbpw(8)).
 
-Typical use: `userdbpw | userdb bob@example.com set systempw`. On a terminal the
-password is asked twice; from a pipe one line is read. The default is SHA-512
-crypt with glibc's default 5000 rounds.
+Typical use: `userdbpw | userdb bob@example.com set systempw`, and for CRAM as
+Courier documents it: `userdbpw -hmac-md5 | userdb bob@example.com set hmac-md5pw`
+(the bare hex HMAC contexts Courier's userdbpw prints, byte for byte). Ours, as
+courier-authlib has no SCRAM: `userdbpw -scram-sha-256 | userdb bob set
+scram-sha-256pw` (Dovecot's {SCRAM-SHA-256} form). On a terminal the password is
+asked twice; from a pipe one line is read. The default is SHA-512 crypt with
+glibc's default 5000 rounds (Courier's default is the C library's crypt).
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ import sys
 
 from courier_authd.passwords import hash_password
 
-SCHEMES = {"-md5": "md5", "-sha256": "sha256", "-sha512": "sha512"}
+SCHEMES = {"-md5": "md5", "-sha256": "sha256", "-sha512": "sha512",
+           "-hmac-md5": "hmac-md5", "-hmac-sha1": "hmac-sha1", "-hmac-sha256": "hmac-sha256",
+           "-scram-sha-1": "scram-sha-1", "-scram-sha-256": "scram-sha-256"}
+USAGE = "usage: userdbpw [" + "|".join(SCHEMES) + "]"
 MAX_INPUT = 1024
 
 
@@ -22,11 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     for a in argv:
         if a in SCHEMES:
             scheme = SCHEMES[a]
-        elif a.startswith("-hmac"):
-            print(f"userdbpw: {a}: HMAC secrets are not supported by courier-py", file=sys.stderr)
-            return 1
         else:
-            print("usage: userdbpw [-md5|-sha256|-sha512]", file=sys.stderr)
+            print(USAGE, file=sys.stderr)
             return 1
     if sys.stdin.isatty():
         pw = getpass.getpass("Password: ")

@@ -49,7 +49,17 @@ def test_userdbpw_and_makeuserdb(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
     assert userdbpw(["-md5"]) == 0
     assert capsys.readouterr().out.startswith("$1$")
-    assert userdbpw(["-hmac-md5"]) == 1
+    # Courier's userdbpw -hmac-md5 prints these exact bytes for alice-secret
+    # (tests/data/passwords/vectors.txt).
+    monkeypatch.setattr(sys, "stdin", io.StringIO("alice-secret\n"))
+    assert userdbpw(["-hmac-md5"]) == 0
+    assert capsys.readouterr().out == \
+        "24be3e1bf5a2ae6f2161a80bf43c7757e98e65152b5a61a699e23e5d1c11efbf\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    assert userdbpw(["-scram-sha-256"]) == 0
+    sc = capsys.readouterr().out.strip()
+    assert sc.startswith("{SCRAM-SHA-256}4096,") and check_password("s3cret", sc)
+    assert userdbpw(["-bogus"]) == 1
     src = tmp_path / "userdb"
     src.write_text(f"bob\tuid=1|gid=1|home=/h|systempw={h}\n")
     src.chmod(0o600)
