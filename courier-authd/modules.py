@@ -7,6 +7,7 @@ so `makeuserdb` takes effect without a SIGHUP, as Courier's gdbm-backed module d
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Mapping
@@ -182,6 +183,13 @@ def make_modules(names: tuple[str, ...], etc: Path) -> list[Module]:
     for n in names:
         if n == "authuserdb":
             mods.append(UserdbModule(etc))
+        elif n in ("authpgsql", "authmysql", "authldap"):
+            # Imported only when listed: each needs its driver (psycopg, PyMySQL, ldap3).
+            try:
+                mod = importlib.import_module(f"courier_authd.{n}")
+            except ImportError as e:
+                raise ConfigError(f"{n}: its driver is not installed ({e})") from None
+            mods.append(mod.load(etc))
         else:  # config.py refuses these at load; this guards a programming error
             raise ConfigError(f"unknown module {n!r}")
     return mods
