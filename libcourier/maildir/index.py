@@ -43,6 +43,10 @@ MAX_RECORD = 8 << 20           # a record longer than this is not stored
 MAX_HEAD = 4096                # a record header line (the base is part of it)
 SCAN_CHUNK = 1 << 20
 REFRESH_EVERY = 0.5            # seconds: a run of misses looks for other writers' records
+# Compaction: when the file is more than twice what its live records need plus this,
+# it is rewritten with only the latest record of each message still in cur/
+# (superseded records and those of expunged messages go).
+COMPACT_SLACK = 1 << 20
 RETRY_AFTER = 30.0             # seconds before an index that failed (EACCES, ENOSPC...) is retried
 # The header fields SORT, THREAD (RFC 5256) and header SEARCH (RFC 3501 §6.4.4) want.
 # Only ever appended to: a record written with fewer fields is read as "the later
@@ -162,6 +166,11 @@ def frame(base: str, payload: bytes) -> bytes:
     return b"R %d %08x %s\n" % (len(payload), crc, b) + payload
 
 
+def _reclen(base: str, n: int) -> int:
+    """Bytes of a framed record: "R <n> <crc8> <base>\\n" and the payload."""
+    return 13 + len(str(n)) + len(base.encode("utf-8", "surrogateescape")) + n
+
+
 class FolderIndex:
     """The index of one Maildir folder, opened lazily; every method is best
     effort: an OSError means "no cache" and is never raised to the caller."""
@@ -176,6 +185,8 @@ class FolderIndex:
         self.rebuilt = 0                              # times a damaged file was replaced
         self._refreshed = -1e9                        # monotonic time of the last refresh
         self._failed = -1e9                           # monotonic time of the last OSError
+        self._live = 0                                # bytes of the records in _where
+        self.compacted = 0                            # times the file was compacted
 
     # -- opening, scanning, rebuilding ----------------------------------------------------
 
@@ -184,6 +195,26 @@ class FolderIndex:
             os.close(self._fd)
         self._fd, self._ino, self._scanned = -1, -1, 0
         self._where.clear()
+        self._live = 0
+
+    def _note(self, base: str, loc: tuple[int, int, int]) -> None:
+        """Record where a base's latest record is, keeping the live byte count."""
+        old = self._where.get(base)
+        if old is not None:
+            self._live -= _reclen(base, old[1])
+        self._where[base] = loc
+        self._live += _reclen(base, loc[1])
+
+    def _maybe_compact(self) -> None:
+        if self._scanned <= 2 * self._live + COMPACT_SLACK:
+            return
+        try:
+            names = os.listdir(self.folder / "cur")
+        except OSError:
+            return
+        live = {n.split(":", 1)[0] for n in names}
+        self._rebuild({b: v for b, v in self._where.items() if b in live})
+        self.compacted += 1
 
     def _open(self) -> None:
         self.close()
@@ -230,7 +261,7 @@ class FolderIndex:
             if start + n > end:
                 break            # torn or still being written: look again later
             base = head[3].decode("utf-8", "surrogateescape")
-            self._where[base] = (start, n, crc)
+            self._note(base, (start, n, crc))
             self._scanned = start + n
             # skip the payload without reading it into buf when it is past the buffer
             if nl + 1 + n <= len(buf):
@@ -319,6 +350,7 @@ class FolderIndex:
             b = base.encode("utf-8", "surrogateescape")
             if len(payload) != n or zlib.crc32(payload, zlib.crc32(b)) != crc:
                 del self._where[base]
+                self._live -= _reclen(base, n)
                 return None
             entry = decode(payload)
         except IndexError_:
@@ -349,10 +381,11 @@ class FolderIndex:
             # after an O_APPEND write the offset is the end of our record (Linux)
             end = os.lseek(self._fd, 0, os.SEEK_CUR)
             b = base.encode("utf-8", "surrogateescape")
-            self._where[base] = (end - len(payload), len(payload),
-                                 zlib.crc32(payload, zlib.crc32(b)))
+            self._note(base, (end - len(payload), len(payload),
+                              zlib.crc32(payload, zlib.crc32(b))))
             if end - len(rec) == self._scanned:
                 self._scanned = end     # nobody appended in between: no need to read it back
+            self._maybe_compact()
         except OSError:
             self._failed = time.monotonic()
             return False
