@@ -23,7 +23,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from courier_deliver.routes import Routes, load_routes
+from courier_deliver.routes import AuthClient, Routes, load_authclient, load_routes
 
 from libcourier.aliases import AliasTable
 from libcourier.config.control import read_control_file, read_control_lines, read_control_value
@@ -184,6 +184,7 @@ class EsmtpConfig:
     verify: bool = False
     resolver: tuple[tuple[str, int], ...] = ()
     routes: Routes = field(default_factory=Routes)
+    auth: AuthClient = field(default_factory=AuthClient)   # esmtpauthclient
     # Built before the privilege drop (the CA files may be unreadable after it).
     tls_client: ssl.SSLContext | None = None      # opportunistic: no verification
     tls_verified: ssl.SSLContext | None = None    # /SECURITY=REQUIRED, ESMTP_TLS_VERIFY_DOMAIN
@@ -312,7 +313,8 @@ def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
         maxrcpt=values["esmtp_maxrcpt"], port=values["esmtp_port"],
         starttls=values["esmtp_starttls"], prefer_ipv6=values["esmtp_prefer_ipv6"],
         verify=values["esmtp_tls_verify"], resolver=values["esmtp_resolver"],
-        routes=load_routes(etc / "esmtproutes"), tls_client=loose, tls_verified=strict)
+        routes=load_routes(etc / "esmtproutes"), auth=load_authclient(etc / "esmtpauthclient"),
+        tls_client=loose, tls_verified=strict)
 
 
 def _domain_matches(domain: str, entries: tuple[str, ...]) -> bool:

@@ -156,7 +156,9 @@ class RemoteDelivery:
                     smtputf8=txn_base.smtputf8, envid=txn_base.envid, ret=txn_base.ret,
                     recipients=tuple(Rcpt(r.address, r.orcpt, r.notify)
                                      for r in waiting.values()))
-                outcome = await self._limited(target.host, address, port, txn, policy, ctx, qid)
+                auth = self.config.auth.lookup(target.host, port)
+                outcome = await self._limited(target.host, address, port, txn, policy, ctx,
+                                              auth, qid)
                 for addr, reply in outcome.results.items():
                     res = RemoteResult(reply, target.host,
                                        dsn_relayed=outcome.dsn and 200 <= reply.code < 300)
@@ -166,23 +168,23 @@ class RemoteDelivery:
         return results
 
     async def _limited(self, host: str, address: str, port: int, txn: Transaction,
-                       policy: TlsPolicy, ctx: ssl.SSLContext | None, qid: str
-                       ) -> _SessionOutcome:
+                       policy: TlsPolicy, ctx: ssl.SSLContext | None,
+                       auth: tuple[str, str] | None, qid: str) -> _SessionOutcome:
         async with self._all:
             sem = self._host_limit(host)
             try:
                 async with sem:
                     return await session(self.config.helo, host, address, port, txn,
-                                         policy, ctx, qid)
+                                         policy, ctx, qid, auth=auth)
             finally:
                 self._release_host(host)
 
 
 async def session(helo: str, host: str, address: str, port: int, txn: Transaction,
-                  policy: TlsPolicy, ctx: ssl.SSLContext | None, qid: str = ""
-                  ) -> _SessionOutcome:
+                  policy: TlsPolicy, ctx: ssl.SSLContext | None, qid: str = "", *,
+                  auth: tuple[str, str] | None = None) -> _SessionOutcome:
     """One SMTP session carrying one transaction; never raises for network trouble."""
-    client = SmtpClient(helo, txn, tls=policy)
+    client = SmtpClient(helo, txn, tls=policy, auth=auth)
     where = f"id={qid},host={host}[{address}]:{port}"
     writer: asyncio.StreamWriter | None = None
     results: dict[str, Reply] | None = None

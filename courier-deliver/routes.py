@@ -97,6 +97,42 @@ def parse_route(text: str) -> tuple[str, Route]:
     return domain, Route(relay.rstrip(".").lower(), port, security)
 
 
+@dataclass(frozen=True, slots=True)
+class AuthClient:
+    """esmtpauthclient: credentials for a relay, as Courier reads them
+    (`host[,port] userid password`, one a line). The file holds passwords:
+    keep it 0600/0400, owned by MAILUSER (courierd re-reads it on SIGHUP after
+    dropping privileges)."""
+
+    entries: tuple[tuple[str, int | None, str, str], ...] = ()
+
+    def lookup(self, host: str, port: int) -> tuple[str, str] | None:
+        host = host.lower().rstrip(".")
+        for h, p, user, password in self.entries:
+            if h == host and p in (None, port):
+                return user, password
+        return None
+
+    def __repr__(self) -> str:        # never a password in a log line or a traceback
+        return f"AuthClient({len(self.entries)} entries)"
+
+
+def load_authclient(path: Path) -> AuthClient:
+    entries = []
+    for line in read_control_lines(path)[:MAX_ROUTES]:
+        parts = line.text.split()
+        if len(parts) != 3:
+            raise ConfigError("expected `host[,port] userid password`", line.path, line.line)
+        host, comma, port_text = parts[0].partition(",")
+        port = None
+        if comma:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ConfigError(f"bad port {port_text!r}", line.path, line.line)
+            port = int(port_text)
+        entries.append((host.strip("[]").lower().rstrip("."), port, parts[1], parts[2]))
+    return AuthClient(tuple(entries))
+
+
 def load_routes(path: Path) -> Routes:
     entries = []
     for line in read_control_lines(path)[:MAX_ROUTES]:

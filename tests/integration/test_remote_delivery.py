@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -128,7 +129,7 @@ def receiver():
                  "--hostname", "rx.test")
     try:
         inst.adduser("alice@example.com", "alice-secret")
-        inst.start("authdaemond", "courierd", "esmtpd")
+        inst.start("authdaemond", "courierd", "esmtpd", "esmtpd-msa")
         yield inst
     finally:
         inst.record_pids()
@@ -311,3 +312,18 @@ def test_implicit_mx_and_maxhost(new_instance, dns_port):
         assert wait_until(lambda: len(many.state.messages) == 12 and plain.state.messages
                           and queue_empty(new_instance)), log(new_instance)
     assert many.state.max_active <= 2
+
+
+def test_smarthost_with_auth_over_starttls(new_instance, receiver, dns_port):
+    msa = receiver.port("submission")           # AUTH_REQUIRED=1: no AUTH, no mail
+    (new_instance.etc / "esmtproutes").write_text(f": 127.0.0.1,{msa}\n")
+    (new_instance.etc / "esmtpauthclient").write_text(
+        f"127.0.0.1,{msa} alice@example.com alice-secret\n")
+    os.chmod(new_instance.etc / "esmtpauthclient", 0o600)
+    start_sender(new_instance, dns_port, 25)
+    spool(new_instance, "alice@example.com")
+    assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
+        log(new_instance) + receiver.logs()
+    data = maildir_new(receiver, "alice@example.com")[0].read_bytes()
+    assert b"with ESMTPSA" in data               # TLS, then authenticated
+    assert "alice-secret" not in log(new_instance)

@@ -278,3 +278,18 @@ def test_envelope_warned_flag_round_trips_and_old_files_read():
     assert b"warned" not in format_envelope(env)
     assert parse_envelope(format_envelope(dataclasses.replace(env, warned=True))).warned
     assert not parse_envelope(format_envelope(env)).warned
+
+
+def test_esmtpauthclient(tmp_path):
+    from courier_deliver.routes import load_authclient
+    p = tmp_path / "esmtpauthclient"
+    p.write_text("smart.example,587 user1 pw1\nother.example user2 pw2\n")
+    auth = load_authclient(p)
+    assert auth.lookup("SMART.example", 587) == ("user1", "pw1")
+    assert auth.lookup("smart.example", 25) is None
+    assert auth.lookup("other.example", 2525) == ("user2", "pw2")
+    assert "pw1" not in repr(auth)
+    p.write_text("smart.example,587 onlyuser\n")
+    with pytest.raises(ConfigError) as ei:
+        load_authclient(p)
+    assert "esmtpauthclient:1:" in str(ei.value)
