@@ -127,10 +127,14 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class Sink:
     def __init__(self, host: str, port: int, mode: str = "accept"):
         self.state = SinkState()
-        self.server = _Server((host, port), _Handler)
+        self.server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         self.server.state = self.state   # type: ignore[attr-defined]
         self.server.mode = mode          # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={
@@ -148,7 +152,7 @@ class Sink:
 
 def port_free_on(hosts: list[str], port: int) -> bool:
     for h in hosts:
-        s = socket.socket()
+        s = socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET)
         try:
             s.bind((h, port))
         except OSError:

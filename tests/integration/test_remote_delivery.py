@@ -44,6 +44,7 @@ ZONE_ARGS = [
     "--host-record=plain.test,127.0.0.7",                    # no MX: the implicit MX
     "--mx-host=many.test,mx.many.test,10", "--host-record=mx.many.test,127.0.0.8",
     "--mx-host=notls.test,mx.notls.test,10", "--host-record=mx.notls.test,127.0.0.9",
+    "--mx-host=v6.test,mx.v6.test,10", "--host-record=mx.v6.test,::1",   # AAAA only
 ]
 
 
@@ -327,3 +328,28 @@ def test_smarthost_with_auth_over_starttls(new_instance, receiver, dns_port):
     data = maildir_new(receiver, "alice@example.com")[0].read_bytes()
     assert b"with ESMTPSA" in data               # TLS, then authenticated
     assert "alice-secret" not in log(new_instance)
+
+
+def test_ipv6_only_exchanger(new_instance, dns_port):
+    port = _free_port(SINK_HOSTS)
+    if not port_free_on(["::1"], port):
+        pytest.skip("port taken on ::1")
+    with Sink("::1", port) as sink:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "six@v6.test")
+        assert wait_until(lambda: sink.state.messages and queue_empty(new_instance)), \
+            log(new_instance)
+    assert "host=mx.v6.test[::1]" in log(new_instance)
+
+
+def test_local_permanent_failure_bounces(new_instance, dns_port):
+    start_sender(new_instance, dns_port, 25)
+    spool(new_instance, "ghost@sender.test")            # no such account
+    assert wait_until(lambda: maildir_new(new_instance, "carol@sender.test")), log(new_instance)
+    assert wait_until(lambda: queue_empty(new_instance)), log(new_instance)
+    msg = email.message_from_bytes(maildir_new(new_instance, "carol@sender.test")[0]
+                                   .read_bytes(), policy=email.policy.default)
+    block = msg.get_payload()[1].get_payload()[1]
+    assert block["Final-Recipient"] == "rfc822; ghost@sender.test"
+    assert block["Action"] == "failed" and block["Status"].startswith("5.")
+    assert block["Diagnostic-Code"].startswith("x-local; ")
