@@ -11,8 +11,9 @@ Line kinds (dot-courier(5)):
   names an existing directory, decided by the runner), else an mbox file;
 - `| command`: run with /bin/sh -c, the message on stdin; a trailing
   backslash continues the command on the next line;
-- `|| command` (dynamic delivery) is not supported: refused as an error, so
-  the delivery is deferred rather than misread;
+- `|| command`: dynamic delivery, the program's stdout (up to 8191 bytes) is
+  read as more instructions and carried out when it exits 0 or 99, at most
+  four levels deep (the runner enforces both);
 - anything else: a comma-separated list of addresses to forward to; a leading
   `&` or `!` is the legacy marker and ignored.
 """
@@ -48,6 +49,7 @@ class Mailbox:
 @dataclass(frozen=True, slots=True)
 class Program:
     command: str
+    dynamic: bool = False       # `||`: the output is more delivery instructions
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +131,8 @@ def parse(data: bytes) -> list[Instruction]:
         if not stripped or stripped.startswith("#"):
             continue
         if stripped.startswith("|"):
-            if stripped.startswith("||"):
-                raise DotCourierError(f"line {lineno}: dynamic delivery (||) is not supported")
-            command = stripped[1:].strip()
+            dynamic = stripped.startswith("||")
+            command = stripped[2 if dynamic else 1:].strip()
             # A trailing backslash continues the command (dot-courier(5)).
             while command.endswith("\\") and i < len(lines):
                 command = command[:-1] + "\n" + lines[i].rstrip("\r")
@@ -139,7 +140,7 @@ def parse(data: bytes) -> list[Instruction]:
             command = command.rstrip("\\").strip()
             if not command:
                 raise DotCourierError(f"line {lineno}: empty program")
-            out.append(Program(command))
+            out.append(Program(command, dynamic))
         elif stripped.startswith(("./", "/")):
             if any(not c.isprintable() for c in stripped):
                 raise DotCourierError(f"line {lineno}: control character in a path")

@@ -85,6 +85,8 @@ RESULT_MAX = 1024            # bytes of the final reply line a delivery child re
 REPORT_MAX = 256 * 1024      # the whole report, forwarding addresses included
 DEFAULT_MAILDIR = "./Maildir"
 PROGRAM_OUTPUT_MAX = 400     # bytes of a failing program's output kept for the reply
+DYNAMIC_MAX = 8191           # bytes of `|| program` output read as instructions (Courier's)
+MAX_DYNAMIC_LEVEL = 3        # `||` inside instructions `||` made: at most 4 levels (Courier)
 HEADER_SCAN_MAX = 256 * 1024 # bytes of header read to find loops
 MAX_HOPS = 100               # Received/Delivered-To lines before we call it a loop
 
@@ -221,14 +223,18 @@ def write_all_pipe(wfd: int, data: bytes) -> None:
 
 
 def run_program(command: str, env: dict[str, str], fd: int,
-                timeout: float = DELIVERY_TIMEOUT - DELIVERY_GRACE
-                ) -> tuple[int | None, bytes]:
+                timeout: float = DELIVERY_TIMEOUT - DELIVERY_GRACE, *,
+                dynamic: bool = False) -> tuple[int | None, bytes, bytes]:
     """Run `/bin/sh -c command` with the message on stdin, in its own process
-    group; returns (exit code or None when killed/timed out, start of its output)."""
+    group. Returns (exit code, -signal when a signal ended it, or None when it
+    ran past `timeout` and we killed it; the start of its output for the log;
+    for a dynamic `||` program, its stdout up to DYNAMIC_MAX bytes: the
+    instructions it generated, with its stderr as the output for the log)."""
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     try:
         proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=rfd,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE if dynamic else subprocess.STDOUT,
                                 env=env, start_new_session=True, close_fds=True)
     except OSError:
         os.close(rfd)
@@ -238,22 +244,37 @@ def run_program(command: str, env: dict[str, str], fd: int,
     feeder = threading.Thread(target=_feed_stdin, args=(wfd, fd), daemon=True)
     feeder.start()
     assert proc.stdout is not None
-    output = bytearray()
+    # Two byte sinks with their limits: (what we keep, the most we keep).
+    keep: dict[int, tuple[bytearray, int]] = {}
+    output, generated = bytearray(), bytearray()
+    if dynamic:
+        assert proc.stderr is not None
+        keep[proc.stdout.fileno()] = (generated, DYNAMIC_MAX)
+        keep[proc.stderr.fileno()] = (output, PROGRAM_OUTPUT_MAX)
+    else:
+        keep[proc.stdout.fileno()] = (output, PROGRAM_OUTPUT_MAX)
     deadline = time.monotonic() + timeout
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    for pipe_fd in keep:
+        sel.register(pipe_fd, selectors.EVENT_READ)
     killed = False
     try:
-        while True:
+        open_fds = set(keep)
+        while open_fds:
             left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
+            events = sel.select(left) if left > 0 else []
+            if not events:
                 killed = True
                 break
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            if len(output) < PROGRAM_OUTPUT_MAX:
-                output += chunk[:PROGRAM_OUTPUT_MAX - len(output)]
+            for key, _ in events:
+                chunk = os.read(key.fd, 4096)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    open_fds.discard(key.fd)
+                    continue
+                sink, limit = keep[key.fd]
+                if len(sink) < limit:
+                    sink += chunk[:limit - len(sink)]
         if not killed:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
@@ -268,10 +289,12 @@ def run_program(command: str, env: dict[str, str], fd: int,
                 pass
             proc.wait()
         proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
     feeder.join(5.0)
-    if killed or proc.returncode < 0:
-        return None, bytes(output)
-    return proc.returncode, bytes(output)
+    if killed:
+        return None, bytes(output), bytes(generated)
+    return proc.returncode, bytes(output), bytes(generated)
 
 
 def _message_size(fd: int) -> int:
@@ -291,6 +314,90 @@ def _store(path: str, is_maildir: bool, info: AuthInfo, fd: int, req: DeliverReq
     return f"mbox {path}"
 
 
+@dataclass
+class _Run:
+    """What one delivery run has done so far (shared by nested `||` levels)."""
+    info: AuthInfo
+    fd: int
+    req: DeliverRequest
+    ctx: Context
+    prefix: bytes
+    deadline: float
+    done: list[str]
+    seen_mailboxes: set[str]
+    forwards: list[str]
+
+
+def _run_program(run: _Run, command: str, dynamic: bool, level: int) -> bool:
+    """One `| program` or `|| program`; True when it said "stop" (exit 99)."""
+    label = ("||" if dynamic else "|") + command[:40]
+    if dynamic and level >= MAX_DYNAMIC_LEVEL:
+        # Courier: EX_NOUSER, a permanent failure.
+        raise _perm("5.3.0 maximum recursion level for dynamic delivery instructions "
+                    "exceeded")
+    env = dotcourier.program_environment(run.ctx, from_line(run.req.sender).decode(
+        "utf-8", "surrogateescape"))
+    left = run.deadline - time.monotonic()
+    if left <= 0:
+        raise _temp(f"4.3.0 local delivery time limit reached before {command[:60]!r}")
+    try:
+        code, output, generated = run_program(command, env, run.fd, timeout=left,
+                                              dynamic=dynamic)
+    except OSError as e:
+        raise _temp(f"4.3.0 cannot run {command[:60]!r}: {e.strerror}") from None
+    text = output.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
+    if code is None:
+        raise _temp(f"4.3.0 program {command[:60]!r} killed or timed out")
+    if code < 0:
+        # Courier's deliver.c: a program ended by a signal is EX_NOPERM, a
+        # permanent failure (our own time limit above is temporary).
+        raise _perm(f"5.3.0 program {command[:60]!r} killed by signal {-code}")
+    match dotcourier.program_outcome(code):
+        case ProgramOutcome.PERMANENT:
+            raise _perm(f"5.3.0 program exited {code}: {text}")
+        case ProgramOutcome.TEMPORARY:
+            raise _temp(f"4.3.0 program exited {code}: {text}")
+        case ProgramOutcome.STOP:
+            run.done.append(f"{label} (stop)")
+        case ProgramOutcome.CONTINUE:
+            run.done.append(label)
+    if dynamic:
+        # dot-courier(5): the output is carried out only on exit 0 or 99, and
+        # 99 still ends the original file afterwards.
+        try:
+            more = dotcourier.parse(generated)
+        except DotCourierError as e:
+            raise _temp(f"4.2.1 instructions from {command[:60]!r}: {e}") from None
+        if _execute(run, more, level + 1):
+            return True
+    return code == dotcourier.EXIT_STOP
+
+
+def _execute(run: _Run, instructions: list[dotcourier.Instruction], level: int) -> bool:
+    """Carry out instructions in order; True when a program said stop."""
+    for ins in instructions:
+        match ins:
+            case Mailbox(path=path, maildir=is_maildir):
+                real = os.path.realpath(path)
+                if real in run.seen_mailboxes:
+                    continue            # the same mailbox twice in one run: one copy
+                run.seen_mailboxes.add(real)
+                run.done.append(_store(path, is_maildir, run.info, run.fd, run.req,
+                                       run.prefix))
+            case Program(command=command, dynamic=dynamic):
+                if _run_program(run, command, dynamic, level):
+                    return True
+            case Forward(addresses=addrs):
+                for a in addrs:
+                    q = dotcourier.qualify_forward(a, run.req.recipient)
+                    if q.lower() != run.req.recipient.lower() and q not in run.forwards:
+                        if len(run.forwards) >= dotcourier.MAX_FORWARDS:
+                            raise _temp(f"4.2.1 more than {dotcourier.MAX_FORWARDS} "
+                                        f"forwarding addresses")
+                        run.forwards.append(q)
+    return False
+
+
 def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
                       ext: str | None, deadline: float | None = None) -> Outcome:
     if deadline is None:
@@ -303,50 +410,12 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
         return Outcome(Reply(Status.OK, name))
     ctx = Context(home=info.home, user=info.address or info.username or "", sender=req.sender,
                   recipient=req.recipient, ext=ext, default=default, quota=info.quota or "")
-    done: list[str] = []
-    seen_mailboxes: set[str] = set()
-    forwards: list[str] = []
-    for ins in instructions:
-        match ins:
-            case Mailbox(path=path, maildir=is_maildir):
-                real = os.path.realpath(path)
-                if real in seen_mailboxes:
-                    continue            # the same mailbox twice in one run: one copy
-                seen_mailboxes.add(real)
-                done.append(_store(path, is_maildir, info, fd, req, prefix))
-            case Program(command=command):
-                env = dotcourier.program_environment(ctx, from_line(req.sender).decode(
-                    "utf-8", "surrogateescape"))
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _temp(f"4.3.0 local delivery time limit reached before "
-                                f"{command[:60]!r}")
-                try:
-                    code, output = run_program(command, env, fd, timeout=left)
-                except OSError as e:
-                    raise _temp(f"4.3.0 cannot run {command[:60]!r}: {e.strerror}") from None
-                text = output.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
-                if code is None:
-                    raise _temp(f"4.3.0 program {command[:60]!r} killed or timed out")
-                match dotcourier.program_outcome(code):
-                    case ProgramOutcome.CONTINUE:
-                        done.append(f"|{command[:40]}")
-                    case ProgramOutcome.STOP:
-                        done.append(f"|{command[:40]} (stop)")
-                        break
-                    case ProgramOutcome.PERMANENT:
-                        raise _perm(f"5.3.0 program exited {code}: {text}")
-                    case ProgramOutcome.TEMPORARY:
-                        raise _temp(f"4.3.0 program exited {code}: {text}")
-            case Forward(addresses=addrs):
-                for a in addrs:
-                    q = dotcourier.qualify_forward(a, req.recipient)
-                    if q.lower() != req.recipient.lower() and q not in forwards:
-                        forwards.append(q)
-    if forwards:
-        done.append("forwarded to " + ", ".join(forwards))
-    return Outcome(Reply(Status.OK, "; ".join(done) or "no delivery instructions"),
-                   tuple(forwards))
+    run = _Run(info, fd, req, ctx, prefix, deadline, [], set(), [])
+    _execute(run, instructions, 0)
+    if run.forwards:
+        run.done.append("forwarded to " + ", ".join(run.forwards))
+    return Outcome(Reply(Status.OK, "; ".join(run.done) or "no delivery instructions"),
+                   tuple(run.forwards))
 
 
 def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,

@@ -120,9 +120,9 @@ def test_extension_addresses_and_default(inst):
 
 
 def test_bad_file_or_permissions_defer_never_drop(inst):
-    dot = write_dot(inst, "alice@example.com", ".courier", "|| dynamic\n")
+    dot = write_dot(inst, "alice@example.com", ".courier", "not an address\n")
     qid = spool(inst, "alice@example.com")
-    assert wait_for(lambda: "dynamic delivery" in log(inst)), log(inst)
+    assert wait_for(lambda: "bad forwarding address" in log(inst)), log(inst)
     assert qid in list_queue(inst.layout.spooldir)
     dot.write_text("./Maildir/\n")
     os.chmod(dot, 0o666)

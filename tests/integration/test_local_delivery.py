@@ -192,3 +192,44 @@ def test_deliverquota_from_a_dot_courier_line(inst):
     assert wait_for(lambda: "program exited 75" in log(inst)), log(inst)
     assert len(new_files(inst, "alice@example.com")) == 2
     assert {qid, qid2} & set(list_queue(inst.layout.spooldir))
+
+
+def test_dynamic_delivery_instructions(inst):
+    h = home(inst, "alice@example.com")
+    out = h / "dyn.out"
+    # The generated instructions: a folder, and a program that sees the usual
+    # environment; exit 0 lets the rest of the original file run too.
+    write_dot(inst, "alice@example.com",
+              f"|| echo ./Maildir/.dyn/; echo '| echo $EXT-$LOCAL > {out}'\n./Maildir/\n")
+    qid = spool(inst, "alice@example.com")
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    assert len(list((inst.maildir("alice@example.com") / ".dyn" / "new").iterdir())) == 1
+    assert out.read_text() == "-alice\n"
+    assert len(new_files(inst, "alice@example.com")) == 1
+    # Exit 99 after generating: the generated lines run, the rest of the file not.
+    write_dot(inst, "alice@example.com", "|| echo ./Maildir/.dyn/; exit 99\n./Maildir/\n")
+    qid = spool(inst, "alice@example.com")
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    assert len(list((inst.maildir("alice@example.com") / ".dyn" / "new").iterdir())) == 2
+    assert len(new_files(inst, "alice@example.com")) == 1
+    # A generator that generates itself stops at Courier's recursion limit: bounced.
+    gen = h / "gen.sh"
+    gen.write_text('echo "|| sh $HOME/gen.sh"\n')
+    write_dot(inst, "alice@example.com", "|| sh $HOME/gen.sh\n")
+    qid = spool(inst, "alice@example.com")
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    assert "maximum recursion level" in log(inst)
+    # Any other exit code: the output is not used, the delivery is deferred.
+    write_dot(inst, "alice@example.com", "|| echo ./Maildir/.dyn/; exit 3\n")
+    qid = spool(inst, "alice@example.com")
+    assert wait_for(lambda: "program exited 3" in log(inst)), log(inst)
+    assert qid in list_queue(inst.layout.spooldir)
+    assert len(list((inst.maildir("alice@example.com") / ".dyn" / "new").iterdir())) == 2
+
+
+def test_program_killed_by_a_signal_is_permanent(inst):
+    write_dot(inst, "alice@example.com", "| kill -SEGV $$\n")
+    qid = spool(inst, "alice@example.com")
+    assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
+    assert "killed by signal 11" in log(inst)
+    assert new_files(inst, "alice@example.com") == []

@@ -10,14 +10,14 @@ from courier_deliver.localproto import Reply, Status
 
 def test_parse_every_line_kind():
     text = (b"# comment\n\n./Maildir/\n/var/mail/alice\n| prog --a \\\n  --b\n"
-            b"&bob@example.com, carol\n!dave@x\n")
+            b"&bob@example.com, carol\n!dave@x\n||  gen --x\n")
     assert dc.parse(text) == [
         dc.Mailbox("./Maildir/", True), dc.Mailbox("/var/mail/alice", False),
         dc.Program("prog --a \n  --b"), dc.Forward(("bob@example.com", "carol")),
-        dc.Forward(("dave@x",))]
+        dc.Forward(("dave@x",)), dc.Program("gen --x", dynamic=True)]
 
 
-@pytest.mark.parametrize("text", [b"|| dyn\n", b"|\n", b"\xff\n", b"a b\n", b",,\n",
+@pytest.mark.parametrize("text", [b"||\n", b"|\n", b"\xff\n", b"a b\n", b",,\n",
                                   b"./x\x01/\n", b"x" * (dc.MAX_FILE_BYTES + 1),
                                   b"a@b\n" * (dc.MAX_FORWARDS + 1)])
 def test_parse_errors(text):
