@@ -45,6 +45,11 @@ LOCKFILE = "courierpop3dlock"
 CHUNK = 256 * 1024
 TMP_MAX_AGE = 48 * 3600        # Courier's pop3d purgetmp(): 48 hours
 _SIZE_TAG = re.compile(r",S=(\d+)")
+_HEADER_END = re.compile(rb"\n\r?\n")
+# A top-level Content-Type that can hold more headers (parts, an attached message).
+_MIME_CONTAINER = re.compile(rb"(?im)^content-type:\s*(multipart|message)/")
+# rfc2045 parses the structure only under "MIME-Version: 1.x" (atoi() == 1).
+_MIME_1 = re.compile(rb"(?im)^mime-version:\s*\+?0*1(?![0-9])")
 
 
 class MaildropInUse(Exception):
@@ -109,6 +114,24 @@ def eight_bit_header(f: BinaryIO) -> bool:
     return False
 
 
+def _header_has_8bit(f: BinaryIO, first: bytes) -> bool:
+    """Courier's 8-bit-header flag, the MIME parse only when the top-level header needs it.
+
+    As Courier's rfc2045 (checked against its pop3d): the top-level header counts
+    always; the headers of parts and attached messages only when the top-level
+    header has "MIME-Version: 1.0" and a multipart/ or message/ Content-Type.
+    """
+    if first[:1] == b"\n" or first[:2] == b"\r\n":
+        return False          # no header at all, so no MIME either
+    m = _HEADER_END.search(first)
+    header = first if m is None else first[:m.end()]    # None: a header over one chunk
+    if not header.isascii():
+        return True
+    if not _MIME_1.search(header) or (m is not None and not _MIME_CONTAINER.search(header)):
+        return False
+    return eight_bit_header(f)
+
+
 def measure(path: Path) -> tuple[int, bool] | None:
     """(size, 8-bit header) of a message file as Courier's calcsize(); None if it is gone."""
     try:
@@ -118,10 +141,13 @@ def measure(path: Path) -> tuple[int, bool] | None:
     with f:
         size = 0
         ascii_only = True
+        first = b""
         for chunk in _read_chunks(f):
+            if not first:
+                first = chunk
             size += len(chunk) + chunk.count(b"\n")
             ascii_only = ascii_only and chunk.isascii()
-        return size, (not ascii_only and eight_bit_header(f))
+        return size, (not ascii_only and _header_has_8bit(f, first))
 
 
 def _disk_size(name: str, path: Path) -> int:
@@ -249,6 +275,10 @@ class Maildrop:
         return None
 
     def open_message(self, i: int) -> BinaryIO | None:
+        try:
+            return open(self.maildir.path_of(self.messages[i].ref), "rb")
+        except FileNotFoundError:
+            pass          # renamed (IMAP changed a flag) or gone: look for it
         p = self._path(i)
         if p is None:
             return None

@@ -19,6 +19,8 @@ from libcourier import proctitle
 
 log = logging.getLogger("courier.pop3d")
 
+SEND_CHUNK = 256 * 1024
+
 
 @dataclass(slots=True)
 class Session:
@@ -82,15 +84,26 @@ class Session:
     def retrieve(self, ev: Retrieve) -> None:
         f = self.drop.open_message(ev.index)
         self.core.respond_retrieve(f is not None)
-        flush(self.conn, self.core, self.counters)
         if f is None:
+            flush(self.conn, self.core, self.counters)
             return
         self.title("RETR" if ev.lines is None else "TOP")
+        # The status line, the message and ".\r\n" go out in one write when the message
+        # is small (most are): one syscall per RETR, and no small last piece left
+        # for Nagle to hold back. Larger ones go out in pieces of about SEND_CHUNK.
+        pending = [self.core.data_to_send()]
+        queued = len(pending[0])
+        n = 0
         with f:
-            n = 0
             for chunk in self.drop.stream(f, ev.lines):
-                send(self.conn, chunk, self.counters)
+                pending.append(chunk)
+                queued += len(chunk)
                 n += len(chunk)
+                if queued >= SEND_CHUNK:
+                    send(self.conn, b"".join(pending), self.counters)
+                    pending, queued = [], 0
+        if pending:
+            send(self.conn, b"".join(pending), self.counters)
         if ev.lines is None:
             self.counters.retr += n
             self.drop.mark_seen(ev.index)

@@ -64,6 +64,26 @@ MESSAGES: list[tuple[str, bytes]] = [
     ("cur/.hidden", b"Subject: skipped, a dot file\n\n"),
     ("new/1790000014.M12P100.golden:2,",
      b"Subject: already has an info in new\n\nv\n"),
+    # Where rfc2045 looks for 8-bit headers: parts and attached messages count only
+    # under MIME-Version 1.0; preambles, epilogues and text bodies never.
+    ("new/1790000050.M50P100.golden",
+     "MIME-Version: 1.0\nContent-Type: message/rfc822\n\nSubject: grüße\n\nb\n".encode()),
+    ("new/1790000051.M51P100.golden",
+     ("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+      "Content-Type: message/rfc822\n\nFrom: Jürgen <j@x>\n\nhi\n--b--\n").encode()),
+    ("new/1790000052.M52P100.golden",
+     ("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+      "Content-Type: multipart/alternative; boundary=c\n\n--c\nX-Ä: 1\n\nz\n--c--\n"
+      "--b--\n").encode()),
+    ("new/1790000053.M53P100.golden",
+     "Content-Type: multipart/mixed; boundary=b\n\n--b\nX-Ä: 1\n\nz\n--b--\n".encode()),
+    ("new/1790000054.M54P100.golden",
+     "MIME-Version: 1.0\nContent-Type: text/plain\n\n--b\nX-Ä: 1\n\nz\n--b--\n".encode()),
+    ("new/1790000055.M55P100.golden",
+     ("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\npreamble ä\n--b\n"
+      "\nz\n--b--\nepilogue ä\n").encode()),
+    ("new/1790000056.M56P100.golden",
+     "MIME-Version: 1.0\nContent-Type:\n message/global\n\nSubject: grüße\n\nb\n".encode()),
 ]
 
 SESSIONS: list[dict] = [
