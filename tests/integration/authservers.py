@@ -68,6 +68,17 @@ class Server:
     stop_signal: int = signal.SIGTERM
     startup_seconds: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+    argv: list[str] = field(default_factory=list)     # how to start it again (restart)
+    popen: dict = field(default_factory=dict)
+
+    def restart(self) -> None:
+        """Start the paused server again, same data, same port."""
+        self.pause()
+        with open(self.root / "restart.log", "ab") as out:
+            self.proc = subprocess.Popen(self.argv, cwd=self.root, stdout=out,
+                                         stderr=subprocess.STDOUT, **self.popen)
+        wait_until(lambda: port_open(self.port), START_TIMEOUT, self.name, self.proc,
+                   self.root / "restart.log")
 
     def pause(self) -> None:
         """Stop the server, keeping its data (tests of "server down")."""
@@ -302,10 +313,9 @@ def start_slapd(ldif: str) -> Server:
     log = root / "slapd.log"
     with open(log, "wb") as out:
         # -d 0: stay in the foreground (so the PID we hold is slapd's) with no debug output.
-        proc = subprocess.Popen([slapd, "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/",
-                                 "-d", "0"], cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                **run)
-    srv = Server("slapd", root, port, proc, signal.SIGTERM)
+        argv = [slapd, "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/", "-d", "0"]
+        proc = subprocess.Popen(argv, cwd=root, stdout=out, stderr=subprocess.STDOUT, **run)
+    srv = Server("slapd", root, port, proc, signal.SIGTERM, argv=argv, popen=run)
     try:
         wait_until(lambda: port_open(port), START_TIMEOUT, "slapd", proc, log)
     except Exception:
