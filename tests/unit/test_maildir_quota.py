@@ -198,3 +198,26 @@ def test_maildirmake_options(tmp_path, capsys):
         assert maildirmake.main([*opt, str(md)]) == 1
         assert "not supported" in capsys.readouterr().err
     assert maildirmake.main(["-f", "X", str(tmp_path / "none")]) == 1
+
+
+def test_commands_as_real_processes(tmp_path):
+    """The console scripts' code paths: a real pipe and a real file on stdin."""
+    import subprocess
+    import sys
+    md = tmp_path / "Maildir"
+    run = [sys.executable, "-m"]
+    r = subprocess.run(run + ["courier_deliver.maildirmake", "-q", "250S", str(md)],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    dq = run + ["courier_deliver.deliverquota", str(md)]
+    assert subprocess.run(dq, input=MSG, capture_output=True, timeout=60).returncode == 0
+    msgfile = tmp_path / "msg"
+    msgfile.write_bytes(MSG)
+    with open(msgfile, "rb") as f:
+        assert subprocess.run(dq, stdin=f, capture_output=True, timeout=60).returncode == 0
+    with open(msgfile, "rb") as f:
+        r = subprocess.run(dq, stdin=f, capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout) == (77, b"Mail quota exceeded.\n")
+    r = subprocess.run(dq, input=MSG, capture_output=True, timeout=60)
+    assert r.returncode == 75
+    assert len(os.listdir(md / "new")) == 2
