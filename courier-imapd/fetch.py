@@ -184,8 +184,23 @@ def literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-def needs_file(items: tuple[FetchItem, ...], size_known: bool) -> bool:
-    return any(needs_content(i) or (i.name == "RFC822.SIZE" and not size_known) for i in items)
+def needs_file(items: tuple[FetchItem, ...], size_known: bool,
+               cached: mindex.Entry | None = None) -> bool:
+    """Whether answering `items` reads the message file; what the index entry
+    `cached` holds (ENVELOPE, BODY, BODYSTRUCTURE, RFC822.SIZE) does not."""
+    if cached is not None and cached.crlf_size is not None:
+        size_known = True
+    for i in items:
+        field = _INDEXED_VIEWS.get(i.name)
+        if field is not None and cached is not None and getattr(cached, field) is not None:
+            continue
+        if needs_content(i) or (i.name == "RFC822.SIZE" and not size_known):
+            return True
+    return False
+
+
+_INDEXED_VIEWS = {"ENVELOPE": "envelope", "BODYSTRUCTURE": "bodystructure",
+                  "BODY.STRUCTURE": "body"}
 
 
 def body_part(item: FetchItem, fh: BinaryIO, size: Callable[[], int],
@@ -251,7 +266,8 @@ def _entry_of(msg: MessageRef, root: Part | None, head: Part | None, size: int |
 
 def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | None,
                   seq_flags: str, size: int | None,
-                  index: mindex.FolderIndex | None = None) -> tuple[list[FetchPart], int | None]:
+                  index: mindex.FolderIndex | None = None,
+                  entry: mindex.Entry | None = None) -> tuple[list[FetchPart], int | None]:
     """All parts for one message.
 
     `fh` is the open message file (needs_file() says when one is needed); streamed
@@ -260,7 +276,8 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
 
     ENVELOPE, BODY, BODYSTRUCTURE, RFC822.SIZE and the header length come from
     the folder's index (`index`, else the one of the folder `fh` is in) when it
-    has them; a miss parses the file and appends what the parse gave.
+    has them; a miss parses the file and appends what the parse gave. `entry` is
+    the index entry when the caller has looked it up already (not looked up again).
     """
     parts: list[FetchPart] = []
     hlen: list[int] = []
@@ -272,7 +289,8 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
             os.path.basename(os.path.dirname(name)) == "cur":
         # only a file in a Maildir's cur/ has a base name that identifies its bytes
         index = folder_index(name)
-    cached = index.get(msg.base, msg.size) if index is not None else None
+    cached = entry if entry is not None else \
+        index.get(msg.base, msg.size) if index is not None else None
     if cached is not None:
         if not sizes and cached.crlf_size is not None:
             sizes.append(cached.crlf_size)

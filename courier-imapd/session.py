@@ -532,8 +532,13 @@ class Session:
             try:
                 # Message files are never rewritten, only renamed or removed; an open
                 # file keeps its bytes, so the size and the streamed body agree.
+                # What the folder's index holds is answered without opening the file.
+                need = fetchmod.needs_file(items, size is not None)
+                index = fetchmod.folder_index(view.maildir.path_of(msg).as_posix()) \
+                    if need else None
+                cached = index.get(msg.base, msg.size) if index is not None else None
                 fh = open(view.maildir.path_of(msg), "rb") \
-                    if fetchmod.needs_file(items, size is not None) else None
+                    if need and fetchmod.needs_file(items, size is not None, cached) else None
             except FileNotFoundError:
                 view.ghosts.add(msg.uid)
                 missing = True
@@ -541,7 +546,7 @@ class Session:
             try:
                 parts, size = fetchmod.message_parts(
                     items, msg, fh, flags_text(msg.flags, msg.uid in view.recent, msg.keywords),
-                    size)
+                    size, index, cached)
                 if size is not None:
                     view.sizes[msg.uid] = size
                 self.counters.body += sum(
