@@ -82,7 +82,8 @@ def test_fetchmail_keep_then_delete(pop3, tmp_path: Path, tls: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert count(pop3.maildir(USER)) == 0
     if tls:
-        assert "stls=1" in (pop3.root / "var/log/pop3d.log").read_text()
+        log = "pop3d-ssl.log" if tls == "pop3s" else "pop3d.log"
+        assert "stls=1" in (pop3.root / "var/log" / log).read_text()
 
 
 @pytest.mark.parametrize("tls", ["", "stls", "pop3s"], ids=["plain", "stls", "pop3s"])
@@ -106,7 +107,8 @@ def test_mpop_keep_then_delete(pop3, tmp_path: Path, tls: str) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert count(pop3.maildir(USER)) == 0
     if tls:   # SASL PLAIN under TLS (POP3AUTH_TLS in the default pop3d file)
-        assert "stls=1" in (pop3.root / "var/log/pop3d.log").read_text()
+        log = "pop3d-ssl.log" if tls == "pop3s" else "pop3d.log"
+        assert "stls=1" in (pop3.root / "var/log" / log).read_text()
 
 
 def test_getmail6_delete(pop3, tmp_path: Path) -> None:
