@@ -201,7 +201,8 @@ class Maildir:
         lock, so another session's concurrent change is kept, not overwritten."""
         if not msgs:
             return []
-        bases = set(self._list_cur())   # every message in cur/, to keep their keywords
+        # Every message in cur/ (names only, no stat), so their keywords are kept.
+        bases = {split_name(n)[0] for n in os.listdir(self.path / "cur") if not n.startswith(".")}
         state = kwmod.update(self.path, bases, {m.base: (mode, names) for m in msgs})
         empty: frozenset[str] = frozenset()
         return [replace(m, keywords=state.get(m.base, empty)) for m in msgs]
