@@ -233,3 +233,184 @@ def test_mbsync_two_way(inst, tmp_path: Path) -> None:
     assert server_flags(inst, "INBOX") == {b"one 1": b"\\Seen", b"one 2": b"\\Flagged",
                                            b"written near": b""}
     assert mbsync(inst, tmp_path) == (0,) * 6
+
+
+# -- offlineimap ----------------------------------------------------------------------------
+
+def offlineimap(inst, tmp_path: Path) -> str:
+    local = tmp_path / "oi"
+    local.mkdir(exist_ok=True)
+    cfg = private(tmp_path / "offlineimaprc", f"""\
+[general]
+accounts = test
+metadata = {tmp_path}/oi-meta
+
+[Account test]
+localrepository = near
+remoterepository = far
+
+[Repository near]
+type = Maildir
+localfolders = {local}
+
+[Repository far]
+type = IMAP
+remotehost = 127.0.0.1
+remoteport = {inst.port('imap')}
+remoteuser = {USER}
+remotepass = {PASSWORD}
+ssl = no
+starttls = no
+""")
+    r = run([exe("offlineimap", "offlineimap3"), "-c", str(cfg), "-o", "-u", "quiet"],
+            env={**os.environ, "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr + inst.logs()
+    return r.stdout + r.stderr
+
+
+def test_offlineimap(inst, tmp_path: Path) -> None:
+    offlineimap(inst, tmp_path)
+    local = tmp_path / "oi"
+    # offlineimap keeps the server's names, "." separated, one Maildir each.
+    assert sorted(local_msgs(local / "INBOX")) == ["one 0", "one 1", "one 2"]
+    assert local_msgs(local / "INBOX")["one 0"] == "RS"
+    assert set(local_msgs(local / "INBOX.Work.2024").values()) == {"", "F"}
+    assert (local / "INBOX.Trash" / "cur").is_dir()
+    listing = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
+    # A second run changes nothing on either side.
+    offlineimap(inst, tmp_path)
+    assert sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()) == listing
+    # A flag set near and a message expunged far are both carried over.
+    (d,) = [p for p in (local / "INBOX").glob("*/*") if "one 1" in p.read_text()]
+    os.rename(d, d.parent.parent / "cur" / (d.name.split(":2,")[0] + ":2,F"))
+    c = imap(inst)
+    try:
+        c.select("INBOX")
+        _, data = c.search(None, "SUBJECT", '"one 2"')
+        c.store(data[0], "+FLAGS", "(\\Deleted)")
+        c.expunge()
+    finally:
+        c.logout()
+    offlineimap(inst, tmp_path)
+    assert sorted(local_msgs(local / "INBOX")) == ["one 0", "one 1"]
+    assert server_flags(inst, "INBOX")[b"one 1"] == b"\\Flagged"
+
+
+# -- mutt in batch mode ----------------------------------------------------------------------
+
+def test_mutt_batch_send_records_over_imap(inst, tmp_path: Path) -> None:
+    """mutt sends without a terminal when its input is not one; with `record` on IMAP
+    it logs in and APPENDs the sent copy to INBOX.Sent (fcc), as users' mutts do."""
+    sent = tmp_path / "sendmail.out"
+    fake_sendmail = tmp_path / "sendmail"
+    fake_sendmail.write_text(f"#!/bin/sh\ncat > {sent}\n")
+    fake_sendmail.chmod(0o755)
+    url = f"imap://{USER.replace('@', '%40')}@127.0.0.1:{inst.port('imap')}"
+    rc = private(tmp_path / "muttrc", f"""\
+set imap_user = "{USER}"
+set imap_pass = "{PASSWORD}"
+set ssl_starttls = no
+set ssl_force_tls = no
+set folder = "{url}/INBOX"
+set record = "{url}/INBOX.Sent"
+set copy = yes
+set sendmail = "{fake_sendmail}"
+set from = "{USER}"
+set use_from = yes
+set header_cache = ""
+set message_cachedir = ""
+""")
+    body = tmp_path / "body"
+    body.write_text("sent by mutt in batch mode\n")
+    env = {**os.environ, "HOME": str(tmp_path), "TERM": "dumb"}
+    with open(body) as fh:
+        r = subprocess.run([exe("mutt"), "-n", "-F", str(rc), "-s", "from mutt", "--",
+                            "bob@example.net"], stdin=fh, capture_output=True, text=True,
+                           timeout=TIMEOUT, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr + inst.logs()
+    assert "Subject: from mutt" in sent.read_text()
+    flags = server_flags(inst, "INBOX.Sent")
+    assert list(flags) == [b"from mutt"] and b"\\Seen" in flags[b"from mutt"]
+
+
+# -- fetchmail over IMAP ---------------------------------------------------------------------
+
+def test_fetchmail_imap(inst, tmp_path: Path) -> None:
+    out = tmp_path / "bsmtp"
+    rc = private(tmp_path / "fetchmailrc",
+                 f'poll 127.0.0.1 port {inst.port("imap")} proto imap\n'
+                 f'  user "{USER}" password "{PASSWORD}" sslproto \'\' folder INBOX\n')
+    base = [exe("fetchmail"), "-f", str(rc), "--bsmtp", str(out), "--nodetach",
+            "--pidfile", str(tmp_path / "pid")]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    r = run([*base, "--keep"], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr + inst.logs()
+    # --keep over IMAP: fetchmail fetches the unseen messages and leaves them, \Seen.
+    assert out.read_text().count("Subject: one") == 2
+    assert set(server_flags(inst, "INBOX").values()) == {b"\\Seen", b"\\Answered \\Seen"}
+    r = run([*base, "--keep"], env=env)
+    assert r.returncode == 1, r.stdout + r.stderr       # 1: no new mail
+    r = run([*base, "--all"], env=env)                   # fetch all and delete
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert server_flags(inst, "INBOX") == {}
+
+
+# -- imapclient ------------------------------------------------------------------------------
+
+def test_imapclient(inst) -> None:
+    imapclient = pytest.importorskip("imapclient", reason="pip install imapclient")
+    md = inst.maildir(USER)
+    (md / "maildirsize").write_bytes(b"1048576S,1000C\n%12d %12d\n" % (10000, 7))
+    owned_like(md / "maildirsize", md)
+    c = imapclient.IMAPClient("127.0.0.1", port=inst.port("imap"), ssl=False, timeout=30)
+    try:
+        ident = c.id_({"name": "imapclient"})         # before login (RFC 2971 §3.1)
+        (pairs,) = ident
+        assert dict(zip(pairs[::2], pairs[1::2], strict=True))[b"name"] == b"courier-py"
+        c.login(USER, PASSWORD)
+        caps = c.capabilities()
+        for cap in (b"ENABLE", b"UTF8=ACCEPT", b"UNSELECT", b"QUOTA", b"SPECIAL-USE", b"MOVE",
+                    b"UIDPLUS", b"IDLE", b"ID", b"NAMESPACE", b"CHILDREN", b"LITERAL+"):
+            assert cap in caps, cap
+        assert c.find_special_folder(imapclient.imapclient.SENT) == "INBOX.Sent"
+        assert c.find_special_folder(imapclient.imapclient.TRASH) == "INBOX.Trash"
+        flags = {name: f for f, _, name in c.list_folders()}
+        assert b"\\HasChildren" in flags["INBOX.Work"]
+        assert b"\\Junk" in flags["INBOX.Junk"]
+        ns = c.namespace()
+        assert ns.personal == (("INBOX.", "."),) and ns.other is None
+        roots, quotas = c.get_quota_root("INBOX")
+        assert roots.quota_roots == ["ROOT"]
+        assert {(q.resource, q.usage, q.limit) for q in quotas} == \
+            {("STORAGE", 10, 1024), ("MESSAGE", 7, 1000)}
+        assert c.enable("UTF8=ACCEPT") == [b"UTF8=ACCEPT"]
+        assert c.folder_status("INBOX.Work", ["MESSAGES", "UNSEEN"]) == \
+            {b"MESSAGES": 2, b"UNSEEN": 2}
+        c.create_folder("INBOX.Entwürfe")        # UTF-8 name after ENABLE (RFC 6855)
+        assert (md / ".Entwürfe" / "cur").is_dir()
+        info = c.select_folder("INBOX")
+        assert info[b"EXISTS"] == 3
+        uids = c.search(["NOT", "SEEN"])
+        assert len(uids) == 2
+        c.add_flags(uids[:1], [imapclient.FLAGGED])
+        fetched = c.fetch(uids[:1], ["FLAGS", "RFC822.SIZE", "ENVELOPE"])
+        assert imapclient.FLAGGED in fetched[uids[0]][b"FLAGS"]
+        c.move(uids[:1], "INBOX.Work")
+        assert len(c.search("ALL")) == 2
+        c.delete_messages(c.search("ALL")[:1])
+        c.unselect_folder()                       # UNSELECT: \Deleted stays, nothing expunged
+        assert c.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"] == 2
+        c.select_folder("INBOX")
+        # IDLE sees a delivery.
+        c.idle()
+        deliver(md, b"Subject: during idle\n\nx\n", 90)
+        got = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            got = [r for r in c.idle_check(timeout=2) if r[1] == b"EXISTS"]
+        c.idle_done()
+        assert got and got[0][0] == 3
+        c.close_folder()                          # CLOSE expunges the \Deleted one
+        assert c.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"] == 2
+    finally:
+        c.logout()
