@@ -81,6 +81,8 @@ SETTINGS = (
     Setting("DEFAULTOPTIONS", "default_options", to_str, "",
             "account options every account gets unless it sets them itself"),
     Setting("LOGGEROPTS", "logger_opts", to_str, "", "courierlogger options (accepted, unused)"),
+    Setting("PIPE_PROGRAM", "pipe_program", to_str, "/usr/lib/courier/authProg",
+            "authpipe's program (Courier compiles this path in; Debian's is this one)"),
     # Ours (Courier has neither): failed-login throttling and a result cache.
     Setting("AUTH_THROTTLE_FAILURES", "throttle_failures", _failures, "5",
             "failures of one login or one address before further tries are refused "
@@ -108,6 +110,7 @@ class AuthdConfig:
     throttle_delay: float = 2.0
     throttle_maxdelay: float = 300.0
     cache_ttl: float = 0.0
+    pipe_program: str = "/usr/lib/courier/authProg"
     warnings: tuple[str, ...] = ()
 
     @property

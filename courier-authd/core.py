@@ -398,6 +398,7 @@ class Authenticator:
         if self.debug:
             log.append(f"received password change request, service={req.service}, "
                        f"user={req.user}")
+        self._cache.clear()   # no cached answer may outlive the old password
         for m in self.modules:
             change = getattr(m, "passwd", None)
             if change is None:

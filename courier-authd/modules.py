@@ -183,7 +183,8 @@ def make_modules(names: tuple[str, ...], etc: Path) -> list[Module]:
     for n in names:
         if n == "authuserdb":
             mods.append(UserdbModule(etc))
-        elif n in ("authpgsql", "authmysql", "authldap"):
+        elif n in ("authpgsql", "authmysql", "authldap",
+                   "authpwd", "authshadow", "authpam", "authpipe"):
             # Imported only when listed: each needs its driver (psycopg, PyMySQL, ldap3).
             try:
                 mod = importlib.import_module(f"courier_authd.{n}")
