@@ -113,3 +113,18 @@ def test_not_a_regular_file_is_permanent(tmp_path):
     with pytest.raises(DeliveryError) as e:
         mbox.deliver_to_mbox(tmp_path, [b"x"], sender="a")
     assert not e.value.temporary
+
+
+def test_python_mailbox_reads_what_we_wrote(tmp_path):
+    """Another mbox reader (Python's mailbox) sees exactly our messages."""
+    import mailbox
+    box = tmp_path / "mbox"
+    bodies = [b"Subject: %d\n\nFrom line %d\nbody\n" % (i, i) for i in range(3)]
+    for i, b in enumerate(bodies):
+        mbox.deliver_to_mbox(box, [b], sender=f"s{i}@x")
+    msgs = list(mailbox.mbox(str(box)))
+    assert [m["Subject"] for m in msgs] == ["0", "1", "2"]
+    assert [m.get_from().split()[0] for m in msgs] == ["s0@x", "s1@x", "s2@x"]
+    # The separating blank line is the mbox's, not the message's.
+    assert [m.get_payload() for m in msgs] == [f">From line {i}\nbody\n"
+                                               for i in range(3)]
