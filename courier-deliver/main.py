@@ -159,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(manager: QueueManager, queue_sock, etc) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
-        max_workers=manager.config.maxdels + 1, thread_name_prefix="delivery"))
+        max_workers=manager.config.maxdels + (manager.config.esmtp.maxdels
+                                              if manager.config.esmtp else 0) + 1,
+        thread_name_prefix="delivery"))
     loop.add_signal_handler(signal.SIGTERM, manager.stop)
     loop.add_signal_handler(signal.SIGINT, manager.stop)
 

@@ -4,8 +4,10 @@ recipient to its delivery agent, keeping a message until none remains.
 One asyncio loop, started only after courierlocal was forked (STYLE.md: no
 event loop in a process that will fork). The blocking work for one message
 (reading the envelope, talking to courierlocal, rewriting the envelope) runs
-in a worker thread, at most MAXDELS messages at a time; one message is never
-worked on twice at once, so its envelope has a single writer.
+in a worker thread; one message is never worked on twice at once, so its
+envelope has a single writer. At most MAXDELS local deliveries run at once
+and at most MAXDELS + ESMTPMAXDELS messages are in hand, so messages waiting
+on slow remote hosts do not hold up local mail.
 
 Durability (STYLE.md principle 6): a recipient leaves the envelope only after
 courierlocal answered OK, i.e. after the Maildir file and its directory were
@@ -38,6 +40,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -375,6 +378,7 @@ class QueueManager:
         self.clock = clock
         self.helper_alive = helper_alive
         self.remote: RemoteDelivery | None = None     # made in the loop (run_scheduler)
+        self._local_slots = threading.BoundedSemaphore(config.maxdels)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[str, _Pending] = {}
         self.active: dict[str, asyncio.Task[None]] = {}
@@ -396,6 +400,8 @@ class QueueManager:
 
     def reload(self, config: QueueConfig) -> None:
         """SIGHUP: new settings for the next attempts; in-flight ones keep theirs."""
+        if config.maxdels != self.config.maxdels:
+            self._local_slots = threading.BoundedSemaphore(config.maxdels)
         self.config = config
         if self._loop is not None and config.esmtp is not None:
             self.remote = RemoteDelivery(config.esmtp)   # in-flight sessions keep the old one
@@ -437,12 +443,23 @@ class QueueManager:
         except concurrent.futures.CancelledError:
             return {}        # shutting down: every recipient stays queued
 
+    def capacity(self) -> int:
+        """Messages in hand at once: the local slots plus the remote sessions."""
+        c = self.config
+        return c.maxdels + (c.esmtp.maxdels if c.esmtp is not None and
+                            self.remote is not None else 0)
+
+    def _deliver_local(self, sock: Path, fd: int, sender: str, rcpt: str,
+                       user: str | None) -> Reply:
+        with self._local_slots:      # MAXDELS local deliveries at once
+            return self.deliver(sock, fd, sender, rcpt, user)
+
     async def _attempt(self, qid: str) -> None:
         config = self.config
         remote = self._remote_blocking if self.remote is not None else None
         try:
-            result = await asyncio.to_thread(process_message, config, qid, self.deliver,
-                                             remote, self.clock)
+            result = await asyncio.to_thread(process_message, config, qid,
+                                             self._deliver_local, remote, self.clock)
         except Exception:  # noqa: BLE001 - our fault: keep the message, log, retry later
             logger.exception("id=%s: delivery attempt failed", qid)
             result = Result(Outcome.DEFERRED)
@@ -477,11 +494,11 @@ class QueueManager:
                 self.failed = True
                 break
             for qid in self._due(now):
-                if len(self.active) >= self.config.maxdels:
+                if len(self.active) >= self.capacity():
                     break
                 self.active[qid] = asyncio.create_task(self._attempt(qid))
             waits = [next_scan - now]
-            if len(self.active) < self.config.maxdels:
+            if len(self.active) < self.capacity():
                 waits += [p.next_attempt - now for q, p in self.pending.items()
                           if q not in self.active]
             timeout = max(0.0, min(waits + [5.0]))  # 5 s: also notice the helper dying
