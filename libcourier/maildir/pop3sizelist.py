@@ -79,13 +79,15 @@ def sort_key(name: str) -> tuple[int, bytes]:
     (the same base). The key is the name up to and including its first ":",
     or the whole name and a NUL, mapped so that signed order is byte order.
     """
-    raw = os.fsencode(name)
+    raw = name.encode("utf-8", "surrogateescape")      # os.fsencode() on Linux
     m = _LEADING_NUMBER.match(raw)
     n = 0
     if m:
-        n = min(int(m.group(2)), _LONG_MAX + 1)
-        n = -n if m.group(1) == b"-" else n
-        n = max(min(n, _LONG_MAX), -_LONG_MAX - 1)
+        n = int(m.group(2))
+        if n > _LONG_MAX or m.group(1) == b"-":   # atol() saturates
+            n = min(n, _LONG_MAX + 1)
+            n = -n if m.group(1) == b"-" else n
+            n = max(min(n, _LONG_MAX), -_LONG_MAX - 1)
     colon = raw.find(b":")
     tail = raw[:colon + 1] if colon >= 0 else raw + b"\0"
     return n, tail.translate(_SIGNED)
@@ -166,19 +168,19 @@ def reconcile(names: Iterable[str], cache: SizeList | None, now: int,
     `names` are the file names in cur/; `measure(name)` gives (size, utf8) of a
     message not in the list, or None when the file is gone (it is then left out).
     """
-    ordered = sorted(names, key=sort_key)
+    ordered = sorted((sort_key(name), name) for name in names)
     nextuid = 1 if cache is None else cache.nextuid
     uidv = now if cache is None or cache.uidvalidity is None else cache.uidvalidity
     known = cache.entries if cache is not None and cache.version in (2, 3) else ()
     # Courier rewrites a version-2 list; no list and nothing in cur/ writes nothing.
     save = cache is not None and cache.version == LISTVERSION - 1
-    prev = sorted(known, key=lambda e: sort_key(e.filename))
-    prev_keys = [sort_key(e.filename) for e in prev]
+    prev_keyed = sorted(((sort_key(e.filename), i) for i, e in enumerate(known)))
+    prev = [known[i] for _, i in prev_keyed]
+    prev_keys = [k for k, _ in prev_keyed]
     out: list[SizeEntry] = []
     new: set[str] = set()
     n = 0
-    for name in ordered:
-        key = sort_key(name)
+    for key, name in ordered:
         while n < len(prev) and prev_keys[n] < key:
             n += 1
             save = True            # a listed message is gone
