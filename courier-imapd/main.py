@@ -89,7 +89,8 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
         send(conn, untagged("BYE Login failed"), counters)
         return
     send(conn, tagged(ok.tag, "OK", "LOGIN Ok."), counters)
-    Session(conn, core, root, cfg, ok.user, counters).run()
+    Session(conn, core, root, cfg, ok.user, counters,
+            account_quota=getattr(info, "quota", None) or None).run()
 
 
 def make_handler(cfg: ImapdConfig, layout: Layout, ctx) -> tcpd.Handler:

@@ -52,3 +52,36 @@ def quota_line(use: mdquota.Usage) -> str:
     if use.spec.count is not None:
         res.append(f"MESSAGE {max(0, use.count)} {use.spec.count}")
     return f'QUOTA "{ROOT}" ({" ".join(res)})'
+
+
+# -- APPEND, COPY and MOVE against the quota (Courier's maildir_quota_add_start/_end) ------
+
+def charge(target: Path, nbytes: int, count: int, source: Path | None = None,
+           move: bool = False) -> tuple[int, int]:
+    """What `maildirsize` must gain (negative: lose) when messages totalling `nbytes`
+    go into `target`: from outside (APPEND), copied, or moved from `source`.
+    Only folders other than the Trash count (Courier's maildirquota_countfolder)."""
+    into = int(mdquota.counts_folder(target))
+    out_of = int(move and source is not None and mdquota.counts_folder(source))
+    net = into - out_of
+    return net * nbytes, net * count
+
+
+def admit(target: Path, nbytes: int, count: int, account_quota: str | None) -> bool:
+    """May this much more go in? Courier's check, with the account's QUOTA from authd
+    (which makes or fixes maildirsize, as Courier's imapd does with MAILDIRQUOTA)."""
+    if nbytes <= 0 and count <= 0:
+        return True
+    return mdquota.check_add(target, nbytes, count, account_quota).allowed
+
+
+def settle(target: Path, nbytes: int, count: int) -> None:
+    """Record the change in the covering maildirsize, if the Maildir has one."""
+    if nbytes or count:
+        mdquota.append(mdquota.quota_root(target), nbytes, count)
+
+
+def stored_size(message: bytes) -> int:
+    """The quota size of an APPENDed message: its ,S= size as folders.append_message
+    writes it (the bytes as received)."""
+    return len(message)

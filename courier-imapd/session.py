@@ -90,6 +90,7 @@ class Session:
     started: float = field(default_factory=time.monotonic)
     utf8: bool = False              # ENABLE UTF8=ACCEPT (RFC 6855): names go out as UTF-8
     copied: set[int] = field(default_factory=set)   # UIDs copied from the selected folder
+    account_quota: str | None = None   # authd's QUOTA ("100000S,50C"), Courier's MAILDIRQUOTA
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -250,6 +251,23 @@ class Session:
             case Quota():
                 self.quota(ev)
 
+    def _quota_allows(self, tag: str, target: Path, size: int, count: int) -> bool:
+        """Courier's check before APPEND/COPY; NO [OVERQUOTA] (RFC 9208 §4.3) when over."""
+        try:
+            if quotamod.admit(target, size, count, self.account_quota):
+                return True
+        except OSError as e:
+            log.error("user=%s: quota check failed: %s", self.user, e)
+            return True         # a soft quota: an unreadable maildirsize refuses nothing
+        self.out(tagged(tag, "NO", "You exceeded your mail quota.", "OVERQUOTA"))
+        return False
+
+    def _quota_settle(self, target: Path, size: int, count: int) -> None:
+        try:
+            quotamod.settle(target, size, count)
+        except OSError as e:
+            log.error("user=%s: cannot update maildirsize: %s", self.user, e)
+
     def quota(self, cmd: Quota) -> None:
         """RFC 9208 §4.2-4.4 with Courier's one quota root, ROOT."""
         if cmd.verb == "SETQUOTA":
@@ -399,6 +417,9 @@ class Session:
         if path is None:
             return
         letters, names = split_flags(cmd.flags)
+        size, count = quotamod.charge(path, quotamod.stored_size(cmd.message), 1)
+        if not self._quota_allows(cmd.tag, path, size, count):
+            return
         try:
             added = folders.append_message(path, cmd.message, letters, cmd.internaldate, names)
         except KeywordError as e:
@@ -408,6 +429,7 @@ class Session:
             log.error("APPEND to %s for %s: %s", cmd.mailbox, self.user, e)
             self.out(tagged(cmd.tag, "NO", "APPEND failed"))
             return
+        self._quota_settle(path, size, count)
         # RFC 3501 §6.3.11: a client appending to the selected mailbox is told at once.
         updates = self._updates() if self.view is not None and \
             folder_path(self.root, self.view.name) == path else b""
@@ -436,6 +458,10 @@ class Session:
             # A UID range with no messages is not an error (§6.4.8).
             self.out(tagged(cmd.tag, "OK", f"{verb} completed"))
             return
+        size, count = quotamod.charge(path, sum(m.size for m in picked), len(picked),
+                                      view.maildir.path, cmd.move)
+        if not self._quota_allows(cmd.tag, path, size, count):
+            return
         try:
             added = folders.copy_messages(
                 [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path,
@@ -448,6 +474,7 @@ class Session:
             log.error("%s to %s for %s: %s", verb, cmd.mailbox, self.user, e)
             self.out(tagged(cmd.tag, "NO", f"{verb} failed"))
             return
+        self._quota_settle(path, size, count)
         code = (f"COPYUID {added.uidvalidity} {uid_set([m.uid for m in picked])} "
                 f"{uid_set(list(added.uids))}")
         if not cmd.move:

@@ -309,3 +309,25 @@ def test_emptytrash_at_login(tmp_path: Path) -> None:
     session(tmp_path, b"a LOGIN alice pw\r\nb LOGOUT\r\n", "IMAP_EMPTYTRASH=Trash:1,Sent:30\n")
     assert fresh.exists()
     assert not old.exists()
+
+
+def test_append_copy_move_against_the_quota(tmp_path: Path) -> None:
+    root = maildir(tmp_path, 2)
+    size = len(MSG)
+    (root / "maildirsize").write_bytes(b"%dS,4C\n%12d %12d\n" % (10 * size, 2 * size, 2))
+    big = b"Subject: big\r\n\r\n" + b"x" * (20 * size) + b"\r\n"
+    small = b"Subject: small\r\n\r\nhi\r\n"
+    out = session(tmp_path, b"a LOGIN alice pw\r\nb APPEND INBOX {%d+}\r\n" % len(big) + big
+                  + b"\r\nc APPEND INBOX {%d+}\r\n" % len(small) + small
+                  + b"\r\nd SELECT INBOX\r\ne COPY 1 INBOX.Trash\r\nf COPY 1:2 INBOX.Junk\r\n"
+                  b"g MOVE 3 INBOX.Trash\r\nh COPY 1 INBOX.Drafts\r\ni LOGOUT\r\n")
+    assert b"b NO [OVERQUOTA] You exceeded your mail quota.\r\n" in out
+    assert b"c OK [APPENDUID" in out
+    assert b"e OK [COPYUID" in out          # into the Trash: not counted
+    assert b"f NO [OVERQUOTA]" in out       # 3 counted + 2 > 4 messages
+    assert b"g OK MOVE completed" in out    # out of INBOX into the Trash: 2 counted
+    assert b"h OK [COPYUID" in out          # 3 counted
+    # Whatever was appended or recounted on the way, the sum is what is there.
+    from libcourier.maildir import quota as mdquota
+    use = mdquota.parse((root / "maildirsize").read_bytes())
+    assert (use.bytes, use.count) == mdquota.measure(root) == (3 * size, 3)
