@@ -12,7 +12,7 @@ from libcourier.config import ConfigError, config_dir
 from libcourier.layout import load_layout
 
 
-def show(fields: dict[str, str], cleartext: str | None) -> None:
+def show(fields: dict[str, str]) -> None:
     who = fields.get("USERNAME") or fields.get("ADDRESS", "")
     if "UID" in fields:
         ident = f"{who}  (uid {fields['UID']}, gid {fields.get('GID', '?')})"
@@ -24,7 +24,8 @@ def show(fields: dict[str, str], cleartext: str | None) -> None:
     print(f"           Maildir: {fields.get('MAILDIR') or '(none)'}")
     print(f"             Quota: {fields.get('QUOTA') or '(none)'}")
     print(f"Encrypted Password: {fields.get('PASSWD') or '(none)'}")
-    print(f"Cleartext Password: {cleartext or fields.get('PASSWD2') or '(none)'}")
+    # Courier's authtest prints the daemon's PASSWD2, never the password typed.
+    print(f"Cleartext Password: {fields.get('PASSWD2') or '(none)'}")
     print(f"           Options: {fields.get('OPTIONS') or '(none)'}")
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if reply is None:
         print("Authentication FAILED: Operation not permitted", file=sys.stderr)
         return 1
-    show(dict(reply.fields), args.password)
+    show(dict(reply.fields))
     return 0
 
 

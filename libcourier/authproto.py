@@ -11,7 +11,8 @@ before any `=`):
 
     PRE <module|.> <service> <user>\n
     AUTH <len>\n<service>\n<authtype>\n<authdata>        (exactly <len> bytes after the first \n)
-    PASSWD <service>\t<user>\t<oldpw>\t<newpw>\t\n
+    PASSWD <service>\t<user>\t<oldpw>\t<newpw>\n   (as Courier's authtest sends it; a
+                                                    trailing TAB is accepted too)
     ENUMERATE\n
 
 A PRE/AUTH reply is `KEY=value\n` lines in printauth's order ending `.\n`, or
@@ -138,7 +139,8 @@ def format_request(req: Request) -> bytes:
             for v in (service, user, oldpw, newpw):
                 if _has_ctl(v):
                     raise ValueError("control characters are not allowed in PASSWD")
-            body = f"PASSWD {service}\t{user}\t{oldpw}\t{newpw}\t\n".encode()
+            # Courier's client (authpasswd, authtest) sends no TAB after the new password.
+            body = f"PASSWD {service}\t{user}\t{oldpw}\t{newpw}\n".encode()
         case EnumerateRequest():
             body = b"ENUMERATE\n"
         case _:
@@ -259,9 +261,12 @@ class RequestParser:
             return None
         if verb == "PASSWD":
             parts = rest.split("\t")
-            # "svc\tuser\told\tnew\t" splits into 5 with an empty last part.
-            if len(parts) != 5 or parts[4] != "" or any(_has_ctl(p) for p in parts):
-                raise AuthProtocolError("PASSWD needs four TAB-terminated fields")
+            # Courier's client sends "svc\tuser\told\tnew"; a trailing TAB (an empty
+            # fifth part) is tolerated.
+            if len(parts) == 5 and parts[4] == "":
+                parts.pop()
+            if len(parts) != 4 or any(_has_ctl(p) for p in parts):
+                raise AuthProtocolError("PASSWD needs four TAB-separated fields")
             return PasswdRequest(parts[0], parts[1], parts[2], parts[3], meta)
         if verb == "ENUMERATE" and rest == "":
             return EnumerateRequest(meta)

@@ -51,6 +51,9 @@ REQUESTS = {
     b"TCPREMOTEIP=192.0.2.7\nAUTH 25\nimap\nlogin\nbob\nsecret pw\n":
         AuthRequest("imap", "login", b"bob\nsecret pw\n", {"TCPREMOTEIP": "192.0.2.7"}),
     b"PASSWD imap\tbob\told\tnew\t\n": PasswdRequest("imap", "bob", "old", "new"),
+    # What Courier's authtest really sends (captured from /usr/sbin/authtest):
+    b"PASSWD imap\talice@example.com\talice-secret\tnewpw\n":
+        PasswdRequest("imap", "alice@example.com", "alice-secret", "newpw"),
     b"ENUMERATE\n": EnumerateRequest(),
     b"OTHER=x\nTCPREMOTEIP=::1\nENUMERATE\n": EnumerateRequest({"TCPREMOTEIP": "::1"}),
 }
@@ -74,7 +77,7 @@ def test_format_exact_bytes():
     assert format_request(AuthRequest("imap", "login", login_authdata("bob", "pw"), {"TCPREMOTEIP": "1.2.3.4"})) \
         == b"TCPREMOTEIP=1.2.3.4\nAUTH 18\nimap\nlogin\nbob\npw\n"
     assert format_request(PreRequest(".", "courier", "bob")) == b"PRE . courier bob\n"
-    assert format_request(PasswdRequest("imap", "bob", "a", "b")) == b"PASSWD imap\tbob\ta\tb\t\n"
+    assert format_request(PasswdRequest("imap", "bob", "a", "b")) == b"PASSWD imap\tbob\ta\tb\n"
 
 
 @pytest.mark.parametrize("bad", [
