@@ -12,9 +12,9 @@ Recognised forms of a stored password:
                           is checked by computing its contexts
   {SCRAM-SHA-1} {SCRAM-SHA-256}  iter,salt,StoredKey,ServerKey (doveadm pw -s SCRAM-*)
   {PLAIN} {CLEAR} {CLEARTEXT}   plain text, only when the admin wrote that prefix
-  $1$ $5$ $6$             MD5/SHA-256/SHA-512 crypt, via libpass (no libc needed)
-  anything else           crypt(3), as Courier falls back to it: $2b$/$2y$ (bcrypt),
-                          $y$ (yescrypt) and DES, through libxcrypt.
+  anything else           crypt(3) as Courier falls back to it, through libxcrypt: $1$ $5$
+                          $6$, $2b$/$2y$ (bcrypt), $y$ (yescrypt), DES; libpass does
+                          $1$ $5$ $6$ where the C library cannot.
 Every comparison of secrets is constant-time (hmac.compare_digest or libpass's consteq).
 """
 
@@ -101,6 +101,16 @@ def _b64(data: str) -> bytes | None:
 
 
 def _check_crypt(password: str, stored: str) -> bool:
+    if not stored or "\0" in password:
+        return False
+    # libxcrypt first: C, twice as fast as libpass's pure-Python SHA-crypt.
+    try:
+        computed = _crypt3(password, stored)
+    except (OSError, ValueError):
+        computed = None
+    # crypt(3) returns "*0"/"*1" or None for salts it does not know: never a match.
+    if computed and not computed.startswith("*"):
+        return _eq(computed, stored)
     for prefix, handler in _PASSLIB.items():
         if stored.startswith(prefix):
             try:
@@ -108,16 +118,7 @@ def _check_crypt(password: str, stored: str) -> bool:
                 return bool(handler.verify(password, stored))
             except (ValueError, TypeError):
                 return False
-    if not stored or "\0" in password:
-        return False
-    try:
-        computed = _crypt3(password, stored)
-    except (OSError, ValueError):
-        return False
-    # crypt(3) returns "*0"/"*1" or None for salts it does not know: never a match.
-    if not computed or computed.startswith("*"):
-        return False
-    return _eq(computed, stored)
+    return False
 
 
 def _check_digest(pw: bytes, algo: str, b64: str, salted: bool) -> bool:

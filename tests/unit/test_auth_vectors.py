@@ -128,3 +128,17 @@ def test_scram_keys_from_doveadm_and_plain():
 def test_malformed_stored_values_never_match(stored):
     assert not check_password("", stored)
     assert not check_password("alice-secret", stored)
+
+
+def test_libxcrypt_through_ctypes_as_on_python_313(monkeypatch):
+    """Python 3.13 has no crypt module: the same vectors through ctypes' libcrypt."""
+    import courier_authd.passwords as pw
+    lib = pw._libcrypt()
+    if lib is None:
+        pytest.skip("no libcrypt.so.1")
+    monkeypatch.setattr(pw, "_crypt", None)
+    monkeypatch.setattr(pw, "_LIBCRYPT", lib)
+    for tool, opt, p, stored in VEC:
+        if stored.startswith(("$", "{BLF-CRYPT}", "{SHA512-CRYPT}")) or tool == "userdbpw" and opt == "":
+            assert check_password(p, stored), (tool, opt)
+            assert not check_password(p[:2], stored), (tool, opt)
