@@ -3,7 +3,9 @@
 Bytes from the server go in with `receive(data)`, bytes for the server come
 out of `data_to_send()`; the driver owns the socket, the timeouts and TLS.
 One session carries one transaction (one message, its recipients for one
-destination), then QUIT.
+destination), then QUIT; with keep_open=True it goes IDLE instead, and the
+driver may start another transaction on the same connection
+(next_transaction: RSET first when the last one ended early) or quit().
 
 The sequence (RFC 5321 §3, §4.1):
   greeting 220 -> EHLO (502/5xx: HELO, §4.1.4) -> [STARTTLS (RFC 3207) ->
@@ -58,6 +60,8 @@ class State(enum.Enum):
     AUTH_LOGIN_PASS = "auth-login-pass"
     MAIL = "mail"               # waiting for MAIL, RCPT and DATA replies
     DATA_BODY = "data-body"     # 354 seen, waiting for the reply to "."
+    IDLE = "idle"               # keep_open: a transaction ended, the session is reusable
+    RSET = "rset"               # keep_open: RSET before the next MAIL
     QUIT = "quit"
     DONE = "done"
 
@@ -128,7 +132,8 @@ def _make_reply(code: int, texts: list[str]) -> Reply:
 
 class SmtpClient:
     def __init__(self, helo: str, txn: Transaction, *, tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
-                 auth: tuple[str, str] | None = None, tls_active: bool = False):
+                 auth: tuple[str, str] | None = None, tls_active: bool = False,
+                 keep_open: bool = False):
         if not txn.recipients:
             raise ValueError("a transaction needs a recipient")
         self.helo = helo
@@ -146,6 +151,9 @@ class SmtpClient:
         self._out = bytearray()
         self._pipe = _Pipeline()
         self._finished_sent = False
+        self.keep_open = keep_open
+        self._needs_rset = False
+        self.transactions = 0          # completed on this connection
 
     # -- driver interface --
 
@@ -200,6 +208,32 @@ class SmtpClient:
         events: list[StartTLS | Finished] = []
         self._fail(local_reply(421, "4.4.2", reason), events, alive=False)
         return [e for e in events if isinstance(e, Finished)]
+
+    def next_transaction(self, txn: Transaction) -> list[StartTLS | Finished]:
+        """keep_open: start another transaction on this IDLE session."""
+        if self.state is not State.IDLE:
+            raise RuntimeError("next_transaction outside IDLE")
+        if not txn.recipients:
+            raise ValueError("a transaction needs a recipient")
+        events: list[StartTLS | Finished] = []
+        self.txn = txn
+        self.results = {}
+        self._pipe = _Pipeline()
+        self._finished_sent = False
+        if self._needs_rset:
+            # RFC 5321 §4.1.1.5: the last transaction may still be open at the
+            # server (MAIL accepted, no DATA): clear it.
+            self._send("RSET")
+            self.state = State.RSET
+        else:
+            self._start_mail(events)
+        return events
+
+    def quit(self) -> None:
+        """keep_open: end an IDLE session."""
+        if self.state is State.IDLE:
+            self._send("QUIT")
+            self.state = State.QUIT
 
     def tls_started(self) -> None:
         """The driver finished the TLS handshake: forget what was said in clear
@@ -276,9 +310,16 @@ class SmtpClient:
             case State.DATA_BODY:
                 for addr in self._pipe.accepted:
                     self.results[addr] = reply
-                self._send("QUIT")
-                self.state = State.QUIT
-                self._finish(events)
+                self._end_transaction(events, clean=True)
+            case State.RSET:
+                if reply.code == 250:
+                    self._needs_rset = False
+                    self._start_mail(events)
+                else:
+                    self._fail(reply, events)
+            case State.IDLE:
+                # Unsolicited (typically 421 on an idle timeout): not reusable.
+                self.state = State.DONE
             case State.QUIT:
                 self.state = State.DONE
             case _:
@@ -290,6 +331,18 @@ class SmtpClient:
             kw, _, params = line.strip().partition(" ")
             if kw:
                 self.extensions[kw.upper()] = params.strip()
+
+    def _end_transaction(self, events: list, *, clean: bool) -> None:
+        """A transaction got its last reply: QUIT, or IDLE for the next one.
+        `clean`: it ended with the reply to "." (nothing left open at the server)."""
+        self.transactions += 1
+        if self.keep_open:
+            self.state = State.IDLE
+            self._needs_rset = not clean
+        else:
+            self._send("QUIT")
+            self.state = State.QUIT
+        self._finish(events)
 
     def _after_hello(self, events: list) -> None:
         if not self.tls_active and self.tls in (TlsPolicy.OPPORTUNISTIC, TlsPolicy.REQUIRED):
@@ -441,9 +494,7 @@ class SmtpClient:
             for r in self.txn.recipients:
                 self.results.setdefault(r.address, p.mail_reply if p.mail_reply
                                         and p.mail_reply.code != 250 else reply)
-            self._send("QUIT")
-            self.state = State.QUIT
-            self._finish(events)
+            self._end_transaction(events, clean=False)
 
 
 def _as_temp(reply: Reply) -> Reply:
