@@ -18,10 +18,13 @@ fails on it; a directory that cannot be reached is a temporary failure.
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import logging
 import os
 import pwd
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ from courier_authd.passwords import MAX_PASSWORD, hash_password
 from courier_authd.sqlcommon import password_matches
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
+
+from libcourier.config import ConfigError
 
 log = logging.getLogger("courier.authd")
 
@@ -76,6 +81,38 @@ class LdapConfig:
     emailmap_basedn: str
     emailmap_attribute: str
     emailmap_mail: str
+    tls_cacert: str | None = None     # OpenLDAP's TLS_CACERT (None: the system's CAs)
+    tls_verify: int = ssl.CERT_REQUIRED
+
+
+# OpenLDAP's TLS_REQCERT (ldap.conf(5)): what libldap, and so Courier's authldap, does.
+REQCERT = {"never": ssl.CERT_NONE, "allow": ssl.CERT_NONE, "try": ssl.CERT_OPTIONAL,
+           "demand": ssl.CERT_REQUIRED, "hard": ssl.CERT_REQUIRED}
+LDAP_CONF = Path("/etc/ldap/ldap.conf")
+
+
+def tls_settings(env: Mapping[str, str] | None = None, conf: Path = LDAP_CONF
+                 ) -> tuple[str | None, int]:
+    """(CA file, verify mode) from OpenLDAP's client settings, which authlib's authldap
+    obeys through libldap: LDAPTLS_CACERT / LDAPTLS_REQCERT in the environment (set
+    them in authdaemond's environment), else TLS_CACERT / TLS_REQCERT in ldap.conf."""
+    env = os.environ if env is None else env
+    found: dict[str, str] = {}
+    try:
+        for line in conf.read_text(errors="replace").splitlines()[:1000]:
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0].upper() in ("TLS_CACERT", "TLS_REQCERT"):
+                found[parts[0].upper()] = parts[1].strip()
+    except OSError:
+        pass
+    cacert = env.get("LDAPTLS_CACERT") or found.get("TLS_CACERT") or None
+    req = (env.get("LDAPTLS_REQCERT") or found.get("TLS_REQCERT") or "demand").lower()
+    if req not in REQCERT:
+        raise ConfigError(f"TLS_REQCERT/LDAPTLS_REQCERT: unknown value {req!r} "
+                          f"(one of {', '.join(REQCERT)})")
+    if cacert and not os.path.exists(cacert):
+        raise ConfigError(f"TLS_CACERT/LDAPTLS_CACERT: {cacert} does not exist")
+    return cacert, REQCERT[req]
 
 
 def _id(rc: AuthRc, key: str, lookup: Any) -> int | None:
@@ -184,6 +221,9 @@ def load_ldap_config(rc: AuthRc) -> LdapConfig:
                        "(or LDAP_AUTHBIND 1)")
     if cfg.emailmap and not cfg.emailmap_attribute:
         raise rc.error("LDAP_EMAILMAP", "needs LDAP_EMAILMAP_ATTRIBUTE")
+    if cfg.tls or any(u.lower().startswith("ldaps:") for u in cfg.uris):
+        cacert, verify = tls_settings()
+        cfg = dataclasses.replace(cfg, tls_cacert=cacert, tls_verify=verify)
     return cfg
 
 
@@ -270,8 +310,13 @@ class LdapModule:
         self._orphans: list[Any] = []
 
     def _server(self, uri: str) -> ldap3.Server:
-        host, port, ssl = split_uri(uri)
-        return ldap3.Server(host, port=port, use_ssl=ssl, get_info=ldap3.NONE,
+        host, port, use_ssl = split_uri(uri)
+        tls = None
+        if use_ssl or self.cfg.tls:
+            # Verified against TLS_CACERT or the system's CAs, host name checked (ldap3's
+            # own default would be no verification at all).
+            tls = ldap3.Tls(validate=self.cfg.tls_verify, ca_certs_file=self.cfg.tls_cacert)
+        return ldap3.Server(host, port=port, use_ssl=use_ssl, tls=tls, get_info=ldap3.NONE,
                             connect_timeout=self.cfg.timeout)
 
     def _open(self, user: str | None, password: str | None) -> ldap3.Connection | None:
@@ -286,7 +331,10 @@ class LdapModule:
             try:
                 conn.open()
                 if self.cfg.tls and not uri.lower().startswith("ldaps://"):
-                    conn.start_tls()   # RFC 4513 §3: StartTLS before the bind
+                    # RFC 4513 §3: StartTLS before the bind; refused = no plain-text fallback.
+                    if not conn.start_tls():
+                        raise LDAPException(f"StartTLS refused by {uri}: "
+                                            f"{(conn.result or {}).get('description')}")
                 if user is None:
                     return conn
                 if conn.bind():

@@ -270,8 +270,22 @@ objectclass ( 1.3.6.1.4.1.10018.1.2.1 NAME 'CourierMailAccount' SUP top AUXILIAR
 """
 
 
-def start_slapd(ldif: str) -> Server:
-    """slapd with an mdb database of `ldif` (loaded by slapadd before start)."""
+def make_cert(d: Path, owner: dict) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA), key readable by `owner`."""
+    openssl = _need(shutil.which("openssl"), "openssl")
+    key, cert = d / "server.key", d / "server.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=START_TIMEOUT)
+    if owner:
+        os.chown(key, owner["user"], owner["group"])
+    return key, cert
+
+
+def start_slapd(ldif: str, tls: bool = False) -> Server:
+    """slapd with an mdb database of `ldif` (loaded by slapadd before start); with
+    `tls`, a self-signed certificate for StartTLS (extra["cacert"] is its file)."""
     slapd = _need(shutil.which("slapd") or "/usr/sbin/slapd", "OpenLDAP (slapd)")
     slapadd = _need(shutil.which("slapadd") or "/usr/sbin/slapadd", "OpenLDAP (slapadd)")
     schema = Path("/etc/ldap/schema")
@@ -299,6 +313,12 @@ def start_slapd(ldif: str) -> Server:
         "by * none",
         "access to * by * read",
     ]
+    extra = {}
+    if tls:
+        key, cert = make_cert(root, run)
+        # Global directives: before the database section.
+        lines[5:5] = [f"TLSCertificateFile {cert}", f"TLSCertificateKeyFile {key}"]
+        extra["cacert"] = str(cert)
     conf.write_text("\n".join(lines) + "\n")
     (root / "tree.ldif").write_text(ldif)
     for p in [root / "db", conf, root / "tree.ldif", root / "courier.schema"]:
@@ -315,7 +335,7 @@ def start_slapd(ldif: str) -> Server:
         # -d 0: stay in the foreground (so the PID we hold is slapd's) with no debug output.
         argv = [slapd, "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/", "-d", "0"]
         proc = subprocess.Popen(argv, cwd=root, stdout=out, stderr=subprocess.STDOUT, **run)
-    srv = Server("slapd", root, port, proc, signal.SIGTERM, argv=argv, popen=run)
+    srv = Server("slapd", root, port, proc, signal.SIGTERM, argv=argv, popen=run, extra=extra)
     try:
         wait_until(lambda: port_open(port), START_TIMEOUT, "slapd", proc, log)
     except Exception:

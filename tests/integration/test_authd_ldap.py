@@ -259,3 +259,26 @@ def test_imap_login_from_ldap(slapd, new_instance):
     finally:
         c.delete(dn)
         c.unbind()
+
+
+def test_starttls_verified(monkeypatch):
+    srv = start_slapd(TREE, tls=True)
+    try:
+        monkeypatch.setenv("LDAPTLS_CACERT", srv.extra["cacert"])
+        monkeypatch.delenv("LDAPTLS_REQCERT", raising=False)
+        m = module(srv.port, "LDAP_TLS 1\n")
+        assert m.authenticate(CRYPT_USER, CRYPT_PW) is not None
+        assert m._conn.tls_started
+        b = module(srv.port, "LDAP_TLS 1\nLDAP_AUTHBIND 1\n")
+        assert b.authenticate(SSHA_USER, SSHA_PW) is not None
+        # A certificate the CA file does not vouch for: no login, and no plain-text fallback.
+        other = "/etc/ssl/certs/ca-certificates.crt"
+        if os.path.exists(other):
+            monkeypatch.setenv("LDAPTLS_CACERT", other)
+            with pytest.raises(BackendTempFail):
+                module(srv.port, "LDAP_TLS 1\n").authenticate(CRYPT_USER, CRYPT_PW)
+            # TLS_REQCERT never (ldap.conf(5)) accepts it, as libldap would.
+            monkeypatch.setenv("LDAPTLS_REQCERT", "never")
+            assert module(srv.port, "LDAP_TLS 1\n").authenticate(CRYPT_USER, CRYPT_PW)
+    finally:
+        srv.stop()

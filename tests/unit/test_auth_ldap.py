@@ -112,3 +112,20 @@ def test_glob_ids_mailroot_and_bad_entries():
     assert entry_to_account(c, "a", raw(homeDirectory="/h", uidNumber="x")) is None
     assert entry_to_account(cfg(), "a", raw(uidNumber="1", gidNumber="1")) is None  # no home
     assert entry_to_account(cfg(), "a", raw(homeDirectory="/h", gidNumber="1")) is None  # no uid
+
+
+def test_tls_settings_env_then_ldap_conf(tmp_path):
+    import ssl
+
+    from courier_authd.authldap import tls_settings
+    conf = tmp_path / "ldap.conf"
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    conf.write_text(f"# comment\nTLS_CACERT {ca}\nTLS_REQCERT allow\n")
+    assert tls_settings({}, conf) == (str(ca), ssl.CERT_NONE)
+    assert tls_settings({"LDAPTLS_REQCERT": "demand"}, conf) == (str(ca), ssl.CERT_REQUIRED)
+    assert tls_settings({}, tmp_path / "none") == (None, ssl.CERT_REQUIRED)
+    with pytest.raises(ConfigError, match="REQCERT"):
+        tls_settings({"LDAPTLS_REQCERT": "maybe"}, conf)
+    with pytest.raises(ConfigError, match="does not exist"):
+        tls_settings({"LDAPTLS_CACERT": str(tmp_path / "missing.pem")}, conf)
