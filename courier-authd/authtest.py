@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.newpassword is not None:
             if auth_passwd(sock, args.service, args.user, args.password, args.newpassword):
-                print("Password change succeeded.")
+                print("Password change succeeded.", file=sys.stderr)   # as Courier's, on stderr
                 return 0
             print("Password change failed.", file=sys.stderr)
             return 1
