@@ -637,7 +637,10 @@ def _p_quota(verb: str) -> Callable[[str, Reader, bool], Command]:
     return parse
 
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+# RFC 3501 §6.3.10; DELETED and DELETED-STORAGE: RFC 9208 §4.2 (QUOTA=RES-MESSAGE and
+# QUOTA=RES-STORAGE servers support them).
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED",
+                "DELETED-STORAGE")
 
 
 def _p_status(tag: str, r: Reader, uid: bool) -> Command:

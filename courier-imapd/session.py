@@ -509,6 +509,9 @@ class Session:
             "UIDNEXT": st.uidnext,
             "UIDVALIDITY": st.uidvalidity,
             "UNSEEN": sum(1 for m in st.messages if "S" not in m.flags),
+            "DELETED": sum(1 for m in st.messages if "T" in m.flags),
+            # RFC 9208 §4.2.2: what EXPUNGE would free, in units of 1024 octets.
+            "DELETED-STORAGE": (sum(m.size for m in st.messages if "T" in m.flags) + 1023) // 1024,
         }
         if self.view is not None and folder_path(self.root, self.view.name) == path:
             # This scan may have moved new arrivals to cur/: their \Recent belongs

@@ -331,3 +331,12 @@ def test_append_copy_move_against_the_quota(tmp_path: Path) -> None:
     from libcourier.maildir import quota as mdquota
     use = mdquota.parse((root / "maildirsize").read_bytes())
     assert (use.bytes, use.count) == mdquota.measure(root) == (3 * size, 3)
+
+
+def test_status_deleted_items(tmp_path: Path) -> None:
+    root = maildir(tmp_path, 3)
+    for i, name in enumerate(sorted(os.listdir(root / "new"))[:2]):
+        os.rename(root / "new" / name, root / "cur" / (name + (":2,T" if i else ":2,ST")))
+    out = session(tmp_path, b"a LOGIN alice pw\r\nb STATUS INBOX (DELETED DELETED-STORAGE "
+                  b"MESSAGES)\r\nc LOGOUT\r\n")
+    assert b"* STATUS INBOX (DELETED 2 DELETED-STORAGE 1 MESSAGES 3)\r\n" in out
