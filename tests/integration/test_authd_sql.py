@@ -412,3 +412,47 @@ def test_imap_pop3_smtp_say_try_later_when_the_database_is_down(sql, new_instanc
         with pytest.raises(smtplib.SMTPAuthenticationError) as e:
             s.login(USER, DB_LOGIN_PW)
         assert 400 <= e.value.smtp_code < 500
+
+
+def test_authd_cram_md5_with_clear_passwords(sql_daemon):
+    """*_CLEAR_PWFIELD makes CRAM possible (as authlib says): authd publishes it and
+    verifies a CRAM-MD5 response against the clear column; crypt-only rows cannot."""
+    import base64
+    import hashlib
+    import hmac
+
+    from libcourier.authclient import auth_cram, verifiable_mechanisms
+    b, d = sql_daemon
+    assert "CRAM-MD5" in verifiable_mechanisms(d.sock)
+    challenge = b"<1896.697170952@postoffice.example.net>"
+
+    def resp(user: str, pw: str) -> str:
+        digest = hmac.new(pw.encode(), challenge, hashlib.md5).hexdigest()
+        return base64.b64encode(f"{user} {digest}".encode()).decode()
+    ch = base64.b64encode(challenge).decode()
+    info = auth_cram(d.sock, "imap", "cram-md5", ch, resp(CLEAR_USER, CLEAR_PW))
+    assert info is not None and info.home == "/home/clear"
+    assert auth_cram(d.sock, "imap", "cram-md5", ch, resp(CLEAR_USER, "wrong")) is None
+    assert auth_cram(d.sock, "imap", "cram-md5", ch, resp(CRYPT_USER, CRYPT_PW)) is None
+
+
+def test_mysql_escaping_follows_no_backslash_escapes(request):
+    """Under sql_mode NO_BACKSLASH_ESCAPES a backslash is an ordinary character, so the
+    escaping must double quotes instead (as mysql_real_escape_string does)."""
+    b = Backend("mysql", request.getfixturevalue("mariadb_server"))
+    if "mysql" not in _ready:
+        setup_my(b.server)
+        _ready.add("mysql")
+    b.reset()
+    old = b.execute("SELECT @@GLOBAL.sql_mode")[0][0]
+    b.execute("SET GLOBAL sql_mode = CONCAT(@@GLOBAL.sql_mode, ',NO_BACKSLASH_ESCAPES')")
+    try:
+        m = b.module("MYSQL_SELECT_CLAUSE SELECT id, crypt, clear, uid, gid, home FROM passwd "
+                     "WHERE id = CONCAT('$(local_part)', '@', '$(domain)')\n")
+        for evil in ("x\\' OR 1=1 -- @example.com", "x\\' OR '1'='1@example.com"):
+            assert m.lookup(evil) is None
+        assert m.authenticate(QUOTE_USER, QUOTE_PW) is not None
+        # The mode is the server's: quotes doubled, the backslash left alone.
+        assert m._escape(m._connection(), "a'b\\c") == "a''b\\c"
+    finally:
+        b.execute("SET GLOBAL sql_mode = %s", (old,))
