@@ -337,9 +337,14 @@ def optimize(key: Key) -> Key:
     return key
 
 
+# RFC 3501 leaves SENT* open for a message without a usable Date: header; like
+# Dovecot we take its date as 0, the epoch, so SENTBEFORE finds it (golden data).
+NO_DATE = datetime.date(1970, 1, 1)
+
+
 def _date_ok(op: str, day: datetime.date | None, want: datetime.date) -> bool:
     if day is None:
-        return False      # no usable Date: header: no SENT* key matches (as Dovecot)
+        day = NO_DATE
     if op == "BEFORE":
         return day < want
     if op == "ON":
