@@ -129,6 +129,7 @@ class MailboxCommand:
     tag: str
     verb: str
     mailbox: str
+    use: tuple[str, ...] = ()     # CREATE ... (USE (\Sent)), RFC 6154 §3
 
 
 @dataclass(frozen=True, slots=True)
@@ -667,8 +668,22 @@ def _p_mailbox_verb(verb: str) -> Callable[[str, Reader, bool], Command]:
     def parse(tag: str, r: Reader, uid: bool) -> Command:
         r.sp()
         box = mailbox_name(r.astring())
+        use: tuple[str, ...] = ()
+        if verb == "CREATE" and r.maybe(b" ("):
+            # RFC 4466 §2.2 create-param; RFC 6154 §6: "USE" SP "(" [use-attr *(SP use-attr)] ")"
+            r.expect(b"USE (")
+            attrs: list[str] = []
+            while not r.maybe(b")"):
+                if attrs:
+                    r.sp()
+                r.expect(b"\\")
+                attrs.append("\\" + r.atom().decode("ascii").capitalize())
+                if len(attrs) > 10:
+                    raise ParseError("too many USE attributes")
+            r.expect(b")")
+            use = tuple(attrs)
         r.end()
-        return MailboxCommand(tag, verb, box)
+        return MailboxCommand(tag, verb, box, use)
     return parse
 
 

@@ -336,7 +336,7 @@ class Session:
         # marks \Subscribed; SPECIAL-USE (RFC 6154 §3) keeps only special-use folders.
         want_subs = "SUBSCRIBED" in cmd.select_opts or "SUBSCRIBED" in cmd.return_opts
         subs = folders.read_subscriptions(self.root) if cmd.lsub or want_subs else []
-        uses = specialuse.special_uses(self.cfg) if not cmd.lsub else {}
+        uses = specialuse.special_uses(self.cfg, self.root) if not cmd.lsub else {}
         if cmd.lsub or "SUBSCRIBED" in cmd.select_opts:
             boxes = subs
             noselect = {b for b in boxes if b not in allnames}
@@ -366,7 +366,14 @@ class Session:
         """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE (RFC 3501 §6.3.3, 6.3.4, 6.3.6, 6.3.7)."""
         try:
             if cmd.verb == "CREATE":
+                if any(a not in specialuse.ATTRS for a in cmd.use) or len(cmd.use) > 1:
+                    # RFC 6154 §3: a use we cannot honour fails the whole CREATE.
+                    self.out(tagged(cmd.tag, "NO", "Unsupported special-use attribute",
+                                    "USEATTR"))
+                    return
                 folders.create_folder(self.root, cmd.mailbox)
+                if cmd.use:
+                    specialuse.remember(self.root, cmd.mailbox, cmd.use)
             elif cmd.verb == "DELETE":
                 if self.view is not None and \
                         folder_path(self.root, self.view.name) == folder_path(self.root, cmd.mailbox):

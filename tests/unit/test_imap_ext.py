@@ -23,6 +23,7 @@ from courier_imapd.core import (
     Id,
     ImapConnection,
     ListMailboxes,
+    MailboxCommand,
     Quota,
     State,
     Unselect,
@@ -340,3 +341,21 @@ def test_status_deleted_items(tmp_path: Path) -> None:
     out = session(tmp_path, b"a LOGIN alice pw\r\nb STATUS INBOX (DELETED DELETED-STORAGE "
                   b"MESSAGES)\r\nc LOGOUT\r\n")
     assert b"* STATUS INBOX (DELETED 2 DELETED-STORAGE 1 MESSAGES 3)\r\n" in out
+
+
+def test_create_special_use(tmp_path: Path) -> None:
+    assert parse(b"c CREATE INBOX.Out (USE (\\sent))") == \
+        MailboxCommand("c", "CREATE", "INBOX.Out", ("\\Sent",))
+    assert isinstance(parse(b"c CREATE INBOX.Out (FOO (\\Sent))"), BadCommand)
+    assert isinstance(parse(b"c DELETE INBOX.Out (USE (\\Sent))"), BadCommand)
+    root = maildir(tmp_path)
+    out = session(tmp_path, b"a LOGIN alice pw\r\nb CREATE INBOX.Out (USE (\\Sent))\r\n"
+                  b"c CREATE INBOX.Odd (USE (\\Important))\r\nd CREATE INBOX.Arc (USE ())\r\n"
+                  b"e LOGOUT\r\n", "IMAP_SPECIALUSE_CREATE=0\n")
+    assert b"b OK CREATE completed" in out and b"d OK CREATE completed" in out
+    assert b"c NO [USEATTR]" in out and not (root / ".Odd").exists()
+    out = session(tmp_path, b'a LOGIN alice pw\r\nb LIST (SPECIAL-USE) "" *\r\nc LOGOUT\r\n',
+                  "IMAP_SPECIALUSE_CREATE=0\n")
+    assert [x for x in out.split(b"\r\n") if x.startswith(b"* LIST")] == \
+        [b'* LIST (\\HasNoChildren \\Sent) "." INBOX.Out']
+    assert (root / "courierpyspecialuse").read_text() == "\\Sent\tINBOX.Out\n"
