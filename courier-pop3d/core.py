@@ -140,6 +140,9 @@ class StartTLS:
 class Retrieve:
     index: int                      # 0-based index into the DropView
     lines: int | None               # TOP's body line count; None for RETR
+    # RFC 6856: 8-bit headers to a client that did not send UTF8; the driver sends the
+    # message inside Courier's notice (unicode_wrapper) and says so to respond_retrieve.
+    wrap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ class DropView:
     """What the core needs to know of the maildrop: per message its size and UIDL."""
     sizes: tuple[int, ...]          # octets as sent (CRLF), RFC 1939 §11
     uidls: tuple[str, ...]          # RFC 1939 §7: 1-70 chars 0x21-0x7E
+    utf8: tuple[bool, ...] = ()     # 8-bit headers (Courier's isutf8); () = none has
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,15 +534,22 @@ class Pop3Server:
         self._answer(StartTLS)
         self.tls = True
 
-    def respond_retrieve(self, opened: bool) -> None:
-        """Queue RETR/TOP's status line; when opened, the driver then streams the message."""
+    def _wrap(self, i: int) -> bool:
+        return not self.utf8 and i < len(self._view.utf8) and self._view.utf8[i]
+
+    def respond_retrieve(self, opened: bool, wrapper_octets: int = 0) -> None:
+        """Queue RETR/TOP's status line; when opened, the driver then streams the message.
+
+        wrapper_octets: the length of the notice around a wrapped message, which
+        Courier adds (as stored, LF ends) to the size it announces.
+        """
         ev = self._pending
         self._answer(Retrieve)
         assert isinstance(ev, Retrieve)
         if not opened:
             self._out += err("Can't open the message file - it's gone!")
         elif ev.lines is None:
-            self._out += ok(f"{self._view.sizes[ev.index]} octets follow.")
+            self._out += ok(f"{self._view.sizes[ev.index] + wrapper_octets} octets follow.")
         else:
             self._out += ok("headers follow.")
 
@@ -603,11 +614,11 @@ class Pop3Server:
                     self._deleted.add(i)
                     self._out += ok("Deleted.")
                 else:
-                    return Retrieve(i, None)
+                    return Retrieve(i, None, self._wrap(i))
             case Top(msg=n, lines=k):
                 i = self._msg(n)
                 if i is not None:
-                    return Retrieve(i, k)
+                    return Retrieve(i, k, self._wrap(i))
         return None
 
 
@@ -688,6 +699,34 @@ class WireEncoder:
         self._at_start = True
         self.done = True
         return tail + b".\r\n"
+
+
+# Courier's pop3dserver.C MIMEWRAPTXT: a message with 8-bit headers, to a client that
+# did not send UTF8 (RFC 6856 §2: it must not get them raw), goes out as a
+# message/global attachment of this notice.
+_WRAP_HEAD = (
+    "From: Mail Delivery Subsystem <postmaster>\n"
+    "Subject: Cannot display Unicode content\n"
+    "Mime-Version: 1.0\n"
+    "Content-Type: multipart/mixed; boundary=\"{b}\"\n"
+    "\n\n\n--{b}\n"
+    "Content-Type: text/plain\n\n"
+    "This E-mail message was determined to be Unicode-formatted\n"
+    "but your E-mail reader does not support Unicode E-mail.\n\n"
+    "Please use an E-mail reader that supports POP3 with UTF-8\n"
+    "(see https://tools.ietf.org/html/rfc6856.html).\n\n"
+    "This can also happen when the sender's E-mail program does not\n"
+    "correctly format the sent message.\n\n"
+    "The original message is included as a separate attachment\n"
+    "so that it can be downloaded manually.\n\n"
+    "--{b}\n"
+    "Content-Type: message/global\n\n")
+
+
+def unicode_wrapper(boundary: str) -> tuple[bytes, bytes]:
+    """(before, after) the stored message, as stored (LF ends): Courier's notice."""
+    return (_WRAP_HEAD.format(b=boundary).encode("ascii"),
+            f"\n--{boundary}--\n".encode("ascii"))
 
 
 def wire_size(chunks: Iterable[bytes]) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import re
@@ -255,7 +256,8 @@ class Maildrop:
             ref = MessageRef(x.uid, x.base, x.filename, split_name(x.filename)[1], 0, 0.0)
             msgs.append(DropMessage(ref, x.size, enomem or x.uidl, x.utf8))
         self.messages = msgs
-        return DropView(tuple(m.size for m in msgs), tuple(m.uidl for m in msgs))
+        return DropView(tuple(m.size for m in msgs), tuple(m.uidl for m in msgs),
+                        tuple(m.utf8 for m in msgs))
 
     # -- per message ------------------------------------------------------------------------
 
@@ -288,10 +290,18 @@ class Maildrop:
             return None
 
     @staticmethod
-    def stream(f: BinaryIO, lines: int | None) -> Iterator[bytes]:
-        """The wire bytes of RETR (lines None) or TOP, read in chunks, ending with ".\\r\\n"."""
+    def stream(f: BinaryIO, lines: int | None,
+               wrapper: tuple[bytes, bytes] | None = None) -> Iterator[bytes]:
+        """The wire bytes of RETR (lines None) or TOP, read in chunks, ending with ".\\r\\n".
+
+        wrapper: (before, after) to send around the message as if they were part
+        of it (Courier's Unicode notice: stuffed, CRLF'd and counted by TOP alike).
+        """
         enc = WireEncoder(lines)
-        for chunk in _read_chunks(f):
+        pieces = _read_chunks(f)
+        if wrapper is not None:
+            pieces = itertools.chain((wrapper[0],), pieces, (wrapper[1],))
+        for chunk in pieces:
             out = enc.feed(chunk)
             if out:
                 yield out

@@ -8,10 +8,11 @@ messages at QUIT only (RFC 1939 §6): a dropped connection deletes nothing.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
-from courier_pop3d.core import Closed, Pop3Server, Retrieve, Update
+from courier_pop3d.core import Closed, Pop3Server, Retrieve, Update, unicode_wrapper
 from courier_pop3d.login import Counters, Wire, flush, read_event, send
 from courier_pop3d.maildrop import Maildrop
 
@@ -83,7 +84,11 @@ class Session:
 
     def retrieve(self, ev: Retrieve) -> None:
         f = self.drop.open_message(ev.index)
-        self.core.respond_retrieve(f is not None)
+        wrapper = None
+        if ev.wrap:
+            # Courier's boundary: "=_<pid>-<time>".
+            wrapper = unicode_wrapper(f"=_{os.getpid()}-{int(time.time())}")
+        self.core.respond_retrieve(f is not None, sum(map(len, wrapper)) if wrapper else 0)
         if f is None:
             flush(self.conn, self.core, self.counters)
             return
@@ -95,7 +100,7 @@ class Session:
         queued = len(pending[0])
         n = 0
         with f:
-            for chunk in self.drop.stream(f, ev.lines):
+            for chunk in self.drop.stream(f, ev.lines, wrapper):
                 pending.append(chunk)
                 queued += len(chunk)
                 n += len(chunk)

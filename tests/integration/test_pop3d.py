@@ -256,3 +256,35 @@ def test_configured_limits_close_the_connection(new_instance) -> None:
         out = until_closed(s)
     assert out.count(b"-ERR [AUTH] Login failed.\r\n") == 2
     assert out.endswith(b"-ERR Too many failed logins, closing the connection.\r\n")
+
+
+def test_8bit_headers_wrapped_unless_utf8(pop3) -> None:
+    """RFC 6856 as Courier's pop3d 5.0.13: a client that did not send UTF8 gets a
+    message with 8-bit headers inside a notice (message/global attached), the size
+    announced by RETR including the notice; after UTF8 the message as stored."""
+    msg = "Subject: grüße\nFrom: Jürgen <j@example.de>\n\nhallo, Welt\n".encode()
+    md = pop3.maildir(USER)
+    deliver(md, [msg])
+    # deliver() names by index: give it a later name, so it is the fourth message.
+    (first,) = [n for n in os.listdir(md / "new") if n.endswith(f",S={len(msg)}")]
+    os.rename(md / "new" / first, md / "new" / "1800000000.M9P9.mx.test")
+    p = login(pop3)
+    assert p.list(4).split()[2] == str(size(msg)).encode()
+    resp, lines, octets = p.retr(4)
+    body = b"\r\n".join(lines) + b"\r\n"
+    assert lines[0] == b"From: Mail Delivery Subsystem <postmaster>"
+    assert b"Content-Type: message/global\r\n\r\n" + wire(msg) in body
+    boundary = lines[3].split(b'"')[1]
+    assert body.endswith(b"\r\n--" + boundary + b"--\r\n")
+    # Courier's size: the message's plus the notice's octets as stored (LF ends).
+    announced = int(resp.split()[1])
+    assert announced == size(msg) + len(body.replace(b"\r\n", b"\n")) - len(msg)
+    p.quit()
+    q = poplib.POP3("127.0.0.1", pop3.port("pop3"), timeout=10)
+    assert q._shortcmd("UTF8").startswith(b"+OK")
+    q.user(USER)
+    q.pass_(PASSWORD)
+    resp, lines, _ = q.retr(4)
+    assert b"\r\n".join(lines) + b"\r\n" == wire(msg)
+    assert int(resp.split()[1]) == size(msg)
+    q.quit()

@@ -3,7 +3,7 @@
 Runs Debian's courierpop3d (courier-pop 5.0.13, unpacked under
 /var/tmp/mail-anchors/courier by ../shared/bench/anchors-install) pre-authenticated
 on stdin/stdout, as courierpop3login would exec it (TCPREMOTEIP, AUTHENTICATED,
-MAILDIR=., UTF8=1 so no RFC 6856 wrapping), in a fresh Maildir built from
+MAILDIR=., UTF8=1 but in the last session), in a fresh Maildir built from
 MESSAGES below, then runs SESSIONS one after another (files added between
 sessions as listed), and writes courier-scratch.json: per session the
 commands, Courier's whole reply, the courierpop3dsizelist it left, whether it
@@ -95,6 +95,11 @@ SESSIONS: list[dict] = [
         ("new/1790000101.M22P100.golden", "Subject: später 8-bit\n\nä\n".encode()),
     ], "commands": ["STAT", "LIST", "UIDL", "QUIT"]},
     {"add": [], "commands": ["STAT", "LIST", "UIDL", "QUIT"]},
+    # A client that did not send UTF8 (courierpop3login passes UTF8=0): messages with
+    # 8-bit headers come inside Courier's notice (RFC 6856), TOP too.
+    {"utf8": 0, "add": [
+        ("new/1790000200.M30P100.golden", "Subject: ünterminated\n\nlast".encode()),
+    ], "commands": ["LIST", "RETR 5", "TOP 5 0", "TOP 17 3", "RETR 24", "RETR 1", "QUIT"]},
 ]
 
 
@@ -125,11 +130,11 @@ def run(binary: str) -> dict:
             (root / d).mkdir(parents=True)
         for rel, data in MESSAGES:
             _write(root, rel, data)
-        env = {"TCPREMOTEIP": "127.0.0.1", "TCPREMOTEPORT": "0",
-               "AUTHENTICATED": "golden", "MAILDIR": ".", "UTF8": "1",
-               "PATH": "/usr/bin:/bin"}
         sessions = []
         for s in SESSIONS:
+            env = {"TCPREMOTEIP": "127.0.0.1", "TCPREMOTEPORT": "0",
+                   "AUTHENTICATED": "golden", "MAILDIR": ".", "UTF8": str(s.get("utf8", 1)),
+                   "PATH": "/usr/bin:/bin"}
             for rel, data in s["add"]:
                 _write(root, rel, data)
             _, ino_before = _sizelist(root)
@@ -140,6 +145,7 @@ def run(binary: str) -> dict:
             sessions.append({
                 "add": [[os.fsencode(rel).hex(), data.hex()] for rel, data in s["add"]],
                 "commands": s["commands"],
+                "utf8": s.get("utf8", 1),
                 "reply_hex": r.stdout.hex(),
                 "sizelist": after.decode("utf-8", "surrogateescape") if after else None,
                 "sizelist_hex": after.hex() if after is not None else None,
