@@ -3,7 +3,7 @@ three messages dropped into its Maildir, its UIDL/LIST/RETR answers and the
 courierpop3dsizelist lines it wrote (tests/data/pop3-golden/courier-anchor.json).
 
 Checked here: after a switch from Courier, our pop3d hands out the same UIDLs
-and sizes from Courier's sizelist, and for a plain LF message it computes the
+and sizes from Courier's sizelist, and for an LF and a CRLF message it computes the
 same size and sends the same RETR bytes on its own."""
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ def test_courier_sizelist_gives_courier_uidls_and_sizes(tmp_path: Path) -> None:
     assert again.open().uidls == view.uidls
 
 
-def test_lf_message_same_size_and_bytes_as_courier(tmp_path: Path) -> None:
+def test_same_size_and_bytes_as_courier(tmp_path: Path) -> None:
     drop = Maildrop(maildir_with_golden(tmp_path / "Maildir", sizelist=False))
     drop.open()
-    golden = next(m for m in DATA["messages"] if m["file"] == "msg0.eml")
-    i = next(i for i, m in enumerate(drop.messages) if m.ref.base == golden["name"])
-    assert drop.messages[i].size == golden["list_size"]
-    f = drop.open_message(i)
-    assert f is not None
-    with f:
-        sent = b"".join(drop.stream(f, None))
-    assert sent == bytes.fromhex(golden["retr_hex"]) + b".\r\n"
+    # msg0: LF line ends; msg1: CRLF stored, which Courier sends as CR CR LF and counts.
+    for file in ("msg0.eml", "msg1.eml"):
+        golden = next(m for m in DATA["messages"] if m["file"] == file)
+        i = next(i for i, m in enumerate(drop.messages) if m.ref.base == golden["name"])
+        assert drop.messages[i].size == golden["list_size"]
+        f = drop.open_message(i)
+        assert f is not None
+        with f:
+            sent = b"".join(drop.stream(f, None))
+        assert sent == bytes.fromhex(golden["retr_hex"]) + b".\r\n"
