@@ -25,6 +25,7 @@ unreadable to the user).
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import selectors
@@ -48,6 +49,8 @@ from courier_deliver.dotcourier import (
     Program,
     ProgramOutcome,
 )
+from courier_deliver.localjournal import NAME as JOURNAL_NAME
+from courier_deliver.localjournal import Journal
 from courier_deliver.localproto import (
     DeliverRequest,
     Reply,
@@ -65,6 +68,7 @@ from libcourier import log as courier_log
 from libcourier import privsep
 from libcourier.authclient import AuthInfo, AuthTempFail, auth_pre
 from libcourier.config.control import read_control_value
+from libcourier.layout import load_layout
 from libcourier.maildir.delivery import CHUNK, DeliveryError, OverQuota, deliver_with_quota
 from libcourier.mbox import deliver_to_mbox, from_line
 from libcourier.pidfile import read_pidfile
@@ -574,7 +578,8 @@ def read_localtimeout(etc: Path | None) -> float:
 def handle_connection(conn: socket.socket, authsocket: Path,
                       default_maildir: str = DEFAULT_MAILDIR,
                       forward: ForwardSpool | None = None,
-                      timeout: float = DELIVERY_TIMEOUT) -> Reply:
+                      timeout: float = DELIVERY_TIMEOUT,
+                      journal: Journal | None = None) -> Reply:
     """Serve one request (in the root connection child) and return the reply sent."""
     try:
         req, fd = _recv_request(conn)
@@ -583,11 +588,42 @@ def handle_connection(conn: socket.socket, authsocket: Path,
         _send_reply(conn, reply)
         return reply
     try:
-        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward, timeout)
+        if not _lock_message(fd, timeout):
+            reply = Reply(Status.TEMP, "4.3.0 another delivery of this message is still "
+                                       "running")
+        elif journal is not None and journal.seen(fd, req.recipient, req.user):
+            # courierd asks again for a delivery it did not hear the OK of
+            # (it was killed meanwhile): the copy is in already.
+            logger.info("delivery to %s: already done, not repeated", req.recipient)
+            reply = Reply(Status.OK, "already delivered")
+        else:
+            reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward,
+                                        timeout)
+            if reply.status is Status.OK and journal is not None:
+                journal.record(fd, req.recipient, req.user)
     finally:
         os.close(fd)
     _send_reply(conn, reply)
     return reply
+
+
+def _lock_message(fd: int, timeout: float) -> bool:
+    """flock the spool data file for this delivery. courierd opens the file anew
+    for each request, so a request repeated by a restarted courierd waits here
+    until a delivery of the same file that outlived the old courierd has
+    finished (and is in the journal). False when that takes longer than a
+    whole delivery may."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        except OSError:
+            return True             # a file that cannot be locked: nothing to wait for
 
 
 def find_account(authsocket: Path, user: str) -> tuple[AuthInfo, str | None] | None:
@@ -696,8 +732,9 @@ class Helper:
                  parent_pid: int | None, cleanup: tuple[Path, ...] = (),
                  parent_pidfile: Path | None = None, lifeline: int | None = None,
                  default_maildir: str = DEFAULT_MAILDIR, forward: ForwardSpool | None = None,
-                 etc: Path | None = None):
+                 etc: Path | None = None, journal: Journal | None = None):
         self.etc = etc              # for control files read per delivery (localtimeout)
+        self.journal = journal
         self.default_maildir = default_maildir
         self.forward = forward
         self.parent_pidfile = parent_pidfile
@@ -743,7 +780,8 @@ class Helper:
                     signal.set_wakeup_fd(-1)
                     set_title("courierlocal: delivering")
                     handle_connection(conn, self.authsocket, self.default_maildir,
-                                      self.forward, read_localtimeout(self.etc))
+                                      self.forward, read_localtimeout(self.etc),
+                                      self.journal)
                 except BaseException:  # noqa: BLE001 - log, never return into the loop
                     logger.exception("courierlocal connection failed")
                     code = 1
@@ -834,8 +872,12 @@ def run_helper(listen: socket.socket, authsocket: Path, allowed_uids: set[int],
     set_title("courierlocal")
     courier_log.setup("courierlocal", foreground=True)
     try:
+        journal = None
+        if etc is not None:
+            journal = Journal(load_layout(etc).rundir / JOURNAL_NAME)
+            journal.prune()
         Helper(listen, authsocket, allowed_uids, parent_pid, cleanup, parent_pidfile,
-               lifeline, default_maildir, forward, etc).serve()
+               lifeline, default_maildir, forward, etc, journal).serve()
     except Exception:  # noqa: BLE001 - the helper's own fault: log it and exit non-zero
         logger.exception("courierlocal failed")
         return 1

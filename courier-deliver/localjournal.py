@@ -1,0 +1,110 @@
+"""courierlocal's journal of finished deliveries: no second copy when courierd
+asks again for a delivery it never heard the answer to.
+
+courierd records a recipient as done only after courierlocal's OK reply. If
+courierd dies (kill -9, a crash, a reboot of the daemon) between the Maildir
+link and that record, it asks again after its restart, and without this the
+user gets the message twice -- allowed by SMTP's at-least-once, but avoidable.
+
+The root connection child appends one line per OK delivery, before it sends
+the reply:
+
+    <unix time> <dev>:<ino>:<size>:<mtime_ns> <xtext recipient> <xtext user>\\n
+
+The key names the spool data file by identity (device, inode, size and
+modification time in nanoseconds: a later message that reuses the inode has a
+different mtime), so a request for the same file and recipient is answered OK
+without delivering again. Only OK deliveries are recorded, so nothing the
+journal says can keep a message from being delivered once. Appends are one
+short O_APPEND write each (atomic between concurrent children) and fsync'd.
+The file is pruned of entries older than KEEP at helper start and when it
+grows past MAX_BYTES; losing it only brings back the duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from courier_deliver.localproto import xtext_encode
+
+from libcourier.durable import write_atomic
+
+logger = logging.getLogger("courier.courierlocal")
+
+NAME = "courierlocal.journal"
+KEEP = 7 * 86400             # seconds an entry is kept
+MAX_BYTES = 4 * 1024 * 1024  # a larger journal is pruned (and then cut to its newest half)
+
+
+def file_key(fd: int) -> str:
+    st = os.fstat(fd)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _entry(key: str, recipient: str, user: str | None) -> str:
+    return f"{key} {xtext_encode(recipient)} {xtext_encode(user or '-')}"
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def seen(self, fd: int, recipient: str, user: str | None) -> bool:
+        """Whether this spool file was already delivered to this recipient."""
+        try:
+            want = _entry(file_key(fd), recipient, user)
+            with open(self.path, "rb") as f:
+                data = f.read(MAX_BYTES * 2)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            logger.warning("cannot read %s: %s", self.path, e)
+            return False
+        needle = (" " + want + "\n").encode("ascii")
+        return needle in data
+
+    def record(self, fd: int, recipient: str, user: str | None, now: float | None = None
+               ) -> None:
+        now = time.time() if now is None else now
+        try:
+            line = f"{int(now)} {_entry(file_key(fd), recipient, user)}\n".encode("ascii")
+            jfd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                          0o600)
+            try:
+                os.write(jfd, line)
+                os.fsync(jfd)
+                size = os.fstat(jfd).st_size
+            finally:
+                os.close(jfd)
+        except OSError as e:
+            logger.warning("cannot record the delivery in %s: %s", self.path, e)
+            return
+        if size > MAX_BYTES:
+            self.prune(now)
+
+    def prune(self, now: float | None = None) -> None:
+        """Drop entries older than KEEP (and, if still too large, the older half)."""
+        now = time.time() if now is None else now
+        try:
+            with open(self.path, "rb") as f:
+                lines = f.read(MAX_BYTES * 2).split(b"\n")
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            logger.warning("cannot prune %s: %s", self.path, e)
+            return
+        keep = []
+        for line in lines:
+            stamp, _, _rest = line.partition(b" ")
+            if stamp.isdigit() and now - int(stamp) < KEEP:
+                keep.append(line + b"\n")
+        data = b"".join(keep)
+        if len(data) > MAX_BYTES:
+            data = b"".join(keep[len(keep) // 2:])
+        try:
+            write_atomic(self.path, data, mode=0o600)
+        except OSError as e:
+            logger.warning("cannot prune %s: %s", self.path, e)

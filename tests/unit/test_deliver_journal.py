@@ -1,0 +1,54 @@
+"""courierlocal's journal of finished deliveries (courier_deliver.localjournal)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from courier_deliver.localjournal import KEEP, MAX_BYTES, Journal
+
+
+def test_seen_only_for_the_same_file_and_recipient(tmp_path):
+    j = Journal(tmp_path / "journal")
+    spool = tmp_path / "a.dat"
+    spool.write_bytes(b"message")
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        assert not j.seen(fd, "alice@example.com", None)
+        j.record(fd, "alice@example.com", None)
+        assert j.seen(fd, "alice@example.com", None)
+        assert not j.seen(fd, "bob@example.com", None)
+        assert not j.seen(fd, "alice@example.com", "alice")      # another lookup key
+        assert not j.seen(fd, "alice@example.co", None)          # no prefix matches
+    finally:
+        os.close(fd)
+    # The same path rewritten (a new message, maybe the same inode): not seen.
+    time.sleep(0.01)
+    spool.write_bytes(b"another")
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        assert not j.seen(fd, "alice@example.com", None)
+    finally:
+        os.close(fd)
+
+
+def test_prune_keeps_recent_entries_and_bounds_the_size(tmp_path):
+    j = Journal(tmp_path / "journal")
+    spool = tmp_path / "a.dat"
+    spool.write_bytes(b"m")
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        now = time.time()
+        j.record(fd, "old@example.com", None, now=now - KEEP - 10)
+        j.record(fd, "new@example.com", None, now=now)
+        j.prune(now)
+        assert not j.seen(fd, "old@example.com", None)
+        assert j.seen(fd, "new@example.com", None)
+        with open(j.path, "ab") as f:          # a huge journal of recent entries
+            f.write((b"%d 1:2:3:4 x@y -\n" % int(now)) * (MAX_BYTES // 16))
+        j.record(fd, "last@example.com", None, now=now)
+        assert j.path.stat().st_size <= MAX_BYTES
+        assert j.seen(fd, "last@example.com", None)
+    finally:
+        os.close(fd)
+    assert not Journal(tmp_path / "missing").seen(0, "a@b", None)
