@@ -315,17 +315,11 @@ class Maildrop:
         info = m.ref.filename.partition(":")[2]
         if "S" in m.ref.flags or (info and not info.startswith("2,")):
             return      # Courier leaves names with another info (":1,...") alone
-        p = self._path(i)
-        if p is None:
-            return
-        ref = m.ref
-        if p.name != ref.filename:
-            base, flags = split_name(p.name)
-            ref = MessageRef(ref.uid, ref.base, p.name, flags, ref.size, ref.mtime)
         try:
-            new = self.maildir.set_flags(ref, ref.flags + "S")
+            # Against the file's current name, keeping a flag IMAP set meanwhile.
+            new = self.maildir.change_flags(m.ref, add="S")
         except OSError:
-            return        # a lost \Seen is not worth failing RETR over
+            return        # gone, or a lost \Seen: not worth failing RETR over
         self.messages[i] = DropMessage(new, m.size, m.uidl, m.utf8)
 
     def commit(self, deleted: tuple[int, ...]) -> int:
