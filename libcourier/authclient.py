@@ -13,6 +13,7 @@ the environment variables TIMEOUT_SOCK, TIMEOUT_WRITE, TIMEOUT_READ override the
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import socket
@@ -37,9 +38,11 @@ from libcourier.authproto import (
 from libcourier.config import ConfigError
 from libcourier.layout import load_layout
 from libcourier.proto import NEED_DATA
+from libcourier.sasl.scram import ScramProof
 
 __all__ = ["MECHANISMS_FILE", "AuthInfo", "AuthTempFail", "auth_cram", "auth_enumerate",
-           "auth_login", "auth_passwd", "auth_pre", "auth_raw", "parse_options",
+           "auth_login", "auth_passwd", "auth_pre", "auth_raw", "auth_scram_salt",
+           "auth_scram_verify", "parse_options",
            "verifiable_mechanisms", "verifiable_mechanisms_for"]
 
 # authd writes, beside its socket, the SASL mechanisms its modules can verify
@@ -235,6 +238,49 @@ def auth_cram(socket_path: str | Path, service: str, mech: str, challenge_b64: s
     authdata = f"{challenge_b64}\n{response_b64}\n".encode("ascii", "replace")
     return _auth_request(socket_path, AuthRequest(service, mech, authdata, _meta(remote_ip)),
                          timeout)
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def auth_scram_salt(socket_path: str | Path, service: str, mech: str, user: str, *,
+                    timeout: float = 30.0) -> tuple[bytes, int] | None:
+    """Our SCRAM extension, first request: the user's salt and iteration count, or None
+    (no such user or no SCRAM keys: the caller should go on with a made-up salt)."""
+    if not user or any(c in user for c in "\0\r\n"):
+        return None
+    req = AuthRequest(service, mech.lower(), _b64(user.encode("utf-8")) + b"\n")
+    res = _exchange(socket_path, format_request(req), ReplyParser(), timeout)
+    if res is Failed.FAIL:
+        return None
+    assert isinstance(res, AuthReply)
+    try:
+        salt = base64.b64decode(res.fields["SALT"], validate=True)
+        iterations = int(res.fields["ITERATIONS"])
+    except (KeyError, ValueError):
+        raise AuthTempFail("authdaemon's SCRAM salt reply is malformed") from None
+    return salt, iterations
+
+
+def auth_scram_verify(socket_path: str | Path, service: str, proof: ScramProof, *,
+                      remote_ip: str | None = None,
+                      timeout: float = 30.0) -> tuple[AuthInfo, bytes] | None:
+    """Second request: authd checks the client proof; the account and the ServerSignature
+    for the server-final-message, or None when the proof is wrong."""
+    authdata = b"".join(_b64(x) + b"\n" for x in (
+        proof.client_first_bare, proof.server_first, proof.client_final_without_proof,
+        proof.proof))
+    req = AuthRequest(service, proof.mech.lower(), authdata, _meta(remote_ip))
+    res = _exchange(socket_path, format_request(req), ReplyParser(), timeout)
+    if res is Failed.FAIL:
+        return None
+    assert isinstance(res, AuthReply)
+    try:
+        signature = base64.b64decode(res.fields["SCRAM_SIGNATURE"], validate=True)
+    except (KeyError, ValueError):
+        raise AuthTempFail("authdaemon's SCRAM reply lacks the server signature") from None
+    return _info_from_reply(res), signature
 
 
 def auth_pre(socket_path: str | Path, service: str, user: str, *, module: str = ".",
