@@ -8,6 +8,8 @@ keep when we rename a file, so another program's keywords survive us.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 # Maildir letter -> IMAP system flag (man maildir(5); Courier maildir/maildirflags).
 LETTER_TO_FLAG: dict[str, str] = {
     "D": "\\Draft",
@@ -37,6 +39,7 @@ def split_name(filename: str) -> tuple[str, str]:
     return filename[:i], normalize(filename[i + len(INFO_SEP):])
 
 
+@lru_cache(maxsize=4096)   # a folder has few distinct flag strings; called per message per scan
 def normalize(letters: str) -> str:
     """Sorted, de-duplicated flag letters; anything that is not a letter is dropped."""
     return "".join(sorted({c for c in letters if c.isascii() and c.isalpha()}))

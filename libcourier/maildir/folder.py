@@ -102,6 +102,7 @@ class Maildir:
         return moved
 
     def _list_cur(self) -> dict[str, tuple[str, os.stat_result]]:
+        """base -> (file name, stat) of cur/."""
         found: dict[str, tuple[str, os.stat_result]] = {}
         with os.scandir(self.path / "cur") as it:
             for ent in it:
@@ -111,7 +112,8 @@ class Maildir:
                     st = ent.stat(follow_symlinks=True)
                 except FileNotFoundError:
                     continue
-                base, _ = split_name(ent.name)
+                i = ent.name.find(":")
+                base = ent.name if i < 0 else ent.name[:i]   # split_name's base, cheaper
                 prev = found.get(base)
                 # Two names for one base (a crash mid-rename elsewhere): keep one, stably.
                 if prev is None or ent.name < prev[0]:
