@@ -6,6 +6,8 @@ import pytest
 from courier_deliver import dotcourier as dc
 from courier_deliver.local import Outcome, format_report, parse_report
 from courier_deliver.localproto import Reply, Status
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def test_parse_every_line_kind():
@@ -66,3 +68,12 @@ def test_report_round_trip_and_truncation():
     assert parse_report(data) == o
     assert parse_report(data[:-1]) is None
     assert parse_report(b"OK x\n") == Outcome(Reply(Status.OK, "x"))
+
+
+@given(st.binary(max_size=400))
+def test_parse_any_bytes_gives_instructions_or_our_error(data):
+    try:
+        out = dc.parse(data)
+    except dc.DotCourierError:
+        return
+    assert all(isinstance(i, (dc.Mailbox, dc.Program, dc.Forward)) for i in out)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from courier_deliver import deliverquota, maildirmake
+from hypothesis import given
+from hypothesis import strategies as st
 
 from libcourier.maildir import quota
 from libcourier.maildir.delivery import (
@@ -221,3 +223,11 @@ def test_commands_as_real_processes(tmp_path):
     r = subprocess.run(dq, input=MSG, capture_output=True, timeout=60)
     assert r.returncode == 75
     assert len(os.listdir(md / "new")) == 2
+
+
+@given(st.binary(max_size=300))
+def test_maildirsize_parse_never_raises(data):
+    u = quota.parse(data)
+    assert u is None or isinstance(u, quota.Usage)
+    spec = quota.parse_spec(data.decode("latin-1"))
+    assert spec is None or isinstance(spec, quota.QuotaSpec)
