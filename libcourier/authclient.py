@@ -38,11 +38,12 @@ from libcourier.authproto import (
 from libcourier.config import ConfigError
 from libcourier.layout import load_layout
 from libcourier.proto import NEED_DATA
+from libcourier.sasl import ScramUnavailable
 from libcourier.sasl.scram import ScramProof
 
 __all__ = ["MECHANISMS_FILE", "AuthInfo", "AuthTempFail", "auth_cram", "auth_enumerate",
            "auth_login", "auth_passwd", "auth_pre", "auth_raw", "auth_scram_salt",
-           "auth_scram_verify", "parse_options",
+           "auth_scram_verify", "parse_options", "ScramAuthd",
            "verifiable_mechanisms", "verifiable_mechanisms_for"]
 
 # authd writes, beside its socket, the SASL mechanisms its modules can verify
@@ -281,6 +282,27 @@ def auth_scram_verify(socket_path: str | Path, service: str, proof: ScramProof, 
     except (KeyError, ValueError):
         raise AuthTempFail("authdaemon's SCRAM reply lacks the server signature") from None
     return _info_from_reply(res), signature
+
+
+class ScramAuthd:
+    """libcourier.sasl's ScramBackend through authd: what a daemon passes to
+    ServerExchange(..., scram=ScramAuthd(layout.authsocket, "imap", peer_ip))."""
+
+    def __init__(self, socket_path: str | Path, service: str, remote_ip: str | None = None):
+        self.socket_path, self.service, self.remote_ip = socket_path, service, remote_ip
+
+    def salt(self, mech: str, user: str) -> tuple[bytes, int] | None:
+        try:
+            return auth_scram_salt(self.socket_path, self.service, mech, user)
+        except AuthTempFail as e:
+            raise ScramUnavailable(str(e)) from None
+
+    def verify(self, proof: ScramProof) -> tuple[AuthInfo, bytes] | None:
+        try:
+            return auth_scram_verify(self.socket_path, self.service, proof,
+                                     remote_ip=self.remote_ip)
+        except AuthTempFail as e:
+            raise ScramUnavailable(str(e)) from None
 
 
 def auth_pre(socket_path: str | Path, service: str, user: str, *, module: str = ".",

@@ -14,31 +14,45 @@ client responses into the next Step:
 
 Mechanisms: PLAIN (RFC 4616), LOGIN (draft-murchison-sasl-login-00), CRAM-MD5
 (RFC 2195) and its SHA1/SHA256 variants (Courier's authlib names), EXTERNAL
-(RFC 4422 Appendix A). SCRAM-SHA-* (RFC 5802/7677) is not here: it needs
-salted stored keys that authd cannot hand out today.
+(RFC 4422 Appendix A), and SCRAM-SHA-1/SCRAM-SHA-256 (RFC 5802/7677, without
+channel binding) when the driver passes a ``ScramBackend``: only authd holds the
+keys, so the exchange asks it for the salt after client-first and for the
+verdict after client-final (libcourier.authclient.ScramAuthd), then sends the
+server-final-message as a last challenge and ends with ``VerifiedCredentials``
+(info None: wrong password; ``unavailable`` set: authd could not be asked).
 """
 
 from __future__ import annotations
 
 import binascii
 import enum
+import hashlib
+import hmac
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from libcourier.sasl.scram import MECHANISMS as SCRAM_MECHANISMS
+from libcourier.sasl.scram import MIN_ITERATIONS, ScramError, ScramProof, ScramServer
 
 __all__ = [
     "CRAM_MECHANISMS",
     "IMPLEMENTED",
     "MAX_SASL_LINE",
     "PLAINTEXT_MECHANISMS",
+    "SCRAM_MECHANISMS",
     "Challenge",
     "CramCredentials",
     "ExternalCredentials",
     "Failed",
     "LoginCredentials",
+    "ScramBackend",
+    "ScramUnavailable",
     "ServerExchange",
     "Step",
     "UnknownMechanism",
+    "VerifiedCredentials",
     "cram_nonce",
     "decode_initial_response",
     "offered_mechanisms",
@@ -53,7 +67,11 @@ MAX_FIELD = 1024
 PLAINTEXT_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 CRAM_MECHANISMS = frozenset({"CRAM-MD5", "CRAM-SHA1", "CRAM-SHA256"})
 # In the order we prefer to offer them when nothing else decides.
-IMPLEMENTED = ("EXTERNAL", "CRAM-SHA256", "CRAM-SHA1", "CRAM-MD5", "PLAIN", "LOGIN")
+IMPLEMENTED = ("EXTERNAL", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-SHA256", "CRAM-SHA1",
+               "CRAM-MD5", "PLAIN", "LOGIN")
+# Unknown SCRAM users get a made-up salt stable for this process, so the answer to
+# client-first does not tell who exists (RFC 5802 §9).
+_FAKE_SALT_KEY = secrets.token_bytes(32)
 
 
 class UnknownMechanism(ValueError):
@@ -85,11 +103,33 @@ class ExternalCredentials:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifiedCredentials:
+    """SCRAM: authd already checked the proof. info is the account (authclient.AuthInfo),
+    None when the proof was wrong; `unavailable` says why authd could not be asked."""
+
+    mech: str
+    user: str
+    info: Any = None
+    unavailable: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     reason: str
 
 
-Step = Challenge | LoginCredentials | CramCredentials | ExternalCredentials | Failed
+class ScramUnavailable(Exception):
+    """The SCRAM backend (authd) cannot answer now: the driver answers "try later"."""
+
+
+class ScramBackend(Protocol):
+    def salt(self, mech: str, user: str) -> tuple[bytes, int] | None: ...
+
+    def verify(self, proof: ScramProof) -> tuple[Any, bytes] | None: ...
+
+
+Step = (Challenge | LoginCredentials | CramCredentials | ExternalCredentials
+        | VerifiedCredentials | Failed)
 
 
 class _State(enum.Enum):
@@ -99,6 +139,9 @@ class _State(enum.Enum):
     LOGIN_PASS = enum.auto()  # sent "Password:"
     CRAM_WAIT = enum.auto()  # sent "<nonce@host>"
     EXTERNAL_WAIT = enum.auto()  # sent the empty challenge, want the authzid
+    SCRAM_FIRST = enum.auto()  # want client-first
+    SCRAM_FINAL = enum.auto()  # sent server-first, want client-final
+    SCRAM_ACK = enum.auto()  # sent server-final, want the client's empty response
     DONE = enum.auto()
 
 
@@ -146,13 +189,20 @@ class ServerExchange:
     """One SASL authentication exchange, server side."""
 
     def __init__(self, mechanism: str, *, hostname: str, nonce: bytes | None = None,
-                 external_identity: str | None = None) -> None:
+                 external_identity: str | None = None,
+                 scram: ScramBackend | None = None) -> None:
         mech = mechanism.upper()
         if mech not in IMPLEMENTED:
             raise UnknownMechanism(mechanism)
         if mech == "EXTERNAL" and not external_identity:
             # Without a verified client certificate there is nothing to assert.
             raise UnknownMechanism(mechanism)
+        if mech in SCRAM_MECHANISMS and scram is None:
+            raise UnknownMechanism(mechanism)   # nobody to ask for the keys
+        self._scram_backend = scram
+        self._scram: ScramServer | None = None
+        self._scram_info: Any = None
+        self._unavailable = ""
         self.mechanism = mech
         self._hostname = hostname
         self._nonce = nonce
@@ -180,6 +230,17 @@ class ServerExchange:
                 self._state = _State.LOGIN_USER
                 return Challenge(b"Username:")
             return self._login_user(initial_response)
+        if mech in SCRAM_MECHANISMS:
+            snonce = (self._nonce.decode("ascii", "replace") if self._nonce
+                      else secrets.token_urlsafe(18))
+            try:
+                self._scram = ScramServer(mech, snonce)
+            except ScramError as e:
+                return self._fail(str(e))
+            if initial_response is None or initial_response == b"":
+                self._state = _State.SCRAM_FIRST
+                return Challenge(b"")   # RFC 4422 §5: the client speaks first
+            return self._scram_first(initial_response)
         if mech in CRAM_MECHANISMS:
             # RFC 2195: the server speaks first; an initial response has no meaning.
             if initial_response:
@@ -215,6 +276,15 @@ class ServerExchange:
                 return self._login_pass(data)
             case _State.CRAM_WAIT:
                 return self._cram(data)
+            case _State.SCRAM_FIRST:
+                return self._scram_first(data)
+            case _State.SCRAM_FINAL:
+                return self._scram_final(data)
+            case _State.SCRAM_ACK:
+                # RFC 5802 §5: the client answers the server-final-message with nothing.
+                self._state = _State.DONE
+                assert self._scram is not None
+                return VerifiedCredentials(self.mechanism, self._scram.user, self._scram_info)
             case _:
                 return self._external_authzid(data)
 
@@ -267,6 +337,46 @@ class ServerExchange:
         self._state = _State.DONE
         return CramCredentials(self.mechanism, self._challenge, data)
 
+    def _scram_first(self, data: bytes) -> Step:
+        assert self._scram is not None and self._scram_backend is not None
+        try:
+            req = self._scram.client_first(data)
+        except ScramError as e:
+            return self._fail(f"SCRAM client-first: {e}")
+        found = None
+        try:
+            found = self._scram_backend.salt(self.mechanism, req.user)
+        except ScramUnavailable as e:
+            self._unavailable = str(e) or "authentication backend unavailable"
+        if found is None:
+            fake = hmac.new(_FAKE_SALT_KEY, req.user.encode("utf-8"), hashlib.sha256).digest()
+            found = (fake[:16], MIN_ITERATIONS)
+        self._state = _State.SCRAM_FINAL
+        return Challenge(self._scram.server_first(*found))
+
+    def _scram_final(self, data: bytes) -> Step:
+        assert self._scram is not None and self._scram_backend is not None
+        try:
+            proof = self._scram.client_final(data)
+        except ScramError as e:
+            return self._fail(f"SCRAM client-final: {e}")
+        user = self._scram.user
+        if self._unavailable:
+            self._state = _State.DONE
+            return VerifiedCredentials(self.mechanism, user, None, self._unavailable)
+        try:
+            res = self._scram_backend.verify(proof)
+        except ScramUnavailable as e:
+            self._state = _State.DONE
+            return VerifiedCredentials(self.mechanism, user, None,
+                                       str(e) or "authentication backend unavailable")
+        if res is None:
+            self._state = _State.DONE
+            return VerifiedCredentials(self.mechanism, user, None)
+        self._scram_info, signature = res
+        self._state = _State.SCRAM_ACK
+        return Challenge(self._scram.server_final(signature))
+
     def _external_authzid(self, data: bytes) -> Step:
         authzid = _text(data)
         if authzid is None:
@@ -279,12 +389,13 @@ class ServerExchange:
 
 
 def offered_mechanisms(configured: Iterable[str], *, tls: bool, allow_plaintext: bool,
-                       external: bool = False) -> tuple[str, ...]:
+                       external: bool = False, scram: bool = False) -> tuple[str, ...]:
     """The configured list (ESMTPAUTH, POP3AUTH, IMAP AUTH=...) filtered to what we implement.
 
     Order and case follow the configuration; duplicates drop. PLAIN and LOGIN
     only over TLS unless ``allow_plaintext`` (RFC 4954 §4, RFC 3501 §11.1);
-    EXTERNAL only when the connection carries a verified client certificate.
+    EXTERNAL only when the connection carries a verified client certificate;
+    SCRAM-* only when the driver passes a ScramBackend to its exchanges (``scram``).
     """
     seen: list[str] = []
     for name in configured:
@@ -296,6 +407,8 @@ def offered_mechanisms(configured: Iterable[str], *, tls: bool, allow_plaintext:
         if mech in PLAINTEXT_MECHANISMS and not (tls or allow_plaintext):
             continue
         if mech == "EXTERNAL" and not external:
+            continue
+        if mech in SCRAM_MECHANISMS and not scram:
             continue
         seen.append(mech)
     return tuple(seen)

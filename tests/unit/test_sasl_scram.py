@@ -8,6 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from libcourier.sasl import (
+    Challenge,
+    Failed,
+    ScramUnavailable,
+    ServerExchange,
+    UnknownMechanism,
+    VerifiedCredentials,
+    offered_mechanisms,
+)
 from libcourier.sasl.scram import (
     SaltRequest,
     ScramError,
@@ -108,3 +117,82 @@ def test_any_client_first_gives_request_or_error(data):
     except ScramError:
         return
     assert isinstance(r, SaltRequest) and r.user
+
+
+# -- SCRAM inside ServerExchange (what IMAP/POP3/SMTP drivers run) ------------------------
+
+class RfcKeys:
+    """A ScramBackend holding RFC 7677's user/pencil keys: the arithmetic authd does."""
+
+    def __init__(self, available=True):
+        self.keys = derive_keys("sha256", "pencil", base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="),
+                                4096)
+        self.available = available
+
+    def salt(self, mech, user):
+        if not self.available:
+            raise ScramUnavailable("authd down")
+        return (self.keys.salt, self.keys.iterations) if user == "user" else None
+
+    def verify(self, proof):
+        sig = verify_proof("sha256", self.keys, proof.auth_message, proof.proof)
+        return None if sig is None else ({"account": proof.user}, sig)
+
+
+def b64(x: bytes) -> bytes:
+    return base64.b64encode(x)
+
+
+def test_server_exchange_rfc7677():
+    first, snonce, _salt, final, server_final = RFC["SCRAM-SHA-256"]
+    ex = ServerExchange("SCRAM-SHA-256", hostname="h", nonce=snonce.encode(), scram=RfcKeys())
+    assert ex.start(None) == Challenge(b"")
+    step = ex.step(b64(first))
+    assert step == Challenge(b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
+                             b"s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096")
+    assert ex.step(b64(final)) == Challenge(server_final)
+    assert ex.step(b"") == VerifiedCredentials("SCRAM-SHA-256", "user", {"account": "user"})
+    assert ex.done
+
+
+def test_server_exchange_scram_initial_response_and_wrong_proof():
+    first, snonce, _salt, final, _sf = RFC["SCRAM-SHA-256"]
+    ex = ServerExchange("SCRAM-SHA-256", hostname="h", nonce=snonce.encode(), scram=RfcKeys())
+    assert isinstance(ex.start(first), Challenge)            # SASL-IR / SMTP initial response
+    bad = final[:-4] + b"AAA="
+    assert ex.step(b64(bad)) == VerifiedCredentials("SCRAM-SHA-256", "user", None)
+
+
+def test_server_exchange_scram_unknown_user_gets_a_stable_fake_salt():
+    out = []
+    for _ in range(2):
+        ex = ServerExchange("SCRAM-SHA-256", hostname="h", nonce=b"abc", scram=RfcKeys())
+        out.append(ex.start(b"n,,n=ghost,r=x").data)
+    assert out[0] == out[1] and b",i=4096" in out[0]
+
+
+def test_server_exchange_scram_backend_down_is_unavailable_not_wrong():
+    first, snonce, _salt, final, _sf = RFC["SCRAM-SHA-256"]
+    ex = ServerExchange("SCRAM-SHA-256", hostname="h", nonce=snonce.encode(),
+                        scram=RfcKeys(available=False))
+    assert isinstance(ex.start(first), Challenge)
+    res = ex.step(b64(final))
+    assert isinstance(res, VerifiedCredentials) and res.info is None and res.unavailable
+
+
+def test_scram_needs_a_backend_and_is_offered_only_with_one():
+    with pytest.raises(UnknownMechanism):
+        ServerExchange("SCRAM-SHA-1", hostname="h")
+    conf = ["SCRAM-SHA-256", "PLAIN"]
+    assert offered_mechanisms(conf, tls=True, allow_plaintext=False) == ("PLAIN",)
+    assert offered_mechanisms(conf, tls=True, allow_plaintext=False, scram=True) == \
+        ("SCRAM-SHA-256", "PLAIN")
+
+
+def test_scram_cancel_and_garbage():
+    ex = ServerExchange("SCRAM-SHA-1", hostname="h", scram=RfcKeys())
+    ex.start(None)
+    assert isinstance(ex.step(b"*"), Failed)
+    ex = ServerExchange("SCRAM-SHA-1", hostname="h", scram=RfcKeys())
+    ex.start(None)
+    assert isinstance(ex.step(b64(b"p=tls-unique,,n=user,r=x")), Failed)
