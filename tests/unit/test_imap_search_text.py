@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import tracemalloc
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libcourier.mime import parse
 from libcourier.mime import textsearch as ts
 
 MULTI = (b"From: =?utf-8?b?w4lsb2lzZQ==?= <e@example.fr>\nSubject: =?utf-8?q?caf=C3=A9?= menu\n"
@@ -134,3 +136,55 @@ def test_large_message_bounded_memory(tmp_path) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8_000_000, peak
+
+
+# -- the fast in-memory walk against the full parse ----------------------------------------
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+NEEDLES = ["zeppelin", "the", "é", "привет", "content-type", "base64", "charset", "lyrics",
+           "dingus", "=", "ü", "deployment forecast"]
+
+
+def full_parse(data: bytes, needle: str, body_only: bool) -> bool:
+    root = parse(io.BytesIO(data))
+    return ts._search(iter((ts._to_crlf(data),)), ts._segments(root, body_only), needle)
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus {CORPUS} not present")
+def test_fast_walk_equals_full_parse_on_the_corpus() -> None:
+    for eml in sorted(CORPUS.glob("*.eml")):
+        data = eml.read_bytes()
+        for needle in NEEDLES:
+            for body_only in (True, False):
+                assert has(data, needle, body_only) == full_parse(data, needle, body_only), \
+                    (eml.name, needle, body_only)
+
+
+@pytest.mark.parametrize("data", [
+    # an inner boundary that starts with the outer one: only the full parse is exact
+    b"Content-Type: multipart/mixed; boundary=ab\n\n--ab\n"
+    b"Content-Type: multipart/mixed; boundary=abc\n\n--abc\n\nfirst zeppelin\n--abc--\n--ab--\n",
+    # a header cut by a boundary line
+    b"Content-Type: multipart/mixed; boundary=q\n\n--q\nSubject: x\n--q\n\nzeppelin\n--q--\n",
+    # a part with no close delimiter and CRLF line ends
+    b"Content-Type: multipart/mixed; boundary=q\r\n\r\n--q\r\n\r\nzep\r\npelin zeppelin\r\n",
+    MULTI,
+])
+def test_fast_walk_fallbacks(data: bytes) -> None:
+    for needle in ("zeppelin", "first", "x"):
+        for body_only in (True, False):
+            assert has(data, needle, body_only) == full_parse(data, needle, body_only)
+
+
+def test_surely_absent_only_when_the_raw_bytes_prove_it() -> None:
+    plain = b"Subject: hi\n\nnothing to see\n"
+    assert ts.surely_absent(plain, "zeppelin")
+    assert not ts.surely_absent(plain, "nothing")          # present: must look
+    assert not ts.surely_absent(plain, "to see")           # white space: folds may split it
+    assert not ts.surely_absent(plain, "é")                # not ASCII
+    for hides in (b"Subject: =?utf-8?q?zeppelin?=\n\n", b"Content-Transfer-Encoding: BASE64\n\n",
+                  b"Content-Type: text/plain; charset=UTF-7\n\n+AHoAZQBwAHAAZQBsAGkAbg-\n",
+                  b"Subject: x\n\n\xc3\xa9", b"\x1b$B"):
+        assert not ts.surely_absent(hides, "zeppelin"), hides
+    utf7 = b"Content-Type: text/plain; charset=UTF-7\n\n+AHoAZQBwAHAAZQBsAGkAbg-\n"
+    assert has(utf7, "zeppelin", True)
