@@ -27,6 +27,7 @@ PORT_OFFSETS = {"smtp": 25, "submission": 587, "smtps": 465, "imap": 143,
 CONFIG_FILES = ("courierd", "authdaemonrc", "esmtpd", "esmtpd-msa", "esmtpd-ssl",
                 "imapd", "imapd-ssl", "pop3d", "pop3d-ssl")
 CERT_FILES = ("esmtpd.pem", "imapd.pem", "pop3d.pem")
+AUTH_RC_FILES = ("authpgsqlrc", "authmysqlrc", "authldaprc")
 # Every client of a test or demo instance is 127.0.0.1: Courier's per-IP
 # limits (5 for SMTP) would refuse a benchmark's concurrent sessions.
 LOOPBACK_MAXPERIP = "100"
@@ -176,6 +177,10 @@ def init(dest: Path, *, port_base: int | None = None, hostname: str | None = Non
         write_atomic(etc / "locals", "\n".join(local_names) + "\n")
         write_atomic(etc / "hosteddomains", (tdir / "hosteddomains").read_bytes())
         write_atomic(etc / "bofh", (tdir / "bofh").read_bytes())
+        # authlib's rc files, as Courier installs them: used once their module is in
+        # authmodulelist; they will hold a database password, so not world-readable.
+        for name in AUTH_RC_FILES:
+            write_atomic(etc / name, (tdir / name).read_bytes(), 0o640)
         # userdb holds password hashes: 0600, as makeuserdb wants.
         write_atomic(etc / "userdb", b"", 0o600)
         compile_userdb(etc / "userdb", etc / "userdb.dat", etc / "userdbshadow.dat")
