@@ -216,7 +216,8 @@ def sasl_mechanisms(cfg: ImapdConfig, tls: bool) -> tuple[str, ...]:
     configured = [w[5:] for w in words if w.upper().startswith("AUTH=")]
     disabled = not tls and cfg.starttls and cfg.tls_required
     verifiable = verifiable_mechanisms_for(cfg.etc)
-    return tuple(m for m in offered_mechanisms(configured, tls=tls, allow_plaintext=not disabled)
+    return tuple(m for m in offered_mechanisms(configured, tls=tls, allow_plaintext=not disabled,
+                                               scram=True)
                  if m in verifiable)
 
 

@@ -38,6 +38,7 @@ from courier_imapd.core import (
 )
 from courier_imapd.ident import id_log_text, id_response
 
+from libcourier.authclient import ScramAuthd
 from libcourier.proto import LineTooLong
 from libcourier.sasl import (
     Challenge,
@@ -47,6 +48,7 @@ from libcourier.sasl import (
     LoginCredentials,
     ServerExchange,
     UnknownMechanism,
+    VerifiedCredentials,
     cram_nonce,
     decode_initial_response,
 )
@@ -82,7 +84,7 @@ class LoginOK:
 
 
 Authenticator = Callable[[str, str, str], Any]   # (user, password, ip) -> AuthInfo | None
-Credentials = LoginCredentials | CramCredentials | ExternalCredentials
+Credentials = LoginCredentials | CramCredentials | ExternalCredentials | VerifiedCredentials
 # (credentials, ip) -> AuthInfo | None; raises AuthUnavailable like Authenticator.
 SaslAuthenticator = Callable[[Credentials, str], Any]
 
@@ -186,7 +188,9 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
                     send(conn, tagged(tag, "NO", "Unsupported authentication mechanism"), counters)
                     continue
                 try:
-                    creds = sasl_exchange(conn, core, mech, initial, counters)
+                    creds = sasl_exchange(conn, core, mech, initial, counters,
+                                          scram=ScramAuthd.for_config(cfg.etc, "imap",
+                                                                      conn.peer_ip))
                 except EOFError:
                     return None
                 if isinstance(creds, Failed):
@@ -194,7 +198,7 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
                     send(conn, tagged(tag, "BAD", creds.reason), counters)
                     continue
                 user = creds.identity if isinstance(creds, ExternalCredentials) else \
-                    creds.user if isinstance(creds, LoginCredentials) else \
+                    creds.user if isinstance(creds, (LoginCredentials, VerifiedCredentials)) else \
                     creds.response.rpartition(b" ")[0].decode("utf-8", "replace")
                 result = _verify(conn, tag, user, partial(verify, creds, conn.peer_ip), counters,
                                  mech)
@@ -261,7 +265,7 @@ def _verify(conn: Wire, tag: str, user: str, check: Callable[[], Any], counters:
 
 
 def sasl_exchange(conn: Wire, core: ImapConnection, mech: str, initial: bytes | None,
-                  counters: Counters) -> Credentials | Failed:
+                  counters: Counters, scram: ScramAuthd | None = None) -> Credentials | Failed:
     """Run one AUTHENTICATE exchange to its end (RFC 3501 §6.2.2); EOFError if the client goes."""
     first: bytes | None = None
     if initial is not None:
@@ -271,7 +275,7 @@ def sasl_exchange(conn: Wire, core: ImapConnection, mech: str, initial: bytes | 
         first = decoded
     try:
         ex = ServerExchange(mech, hostname=socket.gethostname(),
-                            nonce=cram_nonce(int(time.time())))
+                            nonce=cram_nonce(int(time.time())), scram=scram)
     except UnknownMechanism:
         return Failed("Unsupported authentication mechanism")
     step = ex.start(first)

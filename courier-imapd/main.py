@@ -31,7 +31,7 @@ from courier_imapd.session import Session, open_maildir_root
 
 from libcourier import authclient, privsep, proctitle, tcpd
 from libcourier.layout import Layout
-from libcourier.sasl import CramCredentials, LoginCredentials
+from libcourier.sasl import CramCredentials, LoginCredentials, VerifiedCredentials
 from libcourier.tcpd.daemon import ListenerDaemon, run_listener
 
 log = logging.getLogger("courier.imapd")
@@ -58,6 +58,10 @@ def _sasl_authenticator(layout: Layout):
                                             base64.b64encode(creds.challenge).decode(),
                                             base64.b64encode(creds.response).decode(),
                                             remote_ip=ip)
+            if isinstance(creds, VerifiedCredentials):   # SCRAM: authd already decided
+                if creds.unavailable:
+                    raise AuthUnavailable(creds.unavailable)
+                return creds.info
             return authclient.auth_pre(layout.authsocket, "imap", creds.identity)
         except authclient.AuthTempFail as e:
             raise AuthUnavailable(str(e)) from None

@@ -291,6 +291,14 @@ class ScramAuthd:
     def __init__(self, socket_path: str | Path, service: str, remote_ip: str | None = None):
         self.socket_path, self.service, self.remote_ip = socket_path, service, remote_ip
 
+    @classmethod
+    def for_config(cls, etc: str | Path, service: str,
+                   remote_ip: str | None = None) -> ScramAuthd | None:
+        """The backend for the authd that config dir `etc` names; None when it cannot
+        be found (no SCRAM then)."""
+        sock = _authsocket(os.fspath(etc))
+        return None if sock is None else cls(sock, service, remote_ip)
+
     def salt(self, mech: str, user: str) -> tuple[bytes, int] | None:
         try:
             return auth_scram_salt(self.socket_path, self.service, mech, user)
