@@ -271,3 +271,30 @@ def test_reconcile_rewrites_only_when_courier_would() -> None:
                                               "UID2-1700000000"]
     # Empty Maildir, no list: Courier writes nothing.
     assert sl.reconcile([], None, 1, lambda n: None).save is None
+
+
+def test_large_message_streamed_in_bounded_pieces(tmp_path: Path) -> None:
+    from courier_pop3d import maildrop as md
+    line = b"0123456789 " * 7 + b"\n"              # 78 octets, LF
+    body = line * (24 * 1024 * 1024 // len(line))   # ~24 MB
+    msg = b"Subject: big\n\n" + body + b".dot\n"
+    root = make_maildir(tmp_path / "Maildir", [msg])
+    drop = Maildrop(root)
+    view = drop.open()
+    assert view.sizes == (len(msg) + msg.count(b"\n"),)
+    f = drop.open_message(0)
+    assert f is not None
+    with f:
+        pieces = list(drop.stream(f, None))
+    # Read CHUNK at a time: no piece is more than one chunk with CRs and stuffing added.
+    assert len(pieces) > len(msg) // md.CHUNK
+    assert max(map(len, pieces)) <= 2 * md.CHUNK + 3
+    sent = b"".join(pieces)
+    assert sent == msg.replace(b"\n", b"\r\n").replace(b"\r\n.dot", b"\r\n..dot") + b".\r\n"
+    # TOP stops reading at its last line instead of passing over the rest.
+    f = drop.open_message(0)
+    assert f is not None
+    with f:
+        top = b"".join(drop.stream(f, 2))
+        assert f.tell() <= md.CHUNK
+    assert top == b"Subject: big\r\n\r\n" + line.replace(b"\n", b"\r\n") * 2 + b".\r\n"
