@@ -1,7 +1,8 @@
 """Failed-login throttling shared by every authd worker, without I/O.
 
 Each failure counts against the login name and against the client address
-(TCPREMOTEIP). From the `after`-th failure on, that key is refused outright
+(TCPREMOTEIP; not for loopback addresses, where a local webmail or proxy speaks
+for everyone). From the `after`-th failure on, that key is refused outright
 (FAIL without looking at the password, so a worker is never tied up sleeping)
 until a delay has passed: `base` seconds, doubling with each further failure, at
 most `cap`. A success clears the login's and the address's counts; a key idle
@@ -16,6 +17,7 @@ The caller holds a lock around `check`/`failed`/`succeeded` and passes the clock
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -40,6 +42,16 @@ class ThrottlePolicy:
         if self.after <= 0 or failures < self.after:
             return 0.0
         return min(self.cap, self.base * 2 ** min(failures - self.after, 30))
+
+
+def _loopback(address: str) -> bool:
+    """A local webmail or proxy speaks for many users from 127.0.0.1/::1: its address
+    is not throttled (the login names still are)."""
+    try:
+        ip = ipaddress.ip_address(address.removeprefix("::ffff:"))
+    except ValueError:
+        return False
+    return ip.is_loopback
 
 
 def _digest(kind: str, value: str) -> bytes:
@@ -80,7 +92,7 @@ class ThrottleTable:
         keys = []
         if user:
             keys.append(_digest("user", user.lower()))
-        if address:
+        if address and not _loopback(address):
             keys.append(_digest("addr", address))
         return keys
 

@@ -183,3 +183,12 @@ def test_result_cache_off_by_default_and_ttl(etc, tmp_path):
 def test_mechanisms_follow_the_modules(etc):
     a = Authenticator([UserdbModule(etc)])
     assert {"PLAIN", "LOGIN", "CRAM-MD5", "CRAM-SHA1", "CRAM-SHA256"} <= a.mechanisms()
+
+
+def test_throttle_ignores_loopback_addresses():
+    t = make_throttle(after=1, base=10, cap=10)
+    for ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        t.failed(None, ip, 0.0)
+        assert t.blocked_for("someone", ip, 1.0) == 0
+    t.failed(None, "192.0.2.1", 0.0)
+    assert t.blocked_for(None, "192.0.2.1", 1.0) > 0
