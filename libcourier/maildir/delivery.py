@@ -91,13 +91,18 @@ def _temporary(err: OSError) -> bool:
 
 
 def ensure_maildir(maildir: Path) -> None:
-    """Create maildir/{tmp,new,cur} (0700) if missing; the parent of the Maildir must exist."""
+    """Create maildir/{tmp,new,cur} (0700) if missing; the parent of the Maildir must exist.
+    A new `.Name` inside a Maildir is a Maildir++ folder: it gets its `maildirfolder`
+    file, as `maildirmake -f` makes it, so its quota is counted in the parent's."""
     created = False
     for sub in ("", "tmp", "new", "cur"):
         d = maildir / sub if sub else maildir
         try:
             os.mkdir(d, 0o700)
             created = True
+            if not sub and maildir.name.startswith(".") and (maildir.parent / "cur").is_dir():
+                os.close(os.open(maildir / quota.MAILDIRFOLDER,
+                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         except FileExistsError:
             if not d.is_dir():
                 raise DeliveryError(False, f"{d} exists and is not a directory") from None
@@ -212,6 +217,7 @@ def deliver_with_quota(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: 
     `newquota` is the account's quota (authd QUOTA=), None to use maildirsize's.
     Raises OverQuota."""
     maildir = Path(maildir)
+    ensure_maildir(maildir)         # maildirsize may have to be made in it first
     counted = quota.counts_folder(maildir)
     if counted:
         try:

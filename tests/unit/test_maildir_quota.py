@@ -231,3 +231,15 @@ def test_maildirsize_parse_never_raises(data):
     assert u is None or isinstance(u, quota.Usage)
     spec = quota.parse_spec(data.decode("latin-1"))
     assert spec is None or isinstance(spec, quota.QuotaSpec)
+
+
+def test_first_delivery_makes_the_maildir_and_folders_count_in_the_parent(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    md = home / "Maildir"
+    deliver_with_quota(md, [MSG], len(MSG), newquota="1000S")   # no Maildir yet
+    assert usage_of(md).count == 1
+    deliver_with_quota(md / ".lists", [MSG], len(MSG), newquota="1000S")
+    assert (md / ".lists" / "maildirfolder").is_file()
+    assert not (md / ".lists" / "maildirsize").exists()
+    assert usage_of(md).count == 2
