@@ -17,7 +17,8 @@ from __future__ import annotations
 import datetime
 import email.utils
 import os
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import BinaryIO, TypeVar
 
 from courier_imapd import fetch as fetchmod
 from courier_imapd.mailbox import MailboxView
@@ -30,6 +31,7 @@ from libcourier.rfc5322 import decode_words, split_field, unfold
 MAX_HEADER = 1 << 20      # bytes of a header read for a field the index does not keep
 _INDEXED = {n.decode(): i for i, n in enumerate(mindex.HEADER_FIELDS)}
 _UNSET = object()
+_T = TypeVar("_T")
 
 
 def parse_date(value: bytes | None) -> tuple[datetime.date, float] | None:
@@ -88,12 +90,53 @@ def has_text(value: bytes, needle: str) -> bool:
     return needle in decode_words(unfold(value)).casefold()
 
 
+MAX_MEMO = 32 << 20       # bytes (roughly) of header values kept between commands
+
+
+class FolderMemo:
+    """What earlier commands learnt about the messages of one folder, kept in this
+    session process so the next SEARCH FROM, SORT or THREAD does not decode the
+    index again (as Dovecot keeps looked-up fields in its cache). Keyed by the
+    message's base name and size: a Maildir message's bytes never change under
+    one name. Bounded by MAX_MEMO; past it, answers are computed and not kept."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.values: dict[tuple[str, int, str], object] = {}
+        self.used = 0
+
+    def get(self, msg: MessageRef, key: str, compute: Callable[[], _T]) -> _T:
+        k = (msg.base, msg.size, key)
+        try:
+            return self.values[k]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        v = compute()
+        if self.used < MAX_MEMO:
+            self.values[k] = v
+            self.used += 100 + (len(v) if isinstance(v, (str, bytes, tuple)) else 0)
+        return v
+
+
+_memo: FolderMemo | None = None
+
+
+def folder_memo(folder: str) -> FolderMemo:
+    """The memo of `folder`; one folder at a time (a session selects one)."""
+    global _memo
+    if _memo is None or _memo.folder != folder:
+        _memo = FolderMemo(folder)
+    return _memo
+
+
 class MailboxFacts:
-    """What the messages of one command share: the view, its folder index."""
+    """What the messages of one command share: the view, its folder index and memo."""
 
     def __init__(self, view: MailboxView):
         self.view = view
-        self.index = fetchmod.folder_index(os.path.join(str(view.maildir.path), "cur", "-"))
+        folder = str(view.maildir.path)
+        self.index = fetchmod.folder_index(os.path.join(folder, "cur", "-"))
+        self.memo = folder_memo(folder)
         self.facts = [MessageFacts(self, i + 1, m) for i, m in enumerate(view.messages)]
 
 
@@ -150,9 +193,16 @@ class MessageFacts:
             self._entry = new
         return self._head
 
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T:
+        """`compute()`, remembered for this message across commands (FolderMemo)."""
+        return self.box.memo.get(self.msg, key, compute)
+
     def field(self, name: bytes) -> bytes | None:
-        """The raw value of an indexed header field (address fields given more than
-        once are joined, as ENVELOPE reads them), or None when the message has none."""
+        """The raw value of a header field (for the indexed ones, address fields given
+        more than once are joined, as ENVELOPE reads them); None when there is none."""
+        return self.memo("raw:" + name.decode(), lambda: self._field(name))
+
+    def _field(self, name: bytes) -> bytes | None:
         i = _INDEXED.get(name.decode())
         if i is None:
             vals = self._fields(name.decode())
@@ -207,7 +257,7 @@ class MessageFacts:
 
     def _date(self) -> tuple[datetime.date, float] | None:
         if self._sent is _UNSET:
-            self._sent = parse_date(self.field(b"date"))
+            self._sent = self.memo("date", lambda: parse_date(self.field(b"date")))
         return self._sent  # type: ignore[return-value]
 
     def sent_day(self) -> datetime.date | None:
@@ -220,10 +270,20 @@ class MessageFacts:
         return self.msg.mtime if d is None else d[1]
 
     def header_has(self, name: str, needle: str) -> bool:
+        text = self.memo("text:" + name, lambda: self._header_text(name))
+        return text is not None and needle in text
+
+    def _header_text(self, name: str) -> str | None:
+        """The field's values as SEARCH compares them: unfolded, RFC 2047-decoded,
+        casefolded, joined by newlines; None (matching nothing) when there is none."""
         if name in _INDEXED:
             v = self.field(name.encode())
-            return v is not None and has_text(v, needle)
-        return any(has_text(v, needle) for v in self._fields(name))
+            vals = [] if v is None else [v]
+        else:
+            vals = self._fields(name)
+        if not vals:
+            return None
+        return "\n".join(decode_words(unfold(v)).casefold() for v in vals)
 
     def text_has(self, needle: str, body_only: bool) -> bool:
         fh = self._open()

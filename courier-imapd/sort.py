@@ -15,8 +15,9 @@ the mailbox"), whatever REVERSE says about the keys before.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from courier_imapd.core import ParseError, Reader
 from courier_imapd.search import Program, parse_keys
@@ -27,6 +28,7 @@ from libcourier.rfc5322.basesubject import base_subject, sort_form
 SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
              "DISPLAYFROM", "DISPLAYTO")
 MAX_CRITERIA = 32
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ class SortFacts(Protocol):
     def sent_time(self) -> float: ...          # Date: in UTC, else INTERNALDATE (§2.2)
     def size(self) -> int: ...
     def field(self, name: bytes) -> bytes | None: ...
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T: ...   # kept across commands
 
 
 def first_address(value: bytes | None) -> Address | None:
@@ -125,6 +128,10 @@ def sort_messages(criteria: tuple[Criterion, ...], messages: list[SortFacts]) ->
     # Stable sorts from the last criterion to the first give the lexicographic order;
     # sort(reverse=True) keeps equal elements in their order, so ties stay by sequence.
     for c in reversed(criteria):
-        keys = {id(m): sort_key(c.key, m) for m in out}
+        if c.key in ("ARRIVAL", "DATE", "SIZE"):      # cheap, and follow the file's mtime
+            keys = {id(m): sort_key(c.key, m) for m in out}
+        else:                                          # parsed from the header: remembered
+            keys = {id(m): m.memo("sort:" + c.key, lambda c=c, m=m: sort_key(c.key, m))
+                    for m in out}
         out.sort(key=lambda m: keys[id(m)], reverse=c.reverse)  # type: ignore[arg-type,return-value]
     return out

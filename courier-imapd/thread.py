@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from courier_imapd.core import ParseError, Reader
 from courier_imapd.search import Program, parse_keys
@@ -26,6 +26,7 @@ from libcourier.rfc5322 import unfold
 from libcourier.rfc5322.basesubject import base_subject, sort_form
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+_T = TypeVar("_T")
 MAX_REFERENCES = 1000     # msg-ids of one References: field looked at
 
 
@@ -45,6 +46,7 @@ class ThreadFacts(Protocol):
 
     def sent_time(self) -> float: ...          # RFC 5256 §2.2 sent date
     def field(self, name: bytes) -> bytes | None: ...
+    def memo(self, key: str, compute: Callable[[], _T]) -> _T: ...   # kept across commands
 
 
 # -- message ids ---------------------------------------------------------------------
@@ -74,6 +76,30 @@ def message_ids(value: bytes | None, limit: int = MAX_REFERENCES) -> list[bytes]
             if len(out) >= limit:
                 break
     return out
+
+
+def _ids_of(m: ThreadFacts) -> tuple[bytes | None, tuple[bytes, ...]]:
+    own = message_ids(m.field(b"message-id"), 1)
+    refs = message_ids(m.field(b"references"))
+    if not refs:
+        refs = message_ids(m.field(b"in-reply-to"), 1)
+    return (own[0] if own else None), tuple(refs)
+
+
+def _ids(m: ThreadFacts) -> tuple[bytes | None, tuple[bytes, ...]]:
+    """The message's own Message-ID and its references (References:, else the first
+    msg-id of In-Reply-To: RFC 5256 §4 step 1)."""
+    return m.memo("thread:ids", lambda: _ids_of(m))
+
+
+def _subject_of(m: ThreadFacts) -> tuple[bytes, bool]:
+    subj, reply = base_subject(m.field(b"subject"))
+    return sort_form(subj), reply
+
+
+def _subject(m: ThreadFacts) -> tuple[bytes, bool]:
+    """(base subject in i;ascii-casemap, is a reply or forward)."""
+    return m.memo("thread:subject", lambda: _subject_of(m))
 
 
 # -- the tree ------------------------------------------------------------------------
@@ -146,7 +172,7 @@ def ordered_subject(messages: list[ThreadFacts]) -> list[Node]:
     """Sort by base subject then sent date; each run of one subject is a thread whose
     first message is the parent of all the others (siblings); threads in the order
     of their first message's sent date."""
-    keyed = sorted(((sort_form(base_subject(m.field(b"subject"))[0]), m.sent_time(), m.seq, m)
+    keyed = sorted(((_subject(m)[0], m.sent_time(), m.seq, m)
                     for m in messages), key=lambda t: t[:3])
     roots: list[Node] = []
     last = None
@@ -170,8 +196,7 @@ def references(messages: list[ThreadFacts]) -> list[Node]:
         node = Node(m, order=(m.sent_time(), m.seq))
         nodes.append(node)
         # (1)(A) the message's own Message-ID; a duplicate or missing one is a unique id
-        own = message_ids(m.field(b"message-id"), 1)
-        mid = own[0] if own else None
+        mid, refs = _ids(m)
         if mid is not None:
             c = table.get(mid)
             if c is None:
@@ -182,9 +207,6 @@ def references(messages: list[ThreadFacts]) -> list[Node]:
                 nodes[-1] = node = c
             # else: a duplicate Message-ID; this message stays unique (not in the table)
         # (1)(B) the references: References:, else the first msg-id of In-Reply-To
-        refs = message_ids(m.field(b"references"))
-        if not refs:
-            refs = message_ids(m.field(b"in-reply-to"), 1)
         prev: Node | None = None
         for ref in refs:
             c = table.get(ref)
@@ -270,8 +292,7 @@ def _thread_subject(n: Node) -> tuple[bytes, bool]:
     m = n.msg if n.msg is not None else (n.children[0].msg if n.children else None)
     if m is None:
         return b"", False
-    subj, reply = base_subject(m.field(b"subject"))
-    return sort_form(subj), reply
+    return _subject(m)
 
 
 def _group_by_subject(roots: list[Node]) -> list[Node]:

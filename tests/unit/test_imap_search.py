@@ -151,7 +151,8 @@ def test_any_generated_program_parses(text: bytes) -> None:
 @given(st.binary(max_size=60))
 def test_any_bytes_parse_or_bad(tail: bytes) -> None:
     line = b"a SEARCH " + tail.replace(b"\r", b"").replace(b"\n", b"")
-    assert isinstance(parse(line), (c.Search, c.BadCommand))
+    cmd = c.parse_command([(line, None)], c.State.SELECTED)
+    assert isinstance(cmd, (c.Search, c.BadCommand))
 
 
 # -- evaluation on a Maildir ---------------------------------------------------------------

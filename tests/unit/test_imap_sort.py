@@ -98,6 +98,9 @@ class Msg:
     def field(self, name: bytes) -> bytes | None:
         return self.fields.get(name)
 
+    def memo(self, key: str, compute):  # noqa: ANN001, ANN201 - nothing kept in a test
+        return compute()
+
 
 MSGS = [
     Msg(1, 30, 5, 300, {b"subject": b"Re: beta", b"from": b"Zed <zed@a.example>",

@@ -22,6 +22,9 @@ class Msg:
     def field(self, name: bytes) -> bytes | None:
         return self.fields.get(name)
 
+    def memo(self, key: str, compute):  # noqa: ANN001, ANN201 - nothing kept in a test
+        return compute()
+
 
 def msg(seq: int, sent: float, subject: str | None = None, mid: str | None = None,
         refs: str | None = None, irt: str | None = None) -> Msg:
