@@ -185,6 +185,7 @@ class EsmtpConfig:
     resolver: tuple[tuple[str, int], ...] = ()
     routes: Routes = field(default_factory=Routes)
     auth: AuthClient = field(default_factory=AuthClient)   # esmtpauthclient
+    keepalive: int = 60                  # esmtptimeoutkeepalive: idle reuse window, 0 = off
     # Built before the privilege drop (the CA files may be unreadable after it).
     tls_client: ssl.SSLContext | None = None      # opportunistic: no verification
     tls_verified: ssl.SSLContext | None = None    # /SECURITY=REQUIRED, ESMTP_TLS_VERIFY_DOMAIN
@@ -314,6 +315,7 @@ def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
         starttls=values["esmtp_starttls"], prefer_ipv6=values["esmtp_prefer_ipv6"],
         verify=values["esmtp_tls_verify"], resolver=values["esmtp_resolver"],
         routes=load_routes(etc / "esmtproutes"), auth=load_authclient(etc / "esmtpauthclient"),
+        keepalive=_control(etc, "esmtptimeoutkeepalive", to_duration, 60),
         tls_client=loose, tls_verified=strict)
 
 

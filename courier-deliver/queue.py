@@ -512,6 +512,8 @@ class QueueManager:
     async def _drain(self) -> None:
         tasks = list(self.active.values())
         if not tasks:
+            if self.remote is not None:
+                await self.remote.close_idle()
             return
         logger.info("waiting for %d delivery attempt(s) to finish", len(tasks))
         _done, left = await asyncio.wait(tasks, timeout=STOP_WAIT)
@@ -519,6 +521,8 @@ class QueueManager:
             # Worker threads cannot be cancelled; their recipients stay queued
             # and are retried after the restart.
             logger.warning("%d delivery attempt(s) still running at exit", len(left))
+        if self.remote is not None:
+            await self.remote.close_idle()
 
     # -- the notice socket --
 

@@ -10,7 +10,13 @@ recipients for the next host; 2xx and 5xx are final (RFC 5321 §5.1 and
 queue manager.
 
 Limits: at most ESMTPMAXDELS sessions at once overall and MAXHOST to one
-exchanger (by name), as Courier's esmtp module does. Timeouts follow RFC 5321
+exchanger (by name), as Courier's esmtp module does. Connection reuse: after
+a transaction the session stays open (idle) for esmtptimeoutkeepalive seconds
+(Courier's control file, default 60; 0 turns reuse off), and the next
+message for the same exchanger, address, port, TLS policy and credentials
+takes it (RSET first when needed); a session whose last transaction got a
+4xx is not reused. Idle sessions do not hold a MAXHOST slot; at most MAXHOST
+of them are kept per exchanger. Timeouts follow RFC 5321
 §4.5.3.2 (5 minutes for a reply, 10 for the reply to the final dot).
 """
 
@@ -46,6 +52,7 @@ REPLY_TIMEOUT = 300.0         # RFC 5321 §4.5.3.2.1-6: 5 minutes for most repli
 FINAL_TIMEOUT = 600.0         # §4.5.3.2.7: 10 minutes for the reply to "."
 QUIT_WAIT = 5.0               # for the 221 to QUIT; the message is already safe
 TLS_TIMEOUT = 60.0
+REAP_INTERVAL = 5.0           # how often idle connections past keepalive are closed
 READ_CHUNK = 64 * 1024
 
 
@@ -76,6 +83,9 @@ class RemoteDelivery:
         self.resolver = resolver or make_resolver(config.resolver)
         self._all = asyncio.Semaphore(config.maxdels)
         self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._idle: dict[_PoolKey, list[tuple[Connection, float]]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
         sem = self._hosts.get(host)
@@ -174,86 +184,222 @@ class RemoteDelivery:
             sem = self._host_limit(host)
             try:
                 async with sem:
-                    return await session(self.config.helo, host, address, port, txn,
-                                         policy, ctx, qid, auth=auth)
+                    return await self._transact(host, address, port, txn, policy, ctx,
+                                                auth, qid)
             finally:
                 self._release_host(host)
 
+    async def _transact(self, host: str, address: str, port: int, txn: Transaction,
+                        policy: TlsPolicy, ctx: ssl.SSLContext | None,
+                        auth: tuple[str, str] | None, qid: str) -> _SessionOutcome:
+        key: _PoolKey = (host, address, port, policy, id(ctx), auth)
+        outcome: _SessionOutcome | None = None
+        conn = self._take_idle(key)
+        if conn is not None:
+            outcome = await conn.transact(txn, qid)
+            if outcome is None:          # it had died while idle: a fresh one
+                await conn.close()
+                conn = None
+        if outcome is None:
+            conn, outcome = await Connection.open(
+                self.config.helo, host, address, port, txn, policy, ctx, auth, qid,
+                keep_open=self.config.keepalive > 0)
+        if conn is not None:
+            if conn.reusable:
+                self._put_idle(key, conn)
+            else:
+                await conn.close()
+        return outcome
 
-async def session(helo: str, host: str, address: str, port: int, txn: Transaction,
-                  policy: TlsPolicy, ctx: ssl.SSLContext | None, qid: str = "", *,
-                  auth: tuple[str, str] | None = None) -> _SessionOutcome:
-    """One SMTP session carrying one transaction; never raises for network trouble."""
-    client = SmtpClient(helo, txn, tls=policy, auth=auth)
-    where = f"id={qid},host={host}[{address}]:{port}"
-    writer: asyncio.StreamWriter | None = None
-    results: dict[str, Reply] | None = None
-    try:
+    # -- the idle connections (Courier's esmtptimeoutkeepalive) --
+
+    def _take_idle(self, key: _PoolKey) -> Connection | None:
+        idle = self._idle.get(key)
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn, since = idle.pop()
+            if conn.reusable and now - since < self.config.keepalive:
+                if not idle:
+                    del self._idle[key]
+                return conn
+            self._background(conn.close())
+        self._idle.pop(key, None)
+        return None
+
+    def _put_idle(self, key: _PoolKey, conn: Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self.config.maxhost:
+            self._background(conn.close())
+            return
+        idle.append((conn, asyncio.get_running_loop().time()))
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.create_task(self._reap())
+
+    def _background(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self) -> None:
+        while self._idle:
+            await asyncio.sleep(REAP_INTERVAL)
+            now = asyncio.get_running_loop().time()
+            for key in list(self._idle):
+                keep = []
+                for conn, since in self._idle[key]:
+                    if conn.reusable and now - since < self.config.keepalive:
+                        keep.append((conn, since))
+                    else:
+                        self._background(conn.close())
+                if keep:
+                    self._idle[key] = keep
+                else:
+                    del self._idle[key]
+
+    async def close_idle(self) -> None:
+        """At shutdown: QUIT every idle connection (bounded by QUIT_WAIT each)."""
+        conns = [c for idle in self._idle.values() for c, _ in idle]
+        self._idle.clear()
+        if conns:
+            await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+_PoolKey = tuple[str, str, int, TlsPolicy, int, "tuple[str, str] | None"]
+
+
+class Connection:
+    """One SMTP connection driving one SmtpClient; several transactions when kept open."""
+
+    def __init__(self, client: SmtpClient, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, host: str, address: str, port: int,
+                 ctx: ssl.SSLContext | None):
+        self.client = client
+        self.reader = reader
+        self.writer = writer
+        self.host = host
+        self.address = address
+        self.port = port
+        self.ctx = ctx
+        self.deferred = False        # the last transaction had a 4xx: do not reuse
+
+    @classmethod
+    async def open(cls, helo: str, host: str, address: str, port: int, txn: Transaction,
+                   policy: TlsPolicy, ctx: ssl.SSLContext | None,
+                   auth: tuple[str, str] | None, qid: str = "", *, keep_open: bool = False
+                   ) -> tuple[Connection | None, _SessionOutcome]:
+        """Connect and run the first transaction; never raises for network trouble."""
+        client = SmtpClient(helo, txn, tls=policy, auth=auth, keep_open=keep_open)
+        where = f"id={qid},host={host}[{address}]:{port}"
+        smtps = policy is TlsPolicy.SMTPS
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    address, port,
-                    ssl=ctx if policy is TlsPolicy.SMTPS else None,
-                    server_hostname=host if policy is TlsPolicy.SMTPS else None,
-                    ssl_handshake_timeout=TLS_TIMEOUT if policy is TlsPolicy.SMTPS else None),
+                    address, port, ssl=ctx if smtps else None,
+                    server_hostname=host if smtps else None,
+                    ssl_handshake_timeout=TLS_TIMEOUT if smtps else None),
                 CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ssl.SSLError) as e:
             logger.info("%s: cannot connect: %s", where, e or "timeout")
             finished = client.connection_lost(f"cannot connect to {host}[{address}]: "
                                               f"{e or 'timeout'}")
-            return _SessionOutcome(finished[0].results, False)
-        while results is None:
-            timeout = FINAL_TIMEOUT if client.state is State.DATA_BODY else REPLY_TIMEOUT
-            try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
-            except TimeoutError:
-                events = client.connection_lost(f"timeout talking to {host}[{address}]")
-                data = None
-            except (OSError, ssl.SSLError) as e:
-                events = client.connection_lost(f"connection to {host}[{address}] lost: {e}")
-                data = None
-            if data is not None:
-                events = client.receive(data)
+            return None, _SessionOutcome(finished[0].results, False)
+        conn = cls(client, reader, writer, host, address, port, ctx)
+        results = await conn._pump([], where)
+        return conn, _SessionOutcome(results, "DSN" in client.extensions)
+
+    async def transact(self, txn: Transaction, qid: str = "") -> _SessionOutcome | None:
+        """Another transaction on an idle connection; None when the connection
+        turned out dead before the server answered anything (try a new one)."""
+        where = f"id={qid},host={self.host}[{self.address}]:{self.port} (reused)"
+        before = self.client.last_reply
+        events = self.client.next_transaction(txn)
+        results = await self._pump(list(events), where)
+        if self.client.last_reply is before:
+            return None
+        return _SessionOutcome(results, "DSN" in self.client.extensions)
+
+    @property
+    def reusable(self) -> bool:
+        return (self.client.state is State.IDLE and not self.deferred
+                and not self.writer.is_closing() and not self.reader.at_eof())
+
+    async def _pump(self, events: list, where: str) -> dict[str, Reply]:
+        """Write what the client has to say, act on its events, read replies,
+        until the transaction is finished."""
+        client = self.client
+        results: dict[str, Reply] | None = None
+        while True:
             out = client.data_to_send()
-            if out and not writer.is_closing():
-                writer.write(out)
+            if out and not self.writer.is_closing():
+                self.writer.write(out)
                 try:
-                    await asyncio.wait_for(writer.drain(), REPLY_TIMEOUT)
+                    await asyncio.wait_for(self.writer.drain(), REPLY_TIMEOUT)
                 except (OSError, TimeoutError, ssl.SSLError) as e:
-                    events += client.connection_lost(f"write to {host}[{address}] failed: {e}")
+                    events += client.connection_lost(f"write to {self.host}[{self.address}] "
+                                                     f"failed: {e}")
             for ev in events:
                 if isinstance(ev, StartTLS):
                     try:
                         await asyncio.wait_for(
-                            writer.start_tls(ctx or ssl.create_default_context(),
-                                             server_hostname=host),
+                            self.writer.start_tls(self.ctx or ssl.create_default_context(),
+                                                  server_hostname=self.host),
                             TLS_TIMEOUT)
                     except (OSError, TimeoutError, ssl.SSLError) as e:
                         logger.info("%s: TLS handshake failed: %s", where, e)
                         # RFC 3207 §4.1: after a failed handshake the session is unusable.
-                        fin = client.connection_lost(f"TLS handshake with {host} failed: {e}")
-                        results = fin[0].results if fin else dict(client.results)
+                        client.connection_lost(f"TLS handshake with {self.host} failed: {e}")
+                        results = dict(client.results)
                         break
                     client.tls_started()
-                    writer.write(client.data_to_send())
+                    self.writer.write(client.data_to_send())   # EHLO again, in TLS
                 elif isinstance(ev, Finished):
                     results = ev.results
-        if client.state is State.QUIT and not writer.is_closing():
-            # Wait briefly for the 221 so the server sees an orderly end.
+            events = []
+            if results is None and client.state is State.DONE:
+                results = dict(client.results)     # lost after the last event
+            if results is not None:
+                _log_results(where, results)
+                # A server that deferred something may be throttling this very
+                # session; the next message gets a fresh connection.
+                self.deferred = any(400 <= r.code < 500 for r in results.values())
+                return results
+            timeout = FINAL_TIMEOUT if client.state is State.DATA_BODY else REPLY_TIMEOUT
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK), QUIT_WAIT)
-            except (OSError, TimeoutError, ssl.SSLError):
-                data = b""
-            if data:
-                client.receive(data)
-    finally:
-        if writer is not None:
+                data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
+            except TimeoutError:
+                events = client.connection_lost(f"timeout talking to {self.host}"
+                                                f"[{self.address}]")
+                continue
+            except (OSError, ssl.SSLError) as e:
+                events = client.connection_lost(f"connection to {self.host}[{self.address}] "
+                                                f"lost: {e}")
+                continue
+            events = client.receive(data)
+
+    async def close(self) -> None:
+        """QUIT when the session allows it, wait briefly for the 221, close."""
+        client, writer = self.client, self.writer
+        try:
+            client.quit()
+            out = client.data_to_send()
+            if out and not writer.is_closing():
+                writer.write(out)
+            if client.state is State.QUIT and not writer.is_closing():
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK), QUIT_WAIT)
+                except (OSError, TimeoutError, ssl.SSLError):
+                    data = b""
+                if data:
+                    client.receive(data)
+        finally:
             writer.close()
             try:
                 await asyncio.wait_for(writer.wait_closed(), QUIT_WAIT)
             except (OSError, TimeoutError, ssl.SSLError):
                 pass
+
+
+def _log_results(where: str, results: dict[str, Reply]) -> None:
     for addr, reply in results.items():
         logger.info("%s,addr=<%s>: %d %s%s", where, addr, reply.code,
                     f"{reply.enhanced} " if reply.enhanced else "", reply.text)
-    return _SessionOutcome(results, "DSN" in client.extensions)

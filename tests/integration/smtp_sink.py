@@ -113,6 +113,8 @@ class _Handler(socketserver.StreamRequestHandler):
                     st.messages.append(Transaction(mail or "", rcpts, bytes(data)))
                 mail, rcpts = None, []
                 self.reply("250 2.0.0 queued")
+                if mode == "one-per-session":
+                    return                      # hang up without QUIT, as some servers do
             elif verb == "QUIT":
                 self.reply("221 2.0.0 bye")
                 return

@@ -313,6 +313,8 @@ def test_implicit_mx_and_maxhost(new_instance, dns_port):
         assert wait_until(lambda: len(many.state.messages) == 12 and plain.state.messages
                           and queue_empty(new_instance)), log(new_instance)
     assert many.state.max_active <= 2
+    assert many.state.sessions < 12               # connections were reused
+    assert "(reused)" in log(new_instance)
 
 
 def test_smarthost_with_auth_over_starttls(new_instance, receiver, dns_port):
@@ -353,3 +355,19 @@ def test_local_permanent_failure_bounces(new_instance, dns_port):
     assert block["Final-Recipient"] == "rfc822; ghost@sender.test"
     assert block["Action"] == "failed" and block["Status"].startswith("5.")
     assert block["Diagnostic-Code"].startswith("x-local; ")
+
+
+def test_idle_connection_closed_by_the_server_is_replaced(new_instance, dns_port):
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.8", port, "one-per-session") as sink:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "one@many.test")
+        assert wait_until(lambda: len(sink.state.messages) == 1 and queue_empty(new_instance)), \
+            log(new_instance)
+        # Whether courierd already saw the hang-up (EOF while idle) or finds out
+        # when it talks (no answer), the message goes over a new connection.
+        spool(new_instance, "two@many.test")
+        assert wait_until(lambda: len(sink.state.messages) == 2 and queue_empty(new_instance)), \
+            log(new_instance)
+    assert sink.state.sessions == 2
+    assert "deferred" not in log(new_instance)
