@@ -45,6 +45,7 @@ ZONE_ARGS = [
     "--mx-host=many.test,mx.many.test,10", "--host-record=mx.many.test,127.0.0.8",
     "--mx-host=notls.test,mx.notls.test,10", "--host-record=mx.notls.test,127.0.0.9",
     "--mx-host=v6.test,mx.v6.test,10", "--host-record=mx.v6.test,::1",   # AAAA only
+    "--host-record=rx.test,127.0.0.1",              # the receiver's certificate name
 ]
 
 
@@ -371,3 +372,21 @@ def test_idle_connection_closed_by_the_server_is_replaced(new_instance, dns_port
             log(new_instance)
     assert sink.state.sessions == 2
     assert "deferred" not in log(new_instance)
+
+
+def test_security_required_verifies_the_certificate(new_instance, receiver, dns_port):
+    port = receiver.port("smtp")
+    # The receiver's self-signed certificate (CN/SAN rx.test) is our trust anchor:
+    # by the name in it, delivery goes; by another name of the same host, it waits.
+    (new_instance.etc / "esmtproutes").write_text(
+        f"example.com: rx.test,{port} /SECURITY=REQUIRED\n"
+        f"example.net: mx2.example.com,{port} /SECURITY=REQUIRED\n")
+    start_sender(new_instance, dns_port, port,
+                 f"TLS_TRUSTCERTS={receiver.etc / 'esmtpd.pem'}\n")
+    spool(new_instance, "alice@example.com")
+    wrong = spool(new_instance, "bob@example.net")
+    assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
+        log(new_instance) + receiver.logs()
+    assert b"with ESMTPS" in maildir_new(receiver, "alice@example.com")[0].read_bytes()
+    assert wait_until(lambda: "TLS handshake failed" in log(new_instance)), log(new_instance)
+    assert wrong in list_queue(new_instance.layout.spooldir)

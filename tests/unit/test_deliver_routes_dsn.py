@@ -293,3 +293,19 @@ def test_esmtpauthclient(tmp_path):
     with pytest.raises(ConfigError) as ei:
         load_authclient(p)
     assert "esmtpauthclient:1:" in str(ei.value)
+
+
+def test_smtputf8_message_gets_rfc6533_types():
+    rc = Recipient("j\u00fcrgen@b\u00fccher.example")
+    original = "From: j\u00fcrgen@b\u00fccher.example\nSubject: gr\u00fc\u00df\n\nx\n".encode()
+    env = _env(recipients=(rc,), smtputf8=True, sender="s\u00f8@example.org")
+    data = dsn.build_dsn(me="mx.test", dsnfrom="x <@>", env=env, kind=dsn.FAILED,
+                         reports=[dsn.Report(rc, dsn.FAILED, "5.1.1", "smtp; 550 no")],
+                         original=original, original_size=len(original), dsnlimit=10_000,
+                         now=0.0, message_id="<m@x>")
+    _text, status, orig = _parse(data).get_payload()
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert orig.get_content_type() == "message/global"
+    assert "Final-Recipient: utf-8; j\u00fcrgen@b\u00fccher.example".encode() in data
+    queued = dsn.dsn_envelope(env, data, 0.0, to=env.sender, origin=dsn.ORIGIN_DSN)
+    assert queued.smtputf8 and queued.body == "8BITMIME" and queued.sender == ""
