@@ -20,6 +20,7 @@ a "(fwd)" trailer or a [fwd: ...] wrapper was removed), which THREAD needs.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from libcourier.rfc5322 import decode_words, unfold
 
@@ -83,6 +84,11 @@ def base_subject(raw: bytes | str | None) -> tuple[str, bool]:
 
 
 def sort_form(s: str) -> bytes:
-    """The i;ascii-casemap form RFC 5256 compares base subjects (and addresses) in:
-    UTF-8 with only a-z folded to upper case."""
-    return s.encode("utf-8", "surrogateescape").upper()
+    """The form base subjects are compared in. RFC 5256 names i;ascii-casemap (only
+    a-z folded); like Dovecot we fold all of Unicode (upper case, then NFKD, as
+    i;unicode-casemap does with title case), so "Ağustos" sorts between "Agenda"
+    and "Airport" rather than after every ASCII subject. ASCII is unchanged from
+    i;ascii-casemap."""
+    if s.isascii():
+        return s.upper().encode("ascii")
+    return unicodedata.normalize("NFKD", s.upper()).encode("utf-8", "surrogateescape")
