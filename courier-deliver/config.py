@@ -186,6 +186,7 @@ class EsmtpConfig:
     routes: Routes = field(default_factory=Routes)
     auth: AuthClient = field(default_factory=AuthClient)   # esmtpauthclient
     keepalive: int = 60                  # esmtptimeoutkeepalive: idle reuse window, 0 = off
+    me: str = ""                         # this host's name (MX loop rule)
     # Built before the privilege drop (the CA files may be unreadable after it).
     tls_client: ssl.SSLContext | None = None      # opportunistic: no verification
     tls_verified: ssl.SSLContext | None = None    # /SECURITY=REQUIRED, ESMTP_TLS_VERIFY_DOMAIN
@@ -316,6 +317,7 @@ def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
         verify=values["esmtp_tls_verify"], resolver=values["esmtp_resolver"],
         routes=load_routes(etc / "esmtproutes"), auth=load_authclient(etc / "esmtpauthclient"),
         keepalive=_control(etc, "esmtptimeoutkeepalive", to_duration, 60),
+        me=domains.me,
         tls_client=loose, tls_verified=strict)
 
 

@@ -134,8 +134,10 @@ async def host_addresses(resolver: dns.asyncresolver.Resolver, host: str,
 
 async def find_targets(resolver: dns.asyncresolver.Resolver, domain: str,
                        prefer_ipv6: bool = False,
-                       rng: random.Random | None = None) -> list[Target]:
-    """The exchangers of `domain`, best first, each with its addresses."""
+                       rng: random.Random | None = None,
+                       myself: frozenset[str] = frozenset()) -> list[Target]:
+    """The exchangers of `domain`, best first, each with its addresses.
+    `myself`: this host's names (me, esmtphelo), for the loop rule of §5.1."""
     literal = domain_literal(domain)
     if literal is not None:
         return [Target(literal, 0, (literal,))]
@@ -154,6 +156,13 @@ async def find_targets(resolver: dns.asyncresolver.Resolver, domain: str,
         rng = rng or random.Random()
         rng.shuffle(exchanges)
         exchanges.sort(key=lambda e: e[0])          # stable: equal preferences stay shuffled
+        # RFC 5321 §5.1: when we are one of the exchangers, only better ones
+        # may be tried; none left means the mail would loop back to us.
+        mine = [p for p, x in exchanges if x in myself]
+        if mine:
+            exchanges = [(p, x) for p, x in exchanges if p < min(mine)]
+            if not exchanges:
+                raise DnsFailure(True, "5.4.6", f"mail for {domain} loops back to myself")
         exchanges = exchanges[:MAX_MX]
     else:
         exchanges = [(0, domain)]                   # RFC 5321 §5.1: the implicit MX

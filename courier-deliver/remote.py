@@ -117,8 +117,10 @@ class RemoteDelivery:
 
     async def _targets(self, domain: str, route: Route) -> tuple[list[Target], int]:
         if route.relay is None:
-            return (await find_targets(self.resolver, domain, self.config.prefer_ipv6),
-                    self.config.port)
+            myself = frozenset(n.lower().rstrip(".") for n in (self.config.helo, self.config.me)
+                               if n)
+            return (await find_targets(self.resolver, domain, self.config.prefer_ipv6,
+                                       myself=myself), self.config.port)
         default_port = 465 if route.security is Security.SMTPS else 25
         addrs = await host_addresses(self.resolver, route.relay, self.config.prefer_ipv6)
         if not addrs:

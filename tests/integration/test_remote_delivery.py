@@ -46,6 +46,8 @@ ZONE_ARGS = [
     "--mx-host=notls.test,mx.notls.test,10", "--host-record=mx.notls.test,127.0.0.9",
     "--mx-host=v6.test,mx.v6.test,10", "--host-record=mx.v6.test,::1",   # AAAA only
     "--host-record=rx.test,127.0.0.1",              # the receiver's certificate name
+    "--mx-host=loop.test,mx.test,10", "--mx-host=loop.test,mx9.loop.test,20",  # we are best
+    "--host-record=mx.test,127.0.0.1", "--host-record=mx9.loop.test,127.0.0.9",
 ]
 
 
@@ -131,7 +133,7 @@ def receiver():
                  "--hostname", "rx.test")
     try:
         inst.adduser("alice@example.com", "alice-secret")
-        inst.start("authdaemond", "courierd", "esmtpd", "esmtpd-msa")
+        inst.start("authdaemond", "courierd", "esmtpd", "esmtpd-msa", "esmtpd-ssl")
         yield inst
     finally:
         inst.record_pids()
@@ -293,13 +295,15 @@ def test_garbage_host_is_temporary_and_the_backup_takes_it(new_instance, dns_por
 
 def test_null_mx_and_missing_domain_bounce(new_instance, dns_port):
     start_sender(new_instance, dns_port, 25)
-    spool(new_instance, "a@nullmx.test", "b@nowhere.test")
+    spool(new_instance, "a@nullmx.test", "b@nowhere.test", "c@loop.test")
     assert wait_until(lambda: maildir_new(new_instance, "carol@sender.test")), log(new_instance)
     [f] = maildir_new(new_instance, "carol@sender.test")
     msg = email.message_from_bytes(f.read_bytes(), policy=email.policy.default)
     blocks = {b["Final-Recipient"]: b for b in msg.get_payload()[1].get_payload()[1:]}
     assert blocks["rfc822; a@nullmx.test"]["Status"] == "5.1.10"
     assert blocks["rfc822; b@nowhere.test"]["Status"] == "5.1.2"
+    # We (mx.test) are loop.test's best MX: RFC 5321 §5.1, nothing better to try.
+    assert blocks["rfc822; c@loop.test"]["Status"] == "5.4.6"
     # RET absent and the message small: returned whole.
     assert msg.get_payload()[2].get_content_type() == "message/rfc822"
 
@@ -390,3 +394,13 @@ def test_security_required_verifies_the_certificate(new_instance, receiver, dns_
     assert b"with ESMTPS" in maildir_new(receiver, "alice@example.com")[0].read_bytes()
     assert wait_until(lambda: "TLS handshake failed" in log(new_instance)), log(new_instance)
     assert wrong in list_queue(new_instance.layout.spooldir)
+
+
+def test_smtps_route(new_instance, receiver, dns_port):
+    smtps = receiver.port("smtps")                  # TLS from the first byte
+    (new_instance.etc / "esmtproutes").write_text(f"example.com: rx.test,{smtps} /SECURITY=SMTPS\n")
+    start_sender(new_instance, dns_port, 25)
+    spool(new_instance, "alice@example.com")
+    assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
+        log(new_instance) + receiver.logs()
+    assert b"with ESMTPS" in maildir_new(receiver, "alice@example.com")[0].read_bytes()
