@@ -272,3 +272,47 @@ def test_optimize_puts_cheap_keys_first() -> None:
     k = s.optimize(key(b"BODY x FROM y SEEN (TEXT z UNSEEN)"))
     assert isinstance(k, s.And)
     assert [type(x).__name__ for x in k.keys] == ["Flag", "Flag", "Header", "Text", "Text"]
+
+
+# -- the wire: one transcript whole, byte by byte, and pipelined ---------------------------
+
+WIRE = (b"a SEARCH CHARSET UTF-8 OR SUBJECT {5}\r\n\xc3\xa9t\xc3\xa9 BODY {3+}\r\nfoo (UNSEEN)\r\n"
+        b"b UID SORT (REVERSE DATE) UTF-8 FROM {1+}\r\nx\r\n"
+        b"c THREAD REFERENCES US-ASCII ALL\r\n")
+WANT = [
+    c.Search("a", False, s.Program("UTF-8", s.And((
+        s.Or(s.Header("subject", "été"), s.Text("foo", True)), s.Flag("S", False))))),
+    ("b", "SORT"), ("c", "THREAD"),
+]
+
+
+def _events(chunks: list[bytes]) -> tuple[list[object], bytes]:
+    conn = c.ImapConnection(c.State.SELECTED, c.SESSION_LIMITS)
+    out: list[object] = []
+    sent = b""
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        while True:
+            ev = conn.next_event()
+            if ev is c.NEED_DATA:
+                break
+            out.append(ev)
+        sent += conn.data_to_send()
+    return out, sent
+
+
+@pytest.mark.parametrize("split", ["whole", "bytes", "pipelined"])
+def test_transcript_three_ways(split: str) -> None:
+    if split == "whole":
+        chunks = [WIRE]
+    elif split == "bytes":
+        chunks = [WIRE[i:i + 1] for i in range(len(WIRE))]
+    else:
+        chunks = [WIRE + b"d SEARCH ALL"]      # trailing bytes of a command not yet ended
+    events, sent = _events(chunks)
+    assert sent == b"+ go ahead\r\n"           # only the synchronising literal waits
+    assert events[0] == WANT[0]
+    assert isinstance(events[1], c.Sort) and events[1].uid and events[1].tag == "b"
+    assert events[1].program.key == s.Header("from", "x")
+    assert isinstance(events[2], c.Thread) and events[2].algorithm == "REFERENCES"
+    assert len(events) == 3
