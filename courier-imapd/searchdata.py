@@ -225,7 +225,7 @@ class MessageFacts:
     # -- search.Facts ---------------------------------------------------------------------
 
     def keywords(self) -> frozenset[str]:
-        return frozenset(k.casefold() for k in getattr(self.msg, "keywords", ()))
+        return frozenset(k.casefold() for k in self.msg.keywords)
 
     def size(self) -> int:
         if self._size is None:

@@ -316,3 +316,21 @@ def test_transcript_three_ways(split: str) -> None:
     assert events[1].program.key == s.Header("from", "x")
     assert isinstance(events[2], c.Thread) and events[2].algorithm == "REFERENCES"
     assert len(events) == 3
+
+
+def test_keywords_and_badcharset_through_a_session(tmp_path: Path) -> None:
+    from tests.unit.test_imap_session import session
+    root = tmp_path / "Maildir"
+    for d in ("tmp", "new", "cur"):
+        (root / d).mkdir(parents=True)
+    for i in range(3):
+        (root / "cur" / f"100{i}.M1P1.h:2,").write_bytes(b"Subject: s%d\n\nbody\n" % i)
+    out = session(tmp_path, b"a LOGIN alice pw\r\nb SELECT INBOX\r\n"
+                  b"c STORE 2 +FLAGS ($Junk Work)\r\nd SEARCH KEYWORD $junk\r\n"
+                  b"e SEARCH UNKEYWORD work\r\nf SEARCH KEYWORD Work NOT KEYWORD $Junk\r\n"
+                  b"g SEARCH CHARSET BIG5 ALL\r\nh UID SEARCH KEYWORD work\r\nz LOGOUT\r\n")
+    assert b"* SEARCH 2\r\nd OK SEARCH completed.\r\n" in out
+    assert b"* SEARCH 1 3\r\ne OK" in out
+    assert b"* SEARCH\r\nf OK" in out
+    assert b"g NO [BADCHARSET (US-ASCII UTF-8)] BIG5 is not supported\r\n" in out
+    assert b"* SEARCH 2\r\nh OK" in out
