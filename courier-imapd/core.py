@@ -99,6 +99,17 @@ class Select:
     tag: str
     mailbox: str
     readonly: bool          # EXAMINE
+    condstore: bool = False                 # RFC 7162 §3.1.8: SELECT box (CONDSTORE)
+    qresync: QResync | None = None          # RFC 7162 §3.2.5: SELECT box (QRESYNC (...))
+
+
+@dataclass(frozen=True, slots=True)
+class QResync:
+    """The client's cache: UIDVALIDITY, its HIGHESTMODSEQ, and the UIDs it knows."""
+    uidvalidity: int
+    modseq: int
+    known_uids: tuple[SeqRange, ...] | None = None
+    seq_match: tuple[tuple[SeqRange, ...], tuple[SeqRange, ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +197,8 @@ class Fetch:
     uid: bool
     sequence: tuple[SeqRange, ...]
     items: tuple[FetchItem, ...]
+    changedsince: int | None = None     # RFC 7162 §3.1.4 FETCH modifier
+    vanished: bool = False              # RFC 7162 §3.2.6 (UID FETCH, with CHANGEDSINCE)
 
 
 class StoreMode(enum.Enum):
@@ -202,6 +215,7 @@ class Store:
     mode: StoreMode
     silent: bool
     flags: tuple[str, ...]
+    unchangedsince: int | None = None   # RFC 7162 §3.1.3 STORE modifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,12 +533,60 @@ def _p_authenticate(tag: str, r: Reader, uid: bool) -> Command:
     return Authenticate(tag, mech, initial)
 
 
+def _mod_sequence(r: Reader, allow_zero: bool = False) -> int:
+    # RFC 7162 §7: mod-sequence-value = 1*DIGIT, at most 2^63-1
+    a = r.atom()
+    if not a.isdigit() or len(a) > 19 or int(a) >= 1 << 63 or (int(a) == 0 and not allow_zero):
+        raise ParseError("bad mod-sequence value")
+    return int(a)
+
+
+def _p_qresync(r: Reader) -> QResync:
+    # RFC 7162 §7: "QRESYNC" SP "(" uidvalidity SP mod-sequence-value [SP known-uids]
+    #              [SP seq-match-data] ")";  seq-match-data = "(" sequence-set SP sequence-set ")"
+    r.expect(b"(")
+    validity = r.nz_number()
+    r.sp()
+    ms = _mod_sequence(r)
+    known = match = None
+    if r.maybe(b" "):
+        if r.peek() != 0x28:
+            known = r.sequence_set()
+            if r.maybe(b" "):
+                match = _seq_match(r)
+        else:
+            match = _seq_match(r)
+    r.expect(b")")
+    return QResync(validity, ms, known, match)
+
+
+def _seq_match(r: Reader) -> tuple[tuple[SeqRange, ...], tuple[SeqRange, ...]]:
+    r.expect(b"(")
+    seqs = r.sequence_set()
+    r.sp()
+    uids = r.sequence_set()
+    r.expect(b")")
+    return seqs, uids
+
+
 def _p_select(readonly: bool) -> Callable[[str, Reader, bool], Command]:
     def parse(tag: str, r: Reader, uid: bool) -> Command:
         r.sp()
         box = mailbox_name(r.astring())
+        condstore, qresync = False, None
+        if r.maybe(b" ("):
+            # RFC 4466 §2.1 select-params; RFC 7162 CONDSTORE and QRESYNC
+            while not r.maybe(b")"):
+                if condstore or qresync:
+                    r.sp()
+                if r.maybe(b"CONDSTORE"):
+                    condstore = True
+                elif r.maybe(b"QRESYNC "):
+                    qresync = _p_qresync(r)
+                else:
+                    raise ParseError("unknown SELECT parameter")
         r.end()
-        return Select(tag, box, readonly)
+        return Select(tag, box, readonly, condstore, qresync)
     return parse
 
 
@@ -641,7 +703,7 @@ def _p_quota(verb: str) -> Callable[[str, Reader, bool], Command]:
 # RFC 3501 §6.3.10; DELETED and DELETED-STORAGE: RFC 9208 §4.2 (QUOTA=RES-MESSAGE and
 # QUOTA=RES-STORAGE servers support them).
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED",
-                "DELETED-STORAGE")
+                "DELETED-STORAGE", "HIGHESTMODSEQ")     # HIGHESTMODSEQ: RFC 7162 §3.1.10
 
 
 def _p_status(tag: str, r: Reader, uid: bool) -> Command:
@@ -703,7 +765,7 @@ _MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY.STRUCTURE"),
 }
 _SIMPLE_ITEMS = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "RFC822", "RFC822.HEADER",
-                 "RFC822.TEXT", "ENVELOPE", "BODYSTRUCTURE"}
+                 "RFC822.TEXT", "ENVELOPE", "BODYSTRUCTURE", "MODSEQ"}   # MODSEQ: RFC 7162
 # §6.4.5 section-spec = section-msgtext / (section-part ["." section-text])
 _SECTION = re.compile(r"(?:[1-9][0-9]{0,8}(?:\.[1-9][0-9]{0,8}){0,99})?"
                       r"|(?:(?:[1-9][0-9]{0,8}\.){0,100})(?:HEADER|HEADER\.FIELDS|"
@@ -772,10 +834,27 @@ def _p_fetch(tag: str, r: Reader, uid: bool) -> Command:
         else:
             r.pos = save
             items.append(_fetch_att(r))
+    changedsince, vanished = None, False
+    if r.maybe(b" ("):
+        # RFC 4466 fetch-modifiers; RFC 7162: "CHANGEDSINCE" SP mod-sequence-value,
+        # "VANISHED" (UID FETCH only, and only with CHANGEDSINCE)
+        while not r.maybe(b")"):
+            if changedsince is not None or vanished:
+                r.sp()
+            if r.maybe(b"CHANGEDSINCE "):
+                changedsince = _mod_sequence(r, allow_zero=True)
+            elif r.maybe(b"VANISHED"):
+                vanished = True
+            else:
+                raise ParseError("unknown FETCH modifier")
+        if vanished and (not uid or changedsince is None):
+            raise ParseError("VANISHED needs UID FETCH with CHANGEDSINCE")
     r.end()
     if uid and not any(i.name == "UID" for i in items):
         items.insert(0, FetchItem("UID"))   # RFC 3501 §6.4.8: UID FETCH always returns UID
-    return Fetch(tag, uid, seq, tuple(items))
+    if changedsince is not None and not any(i.name == "MODSEQ" for i in items):
+        items.append(FetchItem("MODSEQ"))   # RFC 7162 §3.1.4.1: CHANGEDSINCE implies MODSEQ
+    return Fetch(tag, uid, seq, tuple(items), changedsince, vanished)
 
 
 def _p_store(tag: str, r: Reader, uid: bool) -> Command:
@@ -784,6 +863,12 @@ def _p_store(tag: str, r: Reader, uid: bool) -> Command:
     r.sp()
     seq = r.sequence_set()
     r.sp()
+    unchangedsince = None
+    if r.maybe(b"(UNCHANGEDSINCE "):
+        # RFC 7162 §3.1.3: store-modifier = "UNCHANGEDSINCE" SP mod-sequence-valzer
+        # (zero allowed: UNCHANGEDSINCE 0 fails for every message that has a modseq)
+        unchangedsince = _mod_sequence(r, allow_zero=True)
+        r.expect(b") ")
     mode = StoreMode.REPLACE
     if r.maybe(b"+"):
         mode = StoreMode.ADD
@@ -794,7 +879,7 @@ def _p_store(tag: str, r: Reader, uid: bool) -> Command:
     r.sp()
     flags = r.flag_list()
     r.end()
-    return Store(tag, uid, seq, mode, silent, flags)
+    return Store(tag, uid, seq, mode, silent, flags, unchangedsince)
 
 
 # SEARCH, SORT and THREAD parse their keys in search.py, sort.py and thread.py, which

@@ -267,7 +267,8 @@ def _entry_of(msg: MessageRef, root: Part | None, head: Part | None, size: int |
 def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | None,
                   seq_flags: str, size: int | None,
                   index: mindex.FolderIndex | None = None,
-                  entry: mindex.Entry | None = None) -> tuple[list[FetchPart], int | None]:
+                  entry: mindex.Entry | None = None,
+                  modseq: int | None = None) -> tuple[list[FetchPart], int | None]:
     """All parts for one message.
 
     `fh` is the open message file (needs_file() says when one is needed); streamed
@@ -337,6 +338,9 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
     for item in items:
         if item.name == "UID":
             parts.append(b"UID %d" % msg.uid)
+        elif item.name == "MODSEQ":
+            # RFC 7162 §3.1.4.1; a session without mod-sequences asked: none known yet
+            parts.append(b"MODSEQ (%d)" % (modseq or 1))
         elif item.name == "FLAGS":
             parts.append(b"FLAGS " + seq_flags.encode("ascii"))
         elif item.name == "INTERNALDATE":

@@ -359,3 +359,24 @@ def test_create_special_use(tmp_path: Path) -> None:
     assert [x for x in out.split(b"\r\n") if x.startswith(b"* LIST")] == \
         [b'* LIST (\\HasNoChildren \\Sent) "." INBOX.Out']
     assert (root / "courierpyspecialuse").read_text() == "\\Sent\tINBOX.Out\n"
+
+
+def test_condstore_qresync_parse() -> None:
+    from courier_imapd.core import Fetch, QResync, Select, Store, StoreMode
+    a = State.AUTHENTICATED
+    assert parse(b"s SELECT INBOX (CONDSTORE)", a) == Select("s", "INBOX", False, True)
+    # RFC 7162 §3.2.5's example, with known UIDs and the sequence match data.
+    assert parse(b"s EXAMINE INBOX (QRESYNC (67890007 90060115194045000 41:211,214:541 "
+                 b"(1:3 41,43,45)))", a).qresync == \
+        QResync(67890007, 90060115194045000, ((41, 211), (214, 541)),
+                (((1, 3),), ((41, 41), (43, 43), (45, 45))))
+    assert parse(b"s SELECT INBOX (QRESYNC (1 2))", a).qresync == QResync(1, 2)
+    assert isinstance(parse(b"s SELECT INBOX (QRESYNC (1 0))", a), BadCommand)
+    assert isinstance(parse(b"s SELECT INBOX (FOO)", a), BadCommand)
+    f = parse(b"f UID FETCH 1:* (FLAGS) (CHANGEDSINCE 12345 VANISHED)", State.SELECTED)
+    assert isinstance(f, Fetch) and f.changedsince == 12345 and f.vanished
+    assert [i.name for i in f.items] == ["UID", "FLAGS", "MODSEQ"]
+    assert "VANISHED needs" in parse(b"f FETCH 1 (FLAGS) (VANISHED)", State.SELECTED).text
+    assert parse(b"s STORE 1:* (UNCHANGEDSINCE 0) +FLAGS.SILENT (\\Deleted)", State.SELECTED) == \
+        Store("s", False, ((1, None),), StoreMode.ADD, True, ("\\Deleted",), 0)
+    assert isinstance(parse(b"s STORE 1 (UNCHANGEDSINCE x) FLAGS ()", State.SELECTED), BadCommand)
