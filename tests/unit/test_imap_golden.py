@@ -56,7 +56,8 @@ def _ours(path: pathlib.Path, item: str) -> bytes:
     return wire[len(prefix):-3]
 
 
-NAMES = sorted(p.stem for p in GOLDEN.glob("*.txt"))
+# One file per corpus message; search-sort-thread.txt is test_imap_search_golden's.
+NAMES = sorted(p.stem for p in GOLDEN.glob("*.txt") if p.stem != "search-sort-thread")
 
 
 def test_golden_files_cover_the_corpus() -> None:
