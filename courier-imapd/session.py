@@ -75,6 +75,7 @@ log = logging.getLogger("courier.imapd")
 
 NAMESPACE = '(("INBOX." ".")) NIL (("#shared." ".")("shared." "."))'   # Courier imapd.C
 SUBSCRIBED = folders.SUBSCRIBED
+OUT_CHUNK = 256 * 1024   # bytes of FETCH responses gathered before one send
 IDLE_POLL = 1.0     # seconds between the cheap change checks of IDLE
 
 
@@ -549,6 +550,9 @@ class Session:
         sets_seen = not view.readonly and any(fetchmod.sets_seen(i) for i in cmd.items)
         wants_flags = any(i.name == "FLAGS" for i in cmd.items)
         missing = False
+        # Responses are gathered up to OUT_CHUNK bytes per send: one sendall per
+        # message made FETCH 1:* (FLAGS) of 100,000 messages a syscall-bound loop.
+        pending = bytearray()
         for i in idx:
             msg = view.messages[i]
             if msg.uid in view.ghosts:
@@ -591,15 +595,19 @@ class Session:
                     for p in parts
                     if isinstance(p, StreamedLiteral) or p.startswith((b"BODY[", b"RFC822 ")))
                 for piece in fetch_response_pieces(i + 1, parts):
-                    self.out(piece)
+                    pending += piece
+                    if len(pending) >= OUT_CHUNK:
+                        self.out(bytes(pending))
+                        pending.clear()
             finally:
                 if fh is not None:
                     fh.close()
         if missing:
             # RFC 2180 §4.1.2: messages expunged by another session.
-            self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
+            self.out(bytes(pending),
+                     tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
         else:
-            self.out(tagged(cmd.tag, "OK", "FETCH completed."))
+            self.out(bytes(pending), tagged(cmd.tag, "OK", "FETCH completed."))
 
     def store(self, cmd: Store) -> None:
         view = self.view
