@@ -147,6 +147,7 @@ class Limits:
     max_recipients: int = 100            # RFC 5321 §4.5.3.1.8 minimum; Courier's bofh default
     recipients_hard: bool = False        # bofh `maxrcpts N hard`: 552 instead of 452
     max_errors: int = 20                 # bad commands before 421
+    max_idle_commands: int = 100         # commands outside a transaction between two MAILs
     max_command_line: int = MAX_COMMAND_LINE
     max_text_line: int = MAX_TEXT_LINE
 
@@ -281,6 +282,7 @@ class SmtpServer:
         self.limits = limits or Limits()
         self.state = State.GREETED
         self.errors = 0
+        self._idle_commands = 0          # commands outside a transaction since the last MAIL
         self._buf = ReceiveBuffer(self.limits.max_command_line)
         self._txn = _Txn()
         self._out: list[Event] = []
@@ -433,6 +435,16 @@ class SmtpServer:
     # -- commands: check, then act ----------------------------------------
 
     def _command(self, line: bytes) -> None:
+        if self.state in (State.GREETED, State.READY):
+            self._idle_commands += 1
+        if self._idle_commands > self.limits.max_idle_commands:
+            # A client that never gets to MAIL (NOOP/RSET/VRFY/EHLO loops) is not
+            # sending mail; it only holds one of MAXDAEMONS slots.
+            self._send(_r(421, "4.7.0", f"{self.session.hostname} Too many commands "
+                          "without a mail transaction, closing connection."))
+            self.state = State.CLOSED
+            self._out.append(Close("too many commands without MAIL"))
+            return
         try:
             cmd = parse_command(line)
         except ClientError as e:
@@ -528,6 +540,7 @@ class SmtpServer:
             return
         self._txn = txn
         self.state = State.MAIL
+        self._idle_commands = 0
         self._send(_r(250, "2.1.0", "Ok."))
 
     def _rcpt(self, arg: str) -> None:

@@ -442,3 +442,17 @@ def test_fuzz_any_bytes_give_replies_never_exceptions(chunks):
         d.feed(c)
     for line in d.out.decode("utf-8", "replace").split("\r\n")[:-1]:
         assert line[:3].isdigit() and line[3:4] in (" ", "-"), line
+
+
+def test_commands_without_a_transaction_are_bounded():
+    """NOOP/RSET loops hold a slot without sending mail: 421 after the limit. Commands
+    inside a transaction (a long RCPT list) do not count, and MAIL starts over."""
+    d = Driver(Limits(max_idle_commands=5, max_recipients=50))
+    d.feed(b"EHLO a.example\r\nNOOP\r\nRSET\r\nNOOP\r\nMAIL FROM:<a@b.example>\r\n"
+           + b"RCPT TO:<x@c.example>\r\n" * 20 + b"RSET\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n")
+    d.feed(b"NOOP\r\n")                # the fifth since MAIL (RSET in the transaction is free)
+    assert not d.closed
+    d.feed(b"NOOP\r\n")
+    assert d.closed
+    assert d.out.endswith(b"421 4.7.0 foo.com Too many commands without a mail transaction, "
+                          b"closing connection.\r\n")
