@@ -37,6 +37,10 @@ BDAT decisions (RFC 3030 CHUNKING):
   failed BDAT") and answered 503 until BDAT LAST or RSET ends it.
 - A last line without CRLF is completed with CRLF: the spool keeps lines, and
   DATA cannot send such a message either.
+
+Octets (DATA and BDAT): a NUL refuses the message (550 5.6.0: IMAP cannot serve
+it without BINARY, RFC 3501 §4.3); 8-bit octets without BODY=8BITMIME are
+accepted unchanged and the envelope records 8BITMIME.
 - DATA inside a BDAT transaction is 503 (§2); a BDAT whose size cannot be
   read leaves us unable to find the next command, so it is answered and the
   connection closed (421).
@@ -206,6 +210,7 @@ class _Txn:
     chunking: bool = False               # a BDAT was taken: DATA is refused now (RFC 3030 §2)
     spool_open: bool = False             # DataStart went out and no end yet (BDAT only)
     failed: bool = False                 # a chunk failed: the rest are discarded
+    eight_bit: bool = False              # an octet >= 128 was seen in the content
 
 
 # --- events ---------------------------------------------------------------
@@ -781,9 +786,17 @@ class SmtpServer:
         self._bdat_end()
         return True
 
+    def _content(self, data: bytes) -> None:
+        """The octet rules of DATA and BDAT alike (stated policy, see the module doc)."""
+        if b"\0" in data:
+            self._problem(_r(550, "5.6.0", "Message contains NUL characters."))
+        elif not self._txn.eight_bit and not data.isascii():
+            self._txn.eight_bit = True
+
     def _bdat_data(self, data: bytes) -> None:
         """Check and pass on whole lines; the unfinished one waits in _partial."""
         self._data_size += len(data)
+        self._content(data)
         text = self._partial + data
         cut = text.rfind(b"\n") + 1
         lines, self._partial = text[:cut], text[cut:]
@@ -842,7 +855,11 @@ class SmtpServer:
 
     def _transaction(self) -> Transaction:
         t = self._txn
-        return Transaction(t.sender, tuple(t.recipients), t.body, t.smtputf8,
+        # 8-bit octets under BODY=7BIT (or none): kept byte for byte, but the
+        # envelope says 8BITMIME so that relaying never passes them to a 7-bit-only
+        # host as if they were 7-bit (as Postfix and Courier accept undeclared 8-bit).
+        body = "8BITMIME" if t.eight_bit and t.body == "7BIT" else t.body
+        return Transaction(t.sender, tuple(t.recipients), body, t.smtputf8,
                            t.declared_size, self._data_size, t.envid, t.ret)
 
     def _flush_chunk(self) -> None:
@@ -876,6 +893,7 @@ class SmtpServer:
             self._prev_crlf = crlf
             if len(line) > self.limits.max_text_line:
                 self._problem(_r(550, "5.6.0", "Message has a line longer than 1000 characters."))
+            self._content(line)
             if line.startswith(b"."):
                 line = line[1:]      # RFC 5321 §4.5.2: transparency
             self._data_size += len(line)

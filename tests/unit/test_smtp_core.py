@@ -366,8 +366,9 @@ def test_smtp_smuggling_is_not_an_end_of_data(smuggle):
     assert "354" not in text and "2.1.0" not in text
     assert text.endswith("221 2.0.0 foo.com closing connection.\r\n")
     if b"\x00" in smuggle:
-        assert text.startswith("250 2.0.0 Ok. Q1")   # NUL is just content
-        assert b"smuggled" in d.messages[0][1]
+        # Not an end of data; the NUL refuses the whole (one) message.
+        assert text.startswith("550 5.6.0 Message contains NUL characters."), text
+        assert d.messages == []
     else:
         assert text.startswith("550 5.6.2 Message contains bare CR or LF"), text
         assert d.messages == []
@@ -456,3 +457,23 @@ def test_commands_without_a_transaction_are_bounded():
     assert d.closed
     assert d.out.endswith(b"421 4.7.0 foo.com Too many commands without a mail transaction, "
                           b"closing connection.\r\n")
+
+
+@pytest.mark.parametrize("bdat", [False, True])
+def test_nul_refused_and_undeclared_8bit_recorded(bdat):
+    def send(d, body):
+        if bdat:
+            d.feed(b"BDAT %d LAST\r\n" % len(body) + body)
+        else:
+            d.feed(b"DATA\r\n" + body + b".\r\n")
+    d = Driver()
+    d.feed(b"EHLO a.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@c.example>\r\n")
+    send(d, b"Subject: nul\r\n\r\na\x00b\r\n")
+    assert d.messages == [] and d.out.endswith(b"550 5.6.0 Message contains NUL characters.\r\n")
+    d.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@c.example>\r\n")
+    send(d, b"Subject: \xc3\xa4\r\n\r\nbody\r\n")
+    [(txn, data)] = d.messages
+    assert txn.body == "8BITMIME" and data == b"Subject: \xc3\xa4\r\n\r\nbody\r\n"
+    d.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<x@c.example>\r\n")
+    send(d, b"Subject: plain\r\n\r\nbody\r\n")
+    assert d.messages[1][0].body == "7BIT"
