@@ -101,9 +101,10 @@ class Maildir:
             moved.add(base)
         return moved
 
-    def _list_cur(self) -> dict[str, tuple[str, os.stat_result]]:
-        """base -> (file name, stat) of cur/."""
-        found: dict[str, tuple[str, os.stat_result]] = {}
+    def _list_cur(self) -> dict[str, tuple[str, int, float]]:
+        """base -> (file name, size, mtime) of cur/ (not the stat_result: at 100,000
+        messages those are tens of MB for the length of a scan)."""
+        found: dict[str, tuple[str, int, float]] = {}
         with os.scandir(self.path / "cur") as it:
             for ent in it:
                 if ent.name.startswith("."):
@@ -117,10 +118,10 @@ class Maildir:
                 prev = found.get(base)
                 # Two names for one base (a crash mid-rename elsewhere): keep one, stably.
                 if prev is None or ent.name < prev[0]:
-                    found[base] = (ent.name, st)
+                    found[base] = (ent.name, st.st_size, st.st_mtime)
         return found
 
-    def _relist_missing(self, files: dict[str, tuple[str, os.stat_result]],
+    def _relist_missing(self, files: dict[str, tuple[str, int, float]],
                         db: uiddb.UidDb) -> None:
         """readdir() may miss a file renamed while the directory is read (a flag change
         by a process that takes no lock: Courier's imapd, a POP3 client of another
@@ -178,10 +179,10 @@ class Maildir:
         recent = set()
         empty: frozenset[str] = frozenset()
         for uid, base in kept:
-            name, st = files[base]
+            name, disk_size, mtime = files[base]
             size = _size_of(base)
             msgs.append(MessageRef(uid, base, name, split_name(name)[1],
-                                   st.st_size if size is None else size, st.st_mtime,
+                                   disk_size if size is None else size, mtime,
                                    kws.get(base, empty)))
             if base in moved:
                 recent.add(uid)
