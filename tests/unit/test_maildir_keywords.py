@@ -221,3 +221,46 @@ def test_reads_courier_written_folder(tmp_path: Path) -> None:
     got = [f"UIDVALIDITY {st.uidvalidity}"] + [
         f"{m.uid} {m.flags} {' '.join(sorted(m.keywords))}".rstrip() for m in st.messages]
     assert got == want
+
+
+# -- the merge over time, against a model ----------------------------------------------
+
+kw_sets = st.frozensets(st.sampled_from(["a", "b", "$Junk", "Work"]), max_size=3)
+actions = st.lists(st.one_of(
+    st.tuples(st.just("courier-write"), st.integers(0, 3), kw_sets),
+    st.tuples(st.just("our-update"), st.integers(0, 3), kw_sets),
+    st.tuples(st.just("read"), st.integers(0, 2 * kw.WINDOW), st.just(frozenset())),
+), max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(actions)
+def test_reads_always_give_the_last_write(tmp_path_factory, steps) -> None:
+    """Whatever the order of Courier-style update files, our locked updates and reads
+    at later times (generations folded into :list, old files purged), a read gives
+    each message the set written last."""
+    md = mkmaildir(tmp_path_factory.mktemp("kw"), "m0", "m1", "m2", "m3")
+    kwdir = md / kw.KEYWORDDIR
+    kwdir.mkdir()
+    bases = {"m0", "m1", "m2", "m3"}
+    model: dict[str, frozenset[str]] = {}
+    now = NOW
+    for what, n, ks in steps:
+        if what == "courier-write":
+            # Courier's imapd: the whole new set into tmp/, renamed to <base>.
+            tmp = md / "tmp" / "courier.tmp"
+            tmp.write_bytes(kw.format_update(ks))
+            os.rename(tmp, kwdir / f"m{n}")
+            model[f"m{n}"] = ks
+        elif what == "our-update":
+            kw.update(md, bases, {f"m{n}": ("=", ks)}, now)
+            model[f"m{n}"] = ks
+        else:
+            now += n
+            want = {b: k for b, k in model.items() if k}
+            assert kw.read(md, bases, now) == want
+    want = {b: k for b, k in model.items() if k}
+    assert kw.read(md, bases, now + 10 * kw.WINDOW) == want
+    assert kw.read(md, bases, now + 20 * kw.WINDOW) == want
+    # Long after: only :list is left (every update folded and purged).
+    assert set(os.listdir(kwdir)) <= {kw.LIST}
