@@ -71,7 +71,7 @@ def emptytrash_spec(v: str) -> tuple[tuple[str, int], ...]:
 # implemented), ID from IMAP_ID_FIELDS, ENABLE UTF8=ACCEPT always (Courier's step 8).
 DEFAULT_CAPABILITY = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
                       "THREAD=REFERENCES SORT QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE IDLE "
-                      "LITERAL+ MOVE UNSELECT SPECIAL-USE CREATE-SPECIAL-USE")
+                      "LITERAL+ MOVE UNSELECT SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC")
 
 # Capability words that are not a command name but name something we implement.
 # Any other word is advertised only when core.COMMANDS has its command (SORT,
@@ -79,7 +79,7 @@ DEFAULT_CAPABILITY = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJEC
 _IMPLEMENTED_WORDS = frozenset({
     "IMAP4REV1", "UIDPLUS", "CHILDREN", "LITERAL+", "SASL-IR", "QUOTA", "QUOTA=RES-STORAGE",
     "QUOTA=RES-MESSAGE", "SPECIAL-USE", "CREATE-SPECIAL-USE", "UTF8=ACCEPT", "STARTTLS",
-    "LOGINDISABLED",
+    "LOGINDISABLED", "CONDSTORE", "QRESYNC",
     "XMAGICTRASH",
 })
 

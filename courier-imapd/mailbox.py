@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from courier_imapd.condstore import uid_set
 from courier_imapd.core import SeqRange
 
 from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap
 from libcourier.maildir.folder import FolderState, Maildir, MessageRef
 
 if TYPE_CHECKING:
+    from courier_imapd.modseq import Tracker
     from courier_imapd.trash import Disposer
 
 PERMANENT_FLAGS = "(" + " ".join(IMAP_FLAG_ORDER) + ")"
@@ -78,6 +80,8 @@ class MailboxView:
         self.recent: set[int] = set(self.state.recent)
         self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
         self.disposer: Disposer | None = None   # what EXPUNGE does with a message (trash.py)
+        self.tracker: Tracker | None = None     # mod-sequences, once CONDSTORE is on (RFC 7162)
+        self.qresync = False                    # expunges reported as VANISHED (RFC 7162 §3.2.10)
         self.sizes: dict[int, int] = {}      # uid -> size with CRLF line ends (RFC822.SIZE)
         # Keywords the client has been told of in FLAGS (RFC 3501 §7.2.6: a new one
         # is announced with a new FLAGS response before it is used).
@@ -140,6 +144,8 @@ class MailboxView:
     def refresh(self, allow_expunge: bool) -> list[str]:
         """Rescan the folder; untagged responses for what changed (RFC 3501 §7.3, §7.4)."""
         st = self.maildir.scan()
+        if self.tracker is not None:
+            self.tracker.update(st.messages, complete=True)
         out: list[str] = self.announce({k for m in st.messages for k in m.keywords})
         on_disk = {m.uid: m for m in st.messages}
         self.recent |= st.recent
@@ -149,8 +155,11 @@ class MailboxView:
                 self.ghosts.add(m.uid)
             elif now.flags != m.flags or now.keywords != m.keywords:
                 self.messages[i] = replace(now)
+                # RFC 7162 §3.1: with CONDSTORE on, such a FETCH carries UID and MODSEQ.
+                extra = "" if self.tracker is None else \
+                    f" UID {now.uid} MODSEQ ({self.tracker.modseq(now.uid)})"
                 out.append(f"{i + 1} FETCH (FLAGS "
-                           f"{flags_text(now.flags, now.uid in self.recent, now.keywords)})")
+                           f"{flags_text(now.flags, now.uid in self.recent, now.keywords)}{extra})")
             else:
                 self.messages[i] = now
         if allow_expunge and self.ghosts:
@@ -173,14 +182,22 @@ class MailboxView:
 
     def _drop_ghosts(self) -> list[str]:
         out = []
+        gone = []
         # Highest first, so each number is right when the client applies it.
         for i in range(len(self.messages) - 1, -1, -1):
             if self.messages[i].uid in self.ghosts:
                 out.append(f"{i + 1} EXPUNGE")
+                gone.append(self.messages[i].uid)
                 self.recent.discard(self.messages[i].uid)
                 del self.messages[i]
         self.ghosts.clear()
-        return out
+        return self.expunged_lines(out, gone)
+
+    def expunged_lines(self, lines: list[str], uids: list[int]) -> list[str]:
+        """EXPUNGE lines, or one VANISHED once QRESYNC is on (RFC 7162 §3.2.10)."""
+        if not self.qresync or not uids:
+            return lines
+        return [f"VANISHED {uid_set(uids)}"]
 
     def update(self, index: int, msg: MessageRef) -> None:
         self.messages[index] = msg
@@ -188,6 +205,7 @@ class MailboxView:
     def expunge(self) -> list[str]:
         """Remove \\Deleted messages (RFC 3501 §6.4.3); the EXPUNGE responses, highest first."""
         out = []
+        gone: list[int] = []
         for i in range(len(self.messages) - 1, -1, -1):
             m = self.messages[i]
             if "T" in m.flags:
@@ -196,12 +214,15 @@ class MailboxView:
                 else:
                     self.maildir.remove(m)
                 out.append(f"{i + 1} EXPUNGE")
+                gone.append(m.uid)
                 self.recent.discard(m.uid)
                 self.sizes.pop(m.uid, None)
                 del self.messages[i]
         if self.disposer is not None:
             self.disposer.done()
-        return out
+        if self.tracker is not None and gone:
+            self.tracker.forget(gone)
+        return self.expunged_lines(out, gone)
 
     def count_unseen(self) -> int:
         return sum(1 for m in self.messages if "S" not in m.flags)

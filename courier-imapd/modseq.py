@@ -57,6 +57,9 @@ class Tracker:
     expunged: dict[int, int] = field(default_factory=dict)           # uid -> modseq
     _offset: int = 0
     _ino: int | None = None
+    # (flags, keywords) whose digest matches `live` (saves a digest per message and
+    # scan); dropped for a UID whenever the log says something new about it.
+    _known: dict[int, tuple[str, frozenset[str]]] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -72,6 +75,7 @@ class Tracker:
         self.highest = self.first = 1
         self.live.clear()
         self.expunged.clear()
+        self._known.clear()
         self._offset = 0
 
     def _read_tail(self, fd: int) -> None:
@@ -103,6 +107,7 @@ class Tracker:
                 uid, ms = int(parts[0]), int(parts[1])
             except ValueError:
                 continue
+            self._known.pop(uid, None)
             if parts[2] == b"-":
                 self.live.pop(uid, None)
                 self.expunged[uid] = ms
@@ -199,8 +204,12 @@ class Tracker:
             seen: set[int] = set()
             for m in messages:
                 seen.add(m.uid)
+                key = (m.flags, m.keywords)
+                if self._known.get(m.uid) == key and m.uid in self.live:
+                    continue
                 d = digest(m)
                 got = self.live.get(m.uid)
+                self._known[m.uid] = key
                 if got is not None and got[1] == d:
                     continue
                 self.highest += 1
@@ -211,6 +220,7 @@ class Tracker:
                 for uid in [u for u in self.live if u not in seen]:
                     self.highest += 1
                     del self.live[uid]
+                    self._known.pop(uid, None)
                     self.expunged[uid] = self.highest
                     recs.append(b"%d %d -\n" % (uid, self.highest))
             if recs:
@@ -234,6 +244,7 @@ class Tracker:
                 if uid in self.live:
                     self.highest += 1
                     del self.live[uid]
+                    self._known.pop(uid, None)
                     self.expunged[uid] = self.highest
                     recs.append(b"%d %d -\n" % (uid, self.highest))
             if recs:

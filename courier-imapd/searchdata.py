@@ -224,6 +224,11 @@ class MessageFacts:
 
     # -- search.Facts ---------------------------------------------------------------------
 
+    def modseq(self) -> int:
+        """RFC 7162: the message's mod-sequence (the session turns CONDSTORE on first)."""
+        tracker = self.box.view.tracker
+        return tracker.modseq(self.uid) if tracker is not None else 1
+
     def keywords(self) -> frozenset[str]:
         return frozenset(k.casefold() for k in self.msg.keywords)
 

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from courier_imapd import condstore, ident, searchdata, specialuse, trash
 from courier_imapd import fetch as fetchmod
-from courier_imapd import ident, searchdata, specialuse, trash
 from courier_imapd import quota as quotamod
 from courier_imapd import search as searchmod
 from courier_imapd import sort as sortmod
@@ -62,6 +62,7 @@ from courier_imapd.core import (
 )
 from courier_imapd.login import Counters, Wire, read_event, send
 from courier_imapd.mailbox import MailboxView, SequenceError, flags_text, split_flags
+from courier_imapd.modseq import Tracker
 
 from libcourier import proctitle
 from libcourier.maildir import folders
@@ -90,6 +91,8 @@ class Session:
     view: MailboxView | None = None
     started: float = field(default_factory=time.monotonic)
     utf8: bool = False              # ENABLE UTF8=ACCEPT (RFC 6855): names go out as UTF-8
+    condstore: bool = False         # RFC 7162 §3.1: MODSEQ in FETCH responses from now on
+    qresync: bool = False           # ENABLE QRESYNC (RFC 7162 §3.2.3): VANISHED, not EXPUNGE
     copied: set[int] = field(default_factory=set)   # UIDs copied from the selected folder
     account_quota: str | None = None   # authd's QUOTA ("100000S,50C"), Courier's MAILDIRQUOTA
 
@@ -237,6 +240,12 @@ class Session:
                 if "UTF8=ACCEPT" in names:
                     self.utf8 = True
                     done.append("UTF8=ACCEPT")
+                if "CONDSTORE" in names or "QRESYNC" in names:
+                    self.condstore = True
+                    done.append("CONDSTORE")
+                if "QRESYNC" in names:      # RFC 7162 §3.2.3: implies CONDSTORE
+                    self.qresync = True
+                    done.append("QRESYNC")
                 self.out(untagged(" ".join(["ENABLED", *done])), tagged(tag, "OK", "Options enabled"))
             case Unselect(tag=tag):
                 self._unselect()    # RFC 3691: no expunge, no untagged responses
@@ -298,7 +307,16 @@ class Session:
     # -- mailboxes (RFC 3501 §6.3) ------------------------------------------------------------
 
     def select(self, cmd: Select) -> None:
+        if cmd.qresync is not None and not self.qresync:
+            # RFC 7162 §3.2.5: QRESYNC parameters only after ENABLE QRESYNC.
+            self.out(tagged(cmd.tag, "BAD", "QRESYNC is not enabled"))
+            return
+        if self.view is not None:
+            # RFC 7162 §3.2.11: the client learns where the old mailbox's responses end.
+            self.out(untagged("OK [CLOSED] Previous mailbox closed"))
         self._unselect()   # §6.3.1: a failed SELECT leaves no mailbox selected
+        if cmd.condstore or cmd.qresync is not None:
+            self.condstore = True       # RFC 7162 §3.1: a CONDSTORE enabling command
         path = folder_path(self.root, cmd.mailbox)
         if path is None or not (path / "cur").is_dir():
             self.out(tagged(cmd.tag, "NO", "Mailbox does not exist, or must be subscribed to."))
@@ -314,8 +332,41 @@ class Session:
         self.view = view
         self.core.set_state(State.SELECTED)
         self.title(f"SELECTED {cmd.mailbox}")
-        self.out(self._untagged(view.select_responses()),
+        lines = view.select_responses()
+        if self.condstore:
+            lines += self._track(view, just_opened=True)
+            if cmd.qresync is not None and view.tracker is not None:
+                lines += condstore.qresync_lines(
+                    cmd.qresync, view.state.uidvalidity, view.state.uidnext, view.messages,
+                    view.tracker, lambda m: flags_text(m.flags, m.uid in view.recent, m.keywords))
+        self.out(self._untagged(lines),
                  tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if cmd.readonly else "READ-WRITE"))
+
+    def _track(self, view: MailboxView, just_opened: bool = False) -> list[str]:
+        """Start mod-sequences for the selected folder (RFC 7162); its HIGHESTMODSEQ line.
+        A folder whose log cannot be written has none: NOMODSEQ (§3.1.2.2)."""
+        if view.tracker is None:
+            try:
+                tracker = Tracker(view.maildir.path, view.state.uidvalidity)
+                # A fresh scan (the SELECT's own when just opened): what the view
+                # holds may be older than the disk, and an old digest would count
+                # as one more change.
+                tracker.update(view.state.messages if just_opened
+                               else view.maildir.scan().messages, complete=True)
+            except OSError as e:
+                log.error("user=%s: no mod-sequences for %s: %s", self.user, view.name, e)
+                return ["OK [NOMODSEQ] No permanent modsequences"]
+            view.tracker = tracker
+            view.qresync = self.qresync
+        return [f"OK [HIGHESTMODSEQ {view.tracker.highest}] Highest"]
+
+    def _condstore_on(self) -> list[str]:
+        """A CONDSTORE enabling command (RFC 7162 §3.1): on for the rest of the session;
+        a HIGHESTMODSEQ for the selected folder the first time."""
+        if self.condstore and (self.view is None or self.view.tracker is not None):
+            return []
+        self.condstore = True
+        return self._track(self.view) if self.view is not None else []
 
     def _all_mailboxes(self) -> list[str]:
         return folders.all_folders(self.root)
@@ -502,7 +553,10 @@ class Session:
                 view.recent.discard(m.uid)
                 view.sizes.pop(m.uid, None)
                 del view.messages[i]
-        self.out(untagged(f"OK [{code}] Moved"), self._untagged(lines),
+        if view.tracker is not None:
+            view.tracker.forget(sorted(gone))
+        self.out(untagged(f"OK [{code}] Moved"),
+                 self._untagged(view.expunged_lines(lines, sorted(gone))),
                  tagged(cmd.tag, "OK", "MOVE completed"))
 
     def status(self, cmd: Status) -> None:
@@ -527,8 +581,19 @@ class Session:
             self.view.recent |= st.recent
             on_disk = {m.uid for m in st.messages}
             vals["RECENT"] = len(self.view.recent & on_disk)
+        pre = b""
+        if "HIGHESTMODSEQ" in cmd.items:
+            # RFC 7162 §3.1.10; a CONDSTORE enabling command (§3.1).
+            pre = self._untagged(self._condstore_on())
+            try:
+                tracker = Tracker(path, st.uidvalidity)
+                tracker.update(st.messages, complete=True)
+                vals["HIGHESTMODSEQ"] = tracker.highest
+            except OSError as e:
+                log.error("user=%s: no mod-sequences for %s: %s", self.user, cmd.mailbox, e)
+                vals["HIGHESTMODSEQ"] = 0      # §3.1.10: 0 for a mailbox without them
         items = " ".join(f"{k} {vals[k]}" for k in cmd.items)
-        self.out(untagged(b"STATUS " + self._name_out(cmd.mailbox) + f" ({items})".encode()),
+        self.out(pre, untagged(b"STATUS " + self._name_out(cmd.mailbox) + f" ({items})".encode()),
                  tagged(cmd.tag, "OK", "STATUS Completed."))
 
     # -- messages (RFC 3501 §6.4) ---------------------------------------------------------------
@@ -552,17 +617,26 @@ class Session:
         missing = False
         # Responses are gathered up to OUT_CHUNK bytes per send: one sendall per
         # message made FETCH 1:* (FLAGS) of 100,000 messages a syscall-bound loop.
-        pending = bytearray()
+        pending = bytearray(self._fetch_condstore(cmd))
+        tracker = view.tracker
+        base_items = cmd.items
+        if tracker is not None:
+            if cmd.changedsince is not None:
+                idx = [i for i in idx if tracker.modseq(view.messages[i].uid) > cmd.changedsince]
+            if (wants_flags or sets_seen) and not any(i.name == "MODSEQ" for i in base_items):
+                base_items = (*base_items, fetchmod.FetchItem("MODSEQ"))   # RFC 7162 §3.1
         for i in idx:
             msg = view.messages[i]
             if msg.uid in view.ghosts:
                 missing = True
                 continue
-            items = cmd.items
+            items = base_items
             if sets_seen and "S" not in msg.flags:
                 try:
                     msg = view.maildir.change_flags(msg, add="S")
                     view.update(i, msg)
+                    if tracker is not None:
+                        tracker.update([msg], complete=False)
                 except FileNotFoundError:
                     view.ghosts.add(msg.uid)
                     missing = True
@@ -587,7 +661,8 @@ class Session:
             try:
                 parts, size = fetchmod.message_parts(
                     items, msg, fh, flags_text(msg.flags, msg.uid in view.recent, msg.keywords),
-                    size, index, cached)
+                    size, index, cached,
+                    modseq=tracker.modseq(msg.uid) if tracker is not None else None)
                 if size is not None:
                     view.sizes[msg.uid] = size
                 self.counters.body += sum(
@@ -609,6 +684,22 @@ class Session:
         else:
             self.out(bytes(pending), tagged(cmd.tag, "OK", "FETCH completed."))
 
+    def _fetch_condstore(self, cmd: Fetch) -> bytes:
+        """RFC 7162 for FETCH: MODSEQ and CHANGEDSINCE turn CONDSTORE on (§3.1); with
+        VANISHED, the UIDs of the set expunged since that modseq (§3.2.6)."""
+        if cmd.changedsince is None and not any(i.name == "MODSEQ" for i in cmd.items):
+            return b""
+        view = self.view
+        assert view is not None
+        out = self._untagged(self._condstore_on())
+        if cmd.vanished and view.tracker is not None:
+            assert cmd.changedsince is not None
+            gone = condstore.vanished(view.tracker, {m.uid for m in view.messages},
+                                      cmd.changedsince, view.state.uidnext, cmd.sequence)
+            if gone:
+                out += untagged(f"VANISHED (EARLIER) {condstore.uid_set(gone)}")
+        return out
+
     def store(self, cmd: Store) -> None:
         view = self.view
         assert view is not None
@@ -625,6 +716,8 @@ class Session:
         letters, names = split_flags(cmd.flags)
         missing = False
         changed: list[int] = []
+        pre, idx, modified = self._unchangedsince(cmd, idx)
+        tracker = view.tracker
         for i in idx:
             msg = view.messages[i]
             if msg.uid in view.ghosts:
@@ -658,18 +751,52 @@ class Session:
                 return
             for i, m in zip(changed, new, strict=True):
                 view.update(i, m)
+        if tracker is not None and changed:
+            tracker.update([view.messages[i] for i in changed], complete=False)
         lines = view.announce({k for i in changed for k in view.messages[i].keywords})
-        if not cmd.silent:
+        if tracker is not None:
+            # RFC 7162 §3.1, §3.1.3: UID and MODSEQ in every such FETCH, .SILENT too.
+            for i in changed:
+                m = view.messages[i]
+                fl = "" if cmd.silent else \
+                    f"FLAGS {flags_text(m.flags, m.uid in view.recent, m.keywords)} "
+                lines.append(f"{i + 1} FETCH ({fl}UID {m.uid} MODSEQ ({tracker.modseq(m.uid)}))")
+        elif not cmd.silent:
             uidpart = " UID {}" if cmd.uid else ""
             for i in changed:
                 m = view.messages[i]
                 lines.append(f"{i + 1} FETCH (FLAGS {flags_text(m.flags, m.uid in view.recent, m.keywords)}"
                              + uidpart.format(m.uid) + ")")
-        self.out(self._untagged(lines))
+        self.out(pre, self._untagged(lines))
         if missing:
             self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
+        elif modified:
+            self.out(tagged(cmd.tag, "OK", "Conditional STORE failed",
+                            f"MODIFIED {condstore.uid_set(modified)}"))
         else:
             self.out(tagged(cmd.tag, "OK", "STORE completed."))
+
+    def _unchangedsince(self, cmd: Store, idx: list[int]) -> tuple[bytes, list[int], list[int]]:
+        """RFC 7162 §3.1.3 STORE (UNCHANGEDSINCE n): turns CONDSTORE on; the messages
+        whose modseq is above n are left alone and named in [MODIFIED] (UIDs for UID
+        STORE, else sequence numbers). Others' changes count: the folder is rescanned."""
+        view = self.view
+        assert view is not None
+        if cmd.unchangedsince is None:
+            return b"", idx, []
+        pre = self._untagged(self._condstore_on())
+        tracker = view.tracker
+        if tracker is None:
+            return pre, idx, []
+        tracker.update(view.maildir.scan().messages, complete=True)
+        keep, modified = [], []
+        for i in idx:
+            uid = view.messages[i].uid
+            if tracker.modseq(uid) > cmd.unchangedsince:
+                modified.append(uid if cmd.uid else i + 1)
+            else:
+                keep.append(i)
+        return pre, keep, modified
 
     def expunge(self, cmd: Expunge) -> None:
         view = self.view
@@ -709,6 +836,10 @@ class Session:
             self.out(tagged(cmd.tag, "NO", f"{program.charset[:40]} is not supported",
                             searchmod.BADCHARSET))
             return
+        pre = b""
+        by_modseq = condstore.uses_modseq(program.key)
+        if by_modseq:
+            pre = self._untagged(self._condstore_on())    # RFC 7162 §3.1: enabling
         box = searchdata.MailboxFacts(view)
         bounds = searchmod.Bounds(len(view.messages), view.messages[-1].uid if view.messages else 0)
         # SORT and THREAD read the hits' header fields again: keep what was looked up
@@ -727,7 +858,10 @@ class Session:
             line = "THREAD" + (" " + text if text else "")
         else:
             line = "SEARCH" + "".join(f" {number(m)}" for m in hits)
-        self.out(untagged(line), tagged(cmd.tag, "OK", f"{verb} completed."))
+        if by_modseq and hits and not isinstance(cmd, Thread):
+            # RFC 7162 §3.1.5/§3.1.6: the highest mod-sequence of what was found
+            line += f" (MODSEQ {max(m.modseq() for m in hits)})"
+        self.out(pre, untagged(line), tagged(cmd.tag, "OK", f"{verb} completed."))
 
     # -- IDLE (RFC 2177) ------------------------------------------------------------------------
 
@@ -750,6 +884,11 @@ class Session:
         # every IDLE_POLL seconds (two syscalls) and rescan when they changed,
         # plus a full rescan every IMAP_IDLE_TIMEOUT for changes that could hide
         # inside one coarse directory timestamp tick.
+        # With inotify a change wakes us at once; the stat poll stays as the fallback
+        # (no inotify, or a partial DONE that left the socket waiting). The watch is
+        # set before the scan below: a delivery between the two would otherwise wait
+        # for the next full rescan (seen with imapclient delivering right after IDLE).
+        watch = open_watch(self.view.maildir.path) if self.view is not None else None
         self.out(self._updates(), b"+ entering IDLE mode\r\n")
         self.core.idling = True
         self.title("IDLE")
@@ -757,9 +896,6 @@ class Session:
         deadline = now + self.cfg.autologout
         next_full = now + self.cfg.idle_timeout
         seen = self._fingerprint()
-        # With inotify a change wakes us at once; the stat poll stays as the fallback
-        # (no inotify, or a partial DONE that left the socket waiting).
-        watch = open_watch(self.view.maildir.path) if self.view is not None else None
         self.conn.sock.settimeout(min(IDLE_POLL, self.cfg.idle_timeout))
         try:
             while True:
