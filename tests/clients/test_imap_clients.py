@@ -414,3 +414,48 @@ def test_imapclient(inst) -> None:
         assert c.folder_status("INBOX", ["MESSAGES"])[b"MESSAGES"] == 2
     finally:
         c.logout()
+
+
+def test_imapclient_condstore_qresync(inst) -> None:
+    """RFC 7162 as imapclient speaks it: ENABLE, HIGHESTMODSEQ at SELECT, FETCH
+    (CHANGEDSINCE), STORE (UNCHANGEDSINCE) failing after another session's change, and
+    a QRESYNC SELECT that names what went away meanwhile."""
+    imapclient = pytest.importorskip("imapclient", reason="pip install imapclient")
+    a = imapclient.IMAPClient("127.0.0.1", port=inst.port("imap"), ssl=False, timeout=30)
+    b = imapclient.IMAPClient("127.0.0.1", port=inst.port("imap"), ssl=False, timeout=30)
+    try:
+        a.login(USER, PASSWORD)
+        b.login(USER, PASSWORD)
+        assert b"CONDSTORE" in a.capabilities() and b"QRESYNC" in a.capabilities()
+        assert a.enable("QRESYNC") == [b"CONDSTORE", b"QRESYNC"]
+        info = a.select_folder("INBOX")
+        top, validity = info[b"HIGHESTMODSEQ"], info[b"UIDVALIDITY"]
+        uids = a.search("ALL")
+        assert len(uids) == 3
+        assert all(d[b"MODSEQ"][0] <= top for d in a.fetch(uids, ["MODSEQ"]).values())
+        b.select_folder("INBOX")
+        b.add_flags(uids[:1], [imapclient.FLAGGED])
+        b.delete_messages(uids[2:])
+        b.expunge()
+        a.noop()        # b's expunge: VANISHED, not EXPUNGE, with QRESYNC on
+        assert a._imap.untagged_responses.pop("VANISHED") == [b"%d" % uids[2]]
+        changed = a.fetch(uids[:2], ["FLAGS"], modifiers=[f"CHANGEDSINCE {top}"])
+        assert list(changed) == uids[:1] and changed[uids[0]][b"MODSEQ"][0] > top
+        # A conditional STORE against the modseq from before b's change fails for it.
+        typ, data = a._imap._simple_command("UID", "STORE", str(uids[0]),
+                                            f"(UNCHANGEDSINCE {top})", "+FLAGS", "(\\Seen)")
+        assert typ == "OK" and b"[MODIFIED %d]" % uids[0] in data[-1]
+        a.close_folder()
+        # Resynchronise from the old state: the expunged UID and the flag change.
+        typ, data = a._imap._simple_command(
+            "SELECT", "INBOX", f"(QRESYNC ({validity} {top}))")
+        assert typ == "OK"
+        assert a._imap.untagged_responses.get("VANISHED") == [b"(EARLIER) %d" % uids[2]]
+    finally:
+        for c in (a, b):
+            try:
+                c.logout()
+            except Exception:     # noqa: BLE001 - the first failure is the one to see
+                pass
+    assert (inst.maildir(USER) / "courierpymodseq").stat().st_uid == \
+        inst.maildir(USER).stat().st_uid
