@@ -12,6 +12,7 @@ Grammar references are RFC 3501 §9 (formal syntax); LITERAL+ is RFC 7888.
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import enum
 import re
@@ -481,12 +482,17 @@ def _utf8(b: bytes) -> str:
         raise ParseError("not valid UTF-8") from None
 
 
+# Set while a command of a connection in UTF8=ACCEPT mode is parsed (RFC 6855 §3:
+# names are UTF-8 then, so "R&D" is R&D, not modified UTF-7; Courier's enabled_utf8).
+_UTF8_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("utf8_names", default=False)
+
+
 def _mutf7(b: bytes) -> str:
     """A name as the client sent it -> the name as text. RFC 3501 §5.1.3: modified
     UTF-7; a client that sends raw UTF-8 anyway (8-bit bytes cannot be mUTF-7) is taken
     at its word, as Courier does."""
     name = _utf8(b)
-    if not name.isascii():
+    if not name.isascii() or _UTF8_NAMES.get():
         return name
     try:
         return decode_mutf7(name)
@@ -1022,8 +1028,18 @@ COMMANDS: dict[str, tuple[Parser, frozenset[State]]] = {
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "EXPUNGE", "COPY", "MOVE"}  # §6.4.8, RFC 6851
 
 
-def parse_command(segments: list[tuple[bytes, bytes | None]], state: State) -> Command | BadCommand:
-    """Parse one assembled command (the last segment's text has no line end)."""
+def parse_command(segments: list[tuple[bytes, bytes | None]], state: State,
+                  utf8: bool = False) -> Command | BadCommand:
+    """Parse one assembled command (the last segment's text has no line end); `utf8`:
+    the client enabled UTF8=ACCEPT, its mailbox names are UTF-8 (RFC 6855 §3)."""
+    token = _UTF8_NAMES.set(utf8)
+    try:
+        return _parse_command(segments, state)
+    finally:
+        _UTF8_NAMES.reset(token)
+
+
+def _parse_command(segments: list[tuple[bytes, bytes | None]], state: State) -> Command | BadCommand:
     r = Reader(segments)
     try:
         tag_b = r.atom()
@@ -1080,6 +1096,7 @@ class ImapConnection:
         self._command_size = 0
         self._skip_tag = "*"
         self.idling = False       # set by the driver after "+ idling"; only DONE is read
+        self.utf8 = False         # set by the driver after ENABLE UTF8=ACCEPT (RFC 6855)
 
     def set_state(self, state: State, limits: Limits | None = None) -> None:
         self.state = state
@@ -1186,7 +1203,7 @@ class ImapConnection:
                 self._reset_command()
                 if len(segs) == 1 and not text.strip():
                     return BadCommand("*", "Empty command line")
-                return parse_command(segs, self.state)
+                return parse_command(segs, self.state, self.utf8)
             size = int(m.group(1))
             sync = not m.group(2)
             self._pending_text = line[:m.start()]

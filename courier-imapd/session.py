@@ -228,8 +228,10 @@ class Session:
     def _name_out(self, name: str) -> bytes:
         """A mailbox name on the wire: modified UTF-7, or UTF-8 once UTF8=ACCEPT is on
         (RFC 6855 §3: a quoted string may then carry UTF-8)."""
-        if not self.utf8 or name.isascii():
+        if not self.utf8:
             return mailbox_out(name)
+        if name.isascii():
+            return astring_out(name)      # "R&D" stays R&D: no modified UTF-7 now
         return b'"' + name.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
 
     def extension(self, ev: Enable | Unselect | Id | Quota) -> None:
@@ -238,7 +240,7 @@ class Session:
                 # RFC 5161 §3.2: ENABLED names what we enabled; the rest is ignored.
                 done = []
                 if "UTF8=ACCEPT" in names:
-                    self.utf8 = True
+                    self.utf8 = self.core.utf8 = True
                     done.append("UTF8=ACCEPT")
                 if "CONDSTORE" in names or "QRESYNC" in names:
                     self.condstore = True
@@ -832,6 +834,11 @@ class Session:
         assert view is not None
         verb = type(cmd).__name__.upper()
         program = cmd.program
+        if self.utf8 and program.charset not in (None, "UTF-8"):
+            # RFC 6855 §3 (Courier's words): after ENABLE UTF8=ACCEPT only UTF-8.
+            self.out(tagged(cmd.tag, "BAD", "Only UTF-8 charset is valid after enabling "
+                            "RFC 6855 support", "BADCHARSET (UTF-8)"))
+            return
         if program.charset is not None and program.charset not in searchmod.CHARSETS:
             self.out(tagged(cmd.tag, "NO", f"{program.charset[:40]} is not supported",
                             searchmod.BADCHARSET))

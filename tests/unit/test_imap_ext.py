@@ -380,3 +380,17 @@ def test_condstore_qresync_parse() -> None:
     assert parse(b"s STORE 1:* (UNCHANGEDSINCE 0) +FLAGS.SILENT (\\Deleted)", State.SELECTED) == \
         Store("s", False, ((1, None),), StoreMode.ADD, True, ("\\Deleted",), 0)
     assert isinstance(parse(b"s STORE 1 (UNCHANGEDSINCE x) FLAGS ()", State.SELECTED), BadCommand)
+
+
+def test_utf8_mode_names_and_charset(tmp_path: Path) -> None:
+    # Before ENABLE "R&D" is modified UTF-7 (and bad); after it, a plain UTF-8 name.
+    assert "modified UTF-7" in parse(b"c CREATE INBOX.R&D").text
+    assert parse_command([(b"c CREATE INBOX.R&D", None)], State.AUTHENTICATED, utf8=True) == \
+        MailboxCommand("c", "CREATE", "INBOX.R&D")
+    root = maildir(tmp_path)
+    out = session(tmp_path, b"a LOGIN alice pw\r\nb ENABLE UTF8=ACCEPT\r\nc CREATE INBOX.R&D\r\n"
+                  b"d LIST \"\" INBOX.R*\r\ne SELECT INBOX\r\nf SEARCH CHARSET US-ASCII ALL\r\n"
+                  b"g SEARCH CHARSET UTF-8 ALL\r\nh LOGOUT\r\n", "IMAP_SPECIALUSE_CREATE=0\n")
+    assert (root / ".R&D").is_dir() and b"c OK CREATE completed" in out
+    assert b'* LIST (\\HasNoChildren) "." INBOX.R&D\r\n' in out
+    assert b"f BAD [BADCHARSET (UTF-8)]" in out and b"* SEARCH 1 2\r\ng OK" in out
