@@ -162,7 +162,9 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
                 if cfg.id_fields is None:
                     send(conn, tagged(tag, "BAD", "ID is not enabled"), counters)
                     continue
-                log.info("ID, user=, ip=[%s]%s", conn.peer_ip, id_log_text(params))
+                # Courier's line: "ID, user=..., ip=[...], port=[...], name=..., ..."
+                log.info("ID, user=, ip=[%s], port=[%d]%s", conn.peer_ip, conn.peer_port,
+                         id_log_text(params))
                 send(conn, untagged(id_response(cfg.id_fields)) + tagged(tag, "OK", "ID completed"),
                      counters)
             case Logout(tag=tag):

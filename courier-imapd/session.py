@@ -256,7 +256,8 @@ class Session:
                 if self.cfg.id_fields is None:
                     self.out(tagged(tag, "BAD", "ID is not enabled"))
                     return
-                log.info("ID, user=%s, ip=[%s]%s", self.user, self.conn.peer_ip,
+                log.info("ID, user=%s, ip=[%s], port=[%d]%s", self.user, self.conn.peer_ip,
+                         self.conn.peer_port,
                          ident.id_log_text(params))
                 self.out(untagged(ident.id_response(self.cfg.id_fields)),
                          tagged(tag, "OK", "ID completed"))

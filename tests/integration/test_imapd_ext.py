@@ -59,7 +59,8 @@ def test_capability_logindisabled_and_id_before_login(inst) -> None:
     finally:
         r.close()
     text = (inst.root / "var/log/imapd.log").read_text()
-    assert re.search(r"ID, user=, ip=\[127\.0\.0\.1\], name=raw test, version=\(nil\)", text)
+    assert re.search(r"ID, user=, ip=\[127\.0\.0\.1\], port=\[\d+\], name=raw test, "
+                     r"version=\(nil\)", text)
 
 
 def test_extensions_as_the_user(inst) -> None:
