@@ -121,6 +121,9 @@ class ListMailboxes:
     lsub: bool
     select_opts: tuple[str, ...] = ()    # RFC 5258 selection options, e.g. SPECIAL-USE
     return_opts: tuple[str, ...] = ()    # RFC 5258 RETURN (...), e.g. SPECIAL-USE
+    patterns: tuple[str, ...] = ()       # RFC 5258 §3: several patterns "(a b)"; else (pattern,)
+    status_items: tuple[str, ...] = ()   # RFC 5819 RETURN (STATUS (...))
+    extended: bool = False               # RFC 5258 syntax used: \NonExistent, not \Noselect
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,20 +486,24 @@ def _utf8(b: bytes) -> str:
 
 
 # Set while a command of a connection in UTF8=ACCEPT mode is parsed (RFC 6855 §3:
-# names are UTF-8 then, so "R&D" is R&D, not modified UTF-7; Courier's enabled_utf8).
+# names are UTF-8 then, so "R&D" is R&D, not bad modified UTF-7).
 _UTF8_NAMES: contextvars.ContextVar[bool] = contextvars.ContextVar("utf8_names", default=False)
 
 
 def _mutf7(b: bytes) -> str:
     """A name as the client sent it -> the name as text. RFC 3501 §5.1.3: modified
     UTF-7; a client that sends raw UTF-8 anyway (8-bit bytes cannot be mUTF-7) is taken
-    at its word, as Courier does."""
+    at its word, as Courier does. After ENABLE UTF8=ACCEPT a name that is not valid
+    modified UTF-7 is taken as it is; a valid one is still decoded, because clients
+    (imapclient, for one) keep encoding names after enabling UTF-8."""
     name = _utf8(b)
-    if not name.isascii() or _UTF8_NAMES.get():
+    if not name.isascii():
         return name
     try:
         return decode_mutf7(name)
     except ValueError as e:
+        if _UTF8_NAMES.get():
+            return name
         raise ParseError(f"bad modified UTF-7 mailbox name ({e})") from None
 
 
@@ -598,11 +605,13 @@ def _p_select(readonly: bool) -> Callable[[str, Reader, bool], Command]:
 
 # RFC 5258 / RFC 6154 options we act on; others are refused with BAD (§3: a server
 # must not ignore a selection option it does not know).
-LIST_SELECT_OPTS = frozenset({"SPECIAL-USE", "SUBSCRIBED"})
-LIST_RETURN_OPTS = frozenset({"SPECIAL-USE", "CHILDREN", "SUBSCRIBED"})
+LIST_SELECT_OPTS = frozenset({"SPECIAL-USE", "SUBSCRIBED", "REMOTE", "RECURSIVEMATCH"})
+LIST_RETURN_OPTS = frozenset({"SPECIAL-USE", "CHILDREN", "SUBSCRIBED", "STATUS"})
+MAX_LIST_PATTERNS = 100
 
 
-def _list_opts(r: Reader, allowed: frozenset[str]) -> tuple[str, ...]:
+def _list_opts(r: Reader, allowed: frozenset[str],
+               status: list[str] | None = None) -> tuple[str, ...]:
     r.expect(b"(")
     opts: list[str] = []
     while not r.maybe(b")"):
@@ -611,6 +620,19 @@ def _list_opts(r: Reader, allowed: frozenset[str]) -> tuple[str, ...]:
         o = r.atom().decode("ascii").upper()
         if o not in allowed:
             raise ParseError(f"unsupported LIST option {o[:40]}")
+        if o == "STATUS" and status is not None:
+            # RFC 5819 §4: return-option =/ "STATUS" SP "(" status-att *(SP status-att) ")"
+            r.sp()
+            r.expect(b"(")
+            while not r.maybe(b")"):
+                if status:
+                    r.sp()
+                a = r.atom().decode("ascii").upper()
+                if a not in STATUS_ITEMS:
+                    raise ParseError(f"unknown STATUS item {a[:40]}")
+                status.append(a)
+            if not status:
+                raise ParseError("empty STATUS item list")
         opts.append(o)
         if len(opts) > 20:
             raise ParseError("too many LIST options")
@@ -621,19 +643,41 @@ def _p_list(lsub: bool) -> Callable[[str, Reader, bool], Command]:
     def parse(tag: str, r: Reader, uid: bool) -> Command:
         # §6.3.8 list = "LIST" SP mailbox SP list-mailbox; RFC 5258 §6 adds
         # [list-select-opts SP] before the mailbox and [SP list-return-opts] at the end.
+        # mbox-or-pat = list-mailbox / patterns; patterns = "(" list-mailbox *(SP ...) ")"
         r.sp()
         select: tuple[str, ...] = ()
+        extended = False
         if not lsub and r.peek() == 0x28:
             select = _list_opts(r, LIST_SELECT_OPTS)
+            extended = True
             r.sp()
+            if "RECURSIVEMATCH" in select and set(select) <= {"RECURSIVEMATCH", "REMOTE"}:
+                # §3: RECURSIVEMATCH needs another option that selects (SUBSCRIBED here)
+                raise ParseError("RECURSIVEMATCH alone")
         ref = _mutf7(r.astring())
         r.sp()
-        pat = _mutf7(r.list_mailbox())
+        pats: list[str] = []
+        if not lsub and r.peek() == 0x28:
+            r.expect(b"(")
+            extended = True
+            while not r.maybe(b")"):
+                if pats:
+                    r.sp()
+                pats.append(_mutf7(r.list_mailbox()))
+                if len(pats) > MAX_LIST_PATTERNS:
+                    raise ParseError("too many LIST patterns")
+            if not pats:
+                raise ParseError("empty LIST pattern list")
+        else:
+            pats.append(_mutf7(r.list_mailbox()))
         ret: tuple[str, ...] = ()
+        status: list[str] = []
         if not lsub and r.maybe(b" RETURN "):
-            ret = _list_opts(r, LIST_RETURN_OPTS)
+            ret = _list_opts(r, LIST_RETURN_OPTS, status)
+            extended = True
         r.end()
-        return ListMailboxes(tag, ref, pat, lsub, select, ret)
+        return ListMailboxes(tag, ref, pats[0], lsub, select, ret, tuple(pats), tuple(status),
+                             extended)
     return parse
 
 

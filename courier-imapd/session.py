@@ -376,11 +376,11 @@ class Session:
 
     def list(self, cmd: ListMailboxes) -> None:
         name = "LSUB" if cmd.lsub else "LIST"
-        if not cmd.lsub and cmd.pattern == "":
+        if not cmd.lsub and cmd.pattern == "" and not cmd.extended:
             # §6.3.8: an empty pattern asks for the hierarchy delimiter.
             self.out(untagged('LIST (\\Noselect) "." ""'), tagged(cmd.tag, "OK", "LIST completed"))
             return
-        rx = pattern_regex(cmd.reference + cmd.pattern)
+        rxs = [pattern_regex(cmd.reference + p) for p in (cmd.patterns or (cmd.pattern,))]
         real = self._all_mailboxes()
         allnames = set(real)
         # Maildir++ is flat: .a.b may exist without .a. Such a parent is listed as
@@ -392,8 +392,14 @@ class Session:
         want_subs = "SUBSCRIBED" in cmd.select_opts or "SUBSCRIBED" in cmd.return_opts
         subs = folders.read_subscriptions(self.root) if cmd.lsub or want_subs else []
         uses = specialuse.special_uses(self.cfg, self.root) if not cmd.lsub else {}
+        childinfo: set[str] = set()
         if cmd.lsub or "SUBSCRIBED" in cmd.select_opts:
-            boxes = subs
+            boxes = list(subs)
+            if "RECURSIVEMATCH" in cmd.select_opts:
+                # RFC 5258 §3.5: a parent of a subscribed mailbox is named too, with
+                # ("CHILDINFO" ("SUBSCRIBED")), whether or not it is subscribed itself.
+                childinfo = {s.rsplit(".", k)[0] for s in subs for k in range(1, s.count(".") + 1)}
+                boxes += sorted(childinfo - set(subs))
             noselect = {b for b in boxes if b not in allnames}
         else:
             boxes = sorted(allnames | parents, key=lambda b: (b != "INBOX", b))
@@ -401,21 +407,30 @@ class Session:
         if "SPECIAL-USE" in cmd.select_opts:
             boxes = [b for b in boxes if b in uses and b in allnames]
         subscribed = set(subs) if want_subs else set()
-        lines = []
+        out = []
         for b in boxes:
-            if not rx.fullmatch(b):
+            if not any(rx.fullmatch(b) for rx in rxs):
                 continue
             kids = any(o.startswith(b + ".") for o in allnames)
             attrs = ["\\HasChildren" if kids else "\\HasNoChildren"]
             if b in noselect:
-                attrs.insert(0, "\\NonExistent" if "SUBSCRIBED" in cmd.select_opts
-                             else "\\Noselect")
+                # RFC 5258 §3.4: \NonExistent (implies \Noselect) in the extended LIST;
+                # the classic one keeps Courier's \Noselect.
+                attrs.insert(0, "\\NonExistent" if cmd.extended else "\\Noselect")
             if b in subscribed:
                 attrs.append("\\Subscribed")
             if b in uses and b in allnames:
                 attrs.append(uses[b])       # RFC 6154 §2: sent whether asked for or not
-            lines.append(f"{name} ({' '.join(attrs)}) \".\" ".encode() + self._name_out(b))
-        self.out(b"".join(untagged(x) for x in lines), tagged(cmd.tag, "OK", f"{name} completed"))
+            line = f"{name} ({' '.join(attrs)}) \".\" ".encode() + self._name_out(b)
+            if b in childinfo:
+                line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+            out.append(untagged(line))
+            if cmd.status_items and b in allnames:
+                # RFC 5819 §2: STATUS of each selectable mailbox listed, after its LIST
+                path = folder_path(self.root, b)
+                if path is not None and (path / "cur").is_dir():
+                    out.append(self._status_line(b, path, cmd.status_items))
+        self.out(b"".join(out), tagged(cmd.tag, "OK", f"{name} completed"))
 
     def mailbox_command(self, cmd: MailboxCommand) -> None:
         """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE (RFC 3501 §6.3.3, 6.3.4, 6.3.6, 6.3.7)."""
@@ -567,6 +582,11 @@ class Session:
         if path is None or not (path / "cur").is_dir():
             self.out(tagged(cmd.tag, "NO", "Mailbox does not exist"))
             return
+        self.out(self._status_line(cmd.mailbox, path, cmd.items),
+                 tagged(cmd.tag, "OK", "STATUS Completed."))
+
+    def _status_line(self, mailbox: str, path: Path, wanted: tuple[str, ...]) -> bytes:
+        """`* STATUS name (...)` (RFC 3501 §7.2.4), and what must come before it."""
         st = Maildir(path).scan()
         vals = {
             "MESSAGES": len(st.messages),
@@ -585,7 +605,7 @@ class Session:
             on_disk = {m.uid for m in st.messages}
             vals["RECENT"] = len(self.view.recent & on_disk)
         pre = b""
-        if "HIGHESTMODSEQ" in cmd.items:
+        if "HIGHESTMODSEQ" in wanted:
             # RFC 7162 §3.1.10; a CONDSTORE enabling command (§3.1).
             pre = self._untagged(self._condstore_on())
             try:
@@ -593,11 +613,10 @@ class Session:
                 tracker.update(st.messages, complete=True)
                 vals["HIGHESTMODSEQ"] = tracker.highest
             except OSError as e:
-                log.error("user=%s: no mod-sequences for %s: %s", self.user, cmd.mailbox, e)
+                log.error("user=%s: no mod-sequences for %s: %s", self.user, mailbox, e)
                 vals["HIGHESTMODSEQ"] = 0      # §3.1.10: 0 for a mailbox without them
-        items = " ".join(f"{k} {vals[k]}" for k in cmd.items)
-        self.out(pre, untagged(b"STATUS " + self._name_out(cmd.mailbox) + f" ({items})".encode()),
-                 tagged(cmd.tag, "OK", "STATUS Completed."))
+        items = " ".join(f"{k} {vals[k]}" for k in wanted)
+        return pre + untagged(b"STATUS " + self._name_out(mailbox) + f" ({items})".encode())
 
     # -- messages (RFC 3501 §6.4) ---------------------------------------------------------------
 

@@ -74,10 +74,17 @@ def test_quota_parse() -> None:
 
 def test_list_extended_options_parse() -> None:
     assert parse(b'l LIST (SPECIAL-USE) "" *') == \
-        ListMailboxes("l", "", "*", False, ("SPECIAL-USE",), ())
+        ListMailboxes("l", "", "*", False, ("SPECIAL-USE",), (), ("*",), (), True)
     assert parse(b'l LIST "" % RETURN (SPECIAL-USE CHILDREN)') == \
-        ListMailboxes("l", "", "%", False, (), ("SPECIAL-USE", "CHILDREN"))
-    assert "unsupported LIST option REMOTE" in parse(b'l LIST (REMOTE) "" *').text
+        ListMailboxes("l", "", "%", False, (), ("SPECIAL-USE", "CHILDREN"), ("%",), (), True)
+    assert parse(b'l LIST "" (INBOX "INBOX.%") RETURN (STATUS (MESSAGES UIDNEXT))') == \
+        ListMailboxes("l", "", "INBOX", False, (), ("STATUS",), ("INBOX", "INBOX.%"),
+                      ("MESSAGES", "UIDNEXT"), True)
+    assert not parse(b'l LIST "" *').extended
+    assert "unsupported LIST option FOO" in parse(b'l LIST (FOO) "" *').text
+    assert "RECURSIVEMATCH alone" in parse(b'l LIST (RECURSIVEMATCH) "" *').text
+    assert isinstance(parse(b'l LIST "" * RETURN (STATUS (BOGUS))'), BadCommand)
+    assert isinstance(parse(b'l LIST "" ()'), BadCommand)
     assert isinstance(parse(b'l LSUB (SPECIAL-USE) "" *'), BadCommand)
 
 
@@ -394,3 +401,28 @@ def test_utf8_mode_names_and_charset(tmp_path: Path) -> None:
     assert (root / ".R&D").is_dir() and b"c OK CREATE completed" in out
     assert b'* LIST (\\HasNoChildren) "." INBOX.R&D\r\n' in out
     assert b"f BAD [BADCHARSET (UTF-8)]" in out and b"* SEARCH 1 2\r\ng OK" in out
+
+
+def test_list_extended_and_list_status(tmp_path: Path) -> None:
+    root = maildir(tmp_path, 2)
+    (root / "courierimapsubscribed").write_text("INBOX\nINBOX.a.b\nINBOX.gone\n")
+    out = session(tmp_path, b"a LOGIN alice pw\r\nb CREATE INBOX.a.b\r\n"
+                  b'c LIST (SUBSCRIBED RECURSIVEMATCH) "" *\r\n'
+                  b'd LIST "" (INBOX "INBOX.a*") RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN))\r\n'
+                  b'e LIST "" INBOX.a\r\nf LOGOUT\r\n', "IMAP_SPECIALUSE_CREATE=0\n")
+    lines = out.split(b"\r\n")
+    c = lines[lines.index(b"b OK CREATE completed") + 1:]
+    c = c[:[i for i, x in enumerate(c) if x.startswith(b"c OK")][0]]
+    # RFC 5258 §3.5: a parent with a subscribed child gets CHILDINFO, subscribed or not.
+    assert c == [b'* LIST (\\HasChildren \\Subscribed) "." INBOX ("CHILDINFO" ("SUBSCRIBED"))',
+                 b'* LIST (\\HasNoChildren \\Subscribed) "." INBOX.a.b',
+                 b'* LIST (\\NonExistent \\HasNoChildren \\Subscribed) "." INBOX.gone',
+                 b'* LIST (\\NonExistent \\HasChildren) "." INBOX.a ("CHILDINFO" ("SUBSCRIBED"))']
+    d = lines[lines.index(c[-1]) + 2:]
+    d = d[:[i for i, x in enumerate(d) if x.startswith(b"d OK")][0]]
+    assert d == [b'* LIST (\\HasChildren \\Subscribed) "." INBOX',
+                 b"* STATUS INBOX (MESSAGES 2 UNSEEN 2)",
+                 b'* LIST (\\NonExistent \\HasChildren) "." INBOX.a',
+                 b'* LIST (\\HasNoChildren \\Subscribed) "." INBOX.a.b',
+                 b"* STATUS INBOX.a.b (MESSAGES 0 UNSEEN 0)"]
+    assert b'* LIST (\\Noselect \\HasChildren) "." INBOX.a\r\ne OK' in out   # classic: Courier's
