@@ -123,7 +123,8 @@ MBSYNC_STATS = re.compile(r"F: \+(\d+)/\d+ +\*(\d+)/\d+ +#(\d+)/\d+ +"
 def run_on_tty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run with stdout on a pseudo-terminal (bounded by TIMEOUT); exit code and output."""
     master, slave = os.openpty()
-    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    p = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env,
+                         start_new_session=True)
     os.close(slave)
     out = bytearray()
     deadline = time.monotonic() + TIMEOUT
@@ -459,3 +460,40 @@ def test_imapclient_condstore_qresync(inst) -> None:
                 pass
     assert (inst.maildir(USER) / "courierpymodseq").stat().st_uid == \
         inst.maildir(USER).stat().st_uid
+
+
+def test_mutt_qresync_resync(inst, tmp_path: Path) -> None:
+    """mutt (a terminal for it on a pty) with a header cache and imap_qresync: the first
+    run reads INBOX; after an expunge elsewhere, the second run resynchronises with
+    UID FETCH (CHANGEDSINCE ... VANISHED) and is told what vanished (its debug log
+    shows the exchange)."""
+    url = f"imap://{USER.replace('@', '%40')}@127.0.0.1:{inst.port('imap')}"
+    rc = private(tmp_path / "muttrc", f"""\
+set imap_user = "{USER}"
+set imap_pass = "{PASSWORD}"
+set ssl_starttls = no
+set ssl_force_tls = no
+set folder = "{url}/INBOX"
+set spoolfile = "{url}/INBOX"
+set header_cache = "{tmp_path}/hcache"
+set imap_qresync = yes
+set imap_condstore = yes
+set quit = yes
+""")
+    args = [exe("mutt"), "-n", "-d", "5", "-F", str(rc), "-e", "push <quit>", "-f", f"{url}/INBOX"]
+    env = {**os.environ, "HOME": str(tmp_path), "TERM": "xterm"}
+    code, text = run_on_tty(args, env)
+    assert code == 0 and "[Msgs:3 " in text, text[-2000:] + inst.logs()
+    c = imap(inst)
+    try:
+        c.select("INBOX")
+        _, data = c.search(None, "SUBJECT", '"one 1"')
+        c.store(data[0], "+FLAGS", "(\\Deleted)")
+        c.expunge()
+    finally:
+        c.logout()
+    code, text = run_on_tty(args, env)
+    assert code == 0 and "[Msgs:2 " in text, text[-2000:]
+    debug = "".join(p.read_text(errors="replace") for p in tmp_path.glob(".muttdebug*"))
+    assert re.search(r"> a\d+ UID FETCH 1:3 \(FLAGS\) \(CHANGEDSINCE \d+ VANISHED\)", debug), debug
+    assert "< * VANISHED (EARLIER) 2" in debug
