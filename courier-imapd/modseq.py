@@ -139,8 +139,10 @@ class Tracker:
         if len(keep) < len(self.expunged):
             first = keep[0][1] if keep else self.highest
         out = [MAGIC + b" %d %d\n" % (self.uidvalidity, first)]
-        out += [b"%d %d %s\n" % (u, ms, d.encode()) for u, (ms, d) in sorted(self.live.items())]
-        out += [b"%d %d -\n" % (u, ms) for u, ms in keep]
+        # In modseq order, as appends are: the last line holds the highest (peek_highest).
+        recs = [(ms, b"%d %d %s\n" % (u, ms, d.encode())) for u, (ms, d) in self.live.items()]
+        recs += [(ms, b"%d %d -\n" % (u, ms)) for u, ms in keep]
+        out += [r for _, r in sorted(recs)]
         tmp = self.folder / "tmp" / f".{FILENAME}.{os.getpid()}.{os.urandom(4).hex()}"
         if not tmp.parent.is_dir():
             tmp = self.folder / f".{FILENAME}.{os.getpid()}.{os.urandom(4).hex()}"
@@ -261,3 +263,33 @@ class Tracker:
         if modseq < self.first - 1:
             return None
         return sorted(u for u, ms in self.expunged.items() if ms > modseq)
+
+
+def peek_highest(folder: Path, uidvalidity: int) -> int | None:
+    """The highest modseq handed out in `folder`, from the log's header and last line
+    only (records are in modseq order), without taking the lock; None when the folder
+    has no log for this UIDVALIDITY. Changes not logged yet get higher numbers later,
+    so a client told this value misses nothing (RFC 7162 §3.1.2.1)."""
+    try:
+        with open(Path(folder) / FILENAME, "rb") as f:
+            head = f.readline(MAX_LINE * 2)
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - 4 * MAX_LINE))
+            tail = f.read(4 * MAX_LINE)
+    except OSError:
+        return None
+    parts = head.split(b" ")
+    if len(parts) != 4 or b" ".join(parts[:2]) != MAGIC or not head.endswith(b"\n"):
+        return None
+    try:
+        if int(parts[2]) != uidvalidity:
+            return None
+        best = int(parts[3])
+    except ValueError:
+        return None
+    lines = tail[:tail.rfind(b"\n") + 1].split(b"\n")
+    for ln in reversed(lines):
+        fields = ln.split(b" ")
+        if len(fields) == 3 and fields[1].isdigit():
+            return max(best, int(fields[1]))
+    return best

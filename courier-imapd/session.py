@@ -16,6 +16,7 @@ from pathlib import Path
 
 from courier_imapd import condstore, ident, searchdata, specialuse, trash
 from courier_imapd import fetch as fetchmod
+from courier_imapd import modseq as modseqmod
 from courier_imapd import quota as quotamod
 from courier_imapd import search as searchmod
 from courier_imapd import sort as sortmod
@@ -336,7 +337,13 @@ class Session:
         self.core.set_state(State.SELECTED)
         self.title(f"SELECTED {cmd.mailbox}")
         lines = view.select_responses()
-        if self.condstore:
+        if not self.condstore:
+            # RFC 7162 §3.1.2.1: a folder with mod-sequences says its HIGHESTMODSEQ
+            # at every SELECT; from the log's last line, no tracking for this session.
+            top = modseqmod.peek_highest(path, view.state.uidvalidity)
+            if top is not None:
+                lines.append(f"OK [HIGHESTMODSEQ {top}] Highest")
+        else:
             lines += self._track(view, just_opened=True)
             if cmd.qresync is not None and view.tracker is not None:
                 lines += condstore.qresync_lines(

@@ -132,3 +132,29 @@ def test_qresync(two) -> None:
     assert out[0] == b"* VANISHED 1" and b"EXPUNGE" not in b"".join(out[:-1])
     out = b.cmd("NOOP")
     assert b"* 1 EXPUNGE" in out         # b did not enable QRESYNC
+
+
+def test_plain_select_says_highestmodseq_once_the_folder_has_them(two) -> None:
+    a, b = two
+    assert not any(b"HIGHESTMODSEQ" in x for x in b.cmd("SELECT INBOX"))
+    top = modseq_of(a.cmd("SELECT INBOX (CONDSTORE)"))
+    after = modseq_of(a.cmd("STORE 1 +FLAGS (\\Seen)"), b"MODSEQ")
+    # b never enabled CONDSTORE: its SELECT reads the folder's highest from the log.
+    out = b.cmd("SELECT INBOX")
+    assert modseq_of(out) == after > top
+    assert not any(b"MODSEQ (" in x for x in b.cmd("FETCH 1:* FLAGS"))
+
+
+def test_peek_highest_after_rewrite(tmp_path: Path) -> None:
+    from courier_imapd.modseq import Tracker, peek_highest
+
+    from tests.unit.test_imap_ext_modseq import folder, msg
+    f = folder(tmp_path)
+    t = Tracker(f, 3)
+    assert peek_highest(f, 3) is None
+    t.update([msg(2), msg(1)], complete=True)
+    t.update([msg(2, "S"), msg(1)], complete=True)
+    assert peek_highest(f, 3) == t.highest and peek_highest(f, 4) is None
+    import os
+    os.close(t._rewrite(t._open_locked()))
+    assert peek_highest(f, 3) == t.highest
