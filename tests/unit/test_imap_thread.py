@@ -8,6 +8,8 @@ import pytest
 from courier_imapd import core as c
 from courier_imapd import search as s
 from courier_imapd import thread as t
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @dataclass
@@ -145,3 +147,53 @@ def test_format(shape: list, text: str) -> None:
         return out
 
     assert t.format_threads(build(shape, None), lambda m: m.seq) == text  # type: ignore[arg-type,attr-defined]
+
+
+# -- invariants on any input ------------------------------------------------------------------
+
+_ID = st.sampled_from(["<1@x>", "<2@x>", "<3@x>", "<4@x>", "<5@x>", "<6@x>", "<\"7\"@x>", "bad"])
+_MSG = st.tuples(st.floats(0, 10, allow_nan=False), st.sampled_from(
+    ["a", "Re: a", "b", "Fwd: b", "", "[x] a", "re: [fwd: b]"]), st.none() | _ID,
+    st.lists(_ID, max_size=4).map(" ".join), st.none() | _ID)
+
+
+def _well_formed(text: str) -> list[int]:
+    """The numbers of a THREAD answer in order, checking the thread-list grammar."""
+    nums: list[int] = []
+    pos = 0
+
+    def thread_list() -> None:
+        nonlocal pos
+        assert text[pos] == "("
+        pos += 1
+        members = 0
+        while text[pos].isdigit():
+            end = pos
+            while text[end].isdigit():
+                end += 1
+            nums.append(int(text[pos:end]))
+            members += 1
+            pos = end
+            if text[pos] == " ":
+                pos += 1
+        nested = 0
+        while text[pos] == "(":
+            thread_list()
+            nested += 1
+        # thread-members [SP thread-nested], thread-nested = 2*thread-list
+        assert nested >= 2 or (members and not nested), text
+        assert text[pos] == ")"
+        pos += 1
+
+    while pos < len(text):
+        thread_list()
+    return nums
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_MSG, max_size=12), st.sampled_from(t.ALGORITHMS))
+def test_every_message_once_in_a_well_formed_answer(specs: list, alg: str) -> None:
+    msgs = [msg(i + 1, when, subj, mid, refs or None, irt)
+            for i, (when, subj, mid, refs, irt) in enumerate(specs)]
+    out = threads(alg, msgs)
+    assert sorted(_well_formed(out)) == list(range(1, len(msgs) + 1)), out
