@@ -298,3 +298,26 @@ def test_large_message_streamed_in_bounded_pieces(tmp_path: Path) -> None:
         top = b"".join(drop.stream(f, 2))
         assert f.tell() <= md.CHUNK
     assert top == b"Subject: big\r\n\r\n" + line.replace(b"\n", b"\r\n") * 2 + b".\r\n"
+
+
+def test_sizelist_not_saved_hides_new_messages(tmp_path: Path, monkeypatch) -> None:
+    """Courier's recovery when courierpop3dsizelist cannot be written (disk full): new
+    messages are not shown (their UIDL would change next time); with nothing known,
+    the first message alone, with a UIDL from its inode, so the box can be emptied."""
+    from courier_pop3d import maildrop as md
+    root = make_maildir(tmp_path / "Maildir", MSGS[:1])
+    Maildrop(root).open(now=1700000000)           # the first message is in the list
+    for i, m in enumerate(MSGS[1:], 1):
+        (root / "new" / f"{1700000000 + i}.M{i}P1.host,S={len(m)}").write_bytes(m)
+
+    def full(*_a: object) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(md.pop3sizelist, "write", full)
+    assert Maildrop(root).open().uidls == ("UID1-1700000000",)
+    (root / sl.FILENAME).unlink()
+    drop = Maildrop(root)
+    view = drop.open()
+    assert len(view.uidls) == 1 and view.uidls[0].startswith("ENOMEM-")
+    st = os.stat(root / "cur" / drop.messages[0].ref.filename)
+    assert view.uidls[0] == f"ENOMEM-{int(st.st_mtime):016X}-{st.st_dev:016X}-{st.st_ino:016X}"
+    assert drop.commit((0,)) == 0                 # and it can be deleted
