@@ -48,6 +48,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="courierd", description="courier-py queue manager")
     p.add_argument("-C", "--config", help="configuration directory")
     p.add_argument("--debug", action="store_true")
+    p.add_argument("--check", action="store_true",
+                   help="validate courierd, esmtproutes, esmtpauthclient and the retry "
+                        "control files, then exit (used by `courier check`)")
     return p.parse_args(argv)
 
 
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"courierd: {e}", file=sys.stderr)
         return 1
+    if args.check:
+        return 0
     layout = config.layout
     pidfile = layout.pidfile("courierd")
     old = read_pidfile(pidfile)

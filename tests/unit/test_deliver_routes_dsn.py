@@ -309,3 +309,12 @@ def test_smtputf8_message_gets_rfc6533_types():
     assert "Final-Recipient: utf-8; j\u00fcrgen@b\u00fccher.example".encode() in data
     queued = dsn.dsn_envelope(env, data, 0.0, to=env.sender, origin=dsn.ORIGIN_DSN)
     assert queued.smtputf8 and queued.body == "8BITMIME" and queued.sender == ""
+
+
+def test_courierd_check(tmp_path, capsys):
+    from courier_deliver.main import main
+    etc = _etc(tmp_path)
+    assert main(["-C", str(etc), "--check"]) == 0
+    (etc / "esmtproutes").write_text("example.com: relay,notaport\n")
+    assert main(["-C", str(etc), "--check"]) == 1
+    assert "esmtproutes:1: bad port" in capsys.readouterr().err
