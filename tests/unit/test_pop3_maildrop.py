@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from courier_pop3d.maildrop import Maildrop, MaildropInUse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libcourier.maildir import pop3sizelist as sl
 
@@ -321,3 +323,43 @@ def test_sizelist_not_saved_hides_new_messages(tmp_path: Path, monkeypatch) -> N
     st = os.stat(root / "cur" / drop.messages[0].ref.filename)
     assert view.uidls[0] == f"ENOMEM-{int(st.st_mtime):016X}-{st.st_dev:016X}-{st.st_ino:016X}"
     assert drop.commit((0,)) == 0                 # and it can be deleted
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000))
+def test_fuzz_sizelist_parse_never_raises(data: bytes) -> None:
+    got = sl.parse(data)
+    if got is not None:
+        # What we read we can write, and read back the same.
+        again = sl.parse(sl.format_list(got, now=1))
+        assert again is not None and again.entries == tuple(
+            e for e in got.entries if "\n" not in e.filename)
+
+
+_NAME = st.text(st.sampled_from("0123456789.:,MPSabc\u00e9 -"), min_size=1, max_size=20).filter(
+    lambda n: not n.startswith(".") and "/" not in n)
+
+
+@settings(max_examples=200, deadline=None)
+def _base(name: str) -> str:
+    return name.split(":", 1)[0]
+
+
+# One file per base, as in a sound Maildir (two names with one base are one message
+# to Courier's cmpmsgs(), and it numbers the second as new).
+@given(st.lists(_NAME, max_size=30, unique_by=_base), st.lists(_NAME, max_size=10))
+def test_fuzz_reconcile_is_stable(names: list[str], later: list[str]) -> None:
+    first = sl.reconcile(names, None, 1700000000, lambda n: (len(n), False))
+    saved = first.save if first.save is not None else None
+    # A second pass over the same names: same UIDLs, nothing to write.
+    again = sl.reconcile(names, saved, 1800000000, lambda n: None)
+    assert [e.uidl for e in again.entries] == [e.uidl for e in first.entries]
+    assert again.save is None or not names
+    # New arrivals never take a UID already handed out.
+    bases = {_base(n) for n in names}
+    arrivals = list({_base(n): n for n in later if _base(n) not in bases}.values())
+    more = sl.reconcile(names + arrivals, saved, 1800000000, lambda n: (1, True))
+    uids = [e.uid for e in more.entries]
+    assert len(uids) == len(set(uids))
+    kept = {e.filename: e.uidl for e in first.entries}
+    assert all(kept.get(e.filename, e.uidl) == e.uidl for e in more.entries)
