@@ -55,7 +55,8 @@ SETTINGS = merge_settings(listener_settings(
     Setting("BOFHCHECKHELO", "bofhcheckhelo", to_str, "", "(accepted)"),
     Setting("BOFHNOEXPN", "bofhnoexpn", to_str, "", "(accepted; EXPN is not offered)"),
     Setting("BOFHNOVRFY", "bofhnovrfy", to_str, "", "(accepted; VRFY answers 252)"),
-    Setting("TARPIT", "tarpit", to_str, "", "(accepted; later)"),
+    Setting("TARPIT", "tarpit", to_bool, "0", "1 = after each 5xx reply wait 8 s, doubling "
+            "to 128 s, before reading on (Courier's teergrube); never for relay clients"),
     # Courier's submit adds both unless set to non-zero; its esmtpd file sets 1,
     # esmtpd-msa 0 (RFC 6409 §8: the submission server adds them).
     Setting("NOADDMSGID", "noaddmsgid", to_bool, "0", "1 = never add a missing Message-ID:"),
@@ -93,6 +94,7 @@ class SmtpdConfig(ListenerConfig):
     auth_sender_check: bool = False
     bofh: Bofh = Bofh()                # the `bofh` control file
     greeting: tuple[str, ...] = ()     # the `esmtpgreeting` control file, as written
+    tarpit: bool = False
 
 
 # What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
@@ -146,4 +148,4 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         auth_required=v["auth_required"],
         add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
         header_limit=header_limit, auth_sender_check=v["auth_sender_check"],
-        bofh=bofh, greeting=greeting), loaded.warnings
+        bofh=bofh, greeting=greeting, tarpit=v["tarpit"]), loaded.warnings

@@ -288,6 +288,7 @@ class SmtpServer:
         self.state = State.GREETED
         self.errors = 0
         self._idle_commands = 0          # commands outside a transaction since the last MAIL
+        self.rejections = 0              # 5xx replies sent so far
         self._buf = ReceiveBuffer(self.limits.max_command_line)
         self._txn = _Txn()
         self._out: list[Event] = []
@@ -386,6 +387,8 @@ class SmtpServer:
         return out
 
     def _send(self, reply: Reply) -> None:
+        if reply.code >= 500:
+            self.rejections += 1        # the driver's TARPIT delays after these
         self._out.append(Send(reply.to_bytes()))
 
     def _close(self, reason: str) -> list[Event]:

@@ -44,7 +44,8 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
     policy = LocalPolicy(domains, layout.authsocket, relayclient=relayclient,
                          aliases=aliases, bofh=cfg.bofh, auth_sender_check=cfg.auth_sender_check)
     session = Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
-                      authenticate=partial(_authenticate, layout.authsocket))
+                      authenticate=partial(_authenticate, layout.authsocket),
+                      relayclient=relayclient)
     policy.remote_host = session.verified_rdns
     session.run()
 

@@ -56,6 +56,7 @@ log = logging.getLogger("courier.esmtpd")
 
 RECV_SIZE = 65536
 FAILED_AUTH_DELAY = 2.0     # seconds before answering a refused AUTH: slows guessing
+TARPIT_FIRST, TARPIT_MAX = 8.0, 128.0   # Courier's INIT_TEERGRUBE / MAX_TEERGRUBE
 
 Credentials = LoginCredentials | CramCredentials | ExternalCredentials
 # (credentials, client ip) -> the authenticated user name, or None when refused;
@@ -141,7 +142,7 @@ class Session:
                  policy: Policy, starttls_ctx: ssl.SSLContext | None,
                  clock: Callable[[], float] = time.time,
                  authenticate: Authenticate | None = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, relayclient: bool = False):
         self.conn = conn
         self.cfg = cfg
         self.spooldir = spooldir
@@ -163,6 +164,9 @@ class Session:
             recipients_hard=cfg.bofh.maxrcpts_hard))
         self.writer: spool.SpoolWriter | None = None
         self.headers: HeaderFilter | None = None
+        self.relayclient = relayclient
+        self._rejections_seen = 0
+        self._teergrube = TARPIT_FIRST
         self.write_error: str | None = None
         self.out = bytearray()
         self.closed = False
@@ -186,11 +190,25 @@ class Session:
                     self.handle(self.core.feed(b""))
                     break
                 self.handle(self.core.feed(data))
+                self._tarpit()
                 self.title()
         except (OSError, ssl.SSLError) as e:
             log.info("connection lost, ip=[%s]: %s", self.conn.peer_ip, e)
         finally:
             self._abort()
+
+    def _tarpit(self) -> None:
+        """TARPIT=1: after a 5xx, answer and then stall before reading more, doubling
+        each time; a delivered message starts over. Relay clients and logged-in users
+        are never slowed (Courier: RELAYCLIENT)."""
+        if self.core.rejections == self._rejections_seen:
+            return
+        self._rejections_seen = self.core.rejections
+        if not self.cfg.tarpit or self.closed or self.relayclient or self.core.session.authenticated:
+            return
+        self.flush()
+        self.sleep(self._teergrube)
+        self._teergrube = min(self._teergrube * 2, TARPIT_MAX)
 
     def flush(self) -> None:
         if self.out:
@@ -342,6 +360,7 @@ class Session:
         log.info("newmsg,id=%s,from=<%s>,rcpts=%d,size=%d,relay=[%s],helo=%s", qid, txn.sender,
                  len(txn.recipients), writer.size, self.conn.peer_ip, _printable(s.helo))
         spool.notify(self.queue_socket, qid)
+        self._teergrube = TARPIT_FIRST
         return self.core.message_accepted(qid)
 
     def _abort(self) -> None:
