@@ -307,6 +307,13 @@ class Connection:
             return None, _SessionOutcome(finished[0].results, False)
         conn = cls(client, reader, writer, host, address, port, ctx)
         results = await conn._pump([], where)
+        if client.session_refused:
+            # A 5xx greeting/HELO speaks of this host: try the next one, retry later.
+            logger.info("%s: the host refused the session: temporary for this message",
+                        where)
+            results = {a: Reply(451, "4.4.0", (f"{host} refused the session: "
+                                               f"{r.code} {r.text}",))
+                       for a, r in results.items()}
         return conn, _SessionOutcome(results, "DSN" in client.extensions)
 
     async def transact(self, txn: Transaction, qid: str = "") -> _SessionOutcome | None:

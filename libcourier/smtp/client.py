@@ -152,6 +152,7 @@ class SmtpClient:
         self._pipe = _Pipeline()
         self._finished_sent = False
         self.keep_open = keep_open
+        self.session_refused = False
         self._needs_rset = False
         self.transactions = 0          # completed on this connection
 
@@ -261,6 +262,11 @@ class SmtpClient:
         connection is gone (closed, or the server said 421: §3.8)."""
         for r in self.txn.recipients:
             self.results.setdefault(r.address, reply)
+        # The server refused the session itself (5xx greeting or HELO): a
+        # statement about this host, not the recipients; drivers try the next
+        # exchanger and retry later (RFC 5321 §3.1 allows a 554 greeting).
+        self.session_refused = (reply is self.last_reply and reply.code >= 500
+                                and self.state in (State.GREETING, State.EHLO, State.HELO))
         server_closing = reply is self.last_reply and reply.code == 421
         if alive and not server_closing and self.state not in (State.DONE, State.QUIT,
                                                                 State.TLS_WAIT):

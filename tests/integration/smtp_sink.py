@@ -68,6 +68,10 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def session(self, mode: str, number: int) -> None:
         st: SinkState = self.server.state       # type: ignore[attr-defined]
+        if mode == "refuse":
+            self.reply("554 5.7.1 no service for you")
+            self.rfile.readline(MAX_LINE)
+            return
         if mode == "garbage":
             self.wfile.write(b"\x00\xffTHIS IS NOT SMTP AT ALL\r\n" * 3)
             self.wfile.flush()

@@ -281,15 +281,17 @@ def test_5xx_bounces_with_an_rfc3464_dsn(new_instance, dns_port):
     assert "line one" not in original.get_content()
 
 
-def test_garbage_host_is_temporary_and_the_backup_takes_it(new_instance, dns_port):
+@pytest.mark.parametrize("mode,said", [("garbage", "malformed reply"),
+                                       ("refuse", "the host refused the session")])
+def test_bad_primary_is_temporary_and_the_backup_takes_it(new_instance, dns_port, mode, said):
     port = _free_port(SINK_HOSTS)
-    with Sink("127.0.0.5", port, "garbage") as bad, Sink("127.0.0.6", port) as good:
+    with Sink("127.0.0.5", port, mode) as bad, Sink("127.0.0.6", port) as good:
         start_sender(new_instance, dns_port, port)
         spool(new_instance, "g@garbage.test")
         assert wait_until(lambda: good.state.messages and queue_empty(new_instance)), \
             log(new_instance)
     assert bad.state.sessions >= 1
-    assert "malformed reply" in log(new_instance)
+    assert said in log(new_instance)
     assert not maildir_new(new_instance, "carol@sender.test")      # no bounce
 
 

@@ -71,3 +71,12 @@ def test_idle_session_closed_by_the_server_is_not_reusable():
     c2 = SmtpClient("me.test", txn("x@example.org"), tls=TlsPolicy.NONE, keep_open=True)
     feed(c2, GREET + EHLO + b"250 ok\r\n250 ok\r\n354 go\r\n250 ok\r\n", False)
     assert c2.receive(b"") == [] and c2.state is State.DONE        # EOF while idle
+
+
+def test_session_refusal_is_marked():
+    c = SmtpClient("me.test", txn("x@example.org"), tls=TlsPolicy.NONE)
+    [fin] = c.receive(b"554 5.7.1 go away\r\n")
+    assert fin.results["x@example.org"].code == 554 and c.session_refused
+    c = SmtpClient("me.test", txn("x@example.org"), tls=TlsPolicy.NONE)
+    [fin] = c.receive(b"220 hi\r\n250 mx\r\n550 5.1.8 bad sender\r\n")
+    assert fin.results["x@example.org"].code == 550 and not c.session_refused
