@@ -26,6 +26,8 @@ def _session(tmp_path: Path, *, tarpit: bool, relayclient: bool = False):
     spooldir = tmp_path / "spool"
     spool.ensure_spool(spooldir)
     server, client = socket.socketpair()
+    server.settimeout(10)       # as the listener does: a stuck test ends, never hangs
+    client.settimeout(10)
     conn = Connection(server, "192.0.2.9", 4000, "192.0.2.1", 25, False, {})
     sleeps: list[float] = []
     sess = Session(conn, cfg, spooldir, tmp_path / "no-courierd.sock", AcceptAll(), None,
@@ -38,7 +40,7 @@ def _talk(sess: Session, client: socket.socket, script: bytes) -> bytes:
     closes the socket after run(), so the test does it here)."""
     client.sendall(script)
     client.shutdown(socket.SHUT_WR)
-    t = threading.Thread(target=sess.run)
+    t = threading.Thread(target=sess.run, daemon=True)
     t.start()
     t.join(10)
     assert not t.is_alive()
@@ -62,7 +64,7 @@ def test_one_stall_per_batch(tmp_path: Path) -> None:
 
 def test_tarpit_sequence_over_batches(tmp_path: Path) -> None:
     sess, client, sleeps = _session(tmp_path, tarpit=True)
-    server_side = threading.Thread(target=sess.run)
+    server_side = threading.Thread(target=sess.run, daemon=True)
     server_side.start()
     f = client.makefile("rwb")
 
