@@ -173,6 +173,18 @@ class RetrySchedule:
 
 
 @dataclass(frozen=True, slots=True)
+class EsmtpTimeouts:
+    """Courier's esmtptimeout* control files (seconds). RFC 5321 §4.5.3.2 asks
+    for at least 5 minutes per reply and 10 for the reply to the final dot."""
+
+    connect: int = 60        # esmtptimeoutconnect
+    helo: int = 300          # esmtptimeouthelo: the greeting and the EHLO reply
+    reply: int = 600         # esmtptimeout: every other reply
+    data: int = 600          # esmtptimeoutdata: the reply to the final dot
+    quit: int = 10           # esmtptimeoutquit
+
+
+@dataclass(frozen=True, slots=True)
 class EsmtpConfig:
     helo: str
     maxdels: int = 40
@@ -187,6 +199,7 @@ class EsmtpConfig:
     auth: AuthClient = field(default_factory=AuthClient)   # esmtpauthclient
     keepalive: int = 60                  # esmtptimeoutkeepalive: idle reuse window, 0 = off
     me: str = ""                         # this host's name (MX loop rule)
+    timeouts: EsmtpTimeouts = field(default_factory=EsmtpTimeouts)
     # Built before the privilege drop (the CA files may be unreadable after it).
     tls_client: ssl.SSLContext | None = None      # opportunistic: no verification
     tls_verified: ssl.SSLContext | None = None    # /SECURITY=REQUIRED, ESMTP_TLS_VERIFY_DOMAIN
@@ -265,6 +278,13 @@ def _header_value(v: str) -> str:
     return v
 
 
+def _positive_duration(v: str) -> int:
+    n = to_duration(v)
+    if n == 0:
+        raise ValueError("a timeout must be at least 1 second")
+    return n
+
+
 def _size(v: str) -> int:
     """Courier's dsnlimit: bytes, or with a K/M suffix."""
     v = v.strip().upper()
@@ -318,6 +338,12 @@ def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
         routes=load_routes(etc / "esmtproutes"), auth=load_authclient(etc / "esmtpauthclient"),
         keepalive=_control(etc, "esmtptimeoutkeepalive", to_duration, 60),
         me=domains.me,
+        timeouts=EsmtpTimeouts(
+            connect=_control(etc, "esmtptimeoutconnect", _positive_duration, 60),
+            helo=_control(etc, "esmtptimeouthelo", _positive_duration, 300),
+            reply=_control(etc, "esmtptimeout", _positive_duration, 600),
+            data=_control(etc, "esmtptimeoutdata", _positive_duration, 600),
+            quit=_control(etc, "esmtptimeoutquit", _positive_duration, 10)),
         tls_client=loose, tls_verified=strict)
 
 

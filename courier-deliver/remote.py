@@ -7,7 +7,8 @@ session per host carries every recipient of the group still waiting. A host
 that cannot be reached, times out, talks garbage or answers 4xx leaves its
 recipients for the next host; 2xx and 5xx are final (RFC 5321 §5.1 and
 §4.2.1). What is still temporary after the last host is retried later by the
-queue manager.
+queue manager. Timeouts are Courier's esmtptimeout* control files
+(config.EsmtpTimeouts); a host that says nothing is a temporary failure.
 
 Limits: at most ESMTPMAXDELS sessions at once overall and MAXHOST to one
 exchanger (by name), as Courier's esmtp module does. Connection reuse: after
@@ -28,7 +29,7 @@ import ssl
 from dataclasses import dataclass
 
 import dns.asyncresolver
-from courier_deliver.config import EsmtpConfig
+from courier_deliver.config import EsmtpConfig, EsmtpTimeouts
 from courier_deliver.mx import DnsFailure, Target, find_targets, host_addresses, make_resolver
 from courier_deliver.routes import Route, Security
 
@@ -47,11 +48,8 @@ from libcourier.spool import Envelope, Recipient
 
 logger = logging.getLogger("courier.courieresmtp")
 
-CONNECT_TIMEOUT = 30.0
-REPLY_TIMEOUT = 300.0         # RFC 5321 §4.5.3.2.1-6: 5 minutes for most replies
-FINAL_TIMEOUT = 600.0         # §4.5.3.2.7: 10 minutes for the reply to "."
-QUIT_WAIT = 5.0               # for the 221 to QUIT; the message is already safe
-TLS_TIMEOUT = 60.0
+TLS_TIMEOUT = 60.0            # a TLS handshake
+DEFAULT_TIMEOUTS = EsmtpTimeouts()
 REAP_INTERVAL = 5.0           # how often idle connections past keepalive are closed
 READ_CHUNK = 64 * 1024
 
@@ -205,7 +203,7 @@ class RemoteDelivery:
         if outcome is None:
             conn, outcome = await Connection.open(
                 self.config.helo, host, address, port, txn, policy, ctx, auth, qid,
-                keep_open=self.config.keepalive > 0)
+                keep_open=self.config.keepalive > 0, timeouts=self.config.timeouts)
         if conn is not None:
             if conn.reusable:
                 self._put_idle(key, conn)
@@ -259,7 +257,7 @@ class RemoteDelivery:
                     del self._idle[key]
 
     async def close_idle(self) -> None:
-        """At shutdown: QUIT every idle connection (bounded by QUIT_WAIT each)."""
+        """At shutdown: QUIT every idle connection (bounded by esmtptimeoutquit each)."""
         conns = [c for idle in self._idle.values() for c, _ in idle]
         self._idle.clear()
         if conns:
@@ -274,7 +272,7 @@ class Connection:
 
     def __init__(self, client: SmtpClient, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, host: str, address: str, port: int,
-                 ctx: ssl.SSLContext | None):
+                 ctx: ssl.SSLContext | None, timeouts: EsmtpTimeouts):
         self.client = client
         self.reader = reader
         self.writer = writer
@@ -283,11 +281,13 @@ class Connection:
         self.port = port
         self.ctx = ctx
         self.deferred = False        # the last transaction had a 4xx: do not reuse
+        self.timeouts = timeouts
 
     @classmethod
     async def open(cls, helo: str, host: str, address: str, port: int, txn: Transaction,
                    policy: TlsPolicy, ctx: ssl.SSLContext | None,
-                   auth: tuple[str, str] | None, qid: str = "", *, keep_open: bool = False
+                   auth: tuple[str, str] | None, qid: str = "", *, keep_open: bool = False,
+                   timeouts: EsmtpTimeouts = DEFAULT_TIMEOUTS
                    ) -> tuple[Connection | None, _SessionOutcome]:
         """Connect and run the first transaction; never raises for network trouble."""
         client = SmtpClient(helo, txn, tls=policy, auth=auth, keep_open=keep_open)
@@ -299,13 +299,13 @@ class Connection:
                     address, port, ssl=ctx if smtps else None,
                     server_hostname=host if smtps else None,
                     ssl_handshake_timeout=TLS_TIMEOUT if smtps else None),
-                CONNECT_TIMEOUT)
+                timeouts.connect)
         except (OSError, TimeoutError, ssl.SSLError) as e:
             logger.info("%s: cannot connect: %s", where, e or "timeout")
             finished = client.connection_lost(f"cannot connect to {host}[{address}]: "
                                               f"{e or 'timeout'}")
             return None, _SessionOutcome(finished[0].results, False)
-        conn = cls(client, reader, writer, host, address, port, ctx)
+        conn = cls(client, reader, writer, host, address, port, ctx, timeouts)
         results = await conn._pump([], where)
         if client.session_refused:
             # A 5xx greeting/HELO speaks of this host: try the next one, retry later.
@@ -342,7 +342,7 @@ class Connection:
             if out and not self.writer.is_closing():
                 self.writer.write(out)
                 try:
-                    await asyncio.wait_for(self.writer.drain(), REPLY_TIMEOUT)
+                    await asyncio.wait_for(self.writer.drain(), self.timeouts.reply)
                 except (OSError, TimeoutError, ssl.SSLError) as e:
                     events += client.connection_lost(f"write to {self.host}[{self.address}] "
                                                      f"failed: {e}")
@@ -372,7 +372,10 @@ class Connection:
                 # session; the next message gets a fresh connection.
                 self.deferred = any(400 <= r.code < 500 for r in results.values())
                 return results
-            timeout = FINAL_TIMEOUT if client.state is State.DATA_BODY else REPLY_TIMEOUT
+            t = self.timeouts
+            timeout = (t.data if client.state is State.DATA_BODY else
+                       t.helo if client.state in (State.GREETING, State.EHLO, State.HELO)
+                       else t.reply)
             try:
                 data = await asyncio.wait_for(self.reader.read(READ_CHUNK), timeout)
             except TimeoutError:
@@ -395,7 +398,8 @@ class Connection:
                 writer.write(out)
             if client.state is State.QUIT and not writer.is_closing():
                 try:
-                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK), QUIT_WAIT)
+                    data = await asyncio.wait_for(self.reader.read(READ_CHUNK),
+                                                  self.timeouts.quit)
                 except (OSError, TimeoutError, ssl.SSLError):
                     data = b""
                 if data:
@@ -403,7 +407,7 @@ class Connection:
         finally:
             writer.close()
             try:
-                await asyncio.wait_for(writer.wait_closed(), QUIT_WAIT)
+                await asyncio.wait_for(writer.wait_closed(), self.timeouts.quit)
             except (OSError, TimeoutError, ssl.SSLError):
                 pass
 

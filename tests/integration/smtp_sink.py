@@ -68,6 +68,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def session(self, mode: str, number: int) -> None:
         st: SinkState = self.server.state       # type: ignore[attr-defined]
+        if mode == "silent":
+            self.rfile.readline(MAX_LINE)       # says nothing; waits for the client to go
+            return
         if mode == "refuse":
             self.reply("554 5.7.1 no service for you")
             self.rfile.readline(MAX_LINE)

@@ -282,9 +282,11 @@ def test_5xx_bounces_with_an_rfc3464_dsn(new_instance, dns_port):
 
 
 @pytest.mark.parametrize("mode,said", [("garbage", "malformed reply"),
-                                       ("refuse", "the host refused the session")])
+                                       ("refuse", "the host refused the session"),
+                                       ("silent", "timeout talking to mx1.garbage.test")])
 def test_bad_primary_is_temporary_and_the_backup_takes_it(new_instance, dns_port, mode, said):
     port = _free_port(SINK_HOSTS)
+    (new_instance.etc / "esmtptimeouthelo").write_text("2\n")   # for the silent one
     with Sink("127.0.0.5", port, mode) as bad, Sink("127.0.0.6", port) as good:
         start_sender(new_instance, dns_port, port)
         spool(new_instance, "g@garbage.test")

@@ -318,3 +318,17 @@ def test_courierd_check(tmp_path, capsys):
     (etc / "esmtproutes").write_text("example.com: relay,notaport\n")
     assert main(["-C", str(etc), "--check"]) == 1
     assert "esmtproutes:1: bad port" in capsys.readouterr().err
+
+
+def test_esmtp_timeouts_from_control_files(tmp_path):
+    from courier_deliver.config import EsmtpTimeouts
+    etc = _etc(tmp_path)
+    assert load_config(etc).esmtp.timeouts == EsmtpTimeouts()
+    (etc / "esmtptimeoutconnect").write_text("5\n")
+    (etc / "esmtptimeoutdata").write_text("20m\n")
+    t = load_config(etc).esmtp.timeouts
+    assert (t.connect, t.data, t.helo) == (5, 1200, 300)
+    (etc / "esmtptimeoutquit").write_text("0\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(etc)
+    assert "esmtptimeoutquit:1:" in str(ei.value)
