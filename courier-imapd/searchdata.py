@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import os
+import re
 from collections.abc import Callable
 from typing import BinaryIO, TypeVar
 
@@ -26,9 +27,10 @@ from courier_imapd.mailbox import MailboxView
 from libcourier.maildir import index as mindex
 from libcourier.maildir.folder import MessageRef
 from libcourier.mime import Part, imapview, parse, textsearch
-from libcourier.rfc5322 import decode_words, split_field, unfold
+from libcourier.rfc5322 import decode_words, unfold
 
 MAX_HEADER = 1 << 20      # bytes of a header read for a field the index does not keep
+HEADER_READ = 1 << 14     # the first read: most headers end within it
 _INDEXED = {n.decode(): i for i, n in enumerate(mindex.HEADER_FIELDS)}
 _UNSET = object()
 _T = TypeVar("_T")
@@ -53,35 +55,38 @@ def parse_date(value: bytes | None) -> tuple[datetime.date, float] | None:
     return day, float(when)
 
 
-def read_header(fh: BinaryIO, limit: int = MAX_HEADER) -> dict[str, list[bytes]]:
-    """Every field of the message header, name (lower case) -> raw values in order."""
+def read_header(fh: BinaryIO, limit: int = MAX_HEADER) -> bytes:
+    """The message header up to its blank line (LF line ends), at most `limit` bytes."""
     fh.seek(0)
-    data = fh.read(limit)
-    end = data.find(b"\n\n")
-    end2 = data.find(b"\n\r\n")
-    if end < 0 or (0 <= end2 < end):
-        end = end2
+    data = fh.read(min(HEADER_READ, limit))
+    while b"\n\n" not in data and b"\n\r\n" not in data and len(data) < limit:
+        more = fh.read(min(limit - len(data), 1 << 16))   # a header longer than most
+        if not more:
+            break
+        data += more
     if data.startswith((b"\n", b"\r\n")):
-        end = 0
-    block = data if end < 0 else data[:end + 1]
-    out: dict[str, list[bytes]] = {}
-    current: list[bytes] = []
-    name = None
-    for line in block.split(b"\n"):
-        if line[:1] in (b" ", b"\t") and name is not None:
-            current.append(line)
-            continue
-        if name is not None:
-            out.setdefault(name, []).append(b"\n".join(current))
-        nv = split_field(line)
-        if nv is None:
-            name = None
-            continue
-        name = nv[0].decode("ascii", "replace").lower()
-        current = [nv[1]]
-    if name is not None:
-        out.setdefault(name, []).append(b"\n".join(current))
-    return out
+        return b""
+    ends = [i for i in (data.find(b"\n\n"), data.find(b"\n\r\n")) if i >= 0]
+    if ends:
+        data = data[:min(ends) + 1]
+    return data.replace(b"\r\n", b"\n") if b"\r" in data else data
+
+
+_FIELD_RX: dict[str, re.Pattern[bytes]] = {}
+
+
+def header_values(header: bytes, name: str) -> list[bytes]:
+    """Every value of field `name` (lower case) in a header block, folds kept; a
+    regular expression finds them without splitting every field (RFC 5322 §2.2:
+    name, optional WSP (obsolete syntax), colon, then lines that start with WSP)."""
+    rx = _FIELD_RX.get(name)
+    if rx is None:
+        if len(_FIELD_RX) > 256:
+            _FIELD_RX.clear()
+        rx = _FIELD_RX[name] = re.compile(
+            rb"^" + re.escape(name.encode("ascii", "replace")) + rb"[ \t]*:(.*(?:\n[ \t].*)*)",
+            re.IGNORECASE | re.MULTILINE)
+    return rx.findall(header)
 
 
 def has_text(value: bytes, needle: str) -> bool:
@@ -157,7 +162,7 @@ class MessageFacts:
         """Drop the per-message caches (the header, the index entry)."""
         self._entry: object = _UNSET
         self._head: Part | None = None
-        self._all: dict[str, list[bytes]] | None = None
+        self._all: bytes | None = None        # the header block
         self._size: int | None = None
         self._sent: object = _UNSET
 
@@ -220,7 +225,7 @@ class MessageFacts:
                 return []
             with fh:
                 self._all = read_header(fh)
-        return self._all.get(name, [])
+        return header_values(self._all, name)
 
     # -- search.Facts ---------------------------------------------------------------------
 

@@ -334,3 +334,28 @@ def test_keywords_and_badcharset_through_a_session(tmp_path: Path) -> None:
     assert b"* SEARCH\r\nf OK" in out
     assert b"g NO [BADCHARSET (US-ASCII UTF-8)] BIG5 is not supported\r\n" in out
     assert b"* SEARCH 2\r\nh OK" in out
+
+
+@pytest.mark.parametrize("raw, name, values", [
+    (b"A: 1\nB: 2\n x\n\nbody\nA: not a header\n", "a", [b" 1"]),
+    (b"A: 1\nB: 2\n x\n\nbody\n", "b", [b" 2\n x"]),                 # folds kept
+    (b"A: 1\r\nB: 2\r\n\tx\r\n\r\nbody\r\n", "b", [b" 2\n\tx"]),      # CRLF stored
+    (b"\nA: in the body\n", "a", []),                                   # no header at all
+    (b"A: 1\nb : 3\nA:4", "a", [b" 1", b"4"]),                          # every one; no blank line
+    (b"X-A: 1\nA:2\n\n", "a", [b"2"]),                                  # whole names only
+    (b"List-Id: <x.example>\n\n", "list-id", [b" <x.example>"]),
+])
+def test_header_values(raw: bytes, name: str, values: list[bytes]) -> None:
+    import io
+    assert searchdata.header_values(searchdata.read_header(io.BytesIO(raw)), name) == values
+
+
+def test_read_header_reads_only_the_header() -> None:
+    import io
+    body = b"x" * (1 << 20)
+    fh = io.BytesIO(b"Subject: s\n\n" + body)
+    assert searchdata.read_header(fh) == b"Subject: s\n"
+    assert fh.tell() <= searchdata.HEADER_READ
+    long = b"X: " + b"y" * 100_000 + b"\nSubject: late\n\nbody"
+    assert searchdata.header_values(searchdata.read_header(io.BytesIO(long)), "subject") == \
+        [b" late"]
