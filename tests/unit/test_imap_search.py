@@ -359,3 +359,16 @@ def test_read_header_reads_only_the_header() -> None:
     long = b"X: " + b"y" * 100_000 + b"\nSubject: late\n\nbody"
     assert searchdata.header_values(searchdata.read_header(io.BytesIO(long)), "subject") == \
         [b" late"]
+
+
+def test_memo_is_bounded_and_answers_stay_right(box: searchdata.MailboxFacts,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(searchdata, "MAX_MEMO", 500)
+    box.memo.values.clear()
+    box.memo.used = 0
+    for _ in range(2):
+        assert run(box, b"FROM alice") == [1]
+        assert run(box, b"OR SUBJECT report TO alice") == [2, 3]
+    # kept until past the bound, then computed each time without being kept
+    assert 0 < len(box.memo.values) < 8
+    assert box.memo.used < 500 + searchdata.MEMO_OVERHEAD + 200
