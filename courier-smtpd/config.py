@@ -55,6 +55,9 @@ SETTINGS = merge_settings(listener_settings(
     Setting("BOFHCHECKHELO", "bofhcheckhelo", to_str, "", "(accepted)"),
     Setting("BOFHNOEXPN", "bofhnoexpn", to_str, "", "(accepted; EXPN is not offered)"),
     Setting("BOFHNOVRFY", "bofhnovrfy", to_str, "", "(accepted; VRFY answers 252)"),
+    Setting("ESMTPD_TIMEOUT", "esmtpd_timeout", non_negative_int, "300",
+            "(ours) seconds a client may stay silent before 421 and close, at a command "
+            "or inside DATA/BDAT (RFC 5321 §4.5.3.2.7: at least 5 minutes; 0 = 300)"),
     Setting("TARPIT", "tarpit", to_bool, "0", "1 = after each 5xx reply wait 8 s, doubling "
             "to 128 s, before reading on (Courier's teergrube); never for relay clients"),
     # Courier's submit adds both unless set to non-zero; its esmtpd file sets 1,
@@ -95,6 +98,7 @@ class SmtpdConfig(ListenerConfig):
     bofh: Bofh = Bofh()                # the `bofh` control file
     greeting: tuple[str, ...] = ()     # the `esmtpgreeting` control file, as written
     tarpit: bool = False
+    timeout: float = 300.0             # ESMTPD_TIMEOUT: idle seconds before 421
 
 
 # What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
@@ -148,4 +152,5 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         auth_required=v["auth_required"],
         add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
         header_limit=header_limit, auth_sender_check=v["auth_sender_check"],
-        bofh=bofh, greeting=greeting, tarpit=v["tarpit"]), loaded.warnings
+        bofh=bofh, greeting=greeting, tarpit=v["tarpit"],
+        timeout=float(v["esmtpd_timeout"] or 300)), loaded.warnings

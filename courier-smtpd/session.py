@@ -178,6 +178,9 @@ class Session:
     def run(self) -> None:
         self.title()
         try:
+            # ESMTPD_TIMEOUT: how long a recv may wait (a command, or the next
+            # bytes inside DATA/BDAT); STARTTLS keeps it (wrap_socket copies it).
+            self.conn.sock.settimeout(self.cfg.timeout)
             self.conn.sendall(self.core.greeting())
             while not self.closed:
                 try:
