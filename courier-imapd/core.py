@@ -46,6 +46,9 @@ PRELOGIN_LIMITS = Limits(max_line=8 * 1024, max_literal=1024, max_command=16 * 1
 SESSION_LIMITS = Limits(max_line=64 * 1024, max_literal=32 * 1024 * 1024,
                         max_command=64 * 1024 + 32 * 1024 * 1024)
 MAX_TAG = 64
+# Literals in one command: each costs a segment record far larger than its "{0+}"
+# line, so without a count a client could turn 32 MiB of input into ~10x the memory.
+MAX_LITERALS = 1000
 
 # -- commands -----------------------------------------------------------------------
 
@@ -1216,6 +1219,10 @@ class ImapConnection:
             try:
                 line = self._buf.next_line()
             except LineTooLong as e:
+                if self._phase is _Phase.SKIP_LINE:
+                    # Part of a command already answered BAD: no second answer.
+                    self._reset_command()
+                    continue
                 # Answer with the client's tag when the line's start names one, so a
                 # client waiting for it is not left hanging (the bytes are gone).
                 tag = self._tag_of(e.head if self._phase is _Phase.LINE else None)
@@ -1236,7 +1243,9 @@ class ImapConnection:
                 if m and m.group(2):
                     self._literal_left = int(m.group(1))
                     self._phase = _Phase.SKIP_LITERAL
-                elif not m:
+                else:
+                    # The command's last line, or a synchronising literal we never
+                    # answer with "+": the client will not send it (§7.5).
                     self._reset_command()
                 continue
             self._command_size += len(line)
@@ -1255,7 +1264,8 @@ class ImapConnection:
                 self._skip_tag = self._tag_of()
             too_big = size > self.limits.max_literal or \
                 self._command_size + size > self.limits.max_command
-            if too_big:
+            too_many = len(self._segments) >= MAX_LITERALS
+            if too_big or too_many:
                 tag = self._tag_of()
                 if sync:
                     # The client waits for "+" and will not send the literal (§7.5).
@@ -1265,6 +1275,8 @@ class ImapConnection:
                     self._literal_left = size
                     self._phase = _Phase.SKIP_LITERAL
                     self._segments = []
+                if too_many:
+                    return BadCommand(tag, f"Too many literals (limit {MAX_LITERALS})")
                 return BadCommand(tag, f"Literal too large (limit {self.limits.max_literal} bytes)")
             self._command_size += size
             if sync:

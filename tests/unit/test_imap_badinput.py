@@ -1,0 +1,213 @@
+"""IMAP core and bad input: every malformed command is a tagged BAD with a reason and the
+next command is read as if nothing happened; commands in the wrong state; literal limits
+(synchronising and LITERAL+, RFC 7888 §4); a bounded number of literals per command.
+
+MALFORMED is shared with tests/integration/test_imapd_badinput.py, which sends the same
+table over the wire to a running imapd.
+"""
+
+from __future__ import annotations
+
+import pytest
+from courier_imapd import core as c
+
+from libcourier.proto import NEED_DATA
+
+# (command line without CRLF, a word the reason must contain). Each is sent in the
+# selected state with tag "a"; the answer must be "a BAD <reason>".
+MALFORMED: list[tuple[bytes, str]] = [
+    (b"a", "Syntax"),                                     # tag without a command
+    (b"a ", "Syntax"),
+    (b"a  NOOP", "Syntax"),                               # two spaces
+    (b"a NOOP ", "Syntax"),                               # trailing space
+    (b"a NOOP extra", "Syntax"),
+    (b"a FOO", "Unknown command"),
+    (b"a NO\x80OP", "Unknown command"),                            # 8-bit in the command name
+    (b"a UID", "Syntax"),
+    (b"a UID NOOP", "not a UID command"),
+    (b"a SELECT", "Syntax"),
+    (b'a SELECT "unterminated', "quoted"),
+    (b'a SELECT "a\\qb"', "escape"),                     # only \" and \\ escape
+    (b"a SELECT (INBOX)", "Syntax"),
+    (b"a FETCH", "Syntax"),
+    (b"a FETCH 1", "Syntax"),
+    (b"a FETCH 0 FLAGS", "sequence"),                     # §9: nz-number
+    (b"a FETCH 1:0 FLAGS", "sequence"),
+    (b"a FETCH a:b FLAGS", "sequence"),
+    (b"a FETCH 1,,2 FLAGS", "sequence"),
+    (b"a FETCH 1:2:3 FLAGS", "sequence"),
+    (b"a FETCH 4294967296 FLAGS", "sequence"),            # past 2^32 - 1
+    (b"a FETCH -1 FLAGS", "Syntax"),
+    (b"a FETCH * (FLAGS", "Syntax"),
+    (b"a FETCH 1 (NOPE)", "Syntax"),
+    (b"a FETCH 1 BODY[1.]", "Syntax"),
+    (b"a FETCH 1 BODY[HEADER.FIELDS]", "Syntax"),
+    (b"a FETCH 1 BODY[HEADER.FIELDS ()]", "Syntax"),
+    (b"a FETCH 1 BODY[]<1>", "Syntax"),
+    (b"a FETCH 1 (FLAGS) extra", "Syntax"),
+    (b"a STORE 1 FLAGS", "Syntax"),
+    (b"a STORE 1 XFLAGS (\\Seen)", "Syntax"),
+    (b"a STORE 1 +FLAGS (\\Seen", "Syntax"),
+    (b"a STORE 1 FLAGS (\\)", "Syntax"),
+    (b"a SEARCH", "Syntax"),
+    (b"a SEARCH NOPE", "Syntax"),
+    (b"a SEARCH (FROM x", "Syntax"),
+    (b"a SEARCH OR FROM x", "Syntax"),
+    (b"a SEARCH SINCE 32-Jan-2020", "Syntax"),
+    (b"a SEARCH LARGER x", "Syntax"),
+    (b"a SEARCH 1:x", "Syntax"),
+    (b"a SEARCH HEADER", "Syntax"),
+    (b"a SORT (DATE)", "Syntax"),
+    (b"a THREAD NOPE UTF-8 ALL", "Syntax"),
+    (b"a COPY 1", "Syntax"),
+    (b"a MOVE 1", "Syntax"),
+    (b"a LIST", "Syntax"),
+    (b'a LIST ""', "Syntax"),
+    (b"a CREATE", "Syntax"),
+    (b"a RENAME a", "Syntax"),
+    (b"a STATUS INBOX", "Syntax"),
+    (b"a STATUS INBOX (NOPE)", "Syntax"),
+    (b"a APPEND", "Syntax"),
+    (b"a APPEND INBOX", "Syntax"),
+    (b"a EXPUNGE 1", "Syntax"),
+    (b"a UID EXPUNGE", "Syntax"),
+    (b"a CLOSE now", "Syntax"),
+    (b"a CHECK\tx", "Syntax"),
+    (b"a SUBSCRIBE", "Syntax"),
+    (b"a ID (\"a\"", "Syntax"),
+    (b"a GETQUOTA", "Syntax"),
+]
+
+# (state, command, reason word): RFC 3501 §6: a command not valid in this state is BAD.
+WRONG_STATE: list[tuple[c.State, bytes, str]] = [
+    (c.State.NOT_AUTHENTICATED, b"a SELECT INBOX", "not valid in the not authenticated"),
+    (c.State.NOT_AUTHENTICATED, b"a FETCH 1 FLAGS", "not valid"),
+    (c.State.NOT_AUTHENTICATED, b"a LIST \"\" *", "not valid"),
+    (c.State.NOT_AUTHENTICATED, b"a IDLE", "not valid"),
+    (c.State.AUTHENTICATED, b"a LOGIN alice secret", "not valid in the authenticated"),
+    (c.State.AUTHENTICATED, b"a FETCH 1 FLAGS", "not valid"),
+    (c.State.AUTHENTICATED, b"a STORE 1 +FLAGS (\\Seen)", "not valid"),
+    (c.State.AUTHENTICATED, b"a EXPUNGE", "not valid"),
+    (c.State.AUTHENTICATED, b"a CLOSE", "not valid"),
+    (c.State.AUTHENTICATED, b"a UID SEARCH ALL", "not valid"),
+    (c.State.SELECTED, b"a AUTHENTICATE PLAIN", "not valid in the selected"),
+    (c.State.SELECTED, b"a STARTTLS", "not valid"),
+    (c.State.SELECTED, b"a ENABLE CONDSTORE", "not valid"),   # RFC 5161 §3.1
+]
+
+
+def drain(conn: c.ImapConnection) -> list[object]:
+    out: list[object] = []
+    for _ in range(10000):
+        ev = conn.next_event()
+        if ev is NEED_DATA:
+            return out
+        out.append(ev)
+    raise AssertionError("no NEED_DATA")
+
+
+def test_table_is_big_enough() -> None:
+    assert len(MALFORMED) >= 40
+    assert len({line for line, _ in MALFORMED}) == len(MALFORMED)
+
+
+@pytest.mark.parametrize(("line", "why"), MALFORMED, ids=[x[0].decode("latin-1") for x in MALFORMED])
+def test_malformed_is_bad_and_session_goes_on(line: bytes, why: str) -> None:
+    conn = c.ImapConnection(c.State.SELECTED, c.SESSION_LIMITS)
+    conn.receive_data(line + b"\r\nb NOOP\r\n")
+    evs = drain(conn)
+    assert len(evs) == 2, evs
+    assert isinstance(evs[0], c.BadCommand) and evs[0].tag == "a", evs[0]
+    assert why.lower() in evs[0].text.lower(), evs[0]
+    assert evs[1] == c.Noop("b")
+    assert c.bad(evs[0]).startswith(b"a BAD ") and len(c.bad(evs[0])) > len(b"a BAD \r\n")
+
+
+@pytest.mark.parametrize(("state", "line", "why"), WRONG_STATE,
+                         ids=[f"{s.name}-{x.decode()}" for s, x, _ in WRONG_STATE])
+def test_wrong_state_is_bad(state: c.State, line: bytes, why: str) -> None:
+    conn = c.ImapConnection(state, c.SESSION_LIMITS)
+    conn.receive_data(line + b"\r\nb NOOP\r\n")
+    evs = drain(conn)
+    assert evs[0] == c.BadCommand("a", evs[0].text) and why in evs[0].text, evs  # type: ignore[union-attr]
+    assert evs[1] == c.Noop("b")
+
+
+def test_untagged_garbage() -> None:
+    conn = c.ImapConnection(c.State.SELECTED, c.SESSION_LIMITS)
+    conn.receive_data(b"\r\n   \r\n+x NOOP\r\n" + b"(" * 70 + b" NOOP\r\nb NOOP\r\n")
+    evs = drain(conn)
+    assert [type(e) for e in evs] == [c.BadCommand] * 4 + [c.Noop]
+    assert all(e.tag == "*" for e in evs[:4])   # type: ignore[union-attr]
+
+
+def test_oversized_sync_literal_refused_unread() -> None:
+    conn = c.ImapConnection(c.State.AUTHENTICATED, c.SESSION_LIMITS)
+    conn.receive_data(b"a APPEND INBOX {%d}\r\nb NOOP\r\n" % (c.SESSION_LIMITS.max_literal + 1))
+    evs = drain(conn)
+    assert evs == [c.BadCommand("a", "Literal too large (limit 33554432 bytes)"), c.Noop("b")]
+    assert conn.data_to_send() == b""          # no "+": the client never sends it
+
+
+def test_oversized_literal_plus_read_and_dropped_in_bounded_memory() -> None:
+    conn = c.ImapConnection(c.State.AUTHENTICATED, c.SESSION_LIMITS)
+    size = c.SESSION_LIMITS.max_literal + 1
+    conn.receive_data(b"a APPEND INBOX {%d+}\r\n" % size)
+    assert drain(conn) == [c.BadCommand("a", "Literal too large (limit 33554432 bytes)")]
+    chunk = b"x" * 65536
+    left = size
+    while left:                 # RFC 7888 §4: the server reads and discards it
+        piece = chunk[:left]
+        conn.receive_data(piece)
+        left -= len(piece)
+        assert drain(conn) == []
+        assert conn.buffered() == 0   # nothing of it is kept
+    conn.receive_data(b" more text of the refused command {3+}\r\nabc\r\nb NOOP\r\n")
+    assert drain(conn) == [c.Noop("b")]
+
+
+def test_too_many_literals_refused() -> None:
+    conn = c.ImapConnection(c.State.SELECTED, c.SESSION_LIMITS)
+    conn.receive_data(b"a SEARCH" + b" TEXT {0+}\r\n" * (c.MAX_LITERALS + 5) + b" ALL\r\nb NOOP\r\n")
+    evs = drain(conn)
+    assert evs == [c.BadCommand("a", f"Too many literals (limit {c.MAX_LITERALS})"), c.Noop("b")]
+    # Many, but under the limit, is fine.
+    conn.receive_data(b"a SEARCH" + b" TEXT {1+}\r\nx" * 50 + b"\r\n")
+    (ev,) = drain(conn)
+    assert isinstance(ev, c.Search)
+
+
+def test_sync_literal_inside_refused_command_ends_it() -> None:
+    # After a refused LITERAL+ the rest of its command is drained; a later line that
+    # ends in a synchronising literal ends the drain (we never send "+"), so the
+    # client's next command is read, not swallowed.
+    conn = c.ImapConnection(c.State.AUTHENTICATED, c.SESSION_LIMITS)
+    conn.receive_data(b"a APPEND INBOX {%d+}\r\n" % (c.SESSION_LIMITS.max_literal + 1))
+    assert [type(e) for e in drain(conn)] == [c.BadCommand]
+    conn.receive_data(b"x" * (c.SESSION_LIMITS.max_literal + 1))
+    conn.receive_data(b" {5}\r\nb NOOP\r\n")
+    assert drain(conn) == [c.Noop("b")]
+
+
+def test_long_line_inside_refused_command_answered_once() -> None:
+    conn = c.ImapConnection(c.State.AUTHENTICATED, c.SESSION_LIMITS)
+    conn.receive_data(b"a APPEND INBOX {%d+}\r\n" % (c.SESSION_LIMITS.max_literal + 1))
+    assert [type(e) for e in drain(conn)] == [c.BadCommand]
+    conn.receive_data(b"x" * (c.SESSION_LIMITS.max_literal + 1))
+    conn.receive_data(b"y" * (c.SESSION_LIMITS.max_line + 10) + b"\r\nb NOOP\r\n")
+    assert drain(conn) == [c.Noop("b")]      # no second BAD for "a"
+
+
+def test_ten_megabyte_line_refused_without_being_held() -> None:
+    conn = c.ImapConnection(c.State.SELECTED, c.SESSION_LIMITS)
+    conn.receive_data(b"a SEARCH TEXT ")
+    answers: list[object] = []
+    most = 0
+    for _ in range(10 * 1024 * 1024 // 65536):
+        conn.receive_data(b"z" * 65536)
+        answers += drain(conn)
+        most = max(most, conn.buffered())
+    conn.receive_data(b"\r\nb NOOP\r\n")
+    answers += drain(conn)
+    assert answers == [c.BadCommand("a", "Line too long (limit 65536 bytes)"), c.Noop("b")]
+    assert most <= c.SESSION_LIMITS.max_line + 65536
