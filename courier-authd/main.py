@@ -44,6 +44,7 @@ SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 STOP_GRACE = 5.0
 RESTART_BURST = 10       # more worker deaths than this within RESTART_WINDOW: slow down
 RESTART_WINDOW = 10.0
+PUBLISH_EVERY = 10.0     # seconds between checks of what the modules can verify
 
 
 def setup_logging() -> None:
@@ -92,14 +93,18 @@ def build(etc: Path) -> tuple[AuthdConfig, Authenticator]:
                               lock=lock, cache_ttl=cfg.cache_ttl)  # type: ignore[arg-type]
 
 
-def publish_mechanisms(sockdir: Path, auth: Authenticator) -> None:
+def publish_mechanisms(sockdir: Path, auth: Authenticator, last: str | None = None) -> str | None:
     """Tell the mail daemons which SASL mechanisms our modules can verify (read by
-    libcourier.authclient.verifiable_mechanisms): they offer no more than that."""
+    libcourier.authclient.verifiable_mechanisms): they offer no more than that.
+    Written only when it differs from `last`; returns what the file now says."""
     try:
-        write_atomic(sockdir / MECHANISMS_FILE,
-                     (" ".join(sorted(auth.mechanisms())) + "\n").encode(), mode=0o644)
+        text = " ".join(sorted(auth.mechanisms())) + "\n"
+        if text != last:
+            write_atomic(sockdir / MECHANISMS_FILE, text.encode(), mode=0o644)
+        return text
     except (OSError, BackendTempFail) as e:
         log.warning("cannot write %s: %s", sockdir / MECHANISMS_FILE, e)
+        return last
 
 
 def bind_socket(path: Path, mailgroup: str) -> socket.socket:
@@ -131,6 +136,8 @@ class Supervisor:
         self.replaced: set[int] = set()   # told to stop at a reload, maybe still finishing
         self.deaths: list[float] = []
         self.sockdir = Path(listener.getsockname()).parent
+        self.published: str | None = None
+        self.next_publish = 0.0
 
     def spawn(self) -> None:
         now = time.monotonic()
@@ -167,7 +174,7 @@ class Supervisor:
         for w in cfg.warnings:
             log.warning("%s", w)
         self.cfg, self.auth = cfg, auth
-        publish_mechanisms(self.sockdir, auth)
+        self.published = publish_mechanisms(self.sockdir, auth)
         old = set(self.workers)
         self.replaced |= old
         self.workers.clear()
@@ -221,6 +228,12 @@ class Supervisor:
                 continue
             self.reap()
             self.spawn()
+            # A makeuserdb that adds hmac-*pw or SCRAM fields changes what the
+            # daemons may offer; look every PUBLISH_EVERY seconds.
+            now = time.monotonic()
+            if now >= self.next_publish:
+                self.next_publish = now + PUBLISH_EVERY
+                self.published = publish_mechanisms(self.sockdir, self.auth, self.published)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{layout.authsocket}: cannot listen: {e.strerror}", file=sys.stderr)
         return 1
     sock_ino = os.stat(layout.authsocket).st_ino
-    publish_mechanisms(layout.authsocket.parent, auth)
+    published = publish_mechanisms(layout.authsocket.parent, auth)
     layout.rundir.mkdir(parents=True, exist_ok=True)
     write_pidfile(pidfile)
     log.info("listening on %s with %d workers (modules: %s)", layout.authsocket, cfg.daemons,
@@ -260,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.freeze()   # keep the workers' copy-on-write pages shared
     sup = Supervisor(etc, cfg, auth, listener)
+    sup.published = published
     try:
         return sup.run()
     finally:

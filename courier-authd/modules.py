@@ -136,6 +136,9 @@ class UserdbModule:
         """PLAIN/LOGIN, plus CRAM-<h> when some account has an hmac-<h>pw field (userdbpw
         -hmac-<h>), a {CRAM-<H>} or {PLAIN} password; SCRAM-* likewise."""
         self.reload()
+        cached = getattr(self, "_mechs", None)
+        if cached is not None and cached[0] == self._stamps:
+            return cached[1]   # the parent asks every few seconds: rescan only a new compile
         out = {"PLAIN", "LOGIN"}
         every = ("CRAM-MD5", "CRAM-SHA1", "CRAM-SHA256", "SCRAM-SHA-1", "SCRAM-SHA-256")
         for f in self._users.values():
@@ -153,7 +156,8 @@ class UserdbModule:
                     out.update(every)
             if len(out) == 2 + len(every):
                 break
-        return frozenset(out)
+        self._mechs = (self._stamps, frozenset(out))
+        return self._mechs[1]
 
     def change_password(self, user: str, pwfield: str, new_hash: str) -> bool:
         """The `userdb name set <field>` + makeuserdb that Courier's authuserdb passwd runs."""

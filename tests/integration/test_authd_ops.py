@@ -115,3 +115,17 @@ def test_scram_through_authd(tmp_path):
         assert auth_scram_salt(d.sock, "imap", "SCRAM-SHA-256", "nobody") is None
     finally:
         d.stop()
+
+
+def test_mechanisms_file_follows_a_recompile(tmp_path):
+    etc = make_etc(tmp_path)
+    d = Daemon(etc)
+    try:
+        assert verifiable_mechanisms(d.sock) == {"PLAIN", "LOGIN"}
+        add_user(etc, "tim", {"systempw": hash_password("x"),
+                              "hmac-md5pw": hash_password("x", "hmac-md5")})
+        # No SIGHUP: the parent notices the new compile within its publish interval.
+        assert wait_for(lambda: "CRAM-MD5" in verifiable_mechanisms(d.sock), timeout=30)
+        assert "CRAM-SHA1" not in verifiable_mechanisms(d.sock)
+    finally:
+        d.stop()
