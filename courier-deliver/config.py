@@ -31,6 +31,7 @@ from libcourier.config.errors import ConfigError
 from libcourier.config.rcfile import read_rc_files
 from libcourier.config.schema import Setting, load_settings, non_negative_int
 from libcourier.layout import COURIERD_SETTINGS, Layout, load_layout
+from libcourier.mx import RESOLVER_SETTING
 
 
 def positive_int(v: str) -> int:
@@ -73,30 +74,6 @@ def to_flag(v: str) -> bool:
     return v == "1"
 
 
-def to_resolver(v: str) -> tuple[tuple[str, int], ...]:
-    """ESMTP_RESOLVER: "ip[:port] ..." ([v6]:port for IPv6); empty = /etc/resolv.conf."""
-    out = []
-    for item in v.split():
-        host, port = item, 53
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            if rest:
-                if not rest.startswith(":") or not rest[1:].isdigit():
-                    raise ValueError(f"bad resolver address {item!r}")
-                port = int(rest[1:])
-        elif item.count(":") == 1:
-            host, _, p = item.partition(":")
-            if not p.isdigit():
-                raise ValueError(f"bad resolver port in {item!r}")
-            port = int(p)
-        try:
-            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-        except OSError:
-            raise ValueError(f"resolver must be an IP address, got {host!r}") from None
-        if not 0 < port < 65536:
-            raise ValueError(f"bad resolver port in {item!r}")
-        out.append((host, port))
-    return tuple(out)
 
 
 def to_port(v: str) -> int:
@@ -141,9 +118,7 @@ QUEUE_SETTINGS = (
             "verify the certificate of every server (always done for /SECURITY=REQUIRED)"),
     Setting("TLS_TRUSTCERTS", "tls_trustcerts", str, "",
             "CA certificates (file or directory) for verifying servers; empty: the system's"),
-    Setting("ESMTP_RESOLVER", "esmtp_resolver", to_resolver, "",
-            "courier-py: DNS servers for MX/A/AAAA lookups, `ip[:port] ...`; "
-            "empty: /etc/resolv.conf"),
+    RESOLVER_SETTING,
     Setting("ESMTPPORT", "esmtp_port", to_port, "25",
             "courier-py: the port of mail exchangers found in DNS"),
 )

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 from courier_deliver.config import EsmtpConfig, EsmtpTimeouts
-from courier_deliver.mx import DnsFailure, Target, find_targets, host_addresses, make_resolver
 from courier_deliver.routes import Route, Security
 
+from libcourier.mx import DnsFailure, Target, find_targets, host_addresses, make_resolver
 from libcourier.smtp.client import (
     Finished,
     Rcpt,

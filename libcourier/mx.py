@@ -10,8 +10,9 @@ A/AAAA records (RFC 5321 §5.1), with dnspython's asyncio resolver.
 - a domain literal ([192.0.2.1], [IPv6:2001:db8::1], RFC 5321 §4.1.3) is used
   as it is.
 
-The resolver is configurable (ESMTP_RESOLVER) so tests use a DNS server on
-loopback. dnspython imports some record-type modules lazily; they are
+Shared by courierd (remote delivery) and esmtpd (BOFHCHECKDNS, bofh badmx).
+The resolver is configurable (ESMTP_RESOLVER in `courierd`) so tests use a DNS
+server on loopback. dnspython imports some record-type modules lazily; they are
 imported here, before courierd drops privileges (the Python installation may
 be unreadable afterwards).
 """
@@ -22,6 +23,7 @@ import asyncio
 import encodings.idna  # noqa: F401 - dns.name encodes IDNs through this codec
 import ipaddress
 import random
+import socket
 from dataclasses import dataclass
 
 import dns.asyncbackend
@@ -38,12 +40,47 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
 
+from libcourier.config.schema import Setting
+
 dns.asyncbackend.get_backend("asyncio")   # loads dns._asyncio_backend now
 
 MAX_MX = 20                 # mail exchangers looked at for one domain
 MAX_ADDRESSES = 10          # addresses tried for one exchanger
 DNS_TIMEOUT = 5.0           # one server, one query
 DNS_LIFETIME = 20.0         # one lookup, all retries
+
+
+def parse_resolver(v: str) -> tuple[tuple[str, int], ...]:
+    """ESMTP_RESOLVER: "ip[:port] ..." ([v6]:port for IPv6); empty = /etc/resolv.conf."""
+    out = []
+    for item in v.split():
+        host, port = item, 53
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                if not rest.startswith(":") or not rest[1:].isdigit():
+                    raise ValueError(f"bad resolver address {item!r}")
+                port = int(rest[1:])
+        elif item.count(":") == 1:
+            host, _, p = item.partition(":")
+            if not p.isdigit():
+                raise ValueError(f"bad resolver port in {item!r}")
+            port = int(p)
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except OSError:
+            raise ValueError(f"resolver must be an IP address, got {host!r}") from None
+        if not 0 < port < 65536:
+            raise ValueError(f"bad resolver port in {item!r}")
+        out.append((host, port))
+    return tuple(out)
+
+
+# One declaration for courierd (remote delivery) and esmtpd (BOFHCHECKDNS), which
+# both read it from the `courierd` file.
+RESOLVER_SETTING = Setting("ESMTP_RESOLVER", "esmtp_resolver", parse_resolver, "",
+                           "courier-py: DNS servers for MX/A/AAAA lookups, `ip[:port] ...`; "
+                           "empty: /etc/resolv.conf")
 
 
 @dataclass(frozen=True, slots=True)
