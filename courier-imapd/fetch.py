@@ -18,7 +18,7 @@ from typing import BinaryIO
 from courier_imapd.core import FetchItem, FetchPart, StreamedLiteral
 
 from libcourier.maildir import index as mindex
-from libcourier.maildir.folder import MessageRef
+from libcourier.maildir.folder import Maildir, MessageRef
 from libcourier.mime import Part, imapview, parse
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -41,6 +41,12 @@ def folder_index(message_file: str) -> mindex.FolderIndex:
             _indexes.pop(next(iter(_indexes))).close()
         idx = _indexes[folder] = mindex.FolderIndex(Path(folder))
     return idx
+
+
+def message_path(maildir: Maildir, msg: MessageRef) -> str:
+    """FOLDER/cur/NAME as a string: what Maildir.path_of names, without pathlib (about
+    10 µs a Path; FETCH 1:* wanted two per message, a third of a warm FETCH's time)."""
+    return os.path.join(os.fspath(maildir.path), "cur", msg.filename)
 
 
 def to_crlf(data: bytes) -> bytes:

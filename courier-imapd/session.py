@@ -678,10 +678,10 @@ class Session:
                 # file keeps its bytes, so the size and the streamed body agree.
                 # What the folder's index holds is answered without opening the file.
                 need = fetchmod.needs_file(items, size is not None)
-                index = fetchmod.folder_index(view.maildir.path_of(msg).as_posix()) \
-                    if need else None
+                path = fetchmod.message_path(view.maildir, msg) if need else ""
+                index = fetchmod.folder_index(path) if need else None
                 cached = index.get(msg.base, msg.size) if index is not None else None
-                fh = open(view.maildir.path_of(msg), "rb") \
+                fh = open(path, "rb") \
                     if need and fetchmod.needs_file(items, size is not None, cached) else None
             except FileNotFoundError:
                 view.ghosts.add(msg.uid)
