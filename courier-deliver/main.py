@@ -30,6 +30,7 @@ import time
 
 from courier_deliver.config import QueueConfig, load_config
 from courier_deliver.local import ForwardSpool, bind_local_socket, run_helper
+from courier_deliver.pickup import run_pickup
 from courier_deliver.queue import QueueManager, bind_queue_socket, serve
 
 from libcourier import log as courier_log
@@ -183,4 +184,10 @@ async def _run(manager: QueueManager, queue_sock, etc) -> None:
         logger.info("configuration reloaded")
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    await serve(manager, queue_sock)
+    # Messages users left in SPOOLDIR/maildrop (sendmail without spool rights).
+    picker = asyncio.create_task(run_pickup(manager.config.layout.spooldir, etc,
+                                            manager.announce, lambda: manager.config.rescan))
+    try:
+        await serve(manager, queue_sock)
+    finally:
+        picker.cancel()
