@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -71,9 +72,10 @@ def worker_main(listener: socket.socket, auth: Authenticator) -> int:
     """Run in the forked child until SIGTERM; the caller os._exit()s with the result.
 
     SIGTERM only sets a flag (through the wakeup pipe), and the worker waits in
-    select() rather than accept(): a connection once accepted is always answered,
-    so a reload or stop never drops a client mid-request. The listening socket is
-    non-blocking because every worker is woken for one connection and only one wins.
+    epoll/select rather than accept(): a connection once accepted is always
+    answered, so a reload or stop never drops a client mid-request. The listening
+    socket is non-blocking because more than one worker may wake for a connection
+    and only one wins.
     """
     stop = False
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -94,12 +96,10 @@ def worker_main(listener: socket.socket, auth: Authenticator) -> int:
     except ImportError:
         pass
     listener.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ)
-    sel.register(rfd, selectors.EVENT_READ)
+    wait = _waiter(listener.fileno(), rfd)
     while not stop:
-        for key, _ in sel.select():
-            if key.fd == rfd:
+        for fd in wait():
+            if fd == rfd:
                 try:
                     os.read(rfd, 512)
                 except BlockingIOError:
@@ -115,6 +115,22 @@ def worker_main(listener: socket.socket, auth: Authenticator) -> int:
                 continue
             serve_connection(conn, auth)
     return 0
+
+
+def _waiter(listen_fd: int, wake_fd: int):
+    """A function that blocks until the listener or the wakeup pipe is readable and
+    returns the ready fds. On Linux, EPOLLEXCLUSIVE wakes one worker per connection
+    instead of all of them (Courier's workers block in accept(), which does the same);
+    elsewhere a plain selector, where every idle worker wakes and one wins."""
+    if hasattr(select, "epoll") and hasattr(select, "EPOLLEXCLUSIVE"):
+        ep = select.epoll()
+        ep.register(listen_fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        ep.register(wake_fd, select.EPOLLIN)
+        return lambda: [fd for fd, _ in ep.poll()]
+    sel = selectors.DefaultSelector()
+    sel.register(listen_fd, selectors.EVENT_READ)
+    sel.register(wake_fd, selectors.EVENT_READ)
+    return lambda: [key.fd for key, _ in sel.select()]
 
 
 def fork_worker(listener: socket.socket, auth: Authenticator) -> int:
