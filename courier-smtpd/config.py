@@ -25,12 +25,19 @@ from libcourier.config.listener import (
     load_listener,
     merge_settings,
 )
-from libcourier.config.schema import Setting, non_negative_int, to_bool, to_str
+from libcourier.config.rcfile import read_rc_files
+from libcourier.config.schema import Setting, load_settings, non_negative_int, to_bool, to_str
+from libcourier.mx import RESOLVER_SETTING
 from libcourier.sasl import offered_mechanisms
 
 DEFAULT_SIZELIMIT = 10 * 1024 * 1024      # Courier's sizelimit default (10485760)
 MAX_GREETING_LINES = 10
 MAX_GREETING_LINE = 200
+
+
+def courier_flag(v: str) -> bool:
+    """Courier's test for BOFHCHECKDNS and friends: set, and not starting with 0."""
+    return bool(v.strip()) and not v.strip().startswith("0")
 
 
 def _optional_size(v: str) -> int | None:
@@ -51,7 +58,8 @@ SETTINGS = merge_settings(listener_settings(
     Setting("ESMTPAUTH_TLS_WEBADMIN", "esmtpauth_tls_webadmin", to_str, "", "(accepted)"),
     Setting("AUTH_REQUIRED", "auth_required", to_bool, "0", "MAIL needs AUTH first (530)"),
     Setting("ESMTP_TLS_REQUIRED", "esmtp_tls_required", to_str, "0", "(accepted)"),
-    Setting("BOFHCHECKDNS", "bofhcheckdns", to_str, "", "(accepted)"),
+    Setting("BOFHCHECKDNS", "bofhcheckdns", courier_flag, "0",
+            "1 = refuse a return address whose domain cannot receive mail (DNS)"),
     Setting("BOFHCHECKHELO", "bofhcheckhelo", to_str, "", "(accepted)"),
     Setting("BOFHNOEXPN", "bofhnoexpn", to_str, "", "(accepted; EXPN is not offered)"),
     Setting("BOFHNOVRFY", "bofhnovrfy", to_str, "", "(accepted; VRFY answers 252)"),
@@ -98,6 +106,8 @@ class SmtpdConfig(ListenerConfig):
     bofh: Bofh = Bofh()                # the `bofh` control file
     greeting: tuple[str, ...] = ()     # the `esmtpgreeting` control file, as written
     tarpit: bool = False
+    check_dns: bool = False            # BOFHCHECKDNS
+    resolver: tuple[tuple[str, int], ...] = ()   # courierd's ESMTP_RESOLVER
     timeout: float = 300.0             # ESMTPD_TIMEOUT: idle seconds before 421
 
 
@@ -130,6 +140,9 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
             raise ConfigError(str(e), str(etc / "sizelimit"), 1) from None
     me = read_control_value(etc / "me") or socket.getfqdn()
     v = loaded.values
+    courierd = read_rc_files([etc / "courierd"], missing_ok=True)
+    resolver = load_settings((RESOLVER_SETTING,), courierd, str(etc / "courierd"))[0][
+        "esmtp_resolver"]
     try:
         bofh = load_bofh(etc)
     except (OSError, ValueError) as e:
@@ -152,5 +165,6 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         auth_required=v["auth_required"],
         add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
         header_limit=header_limit, auth_sender_check=v["auth_sender_check"],
-        bofh=bofh, greeting=greeting, tarpit=v["tarpit"],
+        bofh=bofh, greeting=greeting, tarpit=v["tarpit"], check_dns=v["bofhcheckdns"],
+        resolver=resolver,
         timeout=float(v["esmtpd_timeout"] or 300)), loaded.warnings

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from courier_smtpd.bofh import Bofh, relay_in_domains
 from courier_smtpd.core import SessionInfo, Verdict
+from courier_smtpd.senderdns import SenderDns
 
 from libcourier.aliases import AliasTable
 from libcourier.authclient import AuthInfo, AuthTempFail, auth_pre
@@ -93,7 +94,7 @@ class LocalPolicy:
     def __init__(self, domains: Domains, authsocket: Path, *, relayclient: bool = False,
                  lookup: Lookup | None = None, aliases: AliasTable | None = None,
                  bofh: Bofh | None = None, remote_host: Callable[[], str | None] | None = None,
-                 auth_sender_check: bool = False):
+                 auth_sender_check: bool = False, sender_dns: SenderDns | None = None):
         self.domains = domains
         self.aliases = aliases      # ETC/aliases.dat: an alias is a valid recipient
         self.authsocket = authsocket
@@ -101,6 +102,7 @@ class LocalPolicy:
         self.bofh = bofh or Bofh()
         self.remote_host = remote_host or (lambda: None)   # the client's verified rDNS name
         self.auth_sender_check = auth_sender_check
+        self.sender_dns = sender_dns
         self._lookup = lookup or (lambda sock, service, user: auth_pre(sock, service, user))
 
     def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
@@ -116,6 +118,10 @@ class LocalPolicy:
             if relays is not None and not relay_in_domains(self.remote_host(), relays):
                 return Verdict.reject(550, "5.7.1", f"Sender rejected: {sender} can be accepted "
                                       f"only from {relays[0]}'s mail relays.")
+        if sender and self.sender_dns is not None:
+            refusal = self.sender_dns.check(sender)
+            if refusal is not None:
+                return refusal
         return Verdict.accept()
 
     def owns(self, login: str, sender: str) -> bool:

@@ -13,20 +13,17 @@ import importlib.util
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from dnsserver import dnsmasq, needs_dnsmasq
 from smtp_sink import Sink, port_free_on
 
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
 
-DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq"
-                                       if Path("/usr/sbin/dnsmasq").exists() else None)
-pytestmark = pytest.mark.skipif(DNSMASQ is None, reason="dnsmasq is not installed "
-                                "(Debian package dnsmasq)")
+pytestmark = needs_dnsmasq
 
 WAIT = 40.0
 SINK_HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]
@@ -65,63 +62,22 @@ def _load_root_conftest():
 ROOT = _load_root_conftest()
 
 
-def _free_port(hosts: list[str], kind=socket.SOCK_STREAM) -> int:
+def _free_port(hosts: list[str]) -> int:
+    """A TCP port free on every one of the loopback addresses."""
     for _ in range(200):
-        s = socket.socket(socket.AF_INET, kind)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()
         if port_free_on(hosts, port):
-            if kind == socket.SOCK_STREAM:
-                return port
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind(("127.0.0.1", port))
             return port
-        except OSError:
-            continue
-        finally:
-            u.close()
     raise RuntimeError("no free port")
-
-
-def _dns_answers(port: int) -> bool:
-    import dns.resolver
-    r = dns.resolver.Resolver(configure=False)
-    r.nameservers = ["127.0.0.1"]
-    r.port = port
-    r.lifetime = 1.0
-    try:
-        r.resolve("mx1.example.com", "A")
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
 
 
 @pytest.fixture(scope="module")
 def dns_port():
-    port = _free_port(["127.0.0.1"], socket.SOCK_DGRAM)
-    proc = subprocess.Popen(
-        [DNSMASQ, "-k", "--no-resolv", "--no-hosts", "-C", "/dev/null", f"--port={port}",
-         "--listen-address=127.0.0.1", "--bind-interfaces", "--local=/test/",
-         "--local=/example.com/", "--pid-file=", "--log-facility=-", *ZONE_ARGS],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 15
-        while not _dns_answers(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None \
-                    else ""
-                pytest.fail(f"dnsmasq did not start: {err}")
-            time.sleep(0.1)
+    with dnsmasq(ZONE_ARGS, ["test", "example.com"], "mx1.example.com") as port:
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture
