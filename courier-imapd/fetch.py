@@ -341,6 +341,12 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
                                   from_index(i.name.lower().replace(".structure", "")))
            for i in items):
         tree()
+    elif fh is not None and not sizes and \
+            from_index("bodystructure") is None and any(i.name == "RFC822.SIZE" for i in items):
+        # The whole file is read to count RFC822.SIZE anyway: parse it on the way (the
+        # size comes with the tree), so the BODYSTRUCTURE clients ask for next is in
+        # the index by then, and the file is not read and parsed a second time for it.
+        tree()
     for item in items:
         if item.name == "UID":
             parts.append(b"UID %d" % msg.uid)

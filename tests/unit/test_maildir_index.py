@@ -192,3 +192,29 @@ def test_fetch_fills_and_uses_the_index(tmp_path: Path) -> None:
         again, _ = f.message_parts(items, msg, fh, "()", None)
     assert again == cold
     assert mindex.FolderIndex(d).get(msg.base, msg.size) is not None
+
+
+def test_counting_the_size_parses_for_bodystructure_too(tmp_path: Path) -> None:
+    """A cold FETCH of ENVELOPE and RFC822.SIZE reads the whole file to count the size:
+    it leaves the BODYSTRUCTURE in the index as well, equal to a fresh parse's."""
+    d = folder(tmp_path)
+    (d / "new" / f"1.M1.host,S={len(MSG)}").write_bytes(MSG)
+    md = Maildir(d)
+    msg = md.scan().messages[0]
+    f._indexes.clear()
+    with open(md.path_of(msg), "rb") as fh:
+        parts, size = f.message_parts((FetchItem("ENVELOPE"), FetchItem("RFC822.SIZE")),
+                                      msg, fh, "()", None)
+    with open(md.path_of(msg), "rb") as fh:
+        root = parse(fh)
+    assert parts == [b"ENVELOPE " + imapview.envelope(root), b"RFC822.SIZE %d" % size]
+    assert size == len(f.to_crlf(MSG))
+    e = mindex.FolderIndex(d).get(msg.base, msg.size)
+    assert e is not None and e.bodystructure == imapview.bodystructure(root)
+    # ENVELOPE alone (no size to count) still reads only the header
+    f._indexes.clear()
+    os.unlink(d / mindex.INDEX_NAME)
+    with open(md.path_of(msg), "rb") as fh:
+        f.message_parts((FetchItem("ENVELOPE"),), msg, fh, "()", None)
+    e = mindex.FolderIndex(d).get(msg.base, msg.size)
+    assert e is not None and e.envelope is not None and e.bodystructure is None
