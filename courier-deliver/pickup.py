@@ -73,6 +73,11 @@ READ_CHUNK = 64 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+def shown(name: str) -> str:
+    """A file name as logged: a user chose it, so no line breaks or controls."""
+    return _SAFE.sub("_", name)[:80]
+
+
 class Rejected(Exception):
     """A hostile or broken maildrop file: quarantine it."""
 
@@ -126,6 +131,8 @@ class Pickup:
         self.quarantine_dir = self.spooldir / QUARANTINE
         self.clock = clock
         self._stuck: set[str] = set()   # could not be quarantined: do not log it every scan
+        # Queued but the file could not be removed: never queue it a second time.
+        self._taken: set[tuple[int, int]] = set()
 
     def scan(self) -> tuple[list[str], bool]:
         """Take what is complete; returns (queue ids made, more files waiting)."""
@@ -140,7 +147,7 @@ class Pickup:
             try:
                 qid = self.take(name, settings)
             except Exception:  # noqa: BLE001 - our bug: keep the file, log, go on
-                logger.exception("maildrop %s: pickup failed", name[:80])
+                logger.exception("maildrop %s: pickup failed", shown(name))
                 continue
             if qid is not None:
                 qids.append(qid)
@@ -148,10 +155,14 @@ class Pickup:
 
     def take(self, name: str, settings: Settings) -> str | None:
         path = self.dropdir / name
-        uid: int | None = None
         try:
             st = os.lstat(path)
-            uid = st.st_uid
+        except FileNotFoundError:
+            return None
+        if (st.st_dev, st.st_ino) in self._taken:
+            return None
+        uid = st.st_uid
+        try:
             if not stat.S_ISREG(st.st_mode):
                 raise Rejected("not a regular file (symlink, FIFO, device or directory)")
             if not st.st_mode & COMPLETE_BIT:
@@ -159,14 +170,12 @@ class Pickup:
                     raise Rejected("left incomplete for 36 hours")
                 return None             # still being written
             return self._spool(path, st, settings)
-        except FileNotFoundError:
-            return None
         except Rejected as e:
             self._quarantine(name, uid, str(e))
             return None
         except (SpoolError, OSError) as e:
             # Our trouble (disk full, spool unwritable): keep the file, try again later.
-            logger.error("maildrop %s: cannot queue it now: %s", name[:80], e)
+            logger.error("maildrop %s: cannot queue it now: %s", shown(name), e)
             return None
 
     def _spool(self, path: Path, st: os.stat_result, settings: Settings) -> str:
@@ -200,10 +209,18 @@ class Pickup:
             if not sender_allowed(who, env.sender, settings.domains):
                 raise Rejected(refusal(who, env.sender))
             qid = self._write(fh, who, env, settings, limit)
-        os.unlink(path)
-        fsync_dir(self.dropdir)
         logger.info("id=%s: from maildrop %s, user %s (uid %d), sender <%s>, %d recipient(s)",
-                    qid, path.name, who.login, who.uid, env.sender, len(env.recipients))
+                    qid, shown(path.name), who.login, who.uid, env.sender, len(env.recipients))
+        try:
+            os.unlink(path)
+            fsync_dir(self.dropdir)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            self._taken.add((st.st_dev, st.st_ino))
+            logger.error("id=%s: maildrop %s is queued but cannot be removed: %s; "
+                         "remove it by hand before courierd restarts", qid, shown(path.name),
+                         e.strerror or e)
         return qid
 
     def _write(self, fh, who: Submitter, env, settings: Settings, limit: int) -> str:
@@ -248,11 +265,11 @@ class Pickup:
             if name not in self._stuck:
                 self._stuck.add(name)
                 logger.error("maildrop %s (uid %s): %s; cannot quarantine it: %s",
-                             name[:80], uid, reason, e.strerror or e)
+                             shown(name), uid, reason, e.strerror or e)
             return
         self._stuck.discard(name)
         logger.warning("maildrop %s (uid %s) quarantined as %s: %s",
-                       name[:80], uid, dest.name, reason)
+                       shown(name), uid, dest.name, reason)
 
 
 async def run_pickup(spooldir: Path, etc: Path, announce: Callable[[str], None],

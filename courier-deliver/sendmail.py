@@ -80,6 +80,11 @@ class NoPermission(Exception):
     pass
 
 
+class NotReady(Exception):
+    """The maildrop is not there (yet): a temporary failure, as Courier's sendmail
+    says "Service temporarily unavailable" when submit cannot run."""
+
+
 def _err(msg: str) -> None:
     print(f"sendmail: {msg}", file=sys.stderr)
 
@@ -183,7 +188,8 @@ SinkFactory = Callable[[], Sink]
 
 
 def choose_sink(layout: Layout, who: Submitter, me: str, max_size: int) -> SinkFactory:
-    """Become someone who may write the spool, or use the maildrop; raises NoPermission."""
+    """Become someone who may write the spool, or use the maildrop; raises
+    NoPermission or NotReady."""
     if os.geteuid() == 0:
         try:
             privsep.drop_to_daemon(layout.mailuser, layout.mailgroup)
@@ -195,9 +201,9 @@ def choose_sink(layout: Layout, who: Submitter, me: str, max_size: int) -> SinkF
         return lambda: SpoolSink(layout, who, me, max_size)
     drop = layout.spooldir / DIRNAME
     if not os.access(drop, os.W_OK | os.X_OK):
-        raise NoPermission(
-            f"cannot write to {drop}: the mail queue takes mail from users only once "
-            f"courierd has made it (start courierd), and only where they may reach it")
+        raise NotReady(
+            f"cannot write to {drop}: the mail queue takes mail from users once "
+            f"courierd has prepared it (is courierd running?)")
     return lambda: DropSink(drop, max_size)
 
 
@@ -407,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     except NoPermission as e:
         _err(str(e))
         return EX_NOPERM
+    except NotReady as e:
+        _err(str(e))
+        return EX_TEMPFAIL
     if opts.mode is Mode.SMTP:
         return serve_bs(sys.stdin.buffer, sys.stdout.buffer, open_sink, who, me=me,
                         domains=domains, domain=domain, sizelimit=sizelimit)

@@ -192,3 +192,9 @@ def test_sendmail_bs_as_user(running_instance, user_python):
     text = files[0].read_bytes()
     assert text.startswith(b"Return-Path: <nobody@mx.test>\n")
     assert b"\nSubject: bs\n" in text and text.endswith(b"\n.dotted\nbody\n")
+
+
+def test_before_courierd_prepared_the_maildrop_it_is_a_temporary_failure(new_instance,
+                                                                          user_python):
+    r = sendmail_as_user(user_python, new_instance, "alice@example.com", data=b"x\n")
+    assert r.returncode == 75 and b"is courierd running?" in r.stderr

@@ -248,3 +248,19 @@ def test_a_spool_that_cannot_be_written_keeps_the_file(spool, monkeypatch):
     monkeypatch.setattr(pickup_mod, "SpoolWriter", Broken)
     assert Pickup(sp, etc).scan() == ([], False)
     assert os.listdir(sp / "maildrop") == ["keep"] and quarantine(sp) == []
+
+
+def test_a_file_that_cannot_be_removed_is_queued_once(spool, monkeypatch):
+    sp, etc = spool
+    path = drop(sp, "stuck", block("x@mx.test") + b"x\n")
+    real_unlink = os.unlink
+
+    def unlink(p, *a, **k):
+        if str(p) == str(path):
+            raise OSError(30, "Read-only file system")
+        return real_unlink(p, *a, **k)
+    monkeypatch.setattr(os, "unlink", unlink)
+    pickup = Pickup(sp, etc)
+    first, _ = pickup.scan()
+    assert len(first) == 1 and pickup.scan() == ([], False)
+    assert list_queue(sp) == first
