@@ -9,13 +9,14 @@ temporary failure (Courier's programs exit on tempfail) and is replaced on the
 next request. The program is PIPE_PROGRAM in authdaemonrc (Courier compiles it
 in: /usr/lib/courier/authProg on Debian, the default here).
 
-The program verifies passwords itself (AUTH is passed through); PRE answers give
-the account, with PASSWD/PASSWD2 kept as systempw/clear password so CRAM works
-when the program returns a clear password, as Courier's does.
+The program verifies passwords itself (AUTH login and cram-* are passed through,
+as Courier does); PRE answers give the account, with PASSWD/PASSWD2 kept as
+systempw/clear password.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import pwd
@@ -176,6 +177,20 @@ class PipeModule:
         res = self._ask(req, ReplyParser())
         return _account(dict(res.fields), user) if isinstance(res, AuthReply) else None
 
+    def cram(self, service: str, authtype: str, authdata: bytes) -> Account | None:
+        """CRAM-*: the AUTH request goes to the program unchanged (Courier's authpipe
+        does the same), so a program that keeps HMAC secrets can answer it."""
+        try:
+            req = AuthRequest(service or "login", authtype, authdata)
+            format_request(req)
+        except ValueError:
+            return None
+        res = self._ask(req, ReplyParser())
+        if not isinstance(res, AuthReply):
+            return None
+        user = base64.b64decode(authdata.split(b"\n")[1]).rpartition(b" ")[0]
+        return _account(dict(res.fields), user.decode("utf-8", "replace"))
+
     def enumerate(self) -> list[Account]:
         entries = self._ask(EnumerateRequest(), EnumerateParser())
         return [Account(address=e.name, uid=e.uid, gid=e.gid, home=e.home,
@@ -197,7 +212,9 @@ class PipeModule:
         return False   # core uses passwd() above for this module
 
     def sasl_mechanisms(self) -> frozenset[str]:
-        return frozenset({"PLAIN", "LOGIN"})
+        # Whether the program can verify CRAM is its business (Courier forwards it too);
+        # the admin's IMAP_CAPABILITY/POP3AUTH/ESMTPAUTH decide what is offered.
+        return frozenset({"PLAIN", "LOGIN", "CRAM-MD5", "CRAM-SHA1", "CRAM-SHA256"})
 
     def close(self) -> None:
         if self._owner == os.getpid():

@@ -300,9 +300,18 @@ class Authenticator:
         for m in self.modules:
             if self.debug:
                 log.append(f"{m.name}: trying this module")
-            a = self._lookup(m, user, req.service)
-            if a is not None and any(check_cram(name, challenge, digest, v)
-                                     for v in self._cram_secrets(a, name, req.service)):
+            own = getattr(m, "cram", None)
+            if callable(own):
+                # The module verifies CRAM itself (authpipe hands the request to its
+                # program as Courier's does).
+                a = own(req.service, authtype, req.authdata)
+                ok = a is not None
+            else:
+                a = self._lookup(m, user, req.service)
+                ok = a is not None and any(check_cram(name, challenge, digest, v)
+                                           for v in self._cram_secrets(a, name, req.service))
+            if ok:
+                assert a is not None
                 if self.debug:
                     log.append("cram validation succeeded")
                 self._succeeded(user, remote)

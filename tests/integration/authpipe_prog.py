@@ -1,10 +1,12 @@
 """A tiny authpipe program for the tests (README_authlib "The authpipe protocol"):
-requests on stdin, replies on stdout, one after another. Users: bob/bobpw (clear
-password returned as PASSWD2 so CRAM can work), `temp` makes it exit (Courier's
+requests on stdin, replies on stdout, one after another. Users: bob/bobpw (LOGIN
+and CRAM-MD5 checked by the program itself), `temp` makes it exit (Courier's
 tempfail), `slow` makes it hang. It counts its own starts in $AUTHPIPE_STARTS."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 import sys
 import time
@@ -20,7 +22,7 @@ from libcourier.authproto import (
 from libcourier.proto import NEED_DATA
 
 BOB = {"UID": 1000, "GID": 1000, "HOME": "/home/bob", "ADDRESS": "bob@pipe.test",
-       "NAME": "Bob Pipe", "MAILDIR": "/home/bob/Maildir", "PASSWD2": "bobpw"}
+       "NAME": "Bob Pipe", "MAILDIR": "/home/bob/Maildir"}
 
 
 def answer(req) -> bytes | None:
@@ -28,11 +30,21 @@ def answer(req) -> bytes | None:
         case PreRequest(user=user) | AuthRequest(authdata=user):
             if isinstance(req, AuthRequest):
                 parts = req.fields()
-                if req.authtype != "login" or len(parts) != 2:
+                if len(parts) != 2:
                     return b"FAIL\n"
-                user = parts[0].decode()
-                if user == "bob" and parts[1] != b"bobpw":
+                if req.authtype == "cram-md5":
+                    # Checked here, with the program's own secret, as a Courier authProg may.
+                    ch = base64.b64decode(parts[0])
+                    user, _, digest = base64.b64decode(parts[1]).decode().rpartition(" ")
+                    want = hmac.new(b"bobpw", ch, "md5").hexdigest()
+                    if user != "bob" or not hmac.compare_digest(digest, want):
+                        return b"FAIL\n"
+                elif req.authtype != "login":
                     return b"FAIL\n"
+                else:
+                    user = parts[0].decode()
+                    if user == "bob" and parts[1] != b"bobpw":
+                        return b"FAIL\n"
             if user == "temp":
                 return None
             if user == "slow":

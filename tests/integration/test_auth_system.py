@@ -4,6 +4,8 @@ through a real authd socket."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 import pwd
 import secrets
@@ -21,6 +23,7 @@ from courier_authd.passwords import hash_password
 
 from libcourier.authclient import (
     AuthTempFail,
+    auth_cram,
     auth_enumerate,
     auth_login,
     auth_passwd,
@@ -166,6 +169,13 @@ def test_authpipe_through_authd(tmp_path):
         assert auth_pre(d.sock, "courier", "bob").maildir == "/home/bob/Maildir"
         assert auth_pre(d.sock, "courier", "alice") is None
         assert [e[0] for e in auth_enumerate(d.sock)] == ["bob@pipe.test"]
+        # CRAM goes to the program unchanged, as in Courier's authpipe.
+        ch = b"<1.2@mx.test>"
+        for secret, ok in ((b"bobpw", True), (b"nope", False)):
+            resp = b"bob " + hmac.new(secret, ch, "md5").hexdigest().encode()
+            info = auth_cram(d.sock, "imap", "cram-md5", base64.b64encode(ch).decode(),
+                             base64.b64encode(resp).decode())
+            assert (info is not None and info.address == "bob@pipe.test") is ok
         assert auth_passwd(d.sock, "imap", "bob", "bobpw", "new")
         assert not auth_passwd(d.sock, "imap", "bob", "wrong", "new")
         # The program exits on "temp": a temporary failure, never "bad password"...
