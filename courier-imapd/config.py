@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from courier_imapd.core import COMMANDS
+from courier_imapd.thread import ALGORITHMS as THREAD_ALGORITHMS
 
 from libcourier.authclient import verifiable_mechanisms_for
 from libcourier.config.listener import (
@@ -65,12 +66,11 @@ def emptytrash_spec(v: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 # Our default IMAP_CAPABILITY: Courier's list plus the extensions we implement.
-# capability_line() still drops any word whose command is not implemented (THREAD
-# and SORT until their commands are in the core's table), so the list is honest
-# whatever an admin writes; ACL/ACL2 come from IMAP_ACL as in Courier (off: not
+# capability_line() still drops any word whose command is not implemented, so the
+# list is honest whatever an admin writes; ACL/ACL2 come from IMAP_ACL as in Courier (off: not
 # implemented), ID from IMAP_ID_FIELDS, ENABLE UTF8=ACCEPT always (Courier's step 8).
 DEFAULT_CAPABILITY = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
-                      "THREAD=REFERENCES SORT QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE IDLE "
+                      "THREAD=REFERENCES SORT SORT=DISPLAY QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE IDLE "
                       "LITERAL+ MOVE UNSELECT SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC "
                       "LIST-EXTENDED LIST-STATUS")
 
@@ -172,8 +172,8 @@ def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
         specialuse=v["specialuse_folders"], specialuse_create=v["specialuse_create"],
     )
     warnings = list(loaded.warnings)
-    # Words of Courier's own default list that we lack (SORT, THREAD until done) are
-    # dropped quietly; anything else an admin lists and we lack is worth a word.
+    # Words of our default list are all implemented; anything else an admin lists
+    # and we lack is worth a word.
     expected = set(DEFAULT_CAPABILITY.upper().split())
     dropped = dict.fromkeys(w for w in (cfg.capability + " " + cfg.capability_tls).split()
                             if not implemented(w) and w.upper() not in expected)
@@ -202,7 +202,12 @@ def implemented(word: str) -> bool:
         return True
     if w in _IMPLEMENTED_WORDS:
         return True
-    return w.split("=", 1)[0] in COMMANDS
+    verb, _, arg = w.partition("=")
+    if verb == "THREAD":
+        return arg in THREAD_ALGORITHMS          # not just any THREAD=<word>
+    if verb == "SORT":
+        return arg in ("", "DISPLAY")            # RFC 5957 DISPLAYFROM/DISPLAYTO are done
+    return verb in COMMANDS
 
 
 # What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
