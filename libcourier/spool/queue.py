@@ -3,8 +3,9 @@
 A message is `msgs/<qid>.dat` (the message as it will be delivered, with LF
 line ends and the Received: line on top) plus `msgs/<qid>.env` (the envelope).
 The .env appearing by rename is the commit point; a .dat without a .env is a
-crash leftover that purge_tmp removes. Nothing is written in place: every file
-is written under tmp/, fsync'd, renamed, and the directory fsync'd.
+crash leftover that purge_tmp removes (an .env without its .dat too). Nothing is
+written in place: every file is written under tmp/, fsync'd, renamed, and the
+directory fsync'd.
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ def remove(spooldir: Path, qid: str) -> None:
 
 
 def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
-    """Remove leftovers of crashed writers: files in tmp/ and .dat files in
-    msgs/ without an .env, older than `older_than` seconds. Returns the count."""
+    """Remove leftovers of crashed writers: files in tmp/, .dat files in msgs/
+    without an .env, and an .env without its .dat (a crash after SpoolWriter's two
+    renames, before its directory fsync, on a file system that kept only the second),
+    older than `older_than` seconds. Returns the count."""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
     removed = 0
@@ -125,7 +128,8 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
         pass
     try:
         candidates += [p for p in (spooldir / MSGS).iterdir()
-                       if p.suffix == ".dat" and not p.with_suffix(".env").exists()]
+                       if (p.suffix == ".dat" and not p.with_suffix(".env").exists())
+                       or (p.suffix == ".env" and not p.with_suffix(".dat").exists())]
     except FileNotFoundError:
         pass
     for p in candidates:

@@ -94,7 +94,7 @@ def test_commit_failure_leaves_nothing(spool, monkeypatch):
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(writer, "write_file_durably", boom)
+    monkeypatch.setattr(writer, "fsync_dir", boom)     # the last step, after both renames
     with pytest.raises(SpoolError):
         w.commit(ENV)
     assert files(spool) == []
