@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from courier_imapd.condstore import uid_set
 from courier_imapd.core import SeqRange
 
-from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap
+from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap, split_name
 from libcourier.maildir.folder import FolderState, Maildir, MessageRef
 
 if TYPE_CHECKING:
@@ -156,6 +157,26 @@ class MailboxView:
             picked.update(range(lo - 1, hi))
         return sorted(picked)
 
+    def relocate(self) -> int:
+        """Follow renames by other sessions: a flag change renames the file, so a name
+        this view holds may be gone while the message is not. Takes the current name
+        of each such message (one listing of cur/); the flags stay what the client was
+        told, so the next refresh still reports the change. The number renamed."""
+        names: dict[str, str] = {}
+        try:
+            with os.scandir(self.maildir.path / "cur") as it:
+                for ent in it:
+                    names[split_name(ent.name)[0]] = ent.name
+        except FileNotFoundError:
+            return 0
+        n = 0
+        for i, m in enumerate(self.messages):
+            name = names.get(m.base)
+            if name is not None and name != m.filename:
+                self.messages[i] = replace(m, filename=name)
+                n += 1
+        return n
+
     def seq_of_uid(self, uid: int) -> int | None:
         for i, m in enumerate(self.messages, 1):
             if m.uid == uid:
@@ -172,6 +193,8 @@ class MailboxView:
         out: list[str] = self.announce({k for m in st.messages for k in m.keywords})
         on_disk = {m.uid: m for m in st.messages}
         self.recent |= st.recent
+        # A message that is still there is no ghost, whatever a failed open thought.
+        self.ghosts.difference_update(on_disk)
         for i, m in enumerate(self.messages):
             now = on_disk.get(m.uid)
             if now is None:

@@ -147,6 +147,7 @@ class MailboxFacts:
         self.index = fetchmod.folder_index(os.path.join(folder, "cur", "-"))
         self.memo = folder_memo(folder)
         self.facts = [MessageFacts(self, i + 1, m) for i, m in enumerate(view.messages)]
+        self.relocated = False    # cur/ listed again once for this command (view.relocate)
 
 
 class MessageFacts:
@@ -178,7 +179,20 @@ class MessageFacts:
         try:
             return open(self.box.view.maildir.path_of(self.msg), "rb")
         except FileNotFoundError:
-            return None       # expunged by another session: nothing in it matches
+            pass
+        if not self.box.relocated:
+            # Another session's flag change renamed the file: follow the renames
+            # (one listing of cur/ for the command).
+            self.box.relocated = True
+            self.box.view.relocate()
+        current = self.box.view.messages[self.seq - 1]
+        if current.filename != self.msg.filename:
+            self.msg = current
+            try:
+                return open(self.box.view.maildir.path_of(self.msg), "rb")
+            except FileNotFoundError:
+                pass
+        return None       # expunged by another session: nothing in it matches
 
     def entry(self) -> mindex.Entry | None:
         if self._entry is _UNSET:

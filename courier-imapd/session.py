@@ -547,9 +547,19 @@ class Session:
         if not self._quota_allows(cmd.tag, path, size, count):
             return
         try:
-            added = folders.copy_messages(
-                [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path,
-                [m.keywords for m in picked])
+            try:
+                added = folders.copy_messages(
+                    [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path,
+                    [m.keywords for m in picked])
+            except FileNotFoundError:
+                # All or nothing was copied. Another session's flag change renames a
+                # file: follow the renames and try once more before saying expunged.
+                if not view.relocate():
+                    raise
+                picked = [view.messages[i] for i in idx]
+                added = folders.copy_messages(
+                    [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path,
+                    [m.keywords for m in picked])
         except FileNotFoundError:
             view.refresh(allow_expunge=False)   # they become ghosts; expunged later
             self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
@@ -644,6 +654,7 @@ class Session:
         sets_seen = not view.readonly and any(fetchmod.sets_seen(i) for i in cmd.items)
         wants_flags = any(i.name == "FLAGS" for i in cmd.items)
         missing = False
+        relocated = False     # cur/ listed again once for this command (view.relocate)
         # Responses are gathered up to OUT_CHUNK bytes per send: one sendall per
         # message made FETCH 1:* (FLAGS) of 100,000 messages a syscall-bound loop.
         pending = bytearray(self._fetch_condstore(cmd))
@@ -684,9 +695,21 @@ class Session:
                 fh = open(path, "rb") \
                     if need and fetchmod.needs_file(items, size is not None, cached) else None
             except FileNotFoundError:
-                view.ghosts.add(msg.uid)
-                missing = True
-                continue
+                fh = None
+                if not relocated:
+                    # Another session's flag change renamed the file: follow it (once
+                    # per command) before calling the message expunged.
+                    relocated = True
+                    if view.relocate():
+                        msg = view.messages[i]
+                        try:
+                            fh = open(fetchmod.message_path(view.maildir, msg), "rb")
+                        except FileNotFoundError:
+                            fh = None
+                if fh is None:
+                    view.ghosts.add(msg.uid)
+                    missing = True
+                    continue
             try:
                 parts, size = fetchmod.message_parts(
                     items, msg, fh, flags_text(msg.flags, msg.uid in view.recent, msg.keywords),
