@@ -66,7 +66,6 @@ logger = logging.getLogger("courier.courierd")
 
 QUARANTINE = "quarantine"
 STALE_AFTER = 36 * 3600          # an incomplete file this old was abandoned (purge_tmp's age)
-MAX_PER_SCAN = 1000              # files taken per scan; more: scan again at once
 DEFAULT_SIZELIMIT = 10 * 1024 * 1024   # Courier's `sizelimit` default
 HEADER_ALLOWANCE = 8192          # headers sendmail added beyond the user's message
 READ_CHUNK = 64 * 1024
@@ -134,24 +133,27 @@ class Pickup:
         # Queued but the file could not be removed: never queue it a second time.
         self._taken: set[tuple[int, int]] = set()
 
-    def scan(self) -> tuple[list[str], bool]:
-        """Take what is complete; returns (queue ids made, more files waiting)."""
-        try:
-            names = sorted(os.listdir(self.dropdir))
-        except OSError as e:
-            logger.error("cannot list %s: %s", self.dropdir, e.strerror or e)
-            return [], False
+    def scan(self, on_queued: Callable[[str], None] | None = None) -> list[str]:
+        """Take every complete file; returns the queue ids made (each also passed
+        to on_queued at once). The directory is streamed, not listed whole: a
+        user's flood of incomplete files costs an lstat each, never a busy loop."""
         settings = read_settings(self.etc)
         qids: list[str] = []
-        for name in names[:MAX_PER_SCAN]:
-            try:
-                qid = self.take(name, settings)
-            except Exception:  # noqa: BLE001 - our bug: keep the file, log, go on
-                logger.exception("maildrop %s: pickup failed", shown(name))
-                continue
-            if qid is not None:
-                qids.append(qid)
-        return qids, len(names) > MAX_PER_SCAN
+        try:
+            with os.scandir(self.dropdir) as entries:
+                for entry in entries:
+                    try:
+                        qid = self.take(entry.name, settings)
+                    except Exception:  # noqa: BLE001 - our bug: keep the file, log, go on
+                        logger.exception("maildrop %s: pickup failed", shown(entry.name))
+                        continue
+                    if qid is not None:
+                        qids.append(qid)
+                        if on_queued is not None:
+                            on_queued(qid)
+        except OSError as e:
+            logger.error("cannot list %s: %s", self.dropdir, e.strerror or e)
+        return qids
 
     def take(self, name: str, settings: Settings) -> str | None:
         path = self.dropdir / name
@@ -290,14 +292,13 @@ async def run_pickup(spooldir: Path, etc: Path, announce: Callable[[str], None],
             watch.drain()
             wake.set()
         loop.add_reader(watch.fd, on_event)
+    def queued(qid: str) -> None:      # called in the scanning thread
+        loop.call_soon_threadsafe(announce, qid)
+
     try:
         while True:
             wake.clear()
-            qids, more = await asyncio.to_thread(pickup.scan)
-            for qid in qids:
-                announce(qid)
-            if more:
-                continue
+            await asyncio.to_thread(pickup.scan, queued)
             try:
                 await asyncio.wait_for(wake.wait(), max(1.0, interval()))
             except TimeoutError:

@@ -163,8 +163,9 @@ def test_a_users_file_is_queued_as_that_user(spool):
                        (Recipient("alice@example.com", "rfc822;alice@example.com", "NEVER"),),
                        "HDRS", "e1")
     drop(sp, "good", format_block(env) + b"Subject: hi\n\n\xc3\xa9t\xc3\xa9\n", uid=nb.pw_uid)
-    qids, more = Pickup(sp, etc).scan()
-    assert len(qids) == 1 and not more and list_queue(sp) == qids
+    got: list[str] = []
+    qids = Pickup(sp, etc).scan(got.append)
+    assert len(qids) == 1 and got == qids and list_queue(sp) == qids
     e = read_envelope(sp, qids[0])
     assert e.sender == "nobody-x@mx.test" and e.recipients == env.recipients
     assert (e.ret, e.envid, e.body) == ("HDRS", "e1", "8BITMIME")
@@ -194,7 +195,7 @@ def test_hostile_files_are_quarantined_never_deleted(spool, tmp_path):
     os.symlink(secret, sp / "maildrop" / "symlink")
     os.mkfifo(sp / "maildrop" / "fifo")
     (sp / "maildrop" / "dir").mkdir()
-    qids, _ = Pickup(sp, etc).scan()
+    qids = Pickup(sp, etc).scan()
     assert qids == [] and list_queue(sp) == []
     assert os.listdir(sp / "maildrop") == []
     names = {n.split(".", 2)[2] for n in quarantine(sp)}
@@ -211,10 +212,10 @@ def test_incomplete_files_wait_then_go_to_quarantine(spool):
     drop(sp, "partial", block("nobody@mx.test") + b"x\n", uid=nobody().pw_uid, mode=0o600)
     now = [os.stat(sp / "maildrop" / "partial").st_mtime]
     pickup = Pickup(sp, etc, clock=lambda: now[0])
-    assert pickup.scan() == ([], False)
+    assert pickup.scan() == []
     assert os.listdir(sp / "maildrop") == ["partial"]
     now[0] += STALE_AFTER + 1
-    assert pickup.scan() == ([], False)
+    assert pickup.scan() == []
     assert os.listdir(sp / "maildrop") == [] and len(quarantine(sp)) == 1
 
 
@@ -224,7 +225,7 @@ def test_trustedusers_may_use_any_sender(spool):
     (etc / "trustedusers").write_text("# web apps\nnobody\n")
     drop(sp, "t", block("") + b"x\n", uid=nobody().pw_uid)
     drop(sp, "u", block("boss@elsewhere.test") + b"x\n", uid=nobody().pw_uid)
-    qids, _ = Pickup(sp, etc).scan()
+    qids = Pickup(sp, etc).scan()
     assert len(qids) == 2 and quarantine(sp) == []
     assert {read_envelope(sp, q).sender for q in qids} == {"", "boss@elsewhere.test"}
 
@@ -233,7 +234,7 @@ def test_the_daemon_accounts_own_file_is_trusted(spool):
     """Pickup runs as the daemon account: its own files (and root's) may name any sender."""
     sp, etc = spool
     drop(sp, "own", block("someone@elsewhere.test") + b"x\n")
-    qids, _ = Pickup(sp, etc).scan()
+    qids = Pickup(sp, etc).scan()
     assert len(qids) == 1 and read_envelope(sp, qids[0]).sender == "someone@elsewhere.test"
 
 
@@ -246,7 +247,7 @@ def test_a_spool_that_cannot_be_written_keeps_the_file(spool, monkeypatch):
         def __init__(self, *a, **k):
             raise OSError(28, "No space left on device")
     monkeypatch.setattr(pickup_mod, "SpoolWriter", Broken)
-    assert Pickup(sp, etc).scan() == ([], False)
+    assert Pickup(sp, etc).scan() == []
     assert os.listdir(sp / "maildrop") == ["keep"] and quarantine(sp) == []
 
 
@@ -261,6 +262,6 @@ def test_a_file_that_cannot_be_removed_is_queued_once(spool, monkeypatch):
         return real_unlink(p, *a, **k)
     monkeypatch.setattr(os, "unlink", unlink)
     pickup = Pickup(sp, etc)
-    first, _ = pickup.scan()
-    assert len(first) == 1 and pickup.scan() == ([], False)
+    first = pickup.scan()
+    assert len(first) == 1 and pickup.scan() == []
     assert list_queue(sp) == first
