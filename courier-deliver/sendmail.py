@@ -272,7 +272,7 @@ def serve_bs(stdin: BinaryIO, stdout: BinaryIO, open_sink: SinkFactory, who: Sub
     mi: MessageInput | None = None
     begin: Begin | None = None
     date = ""
-    failed: str | None = None
+    failed: Reply | None = None         # the answer to the dot, once something went wrong
 
     def deliver(data: bytes) -> None:
         nonlocal sink, failed
@@ -295,15 +295,17 @@ def serve_bs(stdin: BinaryIO, stdout: BinaryIO, open_sink: SinkFactory, who: Sub
             if out:
                 assert sink is not None
                 sink.write(out)
-        except (DataError, SpoolError, OSError) as e:
-            failed = str(e)
+        except DataError as e:          # the message itself: permanent
+            failed = Reply.make(554, "5.6.0", f"Message refused: {e}"[:400])
+        except (SpoolError, OSError) as e:
+            failed = Reply.make(451, "4.3.0", f"Cannot queue the message: {e}"[:400])
 
     def finish() -> Reply:
         nonlocal sink, failed
         deliver(b"")
         try:
             if failed is not None:
-                return Reply.make(451, "4.3.0", f"Cannot queue the message: {failed}"[:400])
+                return failed
             if sink is None:
                 return Reply.make(451, "4.3.0", "Nothing to queue")
             if sink.too_big:
