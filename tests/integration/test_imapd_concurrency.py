@@ -307,3 +307,38 @@ def test_other_session_flag_change_is_no_expunge(box) -> None:
     finally:
         for c in (a, b, oracle):
             c.close()
+
+
+def test_close_move_uid_expunge_with_messages_expunged_elsewhere(box) -> None:
+    """A holds \\Deleted messages B already expunged (ghosts): UID EXPUNGE, MOVE and
+    CLOSE still work and the session goes on."""
+    a, b = Client(box, "A"), Client(box, "B")
+    oracle = Client(box, "O", examine=True)
+    try:
+        a.run("STORE", b"STORE 1:3 +FLAGS (\\Deleted)")
+        b.run("NOOP", b"NOOP")
+        b.run("EXPUNGE", b"EXPUNGE")            # removes 1:3 under A
+        assert len(b.uids) == 3
+        status, lines = a.run("UID EXPUNGE", b"UID EXPUNGE %d" % a.uids[0])
+        assert status == b"OK" and lines == [b"* 3 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n",
+                                              b"* 1 EXPUNGE\r\n"], lines
+        assert len(a.uids) == 3
+        a.run("STORE", b"STORE 1 +FLAGS (\\Deleted)")
+        b.run("EXPUNGE", b"EXPUNGE")            # and the next one
+        a.run("CREATE", b"CREATE INBOX.Archive")
+        status, lines = a.run("MOVE", b"MOVE 1:2 INBOX.Archive")
+        assert status == b"NO", lines           # 1 is gone: all or nothing (§6.4.7)
+        status, lines = a.run("MOVE", b"MOVE 2 INBOX.Archive")
+        assert status == b"OK" and lines[-1] == b"* 2 EXPUNGE\r\n", lines
+        b.run("STORE", b"STORE 1 +FLAGS (\\Deleted)")
+        status, _ = a.run("CLOSE", b"CLOSE")
+        assert status == b"OK"
+        a.uids, a.flags = [], {}
+        a.run("SELECT", b"SELECT INBOX")
+        a.catch_up()
+        check_against(a, oracle)
+        check_against(b, oracle)
+        assert len(a.uids) == 1                 # of 6: 3 + 1 expunged by B, 1 moved by A
+    finally:
+        for c in (a, b, oracle):
+            c.close()
