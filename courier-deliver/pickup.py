@@ -137,7 +137,11 @@ class Pickup:
         """Take every complete file; returns the queue ids made (each also passed
         to on_queued at once). The directory is streamed, not listed whole: a
         user's flood of incomplete files costs an lstat each, never a busy loop."""
-        settings = read_settings(self.etc)
+        try:
+            settings = read_settings(self.etc)
+        except ConfigError as e:
+            logger.error("maildrop: %s; files wait until it is fixed", e)
+            return []
         qids: list[str] = []
         try:
             with os.scandir(self.dropdir) as entries:
@@ -298,7 +302,10 @@ async def run_pickup(spooldir: Path, etc: Path, announce: Callable[[str], None],
     try:
         while True:
             wake.clear()
-            await asyncio.to_thread(pickup.scan, queued)
+            try:
+                await asyncio.to_thread(pickup.scan, queued)
+            except Exception:  # noqa: BLE001 - our bug: log it, keep the task (and files)
+                logger.exception("maildrop: scan failed")
             try:
                 await asyncio.wait_for(wake.wait(), max(1.0, interval()))
             except TimeoutError:

@@ -265,3 +265,11 @@ def test_a_file_that_cannot_be_removed_is_queued_once(spool, monkeypatch):
     first = pickup.scan()
     assert len(first) == 1 and pickup.scan() == []
     assert list_queue(sp) == first
+
+
+def test_a_broken_control_file_makes_files_wait(spool):
+    sp, etc = spool
+    (etc / "me").write_bytes(b"\xff\xfe\n")
+    drop(sp, "w", block("x@mx.test") + b"x\n")
+    assert Pickup(sp, etc).scan() == []
+    assert os.listdir(sp / "maildrop") == ["w"] and quarantine(sp) == []
