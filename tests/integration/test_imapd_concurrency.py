@@ -342,3 +342,22 @@ def test_close_move_uid_expunge_with_messages_expunged_elsewhere(box) -> None:
     finally:
         for c in (a, b, oracle):
             c.close()
+
+
+def test_noop_reports_new_mail_with_recent_once(box) -> None:
+    """§6.4.1/§7.3: new mail shows on NOOP as EXISTS and RECENT; \\Recent goes to one
+    session only (§2.3.2), the first to see the message."""
+    a, b = Client(box, "A"), Client(box, "B")
+    try:
+        for k in range(2):
+            deliver(box.maildir(USER), msg(50 + k))
+        _, lines = a.run("NOOP", b"NOOP")
+        assert lines[-2:] == [b"* 8 EXISTS\r\n", b"* 8 RECENT\r\n"], lines   # 6 at SELECT + 2
+        _, lines = b.run("NOOP", b"NOOP")
+        assert lines[-2:] == [b"* 8 EXISTS\r\n", b"* 0 RECENT\r\n"], lines
+        a.catch_up()
+        b.catch_up()
+        assert a.uids == b.uids == list(range(1, 9))
+    finally:
+        for c in (a, b):
+            c.close()
