@@ -198,3 +198,16 @@ def test_before_courierd_prepared_the_maildrop_it_is_a_temporary_failure(new_ins
                                                                           user_python):
     r = sendmail_as_user(user_python, new_instance, "alice@example.com", data=b"x\n")
     assert r.returncode == 75 and b"is courierd running?" in r.stderr
+
+
+def test_a_drop_made_while_courierd_is_down_is_taken_at_start(running_instance, user_python):
+    inst = running_instance
+    inst.courier("stop", "courierd")
+    r = sendmail_as_user(user_python, inst, "alice@example.com", data=b"Subject: later\n\nx\n")
+    assert r.returncode == 0, r.stderr
+    assert len(maildrop_files(inst)) == 1
+    inst.start("courierd")
+    new = inst.maildir("alice@example.com") / "new"
+    files = wait_for(lambda: sorted(new.iterdir()) if new.is_dir() else [])
+    assert files and b"\nSubject: later\n" in files[0].read_bytes(), inst.logs()
+    assert maildrop_files(inst) == []
