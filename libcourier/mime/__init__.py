@@ -144,6 +144,14 @@ class _Reader:
         line.data = self._account(end)
         return line
 
+    def skip_rest(self) -> None:
+        """Pass over everything left, counting it in bulk: a body no boundary can end."""
+        while True:
+            if self.off < len(self.buf):
+                self._account(len(self.buf))
+            if not self._fill():
+                return
+
     def skip_body(self) -> None:
         """Pass over whole lines that do not start with "-" (none can be a boundary),
         stopping at the start of one that does, or at end of file."""
@@ -207,6 +215,12 @@ def _finish(part: Part, end: _End, reader: _Reader) -> None:
 
 
 def _skip_to_boundary(reader: _Reader, stack: list[bytes]) -> _End:
+    if not stack:
+        # No multipart is open (a single-part message, or past the last close
+        # delimiter): no line can end this body, so the rest of the file is it.
+        # Without this, every body line starting with "-" was a step in Python.
+        reader.skip_rest()
+        return _End(-1, False, None)
     while True:
         reader.skip_body()
         line = reader.next()
