@@ -68,6 +68,7 @@ QUARANTINE = "quarantine"
 STALE_AFTER = 36 * 3600          # an incomplete file this old was abandoned (purge_tmp's age)
 DEFAULT_SIZELIMIT = 10 * 1024 * 1024   # Courier's `sizelimit` default
 HEADER_ALLOWANCE = 8192          # headers sendmail added beyond the user's message
+RECEIVED_ALLOWANCE = 1024        # our Received: line
 READ_CHUNK = 64 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -231,7 +232,8 @@ class Pickup:
 
     def _write(self, fh, who: Submitter, env, settings: Settings, limit: int) -> str:
         now = datetime.now().astimezone()
-        writer = SpoolWriter(self.spooldir, limit)
+        # The data may fill sendmail's limit exactly; our Received: line comes on top.
+        writer = SpoolWriter(self.spooldir, limit + RECEIVED_ALLOWANCE if limit else 0)
         try:
             writer.write(received_line(who, settings.me, email.utils.format_datetime(now),
                                        writer.qid))

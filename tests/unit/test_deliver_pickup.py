@@ -273,3 +273,13 @@ def test_a_broken_control_file_makes_files_wait(spool):
     drop(sp, "w", block("x@mx.test") + b"x\n")
     assert Pickup(sp, etc).scan() == []
     assert os.listdir(sp / "maildrop") == ["w"] and quarantine(sp) == []
+
+
+def test_a_message_that_fills_sendmails_limit_exactly_is_queued(spool):
+    sp, etc = spool
+    (etc / "sizelimit").write_text("100\n")
+    limit = 100 + 8192          # what sendmail allows: sizelimit plus the headers it adds
+    drop(sp, "full", block("x@mx.test") + b"y" * (limit - 1) + b"\n")
+    drop(sp, "over", block("x@mx.test") + b"y" * limit + b"\n")
+    assert len(Pickup(sp, etc).scan()) == 1
+    assert [n.rsplit(".", 1)[1] for n in quarantine(sp)] == ["over"]
