@@ -68,7 +68,6 @@ QUARANTINE = "quarantine"
 STALE_AFTER = 36 * 3600          # an incomplete file this old was abandoned (purge_tmp's age)
 DEFAULT_SIZELIMIT = 10 * 1024 * 1024   # Courier's `sizelimit` default
 HEADER_ALLOWANCE = 8192          # headers sendmail added beyond the user's message
-RECEIVED_ALLOWANCE = 1024        # our Received: line
 READ_CHUNK = 64 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -232,11 +231,13 @@ class Pickup:
 
     def _write(self, fh, who: Submitter, env, settings: Settings, limit: int) -> str:
         now = datetime.now().astimezone()
-        # The data may fill sendmail's limit exactly; our Received: line comes on top.
-        writer = SpoolWriter(self.spooldir, limit + RECEIVED_ALLOWANCE if limit else 0)
+        writer = SpoolWriter(self.spooldir, 0)
         try:
-            writer.write(received_line(who, settings.me, email.utils.format_datetime(now),
-                                       writer.qid))
+            # The data may fill sendmail's limit exactly; our Received: line comes on top.
+            received = received_line(who, settings.me, email.utils.format_datetime(now),
+                                     writer.qid)
+            writer.max_size = limit + len(received) if limit else 0
+            writer.write(received)
             eight_bit = False
             while True:
                 chunk = fh.read(READ_CHUNK)
