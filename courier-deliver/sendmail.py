@@ -387,13 +387,18 @@ def main(argv: list[str] | None = None) -> int:
         me = (read_control_value(etc / "me") or socket.getfqdn()).lower()
         domain = (read_control_value(etc / "defaultdomain") or me).lower()
         sizelimit = _read_limit(etc)
-        trusted_logins = read_control_file(etc / TRUSTED_USERS_FILE)
     except ConfigError as e:
         _err(str(e))
         return EX_CONFIG
     except OSError as e:
         _err(f"cannot read the configuration in {etc}: {e}")
         return EX_CONFIG
+    try:
+        trusted_logins = read_control_file(etc / TRUSTED_USERS_FILE)
+    except ConfigError:
+        # Unreadable for this user (an admin made it 0600): courierd's pickup
+        # still reads it and decides; here the user is simply not trusted.
+        trusted_logins = []
     me_caller = caller()
     who = Submitter(me_caller.uid, me_caller.login,
                     is_trusted(me_caller.uid, me_caller.login, daemon_uid=_daemon_uid(layout),
