@@ -100,6 +100,17 @@ class Session:
     # -- helpers ----------------------------------------------------------------------------
 
     def out(self, *chunks: bytes) -> None:
+        sock = self.conn.sock
+        short = sock.gettimeout()
+        if short is not None and short < self.cfg.autologout:
+            # IDLE polls the socket with a 1 s timeout; a send must not inherit it,
+            # or a client reading slowly loses its session mid-response.
+            sock.settimeout(self.cfg.autologout)
+            try:
+                send(self.conn, b"".join(chunks), self.counters)
+            finally:
+                sock.settimeout(short)
+            return
         send(self.conn, b"".join(chunks), self.counters)
 
     def title(self, state: str) -> None:

@@ -266,3 +266,53 @@ def test_resolve_many_ranges_on_a_big_folder_is_fast() -> None:
     assert len(v.resolve(tuple((i, i + 5) for i in range(1, 10_001)), True)) == 10_005
     assert len(v.resolve(tuple((1, None) for _ in range(10_000)), False)) == 100_000
     assert time.process_time() - t0 < 5.0     # ~0.05 s here; the old way ~2 minutes
+
+
+# -- a slow reader in IDLE ------------------------------------------------------------
+
+def test_idle_update_to_a_slow_reader_does_not_end_the_session(tmp_path) -> None:
+    """IDLE polls the socket with a 1 s timeout; the updates it sends must not inherit
+    it: a client that reads slowly (full buffers for a few seconds) keeps its session.
+    Before, sendall timed out after 1 s and the session died mid-response."""
+    import os
+    import socket
+    import threading
+
+    from tests.unit.test_imap_session import run_server
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "imapd").write_text("PORT=143\n")
+    root = tmp_path / "Maildir"
+    for d in ("tmp", "new", "cur"):
+        (root / d).mkdir(parents=True)
+    n = 1500
+    for i in range(n):
+        (root / "cur" / f"{1000 + i}.M{i}P1.h:2,").write_bytes(b"Subject: s\n\nx\n")
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    t = threading.Thread(target=run_server, args=(b, root, etc), daemon=True)
+    t.start()
+    a.settimeout(30)
+    f = a.makefile("rb")
+    try:
+        assert f.readline().startswith(b"* OK")
+        a.sendall(b"l LOGIN alice pw\r\ns SELECT INBOX\r\ni IDLE\r\n")
+        for _ in range(100):
+            if f.readline().startswith(b"+ "):
+                break
+        for name in os.listdir(root / "cur"):      # another session marks all \Seen
+            os.rename(root / "cur" / name, root / "cur" / (name + "S"))
+        time.sleep(3.0)        # the slow client: reads nothing for 3 s (not a sync)
+        got = 0
+        while got < n:
+            if b" FETCH (FLAGS (\\Seen" in f.readline():
+                got += 1
+        a.sendall(b"DONE\r\nz LOGOUT\r\n")
+        tail = [f.readline() for _ in range(3)]
+        assert tail[0] == b"i OK IDLE completed\r\n", tail
+    finally:
+        f.close()
+        a.close()
+        t.join(10)
