@@ -7,7 +7,10 @@ hands the driver an event for the rest (`next_event`):
     AuthRequest  USER/PASS complete: ask authd, then login_ok / login_failed /
                  login_unavailable / login_refused
     SaslAuth     AUTH (RFC 5034) exchange complete: verify the credentials through
-                 authd, then answer as for AuthRequest
+                 authd, then answer as for AuthRequest (SCRAM: authd already
+                 checked them, VerifiedCredentials carries its verdict)
+    ScramKeys    AUTH SCRAM-*: ask authd for the user's salt, then scram_keys()
+    ScramProof   AUTH SCRAM-*: ask authd to check the proof, then scram_verdict()
     StartTLS     STLS accepted: the "+OK" is queued, the receive buffer dropped;
                  handshake, then tls_started()
     Retrieve     RETR/TOP of a valid message: open it, respond_retrieve(ok),
@@ -41,11 +44,15 @@ from libcourier.sasl import (
     ExternalCredentials,
     Failed,
     LoginCredentials,
+    ScramKeysWanted,
+    ScramProofToCheck,
     ServerExchange,
     UnknownMechanism,
+    VerifiedCredentials,
     decode_initial_response,
     offered_mechanisms,
 )
+from libcourier.sasl.scram import ScramProof
 
 __all__ = ["NEED_DATA"]
 
@@ -120,7 +127,7 @@ class AuthRequest:
         return f"AuthRequest(user={self.user!r}, password=<hidden>)"
 
 
-Credentials = LoginCredentials | CramCredentials | ExternalCredentials
+Credentials = LoginCredentials | CramCredentials | ExternalCredentials | VerifiedCredentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +136,22 @@ class SaslAuth:
 
     def __repr__(self) -> str:
         return f"SaslAuth({type(self.credentials).__name__}, <hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class ScramKeys:
+    """RFC 5802 after client-first: authd's salt and iteration count for `user`."""
+    mech: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScramProofCheck:
+    """RFC 5802 after client-final: authd checks the proof (the driver holds no keys)."""
+    proof: ScramProof
+
+    def __repr__(self) -> str:
+        return f"ScramProofCheck(mech={self.proof.mech!r}, user={self.proof.user!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +178,7 @@ class Closed:
     reason: str
 
 
-Event = AuthRequest | SaslAuth | StartTLS | Retrieve | Update | Closed
+Event = AuthRequest | SaslAuth | ScramKeys | ScramProofCheck | StartTLS | Retrieve | Update | Closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +205,7 @@ class Options:
     hostname: str = "localhost"
     external_identity: str | None = None   # a verified TLS client certificate's identity
     nonce: Callable[[], bytes] | None = None  # CRAM's "random.time" (the driver owns the clock)
+    scram: bool = False             # the driver answers ScramKeys/ScramProofCheck (authd can)
 
 
 # Which verbs each state accepts (RFC 1939 §4-5, RFC 2449 §5 CAPA in both, RFC 2595 §4 STLS
@@ -296,6 +320,7 @@ class Pop3Server:
         self._in = ReceiveBuffer(MAX_COMMAND_LINE)
         self._out = bytearray()
         self._pending: Event | None = None     # waiting for the driver's answer
+        self._ready: Event | None = None       # decided by a driver's answer, not yet taken
         self._user: str | None = None
         self._bad = 0
         self._failed_logins = 0
@@ -327,6 +352,9 @@ class Pop3Server:
                 return Closed(self._close_reason or "closed")
             if self._pending is not None:
                 raise RuntimeError(f"the driver has not answered {self._pending!r}")
+            if self._ready is not None:
+                self._pending, self._ready = self._ready, None
+                return self._pending
             try:
                 line = self._in.next_line()
             except LineTooLong:
@@ -428,7 +456,7 @@ class Pop3Server:
         o = self.options
         configured = o.sasl_tls if self.tls else o.sasl
         return offered_mechanisms(configured, tls=self.tls, allow_plaintext=not self._tls_needed(),
-                                  external=o.external_identity is not None)
+                                  external=o.external_identity is not None, scram=o.scram)
 
     def _auth(self, mech: str, initial: bytes | None) -> Event | None:
         if mech not in self.sasl_mechanisms():
@@ -445,7 +473,8 @@ class Pop3Server:
         try:
             nonce = self.options.nonce() if self.options.nonce else None
             exchange = ServerExchange(mech, hostname=self.options.hostname, nonce=nonce,
-                                      external_identity=self.options.external_identity)
+                                      external_identity=self.options.external_identity,
+                                      scram_events=self.options.scram)
         except UnknownMechanism:
             self._out += err("Unsupported authentication mechanism.")
             return None
@@ -465,7 +494,12 @@ class Pop3Server:
                 # RFC 5034 §4: cancelled or malformed -> -ERR, still in AUTHORIZATION.
                 self._bad_command("Authentication aborted.")
                 return None
-            case LoginCredentials() | CramCredentials() | ExternalCredentials():
+            case ScramKeysWanted(mech=mech, user=user):
+                return ScramKeys(mech, user)
+            case ScramProofToCheck(proof=proof):
+                return ScramProofCheck(proof)
+            case LoginCredentials() | CramCredentials() | ExternalCredentials() | \
+                    VerifiedCredentials():
                 self._end_sasl()
                 return SaslAuth(step)
         raise AssertionError(f"unexpected SASL step {step!r}")
@@ -499,6 +533,20 @@ class Pop3Server:
         if not isinstance(self._pending, kind):
             raise RuntimeError(f"no {kind!r} is waiting for an answer")
         self._pending = None
+
+    def scram_keys(self, found: tuple[bytes, int] | None, unavailable: str = "") -> None:
+        """authd's answer to ScramKeys: (salt, iterations), None (no such user or no
+        SCRAM keys: the exchange goes on with a made-up salt), or why it could not answer."""
+        self._answer(ScramKeys)
+        assert self._sasl is not None
+        self._ready = self._sasl_step_result(self._sasl.scram_keys(found, unavailable))
+
+    def scram_verdict(self, result: tuple[object, bytes] | None, unavailable: str = "") -> None:
+        """authd's answer to ScramProofCheck: (account, ServerSignature) or None (wrong);
+        the final SaslAuth comes from next_event() once the client acknowledged."""
+        self._answer(ScramProofCheck)
+        assert self._sasl is not None
+        self._ready = self._sasl_step_result(self._sasl.scram_verdict(result, unavailable))
 
     def login_ok(self, view: DropView) -> None:
         self._answer((AuthRequest, SaslAuth))

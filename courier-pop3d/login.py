@@ -22,10 +22,18 @@ from courier_pop3d.core import (
     Closed,
     Pop3Server,
     SaslAuth,
+    ScramKeys,
+    ScramProofCheck,
     StartTLS,
 )
 
-from libcourier.sasl import CramCredentials, ExternalCredentials, LoginCredentials
+from libcourier.sasl import (
+    CramCredentials,
+    ExternalCredentials,
+    LoginCredentials,
+    VerifiedCredentials,
+)
+from libcourier.sasl.scram import ScramProof
 
 log = logging.getLogger("courier.pop3d")
 
@@ -56,6 +64,9 @@ class SaslVerifier(Protocol):
     """Checks what a SASL exchange produced through authd (main binds the socket)."""
     def cram(self, cred: CramCredentials, ip: str) -> Any: ...      # AuthInfo | None
     def external(self, cred: ExternalCredentials, ip: str) -> Any: ...
+    # SCRAM's two authd requests (raise AuthUnavailable like the others):
+    def scram_keys(self, mech: str, user: str) -> tuple[bytes, int] | None: ...
+    def scram_check(self, proof: ScramProof, ip: str) -> tuple[Any, bytes] | None: ...
 
 
 @dataclass(slots=True)
@@ -150,6 +161,25 @@ def prelogin(conn: Wire, core: Pop3Server, cfg: Pop3dConfig, authenticate: Authe
                                  conn, core, counters, sleep)
                 if result is not _AGAIN:
                     return result
+            case ScramKeys(mech=mech, user=user):
+                # The core offers SCRAM only when main passed a verifier.
+                assert sasl is not None
+                try:
+                    core.scram_keys(sasl.scram_keys(mech, user))
+                except AuthUnavailable as e:
+                    core.scram_keys(None, str(e) or "authdaemon unavailable")
+            case ScramProofCheck(proof=proof):
+                assert sasl is not None
+                try:
+                    core.scram_verdict(sasl.scram_check(proof, conn.peer_ip))
+                except AuthUnavailable as e:
+                    core.scram_verdict(None, str(e) or "authdaemon unavailable")
+            case SaslAuth(credentials=VerifiedCredentials(user=user) as cred):
+                # SCRAM: authd has already checked the proof; this is its verdict.
+                result = _verify(user, partial(_scram_verdict, cred), conn, core, counters,
+                                 sleep)
+                if result is not _AGAIN:
+                    return result
             case _:
                 raise AssertionError(f"unexpected event before login: {ev!r}")
 
@@ -163,6 +193,12 @@ def _sasl_check(sasl: SaslVerifier | None, cred: Any, ip: str) -> Any:
     if isinstance(cred, CramCredentials):
         return sasl.cram(cred, ip)
     return sasl.external(cred, ip)
+
+
+def _scram_verdict(cred: VerifiedCredentials) -> Any:
+    if cred.unavailable:
+        raise AuthUnavailable(cred.unavailable)
+    return cred.info
 
 
 def _with_domain(user: str, defdomain: str) -> str:

@@ -36,6 +36,7 @@ from libcourier.layout import Layout
 from libcourier.maildir import pop3sizelist as _sizelist  # noqa: F401
 from libcourier.maildir import uiddb as _uiddb  # noqa: F401
 from libcourier.sasl import CramCredentials, ExternalCredentials, cram_nonce
+from libcourier.sasl.scram import ScramProof
 from libcourier.tcpd.daemon import ListenerDaemon, run_listener
 
 log = logging.getLogger("courier.pop3d")
@@ -71,6 +72,19 @@ class _SaslVerifier:
         except authclient.AuthTempFail as e:
             raise AuthUnavailable(str(e)) from None
 
+    def scram_keys(self, mech: str, user: str):
+        try:
+            return authclient.auth_scram_salt(self.layout.authsocket, "pop3", mech, user)
+        except authclient.AuthTempFail as e:
+            raise AuthUnavailable(str(e)) from None
+
+    def scram_check(self, proof: ScramProof, ip: str):
+        try:
+            return authclient.auth_scram_verify(self.layout.authsocket, "pop3", proof,
+                                                remote_ip=ip)
+        except authclient.AuthTempFail as e:
+            raise AuthUnavailable(str(e)) from None
+
 
 def maildir_of(home: str, maildir: str | None, default: str) -> Path:
     """The user's Maildir: authd's MAILDIR (absolute or relative to home), else MAILDIRPATH."""
@@ -85,7 +99,9 @@ def handle_connection(conn: Wire, *, cfg: Pop3dConfig, layout: Layout, starttls_
                               sasl_tls=cfg.pop3auth_tls, hostname=socket.gethostname(),
                               max_bad_commands=cfg.max_bad_commands,
                               max_failed_logins=cfg.max_failed_logins,
-                              nonce=lambda: cram_nonce(int(time.time()))))
+                              nonce=lambda: cram_nonce(int(time.time())),
+                              # pop3auth(_tls) already hold only what authd can verify.
+                              scram=True))
     counters = Counters()
     ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters,
                   sasl=_SaslVerifier(layout))

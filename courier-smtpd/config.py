@@ -121,7 +121,9 @@ def _mechanisms(text: str, *, tls: bool,
                 verifiable: frozenset[str] = SASL_VERIFIABLE) -> tuple[str, ...]:
     # Courier's ESMTPAUTH lists are the admin's choice, so a plain-text mechanism
     # listed in ESMTPAUTH is offered in the clear (allow_plaintext).
-    return tuple(m for m in offered_mechanisms(text.split(), tls=tls, allow_plaintext=True)
+    # SCRAM-* too: the session answers the exchange's authd requests (AuthScramKeys/Proof).
+    return tuple(m for m in offered_mechanisms(text.split(), tls=tls, allow_plaintext=True,
+                                               scram=True)
                  if m in verifiable)
 
 

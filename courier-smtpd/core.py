@@ -62,10 +62,14 @@ from libcourier.sasl import (
     ExternalCredentials,
     Failed,
     LoginCredentials,
+    ScramKeysWanted,
+    ScramProofToCheck,
     ServerExchange,
     UnknownMechanism,
+    VerifiedCredentials,
     decode_initial_response,
 )
+from libcourier.sasl.scram import ScramProof
 from libcourier.smtp import (
     MAX_COMMAND_LINE,
     MAX_TEXT_LINE,
@@ -173,6 +177,7 @@ class SessionInfo:
     auth_required: bool = False   # AUTH_REQUIRED: MAIL needs AUTH first (530 5.7.0)
     nonce: bytes | None = None    # the CRAM challenge's random.time part (the driver's clock)
     external_identity: str | None = None   # a verified TLS client certificate's identity
+    scram: bool = False           # the driver answers AuthScramKeys/AuthScramProof (authd can)
     greeting: tuple[str, ...] = ()   # the `esmtpgreeting` lines; () = "<hostname> ESMTP"
 
     def auth_offered(self) -> tuple[str, ...]:
@@ -259,15 +264,32 @@ class Close:
 @dataclass(frozen=True, slots=True)
 class AuthVerify:
     """A SASL exchange ended with credentials: verify them, then call auth_result()."""
-    credentials: LoginCredentials | CramCredentials | ExternalCredentials
+    credentials: LoginCredentials | CramCredentials | ExternalCredentials | VerifiedCredentials
     mechanism: str
 
     def __repr__(self) -> str:  # never show a password in a log or traceback
         return f"AuthVerify(mechanism={self.mechanism!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class AuthScramKeys:
+    """AUTH SCRAM-* after client-first (RFC 5802 §5): ask authd for the user's salt and
+    iterations, then call scram_keys()."""
+    mechanism: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthScramProof:
+    """AUTH SCRAM-* after client-final: authd checks the proof; call scram_verdict()."""
+    proof: ScramProof
+
+    def __repr__(self) -> str:
+        return f"AuthScramProof(mechanism={self.proof.mech!r}, user={self.proof.user!r})"
+
+
 Event = (Send | DataStart | DataChunk | MessageReady | MessageAborted | StartTLS | Close
-         | AuthVerify)
+         | AuthVerify | AuthScramKeys | AuthScramProof)
 
 
 def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
@@ -372,6 +394,20 @@ class SmtpServer:
             self.session.authenticated = user
             self.session.auth_mechanism = mech
             self._send(_r(235, "2.7.0", "Authentication successful."))
+        return self._run()
+
+    def scram_keys(self, found: tuple[bytes, int] | None, unavailable: str = "") -> list[Event]:
+        """authd's answer to AuthScramKeys: (salt, iterations), None (no such user or no
+        SCRAM keys: a made-up salt, RFC 5802 §9), or why authd could not be asked."""
+        assert self.state is State.WAIT_AUTH and self._sasl is not None
+        self._auth_step(self._sasl.scram_keys(found, unavailable))
+        return self._run()
+
+    def scram_verdict(self, result: tuple[object, bytes] | None,
+                      unavailable: str = "") -> list[Event]:
+        """authd's answer to AuthScramProof: (account, ServerSignature) or None (wrong)."""
+        assert self.state is State.WAIT_AUTH and self._sasl is not None
+        self._auth_step(self._sasl.scram_verdict(result, unavailable))
         return self._run()
 
     def timeout(self) -> list[Event]:
@@ -664,7 +700,8 @@ class SmtpServer:
         try:
             self._sasl = ServerExchange(mech, hostname=self.session.hostname,
                                         nonce=self.session.nonce,
-                                        external_identity=self.session.external_identity)
+                                        external_identity=self.session.external_identity,
+                                        scram_events=self.session.scram)
         except UnknownMechanism:
             self._error(_r(504, "5.5.4", "Unrecognized authentication type."))
             return
@@ -687,7 +724,14 @@ class SmtpServer:
                     self._auth_failed(_r(501, "5.0.0", "AUTH aborted."))   # RFC 4954 §4
                 else:
                     self._auth_failed(_r(501, "5.5.2", reason))
-            case LoginCredentials() | CramCredentials() | ExternalCredentials():
+            case ScramKeysWanted(mech=mech, user=user):
+                self.state = State.WAIT_AUTH
+                self._out.append(AuthScramKeys(mech, user))
+            case ScramProofToCheck(proof=proof):
+                self.state = State.WAIT_AUTH
+                self._out.append(AuthScramProof(proof))
+            case LoginCredentials() | CramCredentials() | ExternalCredentials() | \
+                    VerifiedCredentials():
                 assert self._sasl is not None
                 self.state = State.WAIT_AUTH
                 self._out.append(AuthVerify(step, self._sasl.mechanism))

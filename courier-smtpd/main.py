@@ -26,7 +26,7 @@ from courier_smtpd.session import Credentials, Session
 from libcourier import authclient, privsep, spool, tcpd
 from libcourier.aliases import AliasTable
 from libcourier.layout import Layout
-from libcourier.sasl import CramCredentials, LoginCredentials
+from libcourier.sasl import CramCredentials, LoginCredentials, VerifiedCredentials
 from libcourier.tcpd.daemon import ListenerDaemon, StartupError, run_listener
 
 log = logging.getLogger("courier.esmtpd")
@@ -51,7 +51,8 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
                                               badmx=cfg.bofh.badmx))
     session = Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
                       authenticate=partial(_authenticate, layout.authsocket),
-                      relayclient=relayclient)
+                      relayclient=relayclient,
+                      scram=authclient.ScramAuthd(layout.authsocket, "esmtp", conn.peer_ip))
     policy.remote_host = session.verified_rdns
     session.run()
 
@@ -62,6 +63,11 @@ def _authenticate(authsocket: Path, creds: Credentials, ip: str) -> str | None:
         info = authclient.auth_login(authsocket, "esmtp", creds.user, creds.password,
                                      remote_ip=ip)
         user = creds.user
+    elif isinstance(creds, VerifiedCredentials):
+        # SCRAM: authd has already checked the proof (AuthScramProof); this is its verdict.
+        if creds.unavailable:
+            raise authclient.AuthTempFail(creds.unavailable)
+        info, user = creds.info, creds.user
     elif isinstance(creds, CramCredentials):
         info = authclient.auth_cram(authsocket, "esmtp", creds.mech.lower(),
                                     base64.b64encode(creds.challenge).decode(),

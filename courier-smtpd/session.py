@@ -22,6 +22,8 @@ from pathlib import Path
 
 from courier_smtpd.config import SmtpdConfig
 from courier_smtpd.core import (
+    AuthScramKeys,
+    AuthScramProof,
     AuthVerify,
     Close,
     DataChunk,
@@ -47,6 +49,9 @@ from libcourier.sasl import (
     CramCredentials,
     ExternalCredentials,
     LoginCredentials,
+    ScramBackend,
+    ScramUnavailable,
+    VerifiedCredentials,
     cram_nonce,
 )
 from libcourier.smtp.reply import Reply
@@ -58,7 +63,7 @@ RECV_SIZE = 65536
 FAILED_AUTH_DELAY = 2.0     # seconds before answering a refused AUTH: slows guessing
 TARPIT_FIRST, TARPIT_MAX = 8.0, 128.0   # Courier's INIT_TEERGRUBE / MAX_TEERGRUBE
 
-Credentials = LoginCredentials | CramCredentials | ExternalCredentials
+Credentials = LoginCredentials | CramCredentials | ExternalCredentials | VerifiedCredentials
 # (credentials, client ip) -> the authenticated user name, or None when refused;
 # raises libcourier.authclient.AuthTempFail when authd cannot answer.
 Authenticate = Callable[[Credentials, str], str | None]
@@ -142,7 +147,8 @@ class Session:
                  policy: Policy, starttls_ctx: ssl.SSLContext | None,
                  clock: Callable[[], float] = time.time,
                  authenticate: Authenticate | None = None,
-                 sleep: Callable[[float], None] = time.sleep, relayclient: bool = False):
+                 sleep: Callable[[float], None] = time.sleep, relayclient: bool = False,
+                 scram: ScramBackend | None = None):
         self.conn = conn
         self.cfg = cfg
         self.spooldir = spooldir
@@ -150,6 +156,7 @@ class Session:
         self.starttls_ctx = starttls_ctx
         self.clock = clock
         self.authenticate = authenticate
+        self.scram = scram          # authd's two SCRAM requests (AUTH SCRAM-*)
         self.sleep = sleep
         # No verifier, no AUTH: offering what nobody can check would only refuse.
         info = SessionInfo(cfg.hostname, tls_available=starttls_ctx is not None and not conn.tls,
@@ -157,7 +164,8 @@ class Session:
                            auth_plain=cfg.auth_plain if authenticate else (),
                            auth_tls=cfg.auth_tls if authenticate else (),
                            auth_required=cfg.auth_required, greeting=cfg.greeting,
-                           nonce=cram_nonce(int(clock())))
+                           nonce=cram_nonce(int(clock())),
+                           scram=scram is not None and authenticate is not None)
         self.policy = LoggingPolicy(policy, conn.peer_ip)
         self.core = SmtpServer(info, self.policy, Limits(
             max_size=cfg.sizelimit, max_recipients=cfg.bofh.maxrcpts,
@@ -247,6 +255,18 @@ class Session:
                     queue.extend(self.core.tls_started())
                 case AuthVerify(credentials=creds, mechanism=mech):
                     queue.extend(self._verify(creds, mech))
+                case AuthScramKeys(mechanism=mech, user=user):
+                    assert self.scram is not None    # SCRAM is only offered with a backend
+                    try:
+                        queue.extend(self.core.scram_keys(self.scram.salt(mech, user)))
+                    except ScramUnavailable as e:
+                        queue.extend(self.core.scram_keys(None, str(e) or "authd unavailable"))
+                case AuthScramProof(proof=proof):
+                    assert self.scram is not None
+                    try:
+                        queue.extend(self.core.scram_verdict(self.scram.verify(proof)))
+                    except ScramUnavailable as e:
+                        queue.extend(self.core.scram_verdict(None, str(e) or "authd unavailable"))
                 case Close():
                     self.flush()
                     self.closed = True
@@ -259,6 +279,8 @@ class Session:
             who = creds.user
         elif isinstance(creds, CramCredentials):
             who = creds.response.rpartition(b" ")[0].decode("utf-8", "replace")
+        elif isinstance(creds, VerifiedCredentials):
+            who = creds.user
         else:
             who = creds.identity
         assert self.authenticate is not None    # AUTH is only offered with a verifier

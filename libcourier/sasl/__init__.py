@@ -15,11 +15,22 @@ client responses into the next Step:
 Mechanisms: PLAIN (RFC 4616), LOGIN (draft-murchison-sasl-login-00), CRAM-MD5
 (RFC 2195) and its SHA1/SHA256 variants (Courier's authlib names), EXTERNAL
 (RFC 4422 Appendix A), and SCRAM-SHA-1/SCRAM-SHA-256 (RFC 5802/7677, without
-channel binding) when the driver passes a ``ScramBackend``: only authd holds the
-keys, so the exchange asks it for the salt after client-first and for the
-verdict after client-final (libcourier.authclient.ScramAuthd), then sends the
-server-final-message as a last challenge and ends with ``VerifiedCredentials``
-(info None: wrong password; ``unavailable`` set: authd could not be asked).
+channel binding). Only authd holds SCRAM keys, so the exchange needs two answers
+from it in the middle, given as two more steps:
+
+- ``ScramKeysWanted(mech, user)`` after client-first: ask authd for the salt and
+  iteration count and call ``scram_keys(found)`` (None: unknown user, a made-up
+  salt is used; ``unavailable=`` when authd could not be asked);
+- ``ScramProofToCheck(proof)`` after client-final: ask authd to check the proof
+  and call ``scram_verdict((info, server_signature) or None)``;
+
+then the server-final-message goes out as a last challenge and the exchange
+ends with ``VerifiedCredentials`` (info None: wrong password; ``unavailable``
+set: authd could not be asked). Sans-I/O cores (pop3d, esmtpd) pass
+``scram_events=True`` and turn those steps into events for their drivers; a
+driver that runs the exchange itself (imapd's login) may instead pass a
+``ScramBackend`` (libcourier.authclient.ScramAuthd) and the exchange answers
+both steps through it.
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ __all__ = [
     "Failed",
     "LoginCredentials",
     "ScramBackend",
+    "ScramKeysWanted",
+    "ScramProofToCheck",
     "ScramUnavailable",
     "ServerExchange",
     "Step",
@@ -118,6 +131,22 @@ class Failed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ScramKeysWanted:
+    """Ask authd for ``user``'s salt and iterations, then call ServerExchange.scram_keys()."""
+    mech: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScramProofToCheck:
+    """Ask authd to check the proof, then call ServerExchange.scram_verdict()."""
+    proof: ScramProof
+
+    def __repr__(self) -> str:
+        return f"ScramProofToCheck(mech={self.proof.mech!r}, user={self.proof.user!r})"
+
+
 class ScramUnavailable(Exception):
     """The SCRAM backend (authd) cannot answer now: the driver answers "try later"."""
 
@@ -129,7 +158,7 @@ class ScramBackend(Protocol):
 
 
 Step = (Challenge | LoginCredentials | CramCredentials | ExternalCredentials
-        | VerifiedCredentials | Failed)
+        | VerifiedCredentials | ScramKeysWanted | ScramProofToCheck | Failed)
 
 
 class _State(enum.Enum):
@@ -140,7 +169,9 @@ class _State(enum.Enum):
     CRAM_WAIT = enum.auto()  # sent "<nonce@host>"
     EXTERNAL_WAIT = enum.auto()  # sent the empty challenge, want the authzid
     SCRAM_FIRST = enum.auto()  # want client-first
+    SCRAM_KEYS = enum.auto()   # gave ScramKeysWanted, want scram_keys()
     SCRAM_FINAL = enum.auto()  # sent server-first, want client-final
+    SCRAM_VERDICT = enum.auto()  # gave ScramProofToCheck, want scram_verdict()
     SCRAM_ACK = enum.auto()  # sent server-final, want the client's empty response
     DONE = enum.auto()
 
@@ -190,14 +221,14 @@ class ServerExchange:
 
     def __init__(self, mechanism: str, *, hostname: str, nonce: bytes | None = None,
                  external_identity: str | None = None,
-                 scram: ScramBackend | None = None) -> None:
+                 scram: ScramBackend | None = None, scram_events: bool = False) -> None:
         mech = mechanism.upper()
         if mech not in IMPLEMENTED:
             raise UnknownMechanism(mechanism)
         if mech == "EXTERNAL" and not external_identity:
             # Without a verified client certificate there is nothing to assert.
             raise UnknownMechanism(mechanism)
-        if mech in SCRAM_MECHANISMS and scram is None:
+        if mech in SCRAM_MECHANISMS and scram is None and not scram_events:
             raise UnknownMechanism(mechanism)   # nobody to ask for the keys
         self._scram_backend = scram
         self._scram: ScramServer | None = None
@@ -217,6 +248,65 @@ class ServerExchange:
 
     def start(self, initial_response: bytes | None) -> Step:
         """Begin; ``initial_response`` is already base64-decoded (b"" for "=")."""
+        return self._through_backend(self._start(initial_response))
+
+    def step(self, client_data_b64: bytes) -> Step:
+        """Feed the client's line (base64, without CRLF); b"*" cancels (RFC 4422 §3.5)."""
+        return self._through_backend(self._step(client_data_b64))
+
+    def scram_keys(self, found: tuple[bytes, int] | None, unavailable: str = "") -> Step:
+        """authd's answer to ScramKeysWanted: (salt, iterations), None for no such user
+        or no SCRAM keys, ``unavailable`` = why authd could not be asked."""
+        if self._state is not _State.SCRAM_KEYS:
+            raise RuntimeError("SASL exchange not waiting for SCRAM keys")
+        assert self._scram is not None
+        if unavailable:
+            self._unavailable = unavailable
+        if found is None:
+            # RFC 5802 §9: the same answer for users who do not exist.
+            fake = hmac.new(_FAKE_SALT_KEY, self._scram.user.encode("utf-8"),
+                            hashlib.sha256).digest()
+            found = (fake[:16], MIN_ITERATIONS)
+        try:
+            first = self._scram.server_first(*found)
+        except ScramError as e:   # a stored iteration count out of bounds
+            return self._fail(f"SCRAM keys: {e}")
+        self._state = _State.SCRAM_FINAL
+        return Challenge(first)
+
+    def scram_verdict(self, result: tuple[Any, bytes] | None, unavailable: str = "") -> Step:
+        """authd's answer to ScramProofToCheck: (account, ServerSignature), None for a
+        wrong proof, ``unavailable`` = why authd could not be asked."""
+        if self._state is not _State.SCRAM_VERDICT:
+            raise RuntimeError("SASL exchange not waiting for a SCRAM verdict")
+        assert self._scram is not None
+        user = self._scram.user
+        if unavailable or result is None:
+            self._state = _State.DONE
+            return VerifiedCredentials(self.mechanism, user, None, unavailable)
+        self._scram_info, signature = result
+        self._state = _State.SCRAM_ACK
+        return Challenge(self._scram.server_final(signature))
+
+    def _through_backend(self, step: Step) -> Step:
+        # A driver that passed a ScramBackend gets the two SCRAM questions answered here.
+        backend = self._scram_backend
+        while backend is not None:
+            if isinstance(step, ScramKeysWanted):
+                try:
+                    step = self.scram_keys(backend.salt(step.mech, step.user))
+                except ScramUnavailable as e:
+                    step = self.scram_keys(None, str(e) or "authentication backend unavailable")
+            elif isinstance(step, ScramProofToCheck):
+                try:
+                    step = self.scram_verdict(backend.verify(step.proof))
+                except ScramUnavailable as e:
+                    step = self.scram_verdict(None, str(e) or "authentication backend unavailable")
+            else:
+                break
+        return step
+
+    def _start(self, initial_response: bytes | None) -> Step:
         if self._state is not _State.START:
             raise RuntimeError("SASL exchange already started")
         mech = self.mechanism
@@ -255,9 +345,8 @@ class ServerExchange:
             return Challenge(b"")
         return self._external_authzid(initial_response)
 
-    def step(self, client_data_b64: bytes) -> Step:
-        """Feed the client's line (base64, without CRLF); b"*" cancels (RFC 4422 §3.5)."""
-        if self._state in (_State.START, _State.DONE):
+    def _step(self, client_data_b64: bytes) -> Step:
+        if self._state in (_State.START, _State.DONE, _State.SCRAM_KEYS, _State.SCRAM_VERDICT):
             raise RuntimeError("SASL exchange not waiting for a response")
         line = client_data_b64.strip(b" \t")
         if line == b"*":
@@ -338,44 +427,27 @@ class ServerExchange:
         return CramCredentials(self.mechanism, self._challenge, data)
 
     def _scram_first(self, data: bytes) -> Step:
-        assert self._scram is not None and self._scram_backend is not None
+        assert self._scram is not None
         try:
             req = self._scram.client_first(data)
         except ScramError as e:
             return self._fail(f"SCRAM client-first: {e}")
-        found = None
-        try:
-            found = self._scram_backend.salt(self.mechanism, req.user)
-        except ScramUnavailable as e:
-            self._unavailable = str(e) or "authentication backend unavailable"
-        if found is None:
-            fake = hmac.new(_FAKE_SALT_KEY, req.user.encode("utf-8"), hashlib.sha256).digest()
-            found = (fake[:16], MIN_ITERATIONS)
-        self._state = _State.SCRAM_FINAL
-        return Challenge(self._scram.server_first(*found))
+        self._state = _State.SCRAM_KEYS
+        return ScramKeysWanted(self.mechanism, req.user)
 
     def _scram_final(self, data: bytes) -> Step:
-        assert self._scram is not None and self._scram_backend is not None
+        assert self._scram is not None
         try:
             proof = self._scram.client_final(data)
         except ScramError as e:
             return self._fail(f"SCRAM client-final: {e}")
-        user = self._scram.user
         if self._unavailable:
+            # authd could not give the keys: no point asking it about the proof.
             self._state = _State.DONE
-            return VerifiedCredentials(self.mechanism, user, None, self._unavailable)
-        try:
-            res = self._scram_backend.verify(proof)
-        except ScramUnavailable as e:
-            self._state = _State.DONE
-            return VerifiedCredentials(self.mechanism, user, None,
-                                       str(e) or "authentication backend unavailable")
-        if res is None:
-            self._state = _State.DONE
-            return VerifiedCredentials(self.mechanism, user, None)
-        self._scram_info, signature = res
-        self._state = _State.SCRAM_ACK
-        return Challenge(self._scram.server_final(signature))
+            return VerifiedCredentials(self.mechanism, self._scram.user, None,
+                                       self._unavailable)
+        self._state = _State.SCRAM_VERDICT
+        return ScramProofToCheck(proof)
 
     def _external_authzid(self, data: bytes) -> Step:
         authzid = _text(data)
@@ -395,7 +467,7 @@ def offered_mechanisms(configured: Iterable[str], *, tls: bool, allow_plaintext:
     Order and case follow the configuration; duplicates drop. PLAIN and LOGIN
     only over TLS unless ``allow_plaintext`` (RFC 4954 §4, RFC 3501 §11.1);
     EXTERNAL only when the connection carries a verified client certificate;
-    SCRAM-* only when the driver passes a ScramBackend to its exchanges (``scram``).
+    SCRAM-* only when the driver can answer the exchange's SCRAM steps (``scram``).
     """
     seen: list[str] = []
     for name in configured:
