@@ -361,3 +361,60 @@ def test_noop_reports_new_mail_with_recent_once(box) -> None:
     finally:
         for c in (a, b):
             c.close()
+
+
+def test_expunge_racing_a_long_fetch(box) -> None:
+    """B expunges messages while A streams them with FETCH BODY[]: every literal A gets
+    is whole and right (an open file keeps its bytes after the unlink), the FETCH ends
+    OK or NO, no EXPUNGE comes inside it, and A's view then matches the folder."""
+    import threading
+
+    big = {}
+    for k in range(30):
+        body = f"Subject: big {k}\n\n".encode() + (f"line {k} ".encode() * 7 + b"\n") * 3000
+        deliver(box.maildir(USER), body)
+        big[k] = body.replace(b"\n", b"\r\n")
+    a, b = Client(box, "A"), Client(box, "B")
+    oracle = Client(box, "O", examine=True)
+    bodies = {i + 1: None for i in range(6)} | {7 + k: big[k] for k in range(30)}   # uid -> wire
+    errors: list[BaseException] = []
+    outcomes: list[str] = []
+
+    def expunger() -> None:
+        try:
+            for _ in range(10):
+                b.run("NOOP", b"NOOP")
+                if len(b.uids) > 4:
+                    b.run("STORE", b"STORE 2:3 +FLAGS (\\Deleted)")
+                    b.run("EXPUNGE", b"EXPUNGE")
+        except BaseException as e:  # noqa: BLE001 - reported in the main thread
+            errors.append(e)
+
+    try:
+        t = threading.Thread(target=expunger, daemon=True)
+        t.start()
+        for rnd in range(4):
+            tag = b"F%d" % rnd
+            a.r.send(tag + b" FETCH 1:* (UID BODY.PEEK[])\r\n")
+            while True:
+                ln = a.r.line()
+                if ln.startswith(tag + b" "):
+                    assert ln.split()[1] in (b"OK", b"NO"), ln
+                    outcomes.append(ln.split()[1].decode())
+                    break
+                assert not ln.endswith(b" EXPUNGE\r\n"), ln
+                m = re.fullmatch(rb"\* (\d+) FETCH \(UID (\d+) BODY\[\] \{(\d+)\}\r\n", ln)
+                assert m, ln[:200]
+                data = a.r.file.read(int(m.group(3)))
+                assert a.r.line() == b")\r\n"
+                want = bodies[int(m.group(2))]
+                assert want is None or data == want, int(m.group(2))
+                a.apply("FETCH", b"* %s FETCH (UID %s)\r\n" % (m.group(1), m.group(2)))
+        t.join(IO_TIMEOUT * 6)
+        assert not t.is_alive() and not errors, errors
+        print(f"FETCH 1:* BODY[] while expunging: {outcomes}, B expunged {b.seen.get('EXPUNGE', 0)}")
+        check_against(a, oracle)
+        check_against(b, oracle)
+    finally:
+        for c in (a, b, oracle):
+            c.close()
