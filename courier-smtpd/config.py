@@ -40,6 +40,14 @@ def courier_flag(v: str) -> bool:
     return bool(v.strip()) and not v.strip().startswith("0")
 
 
+def helo_level(v: str) -> int:
+    """Courier's atoi(BOFHCHECKHELO): 0 off, 1 refuse, 2 defer."""
+    v = v.strip()
+    digits = v[:len(v) - len(v.lstrip("0123456789"))] if v else ""
+    n = int(digits) if digits else 0
+    return n if n in (0, 1, 2) else 1
+
+
 def _optional_size(v: str) -> int | None:
     return None if v.strip() == "" else non_negative_int(v)
 
@@ -60,7 +68,9 @@ SETTINGS = merge_settings(listener_settings(
     Setting("ESMTP_TLS_REQUIRED", "esmtp_tls_required", to_str, "0", "(accepted)"),
     Setting("BOFHCHECKDNS", "bofhcheckdns", courier_flag, "0",
             "1 = refuse a return address whose domain cannot receive mail (DNS)"),
-    Setting("BOFHCHECKHELO", "bofhcheckhelo", to_str, "", "(accepted)"),
+    Setting("BOFHCHECKHELO", "bofhcheckhelo", helo_level, "0",
+            "1 = refuse (5xx), 2 = defer (4xx) a client whose HELO name does not lead "
+            "back to its address by MX or A/AAAA; never for relay clients"),
     Setting("BOFHNOEXPN", "bofhnoexpn", to_str, "", "(accepted; EXPN is not offered)"),
     Setting("BOFHNOVRFY", "bofhnovrfy", to_str, "", "(accepted; VRFY answers 252)"),
     Setting("ESMTPD_TIMEOUT", "esmtpd_timeout", non_negative_int, "300",
@@ -107,6 +117,7 @@ class SmtpdConfig(ListenerConfig):
     greeting: tuple[str, ...] = ()     # the `esmtpgreeting` control file, as written
     tarpit: bool = False
     check_dns: bool = False            # BOFHCHECKDNS
+    check_helo: int = 0                # BOFHCHECKHELO: 0 off, 1 refuse, 2 defer
     resolver: tuple[tuple[str, int], ...] = ()   # courierd's ESMTP_RESOLVER
     timeout: float = 300.0             # ESMTPD_TIMEOUT: idle seconds before 421
 
@@ -168,5 +179,6 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
         header_limit=header_limit, auth_sender_check=v["auth_sender_check"],
         bofh=bofh, greeting=greeting, tarpit=v["tarpit"], check_dns=v["bofhcheckdns"],
+        check_helo=v["bofhcheckhelo"],
         resolver=resolver,
         timeout=float(v["esmtpd_timeout"] or 300)), loaded.warnings

@@ -18,9 +18,9 @@ from functools import partial
 from pathlib import Path
 
 from courier_smtpd import session as _session  # noqa: F401
-from courier_smtpd.config import SmtpdConfig, courier_flag, load_config
+from courier_smtpd.config import SmtpdConfig, courier_flag, helo_level, load_config
 from courier_smtpd.policy import Domains, LocalPolicy, load_domains
-from courier_smtpd.senderdns import SenderDns
+from courier_smtpd.senderdns import DnsChecks
 from courier_smtpd.session import Credentials, Session
 
 from libcourier import authclient, privsep, spool, tcpd
@@ -42,13 +42,16 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
         conn.sendall(f"554 5.7.1 {text}\r\n".encode("utf-8", "replace"))
         return
     relayclient = "RELAYCLIENT" in conn.env
-    # smtpaccess may set BOFHCHECKDNS per client, over the esmtpd file (Courier).
+    # smtpaccess may set BOFHCHECKDNS/BOFHCHECKHELO per client, over the esmtpd file.
     check_dns = cfg.check_dns if "BOFHCHECKDNS" not in conn.env else \
         courier_flag(conn.env["BOFHCHECKDNS"])
+    check_helo = cfg.check_helo if "BOFHCHECKHELO" not in conn.env else \
+        helo_level(conn.env["BOFHCHECKHELO"])
     policy = LocalPolicy(domains, layout.authsocket, relayclient=relayclient,
                          aliases=aliases, bofh=cfg.bofh, auth_sender_check=cfg.auth_sender_check,
-                         sender_dns=SenderDns(cfg.resolver, check_domain=check_dns,
-                                              badmx=cfg.bofh.badmx))
+                         dns=DnsChecks(cfg.resolver, check_domain=check_dns,
+                                       badmx=cfg.bofh.badmx, check_helo=check_helo),
+                         client_ip=conn.peer_ip)
     session = Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
                       authenticate=partial(_authenticate, layout.authsocket),
                       relayclient=relayclient,

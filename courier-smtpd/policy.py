@@ -20,7 +20,7 @@ from pathlib import Path
 
 from courier_smtpd.bofh import Bofh, relay_in_domains
 from courier_smtpd.core import SessionInfo, Verdict
-from courier_smtpd.senderdns import SenderDns
+from courier_smtpd.senderdns import DnsChecks
 
 from libcourier.aliases import AliasTable
 from libcourier.authclient import AuthInfo, AuthTempFail, auth_pre
@@ -94,7 +94,8 @@ class LocalPolicy:
     def __init__(self, domains: Domains, authsocket: Path, *, relayclient: bool = False,
                  lookup: Lookup | None = None, aliases: AliasTable | None = None,
                  bofh: Bofh | None = None, remote_host: Callable[[], str | None] | None = None,
-                 auth_sender_check: bool = False, sender_dns: SenderDns | None = None):
+                 auth_sender_check: bool = False, dns: DnsChecks | None = None,
+                 client_ip: str = ""):
         self.domains = domains
         self.aliases = aliases      # ETC/aliases.dat: an alias is a valid recipient
         self.authsocket = authsocket
@@ -102,7 +103,8 @@ class LocalPolicy:
         self.bofh = bofh or Bofh()
         self.remote_host = remote_host or (lambda: None)   # the client's verified rDNS name
         self.auth_sender_check = auth_sender_check
-        self.sender_dns = sender_dns
+        self.dns = dns             # BOFHCHECKDNS / BOFHCHECKHELO lookups
+        self.client_ip = client_ip
         self._lookup = lookup or (lambda sock, service, user: auth_pre(sock, service, user))
 
     def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
@@ -118,8 +120,13 @@ class LocalPolicy:
             if relays is not None and not relay_in_domains(self.remote_host(), relays):
                 return Verdict.reject(550, "5.7.1", f"Sender rejected: {sender} can be accepted "
                                       f"only from {relays[0]}'s mail relays.")
-        if sender and self.sender_dns is not None:
-            refusal = self.sender_dns.check(sender)
+        if self.dns is not None:
+            # Courier checks HELO at MAIL time, and never for relay clients.
+            if not (self.relayclient or session.authenticated):
+                refusal = self.dns.helo(session.helo, self.client_ip)
+                if refusal is not None:
+                    return refusal
+            refusal = self.dns.sender(sender) if sender else None
             if refusal is not None:
                 return refusal
         return Verdict.accept()

@@ -1,8 +1,9 @@
-"""BOFHCHECKDNS and bofh `badmx` on a running esmtpd, against a real DNS server
-(dnsmasq on loopback, named in courierd's ESMTP_RESOLVER): a sender domain
-that does not exist, has neither MX nor address, or has a null MX is refused;
-one whose exchanger is listed in badmx is refused even without BOFHCHECKDNS;
-DNS trouble is 451; smtpaccess can turn the check off per client."""
+"""BOFHCHECKDNS, bofh `badmx` and BOFHCHECKHELO on a running esmtpd, against a
+real DNS server (dnsmasq on loopback, named in courierd's ESMTP_RESOLVER): a
+sender domain that does not exist, has neither MX nor address, or has a null MX
+is refused, and so is one whose exchanger is in badmx (both only with
+BOFHCHECKDNS, as Courier); a HELO name that does not lead back to the client is
+refused (1) or deferred (2); DNS trouble is 451; smtpaccess overrides per client."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ ZONE = [
     "--dns-rr=nullmx.test,15,000000",                       # RFC 7505 "0 ."
     "--mx-host=blocked.test,mx.blocked.test,10", "--host-record=mx.blocked.test,192.0.2.66",
     "--txt-record=nomail.test,no mail here",                # exists, no MX, no address
+    "--host-record=client.test,127.0.0.1",                  # a HELO name that matches
+    "--mx-host=viamx.test,mx.viamx.test,10", "--host-record=mx.viamx.test,127.0.0.1",
 ]
 
 
@@ -28,14 +31,15 @@ def dns_port():
         yield port
 
 
-def _instance(new_instance, dns_port: int | None, check: bool, access: str = ""):
+def _instance(new_instance, dns_port: int | None, check: bool, access: str = "",
+              helo: int = 0):
     inst = new_instance
     inst.adduser("alice@example.com", "alice-secret")
     with open(inst.etc / "courierd", "a") as f:
         # A dead resolver port when dns_port is None: every lookup times out.
         f.write(f"ESMTP_RESOLVER=127.0.0.1:{dns_port or 9}\n")
     with open(inst.etc / "esmtpd", "a") as f:
-        f.write(f"BOFHCHECKDNS={int(check)}\n")
+        f.write(f"BOFHCHECKDNS={int(check)}\nBOFHCHECKHELO={helo}\n")
         if access:
             (inst.etc / "smtpaccess").write_text(access)
             f.write(f"ACCESSFILE={inst.etc / 'smtpaccess'}\n")
@@ -44,9 +48,9 @@ def _instance(new_instance, dns_port: int | None, check: bool, access: str = "")
     return inst
 
 
-def _mail(inst, sender: str) -> tuple[int, bytes]:
+def _mail(inst, sender: str, helo: str = "client.test") -> tuple[int, bytes]:
     with smtplib.SMTP("127.0.0.1", inst.port("smtp"), timeout=30) as s:
-        s.ehlo("client.test")
+        s.ehlo(helo)
         return s.mail(sender)
 
 
@@ -65,17 +69,28 @@ def test_checkdns_on(new_instance, dns_port):
     assert code == 550 and b"192.0.2.66 is blocked" in text
 
 
-def test_badmx_without_checkdns_and_smtpaccess_override(new_instance, dns_port):
+def test_without_checkdns_nothing_is_looked_up(new_instance, dns_port):
     inst = _instance(new_instance, dns_port, check=False)
-    assert _mail(inst, "a@nosuch.test")[0] == 250          # no BOFHCHECKDNS: not checked
-    code, text = _mail(inst, "a@blocked.test")
-    assert code == 550 and b"is blocked" in text          # badmx is checked regardless
-
-
-def test_smtpaccess_turns_the_check_off(new_instance, dns_port):
-    inst = _instance(new_instance, dns_port, check=True,
-                     access="127.0.0.1\tallow,BOFHCHECKDNS=0\n")
     assert _mail(inst, "a@nosuch.test")[0] == 250
+    assert _mail(inst, "a@blocked.test")[0] == 250         # badmx too needs BOFHCHECKDNS
+
+
+@pytest.mark.parametrize("level, code", [(1, 550), (2, 450)])
+def test_checkhelo(new_instance, dns_port, level, code):
+    inst = _instance(new_instance, dns_port, check=False, helo=level)
+    assert _mail(inst, "a@x.test", helo="client.test")[0] == 250     # A record matches
+    assert _mail(inst, "a@x.test", helo="viamx.test")[0] == 250      # via its MX
+    assert _mail(inst, "a@x.test", helo="[127.0.0.1]")[0] == 250     # the address itself
+    got, text = _mail(inst, "a@x.test", helo="good.test")
+    assert got == code and b"does not match 127.0.0.1" in text, text
+    got, text = _mail(inst, "a@x.test", helo="nosuch.test")
+    assert got == code and b"does not exist" in text, text
+
+
+def test_smtpaccess_turns_the_checks_off(new_instance, dns_port):
+    inst = _instance(new_instance, dns_port, check=True, helo=1,
+                     access="127.0.0.1\tallow,BOFHCHECKDNS=0,BOFHCHECKHELO=0\n")
+    assert _mail(inst, "a@nosuch.test", helo="nosuch.test")[0] == 250
 
 
 def test_dns_down_is_temporary(new_instance):
