@@ -32,6 +32,7 @@ import selectors
 import signal
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,8 @@ from libcourier.unixsock import bind_unix
 logger = logging.getLogger("courier.courierlocal")
 
 REQUEST_TIMEOUT = 30.0       # to read one request line
+IDLE_TIMEOUT = 60.0          # a kept-open connection without a next request is closed
+MAX_REQUESTS = 10000         # requests on one connection; courierd then opens another
 MAX_DELIVERY_TIMEOUT = 3600.0  # the most ETC/localtimeout may ask for
 MAX_CHILDREN = 32            # connection children at once; more wait in the backlog
 STOP_WAIT = 5.0             # on SIGTERM, how long in-flight deliveries may finish
@@ -108,23 +111,29 @@ def _run_delivery_child(info: AuthInfo, fd: int, req: DeliverRequest, wpipe: int
 
 # --- the connection child (root) --------------------------------------------------------
 
-def _recv_request(conn: socket.socket) -> tuple[DeliverRequest, int]:
-    """One request line and exactly one passed fd; raises ClientError or OSError."""
-    reader = RequestReader()
+def _recv_request(conn: socket.socket, reader: RequestReader | None = None,
+                  timeout: float = REQUEST_TIMEOUT) -> tuple[DeliverRequest, int] | None:
+    """One request line and exactly one passed fd; None when the peer closed the
+    connection before a new request began (the end of a kept-open connection).
+    Raises ClientError, or OSError (TimeoutError when no request came in time)."""
+    reader = RequestReader() if reader is None else reader
     fds: list[int] = []
-    deadline = time.monotonic() + REQUEST_TIMEOUT
+    deadline = time.monotonic() + timeout
+    got_bytes = False
     try:
         while True:
-            conn.settimeout(max(0.1, deadline - time.monotonic()))
-            data, got, _flags, _addr = socket.recv_fds(conn, 4096, 4)
-            fds.extend(got)
-            if data:
-                reader.feed(data)
             req = reader.next_request()
             if req is not None:
                 break
+            conn.settimeout(max(0.1, deadline - time.monotonic()))
+            data, got, _flags, _addr = socket.recv_fds(conn, 4096, 4)
+            fds.extend(got)
             if not data:
+                if not got_bytes and not fds:
+                    return None
                 raise ClientError("connection closed before the request")
+            got_bytes = True
+            reader.feed(data)
         if len(fds) != 1:
             raise ClientError(f"expected one file descriptor, got {len(fds)}")
         fd = fds.pop()
@@ -195,33 +204,60 @@ def read_localtimeout(etc: Path | None) -> float:
 def handle_connection(conn: socket.socket, authsocket: Path,
                       default_maildir: str = DEFAULT_MAILDIR,
                       forward: ForwardSpool | None = None,
-                      timeout: float = DELIVERY_TIMEOUT,
-                      journal: Journal | None = None) -> Reply:
-    """Serve one request (in the root connection child) and return the reply sent."""
-    try:
-        req, fd = _recv_request(conn)
-    except ClientError as e:
-        reply = Reply(Status.PERM, f"5.5.2 bad request: {e.text}")
-        _send_reply(conn, reply)
-        return reply
+                      timeout: float | None = None,
+                      journal: Journal | None = None, etc: Path | None = None) -> Reply | None:
+    """Serve the requests of one connection, one after another, in the root
+    connection child; return the last reply sent (None: no request came).
+
+    courierd keeps its connections open for its next deliveries (local.LocalClient),
+    so this child, and not the helper's main loop, pays for each message's
+    fork, and once per connection rather than once per message for its own.
+    The connection ends when courierd closes it, after IDLE_TIMEOUT without a
+    request, after MAX_REQUESTS, or after a request that could not be parsed
+    (the stream may be out of step then)."""
+    reader = RequestReader()
+    last: Reply | None = None
+    for n in range(MAX_REQUESTS):
+        try:
+            got = _recv_request(conn, reader, REQUEST_TIMEOUT if n == 0 else IDLE_TIMEOUT)
+        except ClientError as e:
+            last = Reply(Status.PERM, f"5.5.2 bad request: {e.text}")
+            _send_reply(conn, last)
+            return last
+        except OSError:
+            return last          # idle too long, or the peer went away
+        if got is None:
+            return last
+        req, fd = got
+        # localtimeout is read for each request: a change applies to the next one.
+        last = _serve_request(req, fd, authsocket, default_maildir, forward,
+                              read_localtimeout(etc) if timeout is None else timeout,
+                              journal)
+        if not _send_reply(conn, last):
+            return last
+    return last
+
+
+def _serve_request(req: DeliverRequest, fd: int, authsocket: Path, default_maildir: str,
+                   forward: ForwardSpool | None, timeout: float,
+                   journal: Journal | None) -> Reply:
     try:
         if not _lock_message(fd, timeout):
-            reply = Reply(Status.TEMP, "4.3.0 another delivery of this message is still "
-                                       "running")
-        elif journal is not None and journal.seen(fd, req.recipient, req.user):
+            return Reply(Status.TEMP, "4.3.0 another delivery of this message is still "
+                                      "running")
+        if journal is not None and journal.seen(fd, req.recipient, req.user):
             # courierd asks again for a delivery it did not hear the OK of
             # (it was killed meanwhile): the copy is in already.
             logger.info("delivery to %s: already done, not repeated", req.recipient)
-            reply = Reply(Status.OK, "already delivered")
-        else:
-            reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward,
-                                        timeout)
-            if reply.status is Status.OK and journal is not None:
-                journal.record(fd, req.recipient, req.user)
+            return Reply(Status.OK, "already delivered")
+        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward, timeout)
+        if reply.status is Status.OK and journal is not None:
+            journal.record(fd, req.recipient, req.user)
+        return reply
     finally:
+        # The flock belongs to the open file, which courierd shares and closes
+        # once it has the reply: it holds until then, as when this child exited.
         os.close(fd)
-    _send_reply(conn, reply)
-    return reply
 
 
 def _lock_message(fd: int, timeout: float) -> bool:
@@ -321,12 +357,14 @@ def _forward(forward: ForwardSpool | None, fd: int, req: DeliverRequest,
     return outcome.reply
 
 
-def _send_reply(conn: socket.socket, reply: Reply) -> None:
+def _send_reply(conn: socket.socket, reply: Reply) -> bool:
     try:
         conn.settimeout(REQUEST_TIMEOUT)
         conn.sendall(format_reply(reply))
+        return True
     except OSError as e:
         logger.warning("cannot send reply: %s", e)
+        return False
 
 
 # --- the helper's main loop (root) ------------------------------------------------------
@@ -397,8 +435,7 @@ class Helper:
                     signal.set_wakeup_fd(-1)
                     set_title("courierlocal: delivering")
                     handle_connection(conn, self.authsocket, self.default_maildir,
-                                      self.forward, read_localtimeout(self.etc),
-                                      self.journal)
+                                      self.forward, None, self.journal, self.etc)
                 except BaseException:  # noqa: BLE001 - log, never return into the loop
                     logger.exception("courierlocal connection failed")
                     code = 1
@@ -503,38 +540,152 @@ def run_helper(listen: socket.socket, authsocket: Path, allowed_uids: set[int],
 
 # --- the client side (courierd, as the daemon account) ----------------------------------
 
+class _Closed(Exception):
+    """courierlocal closed the connection before any byte of the reply."""
+
+
+class _BadReply(Exception):
+    """A reply line that cannot be parsed: the connection is out of step."""
+
+
+def _exchange(s: socket.socket, line: bytes, data_fd: int) -> Reply:
+    """One request on a connected socket; raises _Closed, TimeoutError, OSError."""
+    socket.send_fds(s, [line], [data_fd])
+    reader = ReplyReader()
+    while True:
+        chunk = s.recv(1024)
+        if not chunk:
+            raise _Closed
+        reader.feed(chunk)
+        try:
+            reply = reader.next_reply()
+        except ClientError as e:
+            raise _BadReply(e.text) from None
+        if reply is not None:
+            return reply
+
+
+def _connect(socket_path: Path, timeout: float) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(timeout)
+        s.connect(str(socket_path))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _os_reply(e: OSError) -> Reply:
+    if isinstance(e, TimeoutError):
+        return Reply(Status.TEMP, "4.3.0 courierlocal timed out")
+    if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
+        return Reply(Status.TEMP, "4.3.0 courierlocal is not running")
+    return Reply(Status.TEMP, f"4.3.0 courierlocal: {e.strerror or e}")
+
+
 def request_delivery(socket_path: Path, data_fd: int, sender: str, recipient: str,
                      user: str | None = None, *,
                      timeout: float = MAX_DELIVERY_TIMEOUT + 60
                      ) -> Reply:
-    """Ask courierlocal to deliver; connection problems become TEMP replies."""
+    """Ask courierlocal to deliver, on a connection of its own (closed after the
+    reply); connection problems become TEMP replies. courierd uses LocalClient."""
     req = DeliverRequest(sender, recipient, user)
     try:
         line = format_request(req)
     except ValueError as e:
         return Reply(Status.PERM, f"5.1.3 {e}")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        s.settimeout(timeout)
-        s.connect(str(socket_path))
-        socket.send_fds(s, [line], [data_fd])
-        reader = ReplyReader()
-        while True:
-            chunk = s.recv(1024)
-            if not chunk:
-                return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
-            reader.feed(chunk)
-            try:
-                reply = reader.next_reply()
-            except ClientError as e:
-                return Reply(Status.TEMP, f"4.3.0 bad reply from courierlocal: {e.text}")
-            if reply is not None:
-                return reply
-    except TimeoutError:
-        return Reply(Status.TEMP, "4.3.0 courierlocal timed out")
+        s = _connect(socket_path, timeout)
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
-            return Reply(Status.TEMP, "4.3.0 courierlocal is not running")
-        return Reply(Status.TEMP, f"4.3.0 courierlocal: {e.strerror or e}")
+        return _os_reply(e)
+    try:
+        return _exchange(s, line, data_fd)
+    except _Closed:
+        return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
+    except _BadReply as e:
+        return Reply(Status.TEMP, f"4.3.0 bad reply from courierlocal: {e}")
+    except OSError as e:
+        return _os_reply(e)
     finally:
         s.close()
+
+
+class LocalClient:
+    """courierd's connections to courierlocal, kept open between deliveries (each
+    served by one root connection child, which then forks only the delivery
+    child per message). Thread-safe: a worker thread takes an idle connection
+    or opens one, and puts it back after a complete reply.
+
+    A kept connection that turns out closed before any reply byte (courierlocal's
+    idle timeout, or a helper restarted) is replaced and the request sent once
+    more. Should the old connection child have died in the middle of that very
+    delivery, the repeat is answered from courierlocal's journal or waits on
+    the spool file's lock: at most the duplicate SMTP's at-least-once allows."""
+
+    def __init__(self, max_idle: int = 64, timeout: float = MAX_DELIVERY_TIMEOUT + 60):
+        self.max_idle = max_idle
+        self.timeout = timeout
+        self._idle: list[tuple[str, socket.socket]] = []
+        self._lock = threading.Lock()
+
+    def _take(self, path: str) -> socket.socket | None:
+        with self._lock:
+            for i, (p, s) in enumerate(self._idle):
+                if p == path:
+                    del self._idle[i]
+                    return s
+        return None
+
+    def _give(self, path: str, s: socket.socket) -> None:
+        with self._lock:
+            if len(self._idle) < self.max_idle:
+                self._idle.append((path, s))
+                return
+        s.close()
+
+    def close(self) -> None:
+        """Close the idle connections: their connection children exit at once."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _p, s in idle:
+            s.close()
+
+    def request(self, socket_path: Path, data_fd: int, sender: str, recipient: str,
+                user: str | None = None) -> Reply:
+        req = DeliverRequest(sender, recipient, user)
+        try:
+            line = format_request(req)
+        except ValueError as e:
+            return Reply(Status.PERM, f"5.1.3 {e}")
+        path = str(socket_path)
+        for _ in range(2):
+            s = self._take(path)
+            reused = s is not None
+            if s is None:
+                try:
+                    s = _connect(socket_path, self.timeout)
+                except OSError as e:
+                    return _os_reply(e)
+            try:
+                s.settimeout(self.timeout)
+                reply = _exchange(s, line, data_fd)
+            except _Closed:
+                s.close()
+                if reused:
+                    continue
+                return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
+            except _BadReply as e:
+                s.close()
+                return Reply(Status.TEMP, f"4.3.0 bad reply from courierlocal: {e}")
+            except OSError as e:
+                s.close()
+                if reused and e.errno in (errno.EPIPE, errno.ECONNRESET):
+                    continue
+                return _os_reply(e)
+            except BaseException:
+                s.close()
+                raise
+            self._give(path, s)
+            return reply
+        return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from courier_deliver import dsn
 from courier_deliver.config import QueueConfig, local_user
-from courier_deliver.local import request_delivery
+from courier_deliver.local import LocalClient
 from courier_deliver.localproto import Reply, Status
 from courier_deliver.remote import RemoteDelivery, RemoteResult
 
@@ -370,11 +370,13 @@ def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,
 
 
 class QueueManager:
-    def __init__(self, config: QueueConfig, *, deliver: DeliverFn = request_delivery,
+    def __init__(self, config: QueueConfig, *, deliver: DeliverFn | None = None,
                  clock: Callable[[], float] = time.time,
                  helper_alive: Callable[[], bool] | None = None):
         self.config = config
-        self.deliver = deliver
+        # courierlocal connections stay open between deliveries (LocalClient).
+        self._local_client = LocalClient() if deliver is None else None
+        self.deliver = deliver if deliver is not None else self._local_client.request
         self.clock = clock
         self.helper_alive = helper_alive
         self.remote: RemoteDelivery | None = None     # made in the loop (run_scheduler)
@@ -510,6 +512,15 @@ class QueueManager:
         await self._drain()
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_tasks()
+        finally:
+            # Idle courierlocal connections: their children exit now, so the
+            # helper stops without waiting for them.
+            if self._local_client is not None:
+                self._local_client.close()
+
+    async def _drain_tasks(self) -> None:
         tasks = list(self.active.values())
         if not tasks:
             if self.remote is not None:
