@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import selectors
 import time
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ from courier_imapd.core import (
     tagged,
     untagged,
 )
+from courier_imapd.listmatch import ListPattern
 from courier_imapd.login import Counters, Wire, read_event, send
 from courier_imapd.mailbox import MailboxView, SequenceError, flags_text, split_flags
 from courier_imapd.modseq import Tracker
@@ -398,7 +398,7 @@ class Session:
             # §6.3.8: an empty pattern asks for the hierarchy delimiter.
             self.out(untagged('LIST (\\Noselect) "." ""'), tagged(cmd.tag, "OK", "LIST completed"))
             return
-        rxs = [pattern_regex(cmd.reference + p) for p in (cmd.patterns or (cmd.pattern,))]
+        rxs = [ListPattern(cmd.reference + p) for p in (cmd.patterns or (cmd.pattern,))]
         real = self._all_mailboxes()
         allnames = set(real)
         # Maildir++ is flat: .a.b may exist without .a. Such a parent is listed as
@@ -1030,22 +1030,6 @@ def _idle_wait(sock: object, watch: FolderWatch, timeout: float) -> tuple[bool, 
         sel.register(watch, selectors.EVENT_READ, "watch")
         ready = {key.data for key, _ in sel.select(timeout)}
     return "client" in ready, "watch" in ready
-
-
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """RFC 3501 §6.3.8: "*" matches anything, "%" anything but the delimiter "."."""
-    parts = []
-    for c in pattern:
-        if c == "*":
-            parts.append(".*")
-        elif c == "%":
-            parts.append(r"[^.]*")
-        else:
-            parts.append(re.escape(c))
-    # INBOX is case-insensitive (§5.1): a pattern starting with it matches any case.
-    if pattern[:5].upper() == "INBOX":
-        parts[:5] = ["(?i:INBOX)"]
-    return re.compile("".join(parts))
 
 
 read_subscriptions = folders.read_subscriptions

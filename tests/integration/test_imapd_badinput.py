@@ -241,3 +241,46 @@ def test_noop_flood_without_reading_keeps_memory_bounded(imap) -> None:
         assert got == expected
     finally:
         r.close()
+
+
+# Well-formed commands with odd values: each gets a tagged answer (OK, NO or BAD) in
+# time, the session goes on and nothing is logged as a crash.
+ODD_VALUES: list[bytes] = [
+    b"FETCH 1 BODY.PEEK[99]", b"FETCH 1 BODY.PEEK[1.2.3.4.5]", b"FETCH 1 BODY.PEEK[2.MIME]",
+    b"FETCH 1 BODY.PEEK[]<4294967295.4294967295>", b"FETCH 1 BODY.PEEK[HEADER.FIELDS (\"\")]",
+    b"FETCH 1 BINARY[1]", b"FETCH 1:* (FLAGS) (CHANGEDSINCE 1)", b"FETCH * ENVELOPE",
+    b"STORE 1 +FLAGS (\\Recent)", b"STORE 1 FLAGS (\\Bogus)", b"STORE 1 -FLAGS ()",
+    b"STORE 1 +FLAGS (" + b" ".join(b"kw%d" % i for i in range(300)) + b")",
+    b"STORE 1 -FLAGS (" + b" ".join(b"kw%d" % i for i in range(300)) + b")",
+    b'COPY 1 ""', b"COPY 1 INBOX.", b"CREATE INBOX.", b"CREATE .", b"CREATE INBOX..x",
+    b"CREATE INBOX.a/b", b"CREATE ../../etc", b"SELECT ../../etc", b'SELECT "INBOX/../.."',
+    b"RENAME INBOX INBOX", b"RENAME INBOX.nope INBOX.x", b"DELETE INBOX", b"DELETE INBOX.nope",
+    b'STATUS INBOX.nope (MESSAGES)', b"GETQUOTAROOT INBOX.nope", b"GETQUOTA nope",
+    b"SETQUOTA \"\" (STORAGE 1)", b"ENABLE NOTHING", b'ID ("a" "b" "c" NIL)',
+    b'LIST "" "' + b"%*" * 40 + b'x"', b'LIST "' + b"*" * 60 + b'" "' + b"%" * 60 + b'"',
+    b'LIST "" "' + b"*." * 200 + b'"',
+    b"SEARCH CHARSET UTF-8 TEXT \"\xff\xfe\"", b"SEARCH SENTBEFORE 1-Jan-0001",
+    b"SEARCH SINCE 31-Dec-9999", b"SEARCH LARGER 4294967295", b"SEARCH UID 4294967295",
+    b"SEARCH MODSEQ 0", b"SEARCH HEADER \"\" \"\"", b"SEARCH KEYWORD \\Seen",
+    b'SEARCH TEXT "' + b"a" * 5000 + b'"', b"SORT (REVERSE REVERSE DATE) UTF-8 ALL",
+    b"THREAD REFERENCES UTF-8 ALL", b"UID FETCH 4294967295:* FLAGS",
+    b"UID STORE 4294967295 +FLAGS (\\Seen)", b"UID COPY 4294967295 INBOX",
+    b"UID EXPUNGE 4294967295", b"UID MOVE 4294967295 INBOX",
+    b'APPEND INBOX {0+}\r\n', b'APPEND INBOX (\\Recent) {1+}\r\nx',
+    b'APPEND INBOX "31-Feb-2020 00:00:00 +0000" {1+}\r\nx',
+    b'APPEND INBOX.nope {1+}\r\nx', b"EXAMINE INBOX", b"SELECT INBOX",
+]
+
+
+def test_odd_values_answered_and_session_goes_on(imap) -> None:
+    r = logged_in(imap)
+    try:
+        for i, cmd in enumerate(ODD_VALUES):
+            tag = b"o%d" % i
+            reply = r.cmd(tag, cmd)
+            assert reply[-1].split(b" ")[1] in (b"OK", b"NO", b"BAD"), (cmd, reply[-3:])
+            assert r.cmd(b"n", b"NOOP")[-1].startswith(b"n OK"), cmd
+    finally:
+        r.close()
+    log = (imap.root / "var/log/imapd.log").read_text(errors="replace")
+    assert "uncaught exception" not in log and "Traceback" not in log, log[-3000:]
