@@ -67,8 +67,8 @@ def emptytrash_spec(v: str) -> tuple[tuple[str, int], ...]:
 
 # Our default IMAP_CAPABILITY: Courier's list plus the extensions we implement.
 # capability_line() still drops any word whose command is not implemented, so the
-# list is honest whatever an admin writes; ACL/ACL2 come from IMAP_ACL as in Courier (off: not
-# implemented), ID from IMAP_ID_FIELDS, ENABLE UTF8=ACCEPT always (Courier's step 8).
+# list is honest whatever an admin writes; ACL/ACL2 come from IMAP_ACL as in Courier,
+# ID from IMAP_ID_FIELDS, ENABLE UTF8=ACCEPT always (Courier's step 8).
 DEFAULT_CAPABILITY = ("IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT "
                       "THREAD=REFERENCES SORT SORT=DISPLAY QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE IDLE "
                       "LITERAL+ MOVE UNSELECT SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC "
@@ -97,7 +97,9 @@ SETTINGS = merge_settings(listener_settings(
     Setting("IMAP_IDLE_TIMEOUT", "idle_timeout", positive_int, "60", "IDLE re-check seconds"),
     Setting("IMAP_KEYWORDS", "keywords", non_negative_int, "1",
             "custom keywords (courierimapkeywords/); always on, 0 is not honoured yet"),
-    Setting("IMAP_ACL", "acl", non_negative_int, "0", "ACL extension (not yet)"),
+    Setting("IMAP_ACL", "acl", non_negative_int, "0",
+            "1: advertise ACL ACL2=UNION (RFC 4314; the commands and rights checks on "
+            "courierimapacl work either way, as in Courier)"),
     Setting("IMAP_EMPTYTRASH", "emptytrash", emptytrash_spec, "",
             "days, or Folder:days,...: purge old messages at login and logout"),
     Setting("IMAP_MOVE_EXPUNGE_TO_TRASH", "move_expunge_to_trash", to_bool, "0",
@@ -150,6 +152,7 @@ class ImapdConfig(ListenerConfig):
     trashfoldername: str = "Trash"
     specialuse: tuple[tuple[str, str], ...] = ()   # (use, folder) besides the Trash
     specialuse_create: bool = True
+    acl: bool = False              # IMAP_ACL: advertise ACL ACL2=UNION
 
 
 def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
@@ -170,6 +173,7 @@ def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
         move_expunge_to_trash=v["move_expunge_to_trash"],
         emptytrash=v["emptytrash"], trashfoldername=v["trashfoldername"],
         specialuse=v["specialuse_folders"], specialuse_create=v["specialuse_create"],
+        acl=v["acl"] > 0,
     )
     warnings = list(loaded.warnings)
     # Words of our default list are all implemented; anything else an admin lists
@@ -233,6 +237,8 @@ def capability_line(cfg: ImapdConfig, tls: bool) -> str:
     offered = sasl_mechanisms(cfg, tls)
     words = [w for w in (cfg.capability_tls if tls else cfg.capability).split()
              if implemented(w) and (not w.upper().startswith("AUTH=") or w[5:].upper() in offered)]
+    if cfg.acl:
+        words += ["ACL", "ACL2=UNION"]      # Courier's step 3 (FORMATS.md §2.1)
     if cfg.id_fields is not None:
         words.append("ID")
     if not tls and cfg.starttls:

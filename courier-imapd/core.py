@@ -302,6 +302,16 @@ class Quota:
 
 
 @dataclass(frozen=True, slots=True)
+class AclCommand:
+    """SETACL / DELETEACL / GETACL / LISTRIGHTS / MYRIGHTS (RFC 4314 §3)."""
+    tag: str
+    verb: str
+    mailbox: str
+    identifier: str | None = None     # SETACL, DELETEACL, LISTRIGHTS
+    rights: str = ""                  # SETACL's mod-rights, checked letters
+
+
+@dataclass(frozen=True, slots=True)
 class BadCommand:
     """Answer `tag BAD text` (tag "*" when there was no usable tag)."""
     tag: str
@@ -311,7 +321,7 @@ class BadCommand:
 Command = (Capability | Noop | Logout | StartTLS | Login | Authenticate | Select
            | ListMailboxes | Status | Namespace | MailboxCommand | Rename | Check | Close
            | Expunge | Idle | Fetch | Store | Search | Sort | Thread | Append | Copy | Enable | Unselect | Id
-           | Quota)
+           | Quota | AclCommand)
 
 
 class ParseError(Exception):
@@ -753,6 +763,38 @@ def _p_quota(verb: str) -> Callable[[str, Reader, bool], Command]:
     return parse
 
 
+# RFC 4314 §2.1 rights, plus RFC 2086's c and d that Courier stores and shows.
+ACL_RIGHTS = frozenset("acdeiklprstwx")
+MAX_ACL_IDENTIFIER = 255
+
+
+def _p_acl(verb: str) -> Callable[[str, Reader, bool], Command]:
+    def parse(tag: str, r: Reader, uid: bool) -> Command:
+        # RFC 4314 §3.1-3.5: setacl = "SETACL" SP mailbox SP identifier SP mod-rights;
+        # deleteacl / listrights = verb SP mailbox SP identifier; getacl / myrights =
+        # verb SP mailbox; identifier = astring; mod-rights = astring (["+" / "-"] rights).
+        r.sp()
+        box = mailbox_name(r.astring())
+        ident: str | None = None
+        rights = ""
+        if verb in ("SETACL", "DELETEACL", "LISTRIGHTS"):
+            r.sp()
+            ident = _utf8(r.astring())
+            if not ident or len(ident) > MAX_ACL_IDENTIFIER:
+                raise ParseError("bad ACL identifier")
+        if verb == "SETACL":
+            r.sp()
+            rights = _utf8(r.astring())
+            letters = rights[1:] if rights[:1] in ("+", "-") else rights
+            # RFC 4314 §2.1: an unknown right MUST cause BAD; "k" is Courier's "c".
+            if any(c not in ACL_RIGHTS for c in letters):
+                raise ParseError("unknown right in " + rights[:40])
+            rights = rights.replace("k", "c")
+        r.end()
+        return AclCommand(tag, verb, box, ident, rights)
+    return parse
+
+
 # RFC 3501 §6.3.10; DELETED and DELETED-STORAGE: RFC 9208 §4.2 (QUOTA=RES-MESSAGE and
 # QUOTA=RES-STORAGE servers support them).
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED",
@@ -1071,6 +1113,11 @@ COMMANDS: dict[str, tuple[Parser, frozenset[State]]] = {
     "GETQUOTA": (_p_quota("GETQUOTA"), AUTH),              # RFC 9208 §4.2
     "GETQUOTAROOT": (_p_quota("GETQUOTAROOT"), AUTH),      # RFC 9208 §4.3
     "SETQUOTA": (_p_quota("SETQUOTA"), AUTH),              # RFC 9208 §4.4 (refused)
+    "SETACL": (_p_acl("SETACL"), AUTH),                    # RFC 4314 §3.1
+    "DELETEACL": (_p_acl("DELETEACL"), AUTH),              # RFC 4314 §3.2
+    "GETACL": (_p_acl("GETACL"), AUTH),                    # RFC 4314 §3.3
+    "LISTRIGHTS": (_p_acl("LISTRIGHTS"), AUTH),            # RFC 4314 §3.4
+    "MYRIGHTS": (_p_acl("MYRIGHTS"), AUTH),                # RFC 4314 §3.5
 }
 UID_COMMANDS = {"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "EXPUNGE", "COPY", "MOVE"}  # §6.4.8, RFC 6851
 

@@ -94,7 +94,8 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
         return
     send(conn, tagged(ok.tag, "OK", "LOGIN Ok."), counters)
     Session(conn, core, root, cfg, ok.user, counters,
-            account_quota=getattr(info, "quota", None) or None).run()
+            account_quota=getattr(info, "quota", None) or None,
+            acl_groups=tuple(g for g in [getattr(info, "options", {}).get("group")] if g)).run()
 
 
 def make_handler(cfg: ImapdConfig, layout: Layout, ctx) -> tcpd.Handler:

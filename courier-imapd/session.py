@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from courier_imapd import acl as aclmod
 from courier_imapd import condstore, ident, searchdata, specialuse, trash
 from courier_imapd import fetch as fetchmod
 from courier_imapd import modseq as modseqmod
@@ -23,6 +24,7 @@ from courier_imapd import thread as threadmod
 from courier_imapd.config import ImapdConfig, capability_line
 from courier_imapd.core import (
     SESSION_LIMITS,
+    AclCommand,
     Append,
     BadCommand,
     Capability,
@@ -96,6 +98,8 @@ class Session:
     qresync: bool = False           # ENABLE QRESYNC (RFC 7162 §3.2.3): VANISHED, not EXPUNGE
     copied: set[int] = field(default_factory=set)   # UIDs copied from the selected folder
     account_quota: str | None = None   # authd's QUOTA ("100000S,50C"), Courier's MAILDIRQUOTA
+    acl_groups: tuple[str, ...] = ()   # authd's OPTIONS group=, for group=<name> ACL entries
+    sel_rights: str = ""               # the user's ACL rights on the selected folder
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -191,7 +195,7 @@ class Session:
                 self.copy(ev)
             case Close(tag=tag):
                 assert self.view is not None
-                if not self.view.readonly:
+                if not self.view.readonly and "e" in self.sel_rights:
                     # Rescan first so \Deleted set by another session counts too;
                     # RFC 3501 §6.4.2: no untagged responses for CLOSE.
                     self.view.refresh(allow_expunge=False)
@@ -210,9 +214,35 @@ class Session:
                 return self.idle(ev)
             case Enable() | Unselect() | Id() | Quota():
                 self.extension(ev)
+            case AclCommand():
+                self.out(aclmod.answer(ev, self.root, folder_path(self.root, ev.mailbox),
+                                       self._who(), self._acl_name))
             case _:
                 self.out(tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"))
         return True
+
+    # -- ACL rights (RFC 4314 §4, as Courier checks them) ---------------------------------
+
+    def _who(self) -> aclmod.Who:
+        return aclmod.Who(self.user, self.acl_groups)
+
+    def _acl_name(self, name: str) -> str:
+        return aclmod.qs(name if self.utf8 else encode_mutf7(name))
+
+    def _rights(self, path: Path) -> str:
+        """The user's rights on a folder; all of them when its ACL cannot be read
+        (logged): a broken file must not lock the owner out."""
+        try:
+            return aclmod.rights_of(self.root, path, self._who())
+        except OSError as e:
+            log.error("reading the ACL of %s for %s: %s", path, self.user, e)
+            return aclmod.aclfile.ALL
+
+    def _allowed(self, tag: str, verb: str, where: str, path: Path, right: str) -> bool:
+        if right in self._rights(path):
+            return True
+        self.out(tagged(tag, "NO", aclmod.denied(verb, where, right)))
+        return False
 
     def _updates(self) -> bytes:
         if self.view is None:
@@ -336,8 +366,14 @@ class Session:
         if path is None or not (path / "cur").is_dir():
             self.out(tagged(cmd.tag, "NO", "Mailbox does not exist, or must be subscribed to."))
             return
+        rights = self._rights(path)
+        if "r" not in rights:
+            self.out(tagged(cmd.tag, "NO", aclmod.denied("SELECT/EXAMINE", cmd.mailbox, "r")))
+            return
+        # Courier: without any of i e s t w the folder can only be read.
+        readonly = cmd.readonly or not set(rights) & set("iestw")
         try:
-            view = MailboxView(cmd.mailbox, Maildir(path), cmd.readonly)
+            view = MailboxView(cmd.mailbox, Maildir(path), readonly)
         except OSError as e:
             log.error("cannot open %s for %s: %s", path, self.user, e)
             self.out(tagged(cmd.tag, "NO", "Cannot open the mailbox"))
@@ -345,6 +381,7 @@ class Session:
         view.disposer = trash.disposer_for(self.root, path, self.cfg)
         view.disposer.copied = self.copied
         self.view = view
+        self.sel_rights = rights
         self.core.set_state(State.SELECTED)
         self.title(f"SELECTED {cmd.mailbox}")
         lines = view.select_responses()
@@ -361,7 +398,7 @@ class Session:
                     cmd.qresync, view.state.uidvalidity, view.state.uidnext, view.messages,
                     view.tracker, lambda m: flags_text(m.flags, m.uid in view.recent, m.keywords))
         self.out(self._untagged(lines),
-                 tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if cmd.readonly else "READ-WRITE"))
+                 tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if readonly else "READ-WRITE"))
 
     def _track(self, view: MailboxView, just_opened: bool = False) -> list[str]:
         """Start mod-sequences for the selected folder (RFC 7162); its HIGHESTMODSEQ line.
@@ -459,6 +496,10 @@ class Session:
                     self.out(tagged(cmd.tag, "NO", "Unsupported special-use attribute",
                                     "USEATTR"))
                     return
+                parent = cmd.mailbox.rsplit(".", 1)[0] if "." in cmd.mailbox else "INBOX"
+                ppath = folder_path(self.root, parent)
+                if ppath is not None and not self._allowed(cmd.tag, "CREATE", parent, ppath, "c"):
+                    return
                 folders.create_folder(self.root, cmd.mailbox)
                 if cmd.use:
                     specialuse.remember(self.root, cmd.mailbox, cmd.use)
@@ -466,6 +507,10 @@ class Session:
                 if self.view is not None and \
                         folder_path(self.root, self.view.name) == folder_path(self.root, cmd.mailbox):
                     raise FolderError("Cannot delete the selected mailbox")
+                dpath = folder_path(self.root, cmd.mailbox)
+                if dpath is not None and (dpath / "cur").is_dir() and \
+                        not self._allowed(cmd.tag, "DELETE", cmd.mailbox, dpath, "x"):
+                    return
                 folders.delete_folder(self.root, cmd.mailbox)
             elif cmd.verb == "SUBSCRIBE":
                 folders.subscribe(self.root, cmd.mailbox)
@@ -511,7 +556,12 @@ class Session:
         path = self._target(cmd.tag, cmd.mailbox)
         if path is None:
             return
+        rights = self._rights(path)
+        if "i" not in rights:
+            self.out(tagged(cmd.tag, "NO", aclmod.denied("APPEND", cmd.mailbox, "i")))
+            return
         letters, names = split_flags(cmd.flags)
+        letters, names = aclmod.flags_allowed(rights, letters, names)
         size, count = quotamod.charge(path, quotamod.stored_size(cmd.message), 1)
         if not self._quota_allows(cmd.tag, path, size, count):
             return
@@ -545,6 +595,14 @@ class Session:
         path = self._target(cmd.tag, cmd.mailbox)
         if path is None:
             return
+        rights = self._rights(path)
+        if "i" not in rights:
+            self.out(tagged(cmd.tag, "NO", aclmod.denied(verb, cmd.mailbox, "i")))
+            return
+        if cmd.move and not {"e", "t"} <= set(self.sel_rights):
+            # RFC 6851 §3.3 with RFC 4314: moving out deletes and expunges.
+            self.out(tagged(cmd.tag, "NO", aclmod.denied(verb, "current mailbox", "te")))
+            return
         picked = [view.messages[i] for i in idx]
         if any(m.uid in view.ghosts for m in picked):
             self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
@@ -560,8 +618,9 @@ class Session:
         try:
             try:
                 added = folders.copy_messages(
-                    [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path,
-                    [m.keywords for m in picked])
+                    [(view.maildir.path_of(m), aclmod.flags_allowed(rights, m.flags, frozenset())[0], m.size)
+                     for m in picked], path,
+                    [aclmod.flags_allowed(rights, "", m.keywords)[1] for m in picked])
             except FileNotFoundError:
                 # All or nothing was copied. Another session's flag change renames a
                 # file: follow the renames and try once more before saying expunged.
@@ -569,8 +628,9 @@ class Session:
                     raise
                 picked = [view.messages[i] for i in idx]
                 added = folders.copy_messages(
-                    [(view.maildir.path_of(m), m.flags, m.size) for m in picked], path,
-                    [m.keywords for m in picked])
+                    [(view.maildir.path_of(m), aclmod.flags_allowed(rights, m.flags, frozenset())[0], m.size)
+                     for m in picked], path,
+                    [aclmod.flags_allowed(rights, "", m.keywords)[1] for m in picked])
         except FileNotFoundError:
             view.refresh(allow_expunge=False)   # they become ghosts; expunged later
             self.out(tagged(cmd.tag, "NO", "Some messages were expunged by another session"))
@@ -777,6 +837,12 @@ class Session:
         # go to courierimapkeywords/ in one locked read-merge-write for the command.
         # \Recent cannot be stored and is ignored (RFC 3501 §7.1).
         letters, names = split_flags(cmd.flags)
+        if cmd.mode is StoreMode.REPLACE and not set("stw") <= set(self.sel_rights):
+            # Replacing would also change flags the user may not touch.
+            self.out(tagged(cmd.tag, "NO", aclmod.denied("STORE", "current mailbox", "stw")))
+            return
+        # Courier's acl_flags_adjust: a flag the user may not change is left alone.
+        letters, names = aclmod.flags_allowed(self.sel_rights, letters, names)
         missing = False
         changed: list[int] = []
         pre, idx, modified = self._unchangedsince(cmd, idx)
@@ -864,6 +930,9 @@ class Session:
     def expunge(self, cmd: Expunge) -> None:
         view = self.view
         assert view is not None
+        if "e" not in self.sel_rights:
+            self.out(tagged(cmd.tag, "NO", aclmod.denied("EXPUNGE", "current mailbox", "e")))
+            return
         if view.readonly:
             self.out(tagged(cmd.tag, "NO", "Mailbox is read-only"))
             return
