@@ -408,22 +408,32 @@ class Authenticator:
             log.append(f"received password change request, service={req.service}, "
                        f"user={req.user}")
         self._cache.clear()   # no cached answer may outlive the old password
+        # Courier's authdaemond walks authmodulelist in order: a module that does not
+        # know the user passes to the next, the first one that does decides (changed
+        # or refused), so the same name further down the list is never touched.
         for m in self.modules:
+            if self.debug:
+                log.append(f"{m.name}: trying this module")
             change = getattr(m, "passwd", None)
-            if change is None:
-                continue
-            # Modules with their own PASSWD (Courier's CHPASS clause needs the clear new
-            # password, LDAP_AUTHBIND binds as the user): None means not our user.
-            done = change(req.user, req.oldpw, req.newpw, req.service)
-            if done is None:
-                continue
-            log.append(f"password {'changed' if done else 'change refused'} for {req.user}"
-                       f" ({m.name})")
-            return Outcome(OK if done else FAIL, tuple(log), req.user)
-        found = self._find(".", req.user, log, req.service)
-        if found is None:
-            return Outcome(FAIL, tuple(log), req.user)
-        m, a = found
+            if change is not None:
+                # Modules with their own PASSWD (Courier's CHPASS clause needs the clear
+                # new password, LDAP_AUTHBIND binds as the user): None = not our user.
+                done = change(req.user, req.oldpw, req.newpw, req.service)
+                if done is None:
+                    continue
+                log.append(f"password {'changed' if done else 'change refused'} for "
+                           f"{req.user} ({m.name})")
+                return Outcome(OK if done else FAIL, tuple(log), req.user)
+            a = self._lookup(m, req.user, req.service)
+            if a is not None:
+                return self._change_stored(m, a, req, log)
+        if self.debug:
+            log.append("FAIL, no module knows the user")
+        return Outcome(FAIL, tuple(log), req.user)
+
+    def _change_stored(self, m: Module, a: Account, req: PasswdRequest,
+                       log: list[str]) -> Outcome:
+        """PASSWD for a module that only stores hashes: check the old one, write the new."""
         pwfield = f"{req.service}pw" if a.passwords.get(f"{req.service}pw") else "systempw"
         stored = a.passwords.get(pwfield, "")
         if not stored or not check_password(req.oldpw, stored) or not req.newpw:
