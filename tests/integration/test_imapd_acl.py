@@ -6,7 +6,10 @@ the parent, DELETE x, STORE s/t/w) with the owner cutting its own rights."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,34 @@ def test_rights_are_enforced(raw) -> None:
     assert raw.cmd(b"q", b"SETACL INBOX.Box owner alr")[-1] == b"q OK ACLs updated.\r\n"
     assert raw.cmd(b"r", b"EXAMINE INBOX")[-1].startswith(b"r OK")
     assert raw.cmd(b"s", b"SELECT INBOX.Box")[-1].startswith(b"s OK [READ-ONLY]")
+
+
+COURIER_IMAPD = Path(os.environ.get("COURIER_IMAPD",
+                                    "/var/tmp/mail-anchors/courier/usr/bin/imapd"))
+
+
+@pytest.mark.skipif(not os.access(COURIER_IMAPD, os.X_OK),
+                    reason=f"Courier's imapd not unpacked at {COURIER_IMAPD}")
+def test_courier_reads_what_we_wrote(raw, tmp_path) -> None:
+    """Our courierimapacl files, read by Courier's own imapd, give its same answers."""
+    script = [b"SETACL INBOX.Foo bob lrsd", b"SETACL INBOX.Foo -anyone p",
+              b"SETACL INBOX.Foo " + USER.encode() + b" +lrsiw",
+              b"SETACL INBOX.Foo -" + USER.encode() + b" w", b"SETACL INBOX.Foo.Sub carol lr"]
+    raw.cmd(b"a", b"CREATE INBOX.Foo")
+    raw.cmd(b"b", b"CREATE INBOX.Foo.Sub")
+    for n, line in enumerate(script):
+        assert raw.cmd(b"s%d" % n, line)[-1] == b"s%d OK ACLs updated.\r\n" % n
+    queries = [b"GETACL INBOX.Foo", b"MYRIGHTS INBOX.Foo", b"GETACL INBOX.Foo.Sub",
+               b"MYRIGHTS INBOX.Foo.Sub", b"GETACL INBOX"]
+    ours = b"".join(b"".join(raw.cmd(b"q%d" % n, q)) for n, q in enumerate(queries))
+    # A copy owned by us: Courier insists that the Maildir is its process's own.
+    md = tmp_path / "Maildir"
+    shutil.copytree(raw.maildir, md, symlinks=True)
+    env = {"AUTHENTICATED": USER, "HOME": str(tmp_path), "IMAP_ACL": "1",
+           "PATH": "/usr/bin:/bin", "HOSTNAME": "courier.test"}
+    stdin = b"".join(b"q%d %s\r\n" % (n, q) for n, q in enumerate(queries))
+    r = subprocess.run([str(COURIER_IMAPD), str(md)], input=stdin,
+                       capture_output=True, env=env, cwd=tmp_path, timeout=60, check=False)
+    assert r.stdout.startswith(b"* PREAUTH"), (r.stdout, r.stderr)
+    theirs = r.stdout.split(b"\r\n", 1)[1]      # after * PREAUTH
+    assert theirs == ours, (theirs, ours)
