@@ -73,6 +73,24 @@ class Client:
         self.seen[status.decode()] = self.seen.get(status.decode(), 0) + 1
         return status, lines[:-1]
 
+    def idle_until_exists(self, action) -> None:
+        """IDLE, run action (which delivers), read until the new EXISTS, DONE."""
+        self.n += 1
+        tag = f"{self.name}{self.n}".encode()
+        assert self.pending() == b"", f"{self.name}: sent with no command in progress"
+        self.r.send(tag + b" IDLE\r\n")
+        while not (ln := self.r.line()).startswith(b"+ "):
+            self.apply("IDLE", ln)
+        before = len(self.uids)
+        action()
+        while len(self.uids) == before:          # bounded by the socket's timeout
+            self.apply("IDLE", self.r.line())
+        self.r.send(b"DONE\r\n")
+        lines = self.r.until(tag)
+        for ln in lines[:-1]:
+            self.apply("IDLE", ln)
+        assert lines[-1].startswith(tag + b" OK"), lines[-1]
+
     def pending(self) -> bytes:
         """Bytes the server sent that no command asked for (§7.4.1: none may come)."""
         self.r.sock.settimeout(0.0)
@@ -154,11 +172,11 @@ def test_random_interleavings_follow_the_rfc(box) -> None:
     oracle = Client(box, "O", examine=True)
     delivered = 6
     try:
-        # op:      deliver store uidstore expunge fetch body search uidfetch check verify
-        weights = (3,      5,    1,       2,      2,    1,   1,     1,       1,    2)
-        for _step in range(150):
+        # op:      deliver store uidstore expunge fetch body search uidfetch check verify idle
+        weights = (3,      5,    1,       2,      2,    1,   1,     1,       1,    2,     1)
+        for _step in range(200):
             c = rng.choice((a, b))
-            op = rng.choices(range(10), weights)[0]
+            op = rng.choices(range(11), weights)[0]
             n = len(c.uids)
             seq = rng.randint(1, n) if n else None
             if op == 0:
@@ -186,6 +204,9 @@ def test_random_interleavings_follow_the_rfc(box) -> None:
                 c.run("UID FETCH", b"UID FETCH 1:* (FLAGS RFC822.SIZE)")
             elif op == 8:
                 c.run("CHECK", b"CHECK")
+            elif op == 10:
+                c.idle_until_exists(lambda k=delivered: deliver(box.maildir(USER), msg(k)))
+                delivered += 1
             else:
                 check_against(c, oracle)
             c.catch_up()
