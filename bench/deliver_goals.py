@@ -156,8 +156,8 @@ def rate_round(inst: Instance, n: int, size: int) -> float:
     time.sleep(0.5)         # the last replies and reaps
     cpu1 = cpu_snapshot(inst)
     hz = os.sysconf("SC_CLK_TCK")
-    print("# %.1f msg/s; CPU ms per message: %s" % (rate, ", ".join(
-        f"{k} {(cpu1[k] - cpu0[k]) * 1000 / hz / n:.2f}" for k in cpu0)), file=sys.stderr)
+    per = ", ".join(f"{k} {(cpu1[k] - cpu0[k]) * 1000 / hz / n:.2f}" for k in cpu0)
+    print(f"# {rate:.1f} msg/s; CPU ms per message: {per}", file=sys.stderr)
     return rate
 
 

@@ -77,6 +77,8 @@ logger = logging.getLogger("courier.courierlocal")
 REQUEST_TIMEOUT = 30.0       # to read one request line
 IDLE_TIMEOUT = 60.0          # a kept-open connection without a next request is closed
 MAX_REQUESTS = 10000         # requests on one connection; courierd then opens another
+ACCOUNT_CACHE_SECONDS = 5.0  # how long a connection child reuses authd's answer for a user
+ACCOUNT_CACHE_SIZE = 1000    # users remembered by one connection child
 MAX_DELIVERY_TIMEOUT = 3600.0  # the most ETC/localtimeout may ask for
 MAX_CHILDREN = 32            # connection children at once; more wait in the backlog
 STOP_WAIT = 5.0             # on SIGTERM, how long in-flight deliveries may finish
@@ -216,6 +218,7 @@ def handle_connection(conn: socket.socket, authsocket: Path,
     request, after MAX_REQUESTS, or after a request that could not be parsed
     (the stream may be out of step then)."""
     reader = RequestReader()
+    accounts = AccountCache()
     last: Reply | None = None
     for n in range(MAX_REQUESTS):
         try:
@@ -232,7 +235,7 @@ def handle_connection(conn: socket.socket, authsocket: Path,
         # localtimeout is read for each request: a change applies to the next one.
         last = _serve_request(req, fd, authsocket, default_maildir, forward,
                               read_localtimeout(etc) if timeout is None else timeout,
-                              journal)
+                              journal, accounts)
         if not _send_reply(conn, last):
             return last
     return last
@@ -240,7 +243,7 @@ def handle_connection(conn: socket.socket, authsocket: Path,
 
 def _serve_request(req: DeliverRequest, fd: int, authsocket: Path, default_maildir: str,
                    forward: ForwardSpool | None, timeout: float,
-                   journal: Journal | None) -> Reply:
+                   journal: Journal | None, accounts: AccountCache | None = None) -> Reply:
     try:
         if not _lock_message(fd, timeout):
             return Reply(Status.TEMP, "4.3.0 another delivery of this message is still "
@@ -250,7 +253,8 @@ def _serve_request(req: DeliverRequest, fd: int, authsocket: Path, default_maild
             # (it was killed meanwhile): the copy is in already.
             logger.info("delivery to %s: already done, not repeated", req.recipient)
             return Reply(Status.OK, "already delivered")
-        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward, timeout)
+        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward, timeout,
+                                    accounts)
         if reply.status is Status.OK and journal is not None:
             journal.record(fd, req.recipient, req.user)
         return reply
@@ -293,12 +297,39 @@ def find_account(authsocket: Path, user: str) -> tuple[AuthInfo, str | None] | N
     return None
 
 
+class AccountCache:
+    """find_account's answers for ACCOUNT_CACHE_SECONDS, in one connection child:
+    a burst of mail for one user asks authd once, not once a message. Only
+    accounts found are kept (an unknown user is asked again, so a new account
+    gets mail at once), and never longer than a few seconds, so a changed home
+    or quota applies to the next burst, as Courier's authdaemon cache allows."""
+
+    def __init__(self, ttl: float = ACCOUNT_CACHE_SECONDS, size: int = ACCOUNT_CACHE_SIZE):
+        self.ttl = ttl
+        self.size = size
+        self._found: dict[str, tuple[float, tuple[AuthInfo, str | None]]] = {}
+
+    def find(self, authsocket: Path, user: str) -> tuple[AuthInfo, str | None] | None:
+        now = time.monotonic()
+        hit = self._found.get(user)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
+        found = find_account(authsocket, user)
+        if found is not None:
+            if len(self._found) >= self.size:
+                self._found.clear()
+            self._found[user] = (now, found)
+        return found
+
+
 def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
                         default_maildir: str, forward: ForwardSpool | None = None,
-                        timeout: float = DELIVERY_TIMEOUT) -> Reply:
+                        timeout: float = DELIVERY_TIMEOUT,
+                        accounts: AccountCache | None = None) -> Reply:
     user = req.user or req.recipient
     try:
-        found = find_account(authsocket, user)
+        found = (accounts.find(authsocket, user) if accounts is not None
+                 else find_account(authsocket, user))
     except AuthTempFail as e:
         return Reply(Status.TEMP, f"4.4.3 authentication service unavailable: {e}")
     if found is None:

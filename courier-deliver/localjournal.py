@@ -16,7 +16,11 @@ modification time in nanoseconds: a later message that reuses the inode has a
 different mtime), so a request for the same file and recipient is answered OK
 without delivering again. Only OK deliveries are recorded, so nothing the
 journal says can keep a message from being delivered once. Appends are one
-short O_APPEND write each (atomic between concurrent children) and fsync'd.
+short O_APPEND write each (atomic between concurrent children), not fsync'd:
+what the journal guards against is courierd killed or restarted, and the page
+cache outlives any process; after a crash of the whole machine an entry may be
+missing, which brings back the duplicate and never loses a message (the
+Maildir file itself was fsync'd before the entry was written).
 The file is pruned of entries older than KEEP at helper start and when it
 grows past MAX_BYTES; losing it only brings back the duplicate.
 """
@@ -75,7 +79,6 @@ class Journal:
                           0o600)
             try:
                 os.write(jfd, line)
-                os.fsync(jfd)
                 size = os.fstat(jfd).st_size
             finally:
                 os.close(jfd)
