@@ -114,3 +114,70 @@ def test_no_helper_is_temporary(tmp_path):
     finally:
         os.close(fd)
     assert reply.status is Status.TEMP and "not running" in reply.text
+
+
+def test_kept_connection_serves_many_requests(helper, tmp_path):
+    """courierd's LocalClient sends request after request on one connection: one
+    connection child answers them all (the same socket comes back each time)."""
+    from courier_deliver.local import LocalClient
+    path = helper({os.getuid()})
+    client = LocalClient(timeout=10)
+    fd = data_fd(tmp_path)
+    seen = []
+    try:
+        for _ in range(3):
+            reply = client.request(path, fd, "", "alice@example.com")
+            assert reply.status is Status.TEMP and reply.text.startswith("4.4.3"), reply
+            assert len(client._idle) == 1
+            seen.append(client._idle[0][1])
+    finally:
+        os.close(fd)
+        client.close()
+    assert seen[0] is seen[1] is seen[2]
+    assert seen[0].fileno() == -1          # closed by client.close()
+
+
+def _one_shot_server(path, answers: int):
+    """A peer that answers one request per connection and closes it, as a
+    connection child does at its idle timeout; counts its connections."""
+    import threading
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(4)
+    srv.settimeout(10)
+    conns = []
+
+    def run():
+        for _ in range(answers):
+            conn, _ = srv.accept()
+            with conn:
+                conns.append(conn)
+                data, fds, _f, _a = socket.recv_fds(conn, 4096, 4)
+                for f in fds:
+                    os.close(f)
+                assert data.startswith(b"DELIVER ")
+                conn.sendall(b"OK stored\n")
+        srv.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, conns
+
+
+def test_kept_connection_closed_by_the_helper_is_replaced(tmp_path):
+    from courier_deliver.local import LocalClient
+    path = tmp_path / "one-shot.sock"
+    thread, conns = _one_shot_server(path, 2)
+    client = LocalClient(timeout=10)
+    fd = data_fd(tmp_path)
+    try:
+        assert client.request(path, fd, "", "a@b").status is Status.OK
+        # The kept connection is closed on the other side now: the client finds
+        # out (EOF or EPIPE before any reply byte) and asks on a new one.
+        reply = client.request(path, fd, "", "a@b")
+        assert reply.status is Status.OK and reply.text == "stored", reply
+    finally:
+        os.close(fd)
+        client.close()
+    thread.join(10)
+    assert len(conns) == 2
