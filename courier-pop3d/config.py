@@ -18,6 +18,7 @@ from libcourier.config.listener import (
     merge_settings,
 )
 from libcourier.config.schema import Setting, positive_int, to_bool, to_str
+from libcourier.sasl import IMPLEMENTED
 
 SETTINGS = merge_settings(listener_settings(
     proto="POP3", port="110", sslport="995", maxperip="4",
@@ -84,19 +85,27 @@ def load_config(etc: Path, service: str) -> tuple[Pop3dConfig, list[str]]:
 
 
 # What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
-# CRAM-* only when accounts have HMAC secrets or clear passwords); the listener asks
-# for no client certificate (EXTERNAL). Offering more would only produce failures.
+# CRAM-* and SCRAM-* only when accounts have HMAC/SCRAM secrets or clear passwords) and
+# changes when makeuserdb adds them, so each connection offers the configured
+# mechanisms authd names at that moment (main.offered); the listener asks for no
+# client certificate (EXTERNAL). Offering more would only produce failures.
 SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
 
 
 def sasl_list(value: str, key: str, warnings: list[str],
               verifiable: frozenset[str] = SASL_VERIFIABLE) -> tuple[str, ...]:
-    """Courier's POP3AUTH / POP3AUTH_TLS: mechanism names separated by spaces."""
+    """Courier's POP3AUTH / POP3AUTH_TLS: mechanism names separated by spaces, kept when
+    libcourier.sasl implements them (a warning when authd cannot verify one yet)."""
     out: list[str] = []
     for name in value.split():
         mech = name.upper()
-        if mech not in verifiable:
-            warnings.append(f"{key}: {name} is not offered (only {', '.join(sorted(verifiable))})")
-        elif mech not in out:
+        if mech not in IMPLEMENTED or mech == "EXTERNAL":
+            warnings.append(f"{key}: {name} is not offered (not implemented)")
+        elif mech in out:
+            continue
+        else:
+            if mech not in verifiable:
+                warnings.append(f"{key}: {name} is offered only once authd can verify it "
+                                f"(now: {', '.join(sorted(verifiable))})")
             out.append(mech)
     return tuple(out)

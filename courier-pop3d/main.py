@@ -94,13 +94,16 @@ def maildir_of(home: str, maildir: str | None, default: str) -> Path:
 
 def handle_connection(conn: Wire, *, cfg: Pop3dConfig, layout: Layout, starttls_ctx) -> None:
     proctitle.set_title(f"pop3d: [{conn.peer_ip}] AUTHORIZATION")
+    # What authd can verify now (its mechanisms file, re-read when it changed).
+    verifiable = authclient.verifiable_mechanisms_for(cfg.etc)
     core = Pop3Server(Options(stls=starttls_ctx is not None, tls=conn.tls,
-                              tls_required=cfg.tls_required, sasl=cfg.pop3auth,
-                              sasl_tls=cfg.pop3auth_tls, hostname=socket.gethostname(),
+                              tls_required=cfg.tls_required,
+                              sasl=tuple(m for m in cfg.pop3auth if m in verifiable),
+                              sasl_tls=tuple(m for m in cfg.pop3auth_tls if m in verifiable),
+                              hostname=socket.gethostname(),
                               max_bad_commands=cfg.max_bad_commands,
                               max_failed_logins=cfg.max_failed_logins,
                               nonce=lambda: cram_nonce(int(time.time())),
-                              # pop3auth(_tls) already hold only what authd can verify.
                               scram=True))
     counters = Counters()
     ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters,

@@ -16,7 +16,6 @@ from pathlib import Path
 from courier_smtpd.bofh import Bofh, load_bofh
 from courier_smtpd.headers import MAX_HEADER_OCTETS
 
-from libcourier.authclient import verifiable_mechanisms_for
 from libcourier.config import ConfigError
 from libcourier.config.control import read_control_file, read_control_value
 from libcourier.config.listener import (
@@ -122,20 +121,15 @@ class SmtpdConfig(ListenerConfig):
     timeout: float = 300.0             # ESMTPD_TIMEOUT: idle seconds before 421
 
 
-# What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
-# CRAM-* only when accounts have HMAC secrets or clear passwords); the listener asks
-# for no client certificate (EXTERNAL), so that is never offered.
-SASL_VERIFIABLE = frozenset({"PLAIN", "LOGIN"})
-
-
-def _mechanisms(text: str, *, tls: bool,
-                verifiable: frozenset[str] = SASL_VERIFIABLE) -> tuple[str, ...]:
+def _mechanisms(text: str, *, tls: bool) -> tuple[str, ...]:
     # Courier's ESMTPAUTH lists are the admin's choice, so a plain-text mechanism
-    # listed in ESMTPAUTH is offered in the clear (allow_plaintext).
-    # SCRAM-* too: the session answers the exchange's authd requests (AuthScramKeys/Proof).
-    return tuple(m for m in offered_mechanisms(text.split(), tls=tls, allow_plaintext=True,
-                                               scram=True)
-                 if m in verifiable)
+    # listed in ESMTPAUTH is offered in the clear (allow_plaintext). SCRAM-* too: the
+    # session answers the exchange's authd requests (AuthScramKeys/Proof). What authd
+    # can verify (libcourier.authclient.verifiable_mechanisms: CRAM-*/SCRAM-* only with
+    # HMAC/SCRAM secrets or clear passwords) changes when makeuserdb adds them, so each
+    # session keeps only those at its start (main, Session's `verifiable`); the
+    # listener asks for no client certificate (EXTERNAL), so that is never offered.
+    return offered_mechanisms(text.split(), tls=tls, allow_plaintext=True, scram=True)
 
 
 def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
@@ -171,10 +165,8 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
                      for line in read_control_file(etc / "esmtpgreeting")[:MAX_GREETING_LINES])
     return SmtpdConfig(
         **loaded.common, hostname=me, sizelimit=sizelimit,
-        auth_plain=_mechanisms(v["esmtpauth"], tls=False,
-                               verifiable=verifiable_mechanisms_for(etc)),
-        auth_tls=_mechanisms(v["esmtpauth_tls"] or v["esmtpauth"], tls=True,
-                             verifiable=verifiable_mechanisms_for(etc)),
+        auth_plain=_mechanisms(v["esmtpauth"], tls=False),
+        auth_tls=_mechanisms(v["esmtpauth_tls"] or v["esmtpauth"], tls=True),
         auth_required=v["auth_required"],
         add_message_id=not v["noaddmsgid"], add_date=not v["noadddate"],
         header_limit=header_limit, auth_sender_check=v["auth_sender_check"],

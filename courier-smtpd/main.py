@@ -55,7 +55,8 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
     session = Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
                       authenticate=partial(_authenticate, layout.authsocket),
                       relayclient=relayclient,
-                      scram=authclient.ScramAuthd(layout.authsocket, "esmtp", conn.peer_ip))
+                      scram=authclient.ScramAuthd(layout.authsocket, "esmtp", conn.peer_ip),
+                      verifiable=authclient.verifiable_mechanisms(layout.authsocket))
     policy.remote_host = session.verified_rdns
     session.run()
 
@@ -91,6 +92,9 @@ def _authenticate(authsocket: Path, creds: Credentials, ip: str) -> str | None:
 def make_handler(cfg: SmtpdConfig, layout: Layout, ctx) -> tcpd.Handler:
     # Re-read on every load (SIGHUP) with the config: `me`, `locals`, `hosteddomains`.
     domains = load_domains(cfg.etc, cfg.hostname)
+    # What authd can verify, read once before the children drop privileges (each session
+    # re-reads it when it changed, and keeps this copy if it cannot).
+    authclient.verifiable_mechanisms(layout.authsocket)
     aliases = AliasTable(cfg.etc / "aliases.dat", domains.me, domains.is_locals)
     return partial(handle_connection, cfg=cfg, layout=layout, domains=domains,
                    starttls_ctx=None if cfg.tls_on_connect else ctx, aliases=aliases)

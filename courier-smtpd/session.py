@@ -148,7 +148,7 @@ class Session:
                  clock: Callable[[], float] = time.time,
                  authenticate: Authenticate | None = None,
                  sleep: Callable[[float], None] = time.sleep, relayclient: bool = False,
-                 scram: ScramBackend | None = None):
+                 scram: ScramBackend | None = None, verifiable: frozenset[str] | None = None):
         self.conn = conn
         self.cfg = cfg
         self.spooldir = spooldir
@@ -158,11 +158,15 @@ class Session:
         self.authenticate = authenticate
         self.scram = scram          # authd's two SCRAM requests (AUTH SCRAM-*)
         self.sleep = sleep
-        # No verifier, no AUTH: offering what nobody can check would only refuse.
+        # No verifier, no AUTH: offering what nobody can check would only refuse; and
+        # of the configured mechanisms only those authd can verify now (`verifiable`).
+        def offer(mechs: tuple[str, ...]) -> tuple[str, ...]:
+            if authenticate is None:
+                return ()
+            return mechs if verifiable is None else tuple(m for m in mechs if m in verifiable)
         info = SessionInfo(cfg.hostname, tls_available=starttls_ctx is not None and not conn.tls,
                            tls_active=conn.tls,
-                           auth_plain=cfg.auth_plain if authenticate else (),
-                           auth_tls=cfg.auth_tls if authenticate else (),
+                           auth_plain=offer(cfg.auth_plain), auth_tls=offer(cfg.auth_tls),
                            auth_required=cfg.auth_required, greeting=cfg.greeting,
                            nonce=cram_nonce(int(clock())),
                            scram=scram is not None and authenticate is not None)

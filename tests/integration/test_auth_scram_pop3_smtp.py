@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import socket
+import time
 
 import pytest
 from courier_authd.passwords import hash_password
@@ -51,8 +52,9 @@ class ScramClient:
         assert server_final == self.expect, "the server does not know the key"
 
 
-def with_scram_keys(inst) -> None:
-    inst.adduser(USER, PASSWORD)
+def with_scram_keys(inst, *, adduser: bool = True) -> None:
+    if adduser:
+        inst.adduser(USER, PASSWORD)
     src = inst.etc / "userdb"
     entry = next(e for e in parse_userdb(src) if e.name == USER)
     fields = dict(entry.fields)
@@ -248,5 +250,38 @@ def test_scram_not_offered_when_authd_cannot_verify_it(new_instance):
         assert b"AUTH LOGIN" in ehlo
         c.send(b"AUTH SCRAM-SHA-256")
         assert c.line().startswith(b"504 5.5.4")
+    finally:
+        c.close()
+
+
+def test_scram_offered_once_makeuserdb_adds_keys_without_a_restart(new_instance):
+    """authd re-publishes what it can verify after a makeuserdb; pop3d and esmtpd
+    read that per connection, as imapd does per CAPABILITY."""
+    inst = new_instance
+    inst.adduser(USER, PASSWORD)
+    configure(inst)
+    c, ehlo = smtp(inst)
+    c.close()
+    assert not any(b"SCRAM" in line for line in ehlo)
+    sock = inst.layout.authsocket
+    assert "SCRAM-SHA-256" not in verifiable_mechanisms(sock)
+    with_scram_keys(inst, adduser=False)   # adds keys, compiles the userdb
+    deadline = time.monotonic() + 60
+    while "SCRAM-SHA-256" not in verifiable_mechanisms(sock):
+        assert time.monotonic() < deadline, "authd did not publish SCRAM-SHA-256"
+        time.sleep(0.2)
+    c = pop3(inst)
+    try:
+        assert b"SASL SCRAM-SHA-256 SCRAM-SHA-1" in pop3_capa(c)
+        ok = pop3_scram(c, "SCRAM-SHA-256", ScramClient("sha256", USER, PASSWORD), initial=True)
+        assert ok.startswith(b"+OK"), ok
+    finally:
+        c.close()
+    c, ehlo = smtp(inst)
+    try:
+        assert b"AUTH SCRAM-SHA-256 SCRAM-SHA-1 LOGIN" in ehlo
+        ok = smtp_scram(c, "SCRAM-SHA-1", ScramClient("sha1", "plainuser", "pencil"),
+                        initial=True)
+        assert ok.startswith(b"235 2.7.0"), ok
     finally:
         c.close()
