@@ -531,6 +531,16 @@ class Session:
             # Our view's directory would move under us; Courier refuses this too.
             self.out(tagged(cmd.tag, "NO", "Cannot rename the selected mailbox"))
             return
+        # Courier: "x" on the folder renamed, "c" on the new parent.
+        old = folder_path(self.root, cmd.old)
+        if old is not None and old.is_dir() and \
+                not self._allowed(cmd.tag, "RENAME", cmd.old, old, "x"):
+            return
+        parent = cmd.new.rsplit(".", 1)[0] if "." in cmd.new else "INBOX"
+        ppath = folder_path(self.root, parent)
+        if ppath is not None and ppath.is_dir() and \
+                not self._allowed(cmd.tag, "RENAME", parent, ppath, "c"):
+            return
         try:
             folders.rename_folder(self.root, cmd.old, cmd.new)
         except FolderError as e:
@@ -837,12 +847,10 @@ class Session:
         # go to courierimapkeywords/ in one locked read-merge-write for the command.
         # \Recent cannot be stored and is ignored (RFC 3501 §7.1).
         letters, names = split_flags(cmd.flags)
-        if cmd.mode is StoreMode.REPLACE and not set("stw") <= set(self.sel_rights):
-            # Replacing would also change flags the user may not touch.
-            self.out(tagged(cmd.tag, "NO", aclmod.denied("STORE", "current mailbox", "stw")))
-            return
-        # Courier's acl_flags_adjust: a flag the user may not change is left alone.
-        letters, names = aclmod.flags_allowed(self.sel_rights, letters, names)
+        # RFC 4314 §4 (Courier's acl_flags_adjust): a flag the user may not change is
+        # left as it is, also by FLAGS (Courier 5.0.13 clears it there; we do not).
+        rights = self.sel_rights
+        letters, names = aclmod.flags_allowed(rights, letters, names)
         missing = False
         changed: list[int] = []
         pre, idx, modified = self._unchangedsince(cmd, idx)
@@ -854,7 +862,9 @@ class Session:
                 continue
             try:
                 if cmd.mode is StoreMode.REPLACE:
-                    msg = view.maildir.change_flags(msg, exact=letters)
+                    held = "".join(sorted(set(msg.flags) - set(
+                        aclmod.flags_allowed(rights, msg.flags, frozenset())[0])))
+                    msg = view.maildir.change_flags(msg, exact=letters + held)
                 elif cmd.mode is StoreMode.ADD:
                     msg = view.maildir.change_flags(msg, add=letters)
                 else:
@@ -865,7 +875,7 @@ class Session:
                 continue
             view.update(i, msg)
             changed.append(i)
-        if names or (cmd.mode is StoreMode.REPLACE
+        if names or (cmd.mode is StoreMode.REPLACE and "w" in rights
                      and any(view.messages[i].keywords for i in changed)):
             mode = {StoreMode.REPLACE: "=", StoreMode.ADD: "+"}.get(cmd.mode, "-")
             try:

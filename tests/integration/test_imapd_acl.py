@@ -136,7 +136,24 @@ def test_rights_are_enforced(raw) -> None:
     assert re.search(rb"FLAGS \(([^)]*)\)", b"".join(out)).group(1).split() == [b"\\Seen"]
     assert raw.cmd(b"o", b"EXPUNGE")[-1] == \
         b'o NO Access denied for EXPUNGE on current mailbox (ACL "e" required)\r\n'
-    assert raw.cmd(b"p", b"STORE 1 FLAGS (\\Seen)")[-1].startswith(b"p NO Access denied")
+    # FLAGS replaces only what the user may change: \Seen goes, \Answered is not set.
+    out = raw.cmd(b"p", b"STORE 1 FLAGS (\\Answered)")
+    assert out[-1].startswith(b"p OK")
+    assert re.search(rb"FLAGS \(([^)]*)\)", b"".join(out)).group(1) == b""
+    assert raw.cmd(b"p2", b"SETACL INBOX.Box owner alrsiwt")[-1].startswith(b"p2 OK")
+    assert raw.cmd(b"p3", b"SELECT INBOX.Box")[-1].startswith(b"p3 OK")
+    assert raw.cmd(b"p4", b"STORE 1 +FLAGS (\\Deleted \\Flagged)")[-1].startswith(b"p4 OK")
+    assert raw.cmd(b"p5", b"SETACL INBOX.Box owner alrsiw")[-1].startswith(b"p5 OK")
+    assert raw.cmd(b"p5a", b"SELECT INBOX.Box")[-1].startswith(b"p5a OK")
+    out = raw.cmd(b"p5b", b"STORE 1 FLAGS (\\Seen)")   # \Deleted is held: no t right
+    assert re.search(rb"FLAGS \(([^)]*)\)", b"".join(out)).group(1).split() == \
+        [b"\\Deleted", b"\\Seen"]
+    assert raw.cmd(b"p5c", b"UNSELECT")[-1].startswith(b"p5c OK")
+    assert raw.cmd(b"p6", b"RENAME INBOX.Box INBOX.Box2")[-1] == \
+        b'p6 NO Access denied for RENAME on INBOX.Box (ACL "x" required)\r\n'
+    raw.cmd(b"p7", b"CREATE INBOX.Other")
+    assert raw.cmd(b"p8", b"RENAME INBOX.Other INBOX.Box.Other")[-1] == \
+        b'p8 NO Access denied for RENAME on INBOX.Box (ACL "c" required)\r\n'
     assert raw.cmd(b"q", b"SETACL INBOX.Box owner alr")[-1] == b"q OK ACLs updated.\r\n"
     assert raw.cmd(b"r", b"EXAMINE INBOX")[-1].startswith(b"r OK")
     assert raw.cmd(b"s", b"SELECT INBOX.Box")[-1].startswith(b"s OK [READ-ONLY]")
