@@ -180,9 +180,10 @@ def cram_nonce(now: int) -> bytes:
     """The "random.time" part of a CRAM challenge (RFC 2195 §2: unique per exchange).
 
     The driver owns the clock and passes int(time.time()); the random part makes
-    the challenge unguessable even within one second.
+    the challenge unguessable even within one second. Drivers pass the same value
+    as SCRAM's server nonce (RFC 5802 §5.1: fresh and random), hence 64 bits of it.
     """
-    return f"{secrets.randbelow(10**10)}.{now}".encode("ascii")
+    return f"{secrets.randbits(64)}.{now}".encode("ascii")
 
 
 def decode_initial_response(text: bytes) -> bytes | Failed:
