@@ -215,8 +215,9 @@ class Session:
             case Enable() | Unselect() | Id() | Quota():
                 self.extension(ev)
             case AclCommand():
-                self.out(aclmod.answer(ev, self.root, folder_path(self.root, ev.mailbox),
-                                       self._who(), self._acl_name))
+                reply = aclmod.answer(ev, self.root, folder_path(self.root, ev.mailbox),
+                                      self._who(), self._acl_name)
+                self.out(self._rights_changed(ev) + reply)
             case _:
                 self.out(tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"))
         return True
@@ -237,6 +238,22 @@ class Session:
         except OSError as e:
             log.error("reading the ACL of %s for %s: %s", path, self.user, e)
             return aclmod.aclfile.ALL
+
+    def _myrights_line(self) -> str:
+        # Courier's response code at SELECT and when the rights change; only when
+        # ACL is advertised (IMAP_ACL=1), where clients know what it means.
+        return f'OK [MYRIGHTS "{aclmod.aclfile.rights_out_all(self.sel_rights)}"] ACL'
+
+    def _rights_changed(self, cmd: AclCommand) -> bytes:
+        """After SETACL/DELETEACL on the selected folder: its rights from now on."""
+        if cmd.verb not in ("SETACL", "DELETEACL") or self.view is None or \
+                folder_path(self.root, cmd.mailbox) != self.view.maildir.path:
+            return b""
+        new = self._rights(self.view.maildir.path)
+        if new == self.sel_rights:
+            return b""
+        self.sel_rights = new
+        return untagged(self._myrights_line()) if self.cfg.acl else b""
 
     def _allowed(self, tag: str, verb: str, where: str, path: Path, right: str) -> bool:
         if right in self._rights(path):
@@ -385,6 +402,8 @@ class Session:
         self.core.set_state(State.SELECTED)
         self.title(f"SELECTED {cmd.mailbox}")
         lines = view.select_responses()
+        if self.cfg.acl:
+            lines.append(self._myrights_line())
         if not self.condstore:
             # RFC 7162 §3.1.2.1: a folder with mod-sequences says its HIGHESTMODSEQ
             # at every SELECT; from the log's last line, no tracking for this session.

@@ -188,3 +188,17 @@ def test_courier_reads_what_we_wrote(raw, tmp_path) -> None:
     assert r.stdout.startswith(b"* PREAUTH"), (r.stdout, r.stderr)
     theirs = r.stdout.split(b"\r\n", 1)[1]      # after * PREAUTH
     assert theirs == ours, (theirs, ours)
+
+
+def test_myrights_code_at_select_and_on_change(raw) -> None:
+    # Courier's `* OK [MYRIGHTS "..."] ACL` at SELECT and when the selected folder's
+    # rights change; the session then checks the new rights.
+    out = raw.cmd(b"a", b"SELECT INBOX")
+    assert b'* OK [MYRIGHTS "acdilrsw"] ACL\r\n' in out
+    out = raw.cmd(b"b", b"SETACL INBOX owner alrswi")
+    assert out == [b'* OK [MYRIGHTS "ailrsw"] ACL\r\n', b"b OK ACLs updated.\r\n"]
+    assert raw.cmd(b"c", b"EXPUNGE")[-1] == \
+        b'c NO Access denied for EXPUNGE on current mailbox (ACL "e" required)\r\n'
+    assert raw.cmd(b"d", b"SETACL INBOX bob lr") == [b"d OK ACLs updated.\r\n"]   # mine unchanged
+    assert raw.cmd(b"e", b"SETACL INBOX owner +cetx")[0] == b'* OK [MYRIGHTS "acdilrsw"] ACL\r\n'
+    assert raw.cmd(b"f", b"EXPUNGE")[-1].startswith(b"f OK")
