@@ -11,6 +11,8 @@ import base64
 import pytest
 from courier_pop3d import core as pop
 from courier_smtpd import core as smtp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libcourier.proto import NEED_DATA
 from libcourier.sasl import (
@@ -408,3 +410,32 @@ def test_smtp_scram_needs_a_driver_that_answers():
     d = SmtpDriver("SCRAM-SHA-1", Authd(), scram=False)
     d.feed(b"EHLO c\r\nAUTH SCRAM-SHA-1\r\n")
     assert d.out.endswith(b"504 5.5.4 Unrecognized authentication type.\r\n")
+
+
+# -- any bytes inside a SCRAM exchange: replies, never an exception ----------------------------
+
+_lines = st.lists(st.one_of(
+    st.binary(max_size=80),
+    st.sampled_from([b"*", b"", b"=", base64.b64encode(RFC["SCRAM-SHA-1"][0]),
+                     base64.b64encode(RFC["SCRAM-SHA-1"][3]),
+                     base64.b64encode(b"n,,n=user,r=x"), base64.b64encode(b"c=biws,r=x,p=AA==")]),
+    st.binary(max_size=40).map(base64.b64encode)), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=_lines)
+def test_fuzz_pop3_scram_lines(lines):
+    d = Pop3Driver(pop3_options("SCRAM-SHA-1"), Authd())
+    d.feed(b"AUTH SCRAM-SHA-1\r\n" + b"".join(line.replace(b"\n", b"") + b"\r\n"
+                                             for line in lines) + b"CAPA\r\n")
+    assert d.out.endswith(b".\r\n") or b"-ERR" in d.out     # CAPA answered, or closed
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=_lines)
+def test_fuzz_smtp_scram_lines(lines):
+    d = SmtpDriver("SCRAM-SHA-1", Authd())
+    d.feed(b"EHLO c\r\nAUTH SCRAM-SHA-1\r\n" + b"".join(line.replace(b"\n", b"") + b"\r\n"
+                                                        for line in lines) + b"NOOP\r\n")
+    assert d.out.endswith(b"\r\n")
+    assert d.core.state in (smtp.State.AUTH, smtp.State.READY, smtp.State.CLOSED)
