@@ -197,6 +197,15 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def attempts_logged(log: Path) -> int:
+    """Attempts courierd finished so far: its "deferred, next attempt" log lines."""
+    try:
+        with open(log, "rb") as f:
+            return f.read().count(b": deferred, next attempt in ")
+    except OSError:
+        return -1
+
+
 def cmd_memory(args: argparse.Namespace) -> int:
     inst = Instance(None)
     try:
@@ -218,11 +227,12 @@ def cmd_memory(args: argparse.Namespace) -> int:
             samples.append(kb)
             time.sleep(1.0)
         left = len([n for n in os.listdir(inst.layout.spooldir / "msgs") if n.endswith(".env")])
+        tried = attempts_logged(inst.layout.logdir / "courierd.log")
     finally:
         inst.close()
     print(f"courierd with {args.count} deferred messages: RSS peak {peak / 1024:.1f} MB, "
           f"last {samples[-1] / 1024:.1f} MB after {args.seconds} s "
-          f"({left} still queued; goal < 300 MB)")
+          f"({left} still queued, {tried} attempts made; goal < 300 MB)")
     return 0 if peak < 300 * 1024 else 1
 
 

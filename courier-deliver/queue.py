@@ -36,6 +36,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import enum
+import heapq
 import logging
 import os
 import re
@@ -383,6 +384,7 @@ class QueueManager:
         self._local_slots = threading.BoundedSemaphore(config.maxdels)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[str, _Pending] = {}
+        self._heap: list[tuple[float, str]] = []     # (next attempt, qid), see _schedule
         self.active: dict[str, asyncio.Task[None]] = {}
         self.stopping = False
         self.failed = False
@@ -412,8 +414,41 @@ class QueueManager:
     def announce(self, qid: str) -> None:
         """A submitter's `NEW <qid>`: try it now."""
         if qid not in self.active:
-            self.pending[qid] = _Pending()
+            self._schedule(qid, _Pending())
         self.wake()
+
+    # -- the schedule: `pending` holds each message's state, `_heap` the order --
+
+    def _schedule(self, qid: str, st: _Pending) -> None:
+        """(Re)schedule qid at st.next_attempt. The heap keeps older entries for
+        it too; they no longer match the state and are skipped when they surface,
+        so both announce and retry stay O(log n) with 100,000 queued messages."""
+        self.pending[qid] = st
+        heapq.heappush(self._heap, (st.next_attempt, qid))
+        if len(self._heap) > 2 * len(self.pending) + 1024:
+            self._heap = [(p.next_attempt, q) for q, p in self.pending.items()]
+            heapq.heapify(self._heap)
+
+    def _current(self, entry: tuple[float, str]) -> bool:
+        st = self.pending.get(entry[1])
+        return st is not None and st.next_attempt == entry[0] and entry[1] not in self.active
+
+    def _take_due(self, now: float, limit: int) -> list[str]:
+        """Up to `limit` messages whose time has come, oldest first (a new
+        message's time is 0, then the queue id's creation-time order)."""
+        out: list[str] = []
+        heap = self._heap
+        while heap and len(out) < limit and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._current(entry) and entry[1] not in out:
+                out.append(entry[1])
+        return out
+
+    def _next_due(self) -> float | None:
+        heap = self._heap
+        while heap and not self._current(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     # -- the scheduler --
 
@@ -425,14 +460,11 @@ class QueueManager:
             return
         present = set(qids)
         for qid in qids:
-            self.pending.setdefault(qid, _Pending())
+            if qid not in self.pending:
+                self._schedule(qid, _Pending())
         for qid in list(self.pending):
             if qid not in present and qid not in self.active:
                 del self.pending[qid]
-
-    def _due(self, now: float) -> list[str]:
-        return [q for q, p in sorted(self.pending.items())
-                if q not in self.active and p.next_attempt <= now]
 
     def _remote_blocking(self, qid: str, env: Envelope, rcpts: list[Recipient],
                          message: bytes) -> dict[str, RemoteResult]:
@@ -468,14 +500,15 @@ class QueueManager:
         finally:
             self.active.pop(qid, None)
         for new in result.injected:
-            self.pending.setdefault(new, _Pending())
+            if new not in self.pending:
+                self._schedule(new, _Pending())
         if result.outcome is not Outcome.DEFERRED:
             self.pending.pop(qid, None)
         else:
-            st = self.pending.setdefault(qid, _Pending())
-            st.attempts += 1
-            delay = config.retry.delay(st.attempts)
-            st.next_attempt = self.clock() + delay
+            old = self.pending.get(qid, _Pending())
+            attempts = old.attempts + 1
+            delay = config.retry.delay(attempts)
+            self._schedule(qid, _Pending(attempts, self.clock() + delay))
             logger.info("id=%s: deferred, next attempt in %d s", qid, delay)
         self.wake()
 
@@ -495,14 +528,13 @@ class QueueManager:
                 logger.error("courierlocal has exited; stopping")
                 self.failed = True
                 break
-            for qid in self._due(now):
-                if len(self.active) >= self.capacity():
-                    break
+            for qid in self._take_due(now, max(0, self.capacity() - len(self.active))):
                 self.active[qid] = asyncio.create_task(self._attempt(qid))
             waits = [next_scan - now]
             if len(self.active) < self.capacity():
-                waits += [p.next_attempt - now for q, p in self.pending.items()
-                          if q not in self.active]
+                due = self._next_due()
+                if due is not None:
+                    waits.append(due - now)
             timeout = max(0.0, min(waits + [5.0]))  # 5 s: also notice the helper dying
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
