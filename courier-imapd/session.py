@@ -502,7 +502,8 @@ class Session:
             if cmd.status_items and b in allnames:
                 # RFC 5819 §2: STATUS of each selectable mailbox listed, after its LIST
                 path = folder_path(self.root, b)
-                if path is not None and (path / "cur").is_dir():
+                # RFC 5819 §2: no STATUS where it would be refused (no "r" right).
+                if path is not None and (path / "cur").is_dir() and "r" in self._rights(path):
                     out.append(self._status_line(b, path, cmd.status_items))
         self.out(b"".join(out), tagged(cmd.tag, "OK", f"{name} completed"))
 
@@ -698,6 +699,8 @@ class Session:
         path = folder_path(self.root, cmd.mailbox)
         if path is None or not (path / "cur").is_dir():
             self.out(tagged(cmd.tag, "NO", "Mailbox does not exist"))
+            return
+        if not self._allowed(cmd.tag, "STATUS", cmd.mailbox, path, "r"):   # RFC 4314 §4
             return
         self.out(self._status_line(cmd.mailbox, path, cmd.items),
                  tagged(cmd.tag, "OK", "STATUS Completed."))

@@ -118,6 +118,11 @@ def test_rights_are_enforced(raw) -> None:
     assert raw.cmd(b"d", b"MYRIGHTS INBOX.Box")[0] == b'* MYRIGHTS "INBOX.Box" "al"\r\n'
     assert raw.cmd(b"e", b"SELECT INBOX.Box")[-1] == \
         b'e NO Access denied for SELECT/EXAMINE on INBOX.Box (ACL "r" required)\r\n'
+    assert raw.cmd(b"e2", b"STATUS INBOX.Box (MESSAGES)")[-1] == \
+        b'e2 NO Access denied for STATUS on INBOX.Box (ACL "r" required)\r\n'
+    out = raw.cmd(b"e3", b'LIST "" "INBOX*" RETURN (STATUS (MESSAGES))')
+    assert any(x.startswith(b'* STATUS "INBOX" ') or x.startswith(b"* STATUS INBOX ")
+               for x in out) and not any(b"INBOX.Box (" in x for x in out), out
     assert raw.cmd(b"f", b"APPEND INBOX.Box {5+}\r\nhello")[-1] == \
         b'f NO Access denied for APPEND on INBOX.Box (ACL "i" required)\r\n'
     assert raw.cmd(b"g", b"CREATE INBOX.Box.Sub")[-1] == \
