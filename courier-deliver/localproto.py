@@ -143,7 +143,8 @@ def parse_reply_line(line: bytes) -> Reply:
 
 
 class _LineReader:
-    """One line out of a bounded buffer; each side reads exactly one line per connection."""
+    """Lines out of a bounded buffer: a request, then the next one on a kept
+    connection (the client sends it only after the reply, so nothing else waits)."""
 
     def __init__(self, max_line: int) -> None:
         self._buf = ReceiveBuffer(max_line)
@@ -164,7 +165,7 @@ class _LineReader:
 
     @property
     def trailing(self) -> bytes:
-        """Bytes after the line (a protocol error: one request per connection)."""
+        """Bytes after the line: the start of the next request, if any."""
         return bytes(self._buf.take_all())
 
 
