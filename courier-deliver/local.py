@@ -10,8 +10,9 @@ asks it over a Unix socket:
 Process chain, one level per privilege boundary:
 
 - the helper's main loop (root): accepts, checks SO_PEERCRED, forks;
-- a connection child (root): reads the request (bounded, with a timeout),
-  asks authd for the account, forks again;
+- a connection child (root), one per courierd connection, which courierd
+  keeps open: reads each request (bounded, with a timeout), asks authd for
+  the account (kept a few seconds), forks again for each delivery;
 - a delivery child: switches for good to the user's uid/gid, chdir HOME, and
   writes the Maildir file; it reports one line over a pipe and exits. The
   connection child, still root and never touched by the user's files, sends
