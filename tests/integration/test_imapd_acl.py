@@ -73,6 +73,21 @@ def test_courier_transcript(raw) -> None:
     assert not (raw.maildir / "courierimapacl").exists()   # INBOX kept its default
 
 
+@pytest.mark.parametrize("how", ["pipelined", "bytewise"])
+def test_courier_transcript_pipelined_and_bytewise(raw, how) -> None:
+    """The same transcript sent in one write, and one byte per write."""
+    assert raw.cmd(b"c", b"CREATE INBOX.Foo")[-1].startswith(b"c OK")
+    pairs = transcript()
+    data = b"".join(line + b"\r\n" for line, _ in pairs)
+    if how == "pipelined":
+        raw.send(data)
+    else:
+        for i in range(len(data)):
+            raw.send(data[i:i + 1])
+    for line, expected in pairs:
+        assert raw.until(line.split(b" ", 1)[0]) == expected, line
+
+
 def test_rfc4314_examples(raw) -> None:
     # RFC 4314 §3.1-3.5 examples, on our folder names; rights in Courier's letters.
     assert raw.cmd(b"A001", b"CREATE INBOX.Foo")[-1].startswith(b"A001 OK")
