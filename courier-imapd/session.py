@@ -6,6 +6,7 @@ against libcourier.maildir; the replies are built with the core's formatter.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import selectors
@@ -531,7 +532,16 @@ class Session:
                 if dpath is not None and (dpath / "cur").is_dir() and \
                         not self._allowed(cmd.tag, "DELETE", cmd.mailbox, dpath, "x"):
                     return
+                kept = aclmod.aclfile.read(self.root, dpath) if dpath is not None else None
                 folders.delete_folder(self.root, cmd.mailbox)
+                if dpath is not None and kept is not None and \
+                        any(self.root.glob(glob.escape(dpath.name) + ".*")):
+                    # Courier: a name that lives on as its children's parent keeps its
+                    # ACL, now in courierimaphieracl/.
+                    try:
+                        aclmod.aclfile.write(self.root, dpath, kept, self._who().owner)
+                    except aclmod.aclfile.AclError as e:
+                        log.info("user=%s: ACL of %s not kept: %s", self.user, dpath, e)
             elif cmd.verb == "SUBSCRIBE":
                 folders.subscribe(self.root, cmd.mailbox)
             else:

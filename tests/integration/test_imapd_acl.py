@@ -222,3 +222,13 @@ def test_myrights_code_at_select_and_on_change(raw) -> None:
     assert raw.cmd(b"d", b"SETACL INBOX bob lr") == [b"d OK ACLs updated.\r\n"]   # mine unchanged
     assert raw.cmd(b"e", b"SETACL INBOX owner +cetx")[0] == b'* OK [MYRIGHTS "acdilrsw"] ACL\r\n'
     assert raw.cmd(b"f", b"EXPUNGE")[-1].startswith(b"f OK")
+
+
+def test_deleted_parent_keeps_its_acl(raw) -> None:
+    # Courier: INBOX.P deleted while INBOX.P.C exists; P's list moves to
+    # courierimaphieracl/P, and a new child of P inherits it.
+    for n, line in enumerate([b"CREATE INBOX.P", b"SETACL INBOX.P bob lr", b"CREATE INBOX.P.C",
+                              b"DELETE INBOX.P", b"CREATE INBOX.P.D"]):
+        assert raw.cmd(b"t%d" % n, line)[-1].startswith(b"t%d OK" % n)
+    assert b"user=bob lr\n" in (raw.maildir / "courierimaphieracl" / "P").read_bytes()
+    assert raw.cmd(b"g", b"GETACL INBOX.P.D")[0].endswith(b'"bob" "lr"\r\n')
