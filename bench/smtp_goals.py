@@ -11,9 +11,10 @@ Ours is a fresh `courier init` instance with user bench@example.com, measured tw
 - `ours-accept`: a second instance, esmtpd alone (no courierd), so accepted/s is the accept path
   alone; the spool is emptied after each round.
 
-Postfix delivers into the anchors' benchuser Maildir, which other benchmarks use:
-the files a round added (those with its X-Mailbench-Run header) are removed after it,
-nothing else is touched. Each server gets one unrecorded 200-message warm-up.
+Postfix delivers to a system account of this script's own (`smtpgoals`, created if
+missing, home under the anchors' directory), since other benchmarks rebuild
+benchuser's Maildir; the files a round added (with its X-Mailbench-Run header) are
+removed after it, in aiosmtpd's Maildir too, nothing else is touched. Each server gets one unrecorded 200-message warm-up.
 
     .venv/bin/python bench/smtp_goals.py                 # 5 rounds
     .venv/bin/python bench/smtp_goals.py --rounds 3 --servers ours,postfix
@@ -38,8 +39,12 @@ HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 MAILBENCH = Path(os.environ.get("MAILBENCH", HERE.parents[2] / "shared" / "bench" / "mailbench.py"))
 ANCHOR_DIR = Path(os.environ.get("ANCHOR_DIR", "/tmp/anchors-bench"))
+# Postfix delivers to a user of its own here (created by this script if missing), not
+# to benchuser: other benchmarks rebuild benchuser's Maildir while they run.
+POSTFIX_USER = "smtpgoals"
+POSTFIX_HOME = ANCHOR_DIR / "home" / POSTFIX_USER
 ANCHORS = {
-    "postfix": (10025, "benchuser@localhost", ANCHOR_DIR / "home" / "benchuser" / "Maildir"),
+    "postfix": (10025, f"{POSTFIX_USER}@localhost", POSTFIX_HOME / "Maildir"),
     "aiosmtpd": (10026, "benchuser@localhost", ANCHOR_DIR / "aiosmtpd" / "Maildir"),
 }
 USER = "bench@example.com"
@@ -54,6 +59,25 @@ def courier(*args: str) -> None:
                        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
         raise SystemExit(f"courier {' '.join(args)} failed: {r.stdout}{r.stderr}")
+
+
+def ensure_postfix_user() -> None:
+    """A system account whose ~/Maildir/ only this script uses (Postfix's local
+    delivery needs a real account: home_mailbox = Maildir/)."""
+    import pwd
+    try:
+        pw = pwd.getpwnam(POSTFIX_USER)
+    except KeyError:
+        POSTFIX_HOME.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["useradd", "--system", "--user-group", "--home-dir", str(POSTFIX_HOME),
+                        "--create-home", "--shell", "/usr/sbin/nologin",
+                        "--comment", "courier-py smtp_goals", POSTFIX_USER],
+                       check=True, capture_output=True, timeout=60)
+        pw = pwd.getpwnam(POSTFIX_USER)
+    for d in (POSTFIX_HOME, POSTFIX_HOME / "Maildir", *(POSTFIX_HOME / "Maildir" / s
+                                                       for s in ("cur", "new", "tmp"))):
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chown(d, pw.pw_uid, pw.pw_gid)
 
 
 def free_port_base(tries: int = 200) -> int:
@@ -117,7 +141,11 @@ def mailbench(label: str, port: int, rcpt: str, maildir: Path | None, n: int, c:
            "--size", str(size), "--rcpt", rcpt, "--timeout", "120"]
     if maildir is not None:
         cmd += ["--maildir", str(maildir), "--deliver-timeout", DELIVER_TIMEOUT]
-    before = set(os.listdir(maildir / "new")) if maildir is not None else set()
+    try:
+        before = set(os.listdir(maildir / "new")) if maildir is not None else set()
+    except FileNotFoundError:
+        print(f"# {label}: {maildir}/new is missing", file=sys.stderr)
+        return None
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT,
                            stdin=subprocess.DEVNULL)
@@ -139,7 +167,11 @@ def mailbench(label: str, port: int, rcpt: str, maildir: Path | None, n: int, c:
 def remove_run_files(maildir: Path, before: set[str]) -> None:
     """Only the files this run added that carry mailbench's run header."""
     new = maildir / "new"
-    for name in set(os.listdir(new)) - before:
+    try:
+        names = set(os.listdir(new)) - before
+    except FileNotFoundError:
+        return
+    for name in names:
         path = new / name
         try:
             with open(path, "rb") as f:
@@ -167,6 +199,8 @@ def main() -> int:
     servers = [s for s in args.servers.split(",") if s]
     if not MAILBENCH.is_file():
         raise SystemExit(f"mailbench.py not found at {MAILBENCH} (set MAILBENCH=)")
+    if "postfix" in servers:
+        ensure_postfix_user()
     ours = {s: Ours(courierd=s == "ours") for s in servers if s in ("ours", "ours-accept")}
     results: dict[str, list[dict]] = {s: [] for s in servers}
     try:
