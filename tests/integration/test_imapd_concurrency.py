@@ -1,10 +1,11 @@
 """Several sessions and deliveries on one folder (issue 5), checked against RFC 3501's rules:
 §7.4.1 (no untagged EXPUNGE while responding to FETCH, STORE or SEARCH, nor when no
 command is in progress), §5.5, §7.3.1 (EXISTS never shrinks a client's view), and
-RFC 2180 §4.1 for a message another session expunged: we keep it in the session's view
-and answer a FETCH/STORE that names it with the data of the other messages and a tagged
-NO; its EXPUNGE comes on the next command that may carry one (NOOP, CHECK, IDLE,
-EXPUNGE).
+RFC 2180 §4.1.2 for a message another session expunged: we keep it in the session's
+view and answer a FETCH/STORE that names it with the data of the other messages and a
+tagged NO (COPY/MOVE: NO, nothing copied); its EXPUNGE comes on the next command that
+may carry one (NOOP, CHECK, IDLE, EXPUNGE). IMAP_SEED=n runs the random test with
+another seed; IMAP_TRACE=1 prints every exchange.
 
 Each session is followed by a client model built only from the untagged responses it
 got (sequence number -> UID, UID -> flags), as a real client keeps it; after a NOOP the
