@@ -67,6 +67,17 @@ class SequenceError(Exception):
     """A sequence number beyond the mailbox: BAD (RFC 3501 §6.4.5 / §9 seq-number)."""
 
 
+def _dir_id(maildir: Maildir) -> tuple[int, int]:
+    st = os.stat(maildir.path / "cur")
+    return st.st_dev, st.st_ino
+
+
+class FolderReplaced(Exception):
+    """The selected folder was deleted and made again (or lost its UID list): its
+    UIDVALIDITY changed, which a session cannot tell its client; the session ends
+    with BYE (RFC 2180 §3.3)."""
+
+
 def flags_text(letters: str, recent: bool, keywords: frozenset[str] = frozenset()) -> str:
     names = letters_to_imap(letters)
     if recent:
@@ -100,6 +111,7 @@ class MailboxView:
         self.maildir = maildir
         self.readonly = readonly
         self.state: FolderState = maildir.scan()
+        self.cur_id = _dir_id(maildir)       # which cur/ this is: a folder made again differs
         self.messages: list[MessageRef] = list(self.state.messages)
         self.recent: set[int] = set(self.state.recent)
         self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
@@ -200,6 +212,10 @@ class MailboxView:
     def refresh(self, allow_expunge: bool) -> list[str]:
         """Rescan the folder; untagged responses for what changed (RFC 3501 §7.3, §7.4)."""
         st = self.maildir.scan()
+        # Deleted and created again, maybe in the same second (so the same UIDVALIDITY,
+        # which is the time): the directory is another one.
+        if st.uidvalidity != self.state.uidvalidity or _dir_id(self.maildir) != self.cur_id:
+            raise FolderReplaced(self.name)
         if self.tracker is not None:
             self.tracker.update(st.messages, complete=True)
         out: list[str] = self.announce({k for m in st.messages for k in m.keywords})

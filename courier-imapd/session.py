@@ -65,7 +65,13 @@ from courier_imapd.core import (
 )
 from courier_imapd.listmatch import ListPattern
 from courier_imapd.login import Counters, Wire, read_event, send
-from courier_imapd.mailbox import MailboxView, SequenceError, flags_text, split_flags
+from courier_imapd.mailbox import (
+    FolderReplaced,
+    MailboxView,
+    SequenceError,
+    flags_text,
+    split_flags,
+)
 from courier_imapd.modseq import Tracker
 
 from libcourier import proctitle
@@ -150,6 +156,13 @@ class Session:
                         raise
                     log.info("user=%s: selected folder %s vanished", self.user, self.view.name)
                     self.out(untagged("BYE [ALERT] The selected mailbox was deleted or renamed"))
+                    return
+                except FolderReplaced:
+                    # Deleted and made again: new UIDVALIDITY, old UIDs mean nothing.
+                    log.info("user=%s: selected folder %s was replaced", self.user, self.view.name
+                             if self.view else "?")
+                    self.out(untagged("BYE [ALERT] The selected mailbox was deleted and "
+                                      "created again"))
                     return
                 except LiteralShort as e:
                     # A message file shrank under us mid-literal: the client cannot

@@ -440,3 +440,33 @@ def test_expunge_racing_a_long_fetch(box) -> None:
     finally:
         for c in (a, b, oracle):
             c.close()
+
+
+def test_selected_folder_deleted_and_created_again_ends_with_bye(box) -> None:
+    """B deletes the folder A has selected and creates it again: a new UIDVALIDITY,
+    which a selected session cannot announce, so A's next update is BYE (RFC 2180
+    §3.3). Before, A went on with its old UIDs and took new messages for old ones."""
+    b = Client(box, "B")
+    try:
+        b.run("CREATE", b"CREATE INBOX.x")
+        b.run("APPEND", b"APPEND INBOX.x {3+}\r\nx\r\n")
+        a = Raw(box.port("imap"))
+        a.line()
+        assert a.cmd(b"l", f"LOGIN {USER} {PASSWORD}".encode())[-1].startswith(b"l OK")
+        assert a.cmd(b"s", b"SELECT INBOX.x")[-1].startswith(b"s OK")
+        assert b.run("DELETE", b"DELETE INBOX.x")[0] == b"OK"
+        # UIDVALIDITY is the clock's second (as Courier's): wait for the next one so the
+        # check does not hang on inode reuse (within one second only the directory's
+        # identity tells the folders apart, and a freed inode may come back).
+        t0 = int(time.time())
+        while int(time.time()) == t0:
+            time.sleep(0.05)
+        assert b.run("CREATE", b"CREATE INBOX.x")[0] == b"OK"
+        b.run("APPEND", b"APPEND INBOX.x {3+}\r\ny\r\n")
+        a.send(b"n NOOP\r\n")
+        assert a.line().startswith(b"* BYE [ALERT] The selected mailbox was deleted")
+        with pytest.raises((EOFError, ConnectionError)):
+            a.line()
+        a.close()
+    finally:
+        b.close()
