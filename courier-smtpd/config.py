@@ -75,6 +75,9 @@ SETTINGS = merge_settings(listener_settings(
     Setting("ESMTPD_TIMEOUT", "esmtpd_timeout", non_negative_int, "300",
             "(ours) seconds a client may stay silent before 421 and close, at a command "
             "or inside DATA/BDAT (RFC 5321 §4.5.3.2.7: at least 5 minutes; 0 = 300)"),
+    Setting("ESMTPD_DATA_TIMEOUT", "esmtpd_data_timeout", non_negative_int, "1800",
+            "(ours) seconds one message may take to arrive (DATA, or all its BDAT "
+            "chunks), however steadily it trickles; then 421; 0 = no limit"),
     Setting("TARPIT", "tarpit", to_bool, "0", "1 = after each 5xx reply wait 8 s, doubling "
             "to 128 s, before reading on (Courier's teergrube); never for relay clients"),
     # Courier's submit adds both unless set to non-zero; its esmtpd file sets 1,
@@ -119,6 +122,7 @@ class SmtpdConfig(ListenerConfig):
     check_helo: int = 0                # BOFHCHECKHELO: 0 off, 1 refuse, 2 defer
     resolver: tuple[tuple[str, int], ...] = ()   # courierd's ESMTP_RESOLVER
     timeout: float = 300.0             # ESMTPD_TIMEOUT: idle seconds before 421
+    data_timeout: float = 1800.0       # ESMTPD_DATA_TIMEOUT: one message's seconds; 0 = none
 
 
 def _mechanisms(text: str, *, tls: bool) -> tuple[str, ...]:
@@ -173,4 +177,5 @@ def load_config(etc: Path, service: str) -> tuple[SmtpdConfig, list[str]]:
         bofh=bofh, greeting=greeting, tarpit=v["tarpit"], check_dns=v["bofhcheckdns"],
         check_helo=v["bofhcheckhelo"],
         resolver=resolver,
-        timeout=float(v["esmtpd_timeout"] or 300)), loaded.warnings
+        timeout=float(v["esmtpd_timeout"] or 300),
+        data_timeout=float(v["esmtpd_data_timeout"])), loaded.warnings

@@ -37,6 +37,7 @@ from courier_smtpd.core import (
     SessionInfo,
     SmtpServer,
     StartTLS,
+    State,
     Transaction,
     Verdict,
     VerdictKind,
@@ -62,6 +63,7 @@ log = logging.getLogger("courier.esmtpd")
 RECV_SIZE = 65536
 FAILED_AUTH_DELAY = 2.0     # seconds before answering a refused AUTH: slows guessing
 TARPIT_FIRST, TARPIT_MAX = 8.0, 128.0   # Courier's INIT_TEERGRUBE / MAX_TEERGRUBE
+IN_MESSAGE = frozenset({State.DATA, State.BDAT, State.CHUNKING})   # ESMTPD_DATA_TIMEOUT runs
 
 Credentials = LoginCredentials | CramCredentials | ExternalCredentials | VerifiedCredentials
 # (credentials, client ip) -> the authenticated user name, or None when refused;
@@ -183,6 +185,7 @@ class Session:
         self.out = bytearray()
         self.closed = False
         self._rdns: str | None | bool = False     # False: not looked up yet
+        self._data_deadline: float | None = None  # monotonic end of ESMTPD_DATA_TIMEOUT
 
     def title(self) -> None:
         proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}")
@@ -190,11 +193,15 @@ class Session:
     def run(self) -> None:
         self.title()
         try:
-            # ESMTPD_TIMEOUT: how long a recv may wait (a command, or the next
-            # bytes inside DATA/BDAT); STARTTLS keeps it (wrap_socket copies it).
             self.conn.sock.settimeout(self.cfg.timeout)
             self.conn.sendall(self.core.greeting())
             while not self.closed:
+                wait = self._recv_timeout()
+                if wait <= 0:
+                    self.handle(self.core.timeout())
+                    break
+                if self.conn.sock.gettimeout() != wait:    # a syscall: only on change
+                    self.conn.sock.settimeout(wait)
                 try:
                     data = self.conn.recv(RECV_SIZE)
                 except TimeoutError:
@@ -211,6 +218,19 @@ class Session:
             log.info("connection lost, ip=[%s]: %s", self.conn.peer_ip, e)
         finally:
             self._abort()
+
+    def _recv_timeout(self) -> float:
+        """How long the next recv may wait: ESMTPD_TIMEOUT (a command, or the next
+        bytes of a message), and inside a message (DATA, or BDAT chunks) no longer
+        than what is left of ESMTPD_DATA_TIMEOUT, so a client trickling a byte a
+        minute is cut off too."""
+        if self.core.state not in IN_MESSAGE or not self.cfg.data_timeout:
+            self._data_deadline = None
+            return self.cfg.timeout
+        now = time.monotonic()
+        if self._data_deadline is None:
+            self._data_deadline = now + self.cfg.data_timeout
+        return min(self.cfg.timeout, self._data_deadline - now)
 
     def _tarpit(self) -> None:
         """TARPIT=1: after a 5xx, answer and then stall before reading more, doubling

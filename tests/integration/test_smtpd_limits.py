@@ -143,3 +143,57 @@ def test_client_stalling_mid_data_is_cut_off_and_nothing_stored(client, smtpd):
     assert out.startswith(b"421 4.4.2"), out
     assert wait_for(lambda: spool_files(spooldir) == []), spool_files(spooldir)
     assert wait_for(lambda: "timeout" in smtpd.logs().lower()), smtpd.logs()
+
+
+@pytest.fixture
+def trickle_smtpd(new_instance):
+    inst = new_instance
+    with open(inst.etc / "esmtpd", "a") as f:
+        f.write("ESMTPD_TIMEOUT=60\nESMTPD_DATA_TIMEOUT=4\n")
+    inst.adduser(USER, "alice-secret")
+    inst.start("authdaemond", "esmtpd")
+    return inst
+
+
+@pytest.mark.parametrize("verb", ["DATA", "BDAT"])
+def test_trickling_message_is_cut_off_by_the_data_deadline(trickle_smtpd, verb):
+    """A line every 0.3 s never trips the 60 s idle timeout, but the whole message
+    may take only ESMTPD_DATA_TIMEOUT=4 s: then 421, and nothing is stored."""
+    spooldir = trickle_smtpd.layout.spooldir
+    c = Client(trickle_smtpd.port("smtp"))
+    try:
+        c.cmd(b"EHLO client.test")
+        assert c.cmd(b"MAIL FROM:<bob@example.net>").startswith(b"250 ")
+        assert c.cmd(f"RCPT TO:<{USER}>".encode()).startswith(b"250 ")
+        if verb == "DATA":
+            assert c.cmd(b"DATA").startswith(b"354 ")
+        started = time.monotonic()
+        deadline = started + IO_TIMEOUT
+        c.sock.settimeout(0.3)
+        out = b""
+        while time.monotonic() < deadline:
+            try:
+                if verb == "DATA":
+                    c.sock.sendall(b"a line of text\r\n")
+                else:
+                    c.sock.sendall(b"BDAT 16\r\na line of text\r\n")
+            except OSError:
+                break           # the server closed on us
+            try:
+                chunk = c.sock.recv(4096)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            out += chunk
+        elapsed = time.monotonic() - started
+        c.sock.settimeout(IO_TIMEOUT)
+        try:
+            out += c.file.read()
+        except OSError:
+            pass
+    finally:
+        c.close()
+    assert b"421 4.4.2" in out, out
+    assert elapsed >= 3.5, elapsed         # not before the deadline
+    assert wait_for(lambda: spool_files(spooldir) == []), spool_files(spooldir)
