@@ -296,3 +296,19 @@ def test_odd_values_answered_and_session_goes_on(imap) -> None:
         r.close()
     log = (imap.root / "var/log/imapd.log").read_text(errors="replace")
     assert "uncaught exception" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_prelogin_literals_and_lines_limited(imap) -> None:
+    """Before login (root's code) the limits are small: 1 KiB literals, 8 KiB lines."""
+    r = Raw(imap.port("imap"))
+    try:
+        assert r.line().startswith(b"* OK")
+        r.send(b"a LOGIN {5000}\r\n")
+        assert r.line().startswith(b"a BAD Literal too large")
+        r.send(b"b LOGIN {5000+}\r\n" + b"u" * 5000 + b" pw\r\n")
+        assert r.line().startswith(b"b BAD Literal too large")
+        r.send(b"c LOGIN " + b"u" * 100_000 + b" pw\r\n")
+        assert r.line().startswith(b"c BAD Line too long")
+        assert r.cmd(b"l", f"LOGIN {USER} {PASSWORD}".encode())[-1].startswith(b"l OK")
+    finally:
+        r.close()
