@@ -215,28 +215,32 @@ def implemented(word: str) -> bool:
 
 
 # What authd can verify follows its modules (libcourier.authclient.verifiable_mechanisms:
-# CRAM-* only when accounts have HMAC secrets or clear passwords); the listener asks
-# for no client certificate, so EXTERNAL is not among them.
+# CRAM-* only when accounts have HMAC secrets or clear passwords). EXTERNAL needs no
+# secret (authd's PRE finds the account): it is offered whenever the connection's
+# verified client certificate gives a login (TLS_EXTERNAL), as Courier adds it.
 
 
-def sasl_mechanisms(cfg: ImapdConfig, tls: bool) -> tuple[str, ...]:
+def sasl_mechanisms(cfg: ImapdConfig, tls: bool, external: bool = False) -> tuple[str, ...]:
     """The AUTH=<mech> words of IMAP_CAPABILITY(_TLS) we offer (Courier's model: the
     admin lists them there), kept to what libcourier.sasl implements and authd can
-    verify; none in the clear while LOGINDISABLED (RFC 3501 §6.2.3)."""
+    verify; none in the clear while LOGINDISABLED (RFC 3501 §6.2.3); EXTERNAL last
+    when ``external`` (a client certificate gave a login)."""
     words = (cfg.capability_tls if tls else cfg.capability).split()
     configured = [w[5:] for w in words if w.upper().startswith("AUTH=")]
     disabled = not tls and cfg.starttls and cfg.tls_required
-    verifiable = verifiable_mechanisms_for(cfg.etc)
-    return tuple(m for m in offered_mechanisms(configured, tls=tls, allow_plaintext=not disabled,
-                                               scram=True)
+    verifiable = verifiable_mechanisms_for(cfg.etc) | {"EXTERNAL"}
+    return tuple(m for m in offered_mechanisms([*configured, "EXTERNAL"], tls=tls,
+                                               allow_plaintext=not disabled,
+                                               external=external and tls, scram=True)
                  if m in verifiable)
 
 
-def capability_line(cfg: ImapdConfig, tls: bool) -> str:
+def capability_line(cfg: ImapdConfig, tls: bool, external: bool = False) -> str:
     """Courier's imapcapability() order (FORMATS.md §2.1), for what we implement."""
-    offered = sasl_mechanisms(cfg, tls)
+    offered = sasl_mechanisms(cfg, tls, external)
     words = [w for w in (cfg.capability_tls if tls else cfg.capability).split()
              if implemented(w) and (not w.upper().startswith("AUTH=") or w[5:].upper() in offered)]
+    words = [w for w in words if w.upper() != "AUTH=EXTERNAL"]   # placed at step 5 below
     if cfg.acl:
         words += ["ACL", "ACL2=UNION"]      # Courier's step 3 (FORMATS.md §2.1)
     if cfg.id_fields is not None:
@@ -245,6 +249,8 @@ def capability_line(cfg: ImapdConfig, tls: bool) -> str:
         words.append("STARTTLS")
         if cfg.tls_required:
             words.append("LOGINDISABLED")
+    elif "EXTERNAL" in offered:
+        words.append("AUTH=EXTERNAL")   # step 5's "otherwise": a certificate gave a login
     if cfg.move_expunge_to_trash:
         words.append("XMAGICTRASH")
     words += ["ENABLE", "UTF8=ACCEPT"]

@@ -126,8 +126,15 @@ def send(conn: Wire, data: bytes, counters: Counters) -> None:
     counters.sent += len(data)
 
 
-def greeting(cfg: ImapdConfig, tls: bool) -> bytes:
-    return untagged(f"OK [CAPABILITY {capability_line(cfg, tls)}] courier-py IMAP ready")
+def greeting(cfg: ImapdConfig, tls: bool, external: bool = False) -> bytes:
+    return untagged(f"OK [CAPABILITY {capability_line(cfg, tls, external)}] courier-py IMAP ready")
+
+
+def _cert_login(conn: Wire, cfg: ImapdConfig) -> str | None:
+    """TLS_EXTERNAL's login from the client certificate (tcpd's Connection.peer_identity);
+    None without TLS_EXTERNAL, a verified certificate, or on a Wire that has no such call."""
+    identity = getattr(conn, "peer_identity", None)
+    return identity(cfg.tls_external) if identity is not None and cfg.tls_external else None
 
 
 def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: Authenticator,
@@ -138,7 +145,9 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
     failures = 0
     verify = sasl_authenticate or password_only(authenticate)
     conn.sock.settimeout(PRELOGIN_TIMEOUT)
-    send(conn, greeting(cfg, conn.tls), counters)
+    # TLS_EXTERNAL: the login a verified client certificate gives (after STARTTLS too).
+    ext = _cert_login(conn, cfg)
+    send(conn, greeting(cfg, conn.tls, ext is not None), counters)
     while True:
         try:
             ev = read_event(conn, core, counters)
@@ -153,7 +162,7 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
             case IdleDone():
                 send(conn, untagged("BAD Unexpected DONE"), counters)
             case Capability(tag=tag):
-                send(conn, untagged("CAPABILITY " + capability_line(cfg, conn.tls))
+                send(conn, untagged("CAPABILITY " + capability_line(cfg, conn.tls, ext is not None))
                      + tagged(tag, "OK", "CAPABILITY completed"), counters)
             case Noop(tag=tag):
                 send(conn, tagged(tag, "OK", "NOOP completed"), counters)
@@ -185,14 +194,16 @@ def prelogin(conn: Wire, core: ImapConnection, cfg: ImapdConfig, authenticate: A
                 except (ssl.SSLError, OSError) as e:
                     log.info("STARTTLS failed, ip=[%s]: %s", conn.peer_ip, e)
                     return None
+                ext = _cert_login(conn, cfg)
             case Authenticate(tag=tag, mechanism=mech, initial_response=initial):
-                if mech not in sasl_mechanisms(cfg, conn.tls):
+                if mech not in sasl_mechanisms(cfg, conn.tls, ext is not None):
                     send(conn, tagged(tag, "NO", "Unsupported authentication mechanism"), counters)
                     continue
                 try:
                     creds = sasl_exchange(conn, core, mech, initial, counters,
                                           scram=ScramAuthd.for_config(cfg.etc, "imap",
-                                                                      conn.peer_ip))
+                                                                      conn.peer_ip),
+                                          external_identity=ext)
                 except EOFError:
                     return None
                 if isinstance(creds, Failed):
@@ -267,7 +278,8 @@ def _verify(conn: Wire, tag: str, user: str, check: Callable[[], Any], counters:
 
 
 def sasl_exchange(conn: Wire, core: ImapConnection, mech: str, initial: bytes | None,
-                  counters: Counters, scram: ScramAuthd | None = None) -> Credentials | Failed:
+                  counters: Counters, scram: ScramAuthd | None = None,
+                  external_identity: str | None = None) -> Credentials | Failed:
     """Run one AUTHENTICATE exchange to its end (RFC 3501 §6.2.2); EOFError if the client goes."""
     first: bytes | None = None
     if initial is not None:
@@ -277,7 +289,8 @@ def sasl_exchange(conn: Wire, core: ImapConnection, mech: str, initial: bytes | 
         first = decoded
     try:
         ex = ServerExchange(mech, hostname=socket.gethostname(),
-                            nonce=cram_nonce(int(time.time())), scram=scram)
+                            nonce=cram_nonce(int(time.time())), scram=scram,
+                            external_identity=external_identity)
     except UnknownMechanism:
         return Failed("Unsupported authentication mechanism")
     step = ex.start(first)

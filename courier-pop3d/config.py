@@ -99,7 +99,10 @@ def sasl_list(value: str, key: str, warnings: list[str],
     out: list[str] = []
     for name in value.split():
         mech = name.upper()
-        if mech not in IMPLEMENTED or mech == "EXTERNAL":
+        if mech == "EXTERNAL":
+            warnings.append(f"{key}: {name} is offered from TLS_EXTERNAL (a client "
+                            "certificate), not from this list")
+        elif mech not in IMPLEMENTED:
             warnings.append(f"{key}: {name} is not offered (not implemented)")
         elif mech in out:
             continue

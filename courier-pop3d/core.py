@@ -316,6 +316,8 @@ class Pop3Server:
                  greeting: str = "Hello there."):
         self.options = options
         self.tls = options.tls
+        # TLS_EXTERNAL's login; the driver gives a new one after STLS (tls_started).
+        self.external_identity = options.external_identity
         self.state = State.AUTHORIZATION
         self._in = ReceiveBuffer(MAX_COMMAND_LINE)
         self._out = bytearray()
@@ -455,8 +457,11 @@ class Pop3Server:
         allowed there too; EXTERNAL only with a verified client certificate."""
         o = self.options
         configured = o.sasl_tls if self.tls else o.sasl
-        return offered_mechanisms(configured, tls=self.tls, allow_plaintext=not self._tls_needed(),
-                                  external=o.external_identity is not None, scram=o.scram)
+        # Courier appends EXTERNAL to the list when a certificate gives a login.
+        return offered_mechanisms((*configured, "EXTERNAL"), tls=self.tls,
+                                  allow_plaintext=not self._tls_needed(),
+                                  external=self.tls and self.external_identity is not None,
+                                  scram=o.scram)
 
     def _auth(self, mech: str, initial: bytes | None) -> Event | None:
         if mech not in self.sasl_mechanisms():
@@ -473,7 +478,7 @@ class Pop3Server:
         try:
             nonce = self.options.nonce() if self.options.nonce else None
             exchange = ServerExchange(mech, hostname=self.options.hostname, nonce=nonce,
-                                      external_identity=self.options.external_identity,
+                                      external_identity=self.external_identity,
                                       scram_events=self.options.scram)
         except UnknownMechanism:
             self._out += err("Unsupported authentication mechanism.")
@@ -578,9 +583,11 @@ class Pop3Server:
         self._out += err(text, code)
         self._close("login refused")
 
-    def tls_started(self) -> None:
+    def tls_started(self, external_identity: str | None = None) -> None:
+        """STLS's handshake is done; external_identity: the client certificate's login."""
         self._answer(StartTLS)
         self.tls = True
+        self.external_identity = external_identity
 
     def _wrap(self, i: int) -> bool:
         return not self.utf8 and i < len(self._view.utf8) and self._view.utf8[i]

@@ -142,7 +142,7 @@ def prelogin(conn: Wire, core: Pop3Server, cfg: Pop3dConfig, authenticate: Authe
                 except (ssl.SSLError, OSError) as e:
                     log.info("STLS failed, ip=[%s]: %s", conn.peer_ip, e)
                     return None
-                core.tls_started()
+                core.tls_started(cert_login(conn, cfg))
             case AuthRequest(user=user, password=password) | SaslAuth(
                     credentials=LoginCredentials(user=user, password=password)):
                 user = _with_domain(user, cfg.defdomain)
@@ -185,6 +185,13 @@ def prelogin(conn: Wire, core: Pop3Server, cfg: Pop3dConfig, authenticate: Authe
 
 
 _AGAIN = object()     # the login failed, AUTHORIZATION goes on
+
+
+def cert_login(conn: Wire, cfg: Pop3dConfig) -> str | None:
+    """TLS_EXTERNAL's login from the client certificate (tcpd's Connection.peer_identity);
+    None without TLS_EXTERNAL, a verified certificate, or on a Wire that has no such call."""
+    identity = getattr(conn, "peer_identity", None)
+    return identity(cfg.tls_external) if identity is not None and cfg.tls_external else None
 
 
 def _sasl_check(sasl: SaslVerifier | None, cred: Any, ip: str) -> Any:

@@ -25,6 +25,7 @@ from courier_pop3d.login import (
     AuthUnavailable,
     Counters,
     Wire,
+    cert_login,
     flush,
     prelogin,
 )
@@ -104,7 +105,7 @@ def handle_connection(conn: Wire, *, cfg: Pop3dConfig, layout: Layout, starttls_
                               max_bad_commands=cfg.max_bad_commands,
                               max_failed_logins=cfg.max_failed_logins,
                               nonce=lambda: cram_nonce(int(time.time())),
-                              scram=True))
+                              scram=True, external_identity=cert_login(conn, cfg)))
     counters = Counters()
     ok = prelogin(conn, core, cfg, _authenticator(layout), starttls_ctx, counters,
                   sasl=_SaslVerifier(layout))

@@ -181,7 +181,12 @@ class SessionInfo:
     greeting: tuple[str, ...] = ()   # the `esmtpgreeting` lines; () = "<hostname> ESMTP"
 
     def auth_offered(self) -> tuple[str, ...]:
-        return self.auth_tls if self.tls_active else self.auth_plain
+        mechs = self.auth_tls if self.tls_active else self.auth_plain
+        # Courier appends EXTERNAL (FORMATS.md §2.3) when TLS_EXTERNAL and a verified
+        # client certificate give a login; the driver sets external_identity then.
+        if self.tls_active and self.external_identity and "EXTERNAL" not in mechs:
+            mechs = (*mechs, "EXTERNAL")
+        return mechs
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,7 +171,8 @@ class Session:
                            auth_plain=offer(cfg.auth_plain), auth_tls=offer(cfg.auth_tls),
                            auth_required=cfg.auth_required, greeting=cfg.greeting,
                            nonce=cram_nonce(int(clock())),
-                           scram=scram is not None and authenticate is not None)
+                           scram=scram is not None and authenticate is not None,
+                           external_identity=self._cert_login())
         self.policy = LoggingPolicy(policy, conn.peer_ip)
         self.core = SmtpServer(info, self.policy, Limits(
             max_size=cfg.sizelimit, max_recipients=cfg.bofh.maxrcpts,
@@ -276,6 +277,7 @@ class Session:
                         log.info("STARTTLS failed, ip=[%s]: %s", self.conn.peer_ip, e)
                         self.closed = True
                         return
+                    self.core.session.external_identity = self._cert_login()
                     queue.extend(self.core.tls_started())
                 case AuthVerify(credentials=creds, mechanism=mech):
                     queue.extend(self._verify(creds, mech))
@@ -296,6 +298,14 @@ class Session:
                     self.closed = True
                     return
         self.flush()
+
+    def _cert_login(self) -> str | None:
+        """TLS_EXTERNAL's login from the client's verified certificate (tcpd's
+        Connection.peer_identity); None without a verifier, TLS_EXTERNAL or certificate."""
+        identity = getattr(self.conn, "peer_identity", None)
+        if identity is None or self.authenticate is None or not self.cfg.tls_external:
+            return None
+        return identity(self.cfg.tls_external)
 
     def _verify(self, creds: Credentials, mech: str) -> list[Event]:
         ip = self.conn.peer_ip

@@ -37,6 +37,13 @@ from libcourier.config.schema import (
 )
 
 
+def to_verifypeer(v: str) -> str:
+    word = v.strip().upper() or "NONE"
+    if word not in ("NONE", "PEER", "REQUIREPEER"):
+        raise ValueError(f"expected NONE, PEER or REQUIREPEER, got {v!r}")
+    return word
+
+
 def listener_settings(*, proto: str, port: str, sslport: str, maxperip: str,
                       start_key: str, sslstart_key: str) -> tuple[Setting, ...]:
     """The common keys, with the defaults that differ per protocol (Courier's shipped values)."""
@@ -65,12 +72,16 @@ def listener_settings(*, proto: str, port: str, sslport: str, maxperip: str,
         Setting("TLS_MIN_DH_BITS", "tls_min_dh_bits", to_str, "", "(accepted)"),
         Setting("TLS_TIMEOUT", "tls_timeout", to_str, "", "(accepted)"),
         Setting("TLS_DHPARAMS", "tls_dhparams", to_str, "", "(accepted)"),
-        Setting("TLS_TRUSTCERTS", "tls_trustcerts", to_str, "", "(accepted)"),
-        Setting("TLS_VERIFYPEER", "tls_verifypeer", to_str, "NONE", "(accepted)"),
+        Setting("TLS_TRUSTCERTS", "tls_trustcerts", to_str, "", "CA file or directory that "
+                "verifies client certificates"),
+        Setting("TLS_VERIFYPEER", "tls_verifypeer", to_verifypeer, "NONE",
+                "NONE, PEER (verify a client certificate if sent) or REQUIREPEER"),
         Setting("TLS_CACHEFILE", "tls_cachefile", to_str, "", "(accepted)"),
         Setting("TLS_CACHESIZE", "tls_cachesize", to_str, "", "(accepted)"),
         Setting("TLS_ALPN", "tls_alpn", to_str, "", "(accepted)"),
-        Setting("TLS_EXTERNAL", "tls_external", to_str, "", "(accepted)"),
+        Setting("TLS_EXTERNAL", "tls_external", to_str, "", "subject field of a verified "
+                "client certificate that is the login for SASL EXTERNAL (e.g. emailaddress; "
+                "1 = emailaddress, else CN); empty = no EXTERNAL"),
     )
 
 
@@ -98,6 +109,9 @@ class ListenerConfig:
     tls_protocol: str
     tls_cipher_list: str
     accessfile: Path | None = None
+    tls_verifypeer: str = "NONE"          # NONE / PEER / REQUIREPEER
+    tls_trustcerts: Path | None = None    # CA file or directory for client certificates
+    tls_external: str = ""                # subject field that is the EXTERNAL login; "" = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,5 +173,10 @@ def load_listener(etc: Path, service: str, *, base: str, services: tuple[str, ..
         tls_certfile=cert, tls_keyfile=resolve_path(etc, v["tls_private_keyfile"]),
         tls_protocol=v["tls_protocol"], tls_cipher_list=v["tls_cipher_list"],
         accessfile=resolve_path(etc, v.get("accessfile", "")),
+        tls_verifypeer=v["tls_verifypeer"], tls_trustcerts=resolve_path(etc, v["tls_trustcerts"]),
+        tls_external=v["tls_external"].strip(),
     )
+    if v["tls_verifypeer"] != "NONE" and cert is not None and common["tls_trustcerts"] is None:
+        raise ConfigError(f"TLS_VERIFYPEER={v['tls_verifypeer']} needs TLS_TRUSTCERTS",
+                          str(etc / service))
     return LoadedListener(common, v, warnings)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from libcourier.tcpd.tls import certificate_identity
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
@@ -58,6 +60,19 @@ class Connection:
             raise ssl.SSLError("TLS is already active")
         self.sock = ctx.wrap_socket(self.sock, server_side=True)
         self.tls = True
+
+    def peer_identity(self, field: str) -> str | None:
+        """TLS_EXTERNAL's login from the client's verified certificate, or None.
+
+        getpeercert() is empty unless the context asked for a certificate
+        (TLS_VERIFYPEER) and its chain verified, so an unverified one gives nothing.
+        """
+        if not self.tls or not field or not isinstance(self.sock, ssl.SSLSocket):
+            return None
+        try:
+            return certificate_identity(self.sock.getpeercert(), field)
+        except (ValueError, OSError):
+            return None
 
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)

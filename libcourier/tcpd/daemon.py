@@ -70,7 +70,8 @@ def tls_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
         return None
     return server_context(cfg.tls_certfile, cfg.tls_keyfile,
                           protocol=cfg.tls_protocol or None,
-                          ciphers=cfg.tls_cipher_list or None)
+                          ciphers=cfg.tls_cipher_list or None,
+                          verifypeer=cfg.tls_verifypeer, trustcerts=cfg.tls_trustcerts)
 
 
 def make_loader(daemon: ListenerDaemon, etc: Path, service: str, layout: Layout):

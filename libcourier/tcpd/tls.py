@@ -43,10 +43,40 @@ def minimum_version(protocol: str) -> ssl.TLSVersion | None:
     return min(found) if found else None
 
 
+# TLS_VERIFYPEER: Courier's couriertls values. NONE asks for no client certificate;
+# PEER asks and verifies one if sent (a bad one fails the handshake); REQUIREPEER
+# refuses a connection without a valid one.
+_VERIFY = {
+    "NONE": ssl.CERT_NONE,
+    "PEER": ssl.CERT_OPTIONAL,
+    "REQUIREPEER": ssl.CERT_REQUIRED,
+}
+
+
+def verify_mode(verifypeer: str) -> ssl.VerifyMode:
+    """The ssl verify mode a TLS_VERIFYPEER value names; ConfigError for another word."""
+    key = verifypeer.strip().upper() or "NONE"
+    if key not in _VERIFY:
+        raise ConfigError(f"TLS_VERIFYPEER: {verifypeer.strip()!r} is not NONE, PEER or REQUIREPEER")
+    return _VERIFY[key]
+
+
 def server_context(certfile: str | Path, keyfile: str | Path | None = None, *,
-                   protocol: str | None = None, ciphers: str | None = None) -> ssl.SSLContext:
-    """A server context; certfile may hold key and certificate in one PEM, as Courier's do."""
+                   protocol: str | None = None, ciphers: str | None = None,
+                   verifypeer: str = "NONE",
+                   trustcerts: str | Path | None = None) -> ssl.SSLContext:
+    """A server context; certfile may hold key and certificate in one PEM, as Courier's do.
+
+    verifypeer/trustcerts are TLS_VERIFYPEER and TLS_TRUSTCERTS (a PEM file of CA
+    certificates, or a directory of them with OpenSSL's hash links, as Courier takes).
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    mode = verify_mode(verifypeer)
+    if mode != ssl.CERT_NONE:
+        if not trustcerts:
+            raise ConfigError(f"TLS_VERIFYPEER={verifypeer.strip()} needs TLS_TRUSTCERTS")
+        _load_trust(ctx, Path(trustcerts))
+        ctx.verify_mode = mode
     # Default floor TLS 1.2 (RFC 8996 deprecates 1.0 and 1.1); TLS_PROTOCOL may lower it.
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if protocol:
@@ -71,6 +101,65 @@ def server_context(certfile: str | Path, keyfile: str | Path | None = None, *,
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"bad TLS certificate or key: {exc}", str(certfile)) from None
     return ctx
+
+
+def _load_trust(ctx: ssl.SSLContext, trust: Path) -> None:
+    try:
+        if trust.is_dir():
+            # A directory: every PEM in it, so the admin needs no c_rehash links.
+            found = sorted(p for p in trust.iterdir() if p.is_file())
+            for p in found[:MAX_TRUST_FILES]:
+                try:
+                    ctx.load_verify_locations(cafile=str(p))
+                except ssl.SSLError:
+                    continue     # not a certificate (a README, a CRL): Courier skips it too
+            ctx.load_verify_locations(capath=str(trust))
+        else:
+            ctx.load_verify_locations(cafile=str(trust))
+    except FileNotFoundError:
+        raise ConfigError("TLS_TRUSTCERTS not found", str(trust)) from None
+    except PermissionError:
+        raise ConfigError("TLS_TRUSTCERTS not readable", str(trust)) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"TLS_TRUSTCERTS: no usable CA certificate: {exc}", str(trust)) from None
+
+
+MAX_TRUST_FILES = 1000     # files read from a TLS_TRUSTCERTS directory
+MAX_IDENTITY = 255         # longest identity we take from a certificate (a login name)
+
+# Subject attribute names as Courier's TLS_EXTERNAL writes them (OpenSSL's short
+# and long names, any case) -> the names Python's getpeercert() gives.
+_SUBJECT_NAMES = {
+    "emailaddress": "emailAddress", "email": "emailAddress",
+    "cn": "commonName", "commonname": "commonName",
+    "uid": "userId", "userid": "userId",
+    "o": "organizationName", "ou": "organizationalUnitName",
+}
+
+
+def certificate_identity(cert: dict | None, field: str) -> str | None:
+    """The login a verified peer certificate gives for TLS_EXTERNAL, or None.
+
+    ``cert`` is ``SSLSocket.getpeercert()`` (empty unless the chain verified).
+    ``field`` names the subject attribute (Courier's imapd-ssl: ``emailaddress``);
+    ``1`` (or ``YES``) takes the subject's emailAddress, else its CN. A subject with
+    the attribute twice gives None: which one would be the login is ambiguous.
+    """
+    if not cert or not field.strip():
+        return None
+    key = field.strip().lower()
+    wanted = ("emailAddress", "commonName") if key in ("1", "yes", "y", "true") else \
+        (_SUBJECT_NAMES.get(key, field.strip()),)
+    attrs = [(name, value) for rdn in cert.get("subject", ()) for name, value in rdn]
+    for name in wanted:
+        values = [v for n, v in attrs if n.lower() == name.lower()]
+        if len(values) > 1:
+            return None
+        if values:
+            value = values[0].strip()
+            ok = 0 < len(value) <= MAX_IDENTITY and value.isprintable() and " " not in value
+            return value if ok else None
+    return None
 
 
 def make_self_signed(certfile: Path, hostname: str) -> None:
