@@ -179,4 +179,7 @@ def load_listener(etc: Path, service: str, *, base: str, services: tuple[str, ..
     if v["tls_verifypeer"] != "NONE" and cert is not None and common["tls_trustcerts"] is None:
         raise ConfigError(f"TLS_VERIFYPEER={v['tls_verifypeer']} needs TLS_TRUSTCERTS",
                           str(etc / service))
+    if common["tls_external"] and v["tls_verifypeer"] == "NONE":
+        warnings.append(f"{service}: TLS_EXTERNAL is set but TLS_VERIFYPEER=NONE asks for no "
+                        "client certificate: EXTERNAL is never offered")
     return LoadedListener(common, v, warnings)

@@ -9,6 +9,7 @@ import ssl
 import pytest
 
 from libcourier.config.errors import ConfigError
+from libcourier.config.listener import listener_settings, load_listener
 from libcourier.tcpd.tls import certificate_identity, make_self_signed, server_context, verify_mode
 
 # getpeercert()'s shape: a tuple of RDNs, each a tuple of (name, value).
@@ -85,3 +86,29 @@ def test_server_context_errors(tmp_path):
     junk.write_text("no certificate here\n")
     with pytest.raises(ConfigError, match="no usable CA"):
         server_context(cert, verifypeer="PEER", trustcerts=junk)
+
+
+def test_listener_keys(tmp_path):
+    schema = listener_settings(proto="X", port="1100", sslport="1101", maxperip="7",
+                               start_key="XDSTART", sslstart_key="XDSSLSTART")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cert = etc / "x.pem"
+    make_self_signed(cert, "localhost")
+
+    def load(text: str):
+        (etc / "xd").write_text(f"TLS_CERTFILE={cert}\n" + text)
+        return load_listener(etc, "xd", base="xd", services=("xd",), schema=schema,
+                             ssl_keys_for_plain=False)
+
+    got = load("TLS_VERIFYPEER=peer\nTLS_TRUSTCERTS=ca.pem\nTLS_EXTERNAL=emailaddress\n")
+    assert got.common["tls_verifypeer"] == "PEER"
+    assert got.common["tls_trustcerts"] == etc / "ca.pem"      # relative to the config dir
+    assert got.common["tls_external"] == "emailaddress"
+    assert not got.warnings
+    assert load("").common["tls_verifypeer"] == "NONE"
+    with pytest.raises(ConfigError, match=r"xd:2: .*TLS_VERIFYPEER|TLS_VERIFYPEER.*xd:2"):
+        load("TLS_VERIFYPEER=SOMETIMES\n")
+    with pytest.raises(ConfigError, match="needs TLS_TRUSTCERTS"):
+        load("TLS_VERIFYPEER=REQUIREPEER\n")
+    assert any("EXTERNAL is never offered" in w for w in load("TLS_EXTERNAL=1\n").warnings)
