@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from libcourier.maildir import index, uiddb
 from libcourier.maildir import keywords as kwmod
-from libcourier.maildir import uiddb
 from libcourier.maildir.flags import join_name, split_name
 
 log = logging.getLogger("courier.maildir")
@@ -133,6 +133,27 @@ class Maildir:
             for base, found in self._list_cur().items():
                 files.setdefault(base, found)
 
+    def _cur_files(self, curfd: int, may_cache: bool
+                   ) -> tuple[dict[str, tuple[str, int, float]], bool]:
+        """cur/'s listing (base -> name, size, mtime) under the scan's lock, and whether
+        it came from the listing a previous scan stored (index.read_listing: cur/ has
+        not changed since). Else cur/ is read and stat'ed, and the result stored for
+        the next scan if cur/ did not change while it was read (a rename during
+        readdir() can hide a file: the stamp taken after shows it)."""
+        if may_cache:
+            try:
+                cached = index.read_listing(self.path, index.DirStamp.of(os.fstat(curfd)))
+            except OSError:
+                cached = None
+            if cached is not None:
+                return cached, True
+        recorded_ns = time.time_ns()          # before the read: see index.RACY_NS
+        before = index.DirStamp.of(os.fstat(curfd))
+        files = self._list_cur()
+        if index.DirStamp.of(os.fstat(curfd)) == before:
+            index.write_listing(self.path, before, recorded_ns, files)
+        return files, False
+
     def _cur_lock(self, kind: int) -> int:
         """flock on cur/ (module docstring): LOCK_SH for a flag rename, so our renames
         never run while one of our scans reads the directory (LOCK_EX)."""
@@ -151,9 +172,14 @@ class Maildir:
         try:
             fcntl.flock(lockfd, fcntl.LOCK_EX)
             moved = self._move_new()
-            files = self._list_cur()
+            # new/ not empty: cur/ just changed, the stored listing cannot be used.
+            files, cached = self._cur_files(lockfd, not moved)
             db = uiddb.read(self.path)
             if db is not None:
+                # A known message missing from a stored listing: a writer that keeps
+                # no listing (Courier's imapd) was here; doubt, so cur/ is read.
+                if cached and not all(base in files for _, base in db.entries):
+                    files, cached = self._cur_files(lockfd, False)
                 self._relist_missing(files, db)
             changed = db is None
             if db is None:
