@@ -127,8 +127,14 @@ def cpu_snapshot(inst: Instance) -> dict[str, int]:
     authd (with its long-lived workers). A child that exits between two reads is
     missed: the figures are a little low, never high."""
     courierd, authd = inst.pid("courierd"), inst.pid("authdaemond")
-    local = children(courierd)
-    local += [c for p in local for c in children(p)]
+    local, todo = [], children(courierd)
+    while todo:                         # courierlocal, connection children, workers
+        p = todo.pop()
+        local.append(p)
+        try:
+            todo += children(p)
+        except OSError:
+            pass
     snap = {"courierd": cpu_ticks(courierd),
             "courierlocal": sum(_ticks_or_0(p) for p in local),
             "authd": cpu_ticks(authd) + sum(cpu_ticks(p) for p in children(authd))}

@@ -61,6 +61,7 @@ from courier_deliver.localuser import (  # noqa: F401 - Outcome & co. are this m
     parse_report,
     write_all_pipe,
 )
+from courier_deliver.localworker import UserWorkers
 
 from libcourier import log as courier_log
 from libcourier import privsep
@@ -218,6 +219,18 @@ def handle_connection(conn: socket.socket, authsocket: Path,
     The connection ends when courierd closes it, after IDLE_TIMEOUT without a
     request, after MAX_REQUESTS, or after a request that could not be parsed
     (the stream may be out of step then)."""
+    workers = UserWorkers((conn,))
+    try:
+        return _serve_connection(conn, authsocket, default_maildir, forward, timeout,
+                                 journal, etc, workers)
+    finally:
+        workers.close()
+
+
+def _serve_connection(conn: socket.socket, authsocket: Path, default_maildir: str,
+                      forward: ForwardSpool | None, timeout: float | None,
+                      journal: Journal | None, etc: Path | None,
+                      workers: UserWorkers) -> Reply | None:
     reader = RequestReader()
     accounts = AccountCache()
     last: Reply | None = None
@@ -236,7 +249,7 @@ def handle_connection(conn: socket.socket, authsocket: Path,
         # localtimeout is read for each request: a change applies to the next one.
         last = _serve_request(req, fd, authsocket, default_maildir, forward,
                               read_localtimeout(etc) if timeout is None else timeout,
-                              journal, accounts)
+                              journal, accounts, workers)
         if not _send_reply(conn, last):
             return last
     return last
@@ -244,7 +257,8 @@ def handle_connection(conn: socket.socket, authsocket: Path,
 
 def _serve_request(req: DeliverRequest, fd: int, authsocket: Path, default_maildir: str,
                    forward: ForwardSpool | None, timeout: float,
-                   journal: Journal | None, accounts: AccountCache | None = None) -> Reply:
+                   journal: Journal | None, accounts: AccountCache | None = None,
+                   workers: UserWorkers | None = None) -> Reply:
     try:
         if not _lock_message(fd, timeout):
             return Reply(Status.TEMP, "4.3.0 another delivery of this message is still "
@@ -255,7 +269,7 @@ def _serve_request(req: DeliverRequest, fd: int, authsocket: Path, default_maild
             logger.info("delivery to %s: already done, not repeated", req.recipient)
             return Reply(Status.OK, "already delivered")
         reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward, timeout,
-                                    accounts)
+                                    accounts, workers)
         if reply.status is Status.OK and journal is not None:
             journal.record(fd, req.recipient, req.user)
         return reply
@@ -326,7 +340,8 @@ class AccountCache:
 def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
                         default_maildir: str, forward: ForwardSpool | None = None,
                         timeout: float = DELIVERY_TIMEOUT,
-                        accounts: AccountCache | None = None) -> Reply:
+                        accounts: AccountCache | None = None,
+                        workers: UserWorkers | None = None) -> Reply:
     user = req.user or req.recipient
     try:
         found = (accounts.find(authsocket, user) if accounts is not None
@@ -336,16 +351,19 @@ def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
     if found is None:
         return Reply(Status.PERM, "5.1.1 no such user")
     info, ext = found
-    rpipe, wpipe = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(rpipe)
-        _run_delivery_child(info, fd, req, wpipe, default_maildir, ext, timeout)
-    os.close(wpipe)
-    try:
-        outcome = _wait_result(pid, rpipe, timeout)
-    finally:
-        os.close(rpipe)
+    if workers is not None:
+        outcome = workers.deliver(info, fd, req, default_maildir, ext, timeout)
+    else:
+        rpipe, wpipe = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(rpipe)
+            _run_delivery_child(info, fd, req, wpipe, default_maildir, ext, timeout)
+        os.close(wpipe)
+        try:
+            outcome = _wait_result(pid, rpipe, timeout)
+        finally:
+            os.close(rpipe)
     reply = outcome.reply
     if reply.status is Status.OK and outcome.forwards:
         reply = _forward(forward, fd, req, outcome)

@@ -241,3 +241,16 @@ def test_program_killed_by_a_signal_is_permanent(inst):
     assert wait_for(lambda: qid not in list_queue(inst.layout.spooldir)), log(inst)
     assert "killed by signal 11" in log(inst)
     assert new_files(inst, "alice@example.com") == []
+
+
+def test_one_delivery_process_serves_one_user_in_turn(inst):
+    """localworker: messages for the same account, one after the other, are
+    delivered by the same (kept) delivery process, not a fork each."""
+    out = home(inst, "alice@example.com") / "pids"
+    write_dot(inst, "alice@example.com", f"| echo $PPID >> {out}\n./Maildir/\n")
+    for _ in range(3):
+        qid = spool(inst, "alice@example.com")
+        assert wait_for(lambda q=qid: q not in list_queue(inst.layout.spooldir)), log(inst)
+    pids = out.read_text().split()
+    assert len(pids) == 3 and len(set(pids)) == 1, pids
+    assert len(new_files(inst, "alice@example.com")) == 3
