@@ -12,7 +12,8 @@ Process chain, one level per privilege boundary:
 - the helper's main loop (root): accepts, checks SO_PEERCRED, forks;
 - a connection child (root), one per courierd connection, which courierd
   keeps open: reads each request (bounded, with a timeout), asks authd for
-  the account (kept a few seconds), forks again for each delivery;
+  the account (kept a few seconds), forks again for the delivery child,
+  which stays for the next message to the same account (localworker.py);
 - a delivery child: switches for good to the user's uid/gid, chdir HOME, and
   writes the Maildir file; it reports one line over a pipe and exits. The
   connection child, still root and never touched by the user's files, sends
