@@ -103,7 +103,8 @@ class Maildir:
 
     def _list_cur(self) -> dict[str, tuple[str, int, float]]:
         """base -> (file name, size, mtime) of cur/ (not the stat_result: at 100,000
-        messages those are tens of MB for the length of a scan)."""
+        messages those are tens of MB for the length of a scan). The size is the
+        name's ,S= when present, else the on-disk size (MessageRef.size)."""
         found: dict[str, tuple[str, int, float]] = {}
         with os.scandir(self.path / "cur") as it:
             for ent in it:
@@ -118,7 +119,8 @@ class Maildir:
                 prev = found.get(base)
                 # Two names for one base (a crash mid-rename elsewhere): keep one, stably.
                 if prev is None or ent.name < prev[0]:
-                    found[base] = (ent.name, st.st_size, st.st_mtime)
+                    tag = _size_of(base)
+                    found[base] = (ent.name, st.st_size if tag is None else tag, st.st_mtime)
         return found
 
     def _relist_missing(self, files: dict[str, tuple[str, int, float]],
@@ -180,7 +182,8 @@ class Maildir:
                 # no listing (Courier's imapd) was here; doubt, so cur/ is read.
                 if cached and not all(base in files for _, base in db.entries):
                     files, cached = self._cur_files(lockfd, False)
-                self._relist_missing(files, db)
+                if not cached:
+                    self._relist_missing(files, db)
             changed = db is None
             if db is None:
                 db = uiddb.UidDb(uiddb.new_uidvalidity(now), 1, ())
@@ -205,10 +208,8 @@ class Maildir:
         recent = set()
         empty: frozenset[str] = frozenset()
         for uid, base in kept:
-            name, disk_size, mtime = files[base]
-            size = _size_of(base)
-            msgs.append(MessageRef(uid, base, name, split_name(name)[1],
-                                   disk_size if size is None else size, mtime,
+            name, size, mtime = files[base]
+            msgs.append(MessageRef(uid, base, name, split_name(name)[1], size, mtime,
                                    kws.get(base, empty)))
             if base in moved:
                 recent.add(uid)

@@ -416,12 +416,14 @@ class FolderIndex:
 # seen: a Maildir never rewrites a message, and its INTERNALDATE does not change.
 # Pure cache, replaced whole by write-new-and-rename; damaged or foreign -> a full scan.
 #
-#     courierpy-scan 1\n
+#     courierpy-scan 2\n
 #     <ino> <dir size> <dir mtime_ns> <recorded_ns> <count> <names bytes> <byteorder> <crc32 hex>\n
 #     names joined by \n | count sizes (int64) | count mtimes (float64), native byte order
+#
+# (the sizes are MessageRef.size's: the name's ,S= when present, else the file's)
 
 SCAN_NAME = "courierpyscan"
-SCAN_MAGIC = b"courierpy-scan 1\n"
+SCAN_MAGIC = b"courierpy-scan 2\n"
 RACY_NS = 2_000_000_000
 MAX_SCAN_BYTES = 256 << 20         # a larger listing is neither written nor read
 

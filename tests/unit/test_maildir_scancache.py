@@ -185,3 +185,16 @@ def test_change_while_cur_is_read_is_not_stored(tmp_path: Path,
     age_cur(md)
     st = Maildir(md).scan()
     assert (md / index.SCAN_NAME).exists() and st.messages[0].flags == "S"
+
+
+def test_size_tag_wins_in_both_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MessageRef.size is the name's ,S= when present (Courier's RFC822.SIZE source),
+    the on-disk size otherwise: the same from a stored listing as from stat."""
+    md = make_folder(tmp_path / "M", 0)
+    (md / "cur" / "1.M1P1.host,S=99:2,").write_bytes(b"12345")
+    (md / "cur" / "2.M1P1.host:2,S").write_bytes(b"1234567")
+    age_cur(md)
+    full = Maildir(md).scan()
+    assert [m.size for m in full.messages] == [99, 7]
+    calls = no_listdir(monkeypatch)
+    assert snapshot(Maildir(md).scan()) == snapshot(full) and calls == []
