@@ -208,6 +208,7 @@ class _Run:
         self.waiting: list[dsn.Report] = []                  # temporary failures
         self.injected: list[str] = []
         self._dirty = False
+        self._removed = False        # the entry is gone already (commit_progress)
 
     def settle(self, rcpt: Recipient, report: dsn.Report) -> bool:
         """Record one outcome; True when the recipient may leave the envelope now."""
@@ -230,6 +231,7 @@ class _Run:
                                                                  recipients=tuple(self.left)))
         else:
             remove(spool, self.qid)
+            self._removed = True
         self._dirty = False
 
     def finish(self, now: float) -> Result:
@@ -258,7 +260,9 @@ class _Run:
             rewrite_envelope(spool, self.qid, dataclasses.replace(env, recipients=keep,
                                                                  warned=warned))
             return Result(Outcome.DEFERRED, env.received, tuple(self.injected))
-        remove(spool, self.qid)
+        if not self._removed:
+            # (Not twice: a second remove would only fsync msgs/ again.)
+            remove(spool, self.qid)
         logger.info("id=%s,from=<%s>: completed", self.qid, env.sender)
         return Result(Outcome.DONE, env.received, tuple(self.injected))
 
