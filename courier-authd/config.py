@@ -77,7 +77,8 @@ SETTINGS = (
     Setting("authdaemonvar", "authdaemonvar", to_str, "/run/courier/authdaemon",
             "directory of the socket (relative paths: to the config dir)"),
     Setting("DEBUG_LOGIN", "debug_login", _debug_login, "0",
-            "1: log each request's steps; 2: also passwords (never in production)"),
+            "1: log each request's steps; 2: the same (Courier adds passwords at 2; "
+            "we never log them)"),
     Setting("DEFAULTOPTIONS", "default_options", to_str, "",
             "account options every account gets unless it sets them itself"),
     Setting("LOGGEROPTS", "logger_opts", to_str, "", "courierlogger options (accepted, unused)"),
