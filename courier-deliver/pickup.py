@@ -61,10 +61,10 @@ from libcourier.config import ConfigError
 from libcourier.config.control import read_control_file, read_control_value
 from libcourier.durable import fsync_dir
 from libcourier.spool import Envelope, SpoolError, SpoolWriter
+from libcourier.spool.queue import QUARANTINE
 
 logger = logging.getLogger("courier.courierd")
 
-QUARANTINE = "quarantine"
 STALE_AFTER = 36 * 3600          # an incomplete file this old was abandoned (purge_tmp's age)
 DEFAULT_SIZELIMIT = 10 * 1024 * 1024   # Courier's `sizelimit` default
 HEADER_ALLOWANCE = 8192          # headers sendmail added beyond the user's message

@@ -60,6 +60,7 @@ from libcourier.spool import (
     SpoolWriter,
     list_queue,
     open_data,
+    quarantine,
     read_envelope,
     remove,
     rewrite_envelope,
@@ -116,8 +117,12 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
     except SpoolError as e:
         if not (spool / "msgs" / f"{qid}.env").exists():
             return Result(Outcome.GONE)
-        logger.error("id=%s: unreadable envelope: %s", qid, e)
-        return Result(Outcome.DEFERRED)
+        # Retrying cannot help a file that does not parse or cannot be read:
+        # set it aside for the admin, never delete it (issue 8, bad input).
+        return _set_aside(spool, qid, f"unreadable envelope: {e}")
+    if not (spool / "msgs" / f"{qid}.dat").exists():
+        # Only a crash inside SpoolWriter's commit leaves this (no 250 was given).
+        return _set_aside(spool, qid, "the message data is missing")
     try:
         env = expand_aliases(config, qid, env)
     except (OSError, SpoolError) as e:
@@ -139,6 +144,17 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
         # A recipient may be delivered again later: a duplicate, never a loss.
         logger.error("id=%s: cannot update the queue entry: %s", qid, e)
         return Result(Outcome.DEFERRED, env.received, tuple(run.injected))
+
+
+def _set_aside(spool: Path, qid: str, reason: str) -> Result:
+    try:
+        where = quarantine(spool, qid)
+    except OSError as e:
+        logger.error("id=%s: %s; cannot move it to quarantine: %s", qid, reason,
+                     e.strerror or e)
+        return Result(Outcome.DEFERRED)
+    logger.error("id=%s: %s; moved to %s", qid, reason, where)
+    return Result(Outcome.GONE)
 
 
 def _status_of(text: str, default: str) -> str:

@@ -113,6 +113,32 @@ def remove(spooldir: Path, qid: str) -> None:
     fsync_dir(msgs)
 
 
+QUARANTINE = "quarantine"      # 0700: queue entries and maildrop files set aside
+
+
+def quarantine(spooldir: Path, qid: str) -> Path:
+    """Move a queue entry that cannot be delivered (an envelope that does not parse
+    or cannot be read, or data that is gone) out of msgs/ into quarantine/, never
+    deleting it: an admin can look at it. The envelope goes first, so the entry is
+    no longer queued even if the data move fails. Returns the folder it went to."""
+    spooldir = Path(spooldir)
+    check_qid(qid)
+    dest = spooldir / QUARANTINE
+    try:
+        dest.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    msgs = spooldir / MSGS
+    for suffix in (".env", ".dat"):
+        try:
+            os.rename(msgs / f"{qid}{suffix}", dest / f"{qid}{suffix}")
+        except FileNotFoundError:
+            pass
+    fsync_dir(dest)
+    fsync_dir(msgs)
+    return dest
+
+
 def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     """Remove leftovers of crashed writers: files in tmp/, .dat files in msgs/
     without an .env, and an .env without its .dat (a crash after SpoolWriter's two

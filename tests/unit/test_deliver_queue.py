@@ -176,6 +176,31 @@ def test_crash_after_first_recipient_keeps_the_rest(cfg):
         ["b@mx.test"]
 
 
+@pytest.mark.parametrize("damage", ["garbage envelope", "data missing"])
+def test_undeliverable_entry_is_quarantined_not_deleted(cfg, damage, caplog):
+    """Issue 8, bad input: a spool entry that cannot be read is moved aside to
+    SPOOLDIR/quarantine with a log line, never deleted, and no longer retried."""
+    spool = cfg.layout.spooldir
+    qid = spool_message(spool, "alice@mx.test")
+    env_before = (spool / "msgs" / f"{qid}.env").read_bytes()
+    if damage == "garbage envelope":
+        (spool / "msgs" / f"{qid}.env").write_bytes(b"\x00 not an envelope\n")
+    else:
+        (spool / "msgs" / f"{qid}.dat").unlink()
+    fake = FakeLocal({})
+    with caplog.at_level("ERROR", logger="courier.courierd"):
+        assert process_message(cfg, qid, fake).outcome is Outcome.GONE
+    assert fake.calls == [] and list_queue(spool) == []
+    kept = sorted(p.name for p in (spool / "quarantine").iterdir())
+    if damage == "garbage envelope":
+        assert kept == [f"{qid}.dat", f"{qid}.env"]
+        assert (spool / "quarantine" / f"{qid}.dat").read_bytes() == b"Subject: t\n\nhi\n"
+    else:
+        assert kept == [f"{qid}.env"]
+        assert (spool / "quarantine" / f"{qid}.env").read_bytes() == env_before
+    assert f"id={qid}" in caplog.text and "quarantine" in caplog.text
+
+
 def test_vanished_entry_is_gone(cfg):
     assert process_message(cfg, "0123456789abcdef.1.1", FakeLocal({})).outcome is Outcome.GONE
 
