@@ -177,6 +177,7 @@ def init(dest: Path, *, port_base: int | None = None, hostname: str | None = Non
         write_atomic(etc / "locals", "\n".join(local_names) + "\n")
         write_atomic(etc / "hosteddomains", (tdir / "hosteddomains").read_bytes())
         write_atomic(etc / "bofh", (tdir / "bofh").read_bytes())
+        write_atomic(etc / "trustedusers", (tdir / "trustedusers").read_bytes())
         # authlib's rc files, as Courier installs them: used once their module is in
         # authmodulelist; they will hold a database password, so not world-readable.
         for name in AUTH_RC_FILES:

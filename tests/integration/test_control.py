@@ -29,7 +29,7 @@ def test_init_layout_and_ports(new_instance):
     for name in ("courierd", "authdaemonrc", "esmtpd", "esmtpd-msa", "esmtpd-ssl", "imapd",
                  "imapd-ssl", "pop3d", "pop3d-ssl", "me", "defaultdomain", "locals",
                  "hosteddomains", "userdb", "userdb.dat", "userdbshadow.dat", "esmtpd.pem",
-                 "bofh", "authpgsqlrc", "authmysqlrc", "authldaprc"):
+                 "bofh", "trustedusers", "authpgsqlrc", "authmysqlrc", "authldaprc"):
         assert (etc / name).is_file(), name
     for name in ("authpgsqlrc", "authmysqlrc", "authldaprc"):
         assert (etc / name).stat().st_mode & 0o777 == 0o640, name
