@@ -58,7 +58,7 @@ def closed_port() -> int:
 
 class Instance:
     def __init__(self, maxdels: int | None) -> None:
-        from bench.smtp_goals import free_port_base
+        from bench.run import free_port_base
         from libcourier.layout import load_layout
         self.top = Path(tempfile.mkdtemp(prefix="deliver-goals-", dir="/tmp"))
         os.chmod(self.top, 0o755)

@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -80,27 +78,6 @@ def ensure_postfix_user() -> None:
         os.chown(d, pw.pw_uid, pw.pw_gid)
 
 
-def free_port_base(tries: int = 200) -> int:
-    """A base whose service ports (base+25 ... base+995) are free on 127.0.0.1."""
-    from libcourier.control.init import PORT_OFFSETS
-    rng = random.Random()
-    for _ in range(tries):
-        base = rng.randrange(20000, 60000, 1000) + rng.randrange(0, 500)
-        socks = []
-        try:
-            for off in PORT_OFFSETS.values():
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + off))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise SystemExit("no free port base")
-
-
 class Ours:
     """A courier-py instance under a fresh 0755 directory in /tmp; with courierd (end to
     end) or without (the accept path alone: messages stay in the spool)."""
@@ -111,6 +88,7 @@ class Ours:
         self.top = Path(tempfile.mkdtemp(prefix="smtp-goals-", dir="/tmp"))
         os.chmod(self.top, 0o755)
         self.root = self.top / "inst"
+        from bench.run import free_port_base
         base = free_port_base()
         self.port = base + PORT_OFFSETS["smtp"]
         courier("init", str(self.root), "--port-base", str(base), "--hostname", "mx.bench")
