@@ -14,6 +14,9 @@ from courier_smtpd import core as smtp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+# The RFC 5802 / RFC 7677 example exchanges, as test_sasl_scram.py holds them.
+from test_sasl_scram import HASH, RFC
+
 from libcourier.proto import NEED_DATA
 from libcourier.sasl import (
     ScramKeysWanted,
@@ -23,25 +26,6 @@ from libcourier.sasl import (
 )
 from libcourier.sasl.scram import derive_keys, verify_proof
 
-# mech: (client-first, server nonce, salt b64, client-final, server-final), from the RFCs.
-RFC = {
-    "SCRAM-SHA-1": (
-        b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
-        "3rfcNHYJY1ZVvWVs7j",
-        "QSXCR+Q6sek8bf92",
-        b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
-        b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=",
-    ),
-    "SCRAM-SHA-256": (
-        b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
-        "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
-        "W22ZaJ0SNY7soEsUEjb6gQ==",
-        b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,"
-        b"p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
-        b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
-    ),
-}
-HASH = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
 MECHS = sorted(RFC)
 MODES = ["whole", "bytes", "pipelined"]
 
