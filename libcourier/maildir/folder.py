@@ -186,7 +186,7 @@ class Maildir:
                     self._relist_missing(files, db)
             changed = db is None
             if db is None:
-                db = uiddb.UidDb(uiddb.new_uidvalidity(now), 1, ())
+                db = uiddb.UidDb(uiddb.new_uidvalidity(now, self.path), 1, ())
             kept = [(uid, base) for uid, base in db.entries if base in files]
             changed |= len(kept) != len(db.entries)
             known = {base for _, base in kept}

@@ -258,7 +258,7 @@ def _place(folder: Path, placers: Iterable[tuple[str, object]]) -> Added:
             placed.append(base)
         fsync_dir(cur)
         if db is None:
-            db = uiddb.UidDb(uiddb.new_uidvalidity(time.time()), 1, ())
+            db = uiddb.UidDb(uiddb.new_uidvalidity(time.time(), folder), 1, ())
         nextuid = db.nextuid
         entries = list(db.entries)
         uids = []

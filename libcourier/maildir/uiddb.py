@@ -14,6 +14,7 @@ read exactly as leniently as Courier does and no more.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 from libcourier.durable import write_atomic
 
 IMAPDB = "courierimapuiddb"
+# The last UIDVALIDITY handed out in this Maildir (our file; Courier ignores it).
+UIDVALIDITY_MARK = "courierpyuidvalidity"
 IMAPDBVERSION = 1
 IMAP_EPOCH = 1_000_000_000   # UIDVALIDITY = time - IMAP_EPOCH (imapscanclient.C)
 MAX_DB_BYTES = 256 * 1024 * 1024
@@ -87,5 +90,41 @@ def write(folder: Path, db: UidDb, hostname: str = "") -> None:
     write_atomic(folder / IMAPDB, format_db(db), mode=0o600, tmp=tmpname)
 
 
-def new_uidvalidity(now: float) -> int:
-    return max(1, int(now) - IMAP_EPOCH)
+def new_uidvalidity(now: float, folder: Path | None = None) -> int:
+    """A UIDVALIDITY for a folder whose database is new: Courier's clock value
+    (time - IMAP_EPOCH), but above every value handed out before in the same
+    Maildir. RFC 3501 2.3.1.1 wants the value of a re-created folder greater
+    than the old one's; the clock alone repeats itself when a folder is deleted
+    and created again within one second, or the clock steps back.
+
+    `folder` is the folder's directory (the Maildir itself for INBOX); the mark
+    lives at the Maildir's root, under a flock of that directory. When the root
+    cannot be written (a read-only shared folder) the clock value is used.
+    """
+    clock = max(1, int(now) - IMAP_EPOCH)
+    if folder is None:
+        return clock
+    root = folder.parent if folder.name.startswith(".") else folder
+    try:
+        dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return clock
+    try:
+        fcntl.flock(dirfd, fcntl.LOCK_EX)
+        mark = root / UIDVALIDITY_MARK
+        try:
+            last = int(mark.read_bytes()[:32].strip() or b"0")
+        except (OSError, ValueError):
+            last = 0    # missing or damaged: the clock is all we know
+        value = max(clock, last + 1)
+        if value >= 2**32:          # a 32-bit field (RFC 3501 nz-number)
+            value = clock
+        try:
+            # The tmp name in tmp/: a dot-named entry at the root would be a folder.
+            tmp = root / "tmp" / f"{os.getpid()}.uidvalidity_{os.urandom(4).hex()}"
+            write_atomic(mark, f"{value}\n", mode=0o600, tmp=tmp)
+        except OSError:
+            return clock
+        return value
+    finally:
+        os.close(dirfd)

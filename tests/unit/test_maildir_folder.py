@@ -152,3 +152,32 @@ def test_concurrent_scans_never_share_a_uid(tmp_path: Path) -> None:
     assert len(set(merged.values())) == len(merged) == 100
     final = Maildir(md).scan()
     assert {m.base: m.uid for m in final.messages} == merged
+
+
+def test_recreated_folder_gets_a_greater_uidvalidity(tmp_path: Path) -> None:
+    """RFC 3501 2.3.1.1: a folder deleted and created again, even within the same
+    second (same clock value), gets a UIDVALIDITY above its previous one."""
+    import shutil
+
+    root = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True)
+    sub = root / ".Work"
+    values = []
+    for _ in range(3):
+        for d in ("cur", "new", "tmp"):
+            (sub / d).mkdir(parents=True)
+        Maildir(sub).scan(now=1_700_000_000.0)      # the same second every time
+        db = uiddb.read(sub)
+        assert db is not None
+        values.append(db.uidvalidity)
+        shutil.rmtree(sub)
+    assert values[0] == 1_700_000_000 - uiddb.IMAP_EPOCH
+    assert values == sorted(set(values)) and len(values) == 3
+    # INBOX shares the Maildir's mark; a damaged mark falls back to the clock.
+    (root / uiddb.UIDVALIDITY_MARK).write_bytes(b"garbage")
+    Maildir(root).scan(now=1_800_000_000.0)
+    db = uiddb.read(root)
+    assert db is not None and db.uidvalidity == 1_800_000_000 - uiddb.IMAP_EPOCH
+    assert list((root / "tmp").iterdir()) == [] and not [
+        p for p in root.iterdir() if p.name.startswith(".") and p.name != ".Work"]
