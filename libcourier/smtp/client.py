@@ -24,10 +24,12 @@ a garbled reply). The driver maps 2xx/4xx/5xx to done/retry/bounce.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import re
 from dataclasses import dataclass, field
 
+from libcourier.mime.downgrade import header_needs_utf8, to_7bit
 from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
 from libcourier.smtp.dotstuff import END_OF_DATA, dot_stuff
 from libcourier.smtp.grammar import xtext_encode
@@ -427,16 +429,24 @@ class SmtpClient:
         if limit.isdigit() and int(limit) > 0 and len(t.message) > int(limit):
             return local_reply(552, "5.3.4", f"message size exceeds the server's limit of "
                                f"{limit} bytes")
-        if t.smtputf8 and "SMTPUTF8" not in self.extensions:
-            # RFC 6531 §3.2: no downgrade here; the sender learns by a DSN.
+        if "SMTPUTF8" not in self.extensions and _needs_smtputf8(t):
+            # RFC 6531 §3.2: a message that needs SMTPUTF8 (UTF-8 addresses, or
+            # UTF-8 header fields when sent as SMTPUTF8) is not downgraded; the
+            # sender learns by a DSN.
             return local_reply(553, "5.6.7", "the server does not support SMTPUTF8")
-        if t.eightbit and "8BITMIME" not in self.extensions:
-            # RFC 6152 §3: 8-bit data must not go to a server without 8BITMIME.
-            return local_reply(554, "5.6.3", "8-bit message; the server does not "
-                               "support 8BITMIME")
         return None
 
+    def _downgrade(self) -> None:
+        """RFC 6152 §3, as Courier's esmtp module does: 8-bit content for a
+        server without 8BITMIME is converted to quoted-printable per MIME part
+        (libcourier.mime.downgrade) instead of being sent 8-bit or returned."""
+        t = self.txn
+        if "8BITMIME" in self.extensions or t.message.isascii():
+            return
+        self.txn = dataclasses.replace(t, message=to_7bit(t.message), eightbit=False)
+
     def _start_mail(self, events: list) -> None:
+        self._downgrade()
         refusal = self._policy_refusal()
         if refusal is not None:
             self._fail(refusal, events)
@@ -501,6 +511,12 @@ class SmtpClient:
                 self.results.setdefault(r.address, p.mail_reply if p.mail_reply
                                         and p.mail_reply.code != 250 else reply)
             self._end_transaction(events, clean=False)
+
+
+def _needs_smtputf8(t: Transaction) -> bool:
+    if not t.sender.isascii() or not all(r.address.isascii() for r in t.recipients):
+        return True
+    return t.smtputf8 and header_needs_utf8(t.message)
 
 
 def _as_temp(reply: Reply) -> Reply:

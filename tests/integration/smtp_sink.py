@@ -90,6 +90,8 @@ class _Handler(socketserver.StreamRequestHandler):
             verb = line[:4].upper()
             if verb in ("EHLO", "HELO"):
                 exts = ["PIPELINING", "SIZE 10000000", "8BITMIME", "DSN", "SMTPUTF8"]
+                if mode == "7bit":          # an old server: no 8BITMIME, no SMTPUTF8
+                    exts = ["PIPELINING", "SIZE 10000000", "DSN"]
                 text = ["sink.test"] + exts
                 for t in text[:-1]:
                     self.wfile.write(f"250-{t}\r\n".encode())

@@ -208,6 +208,29 @@ def test_4xx_then_2xx_and_dsn_parameters_passed_on(new_instance, dns_port):
     assert "451 4.3.0" in log(new_instance)
 
 
+def test_8bit_to_a_server_without_8bitmime_goes_quoted_printable(new_instance, dns_port):
+    # RFC 6152 §3 as Courier does it: converted, not sent 8-bit, not bounced;
+    # a message that needs SMTPUTF8 there bounces with 5.6.7 (RFC 6531 §3.2).
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.7", port, "7bit") as sink:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "p@plain.test", body=BODY + "caf\u00e9\n".encode(),
+              body_type="8BITMIME")
+        spool(new_instance, "q@plain.test", body=b"Subject: caf\xc3\xa9\n\nx\n",
+              body_type="8BITMIME", smtputf8=True)
+        assert wait_until(lambda: sink.state.messages and queue_empty(new_instance)
+                          and maildir_new(new_instance, "carol@sender.test")), log(new_instance)
+    [txn] = sink.state.messages
+    assert "BODY=8BITMIME" not in txn.mail and "SMTPUTF8" not in txn.mail
+    assert txn.data.isascii()
+    msg = email.message_from_bytes(txn.data, policy=email.policy.default)
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert msg.get_content().replace("\r\n", "\n").endswith(".dot line\ncaf\u00e9\n")
+    [f] = maildir_new(new_instance, "carol@sender.test")
+    dsn = f.read_bytes()            # message/global-delivery-status (RFC 6533): by hand
+    assert b"\nFinal-Recipient: utf-8; q@plain.test\nAction: failed\nStatus: 5.6.7\n" in dsn
+
+
 def test_5xx_bounces_with_an_rfc3464_dsn(new_instance, dns_port):
     port = _free_port(SINK_HOSTS)
     with Sink("127.0.0.4", port, "reject"):

@@ -144,9 +144,9 @@ def test_refusals_before_mail():
     c = SmtpClient("me.test", txn(), tls=TlsPolicy.NONE)
     [fin] = c.receive(b"220 hi\r\n250-mx\r\n250 SIZE 10\r\n")
     assert fin.results["x@example.org"].enhanced == "5.3.4"
-    c = SmtpClient("me.test", txn(smtputf8=True), tls=TlsPolicy.NONE)
+    c = SmtpClient("me.test", txn("j\u00f8ran@example.org", smtputf8=True), tls=TlsPolicy.NONE)
     [fin] = c.receive(b"220 hi\r\n250 mx\r\n")
-    assert fin.results["x@example.org"].code == 553
+    assert fin.results["j\u00f8ran@example.org"].code == 553
     c = SmtpClient("me.test", txn(), tls=TlsPolicy.NONE)
     [fin] = c.receive(b"554 go away\r\n")
     assert fin.results["x@example.org"].code == 554
