@@ -79,7 +79,19 @@ from libcourier.smtp import (
     parse_mail_from,
     parse_rcpt_to,
 )
-from libcourier.smtp.grammar import parse_bdat, parse_envid, parse_notify, parse_orcpt, parse_ret
+from libcourier.smtp.grammar import (
+    parse_bdat,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+    parse_ret,
+    parse_security,
+)
+
+# Courier's private extensions, as courieresmtpd offers them (module.esmtp
+# configure.ac): VERP return paths (libcourier.smtp.verp), extended DATA
+# replies, and a minimum transport security for the onward delivery.
+COURIER_EXTENSIONS = ["XVERP=Courier", "XEXDATA", "XSECURITY=NONE,STARTTLS"]
 
 # A DATA line longer than this is not kept in memory even to check it: it is
 # dropped as it arrives (ReceiveBuffer) and the message is refused.
@@ -206,6 +218,8 @@ class Transaction:
     size: int = 0                        # octets received (after unstuffing, CRLF counted)
     envid: str | None = None             # RFC 3461 ENVID=, xtext-decoded
     ret: str | None = None               # RFC 3461 RET=: "FULL" or "HDRS"
+    verp: bool = False                   # Courier's VERP (XVERP=Courier)
+    security: str | None = None          # Courier's SECURITY=STARTTLS (XSECURITY)
 
 
 @dataclass(slots=True)
@@ -217,6 +231,8 @@ class _Txn:
     declared_size: int | None = None
     envid: str | None = None
     ret: str | None = None
+    verp: bool = False
+    security: str | None = None
     chunking: bool = False               # a BDAT was taken: DATA is refused now (RFC 3030 §2)
     spool_open: bool = False             # DataStart went out and no end yet (BDAT only)
     failed: bool = False                 # a chunk failed: the rest are discarded
@@ -526,6 +542,9 @@ class SmtpServer:
         if offered:
             lines.append("AUTH " + " ".join(offered))    # RFC 4954 §3
         # RFC 3461 DSN, RFC 3030 CHUNKING (BINARYMIME is not offered).
+        # Courier's own extensions (FORMATS.md §2.3; MAIL parameters VERP,
+        # EXDATA and SECURITY=, see _mail), in Courier's order.
+        lines += COURIER_EXTENSIONS
         lines += ["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
         # RFC 1870 §4: SIZE with the limit (0 = no fixed limit).
         lines.append(f"SIZE {self.limits.max_size}" if self.limits.max_size else "SIZE")
@@ -575,6 +594,18 @@ class SmtpServer:
                 txn.ret = parse_ret(value)
             elif key == "ENVID":         # RFC 3461 §4.4
                 txn.envid = parse_envid(value)
+            elif key == "VERP":          # XVERP=Courier: one return path per recipient
+                if value is not None:
+                    raise ClientError("VERP takes no value.", "501 5.5.4")
+                txn.verp = True
+            elif key == "EXDATA":
+                # XEXDATA: the client could read a 558 reply to DATA. Every
+                # recipient here gets the same outcome, and the draft lets a
+                # server always answer plainly, as Courier's courieresmtpd does.
+                if value is not None:
+                    raise ClientError("EXDATA takes no value.", "501 5.5.4")
+            elif key == "SECURITY":      # XSECURITY=NONE,STARTTLS
+                txn.security = parse_security(value)
             else:
                 # RFC 5321 §4.1.1.11: parameters not recognized -> 555.
                 self._error(_r(555, "5.5.4", f"Unsupported parameter {key}."))
@@ -912,7 +943,8 @@ class SmtpServer:
         # host as if they were 7-bit (as Postfix and Courier accept undeclared 8-bit).
         body = "8BITMIME" if t.eight_bit and t.body == "7BIT" else t.body
         return Transaction(t.sender, tuple(t.recipients), body, t.smtputf8,
-                           t.declared_size, self._data_size, t.envid, t.ret)
+                           t.declared_size, self._data_size, t.envid, t.ret, t.verp,
+                           t.security)
 
     def _flush_chunk(self) -> None:
         if self._chunk:

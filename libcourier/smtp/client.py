@@ -15,6 +15,20 @@ The sequence (RFC 5321 §3, §4.1):
 With PIPELINING (RFC 2920 §3.1) MAIL, every RCPT and DATA go in one write
 and their replies are matched in order.
 
+Courier's own extensions (doc/draft-varshavchik-*-smtpext.txt, and what its
+esmtp module does with them):
+- VERP: a message flagged `verp` goes out with MAIL ... VERP to a server that
+  offers XVERP=Courier; to any other server each recipient gets its own
+  transaction on the session, with the return path libcourier.smtp.verp makes.
+- SECURITY=STARTTLS: the message goes only over STARTTLS (or SMTPS) to a
+  server that offers XSECURITY with STARTTLS once TLS is up, and MAIL carries
+  SECURITY=STARTTLS on. A server that cannot is a permanent failure (5.7.10),
+  as Courier's "Unable to set minimum security level"; so is a TLS handshake
+  that fails (tls_failed). The driver verifies the certificate.
+- XEXDATA: MAIL carries EXDATA, and a 558 reply to the final "." is read as
+  one reply per accepted recipient (draft-varshavchik-exdata-smtpext §5, 7.2:
+  a recipient whose reply is missing gets 451).
+
 Every recipient ends with one Reply: the server's RCPT reply when that was an
 error, else the reply to the final "."; when the session fails earlier, the
 reply that failed it (the server's, or a local 4xx for a broken connection or
@@ -34,11 +48,13 @@ from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
 from libcourier.smtp.dotstuff import END_OF_DATA, dot_stuff
 from libcourier.smtp.grammar import xtext_encode
 from libcourier.smtp.reply import Reply
+from libcourier.smtp.verp import verp_sender
 
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; accept some slack for
 # sloppy servers, but bound the lines of one reply too (an EHLO list is short).
 MAX_REPLY_LINE = 2048
 MAX_REPLY_LINES = 100
+EXDATA_LINES = 10             # lines allowed per recipient in a 558 reply (XEXDATA)
 
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*?)\r?\n\Z", re.S)
 _ENHANCED = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |\Z)")
@@ -84,6 +100,8 @@ class Transaction:
     smtputf8: bool = False        # RFC 6531
     envid: str | None = None      # RFC 3461 §4.4
     ret: str | None = None        # FULL or HDRS
+    verp: bool = False            # Courier's VERP: a return path per recipient
+    security: str | None = None   # "STARTTLS": Courier's SECURITY=STARTTLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +175,11 @@ class SmtpClient:
         self.session_refused = False
         self._needs_rset = False
         self.transactions = 0          # completed on this connection
+        # The transaction's (sender, recipients) batches still to send: one
+        # batch, or one per recipient for VERP to a server without XVERP.
+        self._batches: list[tuple[str, tuple[Rcpt, ...]]] | None = None
+        self._batch: tuple[Rcpt, ...] = ()
+        self._batch_sender = ""
 
     # -- driver interface --
 
@@ -195,7 +218,7 @@ class SmtpClient:
                 break
             self._code = code
             self._lines.append(text)
-            if len(self._lines) > MAX_REPLY_LINES:
+            if len(self._lines) > max(MAX_REPLY_LINES, EXDATA_LINES * len(self._batch)):
                 self._fail(local_reply(421, "4.5.0", "reply has too many lines"), events)
                 break
             if not last:
@@ -205,6 +228,18 @@ class SmtpClient:
             self.last_reply = reply
             self._on_reply(reply, events)
         return events
+
+    def tls_failed(self, reason: str) -> list[Finished]:
+        """The driver's TLS handshake failed; the connection is unusable (RFC
+        3207 §4.1). Temporary, unless the message asked for SECURITY=STARTTLS:
+        then the server could not give a satisfactory certificate, which the
+        draft (§4) and Courier make a permanent failure."""
+        if self.txn.security:
+            events: list[StartTLS | Finished] = []
+            self._fail(local_reply(554, "5.7.10", f"Unable to set minimum security level: "
+                                   f"{reason}"), events, alive=False)
+            return [e for e in events if isinstance(e, Finished)]
+        return self.connection_lost(reason)
 
     def connection_lost(self, reason: str) -> list[Finished]:
         """The driver lost the connection (error or timeout)."""
@@ -223,6 +258,7 @@ class SmtpClient:
         self.results = {}
         self._pipe = _Pipeline()
         self._finished_sent = False
+        self._batches = None
         if self._needs_rset:
             # RFC 5321 §4.1.1.5: the last transaction may still be open at the
             # server (MAIL accepted, no DATA): clear it.
@@ -305,7 +341,7 @@ class SmtpClient:
                 if reply.code == 220:
                     self.state = State.TLS_WAIT
                     events.append(StartTLS())
-                elif self.tls is TlsPolicy.REQUIRED:
+                elif self.tls is TlsPolicy.REQUIRED or self.txn.security:
                     self._fail(_as_temp(reply), events)
                 else:
                     # Opportunistic: RFC 3207 §4 lets us go on in clear.
@@ -316,8 +352,11 @@ class SmtpClient:
             case State.MAIL:
                 self._on_pipeline(reply, events)
             case State.DATA_BODY:
-                for addr in self._pipe.accepted:
-                    self.results[addr] = reply
+                if reply.code == 558 and "XEXDATA" in self.extensions:
+                    self.results.update(_exdata_replies(reply, self._pipe.accepted))
+                else:
+                    for addr in self._pipe.accepted:
+                        self.results[addr] = reply
                 self._end_transaction(events, clean=True)
             case State.RSET:
                 if reply.code == 250:
@@ -343,6 +382,14 @@ class SmtpClient:
     def _end_transaction(self, events: list, *, clean: bool) -> None:
         """A transaction got its last reply: QUIT, or IDLE for the next one.
         `clean`: it ended with the reply to "." (nothing left open at the server)."""
+        if self._batches:
+            # VERP to a server without XVERP: the next recipient's own transaction.
+            if clean:
+                self._start_mail(events)
+            else:
+                self._send("RSET")
+                self.state = State.RSET
+            return
         self.transactions += 1
         if self.keep_open:
             self.state = State.IDLE
@@ -352,7 +399,32 @@ class SmtpClient:
             self.state = State.QUIT
         self._finish(events)
 
+    def _ext_values(self, name: str) -> set[str] | None:
+        """The comma-separated values of an EHLO keyword given as NAME=a,b (Courier's
+        XVERP=Courier, XSECURITY=NONE,STARTTLS); None when not offered."""
+        for kw, params in self.extensions.items():
+            base, eq, values = kw.partition("=")
+            if base == name:
+                text = values if eq else params
+                return {v for v in text.upper().replace(" ", ",").split(",") if v}
+        return None
+
+    def _security_refusal(self) -> Reply | None:
+        """SECURITY=STARTTLS once TLS is up: the server must take the level on."""
+        if not self.txn.security or not self.tls_active:
+            return None
+        if self.txn.security in (self._ext_values("XSECURITY") or ()):
+            return None
+        return local_reply(554, "5.7.10", "Unable to set minimum security level: the "
+                           f"server does not offer XSECURITY={self.txn.security}")
+
     def _after_hello(self, events: list) -> None:
+        if self.txn.security and not self.tls_active and (
+                "STARTTLS" not in self.extensions or self.tls is TlsPolicy.NONE):
+            # Courier's esmtp module: SECURITY without STARTTLS is undeliverable.
+            self._fail(local_reply(554, "5.7.10", "Unable to set minimum security level: "
+                                   "STARTTLS is not available"), events)
+            return
         if not self.tls_active and self.tls in (TlsPolicy.OPPORTUNISTIC, TlsPolicy.REQUIRED):
             if "STARTTLS" in self.extensions:
                 self._send("STARTTLS")
@@ -399,13 +471,19 @@ class SmtpClient:
 
     def _mail_line(self) -> str:
         t = self.txn
-        parts = [f"MAIL FROM:<{t.sender}>"]
+        parts = [f"MAIL FROM:<{self._batch_sender}>"]
         if "SIZE" in self.extensions:
             parts.append(f"SIZE={len(t.message)}")
         if t.eightbit and "8BITMIME" in self.extensions:
             parts.append("BODY=8BITMIME")
         if t.smtputf8 and "SMTPUTF8" in self.extensions:
             parts.append("SMTPUTF8")
+        if t.verp and "COURIER" in (self._ext_values("XVERP") or ()):
+            parts.append("VERP")
+        if "XEXDATA" in self.extensions:
+            parts.append("EXDATA")
+        if t.security:
+            parts.append(f"SECURITY={t.security}")
         if "DSN" in self.extensions:
             if t.ret:
                 parts.append(f"RET={t.ret}")
@@ -447,20 +525,29 @@ class SmtpClient:
 
     def _start_mail(self, events: list) -> None:
         self._downgrade()
-        refusal = self._policy_refusal()
+        refusal = self._policy_refusal() or self._security_refusal()
         if refusal is not None:
             self._fail(refusal, events)
             return
+        if self._batches is None:
+            self._batches = self._plan_batches()
+        self._batch_sender, self._batch = self._batches.pop(0)
         self.state = State.MAIL
         self._pipe = _Pipeline()
         self._send(self._mail_line())
         self._pipe.expect.append(("MAIL", ""))
         if "PIPELINING" in self.extensions:
-            for r in self.txn.recipients:
+            for r in self._batch:
                 self._send(self._rcpt_line(r))
                 self._pipe.expect.append(("RCPT", r.address))
             self._send("DATA")
             self._pipe.expect.append(("DATA", ""))
+
+    def _plan_batches(self) -> list[tuple[str, tuple[Rcpt, ...]]]:
+        t = self.txn
+        if t.verp and t.sender and "COURIER" not in (self._ext_values("XVERP") or ()):
+            return [(verp_sender(t.sender, r.address), (r,)) for r in t.recipients]
+        return [(t.sender, t.recipients)]
 
     def _on_pipeline(self, reply: Reply, events: list) -> None:
         p = self._pipe
@@ -469,10 +556,10 @@ class SmtpClient:
         if kind == "MAIL":
             p.mail_reply = reply
             if reply.code != 250:
-                for r in self.txn.recipients:
+                for r in self._batch:
                     self.results.setdefault(r.address, reply)
             elif not pipelining:
-                r = self.txn.recipients[0]
+                r = self._batch[0]
                 self._send(self._rcpt_line(r))
                 p.expect.append(("RCPT", r.address))
         elif kind == "RCPT":
@@ -482,9 +569,9 @@ class SmtpClient:
                 else:
                     self.results[addr] = reply
             if not pipelining and p.mail_reply is not None and p.mail_reply.code == 250:
-                done = len(self.results) + len(p.accepted)
-                if done < len(self.txn.recipients):
-                    r = self.txn.recipients[done]
+                done = sum(r.address in self.results for r in self._batch) + len(p.accepted)
+                if done < len(self._batch):
+                    r = self._batch[done]
                     self._send(self._rcpt_line(r))
                     p.expect.append(("RCPT", r.address))
                 elif p.accepted:
@@ -507,7 +594,7 @@ class SmtpClient:
             p.accepted = []
         if not p.expect:
             # No DATA in flight any more (refused, or never sent).
-            for r in self.txn.recipients:
+            for r in self._batch:
                 self.results.setdefault(r.address, p.mail_reply if p.mail_reply
                                         and p.mail_reply.code != 250 else reply)
             self._end_transaction(events, clean=False)
@@ -517,6 +604,35 @@ def _needs_smtputf8(t: Transaction) -> bool:
     if not t.sender.isascii() or not all(r.address.isascii() for r in t.recipients):
         return True
     return t.smtputf8 and header_needs_utf8(t.message)
+
+
+def _exdata_replies(reply: Reply, accepted: list[str]) -> dict[str, Reply]:
+    """A 558 reply to the final ".": each of its lines is a line of one
+    recipient's own reply, in the order of the accepted recipients (the EXDATA
+    draft §5). Lines that are not reply lines are skipped, as Courier does;
+    recipients left without a reply get 451 (§7.2)."""
+    out: dict[str, Reply] = {}
+    pending = iter(accepted)
+    lines: list[str] = []
+    code: int | None = None
+    for text in reply.lines:
+        try:
+            sub, last, rest = parse_reply_line(text.encode("utf-8") + b"\r\n")
+        except ValueError:
+            continue
+        if code is not None and sub != code:
+            lines = []           # a new code mid-reply: start again with this line
+        code = sub
+        lines.append(rest)
+        if last:
+            addr = next(pending, None)
+            if addr is None:
+                break            # more replies than recipients: the extra ones say nothing
+            out[addr] = _make_reply(sub, lines)
+            lines, code = [], None
+    for addr in pending:
+        out[addr] = local_reply(451, "4.5.0", "incomplete 558 reply to DATA")
+    return out
 
 
 def _as_temp(reply: Reply) -> Reply:

@@ -347,6 +347,18 @@ def parse_ret(value: str | None) -> str:
     return ret
 
 
+def parse_security(value: str | None) -> str | None:
+    """Courier's SECURITY=NONE / SECURITY=STARTTLS MAIL parameter
+    (doc/draft-varshavchik-security-smtpext.txt §4); None for NONE, which is
+    the same as no parameter at all."""
+    level = (value or "").upper()
+    if level == "NONE":
+        return None
+    if level != "STARTTLS":
+        raise ClientError("SECURITY must be NONE or STARTTLS.", "501 5.5.4")
+    return level
+
+
 def parse_envid(value: str | None) -> str:
     """ENVID=xtext, at most 100 characters as sent (RFC 3461 §4.4); returns it decoded."""
     if not value:

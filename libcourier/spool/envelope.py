@@ -11,13 +11,17 @@ An envelope file (`msgs/<qid>.env`) is UTF-8 text, one field a line:
     ret FULL | HDRS                       <- optional (RFC 3461 RET)
     client <value>
     warned 1                              <- optional: the delay DSN was sent (never "0")
+    verp 1                                <- optional: MAIL FROM ... VERP (XVERP=Courier)
+    security STARTTLS                     <- optional: MAIL FROM ... SECURITY=STARTTLS
     rcpt <address>\t<orcpt>\t<notify>     <- one per recipient, in order; empty = none
     end                                   <- always last: a truncated file is detected
 
 Values are escaped so that any string survives: backslash, TAB, CR, LF and
 other control characters are written as \\\\, \\t, \\r, \\n and \\xHH; everything
 else (UTF-8 addresses with SMTPUTF8 included) is kept as it is. Unknown keys
-are an error (a newer writer's file must not be half-understood).
+are an error (a newer writer's file must not be half-understood). The optional
+lines are written only when set, so an envelope without them is byte-for-byte
+what older writers produced, and their files read as before.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass
 
 FORMAT_LINE = "courier-py-envelope 1"
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+# Courier's SECURITY levels above NONE (NONE is stored as no line at all).
+SECURITY_LEVELS = ("STARTTLS",)
 
 
 class SpoolError(Exception):
@@ -50,6 +56,8 @@ class Envelope:
     ret: str | None = None
     client: str = ""                # e.g. "[127.0.0.1] helo=foo" for logs
     warned: bool = False            # courierd sent the one delay warning (RFC 3464 "delayed")
+    verp: bool = False              # remote copies go out with a VERP return path per recipient
+    security: str | None = None     # "STARTTLS": only over verified TLS (Courier's SECURITY)
 
 
 _ESC = {"\\": "\\\\", "\t": "\\t", "\r": "\\r", "\n": "\\n"}
@@ -104,6 +112,10 @@ def format_envelope(env: Envelope) -> bytes:
         # Written only when set, so files of senders that know nothing of it
         # are byte-for-byte what they were.
         lines.append("warned 1")
+    if env.verp:
+        lines.append("verp 1")
+    if env.security is not None:
+        lines.append(f"security {escape(env.security)}")
     for r in env.recipients:
         lines.append("rcpt " + "\t".join(escape(v or "") for v in (r.address, r.orcpt, r.notify)))
     lines.append("end")
@@ -136,7 +148,7 @@ def parse_envelope(data: bytes) -> Envelope:
             rcpts.append(Recipient(addr, orcpt or None, notify or None))
             continue
         if key not in ("received", "sender", "body", "smtputf8", "envid", "ret", "client",
-                       "warned"):
+                       "warned", "verp", "security"):
             raise SpoolError(f"unknown envelope field {key!r}")
         if key in fields:
             raise SpoolError(f"duplicate envelope field {key!r}")
@@ -152,6 +164,10 @@ def parse_envelope(data: bytes) -> Envelope:
         raise SpoolError("bad smtputf8 flag")
     if fields.get("warned", "0") not in ("0", "1"):
         raise SpoolError("bad warned flag")
+    if fields.get("verp", "0") not in ("0", "1"):
+        raise SpoolError("bad verp flag")
+    if fields.get("security", "STARTTLS") not in SECURITY_LEVELS:
+        raise SpoolError("bad security level")
     return Envelope(
         sender=unescape(fields["sender"]),
         recipients=tuple(rcpts),
@@ -162,4 +178,6 @@ def parse_envelope(data: bytes) -> Envelope:
         ret=unescape(fields["ret"]) if "ret" in fields else None,
         client=unescape(fields.get("client", "")),
         warned=fields.get("warned") == "1",
+        verp=fields.get("verp") == "1",
+        security=fields.get("security"),
     )
