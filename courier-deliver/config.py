@@ -23,6 +23,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from courier_deliver import dotcourier
 from courier_deliver.routes import AuthClient, Routes, load_authclient, load_routes
 
 from libcourier.aliases import AliasTable
@@ -54,13 +55,17 @@ def to_duration(v: str) -> int:
     return int(v) * mult
 
 
-def to_maildir(v: str) -> str:
-    """Courier's DEFAULTDELIVERY; only a Maildir path is supported in this milestone
-    (no `| program`, no mbox)."""
+def to_defaultdelivery(v: str) -> str:
+    """Courier's DEFAULTDELIVERY: `.courier` lines (dot-courier(5)) -- a Maildir
+    or mbox path, `| program`, `|| program`, forwarding addresses -- one or
+    several (a quoted value may span lines, as Courier's courierd shows)."""
     v = v.strip()
-    if not v or v[0] in "|!" or "\n" in v:
-        raise ValueError(f"only a Maildir path is supported, got {v!r}")
-    return v.rstrip("/") or "/"
+    try:
+        if not dotcourier.default_instructions(v):
+            raise ValueError("no delivery instruction in it")
+    except dotcourier.DotCourierError as e:
+        raise ValueError(str(e)) from None
+    return v
 
 
 def optional_duration(v: str) -> int | None:
@@ -98,9 +103,10 @@ QUEUE_SETTINGS = (
             "seconds between scans of the spool for messages not announced"),
     Setting("MAXDELS", "maxdels", positive_int, "4",
             "messages delivered at the same time"),
-    Setting("DEFAULTDELIVERY", "defaultdelivery", to_maildir, "./Maildir",
-            "the Maildir (relative to HOME) for accounts without their own; "
-            "read at start"),
+    Setting("DEFAULTDELIVERY", "defaultdelivery", to_defaultdelivery, "./Maildir",
+            "delivery instructions (.courier syntax: ./Maildir, an mbox file, "
+            "| program, addresses) for accounts without a .courier file or "
+            "their own Maildir; read at start"),
     # Remote delivery. Courier keeps MAXDELS/MAXHOST/MAXRCPT in module.esmtp;
     # courier-py has no modules, so they are courierd keys with the esmtp
     # module's Debian values.
@@ -118,6 +124,10 @@ QUEUE_SETTINGS = (
             "verify the certificate of every server (always done for /SECURITY=REQUIRED)"),
     Setting("TLS_TRUSTCERTS", "tls_trustcerts", str, "",
             "CA certificates (file or directory) for verifying servers; empty: the system's"),
+    Setting("TLS_TRUSTSECURITYCERTS", "tls_trustsecuritycerts", str, "",
+            "CA certificates (file or directory) that verify servers for messages sent "
+            "with SECURITY=STARTTLS; empty: such messages cannot be relayed and bounce "
+            "(Courier's rule)"),
     RESOLVER_SETTING,
     Setting("ESMTPPORT", "esmtp_port", to_port, "25",
             "courier-py: the port of mail exchangers found in DNS"),
@@ -178,6 +188,7 @@ class EsmtpConfig:
     # Built before the privilege drop (the CA files may be unreadable after it).
     tls_client: ssl.SSLContext | None = None      # opportunistic: no verification
     tls_verified: ssl.SSLContext | None = None    # /SECURITY=REQUIRED, ESMTP_TLS_VERIFY_DOMAIN
+    tls_security: ssl.SSLContext | None = None    # SECURITY=STARTTLS messages (None: bounce)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +313,20 @@ def _tls_contexts(values: dict) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return loose, strict
 
 
+def _security_context(trust: str) -> ssl.SSLContext | None:
+    """Courier verifies a SECURITY=STARTTLS message's server against
+    TLS_TRUSTSECURITYCERTS alone, meant to be a private CA (the SECURITY
+    draft §7): a public CA would vouch for anyone DNS sends us to."""
+    if not trust:
+        return None
+    try:
+        if Path(trust).is_dir():
+            return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, capath=trust)
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=trust)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"TLS_TRUSTSECURITYCERTS: cannot load {trust}: {e}") from None
+
+
 def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
     loose, strict = _tls_contexts(values)
     helo = read_control_value(etc / "esmtphelo") or domains.me
@@ -319,7 +344,8 @@ def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
             reply=_control(etc, "esmtptimeout", _positive_duration, 600),
             data=_control(etc, "esmtptimeoutdata", _positive_duration, 600),
             quit=_control(etc, "esmtptimeoutquit", _positive_duration, 10)),
-        tls_client=loose, tls_verified=strict)
+        tls_client=loose, tls_verified=strict,
+        tls_security=_security_context(values["tls_trustsecuritycerts"]))
 
 
 def _domain_matches(domain: str, entries: tuple[str, ...]) -> bool:

@@ -21,6 +21,7 @@ Line kinds (dot-courier(5)):
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 MAX_FILE_BYTES = 64 * 1024      # a .courier larger than this is refused (deferred)
@@ -163,6 +164,30 @@ def parse(data: bytes) -> list[Instruction]:
         if len(out) > MAX_INSTRUCTIONS:
             raise DotCourierError(f"more than {MAX_INSTRUCTIONS} instructions")
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def default_instructions(text: str) -> tuple[Instruction, ...]:
+    """courierd's DEFAULTDELIVERY: `.courier` lines (possibly several, e.g.
+    "|| dotforward" then "./Maildir"), used when an account has no .courier
+    file. Nothing is substituted in it per user (Courier neither); programs
+    get HOME, USER, ... in their environment. A mailbox line whose last
+    component is "Maildir" is a Maildir, made when missing (Courier would
+    start an mbox file of that name). Checked when courierd loads its config
+    (config.to_defaultdelivery), so this does not raise for a loaded value."""
+    out: list[Instruction] = []
+    for ins in parse(text.encode("utf-8")):
+        if isinstance(ins, Mailbox) and ins.path.rstrip("/").rpartition("/")[2] == "Maildir":
+            ins = Mailbox(ins.path, True)
+        out.append(ins)
+    return tuple(out)
+
+
+def is_plain_maildir(instructions: tuple[Instruction, ...]) -> bool:
+    """One Maildir line and nothing else: the common default, delivered without
+    the instruction runner."""
+    return len(instructions) == 1 and isinstance(instructions[0], Mailbox) \
+        and instructions[0].maildir
 
 
 @dataclass(frozen=True, slots=True)

@@ -363,9 +363,16 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
     instructions, default = _read_dot_courier(ext)
     prefix = delivery_prefix(req.sender, req.recipient)
     if instructions is None:
-        name = deliver_with_quota(maildir_path(info, default_maildir), _pread_chunks(fd),
-                                  _message_size(fd), prefix=prefix, newquota=info.quota)
-        return Outcome(Reply(Status.OK, name))
+        # No .courier (or an empty one): the account's own Maildir, else
+        # courierd's DEFAULTDELIVERY (module.local: `*defaultmail ? defaultmail
+        # : DEFAULTDELIVERY`). A lone Maildir line keeps this short path.
+        default_ins = dotcourier.default_instructions(default_maildir)
+        if info.maildir or dotcourier.is_plain_maildir(default_ins):
+            path = info.maildir or default_ins[0].path     # type: ignore[union-attr]
+            name = deliver_with_quota(maildir_path(info, path), _pread_chunks(fd),
+                                      _message_size(fd), prefix=prefix, newquota=info.quota)
+            return Outcome(Reply(Status.OK, name))
+        instructions = default_ins
     ctx = Context(home=info.home, user=info.address or info.username or "", sender=req.sender,
                   recipient=req.recipient, ext=ext, default=default, quota=info.quota or "")
     run = _Run(info, fd, req, ctx, prefix, deadline, [], set(), [])

@@ -8,6 +8,8 @@ subset of shell assignments the shipped files use (sysconftool format):
     KEY=value                unquoted; ends at whitespace; `# ...` after it is a comment
     KEY="text $OTHER ${X}"   double quotes: $VAR/${VAR} expand, \\ \" \$ \` escape
     KEY='literal'            single quotes: nothing expands
+    KEY="two                 a quoted value may go on over lines
+    lines"
     export KEY=value         `export` is accepted and ignored
 
 Words may be glued together (KEY="a"'b'c). $VAR refers to a key set earlier in
@@ -119,7 +121,12 @@ def parse_rc(text: str, path: str = "<string>", scope: dict[str, RcValue] | None
     """Parse one file's text, adding to (and expanding from) ``scope``; return it."""
     scope = {} if scope is None else scope
     env = os.environ if env is None else env
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        raw = lines[i]
+        i += 1
+        lineno = i
         if len(raw) > MAX_LINE:
             raise ConfigError(f"line longer than {MAX_LINE} characters", path, lineno)
         line = raw.strip()
@@ -129,7 +136,18 @@ def parse_rc(text: str, path: str = "<string>", scope: dict[str, RcValue] | None
         if not m:
             raise ConfigError(f"not a KEY=value line: {line[:60]!r}", path, lineno)
         key = m.group(1)
-        value = _parse_value(raw[m.end():], scope, env, (path, lineno))
+        while True:
+            try:
+                value = _parse_value(raw[m.end():], scope, env, (path, lineno))
+                break
+            except ConfigError as e:
+                # As in sh, a quoted value may go on over lines (Courier's
+                # courierd shows DEFAULTDELIVERY="|| dotforward<newline>./Maildir").
+                if not e.message.startswith("unterminated") or i >= len(lines) \
+                        or len(raw) + len(lines[i]) > MAX_LINE:
+                    raise
+                raw += "\n" + lines[i]
+                i += 1
         scope[key] = RcValue(value, path, lineno)
     return scope
 
