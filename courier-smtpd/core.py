@@ -953,7 +953,15 @@ class SmtpServer:
 
     def _data_step(self) -> bool:
         """Consume DATA lines; False when more input is needed."""
+        bulk = True
         while True:
+            if bulk and self._data_problem is None and self._prev_crlf:
+                done = self._data_bulk()
+                if done is not None:
+                    return done
+                bulk = False     # not again before the next input: no rescanning per line
+            # Line by line: what the bulk pass would not decide (a line to refuse, an
+            # unfinished or over-long line), and everything after a problem.
             try:
                 line = self._buf.next_line()
             except LineTooLong:
@@ -987,6 +995,48 @@ class SmtpServer:
                 self._chunk += line
                 if len(self._chunk) >= 65536:
                     self._flush_chunk()
+
+    def _data_bulk(self) -> bool | None:
+        """The common case at C speed: all whole lines buffered, up to the end of data,
+        checked and unstuffed at once. True at the end of data, False when more input
+        is needed; None when a line needs the line-by-line rules (a bare CR or LF, a
+        NUL, a line over the limit, the size limit reached, no whole line yet), which
+        then decide: this pass only ever takes what they would take unchanged."""
+        data = self._buf.peek()
+        # The end is "." CRLF after a CRLF (the previous line, or the DATA line: the
+        # caller checks _prev_crlf); any LF ends a line, so "\r\n." starts one.
+        if data.startswith(b".\r\n"):
+            end = 0
+        else:
+            end = data.find(b"\r\n.\r\n")
+            end = end + 2 if end >= 0 else -1
+        cut = end if end >= 0 else data.rfind(b"\n") + 1
+        if cut == 0 and end != 0:
+            return None
+        block = data[:cut]
+        if block:
+            lf = block.count(b"\n")
+            if block.count(b"\r\n") != lf or block.count(b"\r") != lf or b"\0" in block:
+                return None
+            limit = self.limits.max_text_line      # with the CRLF: a piece of limit-1
+            if len(block) >= limit and max(map(len, block.split(b"\n"))) >= limit:
+                return None
+            # RFC 5321 §4.5.2: one leading dot off every line.
+            text = (block[1:] if block.startswith(b".") else block).replace(b"\n.", b"\n")
+            if self.limits.max_size and self._data_size + len(text) > self.limits.max_size:
+                return None
+            if not self._txn.eight_bit and not block.isascii():
+                self._txn.eight_bit = True
+            self._buf.take(cut)
+            self._data_size += len(text)
+            self._chunk += text
+        if end < 0:
+            self._flush_chunk()
+            return False
+        self._buf.take(3)
+        self._flush_chunk()
+        self._end_of_data()
+        return True
 
     def _problem(self, reply: Reply) -> None:
         if self._data_problem is None:

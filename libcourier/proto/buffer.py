@@ -99,6 +99,11 @@ class ReceiveBuffer:
             self._compact()
             return line
 
+    def peek(self) -> bytes:
+        """A copy of everything buffered, nothing consumed: a protocol that can handle
+        many lines at once (SMTP DATA) looks at them whole, then take()s what it used."""
+        return bytes(self._buf[self._pos:])
+
     def take(self, n: int) -> bytes:
         """Up to n buffered bytes (fewer if fewer are buffered)."""
         end = min(self._pos + n, len(self._buf))
