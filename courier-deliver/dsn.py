@@ -175,4 +175,7 @@ def dsn_envelope(env: Envelope, dsn: bytes, now: float, *, to: str, origin: str)
     eight = any(b >= 0x80 for b in dsn)
     return Envelope(sender="", recipients=(Recipient(to),), received=now,
                     body="8BITMIME" if eight else "7BIT",
-                    smtputf8=env.smtputf8 and eight, client=origin)
+                    smtputf8=env.smtputf8 and eight, client=origin,
+                    # The SECURITY draft §6: a DSN may quote the message, so it
+                    # travels at the message's security level.
+                    security=env.security)

@@ -53,6 +53,7 @@ from courier_deliver.local import LocalClient
 from courier_deliver.localproto import Reply, Status
 from courier_deliver.remote import RemoteDelivery, RemoteResult
 
+from libcourier.smtp.verp import verp_sender
 from libcourier.spool import (
     Envelope,
     Recipient,
@@ -264,7 +265,11 @@ class _Run:
             self.waiting = []
         self._send_final_dsn(now)
         warned = env.warned
-        if (self.waiting and not warned and age >= cfg.warntime and env.sender != ""):
+        # Courier: with a backuprelay, warntime reroutes instead of warning, and
+        # no delay notice goes out for any message.
+        backup = cfg.esmtp is not None and cfg.esmtp.backuprelay is not None
+        if (self.waiting and not warned and age >= cfg.warntime and env.sender != ""
+                and not backup):
             delayed = [w for w in self.waiting if dsn.notify_wants(w.recipient.notify, "DELAY")]
             if delayed:
                 self._inject(dsn.DELAYED, delayed, env.sender, dsn.ORIGIN_DSN, now,
@@ -373,7 +378,10 @@ def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,
     assert user is not None, "only local recipients come here"
     try:
         with open_data(config.layout.spooldir, qid) as fh:
-            reply = deliver(config.layout.local_socket, fh.fileno(), env.sender,
+            # Courier's courierlocal: a VERP message's Return-Path names the
+            # recipient (the VERP draft §5).
+            sender = verp_sender(env.sender, rcpt.address) if env.verp else env.sender
+            reply = deliver(config.layout.local_socket, fh.fileno(), sender,
                             rcpt.address, None if user == rcpt.address else user)
     except (OSError, SpoolError) as e:
         reply = Reply(Status.TEMP, f"4.3.0 cannot open the message: {e}")

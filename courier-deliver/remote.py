@@ -10,6 +10,13 @@ recipients for the next host; 2xx and 5xx are final (RFC 5321 §5.1 and
 queue manager. Timeouts are Courier's esmtptimeout* control files
 (config.EsmtpTimeouts); a host that says nothing is a temporary failure.
 
+Courier's extensions (libcourier.smtp.client does the protocol): a message
+spooled with VERP goes to each recipient with its own return path unless the
+server offers XVERP=Courier; a message spooled with SECURITY=STARTTLS is sent
+only over TLS verified against TLS_TRUSTSECURITYCERTS (by the exchanger's
+name), to a server offering XSECURITY=STARTTLS, else it bounces (5.7.10), and
+a connection is reused only for mail of the same security level.
+
 Limits: at most ESMTPMAXDELS sessions at once overall and MAXHOST to one
 exchanger (by name), as Courier's esmtp module does. Connection reuse: after
 a transaction the session stays open (idle) for esmtptimeoutkeepalive seconds
@@ -19,16 +26,27 @@ takes it (RSET first when needed); a session whose last transaction got a
 4xx is not reused. Idle sessions do not hold a MAXHOST slot; at most MAXHOST
 of them are kept per exchanger. Timeouts follow RFC 5321
 §4.5.3.2 (5 minutes for a reply, 10 for the reply to the final dot).
+
+Courier's control files: esmtphelo is the EHLO name (default `me`); "*"
+means the reverse DNS of the local address of each connection, else that
+address as a literal (RFC 5321 §4.1.3). backuprelay names a host (found by
+MX, then A/AAAA) that takes every remote recipient still undelivered after
+warntime, whatever its domain.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import dns.asyncresolver
+import dns.exception
+import dns.reversename
 from courier_deliver.config import EsmtpConfig, EsmtpTimeouts
 from courier_deliver.routes import Route, Security
 
@@ -52,6 +70,7 @@ TLS_TIMEOUT = 60.0            # a TLS handshake
 DEFAULT_TIMEOUTS = EsmtpTimeouts()
 REAP_INTERVAL = 5.0           # how often idle connections past keepalive are closed
 READ_CHUNK = 64 * 1024
+PTR_CACHE = 256               # local addresses whose reverse name is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +103,7 @@ class RemoteDelivery:
         self._idle: dict[_PoolKey, list[tuple[Connection, float]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ptr: dict[str, str] = {}     # esmtphelo "*": local address -> EHLO name
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
         sem = self._hosts.get(host)
@@ -143,18 +163,33 @@ class RemoteDelivery:
     async def _deliver_domain(self, env: Envelope, domain: str, rcpts: list[Recipient],
                               message: bytes, qid: str) -> dict[str, RemoteResult]:
         route = self.config.routes.lookup(domain)
+        lookup = domain
+        c = self.config
+        if c.backuprelay and time.time() - env.received >= c.backuprelay_after:
+            logger.info("id=%s: undelivered after %d s: rerouted to the backup relay %s",
+                        qid, c.backuprelay_after, c.backuprelay)
+            route, lookup = Route(None), c.backuprelay
         try:
-            targets, port = await self._targets(domain, route)
+            targets, port = await self._targets(lookup, route)
         except DnsFailure as e:
             code = 550 if e.permanent else 451
             reply = local_reply(code, e.status, e.text)
             logger.info("id=%s: %s", qid, e.text)
             return {r.address: RemoteResult(reply) for r in rcpts}
         policy, ctx = self._tls(route)
+        if env.security:
+            # Courier: only TLS_TRUSTSECURITYCERTS vouches for the server; without
+            # it the level cannot be met ("Unable to set minimum security level").
+            ctx = self.config.tls_security
+            if ctx is None:
+                reply = local_reply(554, "5.7.10", "Unable to set minimum security level: "
+                                    "TLS_TRUSTSECURITYCERTS is not set")
+                logger.info("id=%s: %s", qid, reply.text)
+                return {r.address: RemoteResult(reply) for r in rcpts}
         txn_base = Transaction(
             sender=env.sender, recipients=(), message=message,
             eightbit=env.body.upper() == "8BITMIME", smtputf8=env.smtputf8,
-            envid=env.envid, ret=env.ret)
+            envid=env.envid, ret=env.ret, verp=env.verp, security=env.security)
         waiting = {r.address: r for r in rcpts}
         results: dict[str, RemoteResult] = {}
         for target in targets:
@@ -164,6 +199,7 @@ class RemoteDelivery:
                 txn = Transaction(
                     sender=txn_base.sender, message=message, eightbit=txn_base.eightbit,
                     smtputf8=txn_base.smtputf8, envid=txn_base.envid, ret=txn_base.ret,
+                    verp=txn_base.verp, security=txn_base.security,
                     recipients=tuple(Rcpt(r.address, r.orcpt, r.notify)
                                      for r in waiting.values()))
                 auth = self.config.auth.lookup(target.host, port)
@@ -192,7 +228,7 @@ class RemoteDelivery:
     async def _transact(self, host: str, address: str, port: int, txn: Transaction,
                         policy: TlsPolicy, ctx: ssl.SSLContext | None,
                         auth: tuple[str, str] | None, qid: str) -> _SessionOutcome:
-        key: _PoolKey = (host, address, port, policy, id(ctx), auth)
+        key: _PoolKey = (host, address, port, policy, id(ctx), auth, txn.security)
         outcome: _SessionOutcome | None = None
         conn = self._take_idle(key)
         if conn is not None:
@@ -203,13 +239,25 @@ class RemoteDelivery:
         if outcome is None:
             conn, outcome = await Connection.open(
                 self.config.helo, host, address, port, txn, policy, ctx, auth, qid,
-                keep_open=self.config.keepalive > 0, timeouts=self.config.timeouts)
+                keep_open=self.config.keepalive > 0, timeouts=self.config.timeouts,
+                helo_for=self._helo_name if self.config.helo == "*" else None)
         if conn is not None:
             if conn.reusable:
                 self._put_idle(key, conn)
             else:
                 await conn.close()
         return outcome
+
+    async def _helo_name(self, local: str) -> str:
+        """esmtphelo "*": the PTR name of the connection's local address, else
+        the address literal; remembered per address until the next reload."""
+        name = self._ptr.get(local)
+        if name is None:
+            name = await _reverse_name(self.resolver, local) or _address_literal(local)
+            if len(self._ptr) >= PTR_CACHE:
+                self._ptr.clear()
+            self._ptr[local] = name
+        return name
 
     # -- the idle connections (Courier's esmtptimeoutkeepalive) --
 
@@ -264,7 +312,7 @@ class RemoteDelivery:
             await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
 
 
-_PoolKey = tuple[str, str, int, TlsPolicy, int, "tuple[str, str] | None"]
+_PoolKey = tuple[str, str, int, TlsPolicy, int, "tuple[str, str] | None", "str | None"]
 
 
 class Connection:
@@ -287,7 +335,8 @@ class Connection:
     async def open(cls, helo: str, host: str, address: str, port: int, txn: Transaction,
                    policy: TlsPolicy, ctx: ssl.SSLContext | None,
                    auth: tuple[str, str] | None, qid: str = "", *, keep_open: bool = False,
-                   timeouts: EsmtpTimeouts = DEFAULT_TIMEOUTS
+                   timeouts: EsmtpTimeouts = DEFAULT_TIMEOUTS,
+                   helo_for: Callable[[str], Awaitable[str]] | None = None
                    ) -> tuple[Connection | None, _SessionOutcome]:
         """Connect and run the first transaction; never raises for network trouble."""
         client = SmtpClient(helo, txn, tls=policy, auth=auth, keep_open=keep_open)
@@ -305,6 +354,10 @@ class Connection:
             finished = client.connection_lost(f"cannot connect to {host}[{address}]: "
                                               f"{e or 'timeout'}")
             return None, _SessionOutcome(finished[0].results, False)
+        if helo_for is not None:
+            sock = writer.get_extra_info("sockname")
+            if sock:
+                client.helo = await helo_for(sock[0])
         conn = cls(client, reader, writer, host, address, port, ctx, timeouts)
         results = await conn._pump([], where)
         if client.session_refused:
@@ -356,7 +409,7 @@ class Connection:
                     except (OSError, TimeoutError, ssl.SSLError) as e:
                         logger.info("%s: TLS handshake failed: %s", where, e)
                         # RFC 3207 §4.1: after a failed handshake the session is unusable.
-                        client.connection_lost(f"TLS handshake with {self.host} failed: {e}")
+                        client.tls_failed(f"TLS handshake with {self.host} failed: {e}")
                         results = dict(client.results)
                         break
                     client.tls_started()
@@ -410,6 +463,29 @@ class Connection:
                 await asyncio.wait_for(writer.wait_closed(), self.timeouts.quit)
             except (OSError, TimeoutError, ssl.SSLError):
                 pass
+
+
+def _address_literal(ip: str) -> str:
+    """RFC 5321 §4.1.3: [192.0.2.1], [IPv6:2001:db8::1]; a v4-mapped address as v4."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return f"[{addr}]" if addr.version == 4 else f"[IPv6:{addr}]"
+
+
+async def _reverse_name(resolver: dns.asyncresolver.Resolver, ip: str) -> str | None:
+    try:
+        addr = ipaddress.ip_address(ip)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        answer = await resolver.resolve(dns.reversename.from_address(str(addr)), "PTR")
+    except (dns.exception.DNSException, ValueError):
+        return None
+    for rr in answer:
+        name = rr.target.to_text(omit_final_dot=True)
+        if name and name.isascii() and len(name) <= 253:
+            return name
+    return None
 
 
 def _log_results(where: str, results: dict[str, Reply]) -> None:
