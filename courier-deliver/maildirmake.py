@@ -1,21 +1,32 @@
-"""maildirmake: create Maildirs and Maildir++ folders, set a Maildir++ quota.
+"""maildirmake: create Maildirs, Maildir++ folders and shared folders; set a quota.
 
-    maildirmake [-q quota] [-f folder | -F folder] maildir
+    maildirmake [-S] [-q quota] [-s mode] [-f folder | -F folder] maildir
+    maildirmake --add nick=/path/to/sharable/maildir maildir
+    maildirmake --del nick maildir
 
-Courier's options (maildirmake(1)):
+Courier's options (maildirmake(1), courier-libs maildir/maildirmake.c):
 
 - `maildirmake DIR` makes DIR with tmp/ new/ cur/ (0700); DIR must not exist;
 - `-f Name` (or `-F Name`: the same, the name in the locale's character set,
   which is how Python already decodes argv) makes the folder `.Name` in an
   existing Maildir, with its `maildirfolder` file; `Sent.2024` is a sub-folder;
+  as in Courier the value may also be attached (`-fName`);
 - `-q 100000S,50C` installs a quota: the Maildir is made if it does not exist,
   otherwise its `maildirsize` is rewritten with the new quota and the current
-  usage.
+  usage;
+- `-S` makes a sharable maildir: the directory 0755 (tmp/ new/ cur/ stay 0700);
+- `-s read|write[,group] -f Name` makes a shared folder in a sharable maildir:
+  `read` 0755 (only the owner adds messages), `write` 01777 on tmp/ new/ cur/
+  (anyone adds, the sticky bit keeps others' messages), `group` drops the world
+  bits; the folder directory itself never has group/world write (Courier masks
+  022);
+- `--add nick=/path` records a sharable maildir in DIR/shared-maildirs (exit 2 if
+  the nick is there already, or in the config directory's `maildirshared`);
+  `--del nick` removes it. The IMAP server then shows its folders as
+  `shared.nick.Name` (libcourier.maildir.shared).
 
 Not supported, refused with a message and exit 1 rather than half done:
-`-S`/`-s` (filesystem-permission shared folders), `--add`/`--del` (links to
-sharable Maildirs: our IMAP server does not read them, so adding one would do
-nothing) and `--checkutf8`/`--convutf8`.
+`--checkutf8`/`--convutf8` (folder names are UTF-8 already).
 """
 
 from __future__ import annotations
@@ -24,19 +35,16 @@ import os
 import sys
 from pathlib import Path
 
+from libcourier.config import config_dir
 from libcourier.durable import fsync_dir
-from libcourier.maildir import quota
+from libcourier.maildir import quota, shared
 from libcourier.maildir.folders import FolderError, create_folder
 
 UNSUPPORTED = {
-    "-S": "sharable maildirs (-S) are not supported",
-    "-s": "shared folders (-s) are not supported",
-    "--add": "--add (sharable maildirs) is not supported",
-    "--del": "--del (sharable maildirs) is not supported",
     "--checkutf8": "--checkutf8 is not supported (folder names are UTF-8 already)",
     "--convutf8": "--convutf8 is not supported (folder names are UTF-8 already)",
 }
-USAGE = "Usage: maildirmake [-q quota] [-f folder] maildir"
+USAGE = "Usage: maildirmake [ options ] maildir"
 
 
 def _err(text: str) -> int:
@@ -44,41 +52,83 @@ def _err(text: str) -> int:
     return 1
 
 
-def make_maildir(path: Path) -> None:
-    """DIR/{tmp,new,cur}, 0700, durable; raises FileExistsError when DIR exists."""
+def make_maildir(path: Path, mode: int = 0o700, submode: int = 0o700) -> None:
+    """DIR/{tmp,new,cur}, durable; raises FileExistsError when DIR exists."""
     os.mkdir(path, 0o700)
     for sub in ("tmp", "new", "cur"):
         os.mkdir(path / sub, 0o700)
+        if submode != 0o700:
+            os.chmod(path / sub, submode)     # chmod: mkdir's mode is cut by the umask
+    if mode != 0o700:
+        os.chmod(path, mode)
     fsync_dir(path)
     fsync_dir(path.parent if str(path.parent) else Path("."))
+
+
+def _take(args: list[str], i: int) -> tuple[str | None, int]:
+    """The value of option args[i]: attached ("-fName") or the next argument."""
+    a = args[i]
+    if len(a) > 2:
+        return a[2:], i + 1
+    if i + 1 < len(args):
+        return args[i + 1], i + 2
+    return None, i + 1
+
+
+def _global_file() -> Path:
+    """Courier's global list, @sysconfdir@/maildirshared: the config directory's."""
+    return config_dir(None) / shared.GLOBAL_FILE
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     folder: str | None = None
     spec_text: str | None = None
+    perm = 0o700
+    must_have_folder = False
+    add: str | None = None
+    delete: str | None = None
     i = 0
     while i < len(args):
         a = args[i]
-        opt = a.split("=", 1)[0]
-        if opt in UNSUPPORTED:
-            return _err(UNSUPPORTED[opt])
-        if a in ("-f", "-F", "-q"):
-            if i + 1 >= len(args):
-                return _err(USAGE)
-            if a == "-q":
-                spec_text = args[i + 1]
+        if not a.startswith("-") or a == "-":
+            break
+        if a in UNSUPPORTED:
+            return _err(UNSUPPORTED[a])
+        if a in ("--add", "--del") and i + 1 < len(args):
+            if a == "--add":
+                add = args[i + 1]
             else:
-                folder = args[i + 1]
+                delete = args[i + 1]
             i += 2
             continue
-        if a.startswith("-") and a != "-":
-            return _err(f"unknown option {a}\n{USAGE}")
-        break
+        if a == "-S":
+            perm = 0o755
+            i += 1
+            continue
+        if a[:2] in ("-f", "-F", "-q", "-s") and not a.startswith("--"):
+            value, i = _take(args, i)
+            if value is None:
+                return _err(USAGE)
+            if a[:2] == "-q":
+                spec_text = value
+            elif a[:2] == "-s":
+                perm = shared.make_permissions(value)
+                must_have_folder = True
+            else:
+                folder = value
+            continue
+        return _err(f"unknown option {a}\n{USAGE}")
     rest = args[i:]
     if len(rest) != 1 or not rest[0]:
         return _err(USAGE)
     maildir = Path(rest[0])
+    if add is not None or delete is not None:
+        return _shared_list(maildir, add, delete)
+    if folder is not None and folder.startswith("."):
+        return _err(f"Invalid folder name: {folder}")
+    if folder is None and must_have_folder:
+        return _err(USAGE)
     spec = None
     if spec_text is not None:
         spec = quota.parse_spec(spec_text)
@@ -89,16 +139,47 @@ def main(argv: list[str] | None = None) -> int:
             if not (maildir / "cur").is_dir():
                 return _err(f"{maildir}: not a maildir")
             try:
-                create_folder(maildir, "INBOX." + folder)
+                made = create_folder(maildir, "INBOX." + folder)
             except FolderError as e:
                 return _err(f"{folder}: {e.text}")
+            if perm != 0o700:
+                # Courier: the folder perm & ~022, its tmp/ new/ cur/ the full -s perm.
+                for sub in ("tmp", "new", "cur"):
+                    os.chmod(made / sub, perm)
+                os.chmod(made, perm & ~0o022)
         elif spec is None or not maildir.exists():
             try:
-                make_maildir(maildir)
+                make_maildir(maildir, perm & ~0o022, 0o700 if spec is None else perm & ~0o022)
             except FileExistsError:
                 return _err(f"{maildir}: File exists")
         if spec is not None:
             quota.set_quota(maildir, spec)
+    except OSError as e:
+        return _err(f"{maildir}: {e.strerror}")
+    return 0
+
+
+def _shared_list(maildir: Path, add: str | None, delete: str | None) -> int:
+    """--add / --del (Courier's add() and del(): exit 2 for a nick defined already)."""
+    try:
+        if add is not None:
+            nick, sep, path = add.partition("=")
+            if not sep or not path.startswith("/"):
+                return _err(USAGE)
+            if not maildir.is_dir():
+                return _err(f"{maildir}: No such file or directory")
+            try:
+                shared.add_entry(maildir, _global_file(), nick, path)
+            except shared.SharedError as e:
+                print(e.text, file=sys.stderr)
+                return 2 if "already defined" in e.text else 1
+        else:
+            assert delete is not None
+            try:
+                shared.del_entry(maildir, delete)
+            except shared.SharedError as e:
+                print(e.text, file=sys.stderr)
+                return 1
     except OSError as e:
         return _err(f"{maildir}: {e.strerror}")
     return 0
