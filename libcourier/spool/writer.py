@@ -9,7 +9,6 @@ only after it returns may the server say 250 (DESIGN.md §8.2).
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_all
@@ -20,24 +19,19 @@ BUFFER = 64 * 1024
 
 
 def fsync_both(fd1: int, fd2: int) -> None:
-    """fsync two files concurrently: on a journalling file system both join one
-    journal commit instead of waiting for two in a row. Raises the first OSError."""
-    errors: list[OSError] = []
-
-    def other() -> None:
-        try:
-            os.fsync(fd2)
-        except OSError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=other, name="spool-fsync", daemon=True)
-    t.start()
+    """fsync two files, with one journal commit where the file system allows: fd2's
+    writeback is started first (POSIX_FADV_DONTNEED starts it and does not wait), so
+    its blocks are allocated in the transaction that fd1's fsync commits, and fd2's
+    own fsync then mostly waits for I/O already under way. Both are still fsync'd:
+    durability never rests on the hint. (A helper thread doing the second fsync cost
+    ~0.1 ms of CPU a message, clone and stack, for no shorter wait: ext4, 2-CPU VM.)
+    Raises the first OSError."""
     try:
-        os.fsync(fd1)
-    finally:
-        t.join()
-    if errors:
-        raise errors[0]
+        os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass        # only a hint (a pipe, a file system without it)
+    os.fsync(fd1)
+    os.fsync(fd2)
 
 
 class SpoolWriter:
@@ -45,7 +39,9 @@ class SpoolWriter:
         self.spooldir = Path(spooldir)
         self.max_size = max_size            # 0 or less: no limit
         self.qid = new_qid()
-        self._tmp = self.spooldir / TMP / f"{self.qid}.dat"
+        # Plain strings: pathlib's joins cost more than the rest of a 4 KB message's write.
+        self._tmpdir = os.path.join(spooldir, TMP)
+        self._tmp = os.path.join(self._tmpdir, f"{self.qid}.dat")
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         self._fh = os.fdopen(fd, "wb", buffering=BUFFER)
         self._size = 0
@@ -82,12 +78,13 @@ class SpoolWriter:
         if self._too_big:
             self.abort()
             raise SpoolError("message larger than the size limit")
-        msgs = self.spooldir / MSGS
-        dat = msgs / f"{self.qid}.dat"
-        tmp_env = self.spooldir / TMP / f"{self.qid}.env"
+        msgs = os.path.join(self.spooldir, MSGS)
+        dat = os.path.join(msgs, f"{self.qid}.dat")
+        env = os.path.join(msgs, f"{self.qid}.env")
+        tmp_env = os.path.join(self._tmpdir, f"{self.qid}.env")
         env_fd = -1
         try:
-            # Both files written, then fsync'd at once (fsync_both), then both renamed
+            # Both files written, then fsync'd together (fsync_both), then both renamed
             # and one directory fsync: 2 waits for the disk a message where
             # dat-then-env took 4 (the accept rate, bench/smtp_goals.py).
             # The .env rename stays the commit point: it comes after the .dat rename,
@@ -101,7 +98,7 @@ class SpoolWriter:
             fsync_both(self._fh.fileno(), env_fd)
             self._fh.close()
             os.rename(self._tmp, dat)
-            os.rename(tmp_env, msgs / f"{self.qid}.env")
+            os.rename(tmp_env, env)
             fsync_dir(msgs)
         except OSError as e:
             self._done = True
@@ -109,7 +106,7 @@ class SpoolWriter:
                 self._fh.close()
             except OSError:
                 pass
-            for p in (self._tmp, tmp_env, msgs / f"{self.qid}.env", dat):
+            for p in (self._tmp, tmp_env, env, dat):
                 try:
                     os.unlink(p)
                 except OSError:
