@@ -18,6 +18,7 @@ Remote delivery (esmtp) settings live in EsmtpConfig (remote.py reads them).
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -184,6 +185,10 @@ class EsmtpConfig:
     auth: AuthClient = field(default_factory=AuthClient)   # esmtpauthclient
     keepalive: int = 60                  # esmtptimeoutkeepalive: idle reuse window, 0 = off
     me: str = ""                         # this host's name (MX loop rule)
+    # Courier's backuprelay control file: where remote mail still undelivered
+    # after warntime goes (looked up by MX, then A/AAAA), instead of a delay notice.
+    backuprelay: str | None = None
+    backuprelay_after: int = 4 * 3600    # warntime
     timeouts: EsmtpTimeouts = field(default_factory=EsmtpTimeouts)
     # Built before the privilege drop (the CA files may be unreadable after it).
     tls_client: ssl.SSLContext | None = None      # opportunistic: no verification
@@ -248,12 +253,13 @@ def load_config(etc: Path) -> QueueConfig:
     if values["retry_first"] is not None:
         retry = dataclasses.replace(retry, alpha=values["retry_first"],
                                     gamma=values["retry_first"])
+    warntime = _control(etc, "warntime", to_duration, values["warntime"])
     return QueueConfig(layout=layout, retry=retry,
                        queuetime=_control(etc, "queuetime", to_duration, values["queuetime"]),
-                       warntime=_control(etc, "warntime", to_duration, values["warntime"]),
+                       warntime=warntime,
                        rescan=values["rescan"], maxdels=values["maxdels"],
                        domains=domains, defaultdelivery=values["defaultdelivery"],
-                       aliases=aliases, esmtp=_esmtp(etc, values, domains),
+                       aliases=aliases, esmtp=_esmtp(etc, values, domains, warntime),
                        dsnlimit=_control(etc, "dsnlimit", _size, 32 * 1024),
                        dsnfrom=_control(etc, "dsnfrom", _header_value, None))
 
@@ -327,9 +333,29 @@ def _security_context(trust: str) -> ssl.SSLContext | None:
         raise ConfigError(f"TLS_TRUSTSECURITYCERTS: cannot load {trust}: {e}") from None
 
 
-def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
+def _hostname(v: str) -> str:
+    """A control file naming one host (backuprelay): "Spaces are not allowed"."""
+    v = v.strip()
+    if not v or any(c.isspace() or not c.isprintable() for c in v) or len(v) > 255:
+        raise ValueError(f"expected one host name, got {v[:60]!r}")
+    return v
+
+
+def _helo(v: str) -> str:
+    """esmtphelo: the EHLO name, or "*" for the reverse DNS of the local
+    address of each connection (Courier)."""
+    v = v.strip()
+    if v != "*" and not _HELO_NAME.fullmatch(v):
+        raise ValueError(f"expected a host name, an address literal or *, got {v[:60]!r}")
+    return v
+
+
+_HELO_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,253})|\[[0-9A-Fa-f.:Iv]{2,60}\]")
+
+
+def _esmtp(etc: Path, values: dict, domains: Domains, warntime: int) -> EsmtpConfig:
     loose, strict = _tls_contexts(values)
-    helo = read_control_value(etc / "esmtphelo") or domains.me
+    helo = _control(etc, "esmtphelo", _helo, None) or domains.me
     return EsmtpConfig(
         helo=helo, maxdels=values["esmtp_maxdels"], maxhost=values["esmtp_maxhost"],
         maxrcpt=values["esmtp_maxrcpt"], port=values["esmtp_port"],
@@ -338,6 +364,8 @@ def _esmtp(etc: Path, values: dict, domains: Domains) -> EsmtpConfig:
         routes=load_routes(etc / "esmtproutes"), auth=load_authclient(etc / "esmtpauthclient"),
         keepalive=_control(etc, "esmtptimeoutkeepalive", to_duration, 60),
         me=domains.me,
+        backuprelay=_control(etc, "backuprelay", _hostname, None),
+        backuprelay_after=warntime,
         timeouts=EsmtpTimeouts(
             connect=_control(etc, "esmtptimeoutconnect", _positive_duration, 60),
             helo=_control(etc, "esmtptimeouthelo", _positive_duration, 300),

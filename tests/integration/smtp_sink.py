@@ -30,6 +30,7 @@ class SinkState:
     max_active: int = 0
     messages: list[Transaction] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    peers: list[str] = field(default_factory=list)     # client addresses, per session
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -56,6 +57,8 @@ class _Handler(socketserver.StreamRequestHandler):
         with st.lock:
             st.sessions += 1
             number = st.sessions
+            if len(st.peers) < 1000:
+                st.peers.append(self.client_address[0])
             st.active += 1
             st.max_active = max(st.max_active, st.active)
         try:

@@ -231,6 +231,53 @@ def test_8bit_to_a_server_without_8bitmime_goes_quoted_printable(new_instance, d
     assert b"\nFinal-Recipient: utf-8; q@plain.test\nAction: failed\nStatus: 5.6.7\n" in dsn
 
 
+def test_esmtphelo_star_is_the_reverse_dns_of_the_local_address(new_instance, dns_port):
+    import dns.resolver
+    import dns.reversename
+
+    (new_instance.etc / "esmtphelo").write_text("*\n")
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.7", port) as sink:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "p@plain.test")
+        assert wait_until(lambda: sink.state.messages and queue_empty(new_instance)), \
+            log(new_instance)
+    [ehlo] = [line for line in sink.state.lines if line.upper().startswith("EHLO ")]
+    local = sink.state.peers[0]
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers = ["127.0.0.1"]
+    res.port = dns_port
+    try:
+        names = {rr.target.to_text(omit_final_dot=True)
+                 for rr in res.resolve(dns.reversename.from_address(local), "PTR")}
+    except dns.resolver.NXDOMAIN:
+        names = set()
+    assert ehlo[5:] in (names or {f"[{local}]"}), (ehlo, names)
+
+
+def test_backuprelay_takes_remote_mail_older_than_warntime(new_instance, dns_port):
+    # Courier's backuprelay: after warntime every remote recipient goes to the
+    # relay (found by MX, then A), whatever its domain; younger mail does not.
+    (new_instance.etc / "backuprelay").write_text("plain.test\n")
+    port = _free_port(SINK_HOSTS)
+    with Sink("127.0.0.7", port) as sink:
+        start_sender(new_instance, dns_port, port)
+        w = SpoolWriter(new_instance.layout.spooldir, 1 << 20)
+        w.write(BODY)
+        old = w.commit(Envelope("carol@sender.test", (Recipient("r@nullmx.test"),),
+                                time.time() - 5 * 3600))
+        notify(new_instance.layout.queue_socket, old)
+        spool(new_instance, "s@nullmx.test")       # young: null MX, bounced at once
+        assert wait_until(lambda: sink.state.messages and queue_empty(new_instance)
+                          and maildir_new(new_instance, "carol@sender.test")), \
+            log(new_instance)
+    [txn] = sink.state.messages
+    assert txn.rcpts == ["RCPT TO:<r@nullmx.test>"]
+    assert "rerouted to the backup relay plain.test" in log(new_instance)
+    [bounce] = maildir_new(new_instance, "carol@sender.test")
+    assert b"s@nullmx.test" in bounce.read_bytes()
+
+
 def test_5xx_bounces_with_an_rfc3464_dsn(new_instance, dns_port):
     port = _free_port(SINK_HOSTS)
     with Sink("127.0.0.4", port, "reject"):
