@@ -53,13 +53,44 @@ def _entry(key: str, recipient: str, user: str | None) -> str:
 
 
 class Journal:
+    """One helper's view of the journal. Each connection child keeps the spool
+    file keys that have an entry (read incrementally: the file only grows by
+    appends between prunes, which replace it), so the common request, a file
+    never delivered before, costs a stat-sized read rather than reading the
+    whole journal (up to MAX_BYTES) for every message; only a key that is
+    there is checked against the full entries."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._ident: tuple[int, int] | None = None   # (dev, ino) of the file read so far
+        self._offset = 0                              # bytes of it read (whole lines)
+        self._keys: set[bytes] = set()                # file keys with an entry in it
+
+    def _refresh(self) -> None:
+        """Read what was appended since the last call (all of it after a prune)."""
+        with open(self.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) != self._ident or st.st_size < self._offset:
+                self._ident, self._offset, self._keys = (st.st_dev, st.st_ino), 0, set()
+            if st.st_size <= self._offset:
+                return
+            f.seek(self._offset)
+            data = f.read(min(st.st_size - self._offset, MAX_BYTES * 2))
+        end = data.rfind(b"\n") + 1          # a line being appended right now: next time
+        for line in data[:end].split(b"\n"):
+            parts = line.split(b" ", 2)
+            if len(parts) == 3:
+                self._keys.add(parts[1])
+        self._offset += end
 
     def seen(self, fd: int, recipient: str, user: str | None) -> bool:
         """Whether this spool file was already delivered to this recipient."""
         try:
-            want = _entry(file_key(fd), recipient, user)
+            key = file_key(fd)
+            self._refresh()
+            if key.encode("ascii") not in self._keys:
+                return False
+            want = _entry(key, recipient, user)
             with open(self.path, "rb") as f:
                 data = f.read(MAX_BYTES * 2)
         except FileNotFoundError:

@@ -52,3 +52,27 @@ def test_prune_keeps_recent_entries_and_bounds_the_size(tmp_path):
     finally:
         os.close(fd)
     assert not Journal(tmp_path / "missing").seen(0, "a@b", None)
+
+
+def test_an_entry_another_connection_child_appended_is_seen(tmp_path):
+    # Each connection child reads the journal incrementally: an entry appended
+    # by another child after this one's last look must still be found, and a
+    # journal replaced by a prune is read again from its start.
+    mine, other = Journal(tmp_path / "journal"), Journal(tmp_path / "journal")
+    spool = tmp_path / "a.dat"
+    spool.write_bytes(b"message")
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        other.record(fd, "bob@example.com", None)
+        assert not mine.seen(fd, "alice@example.com", None)
+        other.record(fd, "alice@example.com", None)
+        assert mine.seen(fd, "alice@example.com", None)
+        other.prune()
+        other.record(fd, "carol@example.com", None)
+        assert mine.seen(fd, "carol@example.com", None)
+        assert mine.seen(fd, "alice@example.com", None)
+        with open(mine.path, "ab") as f:            # a line being appended: not yet whole
+            f.write(b"%d " % int(time.time()))
+        assert not mine.seen(fd, "dave@example.com", None)
+    finally:
+        os.close(fd)
