@@ -16,6 +16,11 @@ Two measurements on a fresh `courier init` instance (authdaemond + courierd only
 
     .venv/bin/python bench/deliver_goals.py rate --messages 2000 --rounds 3
     .venv/bin/python bench/deliver_goals.py memory --count 100000 --seconds 120
+    .venv/bin/python bench/deliver_goals.py smtp --messages 2000 --rounds 3
+
+`smtp`: as `rate`, but the messages come in through esmtpd (mailbench.py
+smtp-throughput over SESSIONS sessions, as bench/smtp_goals.py runs it), with
+esmtpd's CPU per message beside courierd's and courierlocal's.
 
 End to end through esmtpd beside Postfix: bench/smtp_goals.py --servers ours,postfix.
 """
@@ -23,6 +28,7 @@ End to end through esmtpd beside Postfix: bench/smtp_goals.py --servers ours,pos
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -38,6 +44,7 @@ ROOT = HERE.parents[1]
 USER = "bench@example.com"
 REMOTE = "nobody@remote.test"
 WAIT_MAX = 900.0          # seconds: the longest a delivery round may take
+MAILBENCH = Path(os.environ.get("MAILBENCH", HERE.parents[2] / "shared" / "bench" / "mailbench.py"))
 
 
 def courier(*args: str) -> None:
@@ -57,13 +64,17 @@ def closed_port() -> int:
 
 
 class Instance:
-    def __init__(self, maxdels: int | None) -> None:
+    def __init__(self, maxdels: int | None, with_esmtpd: bool = False) -> None:
         from bench.run import free_port_base
+        from libcourier.control.init import PORT_OFFSETS
         from libcourier.layout import load_layout
+        self.with_esmtpd = with_esmtpd
+        base = free_port_base()
+        self.smtp_port = base + PORT_OFFSETS["smtp"]
         self.top = Path(tempfile.mkdtemp(prefix="deliver-goals-", dir="/tmp"))
         os.chmod(self.top, 0o755)
         self.root = self.top / "inst"
-        courier("init", str(self.root), "--port-base", str(free_port_base()),
+        courier("init", str(self.root), "--port-base", str(base),
                 "--hostname", "mx.bench")
         self.etc = self.root / "etc"
         courier("adduser", "-C", str(self.etc), USER, "bench-secret")
@@ -138,7 +149,16 @@ def cpu_snapshot(inst: Instance) -> dict[str, int]:
     snap = {"courierd": cpu_ticks(courierd),
             "courierlocal": sum(_ticks_or_0(p) for p in local),
             "authd": cpu_ticks(authd) + sum(cpu_ticks(p) for p in children(authd))}
+    if inst.with_esmtpd:
+        esmtpd = inst.pid("esmtpd")
+        snap["esmtpd"] = cpu_ticks(esmtpd) + sum(_ticks_or_0(p) for p in children(esmtpd))
     return snap
+
+
+def cpu_line(inst: Instance, cpu0: dict[str, int], n: int) -> str:
+    cpu1 = cpu_snapshot(inst)
+    hz = os.sysconf("SC_CLK_TCK")
+    return ", ".join(f"{k} {(cpu1[k] - cpu0[k]) * 1000 / hz / n:.2f}" for k in cpu0)
 
 
 def rate_round(inst: Instance, n: int, size: int) -> float:
@@ -160,11 +180,33 @@ def rate_round(inst: Instance, n: int, size: int) -> float:
         time.sleep(0.05)
     rate = n / (time.monotonic() - t0)
     time.sleep(0.5)         # the last replies and reaps
-    cpu1 = cpu_snapshot(inst)
-    hz = os.sysconf("SC_CLK_TCK")
-    per = ", ".join(f"{k} {(cpu1[k] - cpu0[k]) * 1000 / hz / n:.2f}" for k in cpu0)
-    print(f"# {rate:.1f} msg/s; CPU ms per message: {per}", file=sys.stderr)
+    print(f"# {rate:.1f} msg/s; CPU ms per message: {cpu_line(inst, cpu0, n)}",
+          file=sys.stderr)
     return rate
+
+
+def smtp_round(inst: Instance, n: int, size: int, sessions: int) -> tuple[float, float]:
+    """mailbench smtp-throughput into esmtpd, waiting for the Maildir: (accepted/s,
+    delivered/s), with each daemon's CPU per message on stderr."""
+    cpu0 = cpu_snapshot(inst)
+    cmd = [sys.executable, str(MAILBENCH), "smtp-throughput", "--label", "deliver-goals",
+           "--port", str(inst.smtp_port), "--messages", str(n), "--concurrency",
+           str(sessions), "--size", str(size), "--rcpt", USER, "--timeout", "120",
+           "--maildir", str(inst.maildir), "--deliver-timeout", str(int(WAIT_MAX))]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=WAIT_MAX + 60,
+                       stdin=subprocess.DEVNULL)
+    line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("{")), None)
+    if r.returncode != 0 or line is None:
+        raise SystemExit(f"mailbench failed ({r.returncode}): {r.stderr.strip()[-500:]}")
+    res = json.loads(line)["results"]
+    if not res.get("delivery_complete"):
+        raise SystemExit(f"not every message was delivered: {res}")
+    time.sleep(0.5)         # the last replies and reaps
+    print(f"# accepted {res['accepted_per_s']:.1f}/s, delivered {res['delivered_per_s']:.1f}/s;"
+          f" CPU ms per message: {cpu_line(inst, cpu0, n)}", file=sys.stderr)
+    for name in os.listdir(inst.maildir / "new"):   # keep new/ small between rounds
+        (inst.maildir / "new" / name).unlink()
+    return res["accepted_per_s"], res["delivered_per_s"]
 
 
 def cmd_rate(args: argparse.Namespace) -> int:
@@ -178,6 +220,24 @@ def cmd_rate(args: argparse.Namespace) -> int:
     print(f"spool -> Maildir, {args.messages} x {args.size} B, MAXDELS="
           f"{args.maxdels or 'default'}: delivered/s median {statistics.median(rates):.1f} "
           f"(runs {', '.join(f'{r:.1f}' for r in rates)})")
+    return 0
+
+
+def cmd_smtp(args: argparse.Namespace) -> int:
+    if not MAILBENCH.is_file():
+        raise SystemExit(f"mailbench.py not found at {MAILBENCH} (set MAILBENCH=)")
+    inst = Instance(args.maxdels, with_esmtpd=True)
+    try:
+        inst.start("authdaemond", "esmtpd", "courierd")
+        smtp_round(inst, 200, args.size, args.sessions)      # warm-up, not recorded
+        runs = [smtp_round(inst, args.messages, args.size, args.sessions)
+                for _ in range(args.rounds)]
+    finally:
+        inst.close()
+    acc, dlv = [a for a, _ in runs], [d for _, d in runs]
+    print(f"SMTP -> spool -> Maildir, {args.messages} x {args.size} B over {args.sessions} "
+          f"sessions: accepted/s median {statistics.median(acc):.1f}, delivered/s median "
+          f"{statistics.median(dlv):.1f} (runs {', '.join(f'{a:.0f}/{d:.0f}' for a, d in runs)})")
     return 0
 
 
@@ -250,11 +310,17 @@ def main() -> int:
     r.add_argument("--size", type=int, default=4096)
     r.add_argument("--rounds", type=int, default=3)
     r.add_argument("--maxdels", type=int, default=None)
+    s = sub.add_parser("smtp")
+    s.add_argument("--messages", type=int, default=2000)
+    s.add_argument("--size", type=int, default=4096)
+    s.add_argument("--sessions", type=int, default=10)
+    s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--maxdels", type=int, default=None)
     m = sub.add_parser("memory")
     m.add_argument("--count", type=int, default=100000)
     m.add_argument("--seconds", type=int, default=60)
     args = ap.parse_args()
-    return cmd_rate(args) if args.cmd == "rate" else cmd_memory(args)
+    return {"rate": cmd_rate, "smtp": cmd_smtp, "memory": cmd_memory}[args.cmd](args)
 
 
 if __name__ == "__main__":
