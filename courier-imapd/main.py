@@ -16,6 +16,7 @@ from functools import partial
 
 from courier_imapd import fetch as _fetch  # noqa: F401  (imported before the drop)
 from courier_imapd import mailbox as _mailbox  # noqa: F401
+from courier_imapd import sharedfolders
 from courier_imapd.config import ImapdConfig, load_config
 from courier_imapd.core import ImapConnection, tagged, untagged
 from courier_imapd.login import (
@@ -93,6 +94,7 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
         send(conn, untagged("BYE Login failed"), counters)
         return
     send(conn, tagged(ok.tag, "OK", "LOGIN Ok."), counters)
+    sharedfolders.configure(cfg.etc)     # the config directory's maildirshared
     Session(conn, core, root, cfg, ok.user, counters,
             account_quota=getattr(info, "quota", None) or None,
             acl_groups=tuple(g for g in [getattr(info, "options", {}).get("group")] if g)).run()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from courier_imapd import acl as aclmod
-from courier_imapd import condstore, ident, searchdata, specialuse, trash
+from courier_imapd import condstore, ident, searchdata, sharedfolders, specialuse, trash
 from courier_imapd import fetch as fetchmod
 from courier_imapd import modseq as modseqmod
 from courier_imapd import quota as quotamod
@@ -73,13 +73,15 @@ from courier_imapd.mailbox import (
     split_flags,
 )
 from courier_imapd.modseq import Tracker
+from courier_imapd.sharedfolders import folder_path
 
 from libcourier import proctitle
 from libcourier.maildir import folders
-from libcourier.maildir.folder import Maildir, folder_path
+from libcourier.maildir.folder import Maildir
 from libcourier.maildir.folders import FolderError
 from libcourier.maildir.keywords import KeywordError
 from libcourier.maildir.mutf7 import encode_mutf7
+from libcourier.maildir.shared import SharedError
 from libcourier.maildir.watch import FolderWatch, open_watch
 
 log = logging.getLogger("courier.imapd")
@@ -247,6 +249,8 @@ class Session:
     def _rights(self, path: Path) -> str:
         """The user's rights on a folder; all of them when its ACL cannot be read
         (logged): a broken file must not lock the owner out."""
+        if sharedfolders.is_private_copy(self.root, path):
+            return sharedfolders.RIGHTS     # Courier's fixed rights on shared.* folders
         try:
             return aclmod.rights_of(self.root, path, self._who())
         except OSError as e:
@@ -404,13 +408,14 @@ class Session:
         # Courier: without any of i e s t w the folder can only be read.
         readonly = cmd.readonly or not set(rights) & set("iestw")
         try:
-            view = MailboxView(cmd.mailbox, Maildir(path), readonly)
+            view = MailboxView(cmd.mailbox, sharedfolders.open_folder(self.root, path), readonly)
         except OSError as e:
             log.error("cannot open %s for %s: %s", path, self.user, e)
             self.out(tagged(cmd.tag, "NO", "Cannot open the mailbox"))
             return
-        view.disposer = trash.disposer_for(self.root, path, self.cfg)
-        view.disposer.copied = self.copied
+        if not sharedfolders.is_private_copy(self.root, path):   # shared: no quota, no Trash
+            view.disposer = trash.disposer_for(self.root, path, self.cfg)
+            view.disposer.copied = self.copied
         self.view = view
         self.sel_rights = rights
         self.core.set_state(State.SELECTED)
@@ -460,7 +465,7 @@ class Session:
         return self._track(self.view) if self.view is not None else []
 
     def _all_mailboxes(self) -> list[str]:
-        return folders.all_folders(self.root)
+        return folders.all_folders(self.root) + sharedfolders.listed(self.root)
 
     def list(self, cmd: ListMailboxes) -> None:
         name = "LSUB" if cmd.lsub else "LIST"
@@ -478,7 +483,8 @@ class Session:
         # RFC 5258 options (parsed by the core): SUBSCRIBED selects like LSUB and
         # marks \Subscribed; SPECIAL-USE (RFC 6154 §3) keeps only special-use folders.
         want_subs = "SUBSCRIBED" in cmd.select_opts or "SUBSCRIBED" in cmd.return_opts
-        subs = folders.read_subscriptions(self.root) if cmd.lsub or want_subs else []
+        subs = folders.read_subscriptions(self.root) + sharedfolders.subscribed(self.root) \
+            if cmd.lsub or want_subs else []
         uses = specialuse.special_uses(self.cfg, self.root) if not cmd.lsub else {}
         childinfo: set[str] = set()
         if cmd.lsub or "SUBSCRIBED" in cmd.select_opts:
@@ -555,11 +561,16 @@ class Session:
                         aclmod.aclfile.write(self.root, dpath, kept, self._who().owner)
                     except aclmod.aclfile.AclError as e:
                         log.info("user=%s: ACL of %s not kept: %s", self.user, dpath, e)
+            elif cmd.verb in ("SUBSCRIBE", "UNSUBSCRIBE") and \
+                    sharedfolders.is_shared_name(cmd.mailbox):
+                # Courier: a shared folder's subscription is its private copy.
+                (sharedfolders.subscribe if cmd.verb == "SUBSCRIBE" else
+                 sharedfolders.unsubscribe)(self.root, cmd.mailbox)
             elif cmd.verb == "SUBSCRIBE":
                 folders.subscribe(self.root, cmd.mailbox)
             else:
                 folders.unsubscribe(self.root, cmd.mailbox)
-        except FolderError as e:
+        except (FolderError, SharedError) as e:
             self.out(tagged(cmd.tag, "NO", e.text))
             return
         except OSError as e:
@@ -599,6 +610,9 @@ class Session:
 
     def _target(self, tag: str, mailbox: str) -> Path | None:
         """The folder a message goes into, or None after NO [TRYCREATE] (§6.3.11, §6.4.7)."""
+        if sharedfolders.is_shared_name(mailbox):
+            self.out(tagged(tag, "NO", "Messages cannot be stored in a shared folder"))
+            return None
         path = folder_path(self.root, mailbox)
         if path is None or not (path / "cur").is_dir():
             self.out(tagged(tag, "NO", "Mailbox does not exist", "TRYCREATE"))

@@ -432,9 +432,10 @@ class PrivateCopy(Maildir):
     """A private copy of a shared folder: every scan synchronises it first, and removing
     a message removes it from the sharable folder (Courier's imapscan and expunge)."""
 
-    def scan(self, now: float | None = None):  # type: ignore[override]
+    def scan(self, *args, **kwargs):  # type: ignore[override]
+        # Whatever arguments Maildir.scan takes: only the synchronisation is added.
         sync(self.path)
-        return super().scan(now)
+        return super().scan(*args, **kwargs)
 
     def remove(self, msg: MessageRef) -> None:
         path = self.path_of(msg)

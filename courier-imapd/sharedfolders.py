@@ -1,0 +1,92 @@
+"""The ``shared.`` namespace of Courier's imapd: filesystem shared folders
+(libcourier.maildir.shared) beside the user's own INBOX.* folders.
+
+- LIST shows ``shared.<nick>.<Name>`` for every folder of the sharable maildirs in
+  the user's ``shared-maildirs`` and the config directory's ``maildirshared``
+  (Courier's maildir_list_sharable); LSUB the ones with a private copy
+  (maildir_list_shared); ``shared`` and ``shared.<nick>`` are \\Noselect parents.
+- Naming one in SELECT, EXAMINE, STATUS (or SUBSCRIBE) makes the private copy when
+  missing and synchronises it, as Courier's decode_valid_mailbox; UNSUBSCRIBE removes
+  the private copy.
+- Rights on it are Courier's fixed "anyone lrswite" (acl_read2's legacy shared
+  entry): what the filesystem allows decides the rest.
+- APPEND, COPY and MOVE into one are refused: Courier's imapd stores such a message in
+  the private copy, where its next synchronisation deletes it (the message is lost).
+
+`folder_path` is the one resolver the session uses for every mailbox name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from libcourier.maildir import folder as folder_mod
+from libcourier.maildir import shared
+from libcourier.maildir.folder import Maildir
+
+RIGHTS = "eilrstw"       # Courier: ACL_LOOKUP READ SEEN WRITE INSERT DELETEMSGS EXPUNGE
+
+_global_file: Path | None = None
+
+
+def configure(etc: Path | None) -> None:
+    """Where the global list lives (the config directory's ``maildirshared``); called
+    once per session process, before any name is resolved."""
+    global _global_file
+    _global_file = None if etc is None else Path(etc) / shared.GLOBAL_FILE
+
+
+def global_file() -> Path | None:
+    return _global_file
+
+
+def is_shared_name(name: str) -> bool:
+    return shared.sharedname_of(name) is not None
+
+
+def folder_path(root: Path, name: str) -> Path | None:
+    """The directory of an IMAP name: INBOX.* as libcourier.maildir.folder, a
+    ``shared.nick.Name`` its private copy (made and synchronised here)."""
+    sub = shared.sharedname_of(name)
+    if sub is None:
+        return folder_mod.folder_path(root, name)
+    return shared.open_private(root, _global_file, sub)
+
+
+def is_private_copy(root: Path, path: Path) -> bool:
+    return shared.is_private_copy(root, path)
+
+
+def open_folder(root: Path, path: Path) -> Maildir:
+    """The Maildir object for a resolved path: a private copy syncs at every scan and
+    expunges from the sharable folder."""
+    if shared.is_private_copy(root, path):
+        return shared.PrivateCopy(path)
+    return Maildir(path)
+
+
+def listed(root: Path) -> list[str]:
+    """IMAP names of every shared folder the user can see (LIST)."""
+    return [shared.IMAP_PREFIX + n for n in shared.list_sharable(root, _global_file)]
+
+
+def subscribed(root: Path) -> list[str]:
+    """IMAP names of the shared folders with a private copy (LSUB)."""
+    return [shared.IMAP_PREFIX + n for n in shared.list_subscribed(root)]
+
+
+def subscribe(root: Path, name: str) -> None:
+    """SUBSCRIBE shared.nick.Name: make the private copy (SharedError if impossible;
+    one that exists already is subscribed, so that is not an error)."""
+    sub = shared.sharedname_of(name)
+    assert sub is not None
+    path = shared.private_dir(root, sub)
+    if path is not None and (path / "cur").is_dir():
+        return
+    shared.subscribe(root, _global_file, sub)
+
+
+def unsubscribe(root: Path, name: str) -> None:
+    sub = shared.sharedname_of(name)
+    assert sub is not None
+    shared.unsubscribe(root, sub)

@@ -1,0 +1,138 @@
+"""Courier's filesystem shared folders through a real imapd: a sharable maildir made with
+our `maildirmake -S` / `-s write -f Weekly`, linked into two users' Maildirs with
+`maildirmake --add` (and the config directory's `maildirshared`), served as
+`shared.<nick>.Weekly` with each user's own flags, as Courier's imapd does."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import re
+from pathlib import Path
+
+import pytest
+from courier_deliver import maildirmake
+
+from tests.integration.test_imapd import IO_TIMEOUT, PASSWORD, USER, deliver
+
+BOB, BOB_PASSWORD = "bob@example.net", "bob-secret"
+NAME = "shared.notices.Weekly"
+
+
+@pytest.fixture
+def inst(new_instance):
+    with open(new_instance.etc / "imapd", "a") as f:
+        f.write("\nIMAP_SPECIALUSE_CREATE=0\n")
+    new_instance.adduser(USER, PASSWORD)
+    new_instance.adduser(BOB, BOB_PASSWORD)
+    sh = new_instance.root / "mail" / "Maildir-shared"
+    assert maildirmake.main(["-S", str(sh)]) == 0
+    assert maildirmake.main(["-s", "write", "-f", "Weekly", str(sh)]) == 0
+    owner = os.stat(new_instance.root / "mail")
+    for top, dirs, files in os.walk(sh):
+        for n in [*dirs, *files]:
+            os.chown(os.path.join(top, n), owner.st_uid, owner.st_gid)
+    os.chown(sh, owner.st_uid, owner.st_gid)
+    for user in (USER, BOB):
+        assert maildirmake.main(["--add", f"notices={sh}", str(new_instance.maildir(user))]) == 0
+    deliver(sh / ".Weekly", b"From: boss@example.com\nSubject: week 1\n\nfirst\n")
+    deliver(sh / ".Weekly", b"From: boss@example.com\nSubject: week 2\n\nsecond\n")
+    new_instance.start("authdaemond", "imapd")
+    new_instance.sharable = sh
+    return new_instance
+
+
+def login(inst, user: str = USER, password: str = PASSWORD) -> imaplib.IMAP4:
+    c = imaplib.IMAP4("127.0.0.1", inst.port("imap"), timeout=IO_TIMEOUT)
+    assert c.login(user, password)[0] == "OK"
+    return c
+
+
+def listing(c: imaplib.IMAP4, cmd: str = "list") -> dict[str, str]:
+    typ, data = getattr(c, cmd)('""', "*")
+    assert typ == "OK", data
+    out = {}
+    for line in data:
+        if line is None:
+            continue            # imaplib's "no responses"
+        m = re.match(rb'\(([^)]*)\) "\." "?([^"]*)"?', line)
+        assert m, line
+        out[m.group(2).decode()] = m.group(1).decode()
+    return out
+
+
+def flags(c: imaplib.IMAP4) -> dict[int, str]:
+    typ, data = c.uid("FETCH", "1:*", "(FLAGS)")
+    assert typ == "OK"
+    out = {}
+    for line in data:
+        m = re.match(rb"\d+ \(UID (\d+) FLAGS \(([^)]*)\)\)", line)
+        assert m, line
+        out[int(m.group(1))] = " ".join(f for f in m.group(2).decode().split() if f != "\\Recent")
+    return out
+
+
+def test_shared_folder_lifecycle(inst) -> None:
+    sh: Path = inst.sharable
+    alice, bob = login(inst), login(inst, BOB, BOB_PASSWORD)
+    try:
+        boxes = listing(alice)
+        assert boxes["shared"] == "\\Noselect \\HasChildren"
+        assert boxes["shared.notices"] == "\\Noselect \\HasChildren"
+        assert boxes[NAME] == "\\HasNoChildren"
+        assert NAME not in listing(alice, "lsub")
+        # SELECT makes the private copy (Courier subscribes on first use).
+        typ, data = alice.select(NAME)
+        assert typ == "OK" and data == [b"2"]
+        assert NAME in listing(alice, "lsub")
+        priv = inst.maildir(USER) / "shared-folders" / "notices" / "Weekly"
+        assert os.readlink(priv / "shared") == f"{sh}/.Weekly"
+        assert alice.uid("STORE", "1", "+FLAGS", "(\\Flagged \\Seen)")[0] == "OK"
+        # Flags are each user's own.
+        assert bob.select(NAME) == ("OK", [b"2"])
+        assert flags(bob) == {1: "", 2: ""}
+        assert flags(alice) == {1: "\\Flagged \\Seen", 2: ""}
+        # A message delivered to the sharable folder reaches both on NOOP.
+        deliver(sh / ".Weekly", b"Subject: week 3\n\nthird\n")
+        typ, _ = alice.noop()
+        assert alice.untagged_responses["EXISTS"][-1] == b"3"
+        typ, data = alice.uid("FETCH", "3", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert b"week 3" in data[0][1]
+        # Expunge removes the message from the sharable folder; the others see it go.
+        assert alice.uid("STORE", "2", "+FLAGS", "(\\Deleted)")[0] == "OK"
+        assert alice.expunge()[0] == "OK"
+        assert len(os.listdir(sh / ".Weekly" / "cur")) == 2
+        bob.noop()
+        assert bob.untagged_responses["EXPUNGE"][-1] == b"2"
+        assert sorted(flags(bob)) == [1, 3]
+        # Messages are not stored into a shared folder (Courier's imapd would lose them).
+        typ, data = alice.append(NAME, None, None, b"Subject: x\r\n\r\ny\r\n")
+        assert typ == "NO"
+        assert alice.status(NAME, "(MESSAGES UNSEEN)") == \
+            ("OK", [b"shared.notices.Weekly (MESSAGES 2 UNSEEN 1)"])
+        assert alice.close()[0] == "OK"
+        # UNSUBSCRIBE drops the private copy (and its flags); the sharable folder stays.
+        assert alice.unsubscribe(NAME)[0] == "OK"
+        assert not priv.exists() and (sh / ".Weekly" / "cur").is_dir()
+        assert NAME not in listing(alice, "lsub")
+        assert alice.subscribe(NAME)[0] == "OK"
+        assert NAME in listing(alice, "lsub")
+        assert alice.select('"shared.notices.Nothing"')[0] == "NO"
+        assert not (inst.maildir(USER) / "shared-folders" / "notices" / "Nothing").exists()
+    except Exception:
+        print(inst.logs())
+        raise
+    finally:
+        alice.logout()
+        bob.logout()
+
+
+def test_global_maildirshared(inst) -> None:
+    (inst.etc / "maildirshared").write_text(f"firm\t{inst.sharable}\n")
+    c = login(inst)
+    try:
+        boxes = listing(c)
+        assert "shared.firm.Weekly" in boxes and NAME in boxes
+        assert c.select("shared.firm.Weekly") == ("OK", [b"2"])
+    finally:
+        c.logout()
