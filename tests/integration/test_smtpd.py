@@ -117,7 +117,8 @@ def test_smuggling_and_size_over_the_wire(smtpd):
                   + USER.encode() + b">\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n")
         replies = f.read().decode()
     codes = [line[:3] for line in replies.splitlines()]
-    assert codes == ["250"] * 9 + ["250", "250", "354", "550", "221"], replies
+    ehlo = replies.count("250-") + 1          # the EHLO reply, however many keywords
+    assert codes == ["250"] * ehlo + ["250", "250", "354", "550", "221"], replies
     assert spool_files(spooldir) == []
 
 
