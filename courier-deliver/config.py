@@ -24,7 +24,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from courier_deliver import dotcourier
+from courier_deliver import dotcourier, dsn
 from courier_deliver.routes import AuthClient, Routes, load_authclient, load_routes
 
 from libcourier.aliases import AliasTable
@@ -220,6 +220,7 @@ class QueueConfig:
     esmtp: EsmtpConfig | None = None     # None: remote recipients stay queued
     dsnlimit: int = 32 * 1024            # larger originals are returned as headers only
     dsnfrom: str | None = None           # From: of DSNs (control file dsnfrom)
+    dsn_texts: dsn.DsnTexts = field(default_factory=dsn.DsnTexts)   # ETC/dsn*.txt
 
 
 def _domains(etc: Path) -> Domains:
@@ -261,7 +262,24 @@ def load_config(etc: Path) -> QueueConfig:
                        domains=domains, defaultdelivery=values["defaultdelivery"],
                        aliases=aliases, esmtp=_esmtp(etc, values, domains, warntime),
                        dsnlimit=_control(etc, "dsnlimit", _size, 32 * 1024),
-                       dsnfrom=_control(etc, "dsnfrom", _header_value, None))
+                       dsnfrom=_control(etc, "dsnfrom", _header_value, None),
+                       dsn_texts=_dsn_texts(etc))
+
+
+def _dsn_texts(etc: Path) -> dsn.DsnTexts:
+    """Courier's DSN templates (ETC/dsnheader.txt, ...), those present; read
+    at load, before any privilege drop."""
+    files: dict[str, bytes] = {}
+    for name, filename in dsn.TEMPLATE_FILES.items():
+        path = etc / filename
+        try:
+            with open(path, "rb") as fh:
+                files[name] = fh.read(dsn.MAX_TEMPLATE)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"cannot read: {e.strerror}", str(path)) from None
+    return dsn.texts_from_files(files)
 
 
 def _header_value(v: str) -> str:

@@ -21,6 +21,7 @@ privilege drop.
 from __future__ import annotations
 
 import email.utils
+import re
 from dataclasses import dataclass
 
 from libcourier.smtp.grammar import xtext_encode
@@ -73,35 +74,128 @@ def _headers_of(original: bytes) -> bytes:
     return head if head.endswith(b"\n") or not head else head + b"\n"
 
 
-def _subject(kind: str) -> str:
-    return {FAILED: "Undelivered Mail Returned to Sender",
-            DELAYED: "WARNING: delayed mail",
-            DELIVERED: "Delivery Status Notification (Success)"}[kind]
+# Courier's DSN texts (module.dsn, ETC/dsn*.txt): the subjects, the start of
+# the text part (its own header lines first: [#ME#], [#FROMTIME#] and
+# [#FROMMTA#] are filled in), one heading per kind of notice (the delayed one
+# with %s for this host), and the closing text. `courier init` ships these
+# defaults as files; config.py reads the files, so an admin's Courier texts
+# carry over. Our own wording, Courier's file names and markers.
+RULE = "-" * 75
+DEFAULT_TEXTS: dict[str, str] = {
+    "subject_warn": "WARNING: delayed mail",
+    "subject_notice": "Mail delivery status notification",
+    "header": ('Content-Type: text/plain; charset="utf-8"\n\n'
+               "This is a delivery status notification from [#ME#],\n"
+               "running courier-py.\n\n"
+               "Your message arrived here on [#FROMTIME#]\n"
+               "from [#FROMMTA#].\n"),
+    "delayed": (f"\n{RULE}\n\n"
+                "                        YOUR MESSAGE IS DELAYED\n\n"
+                "%s has not yet been able to deliver your message to the\n"
+                "recipients below. It keeps trying; you do not need to send it\n"
+                "again. You will hear from it again only if it gives up.\n\n"
+                "What happened at the last attempt, for each of them:\n"),
+    "failed": (f"\n{RULE}\n\n"
+               "                          UNDELIVERABLE MAIL\n\n"
+               "Your message could not be delivered to these recipients:\n"),
+    "relayed": (f"\n{RULE}\n\n"
+                "                  PASSED ON, NO RECEIPT POSSIBLE\n\n"
+                "Your message was handed to a mail server that does not send\n"
+                "delivery receipts, for these recipients:\n"),
+    "delivered": (f"\n{RULE}\n\n"
+                  "                              DELIVERED\n\n"
+                  "Your message was delivered to these recipients:\n"),
+    "footer": (f"\n{RULE}\n\n"
+               "Recipients not named above are not covered by this notice; other\n"
+               "notices may follow for them. The message, or its header, is\n"
+               "attached.\n"),
+}
+TEMPLATE_FILES = {
+    "subject_warn": "dsnsubjectwarn.txt", "subject_notice": "dsnsubjectnotice.txt",
+    "header": "dsnheader.txt", "footer": "dsnfooter.txt", "delayed": "dsndelayed.txt",
+    "relayed": "dsnrelayed.txt", "delivered": "dsndelivered.txt", "failed": "dsnfailed.txt",
+}
+MAX_TEMPLATE = 16 * 1024        # bytes of one template file used
+_FIELD_LINE = re.compile(r"[!-9;-~]+:")
 
 
-def _human_text(me: str, kind: str, reports: list[Report], until: float | None) -> str:
-    lines = [f"This is the mail delivery system at {me}.", ""]
-    if kind == FAILED:
-        lines += ["Your message could not be delivered to one or more recipients.",
-                  "It is attached below.", ""]
-    elif kind == DELAYED:
-        lines += ["Your message has not been delivered yet to the recipients below.",
-                  "Delivery will be tried again"
-                  + (f" until {_date(until)}" if until else "") + ";",
-                  "you do not need to send it again.", ""]
+@dataclass(frozen=True, slots=True)
+class DsnTexts:
+    """The texts of Courier's ETC/dsn*.txt files (str, surrogate-escaped bytes)."""
+    subject_warn: str = DEFAULT_TEXTS["subject_warn"]
+    subject_notice: str = DEFAULT_TEXTS["subject_notice"]
+    header: str = DEFAULT_TEXTS["header"]
+    footer: str = DEFAULT_TEXTS["footer"]
+    delayed: str = DEFAULT_TEXTS["delayed"]
+    relayed: str = DEFAULT_TEXTS["relayed"]
+    delivered: str = DEFAULT_TEXTS["delivered"]
+    failed: str = DEFAULT_TEXTS["failed"]
+
+
+def texts_from_files(files: dict[str, bytes]) -> DsnTexts:
+    """DsnTexts from the contents of the template files present (by field name);
+    a missing file keeps its default. Subjects are their first line."""
+    kw: dict[str, str] = {}
+    for name, data in files.items():
+        text = data[:MAX_TEMPLATE].decode("utf-8", "surrogateescape")
+        if name.startswith("subject"):
+            text = _clean(text.strip().partition("\n")[0]) or DEFAULT_TEXTS[name]
+        kw[name] = text
+    return DsnTexts(**kw)
+
+
+def _subject(kind: str, texts: DsnTexts) -> str:
+    return texts.subject_warn if kind == DELAYED else texts.subject_notice
+
+
+def _fill_header(template: str, me: str, from_time: str, from_mta: str) -> str:
+    """Courier's print_header: [#ME#], [#FROMTIME#], [#FROMMTA#]; other text as is."""
+    text = (template.replace("[#ME#]", me).replace("[#FROMTIME#]", from_time)
+            .replace("[#FROMMTA#]", from_mta))
+    if not _FIELD_LINE.match(text):
+        # No header lines of its own: the part would swallow its first line.
+        text = "Content-Type: text/plain; charset=utf-8\n\n" + text
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _recipient_lines(r: Report) -> list[str]:
+    # Courier's layout: " <rcpt>:", then the server ("     host:") and what it
+    # said (" <<< reply"), or " *** " for a problem of our own.
+    out = ["", f" <{_clean(r.recipient.address)}>:"]
+    if r.remote_mta:
+        out.append(f"     {_clean(r.remote_mta)}:")
+    kind, _, what = (r.diagnostic or "").partition(";")
+    what = _clean(what.strip()) or _clean(r.status)
+    out.append((" <<< " if kind.strip().lower() == "smtp" else " *** ") + what)
+    return out
+
+
+DEFAULT = DsnTexts()
+
+
+def _human_text(me: str, kind: str, reports: list[Report], texts: DsnTexts,
+                from_time: str, from_mta: str) -> str:
+    parts = [_fill_header(texts.header, me, from_time, from_mta)]
+    if kind == DELAYED:
+        parts.append(texts.delayed.replace("%s", me, 1).replace("%%", "%"))
+        for r in reports:
+            parts.append("\n".join(_recipient_lines(r)) + "\n")
     else:
-        lines += ["Your message was delivered to the recipients below.", ""]
-    for r in reports:
-        what = r.diagnostic.partition(";")[2].strip() if r.diagnostic else r.status
-        where = f" (at {r.remote_mta})" if r.remote_mta else ""
-        lines.append(f"<{_clean(r.recipient.address)}>{where}: {_clean(r.action)}: "
-                     f"{_clean(what)}")
-    return "\n".join(lines) + "\n"
+        for action, heading in ((DELIVERED, texts.delivered), (RELAYED, texts.relayed),
+                                (FAILED, texts.failed)):
+            group = [r for r in reports if r.action == action]
+            if group:
+                parts.append(heading)
+                for r in group:
+                    parts.append("\n".join(_recipient_lines(r)) + "\n")
+    parts.append(texts.footer)
+    return "".join(p if p.endswith("\n") else p + "\n" for p in parts)
 
 
 def build_dsn(*, me: str, dsnfrom: str, env: Envelope, reports: list[Report], kind: str,
               original: bytes, original_size: int, dsnlimit: int, now: float,
-              message_id: str, will_retry_until: float | None = None) -> bytes:
+              message_id: str, will_retry_until: float | None = None,
+              texts: DsnTexts | None = None) -> bytes:
     """The DSN message (LF line ends) telling env.sender about `reports`.
 
     `original` is the spooled message, possibly cut short by the caller;
@@ -143,7 +237,7 @@ def build_dsn(*, me: str, dsnfrom: str, env: Envelope, reports: list[Report], ki
     head = [
         f"From: {dsnfrom}",
         f"To: <{_clean(env.sender)}>",
-        f"Subject: {_subject(kind)}",
+        f"Subject: {_subject(kind, texts or DEFAULT)}",
         f"Date: {_date(now)}",
         f"Message-ID: {message_id}",
         "Auto-Submitted: auto-replied",       # RFC 3834 §5
@@ -151,12 +245,12 @@ def build_dsn(*, me: str, dsnfrom: str, env: Envelope, reports: list[Report], ki
         f'Content-Type: multipart/report; report-type=delivery-status;\n'
         f' boundary="{boundary}"',
     ]
-    text = _human_text(me, kind, reports, will_retry_until)
+    text = _human_text(me, kind, reports, texts or DEFAULT, _date(env.received),
+                       _clean(env.client) or "unknown")
     out = ["\n".join(head), "", "This is a MIME-formatted delivery status notification.", "",
            f"--{boundary}",
-           "Content-Type: text/plain; charset=utf-8",
            "Content-Transfer-Encoding: 8bit",
-           "Content-Description: Notification", "", text.rstrip("\n"), "",
+           text.rstrip("\n"), "",
            f"--{boundary}",
            "Content-Type: " + ("message/global-delivery-status" if utf8
                                else "message/delivery-status"),
@@ -166,7 +260,7 @@ def build_dsn(*, me: str, dsnfrom: str, env: Envelope, reports: list[Report], ki
            *(["Content-Transfer-Encoding: 8bit"] if any(b >= 0x80 for b in third) else []),
            "Content-Description: " + ("Undelivered message" if full else "Message headers"),
            "", ""]
-    body = "\n".join(out).encode("utf-8")
+    body = "\n".join(out).encode("utf-8", "surrogateescape")
     return body + third + f"\n--{boundary}--\n".encode()
 
 

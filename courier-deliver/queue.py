@@ -329,7 +329,7 @@ class _Run:
                              f"<MAILER-DAEMON@{me}>", env=report_env, reports=reports,
                              kind=kind, original=original, original_size=size,
                              dsnlimit=cfg.dsnlimit, now=now, message_id=mid,
-                             will_retry_until=until)
+                             will_retry_until=until, texts=cfg.dsn_texts)
         with SpoolWriter(spool, 0) as w:
             w.write(body)
             new = w.commit(dsn.dsn_envelope(env, body, now, to=to, origin=origin))

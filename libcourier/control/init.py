@@ -28,6 +28,10 @@ CONFIG_FILES = ("courierd", "authdaemonrc", "esmtpd", "esmtpd-msa", "esmtpd-ssl"
                 "imapd", "imapd-ssl", "pop3d", "pop3d-ssl")
 CERT_FILES = ("esmtpd.pem", "imapd.pem", "pop3d.pem")
 AUTH_RC_FILES = ("authpgsqlrc", "authmysqlrc", "authldaprc")
+# Courier's DSN texts (courierd reads them at start; an admin may edit them).
+DSN_FILES = ("dsnheader.txt", "dsnfooter.txt", "dsndelayed.txt", "dsnfailed.txt",
+             "dsnrelayed.txt", "dsndelivered.txt", "dsnsubjectwarn.txt",
+             "dsnsubjectnotice.txt")
 # Every client of a test or demo instance is 127.0.0.1: Courier's per-IP
 # limits (5 for SMTP) would refuse a benchmark's concurrent sessions.
 LOOPBACK_MAXPERIP = "100"
@@ -178,6 +182,8 @@ def init(dest: Path, *, port_base: int | None = None, hostname: str | None = Non
         write_atomic(etc / "hosteddomains", (tdir / "hosteddomains").read_bytes())
         write_atomic(etc / "bofh", (tdir / "bofh").read_bytes())
         write_atomic(etc / "trustedusers", (tdir / "trustedusers").read_bytes())
+        for name in DSN_FILES:
+            write_atomic(etc / name, (tdir / name).read_bytes(), 0o644)
         # authlib's rc files, as Courier installs them: used once their module is in
         # authmodulelist; they will hold a database password, so not world-readable.
         for name in AUTH_RC_FILES:
