@@ -343,6 +343,8 @@ class Session:
 
     def _quota_allows(self, tag: str, target: Path, size: int, count: int) -> bool:
         """Courier's check before APPEND/COPY; NO [OVERQUOTA] (RFC 9208 §4.3) when over."""
+        if sharedfolders.is_private_copy(self.root, target):
+            return True         # shared folders count toward no quota (Courier)
         try:
             if quotamod.admit(target, size, count, self.account_quota):
                 return True
@@ -353,6 +355,8 @@ class Session:
         return False
 
     def _quota_settle(self, target: Path, size: int, count: int) -> None:
+        if sharedfolders.is_private_copy(self.root, target):
+            return
         try:
             quotamod.settle(target, size, count)
         except OSError as e:
@@ -610,9 +614,6 @@ class Session:
 
     def _target(self, tag: str, mailbox: str) -> Path | None:
         """The folder a message goes into, or None after NO [TRYCREATE] (§6.3.11, §6.4.7)."""
-        if sharedfolders.is_shared_name(mailbox):
-            self.out(tagged(tag, "NO", "Messages cannot be stored in a shared folder"))
-            return None
         path = folder_path(self.root, mailbox)
         if path is None or not (path / "cur").is_dir():
             self.out(tagged(tag, "NO", "Mailbox does not exist", "TRYCREATE"))
@@ -633,7 +634,8 @@ class Session:
         if not self._quota_allows(cmd.tag, path, size, count):
             return
         try:
-            added = folders.append_message(path, cmd.message, letters, cmd.internaldate, names)
+            added = sharedfolders.append_message(self.root, path, cmd.message, letters,
+                                                 cmd.internaldate, names)
         except KeywordError as e:
             self.out(tagged(cmd.tag, "NO", str(e)))
             return
@@ -684,7 +686,8 @@ class Session:
             return
         try:
             try:
-                added = folders.copy_messages(
+                added = sharedfolders.copy_messages(
+                    self.root,
                     [(view.maildir.path_of(m), aclmod.flags_allowed(rights, m.flags, frozenset())[0], m.size)
                      for m in picked], path,
                     [aclmod.flags_allowed(rights, "", m.keywords)[1] for m in picked])
@@ -694,7 +697,8 @@ class Session:
                 if not view.relocate():
                     raise
                 picked = [view.messages[i] for i in idx]
-                added = folders.copy_messages(
+                added = sharedfolders.copy_messages(
+                    self.root,
                     [(view.maildir.path_of(m), aclmod.flags_allowed(rights, m.flags, frozenset())[0], m.size)
                      for m in picked], path,
                     [aclmod.flags_allowed(rights, "", m.keywords)[1] for m in picked])

@@ -10,8 +10,10 @@
   the private copy.
 - Rights on it are Courier's fixed "anyone lrswite" (acl_read2's legacy shared
   entry): what the filesystem allows decides the rest.
-- APPEND, COPY and MOVE into one are refused: Courier's imapd stores such a message in
-  the private copy, where its next synchronisation deletes it (the message is lost).
+- APPEND, COPY and MOVE into one store the message in the sharable folder, as Courier's
+  imapd does; APPENDUID/COPYUID give the UIDs of the user's private copy (Courier's
+  give the sharable folder's own, which the client never sees). Messages in shared
+  folders count toward no quota.
 
 `folder_path` is the one resolver the session uses for every mailbox name.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from libcourier.maildir import folder as folder_mod
-from libcourier.maildir import shared
+from libcourier.maildir import folders, shared
 from libcourier.maildir.folder import Maildir
 
 RIGHTS = "eilrstw"       # Courier: ACL_LOOKUP READ SEEN WRITE INSERT DELETEMSGS EXPUNGE
@@ -90,3 +92,24 @@ def unsubscribe(root: Path, name: str) -> None:
     sub = shared.sharedname_of(name)
     assert sub is not None
     shared.unsubscribe(root, sub)
+
+
+def append_message(root: Path, path: Path, data: bytes, flags: str = "",
+                   internaldate: float | None = None,
+                   keywords: frozenset[str] = frozenset()) -> folders.Added:
+    """folders.append_message, or into the sharable folder for a private copy."""
+    if not shared.is_private_copy(root, path):
+        return folders.append_message(path, data, flags, internaldate, keywords)
+    uidv, uids = shared.store(path, [(data, len(data), flags, internaldate, frozenset(keywords))])
+    return folders.Added(uidv, uids)
+
+
+def copy_messages(root: Path, sources: list[tuple[Path, str, int]], path: Path,
+                  keywords: list[frozenset[str]] | None = None) -> folders.Added:
+    """folders.copy_messages, or into the sharable folder for a private copy."""
+    if not shared.is_private_copy(root, path):
+        return folders.copy_messages(sources, path, keywords)
+    kws = keywords or [frozenset()] * len(sources)
+    uidv, uids = shared.store(path, [(src, size, letters, None, kw) for (src, letters, size), kw
+                                     in zip(sources, kws, strict=True)])
+    return folders.Added(uidv, uids)

@@ -428,6 +428,76 @@ def unlink_message(path: Path) -> bool:
     return True
 
 
+def _write_shared(sharable: Path, base: str, data_from, mtime: float | None) -> None:
+    """One message file into the sharable folder: tmp/, fsync, renamed into cur/ as
+    ``base:2,``; 0644 so the folder's other readers can read it (Courier's imapd
+    creates it 0666 less the umask). `data_from(fd)` writes the bytes."""
+    tmp = sharable / "tmp" / base
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)
+            data_from(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if mtime is not None:
+            os.utime(tmp, (mtime, mtime))
+        os.rename(tmp, sharable / "cur" / (base + ":2,"))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def store(private: Path, messages: list[tuple[object, int, str, float | None, frozenset[str]]]
+          ) -> tuple[int, tuple[int, ...]]:
+    """APPEND / COPY into a shared folder: each message (bytes, or a path to copy from;
+    its size; flag letters; INTERNALDATE or None; keywords) goes into the sharable
+    folder, as Courier's imapd stores it there; then the private copy is synchronised
+    and the flags and keywords are set on the user's own links. Returns the private
+    copy's UIDVALIDITY and the UIDs, so APPENDUID/COPYUID name what the client will
+    see (Courier's name the sharable folder's own UIDs)."""
+    private = Path(private)
+    target = link_target(private)
+    if target is None:
+        raise FileNotFoundError(f"{private}: not a shared folder")
+    sharable = Path(target)
+    bases: list[str] = []
+    for source, size, _letters, mtime, _kw in messages:
+        base = unique_name(size)
+
+        def writer(fd: int, source=source) -> None:
+            if isinstance(source, bytes | bytearray):
+                write_all(fd, bytes(source))
+                return
+            with open(source, "rb") as fh:     # follows a symlink of a private copy
+                while chunk := fh.read(1 << 20):
+                    write_all(fd, chunk)
+        if mtime is None and not isinstance(source, bytes | bytearray):
+            mtime = os.stat(source).st_mtime      # COPY keeps the INTERNALDATE
+        _write_shared(sharable, base, writer, mtime)
+        bases.append(base)
+    fsync_dir(sharable / "cur")
+    box = Maildir(private)
+    sync(private)
+    state = box.scan()
+    by_base = {m.base: m for m in state.messages}
+    uids = []
+    for base, (_src, _size, letters, _mtime, kw) in zip(bases, messages, strict=True):
+        m = by_base.get(base)
+        if m is None:
+            raise FileNotFoundError(f"{base}: gone from the shared folder at once")
+        if letters:
+            m = box.change_flags(m, add=letters)
+        if kw:
+            box.change_keywords([m], "+", kw)
+        uids.append(m.uid)
+    return state.uidvalidity, tuple(uids)
+
+
 class PrivateCopy(Maildir):
     """A private copy of a shared folder: every scan synchronises it first, and removing
     a message removes it from the sharable folder (Courier's imapscan and expunge)."""

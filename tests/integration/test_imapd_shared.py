@@ -105,11 +105,27 @@ def test_shared_folder_lifecycle(inst) -> None:
         bob.noop()
         assert bob.untagged_responses["EXPUNGE"][-1] == b"2"
         assert sorted(flags(bob)) == [1, 3]
-        # Messages are not stored into a shared folder (Courier's imapd would lose them).
-        typ, data = alice.append(NAME, None, None, b"Subject: x\r\n\r\ny\r\n")
-        assert typ == "NO"
+        # APPEND stores into the sharable folder (as Courier); APPENDUID is the UID the
+        # client sees in its own copy. Bob sees the message, without alice's flags.
+        typ, data = alice.append(NAME, "(\\Seen $Work)", None, b"Subject: x\r\n\r\ny\r\n")
+        assert typ == "OK", data
+        m = re.search(rb"APPENDUID (\d+) (\d+)", data[0])
+        assert m and int(m.group(2)) == 4
+        alice.noop()
+        assert flags(alice)[4] == "\\Seen $Work"
+        assert len(os.listdir(sh / ".Weekly" / "cur")) == 3
+        assert all(os.stat(p).st_mode & 0o044 == 0o044 for p in (sh / ".Weekly" / "cur").iterdir())
+        bob.noop()
+        assert flags(bob)[4] == ""
+        # COPY from INBOX into the shared folder, then of a shared message into INBOX.
+        deliver(inst.maildir(USER), b"Subject: mine\n\nfrom my inbox\n")
+        assert alice.select("INBOX")[0] == "OK"
+        assert alice.uid("COPY", "1", NAME)[0] == "OK"
+        assert alice.select(NAME) == ("OK", [b"4"])
+        assert alice.uid("COPY", "4", "INBOX")[0] == "OK"
         assert alice.status(NAME, "(MESSAGES UNSEEN)") == \
-            ("OK", [b"shared.notices.Weekly (MESSAGES 2 UNSEEN 1)"])
+            ("OK", [b"shared.notices.Weekly (MESSAGES 4 UNSEEN 2)"])
+        assert not (priv / "maildirsize").exists()
         assert alice.close()[0] == "OK"
         # UNSUBSCRIBE drops the private copy (and its flags); the sharable folder stays.
         assert alice.unsubscribe(NAME)[0] == "OK"
