@@ -210,3 +210,24 @@ def test_558_without_xexdata_is_an_ordinary_failure():
     c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
     [fin] = c.receive(b"558 250 ok\r\n")
     assert fin.results["a@x.test"].code == 558
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_verp_split_fed_whole_and_byte_by_byte(bytewise):
+    """Without PIPELINING: MAIL, RCPT, DATA, text, then the next recipient's MAIL."""
+    c = SmtpClient("me.test", txn("a@x.test", "b@x.test", verp=True), tls=TlsPolicy.NONE)
+    server = [b"220 hi\r\n", ehlo(), b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n",
+              b"250 one\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 two\r\n",
+              b"221 bye\r\n"]
+    sent, events = [], []
+    for chunk in server:
+        for piece in ([chunk[i:i + 1] for i in range(len(chunk))] if bytewise else [chunk]):
+            events += c.receive(piece)
+        sent.append(c.data_to_send())
+    assert sent == [b"EHLO me.test\r\n", b"MAIL FROM:<list-out-a=x.test@example.com>\r\n",
+                    b"RCPT TO:<a@x.test>\r\n", b"DATA\r\n", STUFFED,
+                    b"MAIL FROM:<list-out-b=x.test@example.com>\r\n", b"RCPT TO:<b@x.test>\r\n",
+                    b"DATA\r\n", STUFFED, b"QUIT\r\n", b""]
+    [fin] = events
+    assert fin.results["a@x.test"].lines == ("one",) and fin.results["b@x.test"].lines == ("two",)
+    assert c.state is State.DONE and c.transactions == 1
