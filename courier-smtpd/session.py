@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -71,10 +72,12 @@ Credentials = LoginCredentials | CramCredentials | ExternalCredentials | Verifie
 Authenticate = Callable[[Credentials, str], str | None]
 
 
+_NOT_HEADER_SAFE = re.compile(r"[^\x21-\x7e]|[()\\]")
+
+
 def _printable(text: str, limit: int = 255) -> str:
     """Header-safe: printable ASCII only, no parentheses that would end the comment."""
-    out = "".join(ch if " " < ch < "\x7f" and ch not in "()\\" else "?" for ch in text)
-    return out[:limit] or "unknown"
+    return _NOT_HEADER_SAFE.sub("?", text)[:limit] or "unknown"
 
 
 def received_header(*, helo: str, rdns: str | None, ip: str, me: str, esmtp: bool,
@@ -187,9 +190,13 @@ class Session:
         self.closed = False
         self._rdns: str | None | bool = False     # False: not looked up yet
         self._data_deadline: float | None = None  # monotonic end of ESMTPD_DATA_TIMEOUT
+        self._title = ""                            # the process title last set
 
     def title(self) -> None:
-        proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}")
+        title = f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}"
+        if title != self._title:        # a prctl and a copy: only when it changes
+            self._title = title
+            proctitle.set_title(title)
 
     def run(self) -> None:
         self.title()

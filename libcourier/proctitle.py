@@ -15,6 +15,8 @@ MAX_TITLE = 200
 
 
 def clean_title(text: str) -> str:
+    if text.isprintable():
+        return text[:MAX_TITLE]
     cleaned = "".join(c if c.isprintable() else "?" for c in text)
     return cleaned[:MAX_TITLE]
 

@@ -34,6 +34,7 @@ class Command:
 
 
 _VERB = re.compile(r"[A-Za-z][A-Za-z0-9]{0,15}")
+_COMMAND_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")   # control characters but TAB
 
 
 def parse_command(line: bytes) -> Command:
@@ -52,7 +53,7 @@ def parse_command(line: bytes) -> Command:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise syntax_error("Invalid characters in command", 500, "5.5.2") from None
-    if any(ch < " " and ch != "\t" or ch == "\x7f" for ch in text):
+    if _COMMAND_CONTROL.search(text):
         raise syntax_error("Invalid characters in command", 500, "5.5.2")
     verb, _, arg = text.partition(" ")
     if not _VERB.fullmatch(verb):

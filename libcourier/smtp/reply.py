@@ -8,6 +8,7 @@ the first line carries the server's name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets including CRLF.
@@ -36,10 +37,13 @@ class Reply:
         return format_reply(self.code, self.enhanced, self.lines)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _clean(text: str) -> str:
     # A reply must never carry a line break the client could read as a second
     # reply (reply injection): control characters become spaces.
-    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
+    return _CONTROL.sub(" ", text)
 
 
 def format_reply(code: int, enhanced: str | None, lines: tuple[str, ...] | list[str]) -> bytes:

@@ -26,6 +26,7 @@ what older writers produced, and their files read as before.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 FORMAT_LINE = "courier-py-envelope 1"
@@ -64,7 +65,12 @@ _ESC = {"\\": "\\\\", "\t": "\\t", "\r": "\\r", "\n": "\\n"}
 _UNESC = {"\\": "\\", "t": "\t", "r": "\r", "n": "\n"}
 
 
+_NEEDS_ESCAPE = re.compile(r"[\\\x00-\x1f\x7f]")
+
+
 def escape(value: str) -> str:
+    if not _NEEDS_ESCAPE.search(value):
+        return value        # the usual address: nothing to escape, no per-character loop
     out = []
     for ch in value:
         if ch in _ESC:
