@@ -41,13 +41,14 @@ import logging
 import os
 import re
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from courier_deliver import dsn
+from courier_deliver import dsn, mailq
 from courier_deliver.config import QueueConfig, local_user
 from courier_deliver.local import LocalClient
 from courier_deliver.localproto import Reply, Status
@@ -609,6 +610,9 @@ class QueueManager:
                 if not line:
                     return
                 verb, _, arg = line.decode("ascii", "replace").strip().partition(" ")
+                if verb == "MAILQ":
+                    await self._answer_mailq(writer)
+                    return
                 if verb != "NEW":
                     logger.warning("queue notice: unknown command %r", verb[:20])
                     return
@@ -621,6 +625,22 @@ class QueueManager:
             return
         finally:
             writer.close()
+
+    async def _answer_mailq(self, writer: asyncio.StreamWriter) -> None:
+        """`mailq` run by an ordinary user (mailq.py): that uid's own messages, the
+        uid from SO_PEERCRED; root and the mail account get the whole queue."""
+        sock = writer.get_extra_info("socket")
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+        except (OSError, AttributeError):
+            return
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        who = None if uid in (0, os.geteuid()) else uid
+        # The spool scan reads every envelope: off the event loop.
+        entries = await asyncio.to_thread(mailq.scan_for, self.config.layout, who)
+        writer.write(mailq.format_answer(entries))
+        await asyncio.wait_for(writer.drain(), NOTICE_TIMEOUT)
 
 
 def bind_queue_socket(path: Path, owner: tuple[int, int] | None) -> socket.socket:

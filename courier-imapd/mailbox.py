@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import ctypes.util
+import logging
 import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -21,10 +22,13 @@ from courier_imapd.core import SeqRange
 
 from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap, split_name
 from libcourier.maildir.folder import FolderState, Maildir, MessageRef
+from libcourier.maildir.snapshot import SnapshotError, Summary
 
 if TYPE_CHECKING:
     from courier_imapd.modseq import Tracker
     from courier_imapd.trash import Disposer
+
+log = logging.getLogger("courier.imapd")
 
 PERMANENT_FLAGS = "(" + " ".join(IMAP_FLAG_ORDER) + ")"
 
@@ -110,10 +114,22 @@ class MailboxView:
         self.name = name
         self.maildir = maildir
         self.readonly = readonly
-        self.state: FolderState = maildir.scan()
+        # A warm SELECT (libcourier.maildir.snapshot): the folder is as the last
+        # SELECT's scan stored it, and SELECT is answered from that summary. The
+        # message list is read from the snapshot (kept open: the state the client
+        # was told) only when a command needs it, or a refresh finds a change; an
+        # idle selected session holds nothing per message.
+        self._summary: Summary | None = maildir.open_summary()
+        # The stamps of the folder as the client was told of it at SELECT, while
+        # no refresh has scanned since: a refresh that finds them so has nothing to do.
+        self._told = self._summary.validators if self._summary is not None else None
+        self._state: FolderState | None = None
+        self._messages: list[MessageRef] | None = None
+        self.recent: set[int] = set()
+        if self._summary is None:
+            st = maildir.scan(snapshot=True)
+            self._state, self._messages, self.recent = st, list(st.messages), set(st.recent)
         self.cur_id = _dir_id(maildir)       # which cur/ this is: a folder made again differs
-        self.messages: list[MessageRef] = list(self.state.messages)
-        self.recent: set[int] = set(self.state.recent)
         self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
         self.disposer: Disposer | None = None   # what EXPUNGE does with a message (trash.py)
         self.tracker: Tracker | None = None     # mod-sequences, once CONDSTORE is on (RFC 7162)
@@ -121,20 +137,69 @@ class MailboxView:
         self.sizes: dict[int, int] = {}      # uid -> size with CRLF line ends (RFC822.SIZE)
         # Keywords the client has been told of in FLAGS (RFC 3501 §7.2.6: a new one
         # is announced with a new FLAGS response before it is used).
-        self.keywords: set[str] = {k for m in self.messages for k in m.keywords}
-        give_back()
+        if self._summary is not None:
+            self.keywords: set[str] = set(self._summary.keywords)
+        else:
+            self.keywords = {k for m in self.messages for k in m.keywords}
+            give_back()
+
+    # -- the message list, read when first needed -------------------------------------------
+
+    @property
+    def messages(self) -> list[MessageRef]:
+        if self._messages is None:
+            self._load()
+        return self._messages      # type: ignore[return-value]
+
+    @messages.setter
+    def messages(self, value: list[MessageRef]) -> None:
+        self._messages = value
+
+    @property
+    def state(self) -> FolderState:
+        if self._state is None:
+            self._load()
+        return self._state         # type: ignore[return-value]
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._summary.uidvalidity if self._summary is not None else self.state.uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        return self._summary.uidnext if self._summary is not None else self.state.uidnext
+
+    def _load(self) -> None:
+        s = self._summary
+        assert s is not None
+        try:
+            st = self.maildir.load_summary(s)
+        except (OSError, SnapshotError) as e:
+            # What the client was told is lost (the file's header verified at SELECT,
+            # so this is damage on disk): a new session must start over.
+            log.error("%s: cannot read the folder snapshot: %s", self.maildir.path, e)
+            raise FolderReplaced(self.name) from e
+        finally:
+            s.file.close()      # type: ignore[attr-defined]
+        self._summary, self._state, self._messages = None, st, list(st.messages)
 
     # -- opening (RFC 3501 §6.3.1) --------------------------------------------------------
 
     def select_responses(self) -> list[str]:
+        s = self._summary
         out = [
             flags_line(self.keywords),
             permanent_line(self.keywords, self.readonly),
-            f"{len(self.messages)} EXISTS",
+            f"{s.count if s is not None else len(self.messages)} EXISTS",
             f"{len(self.recent)} RECENT",
-            f"OK [UIDVALIDITY {self.state.uidvalidity}] Ok",
-            f"OK [UIDNEXT {self.state.uidnext}] Ok",
+            f"OK [UIDVALIDITY {self.uidvalidity}] Ok",
+            f"OK [UIDNEXT {self.uidnext}] Ok",
         ]
+        if s is not None:
+            if s.first_unseen:
+                out.append(f"OK [UNSEEN {s.first_unseen}] Message {s.first_unseen} "
+                           "is first unseen")
+            return out
         for i, m in enumerate(self.messages, 1):
             if "S" not in m.flags:
                 out.append(f"OK [UNSEEN {i}] Message {i} is first unseen")
@@ -211,6 +276,12 @@ class MailboxView:
 
     def refresh(self, allow_expunge: bool) -> list[str]:
         """Rescan the folder; untagged responses for what changed (RFC 3501 §7.3, §7.4)."""
+        if self._told is not None:
+            if self.maildir.validators() == self._told:
+                return []       # as at SELECT (snapshot.py): nothing to scan or tell
+            self._told = None
+        if self._summary is not None:
+            self._load()
         st = self.maildir.scan()
         # Deleted and created again, maybe in the same second (so the same UIDVALIDITY,
         # which is the time): the directory is another one.
@@ -244,7 +315,7 @@ class MailboxView:
             self.messages.extend(fresh)
             out.append(f"{len(self.messages)} EXISTS")
             out.append(f"{len(self.recent)} RECENT")
-        self.state = st
+        self._state = st
         give_back()
         return out
 

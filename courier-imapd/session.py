@@ -430,7 +430,7 @@ class Session:
         if not self.condstore:
             # RFC 7162 §3.1.2.1: a folder with mod-sequences says its HIGHESTMODSEQ
             # at every SELECT; from the log's last line, no tracking for this session.
-            top = modseqmod.peek_highest(path, view.state.uidvalidity)
+            top = modseqmod.peek_highest(path, view.uidvalidity)
             if top is not None:
                 lines.append(f"OK [HIGHESTMODSEQ {top}] Highest")
         else:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from libcourier.maildir import index, uiddb
 from libcourier.maildir import keywords as kwmod
+from libcourier.maildir import snapshot as snapmod
 from libcourier.maildir.flags import join_name, split_name
 
 log = logging.getLogger("courier.maildir")
@@ -167,13 +168,48 @@ class Maildir:
             raise
         return fd
 
-    def scan(self, now: float | None = None) -> FolderState:
+    def validators(self) -> snapmod.Validators:
+        """The stamps a snapshot of this folder is valid for (snapshot.py)."""
+        return snapmod.Validators.current(self.path, uiddb.IMAPDB, kwmod.KEYWORDDIR)
+
+    def open_summary(self) -> snapmod.Summary | None:
+        """SELECT without a scan: the stored snapshot when the folder is as it
+        recorded and nothing waits in new/; None: scan. Never for a class whose
+        scan does more than read the folder (shared.PrivateCopy synchronises first)."""
+        if type(self).scan is not Maildir.scan:
+            return None
+        return snapmod.open_summary(self.path, self.validators())
+
+    def load_summary(self, summary: snapmod.Summary) -> FolderState:
+        """The folder as the snapshot behind `summary` recorded it (no \\Recent: that
+        belongs to the scan that moved the mail). SnapshotError, OSError."""
+        msgs = [MessageRef(m.uid, m.filename.partition(":")[0], m.filename,
+                           split_name(m.filename)[1], m.size, m.mtime, m.keywords)
+                for m in snapmod.load(summary)]
+        return FolderState(summary.uidvalidity, summary.uidnext, tuple(msgs))
+
+    def scan(self, now: float | None = None, snapshot: bool = False) -> FolderState:
+        """Courier's imapscan (module docstring). With `snapshot` (SELECT's scan) the
+        result is also stored for the next SELECT (snapshot.py) when the folder held
+        still while it was read."""
         now = time.time() if now is None else now
         self._purge_tmp(now)
+        if snapshot:
+            try:
+                kwmod.ensure_dir(self.path)   # before the stamps, or they differ after
+            except OSError:
+                snapshot = False
         lockfd = os.open(self.path / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        v0: snapmod.Validators | None = None
         try:
             fcntl.flock(lockfd, fcntl.LOCK_EX)
             moved = self._move_new()
+            if snapshot:
+                # The clock past the racy margin of the latest change (ours just now,
+                # or anyone's), so what is read next may be trusted by the next SELECT.
+                snapmod.settle(self.path, (kwmod.KEYWORDDIR,))
+                recorded_ns = time.time_ns()
+                v0 = self.validators()
             # new/ not empty: cur/ just changed, the stored listing cannot be used.
             files, cached = self._cur_files(lockfd, not moved)
             db = uiddb.read(self.path)
@@ -201,6 +237,9 @@ class Maildir:
             if changed:
                 db = uiddb.UidDb(db.uidvalidity, nextuid, tuple(kept))
                 uiddb.write(self.path, db)
+                if v0 is not None:
+                    # Ours, under the lock; replaced by rename, so its stamp names it.
+                    v0 = replace(v0, uiddb=snapmod.Stamp.at(self.path / uiddb.IMAPDB))
         finally:
             os.close(lockfd)  # releases the flock
         kws = self.read_keywords({base for _, base in kept}, now)
@@ -213,6 +252,9 @@ class Maildir:
                                    kws.get(base, empty)))
             if base in moved:
                 recent.add(uid)
+        if v0 is not None and self.validators() == v0:
+            # Nothing changed since the stamps (keywords included): store it.
+            snapmod.write(self.path, v0, recorded_ns, db.uidvalidity, nextuid, msgs)
         return FolderState(db.uidvalidity, nextuid, tuple(msgs), frozenset(recent))
 
     def read_keywords(self, bases: set[str], now: float | None = None) -> dict[str, frozenset[str]]:

@@ -180,6 +180,9 @@ def _ensure_dir(folder: Path) -> Path:
     return kwdir
 
 
+ensure_dir = _ensure_dir     # folder.py: made before a scan stamps the folder (snapshot.py)
+
+
 def _read_file(path: Path, limit: int) -> bytes | None:
     try:
         with open(path, "rb") as fh:

@@ -1,0 +1,305 @@
+"""`courierpystate`: a folder as a SELECT's scan left it, so the next SELECT needs no scan.
+
+Dovecot answers SELECT from its index without building the message list; this
+file lets us do the same. A scan made for SELECT (folder.py, `Maildir.scan(
+snapshot=True)`) writes the reconciled folder: UIDVALIDITY, UIDNEXT, the count,
+the first unseen message, the folder's keywords, and per message its UID, file
+name, size, mtime and keywords. The next SELECT stats cur/, new/,
+courierimapuiddb and courierimapkeywords/ (`Validators.current`), and if they are
+all what the file recorded, answers from the summary at the head of the file: no
+listing, no uiddb parse, nothing per message. The session keeps the file open and
+reads the message list from it only when a command needs it (MailboxView): an
+idle selected session holds no per-message objects at all.
+
+Why unchanged stamps mean an unchanged folder: every change a scan could see
+renames or removes a file in cur/ or new/ (the directory's mtime and size change),
+replaces courierimapuiddb by rename (a new inode; Courier writes it so too) or
+renames a file into or out of courierimapkeywords/. The "racy mtime" problem: a
+change in the same timestamp tick as the recorded mtime leaves it equal. So a
+snapshot is trusted only when its scan started at least `margin_ns` after the
+newest directory mtime it records: a whole timestamp tick on Linux (at most 10 ms)
+with room to spare where the filesystem keeps sub-second times, 2 s where it does
+not (a whole-second mtime). Clocks that disagree (an NFS server's and ours) defeat
+this, as they defeat Courier's and Dovecot's own mtime checks.
+
+A pure cache, replaced whole by write-new-and-rename and never modified in place,
+so an open descriptor keeps reading the state it was opened for. Delete it and the
+next SELECT scans and writes it again; a damaged or foreign file is ignored.
+
+    courierpy-state 1\\n
+    <12 stamp numbers> <recorded_ns> <uidvalidity> <uidnext> <count> <first unseen>
+        <names bytes> <keyword names bytes> <keyword lines bytes> <byteorder>
+        <head crc32 hex> <body crc32 hex>\\n
+    keyword names, joined by \\n (the folder's keywords: the FLAGS response)
+    body: file names joined by \\n | count uids (int64) | count sizes (int64)
+          | count mtimes (float64) | keyword lines "<index> <kw#> <kw#>..." joined by \\n
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from libcourier.maildir.flags import split_name
+
+STATE_NAME = "courierpystate"
+MAGIC = b"courierpy-state 1\n"
+FINE_MARGIN_NS = 50_000_000        # sub-second timestamps: 5x the coarsest Linux tick
+COARSE_MARGIN_NS = 2_000_000_000   # whole-second (or FAT's 2 s) timestamps
+MAX_HEAD = 64 << 10                # the header line and the keyword names
+MAX_STATE_BYTES = 512 << 20        # a larger snapshot is neither written nor read
+FIRST_READ = 4096                  # bytes read at SELECT: the header of most folders
+_FIELDS = 23                       # 20 numbers, the byte order, two CRCs
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What identifies one state of a directory's entries, or of a file replaced by
+    rename; all zero when it does not exist."""
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def at(cls, path: Path) -> Stamp:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return ABSENT
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+ABSENT = Stamp(0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    cur: Stamp
+    new: Stamp
+    uiddb: Stamp
+    keywords: Stamp
+
+    @classmethod
+    def current(cls, folder: Path, uiddb_name: str, kwdir_name: str) -> Validators:
+        return cls(Stamp.at(folder / "cur"), Stamp.at(folder / "new"),
+                   Stamp.at(folder / uiddb_name), Stamp.at(folder / kwdir_name))
+
+    def numbers(self) -> list[int]:
+        return [n for s in (self.cur, self.new, self.uiddb, self.keywords)
+                for n in (s.ino, s.size, s.mtime_ns)]
+
+    def settled(self, recorded_ns: int) -> bool:
+        """True when a scan started at `recorded_ns` (wall clock) cannot have missed
+        a change hidden in the same timestamp tick as a directory's mtime. The uiddb
+        is left out: it is only ever replaced by rename, its inode tells."""
+        dirs = [s.mtime_ns for s in (self.cur, self.new, self.keywords) if s != ABSENT]
+        if not dirs:
+            return False
+        return recorded_ns - max(dirs) >= margin_ns(dirs)
+
+
+def margin_ns(mtimes: list[int]) -> int:
+    """How long after a directory's mtime a listing of it can be trusted (module doc)."""
+    return COARSE_MARGIN_NS if any(m % 1_000_000_000 == 0 for m in mtimes) else FINE_MARGIN_NS
+
+
+class _Stored(Protocol):
+    """What write() reads of a message (folder.MessageRef has it)."""
+    @property
+    def uid(self) -> int: ...
+    @property
+    def filename(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime(self) -> float: ...
+    @property
+    def keywords(self) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    uid: int
+    filename: str
+    size: int
+    mtime: float
+    keywords: frozenset[str]
+
+
+@dataclass(slots=True)
+class Summary:
+    """What SELECT answers from, and the open snapshot the message list comes from."""
+    validators: Validators
+    uidvalidity: int
+    uidnext: int
+    count: int
+    first_unseen: int                # sequence number, 0: every message is seen
+    keywords: frozenset[str]
+    file: object                     # the open snapshot (an io.FileIO), for load()
+    body_at: int
+    nlen: int
+    klen: int
+    body_crc: int
+
+
+class SnapshotError(ValueError):
+    """A snapshot body that does not decode (damage after the header verified)."""
+
+
+def _head(v: Validators, recorded_ns: int, uidvalidity: int, uidnext: int, count: int,
+          unseen: int, nlen: int, kwnames: int, klen: int) -> bytes:
+    nums = [*v.numbers(), recorded_ns, uidvalidity, uidnext, count, unseen, nlen, kwnames, klen]
+    return b" ".join(b"%d" % n for n in nums) + b" " + sys.byteorder.encode()
+
+
+def write(folder: Path, v: Validators, recorded_ns: int, uidvalidity: int, uidnext: int,
+          messages: Sequence[_Stored]) -> bool:
+    """Store a scan's result; False when not stored (racy, a name that cannot be
+    stored, too large, or an OSError: the next SELECT scans, nothing else is lost)."""
+    if not v.settled(recorded_ns):
+        return False
+    names = [m.filename for m in messages]
+    kwall = sorted({k for m in messages for k in m.keywords})
+    if any("\n" in n for n in names) or any("\n" in k or " " in k or not k for k in kwall):
+        return False
+    kwpos = {k: i for i, k in enumerate(kwall)}
+    unseen = next((i for i, m in enumerate(messages, 1)
+                   if "S" not in split_name(m.filename)[1]), 0)
+    blob = "\n".join(names).encode("utf-8", "surrogateescape")
+    kwnames = "\n".join(kwall).encode("utf-8", "surrogateescape")
+    kwlines = "\n".join(" ".join([str(i), *(str(kwpos[k]) for k in sorted(m.keywords))])
+                        for i, m in enumerate(messages) if m.keywords).encode()
+    body = b"".join([blob, array.array("q", [m.uid for m in messages]).tobytes(),
+                     array.array("q", [m.size for m in messages]).tobytes(),
+                     array.array("d", [m.mtime for m in messages]).tobytes(), kwlines])
+    if len(body) > MAX_STATE_BYTES or len(kwnames) > MAX_HEAD // 2:
+        return False
+    head = _head(v, recorded_ns, uidvalidity, uidnext, len(messages), unseen, len(blob),
+                 len(kwnames), len(kwlines))
+    data = b"".join([MAGIC, head, b" %08x %08x\n" % (zlib.crc32(kwnames, zlib.crc32(head)),
+                                                     zlib.crc32(body)), kwnames, body])
+    tmp = folder / "tmp" / f"{os.getpid()}.pystate_{os.urandom(4).hex()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.rename(tmp, folder / STATE_NAME)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+    return True
+
+
+def open_summary(folder: Path, now: Validators) -> Summary | None:
+    """The stored summary if it was made for the folder as it is now (`now`, the
+    stamps just taken) and can be trusted; None: scan."""
+    try:
+        f = open(folder / STATE_NAME, "rb", buffering=0)   # noqa: SIM115 (kept by Summary)
+    except OSError:
+        return None
+    try:
+        s = _parse(f, now)
+    except (OSError, ValueError):
+        s = None
+    if s is None:
+        f.close()
+    return s
+
+
+def _parse(f, now: Validators) -> Summary | None:
+    fd = f.fileno()
+    data = os.pread(fd, FIRST_READ, 0)
+    if not data.startswith(MAGIC):
+        return None
+    nl = data.find(b"\n", len(MAGIC))
+    if nl < 0:
+        data = os.pread(fd, MAX_HEAD, 0)
+        nl = data.find(b"\n", len(MAGIC))
+        if nl < 0:
+            return None
+    fields = data[len(MAGIC):nl].split(b" ")
+    if len(fields) != _FIELDS or not all(x.isdigit() for x in fields[:20]) \
+            or fields[20] != sys.byteorder.encode():
+        return None
+    nums = [int(x) for x in fields[:20]]
+    stamps = [Stamp(*nums[i:i + 3]) for i in range(0, 12, 3)]
+    v = Validators(*stamps)
+    recorded_ns, uidvalidity, uidnext, count, unseen, nlen, kwn, klen = nums[12:]
+    if v != now or not v.settled(recorded_ns):
+        return None
+    if nl + 1 + kwn > len(data):
+        if kwn > MAX_HEAD:
+            return None
+        data = os.pread(fd, nl + 1 + kwn, 0)
+        if len(data) != nl + 1 + kwn:
+            return None
+    kwnames = data[nl + 1:nl + 1 + kwn]
+    head = _head(v, recorded_ns, uidvalidity, uidnext, count, unseen, nlen, kwn, klen)
+    if int(fields[21], 16) != zlib.crc32(kwnames, zlib.crc32(head)):
+        return None
+    body_at = nl + 1 + kwn
+    if os.fstat(fd).st_size != body_at + nlen + 24 * count + klen:
+        return None
+    kws = frozenset(kwnames.decode("utf-8", "surrogateescape").split("\n")) if kwn else frozenset()
+    return Summary(v, uidvalidity, uidnext, count, unseen, kws, f, body_at, nlen, klen,
+                   int(fields[22], 16))
+
+
+def load(s: Summary) -> list[Message]:
+    """The message list of an open snapshot, in UID order; SnapshotError when its body
+    does not verify (OSError passes)."""
+    n = s.count
+    size = s.nlen + 24 * n + s.klen
+    body = os.pread(s.file.fileno(), size, s.body_at)   # type: ignore[attr-defined]
+    if len(body) != size or zlib.crc32(body) != s.body_crc:
+        raise SnapshotError("snapshot body damaged")
+    names = body[:s.nlen].decode("utf-8", "surrogateescape").split("\n") if n else []
+    uids, sizes, mtimes = array.array("q"), array.array("q"), array.array("d")
+    at = s.nlen
+    for arr in (uids, sizes, mtimes):
+        arr.frombytes(body[at:at + 8 * n])
+        at += 8 * n
+    if len(names) != n:
+        raise SnapshotError("snapshot names do not match the count")
+    kwlist = sorted(s.keywords)
+    per: dict[int, frozenset[str]] = {}
+    if s.klen:
+        try:
+            for line in body[at:].decode().split("\n"):
+                i, *ks = (int(x) for x in line.split(" "))
+                per[i] = frozenset(kwlist[k] for k in ks)
+        except (ValueError, IndexError):
+            raise SnapshotError("snapshot keywords damaged") from None
+    empty: frozenset[str] = frozenset()
+    return [Message(u, name, sz, mt, per.get(i, empty))
+            for i, (u, name, sz, mt) in enumerate(zip(uids, names, sizes, mtimes, strict=True))]
+
+
+def settle(folder: Path, more: tuple[str, ...] = ()) -> None:
+    """Before a scan that will store a snapshot: when cur/, new/ (or `more`) changed
+    within the racy margin (a scan that just moved mail into cur/), wait until the
+    clock is past it, so what is read next can be stored and trusted. At most
+    FINE_MARGIN_NS, and only on filesystems with sub-second timestamps."""
+    try:
+        mt = [os.stat(folder / d).st_mtime_ns for d in ("cur", "new", *more)]
+    except OSError:
+        return
+    if margin_ns(mt) != FINE_MARGIN_NS:
+        return
+    wait = max(mt) + FINE_MARGIN_NS - time.time_ns()
+    if 0 < wait <= FINE_MARGIN_NS:
+        time.sleep(wait / 1e9)

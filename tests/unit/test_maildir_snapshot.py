@@ -1,0 +1,227 @@
+"""courierpystate: a warm SELECT answers from the snapshot the last SELECT's scan stored,
+without a scan, only while the folder is provably as recorded; the message list is read
+from it when first needed, and every change made since is still reported."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from courier_imapd.mailbox import FolderReplaced, MailboxView
+
+from libcourier.maildir import keywords as kwmod
+from libcourier.maildir import snapshot as snapmod
+from libcourier.maildir import uiddb
+from libcourier.maildir.folder import Maildir
+
+DEADLINE = 10.0
+
+
+def make_folder(p: Path, n: int = 6) -> Path:
+    for d in ("tmp", "new", "cur"):
+        (p / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        name = f"{1700000000 + i}.M{i}P1.host,S={10 + i}"
+        flags = ":2,S" if i % 3 == 0 else ""
+        (p / "cur" / (name + flags) if flags else p / "new" / name).write_bytes(b"x" * (10 + i))
+    return p
+
+
+def deliver(p: Path, i: int) -> None:
+    name = f"{1800000000 + i}.M{i}P2.host,S=5"
+    (p / "tmp" / name).write_bytes(b"hello")
+    os.rename(p / "tmp" / name, p / "new" / name)
+
+
+def refs(state) -> list[tuple]:
+    return [(m.uid, m.base, m.filename, m.flags, m.size, m.mtime, m.keywords)
+            for m in state.messages]
+
+
+def no_scan(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make Maildir.scan count (and still work), to see which path a SELECT took."""
+    calls: list[int] = []
+    real = Maildir.scan
+
+    def counting(self: Maildir, *a, **k):
+        calls.append(1)
+        return real(self, *a, **k)
+    monkeypatch.setattr(Maildir, "scan", counting)
+    return calls
+
+
+def selected(md: Path) -> tuple[MailboxView, list[str]]:
+    v = MailboxView("INBOX", Maildir(md), False)
+    return v, v.select_responses()
+
+
+def warm(tmp_path: Path) -> tuple[Path, list[str], list[tuple]]:
+    md = make_folder(tmp_path / "M")
+    v, lines = selected(md)           # the cold SELECT: moves new/, scans, stores
+    assert (md / snapmod.STATE_NAME).exists()
+    return md, lines, refs(v.state)
+
+
+def test_warm_select_answers_from_the_snapshot(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    md, cold_lines, cold = warm(tmp_path)
+    calls = no_scan(monkeypatch)
+    v, lines = selected(md)
+    assert calls == []
+    # The same answer as the scan gave, bar \Recent (the cold SELECT's: it moved the mail).
+    assert [x for x in lines if not x.endswith("RECENT")] == \
+        [x for x in cold_lines if not x.endswith("RECENT")]
+    assert "0 RECENT" in lines and "6 EXISTS" in lines
+    assert v.refresh(allow_expunge=True) == [] and calls == []     # NOOP: nothing changed
+    assert v._messages is None                                      # nothing per message held
+    assert refs(v.state) == cold                                    # read when needed
+
+
+def test_select_scans_when_the_folder_changed(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    md, _, _ = warm(tmp_path)
+    calls = no_scan(monkeypatch)
+    deliver(md, 1)
+    v, lines = selected(md)
+    assert calls == [1] and "7 EXISTS" in lines and "1 RECENT" in lines
+    calls.clear()
+    box = Maildir(md)
+    m = v.messages[0]
+    box.change_flags(m, add="F")
+    v, lines = selected(md)
+    assert calls == [1]
+    assert v.messages[0].flags == "FS"
+
+
+@pytest.mark.parametrize("change", ["deliver", "flag", "expunge", "keyword"])
+def test_changes_after_a_warm_select_are_reported(tmp_path: Path, change: str) -> None:
+    md, _, _ = warm(tmp_path)
+    v, _ = selected(md)
+    assert v._summary is not None
+    box = Maildir(md)
+    st = box.scan()
+    if change == "deliver":
+        deliver(md, 2)
+        want = ["7 EXISTS", "1 RECENT"]
+    elif change == "flag":
+        box.change_flags(st.messages[1], add="R")
+        want = ["2 FETCH (FLAGS (\\Answered))"]
+    elif change == "expunge":
+        box.remove(st.messages[2])
+        want = ["3 EXPUNGE"]
+    else:
+        box.change_keywords([st.messages[4]], "+", frozenset({"Urgent"}))
+        want = ["5 FETCH (FLAGS (Urgent))"]
+    out = v.refresh(allow_expunge=True)
+    for w in want:
+        assert w in out, (w, out)
+    assert v.refresh(allow_expunge=True) == []
+
+
+def test_uiddb_replaced_after_select_ends_the_session(tmp_path: Path) -> None:
+    md, _, _ = warm(tmp_path)
+    v, _ = selected(md)
+    os.unlink(md / uiddb.IMAPDB)       # a new UIDVALIDITY at the next scan
+    with pytest.raises(FolderReplaced):
+        v.refresh(allow_expunge=True)
+
+
+def test_keywords_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    md = make_folder(tmp_path / "M")
+    st = Maildir(md).scan()
+    Maildir(md).change_keywords([st.messages[0], st.messages[3]], "+",
+                                frozenset({"$Label1", "Work"}))
+    Maildir(md).change_keywords([st.messages[3]], "+", frozenset({"Later"}))
+    v, cold_lines = selected(md)
+    if v._summary is not None:          # a scan between: the keyword read folded updates
+        pytest.fail("the first SELECT after keyword changes must scan")
+    full = refs(v.state)
+    if not (md / snapmod.STATE_NAME).exists():
+        selected(md)                    # the keyword files settled: this scan stores it
+    calls = no_scan(monkeypatch)
+    v2, lines = selected(md)
+    assert calls == [] and lines == [x.replace("6 RECENT", "0 RECENT") for x in cold_lines]
+    assert "FLAGS ($Label1 Later Work \\Draft" in lines[0]
+    assert refs(v2.state) == full
+
+
+def _age(md: Path) -> None:
+    """The folder's directories last changed 10 s ago."""
+    for d in ("cur", "new", kwmod.KEYWORDDIR):
+        st = os.stat(md / d)
+        past = st.st_mtime_ns - 10 * 1_000_000_000 + 1
+        os.utime(md / d, ns=(past, past))
+
+
+def test_racy_snapshot_is_not_trusted(tmp_path: Path) -> None:
+    md, _, _ = warm(tmp_path)
+    _age(md)
+    box = Maildir(md)
+    v = box.validators()
+    msgs = box.scan().messages
+    # Recorded too soon after cur/'s mtime: a change in the same tick could hide.
+    assert not snapmod.write(md, v, v.cur.mtime_ns + 1_000_000, 1, 99, msgs)
+    assert snapmod.write(md, v, v.cur.mtime_ns + snapmod.FINE_MARGIN_NS, 1, 99, msgs)
+    s = box.open_summary()
+    assert s is not None and s.uidnext == 99 and s.count == len(msgs)
+    s.file.close()
+    # Whole-second mtimes (a coarse filesystem): the 2 s margin.
+    assert snapmod.margin_ns([5 * 10**9, 7]) == snapmod.COARSE_MARGIN_NS
+    assert snapmod.margin_ns([5 * 10**9 + 3]) == snapmod.FINE_MARGIN_NS
+
+
+def test_stale_validators_are_not_used(tmp_path: Path) -> None:
+    md, _, _ = warm(tmp_path)
+    box = Maildir(md)
+    now = box.validators()
+    for field in ("cur", "new", "uiddb", "keywords"):
+        s = getattr(now, field)
+        other = snapmod.Validators(**{f: getattr(now, f) for f in ("cur", "new", "uiddb", "keywords")}
+                                   | {field: snapmod.Stamp(s.ino, s.size + 1, s.mtime_ns)})
+        assert snapmod.open_summary(md, other) is None, field
+    s = snapmod.open_summary(md, now)
+    assert s is not None
+    s.file.close()
+
+
+def test_damaged_snapshot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    md, _, cold = warm(tmp_path)
+    p = md / snapmod.STATE_NAME
+    good = p.read_bytes()
+    nl = good.index(b"\n", len(snapmod.MAGIC))
+    # The header (a digit of its CRC): not used, the SELECT scans (and stores it again).
+    bad = good[:nl - 20] + (b"1" if good[nl - 20:nl - 19] != b"1" else b"2") + good[nl - 19:]
+    p.write_bytes(bad)
+    deadline = time.monotonic() + DEADLINE
+    v, _ = selected(md)
+    assert v._summary is None and refs(v.state) == cold
+    while not p.exists() or p.read_bytes() == bad:
+        assert time.monotonic() < deadline
+        v, _ = selected(md)
+    # The body: the header verified at SELECT, so the state told is lost: the session ends.
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0xFF
+    p.write_bytes(bytes(data))
+    v, _ = selected(md)
+    assert v._summary is not None
+    with pytest.raises(FolderReplaced):
+        len(v.messages)
+    # Foreign or truncated files are ignored.
+    for junk in (b"", b"courierpy-state 1\n1 2 3\n", b"something else\n"):
+        p.write_bytes(junk)
+        v, _ = selected(md)
+        assert v._summary is None and refs(v.state) == cold
+
+
+def test_settle_waits_at_most_the_margin(tmp_path: Path) -> None:
+    md = make_folder(tmp_path / "M")
+    os.utime(md / "cur")                # changed just now
+    t = time.monotonic()
+    snapmod.settle(md)
+    took = time.monotonic() - t
+    assert took <= snapmod.FINE_MARGIN_NS / 1e9 + 1.0
+    st = os.stat(md / "cur")
+    if st.st_mtime_ns % 1_000_000_000:
+        assert time.time_ns() - st.st_mtime_ns >= snapmod.FINE_MARGIN_NS
