@@ -96,7 +96,8 @@ SETTINGS = merge_settings(listener_settings(
     Setting("IMAP_TLS_REQUIRED", "tls_required", to_bool, "0", "refuse LOGIN before STARTTLS"),
     Setting("IMAP_IDLE_TIMEOUT", "idle_timeout", positive_int, "60", "IDLE re-check seconds"),
     Setting("IMAP_KEYWORDS", "keywords", non_negative_int, "1",
-            "custom keywords (courierimapkeywords/); always on, 0 is not honoured yet"),
+            "custom keywords (courierimapkeywords/); 0: off as in Courier (none read, "
+            "none stored, PERMANENTFLAGS without \\*)"),
     Setting("IMAP_ACL", "acl", non_negative_int, "0",
             "1: advertise ACL ACL2=UNION (RFC 4314; the commands and rights checks on "
             "courierimapacl work either way, as in Courier)"),
@@ -153,6 +154,7 @@ class ImapdConfig(ListenerConfig):
     specialuse: tuple[tuple[str, str], ...] = ()   # (use, folder) besides the Trash
     specialuse_create: bool = True
     acl: bool = False              # IMAP_ACL: advertise ACL ACL2=UNION
+    keywords: bool = True          # IMAP_KEYWORDS: custom keywords (courier_imapd.keywordpolicy)
 
 
 def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
@@ -174,6 +176,7 @@ def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
         emptytrash=v["emptytrash"], trashfoldername=v["trashfoldername"],
         specialuse=v["specialuse_folders"], specialuse_create=v["specialuse_create"],
         acl=v["acl"] > 0,
+        keywords=v["keywords"] > 0,
     )
     warnings = list(loaded.warnings)
     # Words of our default list are all implemented; anything else an admin lists

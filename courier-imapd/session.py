@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from courier_imapd import acl as aclmod
-from courier_imapd import condstore, ident, searchdata, sharedfolders, specialuse, trash
+from courier_imapd import (
+    condstore,
+    ident,
+    keywordpolicy,
+    searchdata,
+    sharedfolders,
+    specialuse,
+    trash,
+)
 from courier_imapd import fetch as fetchmod
 from courier_imapd import modseq as modseqmod
 from courier_imapd import quota as quotamod
@@ -412,7 +420,8 @@ class Session:
         # Courier: without any of i e s t w the folder can only be read.
         readonly = cmd.readonly or not set(rights) & set("iestw")
         try:
-            view = MailboxView(cmd.mailbox, sharedfolders.open_folder(self.root, path), readonly)
+            view = MailboxView(cmd.mailbox, keywordpolicy.folder(
+                sharedfolders.open_folder(self.root, path), self.cfg.keywords), readonly)
         except OSError as e:
             log.error("cannot open %s for %s: %s", path, self.user, e)
             self.out(tagged(cmd.tag, "NO", "Cannot open the mailbox"))
@@ -424,7 +433,7 @@ class Session:
         self.sel_rights = rights
         self.core.set_state(State.SELECTED)
         self.title(f"SELECTED {cmd.mailbox}")
-        lines = view.select_responses()
+        lines = keywordpolicy.select_lines(view.select_responses(), self.cfg.keywords)
         if self.cfg.acl:
             lines.append(self._myrights_line())
         if not self.condstore:
@@ -629,6 +638,9 @@ class Session:
             self.out(tagged(cmd.tag, "NO", aclmod.denied("APPEND", cmd.mailbox, "i")))
             return
         letters, names = split_flags(cmd.flags)
+        if names and not self.cfg.keywords:
+            self.out(tagged(cmd.tag, "NO", keywordpolicy.REFUSAL))    # IMAP_KEYWORDS=0
+            return
         letters, names = aclmod.flags_allowed(rights, letters, names)
         size, count = quotamod.charge(path, quotamod.stored_size(cmd.message), 1)
         if not self._quota_allows(cmd.tag, path, size, count):
@@ -910,6 +922,9 @@ class Session:
         # go to courierimapkeywords/ in one locked read-merge-write for the command.
         # \Recent cannot be stored and is ignored (RFC 3501 §7.1).
         letters, names = split_flags(cmd.flags)
+        if names and not self.cfg.keywords:
+            self.out(tagged(cmd.tag, "NO", keywordpolicy.REFUSAL))    # IMAP_KEYWORDS=0
+            return
         # RFC 4314 §4 (Courier's acl_flags_adjust): a flag the user may not change is
         # left as it is, also by FLAGS (Courier 5.0.13 clears it there; we do not).
         rights = self.sel_rights
