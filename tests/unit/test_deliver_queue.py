@@ -115,7 +115,7 @@ class FakeLocal:
 
     def __call__(self, sock: Path, fd: int, sender: str, rcpt: str, user: str | None) -> Reply:
         import os
-        self.calls.append((sender, rcpt, user, os.pread(fd, 1000, 0)))
+        self.calls.append((sender, rcpt, user, os.pread(fd, 64 * 1024, 0)))
         status = self.answers.get(rcpt, Status.OK)
         return Reply(status, "1.M1P1.h,S=1" if status is Status.OK else "x")
 
