@@ -8,6 +8,8 @@
 - Naming one in SELECT, EXAMINE, STATUS (or SUBSCRIBE) makes the private copy when
   missing and synchronises it, as Courier's decode_valid_mailbox; UNSUBSCRIBE removes
   the private copy.
+- IDLE in one is woken by changes to the sharable folder's new/ and cur/ too
+  (`open_watch`), and each wake-up synchronises the private copy.
 - Rights on it are Courier's fixed "anyone lrswite" (acl_read2's legacy shared
   entry): what the filesystem allows decides the rest.
 - APPEND, COPY and MOVE into one store the message in the sharable folder, as Courier's
@@ -22,8 +24,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from libcourier.inotify import Watch
 from libcourier.maildir import folder as folder_mod
 from libcourier.maildir import folders, shared
+from libcourier.maildir import watch as watchmod
 from libcourier.maildir.folder import Maildir
 
 RIGHTS = "eilrstw"       # Courier: ACL_LOOKUP READ SEEN WRITE INSERT DELETEMSGS EXPUNGE
@@ -113,3 +117,19 @@ def copy_messages(root: Path, sources: list[tuple[Path, str, int]], path: Path,
     uidv, uids = shared.store(path, [(src, size, letters, None, kw) for (src, letters, size), kw
                                      in zip(sources, kws, strict=True)])
     return folders.Added(uidv, uids)
+
+
+def open_watch(maildir: Maildir) -> Watch | None:
+    """IDLE's inotify watch: the folder's own (libcourier.maildir.watch), and for a
+    private copy the sharable folder's new/ and cur/ as well; None: poll."""
+    if not isinstance(maildir, shared.PrivateCopy):
+        return watchmod.open_watch(maildir.path)
+    target = shared.link_target(maildir.path)
+    if target is None:
+        return watchmod.open_watch(maildir.path)
+    own = [maildir.path / sub for sub in watchmod.WATCHED]
+    theirs = [Path(target) / "new", Path(target) / "cur"]
+    try:
+        return Watch(own + theirs, watchmod.MASK, optional=own[1:] + theirs)
+    except OSError:
+        return watchmod.open_watch(maildir.path)

@@ -152,3 +152,30 @@ def test_global_maildirshared(inst) -> None:
         assert c.select("shared.firm.Weekly") == ("OK", [b"2"])
     finally:
         c.logout()
+
+
+def test_idle_sees_the_sharable_folder(inst) -> None:
+    """IDLE watches the sharable folder too: a delivery there is told within seconds,
+    well before IMAP_IDLE_TIMEOUT's full rescan (60 s)."""
+    import socket
+    import time
+    with socket.create_connection(("127.0.0.1", inst.port("imap")), timeout=IO_TIMEOUT) as s:
+        f = s.makefile("rb")
+        f.readline()
+        for line in (f"a LOGIN {USER} {PASSWORD}".encode(), f"b SELECT {NAME}".encode()):
+            s.sendall(line + b"\r\n")
+            tag = line[:1]
+            while not f.readline().startswith(tag + b" "):
+                pass
+        s.sendall(b"c IDLE\r\n")
+        assert f.readline().startswith(b"+ ")
+        deliver(inst.sharable / ".Weekly", b"Subject: during idle\n\nnews\n")
+        deadline = time.monotonic() + 20
+        got = b""
+        while time.monotonic() < deadline and b"3 EXISTS" not in got:
+            got += f.readline()
+        assert b"* 3 EXISTS" in got
+        s.sendall(b"DONE\r\n")
+        while not (line := f.readline()).startswith(b"c "):
+            assert line
+        assert line.startswith(b"c OK")
