@@ -90,10 +90,25 @@ def _temporary(err: OSError) -> bool:
     return err.errno not in (errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
 
 
+def _is_complete(maildir: Path) -> bool:
+    """tmp/, new/ and cur/ are all directories: three stats, the common case
+    of every delivery (rather than four refused mkdirs and four stats)."""
+    base = os.fspath(maildir)
+    for sub in ("/tmp", "/new", "/cur"):
+        try:
+            if not stat.S_ISDIR(os.stat(base + sub).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
+
+
 def ensure_maildir(maildir: Path) -> None:
     """Create maildir/{tmp,new,cur} (0700) if missing; the parent of the Maildir must exist.
     A new `.Name` inside a Maildir is a Maildir++ folder: it gets its `maildirfolder`
     file, as `maildirmake -f` makes it, so its quota is counted in the parent's."""
+    if _is_complete(maildir):
+        return
     created = False
     for sub in ("", "tmp", "new", "cur"):
         d = maildir / sub if sub else maildir
@@ -134,6 +149,11 @@ def deliver_to_maildir(maildir: Path, chunks: Iterable[bytes] | BinaryIO, *,
     """Store prefix + message in maildir/new; return the new file's name (no directory)."""
     maildir = Path(maildir)
     ensure_maildir(maildir)
+    return _deliver_ensured(maildir, chunks, prefix)
+
+
+def _deliver_ensured(maildir: Path, chunks: Iterable[bytes] | BinaryIO, prefix: bytes) -> str:
+    """deliver_to_maildir once ensure_maildir has run."""
     tmpdir, newdir = maildir / "tmp", maildir / "new"
     fd, tmpname = _create_tmp(tmpdir)
     tmppath = tmpdir / tmpname
@@ -226,7 +246,7 @@ def deliver_with_quota(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: 
             raise DeliveryError(True, f"{maildir}: cannot read the quota: {e.strerror}") from None
         if not check.allowed:
             raise OverQuota(maildir)
-    name = deliver_to_maildir(maildir, chunks, prefix=prefix)
+    name = _deliver_ensured(maildir, chunks, prefix)
     if counted:
         try:
             quota.add_end(maildir, quota.message_size(name), 1)
