@@ -52,20 +52,27 @@ def denied(cmd: str, where: str, right: str) -> str:
 
 
 def answer(cmd: AclCommand, root: Path, folder: Path | None, who: Who,
-           name_out: Callable[[str], str]) -> bytes:
+           name_out: Callable[[str], str], fixed: str | None = None) -> bytes:
     """The reply to one ACL command; `folder` is the mailbox's directory (None: not
-    one of ours), `name_out` the mailbox name as the reply shows it."""
+    one of ours), `name_out` the mailbox name as the reply shows it. `fixed`: the
+    folder's ACL is "anyone <fixed>" and cannot be set (Courier's legacy shared.*)."""
     tag = cmd.tag
     if folder is None or not (folder / "cur").is_dir():
         return tagged(tag, "NO", "Mailbox does not exist, or must be subscribed to.")
     name = name_out(cmd.mailbox)
-    try:
-        acl = aclfile.read(root, folder)
-    except OSError as e:
-        log.error("reading the ACL of %s for %s: %s", folder, who.user, e)
-        return tagged(tag, "NO", "Cannot retrieve ACLs for mailbox.")
-    mine = aclfile.my_rights(acl, who.user, who.owner, who.groups)
     verb = cmd.verb
+    if fixed is not None:
+        if verb in ("SETACL", "DELETEACL"):
+            return tagged(tag, "NO", "Cannot set ACLs for this mailbox")
+        acl: aclfile.Acl = [("anyone", fixed)]
+    else:
+        try:
+            acl = aclfile.read(root, folder)
+        except OSError as e:
+            log.error("reading the ACL of %s for %s: %s", folder, who.user, e)
+            return tagged(tag, "NO", "Cannot retrieve ACLs for mailbox.")
+    # A fixed ACL is not the user's own folder: no owner's "a l" on top (Courier).
+    mine = fixed if fixed is not None else aclfile.my_rights(acl, who.user, who.owner, who.groups)
     if verb in ("SETACL", "DELETEACL"):
         assert cmd.identifier is not None
         ident = aclfile.imap_to_stored(cmd.identifier)

@@ -239,8 +239,9 @@ class Session:
             case Enable() | Unselect() | Id() | Quota():
                 self.extension(ev)
             case AclCommand():
-                reply = aclmod.answer(ev, self.root, folder_path(self.root, ev.mailbox),
-                                      self._who(), self._acl_name)
+                path = folder_path(self.root, ev.mailbox)
+                reply = aclmod.answer(ev, self.root, path, self._who(), self._acl_name,
+                                      sharedfolders.fixed_rights(self.root, path))
                 self.out(self._rights_changed(ev) + reply)
             case _:
                 self.out(tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"))
@@ -258,7 +259,7 @@ class Session:
         """The user's rights on a folder; all of them when its ACL cannot be read
         (logged): a broken file must not lock the owner out."""
         if sharedfolders.is_private_copy(self.root, path):
-            return sharedfolders.RIGHTS     # Courier's fixed rights on shared.* folders
+            return sharedfolders.rights(path)     # Courier's fixed rights on shared.*
         try:
             return aclmod.rights_of(self.root, path, self._who())
         except OSError as e:

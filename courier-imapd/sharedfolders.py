@@ -10,8 +10,10 @@
   the private copy.
 - IDLE in one is woken by changes to the sharable folder's new/ and cur/ too
   (`open_watch`), and each wake-up synchronises the private copy.
-- Rights on it are Courier's fixed "anyone lrswite" (acl_read2's legacy shared
-  entry): what the filesystem allows decides the rest.
+- Rights on it are Courier's fixed ones (imapd's acl_read_folder for the legacy
+  shared namespace): "anyone lrswixte" while the private copy's new/ can be written,
+  else "lrsw"; "l" on the ``shared`` and ``shared.<nick>`` parents. What the
+  filesystem allows decides the rest.
 - APPEND, COPY and MOVE into one store the message in the sharable folder, as Courier's
   imapd does; APPENDUID/COPYUID give the UIDs of the user's private copy (Courier's
   give the sharable folder's own, which the client never sees). Messages in shared
@@ -22,6 +24,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from libcourier.inotify import Watch
@@ -30,7 +33,9 @@ from libcourier.maildir import folders, shared
 from libcourier.maildir import watch as watchmod
 from libcourier.maildir.folder import Maildir
 
-RIGHTS = "eilrstw"       # Courier: ACL_LOOKUP READ SEEN WRITE INSERT DELETEMSGS EXPUNGE
+RIGHTS = "eilrstwx"      # Courier: LOOKUP READ SEEN WRITE INSERT DELETEFOLDER DELETEMSGS EXPUNGE
+READ_RIGHTS = "lrsw"     # ... when the private copy cannot be written
+PARENT_RIGHTS = "l"      # "shared", "shared.<nick>"
 
 _global_file: Path | None = None
 
@@ -61,6 +66,18 @@ def folder_path(root: Path, name: str) -> Path | None:
 
 def is_private_copy(root: Path, path: Path) -> bool:
     return shared.is_private_copy(root, path)
+
+
+def rights(path: Path) -> str:
+    """The user's rights on a private copy (module docstring)."""
+    return RIGHTS if os.access(Path(path) / "new", os.W_OK) else READ_RIGHTS
+
+
+def fixed_rights(root: Path, path: Path | None) -> str | None:
+    """The ACL commands' view: "anyone <rights>" for a private copy, None otherwise."""
+    if path is None or not shared.is_private_copy(root, path):
+        return None
+    return rights(path)
 
 
 def open_folder(root: Path, path: Path) -> Maildir:

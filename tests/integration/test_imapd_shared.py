@@ -88,6 +88,10 @@ def test_shared_folder_lifecycle(inst) -> None:
         priv = inst.maildir(USER) / "shared-folders" / "notices" / "Weekly"
         assert os.readlink(priv / "shared") == f"{sh}/.Weekly"
         assert alice.uid("STORE", "1", "+FLAGS", "(\\Flagged \\Seen)")[0] == "OK"
+        # Courier-IMAP 5.0.13's answers for the legacy shared namespace's fixed ACL.
+        assert alice.myrights(NAME) == ("OK", [b'"shared.notices.Weekly" "dilrsw"'])
+        assert alice.setacl(NAME, "bob", "lr") == ("NO", [b"Cannot set ACLs for this mailbox"])
+        assert alice.getacl(NAME)[0] == "NO"
         # Flags are each user's own.
         assert bob.select(NAME) == ("OK", [b"2"])
         assert flags(bob) == {1: "", 2: ""}
