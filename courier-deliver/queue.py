@@ -13,7 +13,8 @@ Durability (STYLE.md principle 6): a recipient leaves the envelope only after
 courierlocal answered OK, i.e. after the Maildir file and its directory were
 fsync'd; the envelope is rewritten (tmp, fsync, rename) after each completed
 recipient, so a crash re-delivers at most the recipient in flight; the spool
-entry is removed only when no recipient remains.
+entry is removed only when no recipient remains (its msgs/ fsync shared by
+many messages: spool/dirsync.py).
 
 Remote recipients go to remote.py's RemoteDelivery, which runs in the event
 loop: the worker thread hands it the recipients and waits for the answers
@@ -67,7 +68,8 @@ from libcourier.spool import (
     remove,
     rewrite_envelope,
 )
-from libcourier.spool.queue import check_qid
+from libcourier.spool.dirsync import DelayedDirSync
+from libcourier.spool.queue import MSGS, check_qid
 from libcourier.unixsock import bind_unix
 
 logger = logging.getLogger("courier.courierd")
@@ -111,8 +113,11 @@ def _fmt(qid: str, sender: str, addr: str) -> str:
 
 def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
                     remote: RemoteFn | None = None,
-                    clock: Callable[[], float] = time.time) -> Result:
-    """Deliver every remaining recipient of one message (blocking; a worker thread)."""
+                    clock: Callable[[], float] = time.time, *,
+                    removals: DelayedDirSync | None = None) -> Result:
+    """Deliver every remaining recipient of one message (blocking; a worker thread).
+    With `removals`, a finished entry's removal is fsync'd by it, later and for
+    many messages at once (dirsync.py), instead of before this returns."""
     spool = config.layout.spooldir
     try:
         env = read_envelope(spool, qid)
@@ -130,7 +135,7 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
     except (OSError, SpoolError) as e:
         logger.error("id=%s: cannot record the alias expansion: %s", qid, e)
         return Result(Outcome.DEFERRED, env.received)
-    run = _Run(config, qid, env)
+    run = _Run(config, qid, env, removals)
     try:
         for rcpt in [r for r in env.recipients if local_user(r.address, config.domains)]:
             reply = _deliver_one(config, qid, env, rcpt, deliver)
@@ -217,8 +222,10 @@ class _Run:
     """One attempt at one message: which recipients are settled, which DSNs
     they need, and the envelope writes in the order that loses nothing."""
 
-    def __init__(self, config: QueueConfig, qid: str, env: Envelope):
+    def __init__(self, config: QueueConfig, qid: str, env: Envelope,
+                 removals: DelayedDirSync | None = None):
         self.config = config
+        self.removals = removals
         self.qid = qid
         self.env = env
         self.left: list[Recipient] = list(env.recipients)   # still in the envelope
@@ -248,9 +255,14 @@ class _Run:
             rewrite_envelope(spool, self.qid, dataclasses.replace(self.env,
                                                                  recipients=tuple(self.left)))
         else:
-            remove(spool, self.qid)
-            self._removed = True
+            self._remove()
         self._dirty = False
+
+    def _remove(self) -> None:
+        remove(self.config.layout.spooldir, self.qid, sync=self.removals is None)
+        if self.removals is not None:
+            self.removals.changed()
+        self._removed = True
 
     def finish(self, now: float) -> Result:
         cfg, env = self.config, self.env
@@ -284,7 +296,7 @@ class _Run:
             return Result(Outcome.DEFERRED, env.received, tuple(self.injected))
         if not self._removed:
             # (Not twice: a second remove would only fsync msgs/ again.)
-            remove(spool, self.qid)
+            self._remove()
         logger.info("id=%s,from=<%s>: completed", self.qid, env.sender)
         return Result(Outcome.DONE, env.received, tuple(self.injected))
 
@@ -419,6 +431,8 @@ class QueueManager:
         self.failed = False
         self._wake: asyncio.Event | None = None
         self._scan_now = True
+        # Finished entries' removals: one msgs/ fsync for many (dirsync.py).
+        self._removals = DelayedDirSync(config.layout.spooldir / MSGS)
 
     # -- control, called from signal handlers and the notice server (loop thread) --
 
@@ -522,7 +536,8 @@ class QueueManager:
         remote = self._remote_blocking if self.remote is not None else None
         try:
             result = await asyncio.to_thread(process_message, config, qid,
-                                             self._deliver_local, remote, self.clock)
+                                             self._deliver_local, remote, self.clock,
+                                             removals=self._removals)
         except Exception:  # noqa: BLE001 - our fault: keep the message, log, retry later
             logger.exception("id=%s: delivery attempt failed", qid)
             result = Result(Outcome.DEFERRED)
@@ -580,6 +595,7 @@ class QueueManager:
             # helper stops without waiting for them.
             if self._local_client is not None:
                 self._local_client.close()
+            self._removals.flush()
 
     async def _drain_tasks(self) -> None:
         tasks = list(self.active.values())

@@ -40,6 +40,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 
@@ -54,6 +56,9 @@ from libcourier.smtp.verp import verp_sender
 # sloppy servers, but bound the lines of one reply too (an EHLO list is short).
 MAX_REPLY_LINE = 2048
 MAX_REPLY_LINES = 100
+# SASL mechanisms for a relay's AUTH, best first (Courier's authsaslclient order).
+CRAM_MECHANISMS = {"CRAM-SHA256": hashlib.sha256, "CRAM-SHA1": hashlib.sha1,
+                   "CRAM-MD5": hashlib.md5}
 EXDATA_LINES = 10             # lines allowed per recipient in a 558 reply (XEXDATA)
 
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]?)(.*?)\r?\n\Z", re.S)
@@ -76,6 +81,7 @@ class State(enum.Enum):
     AUTH = "auth"
     AUTH_LOGIN_USER = "auth-login-user"
     AUTH_LOGIN_PASS = "auth-login-pass"
+    AUTH_CRAM = "auth-cram"     # waiting for the CRAM-* challenge
     MAIL = "mail"               # waiting for MAIL, RCPT and DATA replies
     DATA_BODY = "data-body"     # 354 seen, waiting for the reply to "."
     IDLE = "idle"               # keep_open: a transaction ended, the session is reusable
@@ -174,6 +180,7 @@ class SmtpClient:
         self.keep_open = keep_open
         self.session_refused = False
         self._needs_rset = False
+        self._cram = ""                # the CRAM-* mechanism chosen for AUTH
         self.transactions = 0          # completed on this connection
         # The transaction's (sender, recipients) batches still to send: one
         # batch, or one per recipient for VERP to a server without XVERP.
@@ -347,7 +354,7 @@ class SmtpClient:
                     # Opportunistic: RFC 3207 §4 lets us go on in clear.
                     self.tls = TlsPolicy.NONE
                     self._after_hello(events)
-            case State.AUTH | State.AUTH_LOGIN_USER | State.AUTH_LOGIN_PASS:
+            case State.AUTH | State.AUTH_LOGIN_USER | State.AUTH_LOGIN_PASS | State.AUTH_CRAM:
                 self._on_auth(reply, events)
             case State.MAIL:
                 self._on_pipeline(reply, events)
@@ -437,6 +444,14 @@ class SmtpClient:
         if self.auth is not None:
             mechs = self.extensions.get("AUTH", "").upper().split()
             user, password = self.auth
+            # Courier's authsaslclient prefers the challenge-response mechanisms:
+            # the password never crosses the wire (RFC 2195).
+            for mech in CRAM_MECHANISMS:
+                if mech in mechs:
+                    self._cram = mech
+                    self._send(f"AUTH {mech}")
+                    self.state = State.AUTH_CRAM
+                    return
             if "PLAIN" in mechs:
                 token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
                 self._send(f"AUTH PLAIN {token}")   # RFC 4616 with an initial response
@@ -446,8 +461,8 @@ class SmtpClient:
                 self._send("AUTH LOGIN")
                 self.state = State.AUTH_LOGIN_USER
                 return
-            self._fail(local_reply(421, "4.7.0", "the smarthost offers no AUTH PLAIN or "
-                                   "LOGIN"), events)
+            self._fail(local_reply(421, "4.7.0", "the smarthost offers no AUTH CRAM-*, "
+                                   "PLAIN or LOGIN"), events)
             return
         self._start_mail(events)
 
@@ -462,6 +477,11 @@ class SmtpClient:
             self._fail(_as_temp(reply), events)
             return
         assert self.auth is not None
+        if self.state is State.AUTH_CRAM:
+            self._send(cram_response(self._cram, self.auth[0], self.auth[1],
+                                     reply.lines[0].strip()))
+            self.state = State.AUTH
+            return
         if self.state is State.AUTH_LOGIN_USER:
             self._send(base64.b64encode(self.auth[0].encode()).decode())
             self.state = State.AUTH_LOGIN_PASS
@@ -633,6 +653,17 @@ def _exdata_replies(reply: Reply, accepted: list[str]) -> dict[str, Reply]:
     for addr in pending:
         out[addr] = local_reply(451, "4.5.0", "incomplete 558 reply to DATA")
     return out
+
+
+def cram_response(mech: str, user: str, password: str, challenge_b64: str) -> str:
+    """RFC 2195 §2: base64(user SP hex(HMAC(password, challenge))); CRAM-SHA1 and
+    CRAM-SHA256 are Courier's same scheme with those digests."""
+    try:
+        challenge = base64.b64decode(challenge_b64, validate=True)
+    except ValueError:
+        challenge = b""        # a garbled challenge: the server will refuse us
+    digest = hmac.new(password.encode(), challenge, CRAM_MECHANISMS[mech]).hexdigest()
+    return base64.b64encode(f"{user} {digest}".encode()).decode()
 
 
 def _as_temp(reply: Reply) -> Reply:

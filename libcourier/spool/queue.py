@@ -101,8 +101,9 @@ def rewrite_envelope(spooldir: Path, qid: str, envelope: Envelope) -> None:
     write_file_durably(tmp, final, format_envelope(envelope))
 
 
-def remove(spooldir: Path, qid: str) -> None:
-    """Envelope first: once it is gone the entry is no longer queued."""
+def remove(spooldir: Path, qid: str, *, sync: bool = True) -> None:
+    """Envelope first: once it is gone the entry is no longer queued. sync=False
+    leaves the directory fsync to the caller (courierd: dirsync.DelayedDirSync)."""
     msgs = Path(spooldir) / MSGS
     check_qid(qid)
     for suffix in (".env", ".dat"):
@@ -110,7 +111,8 @@ def remove(spooldir: Path, qid: str) -> None:
             os.unlink(msgs / f"{qid}{suffix}")
         except FileNotFoundError:
             pass
-    fsync_dir(msgs)
+    if sync:
+        fsync_dir(msgs)
 
 
 QUARANTINE = "quarantine"      # 0700: queue entries and maildrop files set aside
