@@ -187,7 +187,9 @@ class SessionInfo:
     auth_plain: tuple[str, ...] = ()
     auth_tls: tuple[str, ...] = ()
     auth_required: bool = False   # AUTH_REQUIRED: MAIL needs AUTH first (530 5.7.0)
-    nonce: bytes | None = None    # the CRAM challenge's random.time part (the driver's clock)
+    # A fresh CRAM "random.time" / SCRAM server nonce for each AUTH (RFC 2195 §2, RFC 5802
+    # §5.1): the driver owns the clock and the randomness, the core asks once per exchange.
+    nonce: Callable[[], bytes] | None = None
     external_identity: str | None = None   # a verified TLS client certificate's identity
     scram: bool = False           # the driver answers AuthScramKeys/AuthScramProof (authd can)
     greeting: tuple[str, ...] = ()   # the `esmtpgreeting` lines; () = "<hostname> ESMTP"
@@ -735,7 +737,8 @@ class SmtpServer:
             initial = decoded
         try:
             self._sasl = ServerExchange(mech, hostname=self.session.hostname,
-                                        nonce=self.session.nonce,
+                                        nonce=self.session.nonce() if self.session.nonce
+                                        else None,
                                         external_identity=self.session.external_identity,
                                         scram_events=self.session.scram)
         except UnknownMechanism:

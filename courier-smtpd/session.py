@@ -173,7 +173,7 @@ class Session:
                            tls_active=conn.tls,
                            auth_plain=offer(cfg.auth_plain), auth_tls=offer(cfg.auth_tls),
                            auth_required=cfg.auth_required, greeting=cfg.greeting,
-                           nonce=cram_nonce(int(clock())),
+                           nonce=lambda: cram_nonce(int(clock())),
                            scram=scram is not None and authenticate is not None,
                            external_identity=self._cert_login())
         self.policy = LoggingPolicy(policy, conn.peer_ip)

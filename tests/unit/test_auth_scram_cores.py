@@ -291,7 +291,7 @@ class SmtpDriver:
 
     def __init__(self, mech: str, authd: Authd, scram: bool = True) -> None:
         info = smtp.SessionInfo("foo.com", auth_plain=("SCRAM-SHA-256", "SCRAM-SHA-1", "LOGIN"),
-                                nonce=RFC[mech][1].encode(), scram=scram)
+                                nonce=lambda: RFC[mech][1].encode(), scram=scram)
         self.core = smtp.SmtpServer(info, Policy())
         self.authd = authd
         self.out = bytearray(self.core.greeting())

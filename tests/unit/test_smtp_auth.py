@@ -41,7 +41,8 @@ class Driver:
     def __init__(self, *, plain=("LOGIN",), tls=("PLAIN", "LOGIN"), required=False,
                  tls_active=False, nonce=b"1.2"):
         info = SessionInfo("foo.com", tls_available=not tls_active, tls_active=tls_active,
-                           auth_plain=plain, auth_tls=tls, auth_required=required, nonce=nonce)
+                           auth_plain=plain, auth_tls=tls, auth_required=required,
+                           nonce=(lambda: nonce) if isinstance(nonce, bytes) else nonce)
         self.core = SmtpServer(info, Policy())
         self.out = bytearray(self.core.greeting())
         self.verified: list[tuple[object, str]] = []
@@ -197,6 +198,21 @@ def test_cram_challenge_uses_nonce_and_hostname():
     d.feed(resp + b"\r\n")
     assert d.verified == [(CramCredentials("CRAM-MD5", b"<1.2@foo.com>",
                                            b"tim b913a602c7eda7a495b4e6e7334d3890"), "CRAM-MD5")]
+
+
+def test_each_auth_gets_a_fresh_challenge():
+    """RFC 2195 §2: the challenge is unique per exchange, so a response seen once (a failed
+    attempt, a sniffed one) is never good for a second AUTH in the same session."""
+    count = iter(range(1, 100))
+    d = Driver(tls_active=True, tls=("CRAM-MD5",), nonce=lambda: b"%d.7" % next(count))
+    out = d.feed(b"EHLO x\r\nAUTH CRAM-MD5\r\n")
+    assert out.endswith("334 " + base64.b64encode(b"<1.7@foo.com>").decode() + "\r\n")
+    resp = base64.b64encode(b"tim b913a602c7eda7a495b4e6e7334d3890")
+    out = d.feed(resp + b"\r\nAUTH CRAM-MD5\r\n")
+    assert "535 5.7.8" in out
+    assert out.endswith("334 " + base64.b64encode(b"<2.7@foo.com>").decode() + "\r\n")
+    d.feed(resp + b"\r\n")
+    assert [c.challenge for c, _ in d.verified] == [b"<1.7@foo.com>", b"<2.7@foo.com>"]
 
 
 def test_long_sasl_line_limit():
