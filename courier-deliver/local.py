@@ -83,6 +83,7 @@ MAX_REQUESTS = 10000         # requests on one connection; courierd then opens a
 ACCOUNT_CACHE_SECONDS = 5.0  # how long a connection child reuses authd's answer for a user
 ACCOUNT_CACHE_SIZE = 1000    # users remembered by one connection child
 MAX_DELIVERY_TIMEOUT = 3600.0  # the most ETC/localtimeout may ask for
+LOCALTIMEOUT_RECHECK = 1.0   # seconds a connection child reuses ETC/localtimeout's value
 MAX_CHILDREN = 32            # connection children at once; more wait in the backlog
 STOP_WAIT = 5.0             # on SIGTERM, how long in-flight deliveries may finish
 REPORT_MAX = 256 * 1024      # the whole report, forwarding addresses included
@@ -235,6 +236,7 @@ def _serve_connection(conn: socket.socket, authsocket: Path, default_maildir: st
     reader = RequestReader()
     accounts = AccountCache()
     last: Reply | None = None
+    limit, limit_read = DELIVERY_TIMEOUT, float("-inf")     # localtimeout, when read
     for n in range(MAX_REQUESTS):
         try:
             got = _recv_request(conn, reader, REQUEST_TIMEOUT if n == 0 else IDLE_TIMEOUT)
@@ -247,9 +249,12 @@ def _serve_connection(conn: socket.socket, authsocket: Path, default_maildir: st
         if got is None:
             return last
         req, fd = got
-        # localtimeout is read for each request: a change applies to the next one.
+        # localtimeout is read again at most every LOCALTIMEOUT_RECHECK seconds
+        # (not for every message of a burst): a change applies within a second.
+        if timeout is None and time.monotonic() - limit_read >= LOCALTIMEOUT_RECHECK:
+            limit, limit_read = read_localtimeout(etc), time.monotonic()
         last = _serve_request(req, fd, authsocket, default_maildir, forward,
-                              read_localtimeout(etc) if timeout is None else timeout,
+                              limit if timeout is None else timeout,
                               journal, accounts, workers)
         if not _send_reply(conn, last):
             return last

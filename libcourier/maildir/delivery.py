@@ -246,6 +246,9 @@ def deliver_with_quota(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: 
             raise DeliveryError(True, f"{maildir}: cannot read the quota: {e.strerror}") from None
         if not check.allowed:
             raise OverQuota(maildir)
+        # No quota on this Maildir: nothing to record after (Courier's
+        # maildir_quota_add_end is a no-op then too).
+        counted = check.usage is not None
     name = _deliver_ensured(maildir, chunks, prefix)
     if counted:
         try:
