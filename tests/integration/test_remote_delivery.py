@@ -7,6 +7,7 @@ garbage, null MX, STARTTLS required, the implicit MX, MAXHOST.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import importlib.util
@@ -18,10 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
+from courier_authd.passwords import hash_password
 from dnsserver import dnsmasq, needs_dnsmasq
 from smtp_sink import Sink, port_free_on
 
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
+from libcourier.userdb import compile_userdb, parse_userdb, set_user
 
 pytestmark = needs_dnsmasq
 
@@ -80,15 +83,26 @@ def dns_port():
         yield port
 
 
-@pytest.fixture
-def receiver():
-    """A second courier-py instance receiving for example.com on 127.0.0.1."""
+@contextlib.contextmanager
+def _receiver(cram: bool = False):
+    """A second courier-py instance receiving for example.com on 127.0.0.1
+    (cram: alice also has Courier's hmac-md5pw, and the submission port
+    offers CRAM-MD5 under TLS)."""
     root = ROOT._instance_root()
     inst = ROOT.Instance(root / "inst", ROOT.free_port_base())
     ROOT.courier("init", str(inst.root), "--port-base", str(inst.port_base),
                  "--hostname", "rx.test")
     try:
         inst.adduser("alice@example.com", "alice-secret")
+        if cram:
+            src = inst.etc / "userdb"
+            entry = next(e for e in parse_userdb(src) if e.name == "alice@example.com")
+            fields = dict(entry.fields, **{"hmac-md5pw": hash_password("alice-secret",
+                                                                       "hmac-md5")})
+            set_user(entry.path, entry.name, fields)
+            compile_userdb(src, inst.etc / "userdb.dat", inst.etc / "userdbshadow.dat")
+            with open(inst.etc / "esmtpd-msa", "a") as f:
+                f.write('ESMTPAUTH_TLS="PLAIN LOGIN CRAM-MD5"\n')
         inst.start("authdaemond", "courierd", "esmtpd", "esmtpd-msa", "esmtpd-ssl")
         yield inst
     finally:
@@ -103,6 +117,18 @@ def receiver():
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def receiver():
+    with _receiver() as inst:
+        yield inst
+
+
+@pytest.fixture
+def cram_receiver():
+    with _receiver(cram=True) as inst:
+        yield inst
 
 
 def start_sender(inst, dns_port: int, smtp_port: int, extra: str = "") -> None:
@@ -365,6 +391,22 @@ def test_smarthost_with_auth_over_starttls(new_instance, receiver, dns_port):
     data = maildir_new(receiver, "alice@example.com")[0].read_bytes()
     assert b"with ESMTPSA" in data               # TLS, then authenticated
     assert "alice-secret" not in log(new_instance)
+
+
+def test_smarthost_auth_prefers_cram_md5(new_instance, cram_receiver, dns_port):
+    receiver = cram_receiver
+    # Courier's authsaslclient: a challenge-response mechanism before PLAIN.
+    msa = receiver.port("submission")
+    (new_instance.etc / "esmtproutes").write_text(f": 127.0.0.1,{msa}\n")
+    (new_instance.etc / "esmtpauthclient").write_text(
+        f"127.0.0.1,{msa} alice@example.com alice-secret\n")
+    os.chmod(new_instance.etc / "esmtpauthclient", 0o600)
+    start_sender(new_instance, dns_port, 25)
+    spool(new_instance, "alice@example.com")
+    assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
+        log(new_instance) + receiver.logs()
+    data = maildir_new(receiver, "alice@example.com")[0].read_bytes()
+    assert b"(AUTH: CRAM-MD5 alice@example.com)" in data and b"with ESMTPSA" in data
 
 
 def test_ipv6_only_exchanger(new_instance, dns_port):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+
 import pytest
 
 from libcourier.smtp.client import (
@@ -138,6 +142,27 @@ def test_auth_plain_and_login():
     assert c.data_to_send() == b"cA==\r\n"
     [fin] = c.receive(b"535 5.7.8 bad credentials\r\n")
     assert fin.results["x@example.org"].code == 421   # our config: keep the mail queued
+
+
+def test_auth_cram_md5_preferred_rfc2195_example():
+    # RFC 2195 §2's example exchange, on the SMTP wire (RFC 4954).
+    c = SmtpClient("me.test", txn(), tls=TlsPolicy.NONE, auth=("tim", "tanstaaftanstaaf"))
+    c.receive(b"220 hi\r\n250-mx\r\n250 AUTH PLAIN LOGIN CRAM-MD5\r\n")
+    assert c.data_to_send().endswith(b"AUTH CRAM-MD5\r\n")
+    challenge = base64.b64encode(b"<1896.697170952@postoffice.reston.mci.net>")
+    c.receive(b"334 " + challenge + b"\r\n")
+    assert c.data_to_send() == b"dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n"
+    c.receive(b"235 2.7.0 ok\r\n")
+    assert c.data_to_send().startswith(b"MAIL FROM")
+    # The strongest offered wins; a refusal keeps the mail queued.
+    c = SmtpClient("me.test", txn(), tls=TlsPolicy.NONE, auth=("u", "p"))
+    c.receive(b"220 hi\r\n250-mx\r\n250 AUTH CRAM-MD5 CRAM-SHA256 CRAM-SHA1\r\n")
+    assert c.data_to_send().endswith(b"AUTH CRAM-SHA256\r\n")
+    c.receive(b"334 " + challenge + b"\r\n")
+    want = hmac.new(b"p", base64.b64decode(challenge), hashlib.sha256).hexdigest()
+    assert base64.b64decode(c.data_to_send()) == f"u {want}".encode()
+    [fin] = c.receive(b"535 5.7.8 no\r\n")
+    assert fin.results["x@example.org"].code == 421
 
 
 def test_refusals_before_mail():
