@@ -141,7 +141,7 @@ class MailboxView:
             self.keywords: set[str] = set(self._summary.keywords)
         else:
             self.keywords = {k for m in self.messages for k in m.keywords}
-            give_back()
+        give_back()
 
     # -- the message list, read when first needed -------------------------------------------
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from libcourier.maildir import index, uiddb
 from libcourier.maildir import keywords as kwmod
 from libcourier.maildir import snapshot as snapmod
-from libcourier.maildir.flags import join_name, split_name
+from libcourier.maildir.flags import INFO_SEP, join_name, normalize, split_name
 
 log = logging.getLogger("courier.maildir")
 
@@ -183,9 +183,14 @@ class Maildir:
     def load_summary(self, summary: snapmod.Summary) -> FolderState:
         """The folder as the snapshot behind `summary` recorded it (no \\Recent: that
         belongs to the scan that moved the mail). SnapshotError, OSError."""
-        msgs = [MessageRef(m.uid, m.filename.partition(":")[0], m.filename,
-                           split_name(m.filename)[1], m.size, m.mtime, m.keywords)
-                for m in snapmod.load(summary)]
+        c = snapmod.load(summary)
+        kws, empty = c.keywords, frozenset()
+        msgs = []
+        for i, (uid, name, size, mtime) in enumerate(zip(c.uids, c.names, c.sizes, c.mtimes,
+                                                         strict=True)):
+            j = name.find(INFO_SEP)
+            base, letters = split_name(name) if j < 0 else (name[:j], normalize(name[j + len(INFO_SEP):]))
+            msgs.append(MessageRef(uid, base, name, letters, size, mtime, kws.get(i, empty)))
         return FolderState(summary.uidvalidity, summary.uidnext, tuple(msgs))
 
     def scan(self, now: float | None = None, snapshot: bool = False) -> FolderState:

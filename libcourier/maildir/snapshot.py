@@ -124,15 +124,6 @@ class _Stored(Protocol):
     def keywords(self) -> frozenset[str]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    uid: int
-    filename: str
-    size: int
-    mtime: float
-    keywords: frozenset[str]
-
-
 @dataclass(slots=True)
 class Summary:
     """What SELECT answers from, and the open snapshot the message list comes from."""
@@ -259,9 +250,20 @@ def _parse(f, now: Validators) -> Summary | None:
                    int(fields[22], 16))
 
 
-def load(s: Summary) -> list[Message]:
-    """The message list of an open snapshot, in UID order; SnapshotError when its body
-    does not verify (OSError passes)."""
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A snapshot's message list as columns, in UID order (one object per message
+    would be made only to be copied into folder.MessageRef)."""
+    uids: array.array
+    names: list[str]
+    sizes: array.array
+    mtimes: array.array
+    keywords: dict[int, frozenset[str]]     # index -> keywords, messages that have any
+
+
+def load(s: Summary) -> Columns:
+    """The message list of an open snapshot; SnapshotError when its body does not
+    verify (OSError passes)."""
     n = s.count
     size = s.nlen + 24 * n + s.klen
     body = os.pread(s.file.fileno(), size, s.body_at)   # type: ignore[attr-defined]
@@ -284,9 +286,7 @@ def load(s: Summary) -> list[Message]:
                 per[i] = frozenset(kwlist[k] for k in ks)
         except (ValueError, IndexError):
             raise SnapshotError("snapshot keywords damaged") from None
-    empty: frozenset[str] = frozenset()
-    return [Message(u, name, sz, mt, per.get(i, empty))
-            for i, (u, name, sz, mt) in enumerate(zip(uids, names, sizes, mtimes, strict=True))]
+    return Columns(uids, names, sizes, mtimes, per)
 
 
 def settle(folder: Path, more: tuple[str, ...] = ()) -> None:
