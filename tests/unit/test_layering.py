@@ -28,6 +28,7 @@ SANS_IO = {
     ROOT / "libcourier" / "proto" / "errors.py",
     ROOT / "libcourier" / "authproto.py",
     ROOT / "libcourier" / "sasl" / "__init__.py",
+    ROOT / "libcourier" / "smtp" / "server.py",
     ROOT / "courier-deliver" / "stdiosmtp.py",
     ROOT / "courier-deliver" / "localsubmit.py",
 }
