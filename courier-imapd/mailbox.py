@@ -143,6 +143,15 @@ class MailboxView:
             self.keywords = {k for m in self.messages for k in m.keywords}
         give_back()
 
+    def close(self) -> None:
+        """Let go of the snapshot a lazy view keeps open (also when the view is dropped)."""
+        s = getattr(self, "_summary", None)
+        if s is not None:
+            self._summary = None
+            s.file.close()      # type: ignore[attr-defined]
+
+    __del__ = close
+
     # -- the message list, read when first needed -------------------------------------------
 
     @property
