@@ -46,6 +46,22 @@ def rights_of(root: Path, folder: Path, who: Who) -> str:
     return aclfile.my_rights(aclfile.read(root, folder), who.user, who.owner, who.groups)
 
 
+def list_data(opts: tuple[str, ...], rights: str, acl: aclfile.Acl | None) -> bytes:
+    """Courier's LIST (ACL MYRIGHTS POSTADDRESS) data after a mailbox name (imapd's
+    list_callback): the ACL only with "a", as stored (identifiers as in the file);
+    MYRIGHTS only when the rights can be listed; POSTADDRESS always NIL. Nothing at
+    all when nothing is left to show."""
+    parts = []
+    if "ACL" in opts and "a" in rights and acl is not None:
+        parts.append('("ACL" (' + "".join(f"({qs(ident)} {qs(aclfile.rights_out_all(r))})"
+                                         for ident, r in acl) + "))")
+    if "MYRIGHTS" in opts and _VISIBLE & set(rights):
+        parts.append(f'("MYRIGHTS" {qs(aclfile.rights_out_all(rights))})')
+    if "POSTADDRESS" in opts:
+        parts.append("(POSTADDRESS NIL)")
+    return (" (" + "".join(parts) + ")").encode() if parts else b""
+
+
 def denied(cmd: str, where: str, right: str) -> str:
     """Courier's accessdenied() text."""
     return f'Access denied for {cmd} on {where} (ACL "{right}" required)'

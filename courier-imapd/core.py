@@ -617,8 +617,12 @@ def _p_select(readonly: bool) -> Callable[[str, Reader, bool], Command]:
 
 
 # RFC 5258 / RFC 6154 options we act on; others are refused with BAD (§3: a server
-# must not ignore a selection option it does not know).
-LIST_SELECT_OPTS = frozenset({"SPECIAL-USE", "SUBSCRIBED", "REMOTE", "RECURSIVEMATCH"})
+# must not ignore a selection option it does not know). Courier's own LIST options
+# (ACL MYRIGHTS POSTADDRESS: data after each name, courier_imapd.acl.list_data) are
+# accepted in the same place and do not make the LIST an extended one.
+COURIER_LIST_OPTS = frozenset({"ACL", "MYRIGHTS", "POSTADDRESS"})
+LIST_SELECT_OPTS = frozenset({"SPECIAL-USE", "SUBSCRIBED", "REMOTE", "RECURSIVEMATCH"}) \
+    | COURIER_LIST_OPTS
 LIST_RETURN_OPTS = frozenset({"SPECIAL-USE", "CHILDREN", "SUBSCRIBED", "STATUS"})
 MAX_LIST_PATTERNS = 100
 
@@ -662,7 +666,7 @@ def _p_list(lsub: bool) -> Callable[[str, Reader, bool], Command]:
         extended = False
         if not lsub and r.peek() == 0x28:
             select = _list_opts(r, LIST_SELECT_OPTS)
-            extended = True
+            extended = not select or not set(select) <= COURIER_LIST_OPTS
             r.sp()
             if "RECURSIVEMATCH" in select and set(select) <= {"RECURSIVEMATCH", "REMOTE"}:
                 # §3: RECURSIVEMATCH needs another option that selects (SUBSCRIBED here)

@@ -32,6 +32,7 @@ from courier_imapd import sort as sortmod
 from courier_imapd import thread as threadmod
 from courier_imapd.config import ImapdConfig, capability_line
 from courier_imapd.core import (
+    COURIER_LIST_OPTS,
     SESSION_LIMITS,
     AclCommand,
     Append,
@@ -530,6 +531,8 @@ class Session:
             if b in uses and b in allnames:
                 attrs.append(uses[b])       # RFC 6154 §2: sent whether asked for or not
             line = f"{name} ({' '.join(attrs)}) \".\" ".encode() + self._name_out(b)
+            if set(cmd.select_opts) & COURIER_LIST_OPTS:
+                line += self._list_acl_data(b, cmd.select_opts)
             if b in childinfo:
                 line += b' ("CHILDINFO" ("SUBSCRIBED"))'
             out.append(untagged(line))
@@ -540,6 +543,24 @@ class Session:
                 if path is not None and (path / "cur").is_dir() and "r" in self._rights(path):
                     out.append(self._status_line(b, path, cmd.status_items))
         self.out(b"".join(out), tagged(cmd.tag, "OK", f"{name} completed"))
+
+    def _list_acl_data(self, mailbox: str, opts: tuple[str, ...]) -> bytes:
+        """Courier's LIST (ACL MYRIGHTS POSTADDRESS) data for one listed name; a
+        shared.* name is not opened for it (no private copy made by a LIST)."""
+        rights = sharedfolders.name_rights(self.root, mailbox)
+        if rights is not None:
+            return aclmod.list_data(opts, rights, [("anyone", rights)])
+        path = folder_path(self.root, mailbox)
+        if path is None:
+            return b""
+        rights = self._rights(path)
+        acl = None
+        if "ACL" in opts and "a" in rights:
+            try:
+                acl = aclmod.aclfile.read(self.root, path)
+            except OSError as e:
+                log.error("reading the ACL of %s for %s: %s", path, self.user, e)
+        return aclmod.list_data(opts, rights, acl)
 
     def mailbox_command(self, cmd: MailboxCommand) -> None:
         """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE (RFC 3501 §6.3.3, 6.3.4, 6.3.6, 6.3.7)."""

@@ -73,6 +73,19 @@ def rights(path: Path) -> str:
     return RIGHTS if os.access(Path(path) / "new", os.W_OK) else READ_RIGHTS
 
 
+def name_rights(root: Path, name: str) -> str | None:
+    """Rights on a name of the shared namespace without opening it (LIST's MYRIGHTS):
+    "l" on ``shared`` and ``shared.<nick>``; a folder's as `rights` (Courier: "lrsw"
+    until the private copy exists). None: not a shared name."""
+    if name.lower() == "shared":
+        return PARENT_RIGHTS
+    sub = shared.sharedname_of(name)
+    if sub is None:
+        return None
+    private = shared.private_dir(root, sub)
+    return PARENT_RIGHTS if private is None else rights(private)
+
+
 def fixed_rights(root: Path, path: Path | None) -> str | None:
     """The ACL commands' view: "anyone <rights>" for a private copy, None otherwise."""
     if path is None or not shared.is_private_copy(root, path):
