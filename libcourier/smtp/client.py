@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import encodings.idna  # noqa: F401 - str.encode('idna') after a privilege drop
 import enum
 import hashlib
 import hmac
@@ -491,7 +492,7 @@ class SmtpClient:
 
     def _mail_line(self) -> str:
         t = self.txn
-        parts = [f"MAIL FROM:<{self._batch_sender}>"]
+        parts = [f"MAIL FROM:<{self._addr(self._batch_sender)}>"]
         if "SIZE" in self.extensions:
             parts.append(f"SIZE={len(t.message)}")
         if t.eightbit and "8BITMIME" in self.extensions:
@@ -512,14 +513,19 @@ class SmtpClient:
         return " ".join(parts)
 
     def _rcpt_line(self, r: Rcpt) -> str:
-        parts = [f"RCPT TO:<{r.address}>"]
+        parts = [f"RCPT TO:<{self._addr(r.address)}>"]
         if "DSN" in self.extensions:
             if r.notify:
                 parts.append(f"NOTIFY={r.notify}")
             if r.orcpt:
                 kind, _, addr = r.orcpt.partition(";")
-                parts.append(f"ORCPT={kind};{xtext_encode(addr)}")
+                parts.append(f"ORCPT={kind};{xtext_encode(self._addr(addr))}")
         return " ".join(parts)
+
+    def _addr(self, address: str) -> str:
+        # Courier's udomainace: to a server without SMTPUTF8 an IDN domain goes
+        # as its A-labels (RFC 5890); a UTF-8 local part cannot (_needs_smtputf8).
+        return address if "SMTPUTF8" in self.extensions else ace_address(address)
 
     def _policy_refusal(self) -> Reply | None:
         t = self.txn
@@ -620,8 +626,21 @@ class SmtpClient:
             self._end_transaction(events, clean=False)
 
 
+def ace_address(address: str) -> str:
+    """local@domain with the domain in A-labels (IDNA, as Courier's libidn), or
+    as it was when it is ASCII already or cannot be converted."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address
+
+
 def _needs_smtputf8(t: Transaction) -> bool:
-    if not t.sender.isascii() or not all(r.address.isascii() for r in t.recipients):
+    if not all(ace_address(a).isascii() for a in (t.sender, *(r.address for r in
+                                                                t.recipients))):
         return True
     return t.smtputf8 and header_needs_utf8(t.message)
 

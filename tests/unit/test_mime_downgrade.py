@@ -118,3 +118,19 @@ def test_client_smtputf8_only_when_needed():
     [fin] = c.receive(b"220 hi\r\n250-mx\r\n250 8BITMIME\r\n")
     assert (fin.results["x@example.org"].code, fin.results["x@example.org"].enhanced) == (
         553, "5.6.7")
+
+
+def test_idn_domains_go_as_a_labels_to_a_server_without_smtputf8():
+    t = Transaction("carol@b\u00fccher.example", (Rcpt("x@m\u00fcller.example",
+                                                       "rfc822;x@m\u00fcller.example"),),
+                    b"Subject: s\n\nx\n")
+    sent = session(b"250-DSN\r\n250 SIZE\r\n", t)
+    assert b"MAIL FROM:<carol@xn--bcher-kva.example>" in sent
+    assert b"RCPT TO:<x@xn--mller-kva.example> ORCPT=rfc822;x@xn--mller-kva.example" in sent
+    sent = session(b"250-SMTPUTF8\r\n250 8BITMIME\r\n", t)      # as they are
+    assert "RCPT TO:<x@m\u00fcller.example>".encode() in sent
+    # A UTF-8 local part has no ASCII form: 553 5.6.7.
+    t = Transaction("a@example.com", (Rcpt("j\u00f8ran@m\u00fcller.example"),), b"x\n")
+    c = SmtpClient("me.test", t, tls=TlsPolicy.NONE)
+    [fin] = c.receive(b"220 hi\r\n250 mx\r\n")
+    assert fin.results["j\u00f8ran@m\u00fcller.example"].enhanced == "5.6.7"
