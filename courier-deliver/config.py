@@ -363,6 +363,11 @@ def _helo(v: str) -> str:
     """esmtphelo: the EHLO name, or "*" for the reverse DNS of the local
     address of each connection (Courier)."""
     v = v.strip()
+    if not v.isascii():
+        try:                # an IDN name goes as A-labels, as Courier's idna_to_ascii
+            v = v.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"not a host name: {v[:60]!r}") from None
     if v != "*" and not _HELO_NAME.fullmatch(v):
         raise ValueError(f"expected a host name, an address literal or *, got {v[:60]!r}")
     return v

@@ -77,6 +77,7 @@ logger = logging.getLogger("courier.courierd")
 NOTICE_LINE_MAX = 128        # "NEW <qid>\n" is well under this
 NOTICE_TIMEOUT = 10.0        # seconds a submitter may take to send its notices
 NOTICES_PER_CONNECTION = 10000
+_MAILQ_SCAN = asyncio.Lock()    # one spool scan for `mailq` users at a time
 STOP_WAIT = 6.0              # in-flight deliveries on SIGTERM (courier stop kills after 10 s)
 
 DeliverFn = Callable[[Path, int, str, str, "str | None"], Reply]
@@ -653,8 +654,10 @@ class QueueManager:
             return
         _pid, uid, _gid = struct.unpack("3i", creds)
         who = None if uid in (0, os.geteuid()) else uid
-        # The spool scan reads every envelope: off the event loop.
-        entries = await asyncio.to_thread(mailq.scan_for, self.config.layout, who)
+        # The spool scan reads every envelope: off the event loop, and one at a
+        # time, so users asking in a loop cannot pile scans up.
+        async with _MAILQ_SCAN:
+            entries = await asyncio.to_thread(mailq.scan_for, self.config.layout, who)
         writer.write(mailq.format_answer(entries))
         await asyncio.wait_for(writer.drain(), NOTICE_TIMEOUT)
 
