@@ -47,6 +47,11 @@ UNSUPPORTED = {
 USAGE = "Usage: maildirmake [ options ] maildir"
 
 
+def _usage() -> int:
+    print(USAGE)          # Courier's usage(): on stdout, exit 1
+    return 1
+
+
 def _err(text: str) -> int:
     print(f"maildirmake: {text}", file=sys.stderr)
     return 1
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if a[:2] in ("-f", "-F", "-q", "-s") and not a.startswith("--"):
             value, i = _take(args, i)
             if value is None:
-                return _err(USAGE)
+                return _usage()
             if a[:2] == "-q":
                 spec_text = value
             elif a[:2] == "-s":
@@ -118,17 +123,17 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 folder = value
             continue
-        return _err(f"unknown option {a}\n{USAGE}")
+        return _usage()
     rest = args[i:]
     if len(rest) != 1 or not rest[0]:
-        return _err(USAGE)
+        return _usage()
     maildir = Path(rest[0])
     if add is not None or delete is not None:
         return _shared_list(maildir, add, delete)
     if folder is not None and folder.startswith("."):
         return _err(f"Invalid folder name: {folder}")
     if folder is None and must_have_folder:
-        return _err(USAGE)
+        return _usage()
     spec = None
     if spec_text is not None:
         spec = quota.parse_spec(spec_text)
@@ -165,7 +170,7 @@ def _shared_list(maildir: Path, add: str | None, delete: str | None) -> int:
         if add is not None:
             nick, sep, path = add.partition("=")
             if not sep or not path.startswith("/"):
-                return _err(USAGE)
+                return _usage()
             if not maildir.is_dir():
                 return _err(f"{maildir}: No such file or directory")
             try:
