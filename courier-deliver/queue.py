@@ -128,7 +128,7 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
         # Retrying cannot help a file that does not parse or cannot be read:
         # set it aside for the admin, never delete it (issue 8, bad input).
         return _set_aside(spool, qid, f"unreadable envelope: {e}")
-    if not (spool / "msgs" / f"{qid}.dat").exists():
+    if not os.path.exists(f"{spool}/{MSGS}/{qid}.dat"):     # (a string: per message)
         # Only a crash inside SpoolWriter's commit leaves this (no 250 was given).
         return _set_aside(spool, qid, "the message data is missing")
     try:

@@ -74,8 +74,14 @@ def list_queue(spooldir: Path) -> list[str]:
     return qids
 
 
+def _entry_path(spooldir: Path, qid: str, suffix: str) -> str:
+    # Plain strings: courierd builds these paths several times per message,
+    # and pathlib's parsing cost more than the system calls using them.
+    return f"{os.fspath(spooldir)}/{MSGS}/{check_qid(qid)}{suffix}"
+
+
 def read_envelope(spooldir: Path, qid: str) -> Envelope:
-    path = Path(spooldir) / MSGS / f"{check_qid(qid)}.env"
+    path = _entry_path(spooldir, qid, ".env")
     try:
         with open(path, "rb") as fh:
             data = fh.read(4 * 1024 * 1024 + 1)
@@ -88,7 +94,7 @@ def read_envelope(spooldir: Path, qid: str) -> Envelope:
 
 
 def open_data(spooldir: Path, qid: str) -> BinaryIO:
-    return open(Path(spooldir) / MSGS / f"{check_qid(qid)}.dat", "rb")
+    return open(_entry_path(spooldir, qid, ".dat"), "rb")
 
 
 def rewrite_envelope(spooldir: Path, qid: str, envelope: Envelope) -> None:
@@ -104,15 +110,13 @@ def rewrite_envelope(spooldir: Path, qid: str, envelope: Envelope) -> None:
 def remove(spooldir: Path, qid: str, *, sync: bool = True) -> None:
     """Envelope first: once it is gone the entry is no longer queued. sync=False
     leaves the directory fsync to the caller (courierd: dirsync.DelayedDirSync)."""
-    msgs = Path(spooldir) / MSGS
-    check_qid(qid)
     for suffix in (".env", ".dat"):
         try:
-            os.unlink(msgs / f"{qid}{suffix}")
+            os.unlink(_entry_path(spooldir, qid, suffix))
         except FileNotFoundError:
             pass
     if sync:
-        fsync_dir(msgs)
+        fsync_dir(Path(spooldir) / MSGS)
 
 
 QUARANTINE = "quarantine"      # 0700: queue entries and maildrop files set aside
