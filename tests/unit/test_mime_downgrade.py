@@ -134,3 +134,36 @@ def test_idn_domains_go_as_a_labels_to_a_server_without_smtputf8():
     c = SmtpClient("me.test", t, tls=TlsPolicy.NONE)
     [fin] = c.receive(b"220 hi\r\n250 mx\r\n")
     assert fin.results["j\u00f8ran@m\u00fcller.example"].enhanced == "5.6.7"
+
+
+_leaf_body = st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"-", b"_"))
+
+
+@st.composite
+def _entity(draw, depth=0):
+    if depth < 3 and draw(st.booleans()):
+        n = draw(st.integers(1, 3))
+        b = f"b{depth}x{draw(st.integers(0, 999))}"
+        parts = [draw(_entity(depth + 1)) for _ in range(n)]
+        body = b"".join(f"--{b}\n".encode() + p + b"\n" for p in parts) + f"--{b}--\n".encode()
+        return (f"Content-Type: multipart/mixed; boundary=\"{b}\"\n"
+                f"Content-Transfer-Encoding: 8bit\n\n").encode() + body
+    return b"Content-Type: application/octet-stream\n\n" + draw(_leaf_body)
+
+
+def _leaf_payloads(raw: bytes) -> list[bytes]:
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    return [p.get_payload(decode=True) for p in msg.walk() if not p.is_multipart()]
+
+
+@settings(max_examples=150, deadline=None)
+@given(_entity())
+def test_nested_multiparts_come_out_7bit_with_the_same_parts(entity):
+    msg = b"Subject: t\nMIME-Version: 1.0\n" + entity
+    out = to_7bit(msg)
+    assert is_7bit(out)
+    before = [p.replace(b"\r\n", b"\n") for p in _leaf_payloads(msg)]
+    after = [p.replace(b"\r\n", b"\n") for p in _leaf_payloads(out)]
+    assert len(before) == len(after)
+    for a, b in zip(before, after, strict=True):
+        assert a.rstrip(b"\n") == b.rstrip(b"\n")
