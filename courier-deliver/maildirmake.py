@@ -13,7 +13,9 @@ Courier's options (maildirmake(1), courier-libs maildir/maildirmake.c):
   as in Courier the value may also be attached (`-fName`);
 - `-q 100000S,50C` installs a quota: the Maildir is made if it does not exist,
   otherwise its `maildirsize` is rewritten with the new quota and the current
-  usage;
+  usage; with `-f Name` that is done to DIR/.Name as Courier does (made without
+  `maildirfolder` when missing, so it is a quota root of its own; an existing
+  folder's quota root is DIR);
 - `-S` makes a sharable maildir: the directory 0755 (tmp/ new/ cur/ stay 0700);
 - `-s read|write[,group] -f Name` makes a shared folder in a sharable maildir:
   `read` 0755 (only the owner adds messages), `write` 01777 on tmp/ new/ cur/
@@ -140,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         if spec is None or not (spec.bytes or spec.count):
             return _err(f"bad quota {spec_text!r}: expected e.g. 100000S,50C")
     try:
+        if folder is not None and spec is not None:
+            # Courier: -q with -f works on DIR/.Name as a maildir of its own: made
+            # (without maildirfolder, so it is its own quota root) when missing, and
+            # its maildirsize written.
+            target = maildir / ("." + folder)
+            if not target.exists():
+                make_maildir(target, perm & ~0o022, perm & ~0o022)
+            # An existing folder (with maildirfolder) is counted in its parent's.
+            quota.set_quota(quota.quota_root(target), spec)
+            return 0
         if folder is not None:
             if not (maildir / "cur").is_dir():
                 return _err(f"{maildir}: not a maildir")

@@ -50,6 +50,9 @@ SCRIPT = [
     ["-s", "read", "-f", "Notes", "{t}/Sh"],
     ["{t}/Md"],
     ["-f", "Sent.2024", "{t}/Md"],
+    ["-q", "100S", "-f", "Work", "{t}/Md"],         # Courier: DIR/.Work, its own maildirsize
+    ["-q", "200S,5C", "-f", "Work", "{t}/Md"],
+    ["-q", "300S", "-f", "Sent.2024", "{t}/Md"],
     ["--add", "notices={t}/Sh", "{t}/Md"],
     ["--add", "other={t}/Sh", "{t}/Md"],
     ["--del", "other", "{t}/Md"],
