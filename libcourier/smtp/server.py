@@ -92,6 +92,7 @@ from libcourier.smtp.grammar import (
 # configure.ac): VERP return paths (libcourier.smtp.verp), extended DATA
 # replies, and a minimum transport security for the onward delivery.
 COURIER_EXTENSIONS = ["XVERP=Courier", "XEXDATA", "XSECURITY=NONE,STARTTLS"]
+_COURIER_PARAMETERS = frozenset({"VERP", "EXDATA", "SECURITY"})
 
 # A DATA line longer than this is not kept in memory even to check it: it is
 # dropped as it arrives (ReceiveBuffer) and the message is refused.
@@ -170,6 +171,10 @@ class Limits:
     max_idle_commands: int = 100         # commands outside a transaction between two MAILs
     max_command_line: int = MAX_COMMAND_LINE
     max_text_line: int = MAX_TEXT_LINE
+    # DATA lines may end in a bare LF (taken as CRLF; "." LF ends DATA too). Only for
+    # `sendmail -bs`: a local user's pipe carries their own message, nobody's to smuggle
+    # a second one past us; a network client never gets it (see the module doc).
+    lf_lines: bool = False
 
 
 @dataclass(slots=True)
@@ -193,6 +198,10 @@ class SessionInfo:
     external_identity: str | None = None   # a verified TLS client certificate's identity
     scram: bool = False           # the driver answers AuthScramKeys/AuthScramProof (authd can)
     greeting: tuple[str, ...] = ()   # the `esmtpgreeting` lines; () = "<hostname> ESMTP"
+    # What the driver can carry into its queue: `sendmail -bs` drops messages in a format
+    # without SMTPUTF8, VERP or SECURITY, so it offers neither (and refuses the parameters).
+    offer_smtputf8: bool = True
+    offer_courier: bool = True      # XVERP, XEXDATA, XSECURITY
 
     def auth_offered(self) -> tuple[str, ...]:
         mechs = self.auth_tls if self.tls_active else self.auth_plain
@@ -374,10 +383,12 @@ class SmtpServer:
         self._out.append(Close("connection closed by client"))
         return self._take()
 
-    def message_accepted(self, queue_id: str) -> list[Event]:
-        """The driver committed the message (fsync'd): say 250 and go on with pipelined input."""
+    def message_accepted(self, queue_id: str, reply: Reply | None = None) -> list[Event]:
+        """The driver committed the message (fsync'd): say 250 (`reply` when the driver
+        words it) and go on with pipelined input."""
         assert self.state is State.WAIT_COMMIT
-        self._send(_r(250, "2.0.0", f"Ok. {queue_id}"))
+        assert reply is None or reply.code == 250
+        self._send(reply or _r(250, "2.0.0", f"Ok. {queue_id}"))
         self._reset_txn(State.READY)
         return self._run()
 
@@ -546,8 +557,12 @@ class SmtpServer:
         # RFC 3461 DSN, RFC 3030 CHUNKING (BINARYMIME is not offered).
         # Courier's own extensions (FORMATS.md §2.3; MAIL parameters VERP,
         # EXDATA and SECURITY=, see _mail), in Courier's order.
-        lines += COURIER_EXTENSIONS
-        lines += ["PIPELINING", "8BITMIME", "SMTPUTF8", "DSN", "CHUNKING"]
+        if self.session.offer_courier:
+            lines += COURIER_EXTENSIONS
+        lines += ["PIPELINING", "8BITMIME"]
+        if self.session.offer_smtputf8:
+            lines.append("SMTPUTF8")
+        lines += ["DSN", "CHUNKING"]
         # RFC 1870 §4: SIZE with the limit (0 = no fixed limit).
         lines.append(f"SIZE {self.limits.max_size}" if self.limits.max_size else "SIZE")
         lines.append("ENHANCEDSTATUSCODES")
@@ -588,6 +603,10 @@ class SmtpServer:
                 # claim but our own AUTH, so the value is checked and not kept.
                 if not value:
                     raise ClientError("AUTH= needs a value.", "501 5.5.4")
+            elif key in _COURIER_PARAMETERS and not self.session.offer_courier \
+                    or key == "SMTPUTF8" and not self.session.offer_smtputf8:
+                self._error(_r(555, "5.5.4", f"Unsupported parameter {key}."))
+                return
             elif key == "SMTPUTF8":      # RFC 6531 §3.4
                 if value is not None:
                     raise ClientError("SMTPUTF8 takes no value.", "501 5.5.4")
@@ -893,7 +912,7 @@ class SmtpServer:
                              "(RFC 5321 section 2.3.8)."))
         elif len(self._partial) + 1 > limit or (
                 len(lines) > limit and max(map(len, lines.split(b"\n"))) + 1 > limit):
-            self._problem(_r(550, "5.6.0", "Message has a line longer than 1000 characters."))
+            self._problem(self._long_line())
         if self._data_problem is not None:
             self._partial = b""
             return
@@ -970,7 +989,7 @@ class SmtpServer:
             except LineTooLong:
                 # Its line end is unknown (dropped); assume CRLF so the client's
                 # real end of data is found. The message is refused anyway.
-                self._problem(_r(550, "5.6.0", "Message has a line longer than 1000 characters."))
+                self._problem(self._long_line())
                 self._prev_crlf = True
                 continue
             if line is NEED_DATA:
@@ -978,6 +997,8 @@ class SmtpServer:
                 return False
             assert isinstance(line, bytes)
             crlf = line.endswith(b"\r\n")
+            if not crlf and self.limits.lf_lines and line.endswith(b"\n"):
+                line, crlf = line[:-1] + b"\r\n", True
             if crlf and line == b".\r\n" and self._prev_crlf:
                 self._flush_chunk()
                 self._end_of_data()
@@ -987,7 +1008,7 @@ class SmtpServer:
                                  "(RFC 5321 section 2.3.8)."))
             self._prev_crlf = crlf
             if len(line) > self.limits.max_text_line:
-                self._problem(_r(550, "5.6.0", "Message has a line longer than 1000 characters."))
+                self._problem(self._long_line())
             self._content(line)
             if line.startswith(b"."):
                 line = line[1:]      # RFC 5321 §4.5.2: transparency
@@ -1040,6 +1061,10 @@ class SmtpServer:
         self._flush_chunk()
         self._end_of_data()
         return True
+
+    def _long_line(self) -> Reply:
+        return _r(550, "5.6.0", f"Message has a line longer than {self.limits.max_text_line} "
+                  "characters.")
 
     def _problem(self, reply: Reply) -> None:
         if self._data_problem is None:

@@ -78,6 +78,6 @@ def test_sendmail_arguments_and_errors(inst):
     assert sendmail(inst, "-Q", "a", data=b"").returncode == 64
     r = sendmail(inst, "-bs", data=b"EHLO x\r\nQUIT\r\n")
     assert r.returncode == 0 and r.stdout.startswith(b"220 mx.test ESMTP")
-    assert r.stdout.endswith(b"221 2.0.0 mx.test closing\r\n")
+    assert r.stdout.endswith(b"221 2.0.0 mx.test closing connection.\r\n")   # esmtpd's words
     r = sendmail(inst, "-f", "someone@else.example", "alice@example.com", data=b"x\n")
     assert r.returncode == 0, r.stderr      # root may use any envelope sender

@@ -1,5 +1,6 @@
-"""sendmail -bs: the SMTP core on stdin/stdout (courier_deliver.stdiosmtp), from
-transcripts fed whole, byte by byte and pipelined (STYLE.md principle 8)."""
+"""sendmail -bs: esmtpd's SMTP core on stdin/stdout (courier_deliver.stdiosmtp), from
+transcripts fed whole, byte by byte and pipelined (STYLE.md principle 8): what a pipe
+gets that the network does not (bare LF lines, long lines), and what it is not offered."""
 
 from __future__ import annotations
 
@@ -69,12 +70,12 @@ SESSION = (b"EHLO client.test\r\n"
            b"Subject: t\r\n\r\n..leading dot\r\nline\n.\r\n"
            b"QUIT\r\n")
 REPLIES = (b"220 host.test ESMTP courier-py sendmail -bs\r\n"
-           b"250-host.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250-DSN\r\n"
-           b"250 ENHANCEDSTATUSCODES\r\n"
-           b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
-           b"354 End data with <CR><LF>.<CR><LF>\r\n"
+           b"250-host.test Ok.\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n"
+           b"250-CHUNKING\r\n250-SIZE 1000\r\n250 ENHANCEDSTATUSCODES\r\n"
+           b"250 2.1.0 Ok.\r\n250 2.1.5 Ok.\r\n250 2.1.5 Ok.\r\n"
+           b"354 Ok.\r\n"
            b"250 2.0.0 Ok: queued\r\n"
-           b"221 2.0.0 host.test closing\r\n")
+           b"221 2.0.0 host.test closing connection.\r\n")
 
 
 def split_whole(data: bytes) -> list[bytes]:
@@ -108,11 +109,12 @@ def test_pipelined_input_after_the_dot_waits_for_the_result():
     core = new_core()
     core.feed(b"HELO c\r\nMAIL FROM:<me@host.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n")
     events = core.feed(b"x\r\n.\r\nNOOP\r\nQUIT\r\n")
-    assert isinstance(events[-1], End) and core.state is State.WAIT
+    assert isinstance(events[-1], End) and core.state is State.WAIT_COMMIT
     assert not any(isinstance(e, Send) and e.data.startswith(b"250 2.0.0") for e in events)
     after = core.data_result(Reply.make(451, "4.3.0", "disk full"))
     assert [e.data for e in after if isinstance(e, Send)] == [
-        b"451 4.3.0 disk full\r\n", b"250 2.0.0 Ok\r\n", b"221 2.0.0 host.test closing\r\n"]
+        b"451 4.3.0 disk full\r\n", b"250 2.0.0 Ok.\r\n",
+        b"221 2.0.0 host.test closing connection.\r\n"]
 
 
 def test_refusals_and_sequence_errors():
@@ -121,36 +123,45 @@ def test_refusals_and_sequence_errors():
               b"RCPT TO:<a@x.test>\r\n"                  # before MAIL
               b"MAIL FROM:<boss@host.test>\r\n"          # the policy hook refuses
               b"MAIL FROM:<me@host.test> SMTPUTF8\r\n"   # not offered
+              b"MAIL FROM:<me@host.test> VERP\r\n"       # nor Courier's XVERP
               b"MAIL FROM:<me@host.test> SIZE=5000\r\n"  # over the limit
               b"MAIL FROM:<>\r\n"
               b"DATA\r\n"                                # no recipient yet
               b"RCPT TO:<caf\xc3\xa9@x.test>\r\n"        # non-ASCII without SMTPUTF8
-              b"BDAT 10 LAST\r\n"
+              b"EXPN a\r\n"
               b"VRFY a\r\nHELP\r\nRSET\r\nQUIT\r\n")
     out, messages, _ = drive(new_core(), [script])
     codes = [line[:9] for line in out.split(b"\r\n") if line and line[3:4] == b" "]
     assert codes == [b"220 host.", b"503 5.5.1", b"250 ENHAN", b"503 5.5.1", b"553 5.7.1",
-                     b"555 5.5.4", b"552 5.3.4", b"250 2.1.0", b"503 5.5.1", b"553 5.6.7",
-                     b"502 5.5.1", b"252 2.5.2", b"214 2.0.0", b"250 2.0.0", b"221 2.0.0"]
+                     b"555 5.5.4", b"555 5.5.4", b"552 5.3.4", b"250 2.1.0", b"554 5.5.1",
+                     b"553 5.6.7", b"502 5.5.1", b"252 2.5.0", b"214 2.0.0", b"250 2.0.0",
+                     b"221 2.0.0"]
+    ehlo = [line for line in out.split(b"\r\n") if line.startswith(b"250-")]
+    assert ehlo and not [k for k in (b"SMTPUTF8", b"XVERP", b"STARTTLS", b"AUTH")
+                         if any(k in line for line in ehlo)]
     assert b"may not use <boss@host.test>" in out and messages == []
 
 
 def test_long_lines_and_too_many_errors():
     core = new_core()
     out, _, _ = drive(core, [b"NOOP " + b"x" * 2000 + b"\r\nNOOP\r\n"], eof=False)
-    assert out.endswith(b"500 5.5.2 Line too long\r\n250 2.0.0 Ok\r\n")
+    assert out.endswith(b"500 5.5.2 Line too long.\r\n250 2.0.0 Ok.\r\n")
     out, _, seen = drive(new_core(), [b"BOGUS\r\n" * (MAX_ERRORS + 5)])
-    assert out.count(b"\r\n") == MAX_ERRORS + 1       # greeting, 19 errors, the 421
-    assert out.endswith(b"421 4.7.0 host.test Too many errors, closing\r\n")
+    assert out.count(b"\r\n") == MAX_ERRORS + 2       # greeting, 20 errors, the 421
+    assert out.endswith(b"421 4.7.0 host.test Too many errors, closing connection.\r\n")
 
 
-def test_long_data_line_passes_in_pieces_and_eof_in_data_aborts():
+def test_long_data_lines_up_to_64k_and_eof_in_data_aborts():
     core = new_core(max_size=0)
     head = b"EHLO c\r\nMAIL FROM:<me@host.test>\r\nRCPT TO:<a@x.test>\r\nDATA\r\n"
-    big = b"." + b"y" * 200_000 + b"\r\n.\r\n"
-    out, messages, _ = drive(core, [head, big[:70_000], big[70_000:]])
+    long = b"." + b"y" * 60_000 + b"\r\n.\r\n"
+    out, messages, _ = drive(core, [head, long[:30_000], long[30_000:]])
     assert b"250-SIZE\r\n" in out
-    assert messages[0][1] == b"y" * 200_000 + b"\n"
+    assert messages[0][1] == b"y" * 60_000 + b"\n"
+    big = b"z" * 200_000 + b"\r\n.\r\nNOOP\r\n"
+    out, messages, _ = drive(new_core(max_size=0), [head, big[:70_000], big[70_000:]])
+    assert out.endswith(b"550 5.6.0 Message has a line longer than 65536 characters.\r\n"
+                        b"250 2.0.0 Ok.\r\n") and messages == []
     out, messages, seen = drive(new_core(), [head + b"partial line"])
     assert messages == [] and isinstance(seen[-2], Abort) and isinstance(seen[-1], Closed)
 
@@ -163,3 +174,16 @@ def test_any_bytes_give_replies_or_events(data, step):
     out, _, _ = drive(core, pieces)
     for line in out.split(b"\r\n")[:-1]:
         assert line[:3].isdigit() and line[3:4] in (b" ", b"-")
+
+
+def test_lf_only_input_and_bdat():
+    """A script writing LF alone is understood ("." LF ends DATA); BDAT chunks reach the
+    sink as one message, as esmtpd would take them."""
+    script = (b"HELO c\nMAIL FROM:<me@host.test>\nRCPT TO:<a@x.test>\nDATA\n"
+              b"Subject: lf\n\n..dot\n.\n"
+              b"EHLO c\r\nMAIL FROM:<me@host.test>\r\nRCPT TO:<a@x.test>\r\n"
+              b"BDAT 12\r\nSubject: b\r\nBDAT 8 LAST\r\n\r\nbody\r\nQUIT\r\n")
+    for split in (split_whole, split_bytes):
+        out, messages, _ = drive(new_core(), split(script))
+        assert [m[1] for m in messages] == [b"Subject: lf\n\n.dot\n", b"Subject: b\n\nbody\n"]
+        assert out.count(b"250 2.0.0 Ok: queued\r\n") == 2
