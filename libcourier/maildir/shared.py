@@ -28,6 +28,7 @@ Messages here never count toward the user's Maildir++ quota (Courier's documenta
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from collections.abc import Iterable
@@ -343,6 +344,24 @@ def sync(private: Path) -> bool:
     _move_new(shared)
     if _unchanged_since_last(private, shared):
         return False
+    # Two sessions of the user synchronising at once would each link a new message
+    # (two names for one base in cur/ after the scans) or drop the other's flag
+    # rename: the whole pass holds flock(LOCK_EX) on the private cur/, the lock
+    # Maildir's scan and flag renames take (libcourier.maildir.folder).
+    try:
+        lockfd = os.open(private / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(lockfd, fcntl.LOCK_EX)
+        return _sync_locked(private, shared)
+    finally:
+        os.close(lockfd)
+
+
+def _sync_locked(private: Path, shared: str) -> bool:
+    if _unchanged_since_last(private, shared):
+        return False            # another session synchronised while we waited
     try:
         _touch(private / TIMESTAMP)
     except OSError:

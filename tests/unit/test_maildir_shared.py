@@ -191,3 +191,45 @@ def test_unlink_refused_keeps_message_without_deleted(tmp_path: Path) -> None:
     os.symlink(tmp_path / "gone", priv / "cur" / "201.M1P1.h:2,T")
     assert shared.unlink_message(priv / "cur" / "201.M1P1.h:2,T") is True
     assert os.listdir(priv / "cur") == ["200.M1P1.h:2,S"]
+
+
+def _hammer(priv: str, sh: str, worker: int, rounds: int) -> None:
+    """One session of the user: synchronise and scan, flag its own messages (noting
+    each flag it set), while the sharable folder gets new mail from every worker."""
+    box = shared.PrivateCopy(Path(priv))
+    done = []
+    for r in range(rounds):
+        (Path(sh) / "new" / f"{1_800_000_000 + r}.M{worker}P{worker}.w,S=3").write_bytes(b"x\n\n")
+        for m in box.scan().messages:
+            if m.base.endswith(f"P{worker}.w,S=3") and "F" not in m.flags:
+                try:
+                    box.change_flags(m, add="F")
+                    done.append(m.base)
+                except FileNotFoundError:
+                    pass
+    Path(priv, f"flagged.{worker}").write_text("\n".join(done))
+
+
+def test_sessions_syncing_at_once_lose_nothing(tmp_path: Path) -> None:
+    import multiprocessing
+    md, sh = setup_shared(tmp_path)
+    priv = shared.open_private(md, None, "notices.Weekly")
+    assert priv is not None
+    ctx = multiprocessing.get_context("fork")
+    workers, rounds = 4, 20
+    procs = [ctx.Process(target=_hammer, args=(str(priv), str(sh / ".Weekly"), w, rounds))
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    st = shared.PrivateCopy(priv).scan()
+    bases = [m.base for m in st.messages]
+    assert len(bases) == len(set(bases)) == workers * rounds
+    assert len({m.uid for m in st.messages}) == workers * rounds
+    assert len(os.listdir(priv / "cur")) == workers * rounds     # one link per message
+    flagged = {b for w in range(workers)
+               for b in (priv / f"flagged.{w}").read_text().split() if b}
+    assert len(flagged) >= workers * (rounds - 1)     # all but maybe the last round's
+    assert {m.base for m in st.messages if "F" in m.flags} >= flagged   # none lost
