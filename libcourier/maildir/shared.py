@@ -77,7 +77,8 @@ def parse_line(line: str) -> Sharable | None:
     for i, c in enumerate(line):
         if c.isspace():
             rest = line[i:].lstrip()
-            return Sharable(line[:i], rest) if rest else None
+            # An empty name (the line starts with white space) names nothing usable.
+            return Sharable(line[:i], rest) if rest and i else None
     return None
 
 

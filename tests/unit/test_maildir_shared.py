@@ -233,3 +233,29 @@ def test_sessions_syncing_at_once_lose_nothing(tmp_path: Path) -> None:
                for b in (priv / f"flagged.{w}").read_text().split() if b}
     assert len(flagged) >= workers * (rounds - 1)     # all but maybe the last round's
     assert {m.base for m in st.messages if "F" in m.flags} >= flagged   # none lost
+
+
+from hypothesis import given, settings  # noqa: E402 - beside the tests that use it
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_parse_line_never_raises(line: str) -> None:
+    """Any text: an entry whose nick has no white space and whose path is not empty,
+    or None (a shared-maildirs file is written by its user: anything may be in it)."""
+    got = shared.parse_line(line)
+    if got is not None:
+        assert got.nick and got.path and not any(c.isspace() for c in got.nick)
+        assert "\n" not in got.nick + got.path and "#" not in got.nick + got.path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=100))
+def test_private_dir_stays_inside(name: str) -> None:
+    """A shared name never leads out of ROOT/shared-folders/<nick>/."""
+    root = Path("/r")
+    got = shared.private_dir(root, name)
+    if got is not None:
+        rel = got.relative_to(root / shared.SHARED_FOLDERS)
+        assert len(rel.parts) == 2 and ".." not in rel.parts and "." not in rel.parts
