@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from courier_deliver import maildirmake
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libcourier.maildir import shared
 
@@ -233,10 +235,6 @@ def test_sessions_syncing_at_once_lose_nothing(tmp_path: Path) -> None:
                for b in (priv / f"flagged.{w}").read_text().split() if b}
     assert len(flagged) >= workers * (rounds - 1)     # all but maybe the last round's
     assert {m.base for m in st.messages if "F" in m.flags} >= flagged   # none lost
-
-
-from hypothesis import given, settings  # noqa: E402 - beside the tests that use it
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)
