@@ -14,6 +14,7 @@ import itertools
 import os
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -25,11 +26,21 @@ TMP = "tmp"
 MSGS = "msgs"
 _QID = re.compile(r"[0-9a-f]{16}\.[0-9a-f]{1,8}\.[0-9a-f]{1,16}")
 _counter = itertools.count(1)
+NOTIFY_IDLE_MAX = 5.0          # seconds a kept notice connection may idle (courierd: 10)
+NOTIFY_PER_CONNECTION = 1000   # notices on one kept connection (courierd takes 10000)
+# queue socket path -> (connection, last use, notices sent on it); see notify()
+_kept: dict[str, tuple[socket.socket, float, int]] = {}
+_kept_lock = threading.Lock()
 
 
 def _after_fork() -> None:
     global _counter
     _counter = itertools.count(1)
+    # The parent's kept notice connections are the parent's: a child that
+    # wrote into them too could interleave with it.
+    for s, _last, _n in _kept.values():
+        s.close()
+    _kept.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -176,15 +187,42 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
 
 def notify(queue_socket: Path, qid: str, timeout: float = 2.0) -> bool:
     """Tell courierd about a new message. False if nobody listens: courierd's
-    periodic rescan will find the message anyway, so this never raises for that."""
+    periodic rescan will find the message anyway, so this never raises for that.
+
+    The connection is kept for the process's next notices (an SMTP session
+    queues many messages; each new connection costs courierd an accept and a
+    reader task): reused while it idled less than NOTIFY_IDLE_MAX, below
+    courierd's own idle timeout, so courierd never closes it under a notice,
+    and for at most NOTIFY_PER_CONNECTION notices. A kept connection that
+    courierd closed meanwhile (a restart) fails the write at once (a Unix
+    socket's EPIPE) and the notice goes over a new one."""
     line = f"NEW {check_qid(qid)}\n".encode()
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.settimeout(timeout)
-        s.connect(str(queue_socket))
-        s.sendall(line)
+    key = os.fspath(queue_socket)
+    with _kept_lock:
+        now = time.monotonic()
+        kept = _kept.pop(key, None)
+        if kept is not None:
+            s, last, n = kept
+            if now - last < NOTIFY_IDLE_MAX and n < NOTIFY_PER_CONNECTION:
+                try:
+                    s.settimeout(timeout)
+                    s.sendall(line)
+                    _kept[key] = (s, now, n + 1)
+                    return True
+                except OSError:
+                    pass
+            s.close()
+        for other, (old, last, _n) in list(_kept.items()):
+            if now - last >= NOTIFY_IDLE_MAX:       # no fd kept for a queue gone quiet
+                old.close()
+                del _kept[other]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(timeout)
+            s.connect(key)
+            s.sendall(line)
+        except OSError:
+            s.close()
+            return False
+        _kept[key] = (s, now, 1)
         return True
-    except OSError:
-        return False
-    finally:
-        s.close()

@@ -194,3 +194,34 @@ def test_envelope_parser_never_crashes(data):
         parse_envelope(data)
     except SpoolError:
         pass
+
+
+def test_notify_keeps_its_connection_and_replaces_a_closed_one(tmp_path):
+    from libcourier.spool import queue as spool_queue
+    path = tmp_path / "q.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(4)
+    srv.settimeout(10)
+    first, second, third = new_qid(), new_qid(), new_qid()
+    assert notify(path, first) is True
+    assert notify(path, second) is True
+    c, _ = srv.accept()
+    c.settimeout(10)
+    got = b""
+    while got.count(b"\n") < 2:
+        got += c.recv(100)
+    assert got == f"NEW {first}\nNEW {second}\n".encode()    # one connection, both notices
+    c.close()                                # courierd restarted, or its idle timeout
+    assert notify(path, third) is True
+    c2, _ = srv.accept()                     # the notice came over a new connection
+    c2.settimeout(10)
+    assert c2.recv(100) == f"NEW {third}\n".encode()
+    # A forked child does not write into its parent's kept connection.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if not spool_queue._kept else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert str(path) in spool_queue._kept
+    c2.close()
+    srv.close()
