@@ -138,16 +138,17 @@ def cpu_snapshot(inst: Instance) -> dict[str, int]:
     authd (with its long-lived workers). A child that exits between two reads is
     missed: the figures are a little low, never high."""
     courierd, authd = inst.pid("courierd"), inst.pid("authdaemond")
-    local, todo = [], children(courierd)
+    local, workers, todo = [], [], [(p, 1) for p in children(courierd)]
     while todo:                         # courierlocal, connection children, workers
-        p = todo.pop()
-        local.append(p)
+        p, depth = todo.pop()
+        (workers if depth >= 3 else local).append(p)
         try:
-            todo += children(p)
+            todo += [(c, depth + 1) for c in children(p)]
         except OSError:
             pass
     snap = {"courierd": cpu_ticks(courierd),
-            "courierlocal": sum(_ticks_or_0(p) for p in local),
+            "courierlocal": sum(_ticks_or_0(p) for p in local + workers),
+            "(of which its delivery workers)": sum(_ticks_or_0(p) for p in workers),
             "authd": cpu_ticks(authd) + sum(cpu_ticks(p) for p in children(authd))}
     if inst.with_esmtpd:
         esmtpd = inst.pid("esmtpd")
