@@ -1,16 +1,46 @@
 #!/usr/bin/env python3
-"""Remote delivery throughput: N messages queued on a fresh courier-py instance,
-delivered by courierd over SMTP to a receiving server on loopback.
+"""Remote delivery throughput, courier-py beside Postfix in one run (issue 8:
+"500 messages to a remote loopback server").
 
-    .venv/bin/python bench/remote_delivery.py [-n 500] [--size 4096] [--maxdels N]
+    .venv/bin/python bench/remote_delivery.py [-n 500] [--size 4096] [--rounds 3]
+        [--mta ours,postfix] [--mode prequeue,smtp] [--sessions 10] [--maxdels N]
 
-The receiver is a minimal asyncio SMTP server in this process (PIPELINING,
-8BITMIME, SIZE; it counts messages and keeps nothing), reached through an
-esmtproutes line (`remote.bench: 127.0.0.1,PORT`), so DNS is not measured.
-The clock runs from the first message spooled to the last one accepted by the
-receiver with the queue empty. With --prequeue the messages are spooled while
-courierd is stopped and the clock runs from `courier start` (so it measures
-the queue run alone, start-up included). Prints one JSON line.
+Both MTAs relay every message to the same kind of receiver: Postfix's smtp-sink
+(C, its own process, PIPELINING/8BITMIME/DSN, keeps nothing) on 127.0.0.2, a fresh
+one for every trial, so its count starts at 0. Routing is static for both, no DNS:
+courier-py by an `esmtproutes` line (`remote.bench: 127.0.0.2,PORT`), Postfix by
+`relayhost = [127.0.0.2]:PORT` (Postfix takes its resolver from /etc/resolv.conf,
+which cannot point at a loopback test DNS without changing it for everyone).
+Every trial uses a fresh instance: `courier init` in a temp dir, or a private
+Postfix (bench/postfix_private.py) that is not the anchors' one.
+
+Modes (the messages always enter through each MTA's own SMTP server, from
+127.0.0.1, relaying as a trusted client: RELAYCLIENT in smtpaccess / mynetworks):
+
+- prequeue: the N messages are accepted while nothing delivers (courier-py:
+  esmtpd runs, courierd does not; Postfix: master.cf without qmgr, so the files
+  wait in the incoming queue after cleanup), the MTA is stopped, and the clock
+  runs from the start command (`courier start courierd` / `postfix start` with
+  qmgr) until the sink has all N and the queue is empty: the queue run alone,
+  start-up included.
+- smtp: the whole MTA runs; the clock runs from the first connection of
+  --sessions concurrent SMTP sessions (N/sessions messages each, MAIL/RCPT/DATA
+  pipelined) until the sink has all N and the queue is empty.
+
+Rounds interleave the MTAs (the order flips every round) so machine load hits
+both alike. CPU seconds are user+system of the MTA's daemon process trees
+(live processes plus the children they reaped: courier-py's daemons by their
+pid files, Postfix's master and everything under it), taken before and after
+the timed part; in prequeue mode the daemons start inside it, so "before" is 0,
+and the start command's own CPU (our control CLI, postfix-script) is reported
+apart. The machine's load average and how many CPUs were busy during the trial
+(all processes, from /proc/stat) are printed with every trial, since other
+work on the machine slows wall figures but not CPU seconds.
+
+Besides the clock above, the sink's first-to-last accepted message gives the
+delivery rate without start-up or feeding ("first to last"). One JSON line per
+trial, then a table of medians over the rounds. Run as root (Postfix's master and
+`smtp-sink -u nobody` need it).
 """
 
 from __future__ import annotations
@@ -19,80 +49,98 @@ import argparse
 import asyncio
 import json
 import os
-import random
+import re
+import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from postfix_private import PostfixInstance  # noqa: E402
 
 from libcourier.layout import load_layout  # noqa: E402
-from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify  # noqa: E402
+from libcourier.spool import list_queue  # noqa: E402
 
-WAIT = 600.0
+WAIT = 600.0                 # seconds for one trial's deliveries
+FEED_TIMEOUT = 120.0         # seconds for one SMTP reply while feeding
+SINK_ADDR = "127.0.0.2"      # the receiving server: another loopback address
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+POLL = 0.01
+FROM = "bench@bench.test"
 
 
-class Receiver:
+# ------------------------------------------------------------------ receiver
+class Sink:
+    """Postfix's smtp-sink on SINK_ADDR, run as nobody; `-c` prints its counters
+    ("sess=N quit=N mesg=N", CR-terminated) as they change, read by a thread."""
+
+    _COUNTS = re.compile(rb"sess=(\d+) quit=(\d+) mesg=(\d+)")
+
     def __init__(self) -> None:
-        self.count = 0
+        self.port = free_port(SINK_ADDR)
         self.sessions = 0
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.count = 0
+        self.first = 0.0          # monotonic time the first message was accepted
+        self.last = 0.0           # ... and the latest
+        self.proc = subprocess.Popen(
+            [SMTP_SINK, "-c", "-a", "-C", "-F", "-u", "nobody", "-h", "sink.bench",
+             f"{SINK_ADDR}:{self.port}", "256"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_for(lambda: port_open(SINK_ADDR, self.port), 20, "smtp-sink listening")
 
-    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.sessions += 1
-        writer.write(b"220 bench ESMTP\r\n")
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        buf = b""
+        while chunk := self.proc.stdout.read1(4096):
+            buf = (buf + chunk)[-4096:]
+            records = buf.split(b"\r")
+            buf = records[-1]
+            for rec in records[:-1]:
+                m = self._COUNTS.search(rec)
+                if m:
+                    count = int(m.group(3))
+                    if count > self.count:
+                        self.last = time.monotonic()
+                        self.first = self.first or self.last
+                    self.sessions, self.count = int(m.group(1)), count
+
+    def close(self) -> None:
+        self.proc.terminate()
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                verb = line[:4].upper()
-                if verb in (b"EHLO", b"HELO"):
-                    writer.write(b"250-bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
-                                 b"250 SIZE 100000000\r\n")
-                elif verb == b"DATA":
-                    writer.write(b"354 go\r\n")
-                    while (await reader.readline()) not in (b".\r\n", b""):
-                        pass
-                    self.count += 1
-                    writer.write(b"250 2.0.0 ok\r\n")
-                elif verb == b"QUIT":
-                    writer.write(b"221 bye\r\n")
-                    await writer.drain()
-                    break
-                else:
-                    writer.write(b"250 ok\r\n")
-                await writer.drain()
-        except ConnectionError:
-            pass
-        writer.close()
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
-            asyncio.start_server(self._session, "127.0.0.1", 0, limit=1 << 20))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self.loop.run_forever()
 
-    def start(self) -> None:
-        self.thread.start()
-        self._ready.wait(10)
+# ------------------------------------------------------------------ helpers
+def free_port(addr: str) -> int:
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
 
 
 def free_base() -> int:
-    rng = random.Random()
+    """A port base whose courier init ports (base+25, +110, ...) are all free."""
     for _ in range(200):
-        base = rng.randrange(20000, 60000, 1000) + rng.randrange(0, 500)
+        base = free_port("127.0.0.1") // 1000 * 1000
+        if base < 10000 or base > 60000:
+            continue
         try:
             for off in (25, 110, 143, 465, 587, 993, 995):
                 with socket.socket() as s:
@@ -103,67 +151,332 @@ def free_base() -> int:
     raise RuntimeError("no free ports")
 
 
+def port_open(addr: str, port: int) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(cond: Callable[[], bool], limit: float, what: str) -> None:
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(POLL)
+
+
+def proc_cpu(p: psutil.Process) -> float:
+    """CPU seconds of one process and of the children it reaped. utime/stime come
+    in 10 ms ticks, truncated per process, which is most of a light Postfix
+    service's total: live threads' on-CPU time is taken from schedstat (ns), the
+    ticks only when larger (threads that have exited). Reaped children's times are
+    summed by the kernel in ns before the one truncation, so ticks do there."""
+    t = p.cpu_times()
+    ns = 0
+    try:
+        for tid in os.listdir(f"/proc/{p.pid}/task"):
+            with open(f"/proc/{p.pid}/task/{tid}/schedstat") as fh:
+                ns += int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(ns / 1e9, t.user + t.system) + t.children_user + t.children_system
+
+
+def tree_cpu(pids: list[int]) -> float:
+    """CPU seconds of the processes and all their descendants, with the times of
+    the children each of them has reaped."""
+    total = 0.0
+    seen: set[int] = set()
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for p in procs:
+            if p.pid in seen:
+                continue
+            seen.add(p.pid)
+            try:
+                total += proc_cpu(p)
+            except psutil.NoSuchProcess:
+                continue
+    return total
+
+
+def own_children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def machine_busy() -> tuple[float, float]:
+    t = psutil.cpu_times()
+    return t.idle + t.iowait, sum(t)
+
+
+def message(i: int, size: int) -> bytes:
+    head = (f"From: {FROM}\r\nTo: u{i}@remote.bench\r\nSubject: bench {i}\r\n"
+            f"Date: Fri, 27 Nov 2026 00:00:00 +0000\r\n"
+            f"Message-ID: <bench.{i}.{os.getpid()}@bench.test>\r\n\r\n").encode()
+    lines = max(1, (size - len(head)) // 77)
+    return head + b"x" * 75 + b"\r\n" + (b"x" * 75 + b"\r\n") * (lines - 1)
+
+
+# ------------------------------------------------------------------ SMTP feed
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await asyncio.wait_for(reader.readline(), FEED_TIMEOUT)
+        if not line:
+            raise RuntimeError("feed: connection closed")
+        if line[3:4] != b"-":
+            return line
+
+
+async def _feed_session(port: int, numbers: range, size: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+    try:
+        await _reply(reader)
+        writer.write(b"EHLO client.bench\r\n")
+        if not (await _reply(reader)).startswith(b"250"):
+            raise RuntimeError("feed: EHLO refused")
+        for i in numbers:
+            writer.write(f"MAIL FROM:<{FROM}>\r\nRCPT TO:<u{i}@remote.bench>\r\nDATA\r\n"
+                         .encode())
+            for what in (b"MAIL", b"RCPT", b"DATA"):
+                r = await _reply(reader)
+                if not r.startswith(b"354" if what == b"DATA" else b"250"):
+                    raise RuntimeError(f"feed: {what.decode()} -> {r!r}")
+            writer.write(message(i, size) + b".\r\n")
+            r = await _reply(reader)
+            if not r.startswith(b"250"):
+                raise RuntimeError(f"feed: end of data -> {r!r}")
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+def feed(port: int, n: int, sessions: int, size: int) -> None:
+    """N messages to 127.0.0.1:port over `sessions` concurrent SMTP sessions."""
+    async def run() -> None:
+        await asyncio.gather(*(_feed_session(port, range(k, n, sessions), size)
+                               for k in range(min(sessions, n))))
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------------ the MTAs
 def courier(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "libcourier.control", *args], check=True,
                    stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
 
 
+class Ours:
+    name = "courier-py"
+
+    def __init__(self, tmp: Path, sink_port: int, maxdels: int) -> None:
+        self.etc = tmp / "inst" / "etc"
+        courier("init", str(tmp / "inst"), "--port-base", str(free_base()),
+                "--hostname", "bench.test")
+        (self.etc / "esmtproutes").write_text(f"remote.bench: {SINK_ADDR},{sink_port}\n")
+        (self.etc / "smtpaccess.txt").write_text("127.0.0.1\tallow,RELAYCLIENT\n")
+        with open(self.etc / "esmtpd", "a") as fh:
+            fh.write(f"ACCESSFILE={self.etc / 'smtpaccess.txt'}\n")
+        if maxdels:
+            with open(self.etc / "courierd", "a") as fh:
+                fh.write(f"MAXDELS={maxdels}\n")
+        self.lay = load_layout(self.etc)
+        self.smtp_port = int(re.search(r"^PORT=(\d+)", (self.etc / "esmtpd").read_text(),
+                                       re.M).group(1))   # type: ignore[union-attr]
+
+    def start(self, *, delivering: bool, accepting: bool) -> None:
+        names = (["authdaemond", "esmtpd"] if accepting else []) + (
+            ["courierd"] if delivering else [])
+        courier("start", "-C", str(self.etc), *names)
+
+    def stop(self) -> None:
+        subprocess.run([sys.executable, "-m", "libcourier.control", "stop", "-C",
+                        str(self.etc)], stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=120)
+
+    def pids(self) -> list[int]:
+        out = []
+        for svc in ("authdaemond", "courierd", "esmtpd"):
+            try:
+                out.append(int(self.lay.pidfile(svc).read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+        return out
+
+    def queued(self) -> int:
+        return len(list_queue(self.lay.spooldir))
+
+
+class Postfix:
+    name = "postfix"
+
+    def __init__(self, tmp: Path, sink_port: int, maxdels: int) -> None:
+        self.pf = PostfixInstance(tmp / "postfix", free_port("127.0.0.1"), SINK_ADDR, sink_port)
+        self.smtp_port = self.pf.smtp_port
+
+    def start(self, *, delivering: bool, accepting: bool) -> None:
+        # Postfix's master starts its services on demand: "accepting only" is the
+        # same instance without qmgr, so accepted mail waits in the incoming queue.
+        self.pf.configure(qmgr=delivering)
+        self.pf.start()
+        if accepting:
+            wait_for(lambda: port_open("127.0.0.1", self.smtp_port), 30, "postfix smtpd")
+
+    def stop(self) -> None:
+        self.pf.stop()
+
+    def pids(self) -> list[int]:
+        pid = self.pf.master_pid()
+        return [pid] if pid else []
+
+    def queued(self) -> int:
+        return self.pf.queued()
+
+
+MTAS = {"ours": Ours, "postfix": Postfix}
+
+
+@dataclass
+class Trial:
+    mta: str
+    mode: str
+    n: int
+    delivered: int
+    sessions: int
+    seconds: float
+    run_seconds: float       # first to last message at the sink
+    feed_seconds: float      # smtp mode: until the last message was accepted
+    cpu: float               # daemon trees, seconds
+    start_cpu: float         # the start command's own processes, seconds
+    busy_cpus: float         # machine-wide CPUs busy during the timed part
+    load: float
+
+    @property
+    def run_rate(self) -> float:
+        return (self.delivered - 1) / self.run_seconds if self.run_seconds > 0 else 0.0
+
+    def row(self) -> dict[str, object]:
+        return {"bench": "remote-delivery", "mta": self.mta, "mode": self.mode,
+                "messages": self.n, "delivered": self.delivered, "sink_sessions": self.sessions,
+                "seconds": round(self.seconds, 3),
+                "per_second": round(self.delivered / self.seconds, 1),
+                "feed_seconds": round(self.feed_seconds, 3),
+                "sink_first_to_last_seconds": round(self.run_seconds, 3),
+                "per_second_first_to_last": round(self.run_rate, 1),
+                "cpu_seconds": round(self.cpu, 3),
+                "cpu_ms_per_msg": round(1000 * self.cpu / max(1, self.delivered), 3),
+                "start_cmd_cpu_seconds": round(self.start_cpu, 3),
+                "machine_busy_cpus": round(self.busy_cpus, 2), "load1": round(self.load, 2),
+                "complete": self.delivered >= self.n}
+
+
+def trial(kind: str, mode: str, args: argparse.Namespace) -> Trial:
+    sink = Sink()
+    tmp = Path(tempfile.mkdtemp(prefix=f"courier-bench-remote-{kind}-", dir="/tmp"))
+    os.chmod(tmp, 0o755)
+    mta = MTAS[kind](tmp, sink.port, args.maxdels)
+    try:
+        n = args.n
+        done = lambda: sink.count >= n and mta.queued() == 0   # noqa: E731
+        if mode == "prequeue":
+            mta.start(delivering=False, accepting=True)
+            feed(mta.smtp_port, n, args.sessions, args.size)
+            wait_for(lambda: mta.queued() >= n, 60, "the pre-queued messages on disk")
+            mta.stop()
+            if sink.count:
+                raise RuntimeError(f"{kind}: {sink.count} delivered while pre-queueing")
+            load = os.getloadavg()[0]
+            idle0, all0 = machine_busy()
+            c0 = own_children_cpu()
+            t0 = time.monotonic()
+            mta.start(delivering=True, accepting=False)
+            start_cpu = own_children_cpu() - c0
+            fed = 0.0
+            cpu0 = 0.0
+        else:
+            mta.start(delivering=True, accepting=True)
+            load = os.getloadavg()[0]
+            idle0, all0 = machine_busy()
+            cpu0 = tree_cpu(mta.pids())
+            start_cpu = 0.0
+            t0 = time.monotonic()
+            feed(mta.smtp_port, n, args.sessions, args.size)
+            fed = time.monotonic() - t0
+        deadline = t0 + WAIT
+        while not done() and time.monotonic() < deadline:
+            time.sleep(POLL)
+        seconds = time.monotonic() - t0
+        cpu = tree_cpu(mta.pids()) - cpu0
+        idle1, all1 = machine_busy()
+        busy = psutil.cpu_count() * (1 - (idle1 - idle0) / max(1e-9, all1 - all0))
+        return Trial(MTAS[kind].name, mode, n, sink.count, sink.sessions, seconds,
+                     sink.last - sink.first, fed, cpu,
+                     start_cpu, busy, load)
+    finally:
+        mta.stop()
+        sink.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summary(trials: list[Trial]) -> str:
+    lines = ["| MTA | mode | msg/s | msg/s first to last at sink | CPU ms/msg | "
+             "start cmd CPU s | sink sessions | rounds | load1 | busy CPUs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(t.mode, t.mta) for t in trials})
+    for mode, mta in keys:
+        ts = [t for t in trials if (t.mode, t.mta) == (mode, mta)]
+        rate = statistics.median(t.delivered / t.seconds for t in ts)
+        run_rate = statistics.median(t.run_rate for t in ts)
+        cpu = statistics.median(1000 * t.cpu / max(1, t.delivered) for t in ts)
+        start = statistics.median(t.start_cpu for t in ts)
+        lines.append(
+            f"| {mta} | {mode} | {rate:.0f} | {run_rate:.0f} | {cpu:.2f} | {start:.2f} | "
+            f"{statistics.median(t.sessions for t in ts):.0f} | {len(ts)} | "
+            f"{min(t.load for t in ts):.1f}-{max(t.load for t in ts):.1f} | "
+            f"{statistics.median(t.busy_cpus for t in ts):.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=500)
     ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--mta", default="ours,postfix", help="comma list of: ours, postfix")
+    ap.add_argument("--mode", default="prequeue,smtp", help="comma list of: prequeue, smtp")
+    ap.add_argument("--prequeue", action="store_true", help="same as --mode prequeue")
+    ap.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions feeding")
     ap.add_argument("--maxdels", type=int, default=0, help="courierd MAXDELS (0: default)")
-    ap.add_argument("--prequeue", action="store_true",
-                    help="spool everything first, then start courierd and time the queue run")
     args = ap.parse_args()
-    rx = Receiver()
-    rx.start()
-    tmp = Path(tempfile.mkdtemp(prefix="courier-bench-remote-", dir="/tmp"))
-    os.chmod(tmp, 0o755)
-    inst = tmp / "inst"
-    etc = inst / "etc"
-    try:
-        courier("init", str(inst), "--port-base", str(free_base()), "--hostname", "bench.test")
-        (etc / "esmtproutes").write_text(f"remote.bench: 127.0.0.1,{rx.port}\n")
-        if args.maxdels:
-            with open(etc / "courierd", "a") as fh:
-                fh.write(f"MAXDELS={args.maxdels}\n")
-        courier("start", "-C", str(etc), "courierd")
-        lay = load_layout(etc)
-        body = (b"From: bench@bench.test\nSubject: bench\n\n"
-                + (b"x" * 75 + b"\n") * max(1, args.size // 76))
-        if args.prequeue:
-            courier("stop", "-C", str(etc))
-        t0 = time.monotonic()
-        for i in range(args.n):
-            w = SpoolWriter(lay.spooldir, 0)
-            w.write(body)
-            qid = w.commit(Envelope("bench@bench.test", (Recipient(f"u{i}@remote.bench"),),
-                                    time.time()))
-            if not args.prequeue:
-                notify(lay.queue_socket, qid)
-        t_spooled = time.monotonic() - t0
-        if args.prequeue:
-            t0 = time.monotonic()
-            courier("start", "-C", str(etc), "courierd")
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            if rx.count >= args.n and not list_queue(lay.spooldir):
-                break
-            time.sleep(0.02)
-        elapsed = time.monotonic() - t0
-        ok = rx.count >= args.n
-        print(json.dumps({"bench": "remote-delivery", "prequeue": args.prequeue,
-                          "messages": args.n,
-                          "size": len(body), "delivered": rx.count,
-                          "sessions": rx.sessions, "seconds": round(elapsed, 2),
-                          "spool_seconds": round(t_spooled, 2),
-                          "per_second": round(rx.count / elapsed, 1), "complete": ok}))
-        return 0 if ok else 1
-    finally:
-        subprocess.run([sys.executable, "-m", "libcourier.control", "stop", "-C", str(etc)],
-                       stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
+    kinds = args.mta.split(",")
+    modes = ["prequeue"] if args.prequeue else args.mode.split(",")
+    if not set(kinds) <= set(MTAS) or not set(modes) <= {"prequeue", "smtp"}:
+        ap.error("unknown --mta or --mode value")
+    if not (1 <= args.n <= 100000 and 1 <= args.sessions <= 100 and 1 <= args.rounds <= 50):
+        ap.error("-n 1..100000, --sessions 1..100, --rounds 1..50")
+    if os.geteuid() != 0:
+        ap.error("run as root: Postfix's master and smtp-sink -u need it")
+    if not os.access(SMTP_SINK, os.X_OK):
+        ap.error(f"{SMTP_SINK} (Postfix's smtp-sink, Debian package postfix) is missing")
+    trials: list[Trial] = []
+    ok = True
+    for r in range(args.rounds):
+        for mode in modes:
+            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                t = trial(kind, mode, args)
+                ok &= t.delivered >= t.n
+                trials.append(t)
+                print(json.dumps({"round": r + 1, **t.row()}), flush=True)
+    print(f"\n{args.n} messages of {args.size} bytes, {args.sessions} feeding sessions, "
+          f"{psutil.cpu_count()} CPUs\n")
+    print(summary(trials))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
