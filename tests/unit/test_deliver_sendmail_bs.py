@@ -46,7 +46,7 @@ def test_too_big_and_bad_headers_leave_nothing(tmp_path):
     head = b"HELO c\r\nMAIL FROM:<alice@mx.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\n"
     replies, files = run(tmp_path, head + b"Subject: x\r\n\r\n" + b"y" * 300 + b"\r\n.\r\n"
                          + b"QUIT\r\n", limit=100)
-    assert "552 5.3.4 Message too big" in replies and files == []
+    assert "552 5.3.4 Message size exceeds fixed maximum message size." in replies and files == []
     big_header = b"X-Long: " + b"z" * 500 + b"\r\n"
     replies, files = run(tmp_path, head + big_header * (MAX_HEADER_BYTES // 500 + 10)
                          + b"\r\nbody\r\n.\r\nQUIT\r\n", limit=0)
