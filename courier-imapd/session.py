@@ -565,7 +565,16 @@ class Session:
     def mailbox_command(self, cmd: MailboxCommand) -> None:
         """CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE (RFC 3501 §6.3.3, 6.3.4, 6.3.6, 6.3.7)."""
         try:
-            if cmd.verb == "CREATE":
+            if cmd.verb in ("SUBSCRIBE", "UNSUBSCRIBE", "DELETE") and \
+                    sharedfolders.is_shared_name(cmd.mailbox):
+                # Courier: a shared folder's subscription is its private copy, and
+                # DELETE of one unsubscribes ("UNSUBSCRIBEd a shared folder").
+                if cmd.verb == "DELETE" and self.view is not None and \
+                        self.view.name.lower() == cmd.mailbox.lower():
+                    raise FolderError("Cannot delete the selected mailbox")
+                (sharedfolders.subscribe if cmd.verb == "SUBSCRIBE" else
+                 sharedfolders.unsubscribe)(self.root, cmd.mailbox)
+            elif cmd.verb == "CREATE":
                 if any(a not in specialuse.ATTRS for a in cmd.use) or len(cmd.use) > 1:
                     # RFC 6154 §3: a use we cannot honour fails the whole CREATE.
                     self.out(tagged(cmd.tag, "NO", "Unsupported special-use attribute",
@@ -596,11 +605,6 @@ class Session:
                         aclmod.aclfile.write(self.root, dpath, kept, self._who().owner)
                     except aclmod.aclfile.AclError as e:
                         log.info("user=%s: ACL of %s not kept: %s", self.user, dpath, e)
-            elif cmd.verb in ("SUBSCRIBE", "UNSUBSCRIBE") and \
-                    sharedfolders.is_shared_name(cmd.mailbox):
-                # Courier: a shared folder's subscription is its private copy.
-                (sharedfolders.subscribe if cmd.verb == "SUBSCRIBE" else
-                 sharedfolders.unsubscribe)(self.root, cmd.mailbox)
             elif cmd.verb == "SUBSCRIBE":
                 folders.subscribe(self.root, cmd.mailbox)
             else:

@@ -6,8 +6,8 @@
   (Courier's maildir_list_sharable); LSUB the ones with a private copy
   (maildir_list_shared); ``shared`` and ``shared.<nick>`` are \\Noselect parents.
 - Naming one in SELECT, EXAMINE, STATUS (or SUBSCRIBE) makes the private copy when
-  missing and synchronises it, as Courier's decode_valid_mailbox; UNSUBSCRIBE removes
-  the private copy.
+  missing and synchronises it, as Courier's decode_valid_mailbox; UNSUBSCRIBE and
+  DELETE remove the private copy (the sharable folder stays).
 - IDLE in one is woken by changes to the sharable folder's new/ and cur/ too
   (`open_watch`), and each wake-up synchronises the private copy.
 - Rights on it are Courier's fixed ones (imapd's acl_read_folder for the legacy
@@ -123,9 +123,15 @@ def subscribe(root: Path, name: str) -> None:
 
 
 def unsubscribe(root: Path, name: str) -> None:
+    """UNSUBSCRIBE (and DELETE) shared.nick.Name: the private copy goes; one that is
+    not there is no error (Courier: "OK Already unsubscribed")."""
     sub = shared.sharedname_of(name)
     assert sub is not None
-    shared.unsubscribe(root, sub)
+    path = shared.private_dir(root, sub)
+    if path is None:
+        raise shared.SharedError("Invalid shared folder name")
+    if path.is_dir():
+        shared.unsubscribe(root, sub)
 
 
 def append_message(root: Path, path: Path, data: bytes, flags: str = "",

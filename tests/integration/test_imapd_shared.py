@@ -135,8 +135,15 @@ def test_shared_folder_lifecycle(inst) -> None:
         assert alice.unsubscribe(NAME)[0] == "OK"
         assert not priv.exists() and (sh / ".Weekly" / "cur").is_dir()
         assert NAME not in listing(alice, "lsub")
+        assert alice.unsubscribe(NAME)[0] == "OK"          # Courier: "Already unsubscribed"
         assert alice.subscribe(NAME)[0] == "OK"
         assert NAME in listing(alice, "lsub")
+        # DELETE of a shared folder unsubscribes it, as Courier's; not while selected.
+        assert alice.select(NAME)[0] == "OK"
+        assert alice.delete(NAME)[0] == "NO"
+        assert alice.close()[0] == "OK"
+        assert alice.delete(NAME)[0] == "OK"
+        assert not priv.exists() and (sh / ".Weekly" / "cur").is_dir()
         assert alice.select('"shared.notices.Nothing"')[0] == "NO"
         assert not (inst.maildir(USER) / "shared-folders" / "notices" / "Nothing").exists()
     except Exception:
