@@ -718,8 +718,11 @@ class Session:
             # A UID range with no messages is not an error (§6.4.8).
             self.out(tagged(cmd.tag, "OK", f"{verb} completed"))
             return
+        # A message moved out of a shared folder was in no quota: it only comes in.
+        source = None if sharedfolders.is_private_copy(self.root, view.maildir.path) \
+            else view.maildir.path
         size, count = quotamod.charge(path, sum(m.size for m in picked), len(picked),
-                                      view.maildir.path, cmd.move)
+                                      source, cmd.move)
         if not self._quota_allows(cmd.tag, path, size, count):
             return
         try:

@@ -190,3 +190,21 @@ def test_idle_sees_the_sharable_folder(inst) -> None:
         while not (line := f.readline()).startswith(b"c "):
             assert line
         assert line.startswith(b"c OK")
+
+
+def test_quota_moving_out_of_a_shared_folder(inst) -> None:
+    """Shared folders count toward no quota: a message moved from one into INBOX is
+    added to maildirsize (not netted out as a move between counted folders)."""
+    md = inst.maildir(USER)
+    owner = os.stat(md)
+    assert maildirmake.main(["-q", "100000S,100C", str(md)]) == 0
+    os.chown(md / "maildirsize", owner.st_uid, owner.st_gid)
+    c = login(inst)
+    try:
+        assert c.select(NAME)[0] == "OK"
+        assert c.uid("MOVE", "1", "INBOX")[0] == "OK"
+    finally:
+        c.logout()
+    lines = (md / "maildirsize").read_text().splitlines()
+    # Courier's maildirsize: the quota line, the usage lines; the move added one message.
+    assert sum(int(ln.split()[1]) for ln in lines[1:]) == 1, lines
