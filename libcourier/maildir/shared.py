@@ -23,6 +23,12 @@ The files, as Courier names and writes them:
   user may not (a read-only folder, or someone else's message under the sticky bit of
   a ``write`` folder), the message stays and only loses its \\Deleted flag, as Courier.
 
+- APPEND/COPY into a shared folder write the message into the sharable folder (0644)
+  and synchronise (`store`), as Courier's imapd does.
+
+Where we differ from Courier, on purpose: a private copy is made only for a folder the
+sharable maildir has (Courier makes one for any name, leaving an empty folder behind);
+a synchronisation pass holds flock(LOCK_EX) on the private cur/ (Courier takes no lock).
 Messages here never count toward the user's Maildir++ quota (Courier's documentation).
 """
 
