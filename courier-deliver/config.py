@@ -122,7 +122,7 @@ QUEUE_SETTINGS = (
     Setting("ESMTP_PREFER_IPV6_MX", "esmtp_prefer_ipv6", to_flag, "0",
             "try a mail exchanger's IPv6 addresses before its IPv4 ones"),
     Setting("ESMTP_TLS_VERIFY_DOMAIN", "esmtp_tls_verify", to_flag, "0",
-            "verify the certificate of every server (always done for /SECURITY=REQUIRED)"),
+            "verify the certificate of every server by its name (/SECURITY=REQUIRED too)"),
     Setting("TLS_TRUSTCERTS", "tls_trustcerts", str, "",
             "CA certificates (file or directory) for verifying servers; empty: the system's"),
     Setting("TLS_TRUSTSECURITYCERTS", "tls_trustsecuritycerts", str, "",

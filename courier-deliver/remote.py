@@ -12,10 +12,16 @@ queue manager. Timeouts are Courier's esmtptimeout* control files
 
 Courier's extensions (libcourier.smtp.client does the protocol): a message
 spooled with VERP goes to each recipient with its own return path unless the
-server offers XVERP=Courier; a message spooled with SECURITY=STARTTLS is sent
-only over TLS verified against TLS_TRUSTSECURITYCERTS (by the exchanger's
-name), to a server offering XSECURITY=STARTTLS, else it bounces (5.7.10), and
-a connection is reused only for mail of the same security level.
+server offers XVERP=Courier; a message spooled with SECURITY=STARTTLS, or for
+a domain whose esmtproutes line says /SECURITY=STARTTLS (the same flag in
+Courier), is sent only over TLS verified against TLS_TRUSTSECURITYCERTS (by
+the exchanger's name), to a server offering XSECURITY=STARTTLS, else it
+bounces (5.7.10), and a connection is reused only for mail of the same
+security level. The other esmtproutes options (routes.py) as Courier's
+libesmtp.c: /SECURITY=REQUIRED bounces when the server offers no STARTTLS,
+/SECURITY=SMTPS speaks TLS from the first byte, /IPV4ONLY and /IPV6ONLY skip
+the other family's addresses; certificates are verified by name against
+TLS_TRUSTCERTS only with ESMTP_TLS_VERIFY_DOMAIN=1.
 
 Limits: at most ESMTPMAXDELS sessions at once overall and MAXHOST to one
 exchanger (by name), as Courier's esmtp module does. Connection reuse: after
@@ -48,9 +54,9 @@ import dns.asyncresolver
 import dns.exception
 import dns.reversename
 from courier_deliver.config import EsmtpConfig, EsmtpTimeouts
-from courier_deliver.routes import Route, Security
+from courier_deliver.routes import Option, Route
 
-from libcourier.mx import DnsFailure, Target, find_targets, host_addresses, make_resolver
+from libcourier.mx import DnsFailure, Target, find_targets, make_resolver
 from libcourier.smtp.client import (
     Finished,
     Rcpt,
@@ -139,26 +145,39 @@ class RemoteDelivery:
                                if n)
             return (await find_targets(self.resolver, domain, self.config.prefer_ipv6,
                                        myself=myself), self.config.port)
-        default_port = 465 if route.security is Security.SMTPS else 25
-        addrs = await host_addresses(self.resolver, route.relay, self.config.prefer_ipv6)
-        if not addrs:
-            # Our esmtproutes names a relay that does not exist: ours to fix.
-            raise DnsFailure(False, "4.4.3", f"relay {route.relay} has no address")
-        return [Target(route.relay, 0, addrs)], route.port or default_port
+        # Courier: port 25 unless the line gives one (even for /SECURITY=SMTPS).
+        port = route.port or 25
+        try:
+            ipaddress.ip_address(route.relay)
+            return [Target(route.relay, 0, (route.relay,))], port
+        except ValueError:
+            pass
+        try:
+            # "Unlike Qmail, Courier looks up MX and A records" for a relay;
+            # a static route is never a loop back to myself.
+            return await find_targets(self.resolver, route.relay,
+                                      self.config.prefer_ipv6), port
+        except DnsFailure as e:
+            if not e.permanent:
+                raise
+            # Our esmtproutes names a relay DNS does not know: ours to fix.
+            raise DnsFailure(False, "4.4.3", f"relay {route.relay}: {e.text}") from None
 
-    def _tls(self, route: Route) -> tuple[TlsPolicy, ssl.SSLContext | None]:
+    def _tls(self, route: Route, security: str | None) -> tuple[TlsPolicy, ssl.SSLContext | None]:
+        """Courier's esmtp_enable_tls: SECURITY=STARTTLS (the message's or the
+        route's) trusts only TLS_TRUSTSECURITYCERTS, by the exchanger's name;
+        otherwise the certificate is verified (TLS_TRUSTCERTS, by name) only
+        with ESMTP_TLS_VERIFY_DOMAIN=1, whatever /SECURITY=REQUIRED or SMTPS."""
         c = self.config
-        verified = route.security is Security.REQUIRED or c.verify
-        ctx = c.tls_verified if verified else c.tls_client
-        match route.security:
-            case Security.SMTPS:
-                return TlsPolicy.SMTPS, ctx
-            case Security.STARTTLS | Security.REQUIRED:
-                return TlsPolicy.REQUIRED, ctx
-            case Security.NONE:
-                return TlsPolicy.NONE, None
-            case Security.DEFAULT:
-                return (TlsPolicy.OPPORTUNISTIC if c.starttls else TlsPolicy.NONE), ctx
+        if security:
+            ctx = c.tls_security
+        else:
+            ctx = c.tls_verified if c.verify else c.tls_client
+        if route.smtps:
+            return TlsPolicy.SMTPS, ctx          # Courier drops REQUIRED then
+        if route.tls_required:
+            return TlsPolicy.REQUIRED, ctx
+        return (TlsPolicy.OPPORTUNISTIC if c.starttls else TlsPolicy.NONE), ctx
 
     async def _deliver_domain(self, env: Envelope, domain: str, rcpts: list[Recipient],
                               message: bytes, qid: str) -> dict[str, RemoteResult]:
@@ -176,33 +195,47 @@ class RemoteDelivery:
             reply = local_reply(code, e.status, e.text)
             logger.info("id=%s: %s", qid, e.text)
             return {r.address: RemoteResult(reply) for r in rcpts}
-        policy, ctx = self._tls(route)
-        if env.security:
+        # esmtproutes /SECURITY=STARTTLS sets the flag a SECURITY=STARTTLS
+        # message sets (Courier's ROUTE_STARTTLS): the same checks, and the
+        # keyword goes on in MAIL FROM.
+        security = env.security or ("STARTTLS" if route.security_starttls else None)
+        policy, ctx = self._tls(route, security)
+        refusal = None
+        if security and ctx is None:
             # Courier: only TLS_TRUSTSECURITYCERTS vouches for the server; without
             # it the level cannot be met ("Unable to set minimum security level").
-            ctx = self.config.tls_security
-            if ctx is None:
-                reply = local_reply(554, "5.7.10", "Unable to set minimum security level: "
-                                    "TLS_TRUSTSECURITYCERTS is not set")
-                logger.info("id=%s: %s", qid, reply.text)
-                return {r.address: RemoteResult(reply) for r in rcpts}
+            refusal = local_reply(554, "5.7.10", "Unable to set minimum security level: "
+                                  "TLS_TRUSTSECURITYCERTS is not set")
+        elif policy is TlsPolicy.REQUIRED and not self.config.starttls:
+            # ESMTP_USE_STARTTLS=0: Courier sees no STARTTLS anywhere.
+            refusal = local_reply(554, "5.7.10", "/SECURITY=REQUIRED set, but TLS is not "
+                                  "available (ESMTP_USE_STARTTLS=0)")
+        if refusal is not None:
+            logger.info("id=%s: %s", qid, refusal.text)
+            return {r.address: RemoteResult(refusal) for r in rcpts}
         txn_base = Transaction(
             sender=env.sender, recipients=(), message=message,
             eightbit=env.body.upper() == "8BITMIME", smtputf8=env.smtputf8,
-            envid=env.envid, ret=env.ret, verp=env.verp, security=env.security)
+            envid=env.envid, ret=env.ret, verp=env.verp, security=security)
         waiting = {r.address: r for r in rcpts}
         results: dict[str, RemoteResult] = {}
+        tried = False
         for target in targets:
             for address in target.addresses:
                 if not waiting:
                     return results
+                if not route.family_allowed(address):
+                    continue                     # /IPV4ONLY, /IPV6ONLY
+                tried = True
                 txn = Transaction(
                     sender=txn_base.sender, message=message, eightbit=txn_base.eightbit,
                     smtputf8=txn_base.smtputf8, envid=txn_base.envid, ret=txn_base.ret,
                     verp=txn_base.verp, security=txn_base.security,
                     recipients=tuple(Rcpt(r.address, r.orcpt, r.notify)
                                      for r in waiting.values()))
-                auth = self.config.auth.lookup(target.host, port)
+                # A relay's credentials are under its esmtproutes name, not
+                # its MX's (Courier's auth key is the route).
+                auth = self.config.auth.lookup(route.relay or target.host, port)
                 outcome = await self._limited(target.host, address, port, txn, policy, ctx,
                                               auth, qid)
                 for addr, reply in outcome.results.items():
@@ -211,6 +244,13 @@ class RemoteDelivery:
                     results[addr] = res
                     if not res.temporary:
                         waiting.pop(addr, None)
+        if not tried:
+            # Courier: no reply at all, so the message waits for a later try.
+            family = "IPv4" if Option.IPV4ONLY in route.options else "IPv6"
+            reply = local_reply(451, "4.4.4", f"no {family} address for the mail "
+                                f"exchangers of {lookup} (esmtproutes /{family.upper()}ONLY)")
+            logger.info("id=%s: %s", qid, reply.text)
+            return {r.address: RemoteResult(reply) for r in rcpts}
         return results
 
     async def _limited(self, host: str, address: str, port: int, txn: Transaction,

@@ -1,22 +1,46 @@
-"""esmtproutes: where mail for a domain goes, as Courier reads it (man courier(8)).
+"""esmtproutes: where mail for a domain goes, as Courier reads it (man courier(8),
+module.esmtp/smtproutes.c).
 
 One route a line, first match wins:
 
-    domain: relay[,port] [/SECURITY=STARTTLS|REQUIRED|SMTPS|NONE]
+    domain: relay[,port] [/OPTION[,OPTION...]]
     .domain: ...        every subdomain of domain
     : relay             the smarthost: any domain not matched above
     domain:             empty relay: look the domain up in DNS (an exception
                         to a smarthost line further down)
+    domain: /OPTION     DNS as usual, with the options
 
-The relay is a host name, an IP address or [IP]. /SECURITY=STARTTLS and
-REQUIRED refuse to deliver without STARTTLS; REQUIRED also verifies the
-certificate (TLS_TRUSTCERTS); SMTPS speaks TLS from the first byte (port 465
-unless given). A line that cannot be parsed is a ConfigError with file:line.
+The relay is a host name (its MX, else its A/AAAA records, as Courier looks
+it up), an IP address or [IP]; without a port, port 25. Courier's options
+(case-insensitive, any number, separated by commas, blanks or further
+slashes), each a flag of its own as in smtproutes.h:
+
+  SECURITY=STARTTLS  Courier's SECURITY extension, as if every message had
+                     MAIL FROM ... SECURITY=STARTTLS: TLS verified against
+                     TLS_TRUSTSECURITYCERTS by the exchanger's name, to a
+                     server offering STARTTLS and XSECURITY=STARTTLS, the
+                     keyword passed on; else the message bounces (5.7.10).
+  SECURITY=REQUIRED  STARTTLS or nothing: a server that does not offer it
+                     bounces the message; a refused STARTTLS or a failed
+                     handshake is temporary. The certificate is verified only
+                     with ESMTP_TLS_VERIFY_DOMAIN=1, as for any server.
+  SECURITY=SMTPS     TLS from the first byte (the port, 465, must be given:
+                     Courier has no other default than 25).
+  IPV4ONLY, IPV6ONLY only the exchangers' addresses of that family.
+  SECURITY=NONE      no flag (Courier's webadmin writes it; its parser
+                     ignores it), the default behaviour.
+
+Courier ignores any other word after the slash; here it is a ConfigError, so
+that a mistyped security option never sends mail in clear unnoticed. Courier
+reads options only after the last slash of the line; `/A/B`, the syntax its
+manual page shows, is read here as `/A,B`. A line that cannot be parsed is a
+ConfigError with file:line.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +53,46 @@ _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})?\.?")
 _IP = re.compile(r"[0-9A-Fa-f.:]+")
 
 
-class Security(enum.Enum):
-    DEFAULT = "default"      # opportunistic STARTTLS (ESMTP_USE_STARTTLS)
-    NONE = "none"
-    STARTTLS = "starttls"
-    REQUIRED = "required"
-    SMTPS = "smtps"
+class Option(enum.Enum):
+    """Courier's esmtproutes flags (smtproutes.h ROUTE_*), by their spelling."""
+    SECURITY_STARTTLS = "SECURITY=STARTTLS"   # ROUTE_STARTTLS
+    SECURITY_REQUIRED = "SECURITY=REQUIRED"   # ROUTE_TLS_REQUIRED
+    SECURITY_SMTPS = "SECURITY=SMTPS"         # ROUTE_SMTPS
+    IPV4ONLY = "IPV4ONLY"                     # ROUTE_IPV4
+    IPV6ONLY = "IPV6ONLY"                     # ROUTE_IPV6
+
+
+# Spelled in Courier's webadmin, ignored by its esmtp module: no flag at all.
+_NO_FLAG = frozenset({"SECURITY=NONE"})
+_OPTION_SEPARATORS = re.compile(r"[,/\s]+")
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     relay: str | None                # None: the domain's MX records
-    port: int | None = None          # None: ESMTPPORT (25), or 465 for SMTPS
-    security: Security = Security.DEFAULT
+    port: int | None = None          # None: 25 for a relay, ESMTPPORT for DNS
+    options: frozenset[Option] = frozenset()
+
+    @property
+    def security_starttls(self) -> bool:
+        return Option.SECURITY_STARTTLS in self.options
+
+    @property
+    def tls_required(self) -> bool:
+        return Option.SECURITY_REQUIRED in self.options
+
+    @property
+    def smtps(self) -> bool:
+        return Option.SECURITY_SMTPS in self.options
+
+    def family_allowed(self, address: str) -> bool:
+        """IPV4ONLY / IPV6ONLY: whether an exchanger's address may be used
+        (both: none, as in Courier; a v4-mapped address counts as IPv4)."""
+        addr = ipaddress.ip_address(address)
+        v6 = addr.version == 6 and getattr(addr, "ipv4_mapped", None) is None
+        if Option.IPV4ONLY in self.options and v6:
+            return False
+        return not (Option.IPV6ONLY in self.options and not v6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,20 +117,10 @@ def parse_route(text: str) -> tuple[str, Route]:
     if domain and not _HOST.fullmatch(domain.lstrip(".")):
         raise ValueError(f"bad domain {domain!r}")
     rest, slash, opts = rest.partition("/")
-    security = Security.DEFAULT
-    if slash:
-        key, eq, value = opts.strip().partition("=")
-        if key.strip().upper() != "SECURITY" or not eq:
-            raise ValueError(f"unknown option /{opts.strip()}")
-        try:
-            security = Security(value.strip().lower())
-        except ValueError:
-            raise ValueError(f"unknown /SECURITY={value.strip()}") from None
+    options = parse_options(opts) if slash else frozenset()
     rest = rest.strip()
     if not rest:
-        if security is not Security.DEFAULT:
-            raise ValueError("/SECURITY needs a relay")
-        return domain, Route(None)
+        return domain, Route(None, None, options)
     relay, comma, port_text = rest.rpartition(",") if "," in rest else (rest, "", "")
     relay = relay.strip()
     port: int | None = None
@@ -94,7 +135,20 @@ def parse_route(text: str) -> tuple[str, Route]:
             raise ValueError(f"bad address [{relay}]")
     elif not (_HOST.fullmatch(relay) or (":" in relay and _IP.fullmatch(relay))):
         raise ValueError(f"bad relay {relay!r}")
-    return domain, Route(relay.rstrip(".").lower(), port, security)
+    return domain, Route(relay.rstrip(".").lower(), port, options)
+
+
+def parse_options(text: str) -> frozenset[Option]:
+    """The words after the slash, each a flag (see the module docstring)."""
+    options = set()
+    for word in _OPTION_SEPARATORS.split(text.strip().upper()):
+        if not word or word in _NO_FLAG:
+            continue
+        try:
+            options.add(Option(word))
+        except ValueError:
+            raise ValueError(f"unknown option /{word}") from None
+    return frozenset(options)
 
 
 @dataclass(frozen=True, slots=True)

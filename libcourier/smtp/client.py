@@ -20,11 +20,14 @@ esmtp module does with them):
 - VERP: a message flagged `verp` goes out with MAIL ... VERP to a server that
   offers XVERP=Courier; to any other server each recipient gets its own
   transaction on the session, with the return path libcourier.smtp.verp makes.
-- SECURITY=STARTTLS: the message goes only over STARTTLS (or SMTPS) to a
-  server that offers XSECURITY with STARTTLS once TLS is up, and MAIL carries
-  SECURITY=STARTTLS on. A server that cannot is a permanent failure (5.7.10),
-  as Courier's "Unable to set minimum security level"; so is a TLS handshake
-  that fails (tls_failed). The driver verifies the certificate.
+- SECURITY=STARTTLS (the message's, or esmtproutes /SECURITY=STARTTLS): the
+  message goes only over STARTTLS to a server whose EHLO in clear offers
+  STARTTLS and XSECURITY=...,STARTTLS (Courier's esmtp_helo checks it there,
+  not again after STARTTLS; over SMTPS the one EHLO, in TLS, must offer it),
+  and MAIL carries SECURITY=STARTTLS on. A server that cannot is a permanent
+  failure (5.7.10), as Courier's "Unable to set minimum security level"; so
+  is a TLS handshake that fails (tls_failed). The driver verifies the
+  certificate.
 - XEXDATA: MAIL carries EXDATA, and a 558 reply to the final "." is read as
   one reply per accepted recipient (draft-varshavchik-exdata-smtpext §5, 7.2:
   a recipient whose reply is missing gets 451).
@@ -69,7 +72,7 @@ _ENHANCED = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |\Z)")
 class TlsPolicy(enum.Enum):
     NONE = "none"              # never STARTTLS
     OPPORTUNISTIC = "opportunistic"   # STARTTLS when offered, go on in clear otherwise
-    REQUIRED = "required"      # STARTTLS or no delivery (esmtproutes /SECURITY=REQUIRED)
+    REQUIRED = "required"      # STARTTLS or a bounce (esmtproutes /SECURITY=REQUIRED)
     SMTPS = "smtps"            # TLS from the first byte: the driver wraps before the greeting
 
 
@@ -418,8 +421,9 @@ class SmtpClient:
         return None
 
     def _security_refusal(self) -> Reply | None:
-        """SECURITY=STARTTLS once TLS is up: the server must take the level on."""
-        if not self.txn.security or not self.tls_active:
+        """SECURITY=STARTTLS over SMTPS: the server must take the level on (after
+        STARTTLS it was checked in the EHLO in clear, _after_hello)."""
+        if not self.txn.security or self.tls is not TlsPolicy.SMTPS:
             return None
         if self.txn.security in (self._ext_values("XSECURITY") or ()):
             return None
@@ -427,20 +431,28 @@ class SmtpClient:
                            f"server does not offer XSECURITY={self.txn.security}")
 
     def _after_hello(self, events: list) -> None:
-        if self.txn.security and not self.tls_active and (
-                "STARTTLS" not in self.extensions or self.tls is TlsPolicy.NONE):
-            # Courier's esmtp module: SECURITY without STARTTLS is undeliverable.
-            self._fail(local_reply(554, "5.7.10", "Unable to set minimum security level: "
-                                   "STARTTLS is not available"), events)
-            return
+        if self.txn.security and not self.tls_active:
+            # Courier's esmtp_helo: SECURITY needs STARTTLS and XSECURITY in the
+            # EHLO in clear, else the message is undeliverable.
+            missing = ("STARTTLS" if "STARTTLS" not in self.extensions
+                       or self.tls is TlsPolicy.NONE else
+                       f"XSECURITY={self.txn.security}"
+                       if self.txn.security not in (self._ext_values("XSECURITY") or ())
+                       else None)
+            if missing:
+                self._fail(local_reply(554, "5.7.10", "Unable to set minimum security level: "
+                                       f"{missing} is not available"), events)
+                return
         if not self.tls_active and self.tls in (TlsPolicy.OPPORTUNISTIC, TlsPolicy.REQUIRED):
             if "STARTTLS" in self.extensions:
                 self._send("STARTTLS")
                 self.state = State.STARTTLS
                 return
             if self.tls is TlsPolicy.REQUIRED:
-                self._fail(local_reply(421, "4.7.10", "TLS required, but the server "
-                                       "does not offer STARTTLS"), events)
+                # Courier (libesmtp.c) fails the message for good: the one
+                # thing that would make the server acceptable is missing.
+                self._fail(local_reply(554, "5.7.10", "/SECURITY=REQUIRED set, but TLS "
+                                       "is not available"), events)
                 return
         if self.auth is not None:
             mechs = self.extensions.get("AUTH", "").upper().split()

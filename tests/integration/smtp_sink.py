@@ -1,13 +1,15 @@
 """Small receiving SMTP servers for the remote delivery tests, each with one
 behaviour: accept, refuse recipients (5xx), refuse the first session (4xx),
-talk garbage. A thread per connection; every limit bounded; what the client
-said is recorded for the test to check.
+talk garbage; with a TLS context, STARTTLS too (and any extra EHLO keywords,
+e.g. Courier's XSECURITY). A thread per connection; every limit bounded; what
+the client said is recorded for the test to check.
 """
 
 from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import threading
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ class Transaction:
     mail: str
     rcpts: list[str]
     data: bytes
+    tls: bool = False            # the session had done STARTTLS
 
 
 @dataclass
@@ -84,6 +87,8 @@ class _Handler(socketserver.StreamRequestHandler):
             self.rfile.readline(MAX_LINE)
             return
         self.reply("220 sink.test ESMTP")
+        tls_ctx: ssl.SSLContext | None = self.server.tls     # type: ignore[attr-defined]
+        in_tls = False
         mail: str | None = None
         rcpts: list[str] = []
         for _ in range(1000):
@@ -95,10 +100,21 @@ class _Handler(socketserver.StreamRequestHandler):
                 exts = ["PIPELINING", "SIZE 10000000", "8BITMIME", "DSN", "SMTPUTF8"]
                 if mode == "7bit":          # an old server: no 8BITMIME, no SMTPUTF8
                     exts = ["PIPELINING", "SIZE 10000000", "DSN"]
+                exts += list(self.server.extensions)   # type: ignore[attr-defined]
+                if tls_ctx is not None and not in_tls:
+                    exts.append("STARTTLS")
                 text = ["sink.test"] + exts
                 for t in text[:-1]:
                     self.wfile.write(f"250-{t}\r\n".encode())
                 self.reply(f"250 {text[-1]}")
+            elif line.upper() == "STARTTLS" and tls_ctx is not None and not in_tls:
+                self.reply("220 2.0.0 go ahead")
+                # RFC 3207 §4.2: a new session inside TLS (a failed handshake
+                # raises OSError and ends the session).
+                self.request = tls_ctx.wrap_socket(self.request, server_side=True)
+                self.rfile = self.request.makefile("rb")
+                self.wfile = self.request.makefile("wb")
+                in_tls, mail, rcpts = True, None, []
             elif verb == "MAIL":
                 mail, rcpts = line, []
                 self.reply("250 2.1.0 ok")
@@ -122,7 +138,7 @@ class _Handler(socketserver.StreamRequestHandler):
                         break
                     data += raw[1:] if raw.startswith(b"..") else raw
                 with st.lock:
-                    st.messages.append(Transaction(mail or "", rcpts, bytes(data)))
+                    st.messages.append(Transaction(mail or "", rcpts, bytes(data), in_tls))
                 mail, rcpts = None, []
                 self.reply("250 2.0.0 queued")
                 if mode == "one-per-session":
@@ -146,11 +162,14 @@ class _Server6(_Server):
 
 
 class Sink:
-    def __init__(self, host: str, port: int, mode: str = "accept"):
+    def __init__(self, host: str, port: int, mode: str = "accept", *,
+                 tls: ssl.SSLContext | None = None, extensions: tuple[str, ...] = ()):
         self.state = SinkState()
         self.server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         self.server.state = self.state   # type: ignore[attr-defined]
         self.server.mode = mode          # type: ignore[attr-defined]
+        self.server.tls = tls            # type: ignore[attr-defined]
+        self.server.extensions = extensions   # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={
             "poll_interval": 0.1}, daemon=True)
 

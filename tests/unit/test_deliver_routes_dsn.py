@@ -15,7 +15,7 @@ from courier_deliver.config import load_config
 from courier_deliver.localproto import Reply, Status
 from courier_deliver.queue import Outcome, process_message
 from courier_deliver.remote import RemoteResult
-from courier_deliver.routes import Route, Routes, Security, load_routes, parse_route
+from courier_deliver.routes import Option, Route, Routes, load_routes, parse_route
 
 from libcourier.config import ConfigError
 from libcourier.smtp.reply import Reply as SmtpReply
@@ -29,15 +29,31 @@ from libcourier.spool import (
     read_envelope,
 )
 
+STARTTLS, REQUIRED, SMTPS = (Option.SECURITY_STARTTLS, Option.SECURITY_REQUIRED,
+                             Option.SECURITY_SMTPS)
+
 
 @pytest.mark.parametrize("line,expect", [
     ("example.com: relay.example.net", ("example.com", Route("relay.example.net"))),
     ("example.com: relay.example.net,2525", ("example.com", Route("relay.example.net", 2525))),
     (".Example.com: [192.0.2.1],587 /SECURITY=REQUIRED",
-     (".example.com", Route("192.0.2.1", 587, Security.REQUIRED))),
-    (": smart.example,465/SECURITY=SMTPS", ("", Route("smart.example", 465, Security.SMTPS))),
+     (".example.com", Route("192.0.2.1", 587, frozenset({REQUIRED})))),
+    (": smart.example,465/SECURITY=SMTPS", ("", Route("smart.example", 465, frozenset({SMTPS})))),
     ("local.example:", ("local.example", Route(None))),
     ("v6.example: [2001:db8::1],25", ("v6.example", Route("2001:db8::1", 25))),
+    # Courier's flags combine: after the slash, separated by commas or blanks
+    # (smtproutes.c strtok), or by more slashes (the manual page's syntax).
+    ("a.example: r.example /security=starttls,IPv4Only",
+     ("a.example", Route("r.example", None, frozenset({STARTTLS, Option.IPV4ONLY})))),
+    ("a.example: r.example /SECURITY=STARTTLS SECURITY=REQUIRED",
+     ("a.example", Route("r.example", None, frozenset({STARTTLS, REQUIRED})))),
+    ("a.example: r.example,26/SECURITY=SMTPS/IPV6ONLY",
+     ("a.example", Route("r.example", 26, frozenset({SMTPS, Option.IPV6ONLY})))),
+    # An empty relay keeps DNS and still takes the flags (`example.com: /IPV4ONLY`).
+    ("a.example: /SECURITY=REQUIRED", ("a.example", Route(None, None, frozenset({REQUIRED})))),
+    ("a.example: /IPV4ONLY", ("a.example", Route(None, None, frozenset({Option.IPV4ONLY})))),
+    # Courier's webadmin writes /SECURITY=NONE; Courier's parser sets no flag for it.
+    ("a.example: r.example /SECURITY=NONE", ("a.example", Route("r.example"))),
 ])
 def test_parse_route(line, expect):
     assert parse_route(line) == expect
@@ -45,10 +61,24 @@ def test_parse_route(line, expect):
 
 @pytest.mark.parametrize("bad", ["no colon here", "a.example: relay,0", "a.example: relay,x",
                                  "a.example: relay /SECURITY=MAYBE", "a.example: re lay",
-                                 "a.example: /SECURITY=REQUIRED", "a.example: r /FOO=1"])
+                                 "a.example: r /FOO=1", "a.example: r /SECURITY=STARTLS",
+                                 "a.example: r /IPV4ONLY,SECURITY=STARTTLSX"])
 def test_bad_route_lines(bad):
-    with pytest.raises(ValueError):
+    # Courier would ignore an unknown word; a mistyped security option must
+    # not quietly send mail in clear, so here it is an error.
+    with pytest.raises(ValueError, match="bad|unknown|expected"):
         parse_route(bad)
+
+
+def test_route_address_families():
+    both = Route(None)
+    v4 = Route(None, None, frozenset({Option.IPV4ONLY}))
+    v6 = Route(None, None, frozenset({Option.IPV6ONLY}))
+    none = Route(None, None, frozenset({Option.IPV4ONLY, Option.IPV6ONLY}))
+    for addr, want in (("192.0.2.1", (True, True, False, False)),
+                       ("2001:db8::1", (True, False, True, False)),
+                       ("::ffff:192.0.2.1", (True, True, False, False))):   # v4-mapped
+        assert tuple(r.family_allowed(addr) for r in (both, v4, v6, none)) == want
 
 
 def test_routes_first_match_and_file_line(tmp_path):

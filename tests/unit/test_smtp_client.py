@@ -117,16 +117,23 @@ def test_starttls_then_ehlo_again():
     assert c.data_to_send() == b"MAIL FROM:<a@example.com>\r\n"   # no second STARTTLS
 
 
-def test_starttls_refused_opportunistic_goes_on_required_defers():
+def test_starttls_refused_opportunistic_goes_on_required_bounces_when_not_offered():
     c = SmtpClient("me.test", txn(), tls=TlsPolicy.OPPORTUNISTIC)
     c.receive(b"220 hi\r\n250-mx\r\n250 STARTTLS\r\n")
     c.data_to_send()
     c.receive(b"454 not now\r\n")
     assert c.data_to_send() == b"MAIL FROM:<a@example.com>\r\n"
+    # esmtproutes /SECURITY=REQUIRED to a server that offers no STARTTLS: Courier
+    # (libesmtp.c) fails the message for good; a refused STARTTLS only waits.
     r = SmtpClient("me.test", txn(), tls=TlsPolicy.REQUIRED)
     [fin] = r.receive(b"220 hi\r\n250 mx\r\n")
-    assert fin.results["x@example.org"].code == 421
+    assert (fin.results["x@example.org"].code, fin.results["x@example.org"].enhanced) == \
+        (554, "5.7.10")
     assert r.data_to_send().endswith(b"QUIT\r\n")
+    r = SmtpClient("me.test", txn(), tls=TlsPolicy.REQUIRED)
+    r.receive(b"220 hi\r\n250-mx\r\n250 STARTTLS\r\n")
+    [fin] = r.receive(b"454 4.7.0 not now\r\n")
+    assert fin.results["x@example.org"].code == 454
 
 
 def test_auth_plain_and_login():
