@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from courier_deliver import maildirmake
 
 from libcourier.maildir import shared
@@ -82,3 +85,25 @@ def test_we_flag_and_append_courier_reads(tmp_path: Path) -> None:
     out = courier(md, b"a SELECT shared.notices.Weekly\r\nb FETCH 1:* (UID FLAGS)\r\n")
     assert courier_view(out) == ours(private)
     assert [u for u, _ in ours(private)[1]] == [1, 2, 3, 4, 5]
+
+
+COURIER_MAILDIRMAKE = "/usr/bin/maildirmake.courier"
+
+
+@needs_courier
+def test_courier_made_shared_folder_opens_here(tmp_path: Path) -> None:
+    """Everything made by Courier's own tools (maildirmake.courier -S/-s/--add, its
+    imapd's private copy and flags); we open it with the same UIDs and flags."""
+    if shutil.which(COURIER_MAILDIRMAKE) is None:
+        pytest.skip(f"{COURIER_MAILDIRMAKE} is not installed (courier-base)")
+    md, sh = tmp_path / "Maildir", tmp_path / "Maildir-shared"
+    for args in ([str(md)], ["-S", str(sh)], ["-s", "write", "-f", "Weekly", str(sh)],
+                 ["--add", f"notices={sh}", str(md)]):
+        subprocess.run([COURIER_MAILDIRMAKE, *args], check=True, timeout=60)
+    for i, body in enumerate(BODIES):
+        (sh / ".Weekly" / "new" / f"{1_700_000_000 + i}.M{i}P1.test,S={len(body)}").write_bytes(body)
+    out = courier(md, b"a SELECT shared.notices.Weekly\r\nb STORE 2 +FLAGS (\\Answered)\r\n"
+                      b"c FETCH 1:* (UID FLAGS)\r\n")
+    private = md / "shared-folders" / "notices" / "Weekly"
+    assert ours(private) == courier_view(out)
+    assert dict(ours(private)[1])[2] == {"\\Answered"}
