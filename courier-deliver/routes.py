@@ -11,7 +11,8 @@ One route a line, first match wins:
     domain: /OPTION     DNS as usual, with the options
 
 The relay is a host name (its MX, else its A/AAAA records, as Courier looks
-it up), an IP address or [IP]; without a port, port 25. Courier's options
+it up), an IP address or [IP]; without a port, port 25. Domains and relays
+may be written in UTF-8 (they are compared and looked up as A-labels). Courier's options
 (case-insensitive, any number, separated by commas, blanks or further
 slashes), each a flag of its own as in smtproutes.h:
 
@@ -39,6 +40,7 @@ ConfigError with file:line.
 
 from __future__ import annotations
 
+import encodings.idna  # noqa: F401 - str.encode('idna') after a privilege drop
 import enum
 import ipaddress
 import re
@@ -100,7 +102,7 @@ class Routes:
     entries: tuple[tuple[str, Route], ...] = ()   # (pattern, route); "" = smarthost
 
     def lookup(self, domain: str) -> Route:
-        domain = domain.lower().rstrip(".")
+        domain = _ace(domain.lower().rstrip("."))
         for pattern, route in self.entries:
             if (pattern == "" or pattern == domain
                     or (pattern.startswith(".") and domain.endswith(pattern))):
@@ -113,7 +115,7 @@ def parse_route(text: str) -> tuple[str, Route]:
     domain, colon, rest = text.partition(":")
     if not colon:
         raise ValueError("expected `domain: relay[,port]`")
-    domain = domain.strip().lower().rstrip(".")
+    domain = _ace(domain.strip().lower().rstrip("."))
     if domain and not _HOST.fullmatch(domain.lstrip(".")):
         raise ValueError(f"bad domain {domain!r}")
     rest, slash, opts = rest.partition("/")
@@ -122,7 +124,7 @@ def parse_route(text: str) -> tuple[str, Route]:
     if not rest:
         return domain, Route(None, None, options)
     relay, comma, port_text = rest.rpartition(",") if "," in rest else (rest, "", "")
-    relay = relay.strip()
+    relay = _ace(relay.strip())
     port: int | None = None
     if comma:
         port_text = port_text.strip()
@@ -136,6 +138,20 @@ def parse_route(text: str) -> tuple[str, Route]:
     elif not (_HOST.fullmatch(relay) or (":" in relay and _IP.fullmatch(relay))):
         raise ValueError(f"bad relay {relay!r}")
     return domain, Route(relay.rstrip(".").lower(), port, options)
+
+
+def _ace(name: str) -> str:
+    """A UTF-8 domain as A-labels (courier(8): international domain names are
+    listed in UTF-8; Courier compares them with the address's domain by their
+    Unicode form, i.e. the same as comparing A-labels). A name that is not a
+    valid IDN stays as it is (and fails the syntax check, or matches nothing)."""
+    if name.isascii():
+        return name
+    lead = "." if name.startswith(".") else ""
+    try:
+        return lead + name[len(lead):].encode("idna").decode("ascii")
+    except UnicodeError:
+        return name
 
 
 def parse_options(text: str) -> frozenset[Option]:

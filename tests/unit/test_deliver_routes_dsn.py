@@ -70,6 +70,20 @@ def test_bad_route_lines(bad):
         parse_route(bad)
 
 
+def test_utf8_domains_match_their_a_labels():
+    # courier(8): international domain names are listed in UTF-8; Courier
+    # compares them with the recipient's domain whatever its form.
+    routes = Routes((parse_route(".bücher.example: relais.bücher.example,26"),
+                     parse_route("пример.испытание: [192.0.2.9]")))
+    want = Route("relais.xn--bcher-kva.example", 26)
+    assert routes.lookup("shop.bücher.example") == want
+    assert routes.lookup("shop.xn--bcher-kva.example") == want
+    assert routes.lookup("ПРИМЕР.испытание") == Route("192.0.2.9")
+    assert routes.lookup("xn--e1afmkfd.xn--80akhbyknj4f") == Route("192.0.2.9")
+    assert routes.lookup("bücher.example") == Route(None)      # subdomains only
+    assert routes.entries[1][0] == "xn--e1afmkfd.xn--80akhbyknj4f"
+
+
 def test_route_address_families():
     both = Route(None)
     v4 = Route(None, None, frozenset({Option.IPV4ONLY}))
