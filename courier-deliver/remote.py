@@ -43,6 +43,7 @@ warntime, whatever its domain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import ssl
@@ -54,8 +55,15 @@ import dns.asyncresolver
 import dns.exception
 import dns.reversename
 from courier_deliver.config import EsmtpConfig, EsmtpTimeouts
-from courier_deliver.routes import Option, Route
+from courier_deliver.routes import (
+    Option,
+    Route,
+    control_signature,
+    load_authclient,
+    load_routes,
+)
 
+from libcourier.config.errors import ConfigError
 from libcourier.mx import DnsFailure, Target, find_targets, make_resolver
 from libcourier.smtp.client import (
     Finished,
@@ -77,6 +85,7 @@ DEFAULT_TIMEOUTS = EsmtpTimeouts()
 REAP_INTERVAL = 5.0           # how often idle connections past keepalive are closed
 READ_CHUNK = 64 * 1024
 PTR_CACHE = 256               # local addresses whose reverse name is remembered
+FILE_CHECK_INTERVAL = 1.0     # esmtproutes/esmtpauthclient stat at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,8 @@ class RemoteDelivery:
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ptr: dict[str, str] = {}     # esmtphelo "*": local address -> EHLO name
+        self._files_checked = time.monotonic()
+        self._unusable: dict[str, tuple] = {}  # file -> signature that failed to load
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
         sem = self._hosts.get(host)
@@ -125,6 +136,7 @@ class RemoteDelivery:
 
     async def deliver(self, env: Envelope, recipients: list[Recipient], message: bytes,
                       qid: str = "") -> dict[str, RemoteResult]:
+        self._refresh_files()
         groups: dict[str, list[Recipient]] = {}
         for r in recipients:
             domain = r.address.rpartition("@")[2].lower()
@@ -138,6 +150,36 @@ class RemoteDelivery:
         for part in await asyncio.gather(*jobs):
             out.update(part)
         return out
+
+    def _refresh_files(self) -> None:
+        """Courier reads esmtproutes and esmtpauthclient anew for each new
+        connection (courier(8): changes "take effect immediately, more or
+        less"): here they are reloaded when their stat changes, looked at no
+        more than once a second. A changed file that does not load keeps the
+        old contents in use, with one log line per version of it."""
+        now = time.monotonic()
+        if now - self._files_checked < FILE_CHECK_INTERVAL:
+            return
+        self._files_checked = now
+        c = self.config
+        new: dict[str, object] = {}
+        for name, current, loader in (("routes", c.routes, load_routes),
+                                      ("auth", c.auth, load_authclient)):
+            if current.path is None:
+                continue
+            signature = control_signature(current.path)
+            if signature in (current.signature, self._unusable.get(name)):
+                continue
+            try:
+                new[name] = loader(current.path)
+            except (ConfigError, OSError) as e:
+                self._unusable[name] = signature
+                logger.error("%s changed but cannot be used; the old one stays: %s",
+                             current.path.name, e)
+                continue
+            logger.info("%s changed: reloaded", current.path.name)
+        if new:
+            self.config = dataclasses.replace(c, **new)
 
     async def _targets(self, domain: str, route: Route) -> tuple[list[Target], int]:
         if route.relay is None:

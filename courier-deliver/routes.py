@@ -35,7 +35,9 @@ Courier ignores any other word after the slash; here it is a ConfigError, so
 that a mistyped security option never sends mail in clear unnoticed. Courier
 reads options only after the last slash of the line; `/A/B`, the syntax its
 manual page shows, is read here as `/A,B`. A line that cannot be parsed is a
-ConfigError with file:line.
+ConfigError with file:line. Courier reads esmtproutes and esmtpauthclient
+anew for each connection; remote delivery reloads them when they change
+(control_signature), besides SIGHUP.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import encodings.idna  # noqa: F401 - str.encode('idna') after a privilege drop
 import enum
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from libcourier.config.control import read_control_lines
@@ -100,6 +102,10 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Routes:
     entries: tuple[tuple[str, Route], ...] = ()   # (pattern, route); "" = smarthost
+    # Where it was read from and control_signature() just before: remote
+    # delivery reloads it when the file changes, as Courier reads it anew.
+    path: Path | None = field(default=None, compare=False)
+    signature: tuple = field(default=(), compare=False)
 
     def lookup(self, domain: str) -> Route:
         domain = _ace(domain.lower().rstrip("."))
@@ -175,6 +181,8 @@ class AuthClient:
     dropping privileges)."""
 
     entries: tuple[tuple[str, int | None, str, str], ...] = ()
+    path: Path | None = field(default=None, compare=False)      # as in Routes
+    signature: tuple = field(default=(), compare=False)
 
     def lookup(self, host: str, port: int) -> tuple[str, str] | None:
         host = host.lower().rstrip(".")
@@ -187,7 +195,28 @@ class AuthClient:
         return f"AuthClient({len(self.entries)} entries)"
 
 
+def control_signature(path: Path) -> tuple:
+    """What changes when NAME or a file of NAME.dir (read_control_lines) is
+    edited, renamed over, added or removed: name, mtime, size, inode of each."""
+    out: list[tuple] = []
+    candidates = [path]
+    d = Path(str(path) + ".dir")
+    try:
+        candidates += sorted(d.iterdir())[:MAX_ROUTES]
+    except OSError:
+        pass                                    # no NAME.dir: the usual case
+    for p in candidates:
+        try:
+            st = p.stat()
+        except OSError:
+            out.append((p.name,))
+            continue
+        out.append((p.name, st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
 def load_authclient(path: Path) -> AuthClient:
+    signature = control_signature(path)
     entries = []
     for line in read_control_lines(path)[:MAX_ROUTES]:
         parts = line.text.split()
@@ -200,14 +229,15 @@ def load_authclient(path: Path) -> AuthClient:
                 raise ConfigError(f"bad port {port_text!r}", line.path, line.line)
             port = int(port_text)
         entries.append((host.strip("[]").lower().rstrip("."), port, parts[1], parts[2]))
-    return AuthClient(tuple(entries))
+    return AuthClient(tuple(entries), path, signature)
 
 
 def load_routes(path: Path) -> Routes:
+    signature = control_signature(path)
     entries = []
     for line in read_control_lines(path)[:MAX_ROUTES]:
         try:
             entries.append(parse_route(line.text))
         except ValueError as e:
             raise ConfigError(str(e), line.path, line.line) from None
-    return Routes(tuple(entries))
+    return Routes(tuple(entries), path, signature)

@@ -19,6 +19,7 @@ import email.policy
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +188,24 @@ def test_ipv4only_and_ipv6only(new_instance, dns_port):
     # IPv4 only to a host with no IPv4 address: nothing tried, the message waits.
     assert four in list_queue(new_instance.layout.spooldir)
     assert not bounces(new_instance)
+
+
+def test_an_edited_esmtproutes_takes_effect_without_a_restart(new_instance, dns_port):
+    # courier(8): "Changes to esmtproutes take effect immediately, more or less."
+    port = rd._free_port([TLS_HOST, PLAIN_HOST])
+    routes = new_instance.etc / "esmtproutes"
+    routes.write_text(f"moved.test: plain.route.test,{port}\n")
+    with Sink(PLAIN_HOST, port) as first, Sink(TLS_HOST, port) as second:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "a@moved.test")
+        assert wait_until(lambda: len(first.state.messages) == 1), log(new_instance)
+        routes.write_text(f"moved.test: tls.route.test,{port}\n")
+        # courierd looks at the file at most once a second (remote.FILE_CHECK_INTERVAL):
+        # a message spooled after that follows the new line.
+        time.sleep(1.5)
+        spool(new_instance, "b@moved.test")
+        assert wait_until(lambda: len(second.state.messages) == 1
+                          and queue_empty(new_instance)), log(new_instance)
+    assert [t.rcpts for t in first.state.messages] == [["RCPT TO:<a@moved.test>"]]
+    assert [t.rcpts for t in second.state.messages] == [["RCPT TO:<b@moved.test>"]]
+    assert "esmtproutes changed: reloaded" in log(new_instance)

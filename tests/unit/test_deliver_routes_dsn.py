@@ -376,3 +376,44 @@ def test_esmtp_timeouts_from_control_files(tmp_path):
     with pytest.raises(ConfigError) as ei:
         load_config(etc)
     assert "esmtptimeoutquit:1:" in str(ei.value)
+
+
+def test_remote_delivery_reloads_changed_routes_and_authclient(tmp_path, caplog):
+    # Courier reads esmtproutes/esmtpauthclient anew for each connection; courierd
+    # reloads them when they change, and a broken edit keeps the old contents.
+    import dns.asyncresolver
+    from courier_deliver.config import EsmtpConfig
+    from courier_deliver.remote import RemoteDelivery
+    from courier_deliver.routes import control_signature, load_authclient
+
+    routes, auth = tmp_path / "esmtproutes", tmp_path / "esmtpauthclient"
+    routes.write_text("a.example: r1\n")
+    rd = RemoteDelivery(EsmtpConfig(helo="me.test", routes=load_routes(routes),
+                                    auth=load_authclient(auth)),
+                        resolver=dns.asyncresolver.Resolver(configure=False))
+
+    def check() -> None:
+        rd._files_checked = float("-inf")     # past the once-a-second limit
+        rd._refresh_files()
+
+    check()                                   # unchanged: the same objects
+    assert rd.config.routes.lookup("a.example") == Route("r1")
+    routes.write_text("a.example: r2,26 /IPV4ONLY\n")
+    auth.write_text("r2,26 user secret\n")
+    check()
+    assert rd.config.routes.lookup("a.example") == Route("r2", 26, frozenset({Option.IPV4ONLY}))
+    assert rd.config.auth.lookup("r2", 26) == ("user", "secret")
+    routes.write_text("a.example: r3,notaport\n")
+    with caplog.at_level("ERROR", logger="courier.courieresmtp"):
+        check()
+        check()                               # the same bad version: logged once
+    assert rd.config.routes.lookup("a.example") == Route("r2", 26, frozenset({Option.IPV4ONLY}))
+    assert [r.message.count("esmtproutes:1: bad port") for r in caplog.records] == [1]
+    (tmp_path / "esmtproutes.dir").mkdir()    # a NAME.dir file counts too
+    (tmp_path / "esmtproutes.dir" / "more").write_text("b.example: r4\n")
+    routes.unlink()
+    sig = control_signature(routes)
+    check()
+    assert rd.config.routes.lookup("b.example") == Route("r4")
+    assert rd.config.routes.lookup("a.example") == Route(None)
+    assert rd.config.routes.signature == sig
