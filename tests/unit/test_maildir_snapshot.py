@@ -5,6 +5,7 @@ from it when first needed, and every change made since is still reported."""
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 
@@ -225,3 +226,55 @@ def test_settle_waits_at_most_the_margin(tmp_path: Path) -> None:
     st = os.stat(md / "cur")
     if st.st_mtime_ns % 1_000_000_000:
         assert time.time_ns() - st.st_mtime_ns >= snapmod.FINE_MARGIN_NS
+
+
+def _hammer(md: Path, seed: int, rounds: int, select: bool) -> None:
+    """A child process: SELECTs (each scan may store a snapshot) or random changes."""
+    rng = random.Random(seed)
+    box = Maildir(md)
+    for i in range(rounds):
+        if select:
+            v, _ = selected(md)
+            v.close()
+            continue
+        msgs = box.scan().messages
+        op = rng.randrange(4)
+        try:
+            if op == 0 or not msgs:
+                deliver(md, seed * 1000 + i)
+            elif op == 1:
+                box.change_flags(rng.choice(msgs), add=rng.choice("SFRT"))
+            elif op == 2:
+                box.remove(rng.choice(msgs))
+            else:
+                box.change_keywords([rng.choice(msgs)], rng.choice("+-"), frozenset({"K"}))
+        except FileNotFoundError:
+            pass        # another writer removed that message first
+
+
+def test_no_stale_snapshot_after_racing_writers(tmp_path: Path) -> None:
+    """Sessions SELECT (storing snapshots) while others deliver, flag, expunge and
+    change keywords; afterwards the SELECT answered from a snapshot equals a scan."""
+    md = make_folder(tmp_path / "M", 20)
+    selected(md)
+    pids = []
+    for k in range(5):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _hammer(md, k + 1, 60, select=k >= 3)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    for pid in pids:
+        assert os.waitpid(pid, 0)[1] == 0
+    truth = refs(Maildir(md).scan())
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        v, _ = selected(md)          # a scan stores one; the next SELECT answers from it
+        if v._summary is not None:
+            break
+        assert time.monotonic() < deadline
+    assert refs(v.state) == truth
