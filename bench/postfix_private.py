@@ -5,9 +5,12 @@ one SMTP server (`relayhost = [addr]:port`, no DNS). The system's /etc/postfix a
 /var/spool/postfix are not used, and neither is the anchors' instance
 (/work/shared/bench/anchors-up): both may run beside this one.
 
-The master.cf can leave out qmgr: mail accepted then stays in the incoming queue
-(cleanup's trigger to the absent qmgr is only a warning), which is how the
-"pre-queued" benchmark fills the queue before the timed `postfix start`.
+With hold=True every accepted message goes to the hold queue (access action
+HOLD for any client); `release()` (postsuper -H ALL) moves them to the deferred
+queue, which qmgr scans when it starts: that is how the "pre-queued" benchmark
+fills the queue before the timed `postfix start`. (A master.cf without qmgr
+instead costs cleanup a one-second wait per message for the missing
+public/qmgr trigger: 50 s for 500 messages.)
 
 Postfix wants root to start (its master drops to mail_owner for every service).
 """
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+POSTSUPER = shutil.which("postsuper") or "/usr/sbin/postsuper"
 COMMAND_TIMEOUT = 120.0      # seconds for one `postfix` command
 STOP_WAIT = 30.0             # seconds for the master to go after `postfix stop`
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
@@ -32,7 +36,7 @@ MASTER_CF = """\
 {smtp_addr}:{smtp_port} inet n - n - - smtpd
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
-{qmgr}qmgr      unix  n       -       n       300     1       qmgr
+qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 rewrite   unix  -       -       n       -       -       trivial-rewrite
 bounce    unix  -       -       n       -       0       bounce
@@ -77,7 +81,10 @@ biff = no
 relayhost = [{relay_addr}]:{relay_port}
 smtp_dns_support_level = disabled
 smtpd_banner = $myhostname ESMTP Postfix (courier-py bench)
-"""
+{hold}"""
+
+# Every message accepted goes to the hold queue (the access action HOLD, for any client).
+HOLD = "smtpd_client_restrictions = check_client_access static:HOLD\n"
 
 
 class PostfixError(Exception):
@@ -100,15 +107,15 @@ class PostfixInstance:
     def spool(self) -> Path:
         return self.root / "spool"
 
-    def configure(self, *, qmgr: bool) -> None:
-        """Write main.cf and master.cf (qmgr=False: accepted mail waits in incoming)."""
+    def configure(self, *, hold: bool) -> None:
+        """Write main.cf and master.cf (hold: accepted mail waits in the hold queue)."""
         for d in (self.etc, self.spool, self.root / "data"):
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.root / "data", "postfix")
         os.chmod(self.root, 0o755)        # the services run as postfix and need to reach in
         fields = {"root": self.root, "smtp_addr": self.smtp_addr, "smtp_port": self.smtp_port,
                   "relay_addr": self.relay_addr, "relay_port": self.relay_port,
-                  "qmgr": "" if qmgr else "#"}
+                  "hold": HOLD if hold else ""}
         (self.etc / "main.cf").write_text(MAIN_CF.format(**fields))
         (self.etc / "master.cf").write_text(MASTER_CF.format(**fields))
 
@@ -150,6 +157,19 @@ class PostfixInstance:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
+
+    def release(self) -> None:
+        """`postsuper -H ALL`: every held message to the deferred queue, from where
+        qmgr takes them when it starts (run with the instance stopped)."""
+        # Stopped, postsuper writes its log line itself, as mail_owner.
+        log = self.root / "maillog"
+        if log.exists():
+            shutil.chown(log, "postfix")
+        r = subprocess.run([POSTSUPER, "-c", str(self.etc), "-H", "ALL"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=COMMAND_TIMEOUT)
+        if r.returncode != 0:
+            raise PostfixError(f"postsuper -H ALL: {r.stderr.strip()}")
 
     def queued(self) -> int:
         """Queue files in every queue (deferred is hashed into subdirectories)."""

@@ -18,11 +18,11 @@ Modes (the messages always enter through each MTA's own SMTP server, from
 127.0.0.1, relaying as a trusted client: RELAYCLIENT in smtpaccess / mynetworks):
 
 - prequeue: the N messages are accepted while nothing delivers (courier-py:
-  esmtpd runs, courierd does not; Postfix: master.cf without qmgr, so the files
-  wait in the incoming queue after cleanup), the MTA is stopped, and the clock
-  runs from the start command (`courier start courierd` / `postfix start` with
-  qmgr) until the sink has all N and the queue is empty: the queue run alone,
-  start-up included.
+  esmtpd runs, courierd does not; Postfix: every message is put on hold), the
+  MTA is stopped (Postfix's held mail released to the deferred queue with
+  `postsuper -H ALL`), and the clock runs from the start command (`courier
+  start courierd` / `postfix start`) until the sink has all N and the queue is
+  empty: the queue run alone, start-up included.
 - smtp: the whole MTA runs; the clock runs from the first connection of
   --sessions concurrent SMTP sessions (N/sessions messages each, MAIL/RCPT/DATA
   pipelined) until the sink has all N and the queue is empty.
@@ -268,8 +268,10 @@ def feed(port: int, n: int, sessions: int, size: int) -> None:
 
 # ------------------------------------------------------------------ the MTAs
 def courier(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "libcourier.control", *args], check=True,
-                   stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "libcourier.control", *args],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"courier {args[0]}: {r.stdout.strip()} {r.stderr.strip()}")
 
 
 class Ours:
@@ -321,9 +323,13 @@ class Postfix:
         self.smtp_port = self.pf.smtp_port
 
     def start(self, *, delivering: bool, accepting: bool) -> None:
-        # Postfix's master starts its services on demand: "accepting only" is the
-        # same instance without qmgr, so accepted mail waits in the incoming queue.
-        self.pf.configure(qmgr=delivering)
+        # "Accepting only": every message accepted is held (hold queue); before
+        # delivering, the held mail is released to the deferred queue, which qmgr
+        # scans at start. Postfix's master starts its services on demand, so the
+        # smtpd listener costs nothing when only the queue is to be run.
+        if delivering and self.pf.queued():
+            self.pf.release()
+        self.pf.configure(hold=not delivering)
         self.pf.start()
         if accepting:
             wait_for(lambda: port_open("127.0.0.1", self.smtp_port), 30, "postfix smtpd")
