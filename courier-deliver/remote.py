@@ -433,8 +433,13 @@ class Connection:
                 timeouts.connect)
         except (OSError, TimeoutError, ssl.SSLError) as e:
             logger.info("%s: cannot connect: %s", where, e or "timeout")
-            finished = client.connection_lost(f"cannot connect to {host}[{address}]: "
-                                              f"{e or 'timeout'}")
+            if smtps and txn.security and isinstance(e, ssl.SSLError):
+                # Courier's esmtp_enable_tls: for SECURITY=STARTTLS a failed
+                # handshake (the certificate) is a 5xx, as after STARTTLS.
+                finished = client.tls_failed(f"TLS handshake with {host} failed: {e}")
+            else:
+                finished = client.connection_lost(f"cannot connect to {host}[{address}]: "
+                                                  f"{e or 'timeout'}")
             return None, _SessionOutcome(finished[0].results, False)
         if helo_for is not None:
             sock = writer.get_extra_info("sockname")

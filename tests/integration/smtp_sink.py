@@ -1,7 +1,7 @@
 """Small receiving SMTP servers for the remote delivery tests, each with one
 behaviour: accept, refuse recipients (5xx), refuse the first session (4xx),
-talk garbage; with a TLS context, STARTTLS too (and any extra EHLO keywords,
-e.g. Courier's XSECURITY). A thread per connection; every limit bounded; what
+talk garbage; with a TLS context, STARTTLS too, or TLS from the first byte
+(smtps), and any extra EHLO keywords (e.g. Courier's XSECURITY). A thread per connection; every limit bounded; what
 the client said is recorded for the test to check.
 """
 
@@ -72,6 +72,12 @@ class _Handler(socketserver.StreamRequestHandler):
             with st.lock:
                 st.active -= 1
 
+    def _start_tls(self, ctx: ssl.SSLContext) -> None:
+        """A failed handshake raises OSError, which ends the session."""
+        self.request = ctx.wrap_socket(self.request, server_side=True)
+        self.rfile = self.request.makefile("rb")
+        self.wfile = self.request.makefile("wb")
+
     def session(self, mode: str, number: int) -> None:
         st: SinkState = self.server.state       # type: ignore[attr-defined]
         if mode == "silent":
@@ -86,9 +92,12 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.flush()
             self.rfile.readline(MAX_LINE)
             return
-        self.reply("220 sink.test ESMTP")
         tls_ctx: ssl.SSLContext | None = self.server.tls     # type: ignore[attr-defined]
         in_tls = False
+        if self.server.smtps and tls_ctx is not None:       # type: ignore[attr-defined]
+            self._start_tls(tls_ctx)            # TLS from the first byte (port 465 style)
+            in_tls = True
+        self.reply("220 sink.test ESMTP")
         mail: str | None = None
         rcpts: list[str] = []
         for _ in range(1000):
@@ -109,11 +118,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 self.reply(f"250 {text[-1]}")
             elif line.upper() == "STARTTLS" and tls_ctx is not None and not in_tls:
                 self.reply("220 2.0.0 go ahead")
-                # RFC 3207 §4.2: a new session inside TLS (a failed handshake
-                # raises OSError and ends the session).
-                self.request = tls_ctx.wrap_socket(self.request, server_side=True)
-                self.rfile = self.request.makefile("rb")
-                self.wfile = self.request.makefile("wb")
+                # RFC 3207 §4.2: a new session inside TLS.
+                self._start_tls(tls_ctx)
                 in_tls, mail, rcpts = True, None, []
             elif verb == "MAIL":
                 mail, rcpts = line, []
@@ -163,13 +169,15 @@ class _Server6(_Server):
 
 class Sink:
     def __init__(self, host: str, port: int, mode: str = "accept", *,
-                 tls: ssl.SSLContext | None = None, extensions: tuple[str, ...] = ()):
+                 tls: ssl.SSLContext | None = None, extensions: tuple[str, ...] = (),
+                 smtps: bool = False):
         self.state = SinkState()
         self.server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         self.server.state = self.state   # type: ignore[attr-defined]
         self.server.mode = mode          # type: ignore[attr-defined]
         self.server.tls = tls            # type: ignore[attr-defined]
         self.server.extensions = extensions   # type: ignore[attr-defined]
+        self.server.smtps = smtps        # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={
             "poll_interval": 0.1}, daemon=True)
 

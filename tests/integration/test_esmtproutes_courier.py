@@ -209,3 +209,27 @@ def test_an_edited_esmtproutes_takes_effect_without_a_restart(new_instance, dns_
     assert [t.rcpts for t in first.state.messages] == [["RCPT TO:<a@moved.test>"]]
     assert [t.rcpts for t in second.state.messages] == [["RCPT TO:<b@moved.test>"]]
     assert "esmtproutes changed: reloaded" in log(new_instance)
+
+
+def test_route_smtps_with_and_without_the_security_flag(new_instance, dns_port, cert):
+    port = rd._free_port([TLS_HOST])
+    (new_instance.etc / "esmtproutes").write_text(
+        # SMTPS alone: TLS, the certificate unchecked (ESMTP_TLS_VERIFY_DOMAIN=0).
+        f"smtps.test: alias.route.test,{port} /SECURITY=SMTPS\n"
+        # With Courier's SECURITY flag: verified by name against TLS_TRUSTSECURITYCERTS.
+        f"secsmtps.test: tls.route.test,{port} /SECURITY=SMTPS,SECURITY=STARTTLS\n"
+        f"badsmtps.test: alias.route.test,{port} /SECURITY=SMTPS SECURITY=STARTTLS\n")
+    with Sink(TLS_HOST, port, tls=server_tls(cert), smtps=True,
+              extensions=("XSECURITY=NONE,STARTTLS",)) as sink:
+        start_sender(new_instance, dns_port, port, f"TLS_TRUSTSECURITYCERTS={cert}\n")
+        for rcpt in ("a@smtps.test", "b@secsmtps.test", "c@badsmtps.test"):
+            spool(new_instance, rcpt)
+        assert wait_until(lambda: len(sink.state.messages) == 2 and bounces(new_instance)
+                          and queue_empty(new_instance)), log(new_instance)
+    got = {t.rcpts[0]: t.mail for t in sink.state.messages}
+    assert "SECURITY" not in got["RCPT TO:<a@smtps.test>"]
+    assert got["RCPT TO:<b@secsmtps.test>"].endswith(" SECURITY=STARTTLS")
+    # A certificate that does not verify, for a SECURITY message: a bounce, not
+    # a later try (Courier's esmtp_enable_tls answers 500 then).
+    [(rcpt, b)] = bounces(new_instance).items()
+    assert rcpt == "c@badsmtps.test" and b["Status"] == "5.7.10"
