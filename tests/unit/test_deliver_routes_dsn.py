@@ -408,7 +408,7 @@ def test_remote_delivery_reloads_changed_routes_and_authclient(tmp_path, caplog)
         check()
         check()                               # the same bad version: logged once
     assert rd.config.routes.lookup("a.example") == Route("r2", 26, frozenset({Option.IPV4ONLY}))
-    assert [r.message.count("esmtproutes:1: bad port") for r in caplog.records] == [1]
+    assert sum("esmtproutes:1: bad port" in r.getMessage() for r in caplog.records) == 1
     (tmp_path / "esmtproutes.dir").mkdir()    # a NAME.dir file counts too
     (tmp_path / "esmtproutes.dir" / "more").write_text("b.example: r4\n")
     routes.unlink()
