@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from courier_imapd.core import FetchItem, FetchPart, StreamedLiteral
+from courier_imapd.mailbox import flags_text
 
 from libcourier.maildir import index as mindex
 from libcourier.maildir.folder import Maildir, MessageRef
@@ -381,3 +382,109 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
                         any(i.name == "BODY.STRUCTURE" for i in items), made)
         index.put(msg.base, new if cached is None else cached.merge(new))
     return parts, (sizes[0] if sizes else None)
+
+
+# -- FETCH 1:* of what the index holds, without per-message objects ------------------------
+
+# Items a warm folder answers from the message list and the index alone: clients' sync
+# requests (FLAGS, the ENVELOPE set, BODYSTRUCTURE) over a whole folder.
+INDEX_ONLY = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE",
+                        "BODYSTRUCTURE", "BODY.STRUCTURE"})
+_NEEDS_RECORD = frozenset({"RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY.STRUCTURE"})
+_VIEW_OF = {"ENVELOPE": (0, b"ENVELOPE "), "BODY.STRUCTURE": (1, b"BODY "),
+            "BODYSTRUCTURE": (2, b"BODYSTRUCTURE ")}
+
+
+def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
+                      picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
+                      sizes: dict[int, int]) -> list[bytes | None] | None:
+    """`* n FETCH (...)\\r\\n` for each (n, message) of `picked`, answered from the
+    message list and the folder index only; None in place of a message the index does
+    not know (the caller answers it the usual way, which records it), and None for all
+    when `items` need more than the index holds (a body section...).
+
+    Same bytes as message_parts() + core.fetch_response(): the items in the order asked."""
+    names = tuple(i.name for i in items)
+    if not names or not all(n in INDEX_ONLY for n in names):
+        return None
+    recs: list[tuple[bytes, tuple[int, ...]] | None] | None = None
+    if any(n in _NEEDS_RECORD for n in names):
+        folder = os.fspath(maildir.path)
+        idx = _indexes.get(folder)
+        if idx is None:
+            idx = folder_index(os.path.join(folder, "cur", "-"))
+        recs = idx.records([(m.base, m.size) for _, m in picked])
+    flag_memo: dict[tuple, bytes] = {}
+    date_memo = InternalDates()
+    view = mindex.view
+    out: list[bytes | None] = []
+    for k, (seq, msg) in enumerate(picked):
+        rec = recs[k] if recs is not None else None
+        parts = []
+        for name in names:
+            if name == "UID":
+                parts.append(b"UID %d" % msg.uid)
+            elif name == "FLAGS":
+                key = (msg.flags, msg.uid in recent, msg.keywords)
+                got = flag_memo.get(key)
+                if got is None:
+                    got = flag_memo[key] = b"FLAGS " + flags_text(*key).encode("ascii")
+                parts.append(got)
+            elif name == "INTERNALDATE":
+                parts.append(date_memo.item(msg.mtime))
+            elif rec is None:
+                if name != "RFC822.SIZE" or msg.uid not in sizes:
+                    parts = None
+                    break
+                parts.append(b"RFC822.SIZE %d" % sizes[msg.uid])
+            elif name == "RFC822.SIZE":
+                size = rec[1][1]
+                if size < 0:
+                    size = sizes.get(msg.uid, -1)
+                    if size < 0:
+                        parts = None
+                        break
+                parts.append(b"RFC822.SIZE %d" % size)
+            else:
+                k_view, label = _VIEW_OF[name]
+                got = view(rec[0], rec[1], k_view)
+                if got is None:
+                    parts = None
+                    break
+                parts.append(label + got)
+        out.append(None if parts is None else
+                   b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+    return out
+
+
+class InternalDates:
+    """INTERNALDATE items, the local time worked out once per quarter hour: a folder's
+    messages arrive close together, and time.localtime + formatting per message was
+    a third of FETCH (... INTERNALDATE ...) from the index."""
+
+    BLOCK = 900      # seconds; UTC offsets change on quarter hours
+
+    def __init__(self) -> None:
+        # block start -> (date prefix `"DD-Mon-YYYY `, local second of day, ` +hhmm"`)
+        self._blocks: dict[int, tuple[bytes, int, bytes] | None] = {}
+
+    def item(self, mtime: float) -> bytes:
+        t = int(mtime)
+        b = t - t % self.BLOCK
+        got = self._blocks.get(b, False)
+        if got is False:
+            got = self._blocks[b] = self._block(b)
+        if got is not None:
+            sod = got[1] + (t - b)
+            if sod < 86400:
+                return b"INTERNALDATE %s%02d:%02d:%02d%s" % (
+                    got[0], sod // 3600, sod // 60 % 60, sod % 60, got[2])
+        return b"INTERNALDATE " + internaldate(mtime).encode("ascii")
+
+    def _block(self, b: int) -> tuple[bytes, int, bytes] | None:
+        """None when the UTC offset changes inside the block (then: per message)."""
+        lt, last = time.localtime(b), time.localtime(b + self.BLOCK - 1)
+        if lt.tm_gmtoff != last.tm_gmtoff:
+            return None
+        full = internaldate(b).encode("ascii")       # "DD-Mon-YYYY HH:MM:SS +hhmm"
+        return full[:13], lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec, full[21:]
