@@ -381,8 +381,10 @@ def list_folders(root: Path) -> list[str]:
         with os.scandir(root) as it:
             for ent in it:
                 n = ent.name
+                # os.path.isdir, not Path.is_dir: a folder we may not search
+                # (EACCES) is left out instead of ending the session.
                 if len(n) > 1 and n.startswith(".") and n not in ("..",) \
-                        and ent.is_dir() and (Path(ent.path) / "cur").is_dir():
+                        and os.path.isdir(ent.path) and os.path.isdir(ent.path + "/cur"):
                     out.append(n[1:])
     except FileNotFoundError:
         pass

@@ -181,3 +181,48 @@ def test_recreated_folder_gets_a_greater_uidvalidity(tmp_path: Path) -> None:
     assert db is not None and db.uidvalidity == 1_800_000_000 - uiddb.IMAP_EPOCH
     assert list((root / "tmp").iterdir()) == [] and not [
         p for p in root.iterdir() if p.name.startswith(".") and p.name != ".Work"]
+
+
+def test_list_folders_skips_a_folder_it_may_not_search() -> None:
+    """A `.Name` directory the user cannot search (mode 000) is left out of the
+    list instead of raising PermissionError into the IMAP session. Run as
+    nobody in a forked child when we are root (root searches anything)."""
+    import pwd
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="listperm."))
+    try:
+        base.chmod(0o755)
+        md = base / "Maildir"
+        for name in ("", ".Open", ".Locked"):
+            for d in ("cur", "new", "tmp"):
+                (md / name / d).mkdir(parents=True)
+        (md / ".Locked").chmod(0)
+        if os.geteuid() != 0:
+            assert list_folders(md) == ["Open"]
+            return
+        nobody = pwd.getpwnam("nobody")
+        for p in [md, *md.rglob("*")]:
+            os.chown(p, nobody.pw_uid, nobody.pw_gid)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                os.write(w, repr(list_folders(md)).encode())
+            except BaseException as exc:
+                os.write(w, f"error {exc!r}".encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as fh:
+            got = fh.read().decode()
+        os.waitpid(pid, 0)
+        assert got == "['Open']"
+    finally:
+        (base / "Maildir" / ".Locked").chmod(0o700)
+        shutil.rmtree(base)
