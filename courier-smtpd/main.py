@@ -124,6 +124,9 @@ DAEMON = ListenerDaemon(
     children_drop_to_mailuser=True,
     log_ident=lambda service: "courieresmtpd" if service == "esmtpd" else service,
     prepare=_prepare_spool,
+    # Every session runs as the daemon account, so a child may serve the next client
+    # too (Postfix's max_use): no fork, copy-on-write faults or exit per connection.
+    reuse_children=100,
 )
 
 

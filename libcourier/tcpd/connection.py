@@ -26,6 +26,11 @@ class ListenerSpec:
     grace_seconds: float = 10.0                # on SIGTERM: children get this long, then SIGKILL
     child_user: tuple[str, str] | None = None  # (user, group) children drop to before the handler
     timeout: float = 300.0                     # socket timeout of the accepted socket
+    # Connections one child serves before it exits (0: one, a fork per connection).
+    # Only where every child runs as the same account (child_user): a child that
+    # served one client is handed the next over a control socket (listener.py), so a
+    # connection costs no fork, no copy-on-write faults and no exit (Postfix's max_use).
+    reuse: int = 0
 
 
 def plain_ip(ip: str) -> str:

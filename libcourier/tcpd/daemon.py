@@ -62,6 +62,7 @@ class ListenerDaemon:
     children_drop_to_mailuser: bool = False  # esmtpd: children run as MAILUSER/MAILGROUP
     log_ident: Callable[[str], str] = _same  # service -> syslog ident
     prepare: Callable[[Layout], None] | None = None  # once, before binding; StartupError
+    reuse_children: int = 0                 # ListenerSpec.reuse (with children_drop_to_mailuser)
 
 
 def tls_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
@@ -96,6 +97,7 @@ def make_loader(daemon: ListenerDaemon, etc: Path, service: str, layout: Layout)
             child_user=(layout.mailuser, layout.mailgroup)
             if daemon.children_drop_to_mailuser else None,
             timeout=daemon.timeout,
+            reuse=daemon.reuse_children if daemon.children_drop_to_mailuser else 0,
         )
         return spec, daemon.make_handler(cfg, layout, ctx)
     return load

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import json
 import logging
 import os
 import selectors
@@ -40,6 +41,9 @@ log = logging.getLogger("courier.tcpd")
 
 HANDSHAKE_TIMEOUT = 60.0   # TLS on connect: a client that stalls the handshake is dropped
 ACCEPT_BATCH = 64          # accepts per wakeup, so signals are looked at in between
+IDLE_WORKER = 60.0         # seconds a reusable child may wait for its next connection
+MAX_HANDOVER = 65536       # octets of a connection's description sent to a reusable child
+_DONE = b"done"            # a reusable child's word to the listener: my client is gone
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 Loader = Callable[[], tuple[ListenerSpec, Handler]]
@@ -54,6 +58,12 @@ def _after_fork_in_child() -> None:
     if _current is not None:
         _current.children.clear()
         _current.per_ip.clear()
+        # Other reusable children's control sockets: a copy kept here would stop
+        # them from seeing the listener close theirs (their signal to exit).
+        for ctl in _current.workers.values():
+            ctl.close()
+        _current.workers.clear()
+        _current.idle.clear()
         _current = None
 
 
@@ -138,8 +148,14 @@ class _Listener:
         self.bound_addresses = spec.addresses
         self.pidfile = spec.pidfile
         self.sockets: list[socket.socket] = []
-        self.children: dict[int, str] = {}
+        self.children: dict[int, str] = {}     # pid -> client ip ("" = idle, reusable)
         self.per_ip: Counter[str] = Counter()
+        # Reusable children (spec.reuse): pid -> the listener's end of its control
+        # socket; the idle ones with the time they became idle (newest last).
+        self.workers: dict[int, socket.socket] = {}
+        self.idle: dict[int, float] = {}
+        self.generation = 0                     # bumped by reload: older children retire
+        self.worker_generation: dict[int, int] = {}
         self.pending: set[int] = set()
         self.selector: selectors.BaseSelector | None = None
         self.wakeup: tuple[int, int] | None = None
@@ -164,7 +180,8 @@ class _Listener:
     # -- children ------------------------------------------------------------
 
     def _title(self) -> None:
-        set_title(f"{self.spec.name}: couriertcpd ({len(self.children)} connections)")
+        set_title(f"{self.spec.name}: couriertcpd "
+                  f"({len(self.children) - len(self.idle)} connections)")
 
     def reap(self) -> None:
         changed = False
@@ -176,12 +193,12 @@ class _Listener:
             if pid == 0:
                 break
             ip = self.children.pop(pid, None)
+            self.retire(pid)
             if ip is None:
                 continue
             changed = True
-            self.per_ip[ip] -= 1
-            if self.per_ip[ip] <= 0:
-                del self.per_ip[ip]
+            if ip:
+                self._release_ip(ip)
             if os.WIFSIGNALED(status):
                 log.warning("child %d [%s] killed by signal %d", pid, ip, os.WTERMSIG(status))
             elif os.waitstatus_to_exitcode(status) != 0:
@@ -189,6 +206,70 @@ class _Listener:
                           os.waitstatus_to_exitcode(status))
         if changed:
             self._title()
+
+    def _release_ip(self, ip: str) -> None:
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+    # -- reusable children ---------------------------------------------------
+
+    def retire(self, pid: int) -> None:
+        """Close a reusable child's control socket: idle, it reads EOF and exits."""
+        self.idle.pop(pid, None)
+        self.worker_generation.pop(pid, None)
+        ctl = self.workers.pop(pid, None)
+        if ctl is None:
+            return
+        if self.selector is not None:
+            try:
+                self.selector.unregister(ctl)
+            except (KeyError, ValueError):
+                pass
+        ctl.close()
+
+    def worker_said(self, pid: int) -> None:
+        """A reusable child's control socket is readable: its client is gone (or it is)."""
+        ctl = self.workers.get(pid)
+        if ctl is None:
+            return
+        try:
+            msg = ctl.recv(16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            msg = b""
+        ip = self.children.get(pid)
+        if ip:
+            self._release_ip(ip)
+            self.children[pid] = ""
+        if (msg == _DONE and ip is not None and pid not in self.idle
+                and self.worker_generation.get(pid) == self.generation):
+            self.idle[pid] = time.monotonic()
+        else:
+            self.retire(pid)        # EOF (it exits), a config reload, or nonsense
+        self._title()
+
+    def retire_idle(self, now: float) -> None:
+        for pid, since in list(self.idle.items()):
+            if now - since > IDLE_WORKER:
+                self.retire(pid)
+
+    def _hand_over(self, sock: socket.socket, env: dict[str, str]) -> str | None:
+        """Give the connection to an idle reusable child; its pid, or None (fork one)."""
+        payload = json.dumps(env).encode()
+        if len(payload) > MAX_HANDOVER:
+            return None
+        while self.idle:
+            pid = next(reversed(self.idle))     # the most recent: its pages are warm
+            del self.idle[pid]
+            try:
+                socket.send_fds(self.workers[pid], [payload], [sock.fileno()])
+            except OSError:
+                self.retire(pid)                # gone or going: try the next one
+                continue
+            return str(pid)
+        return None
 
     # -- accepting -----------------------------------------------------------
 
@@ -230,7 +311,7 @@ class _Listener:
             # Children that have finished but whose SIGCHLD the loop has not
             # handled yet (it is busy accepting a burst) must not count.
             self.reap()
-        if 0 < spec.maxdaemons <= len(self.children):
+        if 0 < spec.maxdaemons <= len(self.children) and not self.idle:
             log.warning("Maximum connection limit reached for %s", peer_ip)
             _refuse(sock, spec.busy_reply, tls_port)
             return
@@ -247,6 +328,19 @@ class _Listener:
             "TCPLOCALPORT": str(local_port),
         }
         env.update(decision.env)
+        if self.idle:
+            handed = self._hand_over(sock, env)
+            if handed is not None:
+                sock.close()
+                self.children[int(handed)] = peer_ip
+                self.per_ip[peer_ip] += 1
+                log.debug("child %s (reused) for [%s]:%d", handed, peer_ip, peer_port)
+                self._title()
+                return
+        ctl: socket.socket | None = None
+        ctl_child: socket.socket | None = None
+        if spec.reuse > 1 and spec.child_user is not None:
+            ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         courier_log.flush()
         # Block our signals across fork: a SIGTERM meant for the new child must
         # not hit the parent's flag-setting handler and be lost; the child
@@ -258,20 +352,38 @@ class _Listener:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             log.error("fork: %s; refusing %s", exc.strerror, peer_ip)
             _refuse(sock, spec.busy_reply, tls_port)
+            for end in (ctl, ctl_child):
+                if end is not None:
+                    end.close()
             return
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         else:
+            if ctl is not None:
+                ctl.close()
             self._run_child(sock, Connection(sock, peer_ip, peer_port, local_ip, local_port,
-                                             False, env))
+                                             False, env), ctl_child)
         sock.close()
+        if ctl is not None and ctl_child is not None:
+            ctl_child.close()
+            ctl.setblocking(False)
+            self.workers[pid] = ctl
+            self.worker_generation[pid] = self.generation
+            if self.selector is not None:
+                self.selector.register(ctl, selectors.EVENT_READ, pid)
         self.children[pid] = peer_ip
         self.per_ip[peer_ip] += 1
         log.debug("child %d for [%s]:%d", pid, peer_ip, peer_port)
         self._title()
 
-    def _run_child(self, sock: socket.socket, conn: Connection) -> None:
-        """The forked child: never returns, always ends in os._exit."""
+    def _run_child(self, sock: socket.socket, conn: Connection,
+                   ctl: socket.socket | None = None) -> None:
+        """The forked child: never returns, always ends in os._exit.
+
+        With a control socket (spec.reuse) it serves up to spec.reuse connections:
+        after each it tells the listener `done` and waits for the next one (its
+        socket passed over ctl); EOF on ctl (the listener retired it) ends it.
+        """
         status = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -285,7 +397,49 @@ class _Listener:
             if self.wakeup is not None:
                 for fd in self.wakeup:
                     os.close(fd)
-            spec, handler = self.spec, self.handler
+            served = 0
+            while True:
+                served += 1
+                status = self._serve(sock, conn)
+                courier_log.flush()
+                if ctl is None or status != 0 or served >= self.spec.reuse:
+                    break
+                set_title(f"{self.spec.name}: idle")
+                taken = self._next_connection(ctl)
+                if taken is None:
+                    break
+                sock, conn = taken
+        except BaseException:
+            log.exception("%s: child failed", self.spec.name)
+            status = 1
+        finally:
+            courier_log.flush()
+            os._exit(status)
+
+    def _next_connection(self, ctl: socket.socket) -> tuple[socket.socket, Connection] | None:
+        """Say done, then wait for the listener's next connection; None: retired."""
+        try:
+            ctl.send(_DONE)
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, MAX_HANDOVER, 1)
+        except OSError:
+            return None
+        if not fds:
+            return None
+        sock = socket.socket(fileno=fds[0])
+        try:
+            env = json.loads(msg)
+            peer_ip, local_ip = env["TCPREMOTEIP"], env["TCPLOCALIP"]
+            peer_port, local_port = int(env["TCPREMOTEPORT"]), int(env["TCPLOCALPORT"])
+        except (ValueError, KeyError, TypeError):
+            sock.close()
+            return None
+        return sock, Connection(sock, peer_ip, peer_port, local_ip, local_port, False, env)
+
+    def _serve(self, sock: socket.socket, conn: Connection) -> int:
+        """One connection in the child: TLS on connect, privilege drop, the handler.
+        Returns the child's exit status (0: may serve another)."""
+        spec, handler = self.spec, self.handler
+        try:
             set_title(f"{spec.name}: [{conn.peer_ip}] connected")
             sock.setblocking(True)
             # Every protocol here ends a response with a small write (the tagged
@@ -300,30 +454,27 @@ class _Listener:
                     conn.sock = spec.tls_context.wrap_socket(sock, server_side=True)
                 except (ssl.SSLError, OSError) as exc:
                     log.info("TLS handshake failed with [%s]: %s", conn.peer_ip, exc)
-                    status = 0
-                    return
+                    return 0
                 conn.tls = True
             conn.sock.settimeout(spec.timeout)
             if spec.child_user is not None:
-                drop_to_daemon(*spec.child_user)
+                drop_to_daemon(*spec.child_user)    # a no-op once dropped
             handler(conn)
-            status = 0
+            return 0
         except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
             # The client hung up, stalled past the timeout or broke TLS: the
             # session is over, nothing is wrong with us (no traceback).
             log.info("%s: connection with [%s] ended: %s", self.spec.name, conn.peer_ip,
                      "timeout" if isinstance(exc, TimeoutError) else exc)
-            status = 0
+            return 0
         except BaseException:
             log.exception("%s: uncaught exception in session with [%s]",
                           self.spec.name, conn.peer_ip)
-            status = 1
+            return 1
         finally:
             conn.close()
-            courier_log.flush()
-            os._exit(status)
 
     # -- reload and stop -----------------------------------------------------
 
@@ -342,6 +493,10 @@ class _Listener:
         if spec.pidfile != self.pidfile:
             log.warning("the pid file changed; restart %s to apply", spec.name)
         self.spec, self.handler, self.rules = spec, handler, rules
+        # Reusable children run the old handler: idle ones go now, busy ones when done.
+        self.generation += 1
+        for pid in list(self.idle):
+            self.retire(pid)
         gc.freeze()
         log.info("configuration reloaded")
 
@@ -354,6 +509,8 @@ class _Listener:
                     pass
             lsock.close()
         self.sockets = []
+        for pid in list(self.workers):
+            self.retire(pid)
         if self.pidfile is not None:
             remove_pidfile(self.pidfile)
         for pid in list(self.children):
@@ -422,12 +579,17 @@ class _Listener:
                     break
                 if signal.SIGHUP in got:
                     self.reload()
-                for key, _mask in self.selector.select(timeout=None if not self.pending else 0):
+                timeout = 0 if self.pending else IDLE_WORKER / 4 if self.idle else None
+                for key, _mask in self.selector.select(timeout=timeout):
                     if key.data is None:
                         self._drain_wakeup()
+                    elif isinstance(key.data, int):
+                        self.worker_said(key.data)
                     elif not (self.pending & {signal.SIGTERM, signal.SIGINT}):
                         self.reap()
                         self.accept_from(key.data)
+                if self.idle:
+                    self.retire_idle(time.monotonic())
             return 0
         finally:
             self.stop()

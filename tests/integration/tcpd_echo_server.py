@@ -2,7 +2,7 @@
 
 Usage: python3 tcpd_echo_server.py CONFIG.json. The JSON is re-read on every
 load(), so a test changes it and sends SIGHUP to see a reload take effect.
-Commands (one a line): ECHO text | ENV NAME | STARTTLS | RAISE | WHOAMI |
+Commands (one a line): ECHO text | ENV NAME | STARTTLS | RAISE | WHOAMI | PID |
 STUBBORN (ignore SIGTERM) | QUIT.
 """
 
@@ -43,6 +43,7 @@ def load():
         grace_seconds=cfg.get("grace", 2.0),
         child_user=tuple(cfg["child_user"]) if cfg.get("child_user") else None,
         timeout=cfg.get("timeout", 30.0),
+        reuse=cfg.get("reuse", 0),
     )
     greeting = cfg.get("greeting", "+OK echod").encode()
 
@@ -67,6 +68,8 @@ def load():
                     conn.sendall(f"+OK {arg}\r\n".encode())
                 case "ENV":
                     conn.sendall(f"+OK {conn.env.get(arg, '(unset)')}\r\n".encode())
+                case "PID":
+                    conn.sendall(f"+OK {os.getpid()}\r\n".encode())
                 case "WHOAMI":
                     conn.sendall(f"+OK {os.getuid()} {os.getgid()}\r\n".encode())
                 case "STARTTLS":

@@ -363,3 +363,70 @@ def test_idle_timeout_ends_session_quietly(server_factory):
     wait_for(lambda: "ended: timeout" in srv.log(), what="timeout log")
     assert "Traceback" not in srv.log()
     assert srv.stop() == 0
+
+
+def child_pids(srv: Server) -> list[int] | None:
+    """The live children's pids; None while one vanishes under psutil's listing."""
+    try:
+        return sorted(c.pid for c in srv.children())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def wait_connections(srv: Server, n: int) -> None:
+    """Until the listener's title counts n connections: a finished child's `done` is
+    read by then, so it is idle and takes the next one."""
+    wait_for(lambda: f"({n} connections)" in " ".join(srv.ps.cmdline()),
+             what=f"{n} connections in the listener's title")
+
+
+def session_pid(srv: Server, source: str = "127.0.0.1", after: int = 0) -> tuple[int, str]:
+    """One whole session: the serving child's pid and the port it saw for us; then
+    wait until the listener counts `after` connections."""
+    with srv.connect(source=source) as s:
+        assert readline(s).startswith(b"+OK echod")
+        pid = int(chat(s, b"PID").split()[1])
+        port = chat(s, b"ENV TCPREMOTEPORT").split()[1].decode()
+        assert port == str(s.getsockname()[1])
+        assert chat(s, b"QUIT") == b"+OK bye\r\n"
+        assert recv_all(s) == b""
+    wait_connections(srv, after)
+    return pid, port
+
+
+@as_root
+def test_reused_child_serves_the_next_connections(server_factory):
+    """spec.reuse: a child that served a client is handed the next one (its socket and
+    its own environment), up to `reuse` connections, then a fresh child is forked."""
+    srv = server_factory(child_user=["nobody", "nogroup"], reuse=3)
+    pids = [session_pid(srv)[0] for _ in range(4)]
+    assert pids[0] == pids[1] == pids[2] != pids[3], pids
+    wait_for(lambda: child_pids(srv) == [pids[3]], what="the first to exit")
+    with srv.connect() as s:
+        readline(s)
+        assert chat(s, b"WHOAMI") == b"+OK 65534 65534\r\n"
+    assert srv.stop() == 0
+    wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), what="children gone")
+
+
+@as_root
+def test_reuse_keeps_the_per_ip_limit_and_reload_retires_idle_children(server_factory):
+    srv = server_factory(child_user=["nobody", "nogroup"], reuse=10, maxperip=1,
+                         busy="-ERR too many from you\r\n")
+    first, _ = session_pid(srv)
+    # Idle now: its slot for 127.0.0.1 is free, and it takes the next connection.
+    with srv.connect() as s:
+        assert readline(s).startswith(b"+OK")
+        assert int(chat(s, b"PID").split()[1]) == first
+        with srv.connect() as second:
+            assert recv_all(second) == b"-ERR too many from you\r\n"
+        assert session_pid(srv, "127.0.0.2", after=1)[0] != first     # busy: another child
+    wait_connections(srv, 0)
+    assert session_pid(srv)[0] == first         # the most recently idle one
+    # A reload retires idle children (they run the old configuration).
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: child_pids(srv) == [], timeout=10, what="idle children to exit")
+    last = session_pid(srv)[0]
+    assert last != first
+    assert srv.stop() == 0              # with an idle child: it goes too
+    wait_for(lambda: not psutil.pid_exists(last), what="the idle child to exit")
