@@ -52,6 +52,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -74,6 +75,7 @@ from postfix_private import PostfixInstance  # noqa: E402
 from libcourier.layout import load_layout  # noqa: E402
 from libcourier.spool import list_queue  # noqa: E402
 
+PYSPY = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
 WAIT = 600.0                 # seconds for one trial's deliveries
 FEED_TIMEOUT = 120.0         # seconds for one SMTP reply while feeding
 SINK_ADDR = "127.0.0.2"      # the receiving server: another loopback address
@@ -184,12 +186,12 @@ def proc_cpu(p: psutil.Process) -> float:
     return max(ns / 1e9, t.user + t.system) + t.children_user + t.children_system
 
 
-def tree_cpu(pids: list[int]) -> float:
+def tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     """CPU seconds of the processes and all their descendants, with the times of
-    the children each of them has reaped."""
-    total = 0.0
+    the children each of them has reaped, by "root label:process name"."""
+    out: dict[str, float] = {}
     seen: set[int] = set()
-    for pid in pids:
+    for label, pid in roots.items():
         try:
             root = psutil.Process(pid)
             procs = [root, *root.children(recursive=True)]
@@ -200,10 +202,17 @@ def tree_cpu(pids: list[int]) -> float:
                 continue
             seen.add(p.pid)
             try:
-                total += proc_cpu(p)
+                # Our daemons set a process title with their state after the name.
+                key = f"{label}:{p.name().split(':')[0].split()[0]}"
+                out[key] = out.get(key, 0.0) + proc_cpu(p)
             except psutil.NoSuchProcess:
                 continue
-    return total
+    return out
+
+
+def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in sorted(after.items())
+            if v - before.get(k, 0.0) >= 0.0005}
 
 
 def own_children_cpu() -> float:
@@ -302,11 +311,11 @@ class Ours:
                         str(self.etc)], stdin=subprocess.DEVNULL, capture_output=True,
                        timeout=120)
 
-    def pids(self) -> list[int]:
-        out = []
+    def pids(self) -> dict[str, int]:
+        out = {}
         for svc in ("authdaemond", "courierd", "esmtpd"):
             try:
-                out.append(int(self.lay.pidfile(svc).read_text().split()[0]))
+                out[svc] = int(self.lay.pidfile(svc).read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 pass
         return out
@@ -337,9 +346,9 @@ class Postfix:
     def stop(self) -> None:
         self.pf.stop()
 
-    def pids(self) -> list[int]:
+    def pids(self) -> dict[str, int]:
         pid = self.pf.master_pid()
-        return [pid] if pid else []
+        return {"master": pid} if pid else {}
 
     def queued(self) -> int:
         return self.pf.queued()
@@ -359,6 +368,7 @@ class Trial:
     run_seconds: float       # first to last message at the sink
     feed_seconds: float      # smtp mode: until the last message was accepted
     cpu: float               # daemon trees, seconds
+    cpu_by: dict[str, float]  # ... by "service:process name"
     start_cpu: float         # the start command's own processes, seconds
     busy_cpus: float         # machine-wide CPUs busy during the timed part
     load: float
@@ -378,8 +388,19 @@ class Trial:
                 "cpu_seconds": round(self.cpu, 3),
                 "cpu_ms_per_msg": round(1000 * self.cpu / max(1, self.delivered), 3),
                 "start_cmd_cpu_seconds": round(self.start_cpu, 3),
+                "cpu_by_process": self.cpu_by,
                 "machine_busy_cpus": round(self.busy_cpus, 2), "load1": round(self.load, 2),
                 "complete": self.delivered >= self.n}
+
+
+def profiler(pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling courierd and its children while they hold the GIL (Python
+    CPU; not the system calls, which let go of it), collapsed stacks (--format raw),
+    attached after `courier start` returned, so start-up is mostly not in it."""
+    return subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--subprocesses",
+                             "--gil", "--rate", "500", "--format", "raw", "--output", out],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def trial(kind: str, mode: str, args: argparse.Namespace) -> Trial:
@@ -387,6 +408,7 @@ def trial(kind: str, mode: str, args: argparse.Namespace) -> Trial:
     tmp = Path(tempfile.mkdtemp(prefix=f"courier-bench-remote-{kind}-", dir="/tmp"))
     os.chmod(tmp, 0o755)
     mta = MTAS[kind](tmp, sink.port, args.maxdels)
+    spy: subprocess.Popen[bytes] | None = None
     try:
         n = args.n
         done = lambda: sink.count >= n and mta.queued() == 0   # noqa: E731
@@ -404,7 +426,9 @@ def trial(kind: str, mode: str, args: argparse.Namespace) -> Trial:
             mta.start(delivering=True, accepting=False)
             start_cpu = own_children_cpu() - c0
             fed = 0.0
-            cpu0 = 0.0
+            if args.profile and kind == "ours":
+                spy = profiler(mta.pids()["courierd"], args.profile)
+            cpu0: dict[str, float] = {}
         else:
             mta.start(delivering=True, accepting=True)
             load = os.getloadavg()[0]
@@ -418,13 +442,20 @@ def trial(kind: str, mode: str, args: argparse.Namespace) -> Trial:
         while not done() and time.monotonic() < deadline:
             time.sleep(POLL)
         seconds = time.monotonic() - t0
-        cpu = tree_cpu(mta.pids()) - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)     # py-spy writes its file on SIGINT
+            spy.wait(60)
+        cpu_by = cpu_delta(tree_cpu(mta.pids()), cpu0)
+        cpu = sum(cpu_by.values())
         idle1, all1 = machine_busy()
         busy = psutil.cpu_count() * (1 - (idle1 - idle0) / max(1e-9, all1 - all0))
         return Trial(MTAS[kind].name, mode, n, sink.count, sink.sessions, seconds,
-                     sink.last - sink.first, fed, cpu,
+                     sink.last - sink.first, fed, cpu, cpu_by,
                      start_cpu, busy, load)
     finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+            spy.wait(10)
         mta.stop()
         sink.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -458,6 +489,9 @@ def main() -> int:
     ap.add_argument("--mode", default="prequeue,smtp", help="comma list of: prequeue, smtp")
     ap.add_argument("--prequeue", action="store_true", help="same as --mode prequeue")
     ap.add_argument("--sessions", type=int, default=10, help="concurrent SMTP sessions feeding")
+    ap.add_argument("--profile", metavar="FILE",
+                    help="py-spy courierd in the prequeue queue runs into FILE (raw, "
+                         "collapsed stacks; one round, use a larger -n)")
     ap.add_argument("--maxdels", type=int, default=0, help="courierd MAXDELS (0: default)")
     args = ap.parse_args()
     kinds = args.mta.split(",")
