@@ -414,6 +414,12 @@ def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
         if idx is None:
             idx = folder_index(os.path.join(folder, "cur", "-"))
         recs = idx.records([(m.base, m.size) for _, m in picked])
+    if recs is not None and len(names) == 1 and names[0] in _VIEW_OF:
+        # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
+        k_view, label = _VIEW_OF[names[0]]
+        views = [None if r is None else mindex.view(r[0], r[1], k_view) for r in recs]
+        return [None if v is None else b"* %d FETCH (%s%s)\r\n" % (seq, label, v)
+                for (seq, _), v in zip(picked, views, strict=True)]
     flag_memo: dict[tuple, bytes] = {}
     date_memo = InternalDates()
     view = mindex.view

@@ -8,8 +8,17 @@ courierpop3dsizelist), so the two can share a folder.
 
 Format (all bytes)::
 
-    courierpy-index 1\\n                                 the file header
+    courierpy-index 3\\n                                 the file header
+    [T <count> <names length> <end> <crc32 hex>\\n<table>] where the records are (optional)
     R <payload length> <crc32 hex> <base>\\n<payload>     one record, repeated
+
+The table is written only when the whole file is (a rebuild or compaction): the
+bases joined by \\n, then their records' offsets (int64), payload lengths and
+CRCs (uint32), native byte order; the header's numbers are fixed width (20
+digits) and `end` is where the records it covers end. A session opening the
+file loads the table with a few C-level calls instead of hopping over every
+record, and reads only the records appended after `end` one by one. A scan that
+had to hop over many records rewrites the file with a table (TABLE_AFTER).
 
 `base` is the message's courierimapuiddb key (FORMATS.md §3.4); the CRC32
 covers base and payload, so a torn append, an interleaved write or a flipped
@@ -47,7 +56,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 INDEX_NAME = "courierpyindex"
-MAGIC = b"courierpy-index 2\n"     # version 1 files (text fields) are rebuilt empty
+MAGIC = b"courierpy-index 3\n"     # files of earlier versions are rebuilt empty
 MAX_INDEX_BYTES = 1 << 30      # a larger file is not read (and is rebuilt empty)
 MAX_RECORD = 8 << 20           # a record longer than this is not stored
 MAX_HEAD = 4096                # a record header line (the base is part of it)
@@ -57,6 +66,8 @@ REFRESH_EVERY = 0.5            # seconds: a run of misses looks for other writer
 # it is rewritten with only the latest record of each message still in cur/
 # (superseded records and those of expunged messages go).
 COMPACT_SLACK = 1 << 20
+TABLE_AFTER = 2000             # records hopped over by one scan before the file is rewritten
+TABLE_HEAD = 2 + 4 * 21 + 9    # "T " + four fixed-width numbers + " " + crc + "\n"
 RETRY_AFTER = 30.0             # seconds before an index that failed (EACCES, ENOSPC...) is retried
 # The header fields SORT, THREAD (RFC 5256) and header SEARCH (RFC 3501 §6.4.4) want.
 # Only ever appended to: a record written with fewer fields is read as "the later
@@ -179,10 +190,13 @@ def toc(payload: bytes) -> tuple[int, ...]:
 
 
 def view(payload: bytes, t: tuple[int, ...], k: int) -> bytes | None:
-    """View k of _VIEWS (0 envelope, 1 body, 2 bodystructure) of a record whose
-    checked table is `t`."""
+    """View k of _VIEWS (0 envelope, 1 body, 2 bodystructure) of a record whose table
+    is `t`; None when not known, or when the table points outside the record."""
     n = t[4 + 2 * k]
-    return None if n < 0 else payload[t[3 + 2 * k]:t[3 + 2 * k] + n]
+    start = t[3 + 2 * k]
+    if n < 0 or start < _TOC.size or start + n > len(payload):
+        return None
+    return payload[start:start + n]
 
 
 def decode(data: bytes) -> Entry:
@@ -197,6 +211,27 @@ def frame(base: str, payload: bytes) -> bytes:
     b = base.encode("utf-8", "surrogateescape")
     crc = zlib.crc32(payload, zlib.crc32(b))
     return b"R %d %08x %s\n" % (len(payload), crc, b) + payload
+
+
+def _with_table(recs: list[tuple[str, bytes, int]]) -> bytes:
+    """The records framed, after a table of where they are (the file's head is MAGIC)."""
+    if not recs or any("\n" in base for base, _, _ in recs):
+        return b"".join(frame(base, p) for base, p, _ in recs)
+    framed = [frame(base, p) for base, p, _ in recs]
+    names = "\n".join(base for base, _, _ in recs).encode("utf-8", "surrogateescape")
+    count = len(recs)
+    tlen = len(names) + 16 * count
+    pos = len(MAGIC) + TABLE_HEAD + tlen
+    offs = array.array("q")
+    for (_, p, _), f in zip(recs, framed, strict=True):
+        pos += len(f)
+        offs.append(pos - len(p))
+    lens = array.array("I", [len(p) for _, p, _ in recs])
+    crcs = array.array("I", [c for _, _, c in recs])
+    table = names + offs.tobytes() + lens.tobytes() + crcs.tobytes()
+    head = b"T %020d %020d %020d %020d" % (count, len(names), pos, tlen)
+    head += b" %08x\n" % zlib.crc32(table, zlib.crc32(head))
+    return head + table + b"".join(framed)
 
 
 def _reclen(base: str, n: int) -> int:
@@ -220,6 +255,7 @@ class FolderIndex:
         self._failed = -1e9                           # monotonic time of the last OSError
         self._live = 0                                # bytes of the records in _where
         self.compacted = 0                            # times the file was compacted
+        self.tabled = 0                               # times rewritten with a table (TABLE_AFTER)
 
     # -- opening, scanning, rebuilding ----------------------------------------------------
 
@@ -261,7 +297,42 @@ class FolderIndex:
             self._rebuild({})
             return
         self._scanned = len(MAGIC)
+        self._load_table()
         self._scan()
+
+    def _load_table(self) -> None:
+        """Take the table at the head of the file, if there is one that verifies."""
+        head = os.pread(self._fd, TABLE_HEAD, len(MAGIC))
+        if not head.startswith(b"T "):
+            return
+        f = head[2:-1].split(b" ")
+        if len(head) != TABLE_HEAD or head[-1:] != b"\n" or len(f) != 5 or \
+                not all(x.isdigit() for x in f[:4]):
+            return
+        count, nlen, end = int(f[0]), int(f[1]), int(f[2])
+        tlen = int(f[3])
+        start = len(MAGIC) + TABLE_HEAD
+        if tlen != nlen + 16 * count or start + tlen > end or end > os.fstat(self._fd).st_size:
+            return
+        table = os.pread(self._fd, tlen, start)
+        try:
+            ok = len(table) == tlen and int(f[4], 16) == zlib.crc32(table, zlib.crc32(head[:-10]))
+        except ValueError:
+            ok = False
+        if not ok:
+            self._scanned = start + tlen      # a damaged table: hop over its records instead
+            return
+        names = table[:nlen].decode("utf-8", "surrogateescape").split("\n") if count else []
+        offs, lens, crcs = array.array("q"), array.array("I"), array.array("I")
+        offs.frombytes(table[nlen:nlen + 8 * count])
+        lens.frombytes(table[nlen + 8 * count:nlen + 12 * count])
+        crcs.frombytes(table[nlen + 12 * count:])
+        if len(names) != count:
+            return
+        self._where = dict(zip(names, zip(offs.tolist(), lens.tolist(), crcs.tolist(),
+                                          strict=True), strict=True))
+        self._live = end - start - tlen
+        self._scanned = end
 
     def _scan(self) -> None:
         """Parse the records appended since the last scan; damage -> rebuild."""
@@ -269,6 +340,8 @@ class FolderIndex:
         buf = b""
         pos = self._scanned          # file offset of buf[0]
         at = 0                       # next record in buf
+        where = self._where
+        hopped = 0
         while True:
             if len(buf) - at < MAX_HEAD and pos + len(buf) < end:
                 want = min(SCAN_CHUNK, end - pos - len(buf))
@@ -276,6 +349,8 @@ class FolderIndex:
                 pos += at
                 at = 0
             if at >= len(buf):
+                if hopped > TABLE_AFTER:
+                    self._rebuild(where, damaged=False)   # the next session loads a table
                 break
             nl = buf.find(b"\n", at, at + MAX_HEAD)
             head = buf[at:nl].split(b" ", 3) if nl >= 0 else []
@@ -294,32 +369,45 @@ class FolderIndex:
             if start + n > end:
                 break            # torn or still being written: look again later
             base = head[3].decode("utf-8", "surrogateescape")
-            self._note(base, (start, n, crc))
+            old = where.get(base)
+            if old is not None:
+                self._live -= _reclen(base, old[1])
+            where[base] = (start, n, crc)
+            self._live += nl + 1 - at + n
             self._scanned = start + n
+            hopped += 1
             # skip the payload without reading it into buf when it is past the buffer
             if nl + 1 + n <= len(buf):
                 at = nl + 1 + n
             else:
                 pos, buf, at = start + n, b"", 0
 
-    def _records(self, where: dict[str, tuple[int, int, int]]) -> list[bytes]:
-        """The records of `where` that still verify, framed again."""
-        out = []
-        if self._fd < 0:
+    def _records(self, where: dict[str, tuple[int, int, int]]
+                 ) -> list[tuple[str, bytes, int]]:
+        """(base, payload, crc) of the records of `where` that still verify."""
+        out: list[tuple[str, bytes, int]] = []
+        if self._fd < 0 or not where:
             return out
-        for base, (off, n, crc) in where.items():
-            try:
-                payload = os.pread(self._fd, n, off)
-            except OSError:
-                continue
-            b = base.encode("utf-8", "surrogateescape")
-            if len(payload) == n and zlib.crc32(payload, zlib.crc32(b)) == crc:
-                out.append(frame(base, payload))
+        try:
+            size = os.fstat(self._fd).st_size
+            mm = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
+        except (OSError, ValueError):
+            return out
+        if mm is None:
+            return out
+        try:
+            for base, (off, n, crc) in where.items():
+                payload = mm[off:off + n]
+                b = base.encode("utf-8", "surrogateescape")
+                if len(payload) == n and zlib.crc32(payload, zlib.crc32(b)) == crc:
+                    out.append((base, payload, crc))
+        finally:
+            mm.close()
         return out
 
     def _replace(self, where: dict[str, tuple[int, int, int]]) -> None:
         """Write a new file holding the verified records of `where`; rename it in."""
-        data = MAGIC + b"".join(self._records(where))
+        data = MAGIC + _with_table(self._records(where))
         tmp = self.folder / "tmp" / f"{os.getpid()}.pyindex_{os.urandom(4).hex()}"
         if not tmp.parent.is_dir():
             tmp = self.folder / f".{INDEX_NAME}.{os.getpid()}.{os.urandom(4).hex()}"
@@ -336,13 +424,17 @@ class FolderIndex:
             os.unlink(tmp)
             raise
 
-    def _rebuild(self, where: dict[str, tuple[int, int, int]]) -> None:
+    def _rebuild(self, where: dict[str, tuple[int, int, int]], damaged: bool = True) -> None:
         self._replace(dict(where))
-        self.rebuilt += 1
+        if damaged:
+            self.rebuilt += 1
+        else:
+            self.tabled += 1
         self.close()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         self._fd, self._ino = fd, os.fstat(fd).st_ino
         self._scanned = len(MAGIC)
+        self._load_table()
         self._scan()
 
     def _refresh(self) -> None:
@@ -395,8 +487,8 @@ class FolderIndex:
 
     def records(self, msgs: Sequence[tuple[str, int]]
                 ) -> list[tuple[bytes, tuple[int, ...]] | None]:
-        """For each (base, on-disk size): its record's payload and checked table (for
-        view()), or None where get() would miss. For FETCH 1:*: the file is mapped once
+        """For each (base, on-disk size): its record's payload and table (for view()),
+        or None where get() would miss. For FETCH 1:*: the file is mapped once
         for all, so a warm folder costs no syscall and no decoding per message."""
         out: list[tuple[bytes, tuple[int, ...]] | None] = [None] * len(msgs)
         try:
@@ -410,7 +502,7 @@ class FolderIndex:
             return out
         if mm is None:
             return out
-        where, crc32, Err = self._where, zlib.crc32, IndexError_
+        where, crc32, unpack, least = self._where, zlib.crc32, _TOC.unpack_from, _TOC.size
         try:
             for k, (base, disk) in enumerate(msgs):
                 loc = where.get(base)
@@ -423,10 +515,9 @@ class FolderIndex:
                     del where[base]
                     self._live -= _reclen(base, n)
                     continue
-                try:
-                    t = toc(payload)
-                except Err:
+                if n < least:
                     continue
+                t = unpack(payload)       # view() checks what it takes from it
                 if t[0] == disk:
                     out[k] = (payload, t)
         finally:

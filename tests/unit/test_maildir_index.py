@@ -218,3 +218,54 @@ def test_counting_the_size_parses_for_bodystructure_too(tmp_path: Path) -> None:
         f.message_parts((FetchItem("ENVELOPE"),), msg, fh, "()", None)
     e = mindex.FolderIndex(d).get(msg.base, msg.size)
     assert e is not None and e.envelope is not None and e.bodystructure is None
+
+
+def test_table_written_after_many_hops_and_loaded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mindex, "TABLE_AFTER", 5)
+    d = folder(tmp_path)
+    w = mindex.FolderIndex(d)
+    for k in range(20):
+        assert w.put(f"m{k}", mindex.Entry(k + 1, crlf_size=k))
+    w.close()
+    # a new reader hops over 20 records: it rewrites the file with a table
+    r = mindex.FolderIndex(d)
+    assert r.get("m3", 4) == mindex.Entry(4, crlf_size=3)
+    assert r.tabled == 1 and r.rebuilt == 0
+    data = (d / mindex.INDEX_NAME).read_bytes()
+    assert data.startswith(mindex.MAGIC + b"T ")
+    # a record appended after the table supersedes the table's
+    assert r.put("m3", mindex.Entry(4, crlf_size=99))
+    t = mindex.FolderIndex(d)
+    assert t.get("m3", 4) == mindex.Entry(4, crlf_size=99)
+    assert [t.get(f"m{k}", k + 1) is not None for k in range(20)] == [True] * 20
+    assert t.tabled == 0 and t.rebuilt == 0 and len(t) == 20
+    recs = t.records([("m0", 1), ("m5", 6), ("m5", 7), ("nope", 1)])
+    assert recs[0] is not None and recs[1] is not None and recs[2:] == [None, None]
+
+
+def test_damaged_table_is_hopped_over(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mindex, "TABLE_AFTER", 5)
+    d = folder(tmp_path)
+    w = mindex.FolderIndex(d)
+    for k in range(10):
+        w.put(f"m{k}", mindex.Entry(k + 1, crlf_size=k))
+    w.close()
+    mindex.FolderIndex(d).get("m0", 1)                    # writes the table
+    path = d / mindex.INDEX_NAME
+    data = bytearray(path.read_bytes())
+    i = data.index(b"m4\n")                               # a name in the table
+    data[i] = ord("x")
+    path.write_bytes(bytes(data))
+    r = mindex.FolderIndex(d)
+    assert [r.get(f"m{k}", k + 1) for k in range(10)] == \
+        [mindex.Entry(k + 1, crlf_size=k) for k in range(10)]
+
+
+def test_view_refuses_a_table_pointing_outside_the_record() -> None:
+    payload = mindex.encode(full())
+    t = list(mindex._TOC.unpack_from(payload))
+    assert mindex.view(payload, tuple(t), 2) == b"(bs)"
+    t[7] = len(payload)                                   # bodystructure's start past the end
+    assert mindex.view(payload, tuple(t), 2) is None
+    t[7] = 0                                              # inside the table itself
+    assert mindex.view(payload, tuple(t), 2) is None
