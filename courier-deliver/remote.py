@@ -275,9 +275,9 @@ class RemoteDelivery:
                     verp=txn_base.verp, security=txn_base.security,
                     recipients=tuple(Rcpt(r.address, r.orcpt, r.notify)
                                      for r in waiting.values()))
-                # A relay's credentials are under its esmtproutes name, not
-                # its MX's (Courier's auth key is the route).
-                auth = self.config.auth.lookup(route.relay or target.host, port)
+                # Courier's auth key is what it connects to: the esmtproutes
+                # relay, else the domain (backuprelay: its name), not an MX.
+                auth = self.config.auth.lookup(route.relay or lookup, port)
                 outcome = await self._limited(target.host, address, port, txn, policy, ctx,
                                               auth, qid)
                 for addr, reply in outcome.results.items():

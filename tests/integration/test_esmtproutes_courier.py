@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import shutil
 import ssl
 import subprocess
@@ -31,6 +32,7 @@ from test_remote_delivery import log, maildir_new, queue_empty, spool, start_sen
 from libcourier.spool import list_queue
 
 pytestmark = needs_dnsmasq
+receiver = rd.receiver          # a second courier-py instance (fixture)
 
 TLS_HOST = "127.0.0.11"        # the TLS sink: tls.route.test (its certificate's name)
 PLAIN_HOST = "127.0.0.12"      # a sink without STARTTLS
@@ -42,12 +44,16 @@ ZONE = [
     "--mx-host=mxrelay.route.test,tls.route.test,10",    # a relay name with an MX record
     f"--host-record=dual.route.test,{DEAD_V4},::1",       # dead over IPv4, a sink on ::1
     "--host-record=v6only.route.test,::1",
+    # The receiving courier-py instance (rd.receiver) on 127.0.0.1, by MX.
+    "--host-record=mx.authmx.route.test,127.0.0.1",
+    "--mx-host=example.com,mx.authmx.route.test,10",
+    "--mx-host=mxrelay2.route.test,mx.authmx.route.test,10",
 ]
 
 
 @pytest.fixture(scope="module")
 def dns_port():
-    with dnsmasq(ZONE, ["route.test"], "tls.route.test") as port:
+    with dnsmasq(ZONE, ["route.test", "example.com"], "tls.route.test") as port:
         yield port
 
 
@@ -233,3 +239,38 @@ def test_route_smtps_with_and_without_the_security_flag(new_instance, dns_port, 
     # a later try (Courier's esmtp_enable_tls answers 500 then).
     [(rcpt, b)] = bounces(new_instance).items()
     assert rcpt == "c@badsmtps.test" and b["Status"] == "5.7.10"
+
+
+def test_esmtpauthclient_is_keyed_by_the_route_not_the_mx(new_instance, receiver, dns_port):
+    # Courier's esmtp_auth looks the credentials up by what it connects to: the
+    # esmtproutes relay, else the recipient's domain; never the MX's own name.
+    msa = receiver.port("submission")           # AUTH_REQUIRED=1: no AUTH, no mail
+    auth = new_instance.etc / "esmtpauthclient"
+
+    def credentials(name: str) -> None:
+        auth.write_text(f"{name},{msa} alice@example.com alice-secret\n")
+        os.chmod(auth, 0o600)
+        # courierd re-reads it after dropping to MAILUSER, who owns the spool.
+        owner = os.stat(new_instance.layout.spooldir)
+        os.chown(auth, owner.st_uid, owner.st_gid)
+
+    def delivered() -> int:
+        return len(maildir_new(receiver, "alice@example.com"))
+
+    credentials("mx.authmx.route.test")         # the MX's name: not a key
+    start_sender(new_instance, dns_port, msa)
+    spool(new_instance, "alice@example.com")
+    assert wait_until(lambda: bounces(new_instance) and queue_empty(new_instance)), \
+        log(new_instance)
+    assert delivered() == 0
+    credentials("example.com")                  # the domain, found by MX
+    time.sleep(1.5)                             # courierd looks at the file once a second
+    spool(new_instance, "alice@example.com")
+    assert wait_until(lambda: delivered() == 1), log(new_instance) + receiver.logs()
+    (new_instance.etc / "esmtproutes").write_text(f"example.com: mxrelay2.route.test,{msa}\n")
+    credentials("mxrelay2.route.test")          # a relay (itself found by MX): its name
+    time.sleep(1.5)
+    spool(new_instance, "alice@example.com")
+    assert wait_until(lambda: delivered() == 2), log(new_instance) + receiver.logs()
+    for f in maildir_new(receiver, "alice@example.com"):
+        assert b"with ESMTPSA" in f.read_bytes()
