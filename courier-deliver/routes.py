@@ -12,9 +12,9 @@ One route a line, first match wins:
 
 The relay is a host name (its MX, else its A/AAAA records, as Courier looks
 it up), an IP address or [IP]; without a port, port 25. Domains and relays
-may be written in UTF-8 (they are compared and looked up as A-labels). Courier's options
-(case-insensitive, any number, separated by commas, blanks or further
-slashes), each a flag of its own as in smtproutes.h:
+may be written in UTF-8 (compared and looked up as A-labels). Courier's
+options (case-insensitive, any number, separated by commas, blanks or
+further slashes), each a flag of its own as in smtproutes.h:
 
   SECURITY=STARTTLS  Courier's SECURITY extension, as if every message had
                      MAIL FROM ... SECURITY=STARTTLS: TLS verified against
