@@ -372,6 +372,7 @@ class Trial:
     start_cpu: float         # the start command's own processes, seconds
     busy_cpus: float         # machine-wide CPUs busy during the timed part
     load: float
+    round: int = 0
 
     @property
     def run_rate(self) -> float:
@@ -477,6 +478,30 @@ def summary(trials: list[Trial]) -> str:
             f"{statistics.median(t.sessions for t in ts):.0f} | {len(ts)} | "
             f"{min(t.load for t in ts):.1f}-{max(t.load for t in ts):.1f} | "
             f"{statistics.median(t.busy_cpus for t in ts):.2f} |")
+    lines += ["", "CPU ms per message by process (median over the rounds):", ""]
+    for mode, mta in keys:
+        ts = [t for t in trials if (t.mode, t.mta) == (mode, mta)]
+        names = sorted({k for t in ts for k in t.cpu_by})
+        per_msg = {k: statistics.median(1000 * t.cpu_by.get(k, 0.0) / max(1, t.delivered)
+                                        for t in ts) for k in names}
+        parts = [f"{k} {v:.2f}" for k, v in per_msg.items()]
+        lines.append(f"- {mta} {mode}: " + ", ".join(parts))
+    # Both MTAs of one round ran back to back under about the same load: their
+    # ratio per round is steadier than either figure.
+    for mode in sorted({t.mode for t in trials}):
+        pairs = [(a, b) for a in trials for b in trials
+                 if a.mode == b.mode == mode and a.round == b.round
+                 and a.mta == Ours.name and b.mta == Postfix.name]
+        if pairs:
+            rate = statistics.median(
+                (b.delivered / b.seconds) / (a.delivered / a.seconds) for a, b in pairs)
+            run = statistics.median(b.run_rate / a.run_rate for a, b in pairs if a.run_rate)
+            cpu = statistics.median(
+                (a.cpu / max(1, a.delivered)) / (b.cpu / max(1, b.delivered))
+                for a, b in pairs if b.cpu)
+            lines.append(f"- {mode}, per round (median of {len(pairs)}): Postfix's msg/s "
+                         f"/ ours {rate:.2f}, first to last {run:.2f}; "
+                         f"our CPU per message / Postfix's {cpu:.2f}")
     return "\n".join(lines)
 
 
@@ -510,6 +535,7 @@ def main() -> int:
         for mode in modes:
             for kind in (kinds if r % 2 == 0 else kinds[::-1]):
                 t = trial(kind, mode, args)
+                t.round = r + 1
                 ok &= t.delivered >= t.n
                 trials.append(t)
                 print(json.dumps({"round": r + 1, **t.row()}), flush=True)
