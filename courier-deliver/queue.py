@@ -5,7 +5,11 @@ One asyncio loop, started only after courierlocal was forked (STYLE.md: no
 event loop in a process that will fork). The blocking work for one message
 (reading the envelope, talking to courierlocal, rewriting the envelope) runs
 in a worker thread; one message is never worked on twice at once, so its
-envelope has a single writer. At most MAXDELS local deliveries run at once
+envelope has a single writer. The common message, one local recipient that
+is no alias and wants no success DSN, is delivered from the loop instead
+(QueueManager._attempt_in_loop: the request to courierlocal is awaited there;
+only a reply other than OK is settled in a thread). At most MAXDELS local
+deliveries run at once, from the loop and the threads together,
 and at most MAXDELS + ESMTPMAXDELS messages are in hand, so messages waiting
 on slow remote hosts do not hold up local mail.
 
@@ -48,6 +52,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from courier_deliver import dsn, mailq
 from courier_deliver.config import QueueConfig, local_user
@@ -118,7 +123,10 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
                     removals: DelayedDirSync | None = None) -> Result:
     """Deliver every remaining recipient of one message (blocking; a worker thread).
     With `removals`, a finished entry's removal is fsync'd by it, later and for
-    many messages at once (dirsync.py), instead of before this returns."""
+    many messages at once (dirsync.py), instead of before this returns.
+    QueueManager._attempt_in_loop does the same for a message of one plain
+    local recipient from the event loop (it shares _local_args, _log_local
+    and _conclude with this: a change to local delivery goes in those)."""
     spool = config.layout.spooldir
     try:
         env = read_envelope(spool, qid)
@@ -385,20 +393,31 @@ def expand_aliases(config: QueueConfig, qid: str, env: Envelope) -> Envelope:
     return new
 
 
-def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,
-                 deliver: DeliverFn) -> Reply:
-    where = _fmt(qid, env.sender, rcpt.address)
+def _local_args(config: QueueConfig, env: Envelope, rcpt: Recipient
+                ) -> tuple[str, str, str | None]:
+    """(sender, recipient, user) of the request to courierlocal for one recipient."""
     user = local_user(rcpt.address, config.domains)
     assert user is not None, "only local recipients come here"
+    # Courier's courierlocal: a VERP message's Return-Path names the
+    # recipient (the VERP draft §5).
+    sender = verp_sender(env.sender, rcpt.address) if env.verp else env.sender
+    return sender, rcpt.address, None if user == rcpt.address else user
+
+
+def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,
+                 deliver: DeliverFn) -> Reply:
     try:
         with open_data(config.layout.spooldir, qid) as fh:
-            # Courier's courierlocal: a VERP message's Return-Path names the
-            # recipient (the VERP draft §5).
-            sender = verp_sender(env.sender, rcpt.address) if env.verp else env.sender
-            reply = deliver(config.layout.local_socket, fh.fileno(), sender,
-                            rcpt.address, None if user == rcpt.address else user)
+            reply = deliver(config.layout.local_socket, fh.fileno(),
+                            *_local_args(config, env, rcpt))
     except (OSError, SpoolError) as e:
         reply = Reply(Status.TEMP, f"4.3.0 cannot open the message: {e}")
+    _log_local(qid, env, rcpt, reply)
+    return reply
+
+
+def _log_local(qid: str, env: Envelope, rcpt: Recipient, reply: Reply) -> None:
+    where = _fmt(qid, env.sender, rcpt.address)
     match reply.status:
         case Status.OK:
             logger.info("%s: delivered: %s", where, reply.text)
@@ -409,7 +428,18 @@ def _deliver_one(config: QueueConfig, qid: str, env: Envelope, rcpt: Recipient,
         case Status.PERM:
             logger.warning("%s: %s", where, reply.text)
             logger.warning("%s,status: failure", where)
-    return reply
+
+
+def _conclude(run: _Run, rcpt: Recipient, reply: Reply, clock: Callable[[], float]) -> Result:
+    """process_message's end for a message whose one local recipient was tried:
+    settle it, then rewrite, remove or report as finish() decides."""
+    try:
+        if run.settle(rcpt, _local_report(rcpt, reply)):
+            run.commit_progress()
+        return run.finish(clock())
+    except (OSError, SpoolError) as e:
+        logger.error("id=%s: cannot update the queue entry: %s", run.qid, e)
+        return Result(Outcome.DEFERRED, run.env.received, tuple(run.injected))
 
 
 class QueueManager:
@@ -431,6 +461,9 @@ class QueueManager:
         self.stopping = False
         self.failed = False
         self._wake: asyncio.Event | None = None
+        self._slot_freed: asyncio.Event | None = None   # a local slot was released
+        # Open notice connections and their handler tasks (close_notices).
+        self._notices: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
         self._scan_now = True
         # Finished entries' removals: one msgs/ fsync for many (dirsync.py).
         self._removals = DelayedDirSync(config.layout.spooldir / MSGS)
@@ -529,16 +562,80 @@ class QueueManager:
 
     def _deliver_local(self, sock: Path, fd: int, sender: str, rcpt: str,
                        user: str | None) -> Reply:
-        with self._local_slots:      # MAXDELS local deliveries at once
-            return self.deliver(sock, fd, sender, rcpt, user)
+        try:
+            with self._local_slots:      # MAXDELS local deliveries at once
+                return self.deliver(sock, fd, sender, rcpt, user)
+        finally:
+            if self._loop is not None and self._slot_freed is not None:
+                self._loop.call_soon_threadsafe(self._slot_freed.set)
+
+    # -- the common message, delivered from the loop --
+
+    def _in_loop_candidate(self, qid: str) -> tuple[Envelope, Recipient, BinaryIO] | None:
+        """One local recipient that is no alias and wants no success DSN: all
+        its attempt needs besides courierlocal's answer is to read the envelope
+        and, once delivered, unlink the entry (dirsync.py), so it needs no
+        thread. Anything else (and any error here) goes to process_message."""
+        if self._local_client is None:
+            return None                  # a test's own deliver function: blocking
+        config = self.config
+        try:
+            env = read_envelope(config.layout.spooldir, qid)
+        except SpoolError:
+            return None
+        if len(env.recipients) != 1:
+            return None
+        rcpt = env.recipients[0]
+        if (local_user(rcpt.address, config.domains) is None
+                or dsn.notify_wants(rcpt.notify, "SUCCESS")
+                or (config.aliases is not None
+                    and config.aliases.expand(rcpt.address) is not None)):
+            return None
+        try:
+            return env, rcpt, open_data(config.layout.spooldir, qid)
+        except (OSError, SpoolError):
+            return None
+
+    async def _attempt_in_loop(self, qid: str) -> Result | None:
+        """process_message for the common message (_in_loop_candidate) without a
+        worker thread: the request to courierlocal is awaited in the loop (a
+        thread hop per message cost more CPU than all the rest of courierd's
+        work on it). None: not such a message. A reply other than OK is
+        settled in a thread (it rewrites the envelope or queues a DSN: fsyncs)."""
+        found = self._in_loop_candidate(qid)
+        if found is None:
+            return None
+        env, rcpt, fh = found
+        config, client = self.config, self._local_client
+        assert client is not None and self._slot_freed is not None
+        with fh:
+            while True:                  # a MAXDELS slot, shared with the threads
+                self._slot_freed.clear()
+                slots = self._local_slots
+                if slots.acquire(blocking=False):
+                    break
+                await self._slot_freed.wait()
+            try:
+                reply = await client.request_async(config.layout.local_socket, fh.fileno(),
+                                                   *_local_args(config, env, rcpt))
+            finally:
+                slots.release()
+                self._slot_freed.set()
+        _log_local(qid, env, rcpt, reply)
+        run = _Run(config, qid, env, self._removals)
+        if reply.status is Status.OK:
+            return _conclude(run, rcpt, reply, self.clock)
+        return await asyncio.to_thread(_conclude, run, rcpt, reply, self.clock)
 
     async def _attempt(self, qid: str) -> None:
         config = self.config
         remote = self._remote_blocking if self.remote is not None else None
         try:
-            result = await asyncio.to_thread(process_message, config, qid,
-                                             self._deliver_local, remote, self.clock,
-                                             removals=self._removals)
+            result = await self._attempt_in_loop(qid)
+            if result is None:
+                result = await asyncio.to_thread(process_message, config, qid,
+                                                 self._deliver_local, remote, self.clock,
+                                                 removals=self._removals)
         except Exception:  # noqa: BLE001 - our fault: keep the message, log, retry later
             logger.exception("id=%s: delivery attempt failed", qid)
             result = Result(Outcome.DEFERRED)
@@ -559,6 +656,7 @@ class QueueManager:
 
     async def run_scheduler(self) -> None:
         self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         if self.config.esmtp is not None and self.remote is None:
             self.remote = RemoteDelivery(self.config.esmtp)
@@ -617,6 +715,10 @@ class QueueManager:
 
     async def handle_notice(self, reader: asyncio.StreamReader,
                             writer: asyncio.StreamWriter) -> None:
+        if self.stopping:               # accepted after close_notices: nothing to do
+            writer.close()
+            return
+        self._notices[writer] = asyncio.current_task()
         try:
             for _ in range(NOTICES_PER_CONNECTION):
                 try:
@@ -640,8 +742,23 @@ class QueueManager:
                     return
         except (TimeoutError, ConnectionError):
             return
+        except asyncio.CancelledError:
+            # courierd stopping with a submitter's kept connection open
+            # (spool.notify): end quietly; Python 3.11's stream callback would
+            # log a cancelled handler as an error.
+            return
         finally:
+            self._notices.pop(writer, None)
             writer.close()
+
+    async def close_notices(self) -> None:
+        """Stopping: end the kept notice connections (spool.notify keeps one per
+        submitter) at once, rather than after their idle timeout."""
+        tasks = [t for t in self._notices.values() if t is not None]
+        for writer in list(self._notices):
+            writer.close()              # the handler reads EOF and returns
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_WAIT)
 
     async def _answer_mailq(self, writer: asyncio.StreamWriter) -> None:
         """`mailq` run by an ordinary user (mailq.py): that uid's own messages, the
@@ -677,3 +794,4 @@ async def serve(manager: QueueManager, queue_sock: socket.socket) -> None:
         await manager.run_scheduler()
     finally:
         server.close()
+        await manager.close_notices()

@@ -1,0 +1,232 @@
+"""courierd's common message (one local recipient) is delivered from the event
+loop, through LocalClient.request_async, against a fake courierlocal socket:
+MAXDELS still bounds the deliveries, anything else still goes to
+process_message in a thread, and the answers settle the queue as before."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import threading
+import time
+
+import courier_deliver.queue as queue_mod
+from courier_deliver.config import load_config
+from courier_deliver.local import LocalClient
+from courier_deliver.localproto import Reply, Status, format_reply, parse_request_line
+from courier_deliver.queue import QueueManager, bind_queue_socket, serve
+
+from libcourier.spool import (
+    Envelope,
+    Recipient,
+    SpoolWriter,
+    ensure_spool,
+    list_queue,
+    read_envelope,
+)
+
+WAIT = 20.0
+
+
+class FakeCourierlocal:
+    """A listening courierlocal.sock: each connection served by a thread, one
+    request (line + passed fd) after another; TEMP for recipients in `temp`."""
+
+    def __init__(self, path, temp=(), delay=0.05, close_after=None):
+        self.temp = set(temp)
+        self.delay = delay
+        self.close_after = close_after      # requests per connection before closing it
+        self.lock = threading.Lock()
+        self.now = self.max = 0
+        self.seen: list[tuple[str, bytes]] = []
+        self.connections = 0
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(16)
+        self.srv.settimeout(0.2)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                continue
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        conn.settimeout(WAIT)
+        served = 0
+        buf = b""
+        try:
+            while True:
+                fds: list[int] = []
+                while b"\n" not in buf:
+                    data, got, _f, _a = socket.recv_fds(conn, 4096, 4)
+                    fds += got
+                    if not data:
+                        return
+                    buf += data
+                line, _, buf = buf.partition(b"\n")
+                req = parse_request_line(line)
+                body = os.pread(fds[0], 4096, 0)
+                for fd in fds:
+                    os.close(fd)
+                with self.lock:
+                    self.now += 1
+                    self.max = max(self.max, self.now)
+                    self.seen.append((req.recipient, body))
+                time.sleep(self.delay)
+                with self.lock:
+                    self.now -= 1
+                status = Status.TEMP if req.recipient in self.temp else Status.OK
+                conn.sendall(format_reply(Reply(status, "1.M1P1.h,S=1" if status is Status.OK
+                                                else "4.2.0 try later")))
+                served += 1
+                if self.close_after is not None and served >= self.close_after:
+                    return
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.srv.close()
+
+
+def make_cfg(tmp_path, maxdels=2):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "courierd").write_text(f"SPOOLDIR=../spool\nRUNDIR=../run\nMAXDELS={maxdels}\n"
+                                  "RETRYFIRST=3600\nRESCAN=3600\n")
+    (etc / "me").write_text("mx.test\n")
+    (tmp_path / "run").mkdir()
+    cfg = dataclasses.replace(load_config(etc), esmtp=None)
+    ensure_spool(cfg.layout.spooldir)
+    return cfg
+
+
+def spool(cfg, *rcpts):
+    w = SpoolWriter(cfg.layout.spooldir, 10_000)
+    w.write(b"Subject: t\n\n" + ",".join(rcpts).encode() + b"\n")
+    return w.commit(Envelope("s@x.test", tuple(Recipient(r) for r in rcpts), time.time()))
+
+
+def run(cfg, until):
+    async def main():
+        sock = bind_queue_socket(cfg.layout.queue_socket, None)
+        mgr = QueueManager(cfg)             # the real LocalClient
+        task = asyncio.create_task(serve(mgr, sock))
+        try:
+            deadline = time.monotonic() + WAIT
+            while not until() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            mgr.stop()
+            await asyncio.wait_for(task, WAIT)
+            sock.close()
+    asyncio.run(main())
+
+
+def test_one_local_recipient_goes_without_a_thread_and_maxdels_holds(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, maxdels=2)
+    threaded = []
+    real = queue_mod.process_message
+
+    def counting(config, qid, *a, **k):
+        threaded.append(qid)
+        return real(config, qid, *a, **k)
+    monkeypatch.setattr(queue_mod, "process_message", counting)
+    fake = FakeCourierlocal(cfg.layout.local_socket, temp={"later@mx.test"})
+    try:
+        singles = [spool(cfg, f"u{i}@mx.test") for i in range(8)]
+        pair = spool(cfg, "a@mx.test", "b@mx.test")          # two recipients: a thread
+        later = spool(cfg, "later@mx.test")                   # TEMP: settled in a thread
+        run(cfg, lambda: list_queue(cfg.layout.spooldir) == [later] and len(fake.seen) == 11)
+    finally:
+        fake.close()
+    assert list_queue(cfg.layout.spooldir) == [later]
+    assert read_envelope(cfg.layout.spooldir, later).recipients == (Recipient("later@mx.test"),)
+    assert sorted(r for r, _ in fake.seen) == sorted(
+        [f"u{i}@mx.test" for i in range(8)] + ["a@mx.test", "b@mx.test", "later@mx.test"])
+    assert all(body.startswith(b"Subject: t") for _, body in fake.seen)
+    assert fake.max <= 2                                       # MAXDELS, loop and threads
+    assert threaded == [pair]                                  # only the pair took a thread
+    assert not set(singles) & set(threaded)
+
+
+def test_request_async_reuses_and_replaces_connections(tmp_path):
+    path = tmp_path / "local.sock"
+    fake = FakeCourierlocal(path, temp={"t@x"}, delay=0, close_after=2)
+    data = tmp_path / "m.dat"
+    data.write_bytes(b"Subject: x\n\nbody\n")
+    client = LocalClient(timeout=WAIT)
+
+    async def main():
+        out = []
+        with open(data, "rb") as fh:
+            for rcpt in ("a@x", "b@x", "t@x", "c@x"):
+                out.append(await client.request_async(path, fh.fileno(), "s@x", rcpt))
+        return out
+    try:
+        replies = asyncio.run(main())
+    finally:
+        client.close()
+        fake.close()
+    assert [r.status for r in replies] == [Status.OK, Status.OK, Status.TEMP, Status.OK]
+    # Two requests per connection, then the fake closed it: the kept connection
+    # that turned out closed was replaced and the request sent again.
+    assert fake.connections == 2
+    assert [r for r, _ in fake.seen] == ["a@x", "b@x", "t@x", "c@x"]
+
+
+def test_request_async_without_courierlocal_is_temporary(tmp_path):
+    client = LocalClient(timeout=WAIT)
+    reply = asyncio.run(client.request_async(tmp_path / "none.sock", 0, "s@x", "a@x"))
+    assert reply.status is Status.TEMP and "not running" in reply.text
+
+
+def test_stopping_with_a_kept_notice_connection_open_is_quick_and_quiet(tmp_path, caplog):
+    # spool.notify keeps its connection: courierd stopping under it closes it at
+    # once (not after its 10 s idle timeout: `courier stop` kills after 10 s)
+    # and does not log the cancelled notice handler as an error.
+    cfg = make_cfg(tmp_path)
+    fake = FakeCourierlocal(cfg.layout.local_socket)
+    stop_took = []
+    try:
+        qid = spool(cfg, "a@mx.test")
+
+        async def main():
+            sock = bind_queue_socket(cfg.layout.queue_socket, None)
+            mgr = QueueManager(cfg)
+            task = asyncio.create_task(serve(mgr, sock))
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(str(cfg.layout.queue_socket))
+            conn.sendall(f"NEW {qid}\n".encode())
+            deadline = time.monotonic() + WAIT
+            while ((list_queue(cfg.layout.spooldir) or not mgr._notices)
+                   and time.monotonic() < deadline):
+                await asyncio.sleep(0.02)
+            assert mgr._notices                 # the connection is open and served
+            mgr.stop()
+            await asyncio.wait_for(task, WAIT)
+            sock.close()
+            return conn
+        with caplog.at_level("ERROR", logger="asyncio"):
+            t0 = time.monotonic()
+            conn = asyncio.run(main())
+            stop_took.append(time.monotonic() - t0)
+        conn.settimeout(WAIT)
+        assert conn.recv(10) == b""             # courierd closed it
+        conn.close()
+    finally:
+        fake.close()
+    assert list_queue(cfg.layout.spooldir) == []
+    assert stop_took[0] < queue_mod.NOTICE_TIMEOUT / 2
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
