@@ -397,70 +397,78 @@ _VIEW_OF = {"ENVELOPE": (0, b"ENVELOPE "), "BODY.STRUCTURE": (1, b"BODY "),
 
 def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
                       picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
-                      sizes: dict[int, int]) -> list[bytes | None] | None:
-    """`* n FETCH (...)\\r\\n` for each (n, message) of `picked`, answered from the
-    message list and the folder index only; None in place of a message the index does
-    not know (the caller answers it the usual way, which records it), and None for all
-    when `items` need more than the index holds (a body section...).
+                      sizes: dict[int, int]) -> Iterator[bytes | None] | None:
+    """`* n FETCH (...)\r\n` for each (n, message) of `picked` in turn, answered from
+    the message list and the folder index only; None in place of a message the index
+    does not know (the caller answers it the usual way, which records it). None instead
+    of an iterator when `items` need more than the index holds (a body section...).
 
-    Same bytes as message_parts() + core.fetch_response(): the items in the order asked."""
+    Same bytes as message_parts() + core.fetch_response(): the items in the order asked.
+    Made INDEXED_BATCH messages at a time, so memory does not grow with the folder."""
     names = tuple(i.name for i in items)
     if not names or not all(n in INDEX_ONLY for n in names):
         return None
-    recs: list[tuple[bytes, tuple[int, ...]] | None] | None = None
+    idx = None
     if any(n in _NEEDS_RECORD for n in names):
         folder = os.fspath(maildir.path)
         idx = _indexes.get(folder)
         if idx is None:
             idx = folder_index(os.path.join(folder, "cur", "-"))
-        recs = idx.records([(m.base, m.size) for _, m in picked])
-    if recs is not None and len(names) == 1 and names[0] in _VIEW_OF:
-        # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
-        k_view, label = _VIEW_OF[names[0]]
-        views = [None if r is None else mindex.view(r[0], r[1], k_view) for r in recs]
-        return [None if v is None else b"* %d FETCH (%s%s)\r\n" % (seq, label, v)
-                for (seq, _), v in zip(picked, views, strict=True)]
+    return _indexed_lines(names, idx, picked, recent, sizes)
+
+
+INDEXED_BATCH = 2048
+
+
+def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
+                   picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
+                   sizes: dict[int, int]) -> Iterator[bytes | None]:
     flag_memo: dict[tuple, bytes] = {}
     date_memo = InternalDates()
     view = mindex.view
-    out: list[bytes | None] = []
-    for k, (seq, msg) in enumerate(picked):
-        rec = recs[k] if recs is not None else None
-        parts = []
-        for name in names:
-            if name == "UID":
-                parts.append(b"UID %d" % msg.uid)
-            elif name == "FLAGS":
-                key = (msg.flags, msg.uid in recent, msg.keywords)
-                got = flag_memo.get(key)
-                if got is None:
-                    got = flag_memo[key] = b"FLAGS " + flags_text(*key).encode("ascii")
-                parts.append(got)
-            elif name == "INTERNALDATE":
-                parts.append(date_memo.item(msg.mtime))
-            elif rec is None:
-                if name != "RFC822.SIZE" or msg.uid not in sizes:
+    for first in range(0, len(picked), INDEXED_BATCH):
+        batch = picked[first:first + INDEXED_BATCH]
+        recs = None if idx is None else idx.records([(m.base, m.size) for _, m in batch])
+        if recs is not None and len(names) == 1 and names[0] in _VIEW_OF:
+            # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
+            k_view, label = _VIEW_OF[names[0]]
+            views = [None if r is None else view(r[0], r[1], k_view) for r in recs]
+            yield from [None if v is None else b"* %d FETCH (%s%s)\r\n" % (seq, label, v)
+                        for (seq, _), v in zip(batch, views, strict=True)]
+            continue
+        for k, (seq, msg) in enumerate(batch):
+            rec = recs[k] if recs is not None else None
+            parts = []
+            for name in names:
+                if name == "UID":
+                    parts.append(b"UID %d" % msg.uid)
+                elif name == "FLAGS":
+                    key = (msg.flags, msg.uid in recent, msg.keywords)
+                    got = flag_memo.get(key)
+                    if got is None:
+                        got = flag_memo[key] = b"FLAGS " + flags_text(*key).encode("ascii")
+                    parts.append(got)
+                elif name == "INTERNALDATE":
+                    parts.append(date_memo.item(msg.mtime))
+                elif rec is None:
                     parts = None
                     break
-                parts.append(b"RFC822.SIZE %d" % sizes[msg.uid])
-            elif name == "RFC822.SIZE":
-                size = rec[1][1]
-                if size < 0:
-                    size = sizes.get(msg.uid, -1)
+                elif name == "RFC822.SIZE":
+                    size = rec[1][1]
                     if size < 0:
+                        size = sizes.get(msg.uid, -1)
+                        if size < 0:
+                            parts = None
+                            break
+                    parts.append(b"RFC822.SIZE %d" % size)
+                else:
+                    k_view, label = _VIEW_OF[name]
+                    got = view(rec[0], rec[1], k_view)
+                    if got is None:
                         parts = None
                         break
-                parts.append(b"RFC822.SIZE %d" % size)
-            else:
-                k_view, label = _VIEW_OF[name]
-                got = view(rec[0], rec[1], k_view)
-                if got is None:
-                    parts = None
-                    break
-                parts.append(label + got)
-        out.append(None if parts is None else
-                   b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
-    return out
+                    parts.append(label + got)
+            yield None if parts is None else b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
 
 class InternalDates:

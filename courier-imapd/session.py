@@ -855,13 +855,14 @@ class Session:
         fast = fetchmod.indexed_responses(base_items, view.maildir,
                                           [(i + 1, view.messages[i]) for i in idx],
                                           view.recent, view.sizes)
-        for k, i in enumerate(idx):
+        for i in idx:
+            line = next(fast) if fast is not None else None
             msg = view.messages[i]
             if msg.uid in view.ghosts:
                 missing = True
                 continue
-            if fast is not None and fast[k] is not None:
-                pending += fast[k]
+            if line is not None:
+                pending += line
                 if len(pending) >= OUT_CHUNK:
                     self.out(bytes(pending))
                     pending.clear()

@@ -66,6 +66,7 @@ REFRESH_EVERY = 0.5            # seconds: a run of misses looks for other writer
 # it is rewritten with only the latest record of each message still in cur/
 # (superseded records and those of expunged messages go).
 COMPACT_SLACK = 1 << 20
+RELEASE_EVERY = 2048           # records read through a map before its pages are let go
 TABLE_AFTER = 2000             # records hopped over by one scan before the file is rewritten
 TABLE_HEAD = 2 + 4 * 21 + 9    # "T " + four fixed-width numbers + " " + crc + "\n"
 RETRY_AFTER = 30.0             # seconds before an index that failed (EACCES, ENOSPC...) is retried
@@ -213,25 +214,20 @@ def frame(base: str, payload: bytes) -> bytes:
     return b"R %d %08x %s\n" % (len(payload), crc, b) + payload
 
 
-def _with_table(recs: list[tuple[str, bytes, int]]) -> bytes:
-    """The records framed, after a table of where they are (the file's head is MAGIC)."""
-    if not recs or any("\n" in base for base, _, _ in recs):
-        return b"".join(frame(base, p) for base, p, _ in recs)
-    framed = [frame(base, p) for base, p, _ in recs]
-    names = "\n".join(base for base, _, _ in recs).encode("utf-8", "surrogateescape")
-    count = len(recs)
-    tlen = len(names) + 16 * count
-    pos = len(MAGIC) + TABLE_HEAD + tlen
-    offs = array.array("q")
-    for (_, p, _), f in zip(recs, framed, strict=True):
-        pos += len(f)
-        offs.append(pos - len(p))
-    lens = array.array("I", [len(p) for _, p, _ in recs])
-    crcs = array.array("I", [c for _, _, c in recs])
-    table = names + offs.tobytes() + lens.tobytes() + crcs.tobytes()
-    head = b"T %020d %020d %020d %020d" % (count, len(names), pos, tlen)
-    head += b" %08x\n" % zlib.crc32(table, zlib.crc32(head))
-    return head + table + b"".join(framed)
+def _release(mm: mmap.mmap) -> None:
+    """Drop the mapping's pages from this process (the page cache keeps them): reading a
+    100,000-message index through a map would otherwise count it all in the session's
+    RSS and peak RSS."""
+    try:
+        mm.madvise(mmap.MADV_DONTNEED)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _write_all(fd: int, data: bytes | bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _reclen(base: str, n: int) -> int:
@@ -382,42 +378,69 @@ class FolderIndex:
             else:
                 pos, buf, at = start + n, b"", 0
 
-    def _records(self, where: dict[str, tuple[int, int, int]]
-                 ) -> list[tuple[str, bytes, int]]:
-        """(base, payload, crc) of the records of `where` that still verify."""
-        out: list[tuple[str, bytes, int]] = []
-        if self._fd < 0 or not where:
-            return out
+    def _map(self) -> mmap.mmap | None:
+        """The whole file mapped read-only; None when empty or not mappable."""
         try:
             size = os.fstat(self._fd).st_size
-            mm = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
+            return mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
         except (OSError, ValueError):
-            return out
+            return None
+
+    def _write_records(self, fd: int, where: dict[str, tuple[int, int, int]]) -> None:
+        """MAGIC, a table, then the records of `where` that still verify, framed again;
+        written a piece at a time, so a large index is never held in memory whole."""
+        mm = self._map() if self._fd >= 0 and where else None
         if mm is None:
-            return out
+            _write_all(fd, MAGIC)
+            return
         try:
-            for base, (off, n, crc) in where.items():
-                payload = mm[off:off + n]
+            keep: list[tuple[bytes, int, int, int]] = []
+            for k, (base, (off, n, crc)) in enumerate(where.items()):
+                if k % RELEASE_EVERY == RELEASE_EVERY - 1:
+                    _release(mm)
                 b = base.encode("utf-8", "surrogateescape")
-                if len(payload) == n and zlib.crc32(payload, zlib.crc32(b)) == crc:
-                    out.append((base, payload, crc))
+                payload = mm[off:off + n]
+                if len(payload) == n and zlib.crc32(payload, zlib.crc32(b)) == crc \
+                        and b"\n" not in b:
+                    keep.append((b, off, n, crc))
+            heads = [b"R %d %08x %s\n" % (n, crc, b) for b, _, n, crc in keep]
+            out = bytearray(MAGIC)
+            if keep:
+                names = b"\n".join(k[0] for k in keep)
+                tlen = len(names) + 16 * len(keep)
+                pos = len(MAGIC) + TABLE_HEAD + tlen
+                offs = array.array("q")
+                for h, (_, _, n, _) in zip(heads, keep, strict=True):
+                    offs.append(pos + len(h))
+                    pos += len(h) + n
+                table = (names + offs.tobytes() + array.array("I", [k[2] for k in keep]).tobytes()
+                         + array.array("I", [k[3] for k in keep]).tobytes())
+                head = b"T %020d %020d %020d %020d" % (len(keep), len(names), pos, tlen)
+                out += head + b" %08x\n" % zlib.crc32(table, zlib.crc32(head)) + table
+            for h, (_, off, n, _) in zip(heads, keep, strict=True):
+                out += h
+                out += mm[off:off + n]
+                if len(out) >= SCAN_CHUNK:
+                    _write_all(fd, out)
+                    out.clear()
+                    _release(mm)
+            _write_all(fd, out)
         finally:
             mm.close()
-        return out
 
     def _replace(self, where: dict[str, tuple[int, int, int]]) -> None:
         """Write a new file holding the verified records of `where`; rename it in."""
-        data = MAGIC + _with_table(self._records(where))
         tmp = self.folder / "tmp" / f"{os.getpid()}.pyindex_{os.urandom(4).hex()}"
         if not tmp.parent.is_dir():
             tmp = self.folder / f".{INDEX_NAME}.{os.getpid()}.{os.urandom(4).hex()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
+            self._write_records(fd, where)
+        except BaseException:
             os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
         try:
             os.rename(tmp, self.path)
         except OSError:
@@ -493,18 +516,17 @@ class FolderIndex:
         out: list[tuple[bytes, tuple[int, ...]] | None] = [None] * len(msgs)
         try:
             self._refresh()
-            if self._fd < 0:
-                return out
-            size = os.fstat(self._fd).st_size
-            mm = mmap.mmap(self._fd, size, prot=mmap.PROT_READ) if size else None
-        except (OSError, ValueError):
+        except OSError:
             self._failed = time.monotonic()
             return out
+        mm = self._map() if self._fd >= 0 else None
         if mm is None:
             return out
         where, crc32, unpack, least = self._where, zlib.crc32, _TOC.unpack_from, _TOC.size
         try:
             for k, (base, disk) in enumerate(msgs):
+                if k % RELEASE_EVERY == RELEASE_EVERY - 1:
+                    _release(mm)
                 loc = where.get(base)
                 if loc is None:
                     continue

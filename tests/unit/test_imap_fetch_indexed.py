@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from courier_imapd import fetch as fetchmod
 from courier_imapd.core import FetchItem, fetch_response
 from courier_imapd.mailbox import flags_text
@@ -57,10 +58,13 @@ def slow(md: Maildir, items: tuple[FetchItem, ...]) -> list[bytes]:
 
 def fast(md: Maildir, items: tuple[FetchItem, ...]) -> list[bytes | None] | None:
     picked = list(enumerate(md.scan().messages, 1))
-    return fetchmod.indexed_responses(items, md, picked, set(), {})
+    got = fetchmod.indexed_responses(items, md, picked, set(), {})
+    return None if got is None else list(got)
 
 
-def test_same_bytes_as_the_long_way(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [1, 2, 2048])
+def test_same_bytes_as_the_long_way(tmp_path: Path, monkeypatch, batch: int) -> None:
+    monkeypatch.setattr(fetchmod, "INDEXED_BATCH", batch)
     md = Maildir(maildir(tmp_path))
     assert fast(md, ALL) == [None] * len(MSGS)           # nothing in the index yet
     cold = slow(md, ALL)
