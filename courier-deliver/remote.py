@@ -86,6 +86,10 @@ REAP_INTERVAL = 5.0           # how often idle connections past keepalive are cl
 READ_CHUNK = 64 * 1024
 PTR_CACHE = 256               # local addresses whose reverse name is remembered
 FILE_CHECK_INTERVAL = 1.0     # esmtproutes/esmtpauthclient stat at most this often
+# Courier's track files: a server whose STARTTLS failed is remembered for at
+# least 2 hours (comtrack.h TRACK_NHOURS), by its name; bounded here.
+BROKEN_STARTTLS_TIME = 2 * 3600
+MAX_BROKEN_STARTTLS = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,7 @@ class RemoteDelivery:
         self._ptr: dict[str, str] = {}     # esmtphelo "*": local address -> EHLO name
         self._files_checked = time.monotonic()
         self._unusable: dict[str, tuple] = {}  # file -> signature that failed to load
+        self._broken_starttls: dict[str, float] = {}   # exchanger name -> until (monotonic)
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
         sem = self._hosts.get(host)
@@ -278,8 +283,23 @@ class RemoteDelivery:
                 # Courier's auth key is what it connects to: the esmtproutes
                 # relay, else the domain (backuprelay: its name), not an MX.
                 auth = self.config.auth.lookup(route.relay or lookup, port)
-                outcome = await self._limited(target.host, address, port, txn, policy, ctx,
-                                              auth, qid)
+                host_policy = policy
+                if policy is not TlsPolicy.SMTPS and self._starttls_broken(target.host):
+                    if security or policy is TlsPolicy.REQUIRED:
+                        # Courier's hello3 forgets the STARTTLS of a server in
+                        # the broken list; what needs it then fails for good.
+                        flag = "/SECURITY" if security else "/SECURITY=REQUIRED"
+                        reply = local_reply(554, "5.7.10", f"{flag} set, but TLS is not "
+                                            f"available (STARTTLS with {target.host} "
+                                            "failed recently)")
+                        logger.info("id=%s,host=%s: %s", qid, target.host, reply.text)
+                        for addr in list(waiting):
+                            results[addr] = RemoteResult(reply, target.host)
+                            waiting.pop(addr)
+                        continue
+                    host_policy = TlsPolicy.NONE      # Courier: send in clear meanwhile
+                outcome = await self._limited(target.host, address, port, txn, host_policy,
+                                              ctx, auth, qid)
                 for addr, reply in outcome.results.items():
                     res = RemoteResult(reply, target.host,
                                        dsn_relayed=outcome.dsn and 200 <= reply.code < 300)
@@ -324,11 +344,40 @@ class RemoteDelivery:
                 keep_open=self.config.keepalive > 0, timeouts=self.config.timeouts,
                 helo_for=self._helo_name if self.config.helo == "*" else None)
         if conn is not None:
+            if conn.client.starttls_failed and not txn.security:
+                self._note_broken_starttls(host)
             if conn.reusable:
                 self._put_idle(key, conn)
             else:
                 await conn.close()
         return outcome
+
+    # -- Courier's broken-STARTTLS list (courier(8), esmtproutes) --
+
+    def _starttls_broken(self, host: str) -> bool:
+        until = self._broken_starttls.get(host)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._broken_starttls[host]
+        return False
+
+    def _note_broken_starttls(self, host: str) -> None:
+        """A server offered STARTTLS and then refused it or failed the
+        handshake: for BROKEN_STARTTLS_TIME mail goes to it in clear (a message
+        needing TLS fails), as Courier's report_broken_starttls. Not for
+        SECURITY=STARTTLS mail, whose failure is "on us" (libesmtp.c)."""
+        if host not in self._broken_starttls:
+            logger.info("host=%s: STARTTLS failed: mail goes to it without TLS for %d s",
+                        host, BROKEN_STARTTLS_TIME)
+        if len(self._broken_starttls) >= MAX_BROKEN_STARTTLS:
+            now = time.monotonic()
+            self._broken_starttls = {h: t for h, t in self._broken_starttls.items() if t > now}
+            if len(self._broken_starttls) >= MAX_BROKEN_STARTTLS:
+                self._broken_starttls.pop(next(iter(self._broken_starttls)))   # the oldest
+        self._broken_starttls.pop(host, None)      # to the end: the dict stays oldest first
+        self._broken_starttls[host] = time.monotonic() + BROKEN_STARTTLS_TIME
 
     async def _helo_name(self, local: str) -> str:
         """esmtphelo "*": the PTR name of the connection's local address, else

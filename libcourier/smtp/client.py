@@ -183,6 +183,9 @@ class SmtpClient:
         self._finished_sent = False
         self.keep_open = keep_open
         self.session_refused = False
+        # The server offered STARTTLS but refused it or its handshake failed
+        # (the driver keeps Courier's "broken STARTTLS" list with it).
+        self.starttls_failed = False
         self._needs_rset = False
         self._cram = ""                # the CRAM-* mechanism chosen for AUTH
         self.transactions = 0          # completed on this connection
@@ -245,6 +248,7 @@ class SmtpClient:
         3207 §4.1). Temporary, unless the message asked for SECURITY=STARTTLS:
         then the server could not give a satisfactory certificate, which the
         draft (§4) and Courier make a permanent failure."""
+        self.starttls_failed = True
         if self.txn.security:
             events: list[StartTLS | Finished] = []
             self._fail(local_reply(554, "5.7.10", f"Unable to set minimum security level: "
@@ -352,7 +356,9 @@ class SmtpClient:
                 if reply.code == 220:
                     self.state = State.TLS_WAIT
                     events.append(StartTLS())
-                elif self.tls is TlsPolicy.REQUIRED or self.txn.security:
+                    return
+                self.starttls_failed = True
+                if self.tls is TlsPolicy.REQUIRED or self.txn.security:
                     self._fail(_as_temp(reply), events)
                 else:
                     # Opportunistic: RFC 3207 §4 lets us go on in clear.

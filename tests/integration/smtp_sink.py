@@ -1,8 +1,9 @@
 """Small receiving SMTP servers for the remote delivery tests, each with one
 behaviour: accept, refuse recipients (5xx), refuse the first session (4xx),
-talk garbage; with a TLS context, STARTTLS too, or TLS from the first byte
-(smtps), and any extra EHLO keywords (e.g. Courier's XSECURITY). A thread per connection; every limit bounded; what
-the client said is recorded for the test to check.
+talk garbage, offer STARTTLS and hang up when it is taken (broken-starttls);
+with a TLS context, STARTTLS too, or TLS from the first byte (smtps), and any
+extra EHLO keywords (e.g. Courier's XSECURITY). A thread per connection;
+every limit bounded; what the client said is recorded for the test to check.
 """
 
 from __future__ import annotations
@@ -110,12 +111,15 @@ class _Handler(socketserver.StreamRequestHandler):
                 if mode == "7bit":          # an old server: no 8BITMIME, no SMTPUTF8
                     exts = ["PIPELINING", "SIZE 10000000", "DSN"]
                 exts += list(self.server.extensions)   # type: ignore[attr-defined]
-                if tls_ctx is not None and not in_tls:
+                if (tls_ctx is not None or mode == "broken-starttls") and not in_tls:
                     exts.append("STARTTLS")
                 text = ["sink.test"] + exts
                 for t in text[:-1]:
                     self.wfile.write(f"250-{t}\r\n".encode())
                 self.reply(f"250 {text[-1]}")
+            elif line.upper() == "STARTTLS" and mode == "broken-starttls":
+                self.reply("220 2.0.0 go ahead")
+                return                          # ... and hang up: no handshake
             elif line.upper() == "STARTTLS" and tls_ctx is not None and not in_tls:
                 self.reply("220 2.0.0 go ahead")
                 # RFC 3207 §4.2: a new session inside TLS.

@@ -274,3 +274,28 @@ def test_esmtpauthclient_is_keyed_by_the_route_not_the_mx(new_instance, receiver
     assert wait_until(lambda: delivered() == 2), log(new_instance) + receiver.logs()
     for f in maildir_new(receiver, "alice@example.com"):
         assert b"with ESMTPSA" in f.read_bytes()
+
+
+def test_broken_starttls_is_remembered(new_instance, dns_port):
+    # courier(8): a server that offers STARTTLS and then fails it is sent mail
+    # without TLS for the next hours; what needs TLS (/SECURITY=REQUIRED) then
+    # fails for good (libesmtp.c: hello3 forgets the server's STARTTLS).
+    port = rd._free_port([PLAIN_HOST])
+    (new_instance.etc / "esmtproutes").write_text(
+        f"open.test: plain.route.test,{port}\n"
+        f"req.test: plain.route.test,{port} /SECURITY=REQUIRED\n")
+    with Sink(PLAIN_HOST, port, mode="broken-starttls") as sink:
+        start_sender(new_instance, dns_port, port)
+        spool(new_instance, "a@open.test")
+        spool(new_instance, "b@req.test")
+        assert wait_until(lambda: len(sink.state.messages) == 1 and bounces(new_instance)
+                          and queue_empty(new_instance)), log(new_instance)
+    [t] = sink.state.messages
+    assert t.rcpts == ["RCPT TO:<a@open.test>"] and not t.tls
+    # Tried once per message at most (both may be on their way at once), then
+    # remembered: the retry goes in clear.
+    assert 1 <= sink.state.lines.count("STARTTLS") <= 2
+    [(rcpt, b)] = bounces(new_instance).items()
+    assert rcpt == "b@req.test" and b["Status"] == "5.7.10"
+    assert "/SECURITY=REQUIRED set, but TLS is not available" in b["Diagnostic-Code"]
+    assert "STARTTLS failed: mail goes to it without TLS" in log(new_instance)

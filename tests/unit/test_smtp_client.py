@@ -123,12 +123,14 @@ def test_starttls_refused_opportunistic_goes_on_required_bounces_when_not_offere
     c.data_to_send()
     c.receive(b"454 not now\r\n")
     assert c.data_to_send() == b"MAIL FROM:<a@example.com>\r\n"
+    assert c.starttls_failed                 # for the driver's broken-STARTTLS list
     # esmtproutes /SECURITY=REQUIRED to a server that offers no STARTTLS: Courier
     # (libesmtp.c) fails the message for good; a refused STARTTLS only waits.
     r = SmtpClient("me.test", txn(), tls=TlsPolicy.REQUIRED)
     [fin] = r.receive(b"220 hi\r\n250 mx\r\n")
     assert (fin.results["x@example.org"].code, fin.results["x@example.org"].enhanced) == \
         (554, "5.7.10")
+    assert not r.starttls_failed             # not offered is not broken
     assert r.data_to_send().endswith(b"QUIT\r\n")
     r = SmtpClient("me.test", txn(), tls=TlsPolicy.REQUIRED)
     r.receive(b"220 hi\r\n250-mx\r\n250 STARTTLS\r\n")

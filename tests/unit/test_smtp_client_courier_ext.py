@@ -162,6 +162,7 @@ def test_tls_handshake_failure_bounces_only_secure_messages():
         c.receive(b"220 go\r\n")
         [fin] = c.tls_failed("certificate verify failed")
         assert {r.code for r in fin.results.values()} == {code}
+        assert c.starttls_failed
         assert c.state is State.DONE
 
 
