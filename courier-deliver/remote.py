@@ -21,7 +21,9 @@ security level. The other esmtproutes options (routes.py) as Courier's
 libesmtp.c: /SECURITY=REQUIRED bounces when the server offers no STARTTLS,
 /SECURITY=SMTPS speaks TLS from the first byte, /IPV4ONLY and /IPV6ONLY skip
 the other family's addresses; certificates are verified by name against
-TLS_TRUSTCERTS only with ESMTP_TLS_VERIFY_DOMAIN=1.
+TLS_TRUSTCERTS only with ESMTP_TLS_VERIFY_DOMAIN=1. A server whose STARTTLS
+failed is on Courier's broken-STARTTLS list for 2 hours: mail goes to it in
+clear, mail that needs TLS fails (courier(8), esmtproutes).
 
 Limits: at most ESMTPMAXDELS sessions at once overall and MAXHOST to one
 exchanger (by name), as Courier's esmtp module does. Connection reuse: after
