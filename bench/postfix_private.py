@@ -1,7 +1,12 @@
 """A private Postfix instance for the benchmarks that compare courier-py with Postfix:
 its own config_directory, queue_directory and data_directory under a temp dir,
 `postfix -c DIR start`/`stop`, SMTP on one loopback port, and everything relayed to
-one SMTP server (`relayhost = [addr]:port`, no DNS). The system's /etc/postfix and
+one SMTP server (`relayhost = [addr]:port`, no DNS), or with `nameserver` set, to
+the mail exchangers DNS gives for a domain (`relayhost = domain:port`: MX, then A),
+asking that server: Postfix takes its resolver from /etc/resolv.conf only, so the
+instance is started in a private mount namespace (unshare -m) where a resolv.conf
+naming that server is bind-mounted over /etc/resolv.conf; nobody else sees it, and
+the master's services inherit it. The system's /etc/postfix and
 /var/spool/postfix are not used, and neither is the anchors' instance
 (/work/shared/bench/anchors-up): both may run beside this one.
 
@@ -26,6 +31,7 @@ from pathlib import Path
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTSUPER = shutil.which("postsuper") or "/usr/sbin/postsuper"
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 COMMAND_TIMEOUT = 120.0      # seconds for one `postfix` command
 STOP_WAIT = 30.0             # seconds for the master to go after `postfix stop`
 QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
@@ -78,8 +84,8 @@ smtpd_relay_restrictions = permit_mynetworks reject_unauth_destination
 alias_maps =
 alias_database =
 biff = no
-relayhost = [{relay_addr}]:{relay_port}
-smtp_dns_support_level = disabled
+relayhost = {relayhost}
+smtp_dns_support_level = {dns}
 smtpd_banner = $myhostname ESMTP Postfix (courier-py bench)
 {hold}"""
 
@@ -95,9 +101,10 @@ class PostfixError(Exception):
 class PostfixInstance:
     root: Path                 # a fresh directory; etc/, spool/, data/ go under it
     smtp_port: int
-    relay_addr: str
+    relay_addr: str            # an address, or with nameserver a domain to look up
     relay_port: int
     smtp_addr: str = "127.0.0.1"
+    nameserver: str | None = None
 
     @property
     def etc(self) -> Path:
@@ -114,7 +121,9 @@ class PostfixInstance:
         shutil.chown(self.root / "data", "postfix")
         os.chmod(self.root, 0o755)        # the services run as postfix and need to reach in
         fields = {"root": self.root, "smtp_addr": self.smtp_addr, "smtp_port": self.smtp_port,
-                  "relay_addr": self.relay_addr, "relay_port": self.relay_port,
+                  "relayhost": (f"{self.relay_addr}:{self.relay_port}" if self.nameserver
+                                else f"[{self.relay_addr}]:{self.relay_port}"),
+                  "dns": "enabled" if self.nameserver else "disabled",
                   "hold": HOLD if hold else ""}
         (self.etc / "main.cf").write_text(MAIN_CF.format(**fields))
         (self.etc / "master.cf").write_text(MASTER_CF.format(**fields))
@@ -125,7 +134,18 @@ class PostfixInstance:
 
     def start(self) -> None:
         """`postfix start`: returns once the master runs (it daemonizes when ready)."""
-        r = self._postfix("start")
+        if self.nameserver:
+            resolv = self.root / "resolv.conf"
+            resolv.write_text(f"nameserver {self.nameserver}\n")
+            os.chmod(resolv, 0o644)
+            r = subprocess.run(
+                [UNSHARE, "--mount", "--propagation", "private", "sh", "-c",
+                 'mount --bind "$1" /etc/resolv.conf && exec "$2" -c "$3" start', "sh",
+                 str(resolv), POSTFIX, str(self.etc)],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=COMMAND_TIMEOUT)
+        else:
+            r = self._postfix("start")
         if r.returncode != 0:
             raise PostfixError(f"postfix start: {r.stdout.strip()} {r.stderr.strip()} "
                                f"(log {self.root / 'maillog'})")

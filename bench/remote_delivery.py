@@ -3,14 +3,19 @@
 "500 messages to a remote loopback server").
 
     .venv/bin/python bench/remote_delivery.py [-n 500] [--size 4096] [--rounds 3]
-        [--mta ours,postfix] [--mode prequeue,smtp] [--sessions 10] [--maxdels N]
+        [--mta ours,postfix] [--mode prequeue,smtp] [--sessions 10] [--dns]
+        [--maxdels N] [--profile FILE]
 
 Both MTAs relay every message to the same kind of receiver: Postfix's smtp-sink
 (C, its own process, PIPELINING/8BITMIME/DSN, keeps nothing) on 127.0.0.2, a fresh
-one for every trial, so its count starts at 0. Routing is static for both, no DNS:
-courier-py by an `esmtproutes` line (`remote.bench: 127.0.0.2,PORT`), Postfix by
-`relayhost = [127.0.0.2]:PORT` (Postfix takes its resolver from /etc/resolv.conf,
-which cannot point at a loopback test DNS without changing it for everyone).
+one for every trial, so its count starts at 0. Routing is static by default, no
+DNS: courier-py by an `esmtproutes` line (`remote.bench: 127.0.0.2,PORT`), Postfix
+by `relayhost = [127.0.0.2]:PORT`. With --dns both look the mail exchanger up:
+dnsmasq on a 127.53.0.x address, port 53, answers `remote.bench MX 10
+mx.remote.bench`, `mx.remote.bench A 127.0.0.2`; courier-py asks it through
+ESMTP_RESOLVER (with ESMTPPORT = the sink's port), Postfix through a resolv.conf
+of its own mount namespace (bench/postfix_private.py; `relayhost =
+remote.bench:PORT`, which is an MX lookup).
 Every trial uses a fresh instance: `courier init` in a temp dir, or a private
 Postfix (bench/postfix_private.py) that is not the anchors' one.
 
@@ -64,6 +69,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.exception
+import dns.resolver
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +87,7 @@ WAIT = 600.0                 # seconds for one trial's deliveries
 FEED_TIMEOUT = 120.0         # seconds for one SMTP reply while feeding
 SINK_ADDR = "127.0.0.2"      # the receiving server: another loopback address
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 POLL = 0.01
 FROM = "bench@bench.test"
 
@@ -130,7 +138,56 @@ class Sink:
             self.proc.wait(10)
 
 
+class Dns:
+    """dnsmasq, authoritative for remote.bench only (no upstream, no /etc/hosts), on
+    port 53 of a free 127.53.0.x address: port 53 because resolv.conf, where Postfix
+    takes its server from, cannot name another port."""
+
+    def __init__(self) -> None:
+        self.addr = next((a for a in (f"127.53.0.{k}" for k in range(1, 50))
+                          if port_free(a, 53)), None)
+        if self.addr is None:
+            raise RuntimeError("no 127.53.0.x address with port 53 free")
+        self.proc = subprocess.Popen(
+            [DNSMASQ, "-k", "--no-resolv", "--no-hosts", "-C", "/dev/null", "--port=53",
+             f"--listen-address={self.addr}", "--bind-interfaces", "--local=/remote.bench/",
+             "--mx-host=remote.bench,mx.remote.bench,10",
+             f"--host-record=mx.remote.bench,{SINK_ADDR}", "--pid-file=", "--log-facility=-"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, 20, "dnsmasq answering")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited with status {self.proc.returncode}")
+        r = dns.resolver.Resolver(configure=False)
+        r.nameservers = [self.addr]
+        r.lifetime = 1.0
+        try:
+            return bool(r.resolve("remote.bench", "MX"))
+        except dns.exception.DNSException:
+            return False
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 # ------------------------------------------------------------------ helpers
+def port_free(addr: str, port: int) -> bool:
+    """Both UDP and TCP `port` free on `addr` (dnsmasq binds both)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((addr, port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(addr: str) -> int:
     with socket.socket() as s:
         s.bind((addr, 0))
@@ -286,11 +343,15 @@ def courier(*args: str) -> None:
 class Ours:
     name = "courier-py"
 
-    def __init__(self, tmp: Path, sink_port: int, maxdels: int) -> None:
+    def __init__(self, tmp: Path, sink_port: int, maxdels: int, dns: str | None) -> None:
         self.etc = tmp / "inst" / "etc"
         courier("init", str(tmp / "inst"), "--port-base", str(free_base()),
                 "--hostname", "bench.test")
-        (self.etc / "esmtproutes").write_text(f"remote.bench: {SINK_ADDR},{sink_port}\n")
+        if dns:
+            with open(self.etc / "courierd", "a") as fh:
+                fh.write(f"ESMTP_RESOLVER={dns}:53\nESMTPPORT={sink_port}\n")
+        else:
+            (self.etc / "esmtproutes").write_text(f"remote.bench: {SINK_ADDR},{sink_port}\n")
         (self.etc / "smtpaccess.txt").write_text("127.0.0.1\tallow,RELAYCLIENT\n")
         with open(self.etc / "esmtpd", "a") as fh:
             fh.write(f"ACCESSFILE={self.etc / 'smtpaccess.txt'}\n")
@@ -327,8 +388,10 @@ class Ours:
 class Postfix:
     name = "postfix"
 
-    def __init__(self, tmp: Path, sink_port: int, maxdels: int) -> None:
-        self.pf = PostfixInstance(tmp / "postfix", free_port("127.0.0.1"), SINK_ADDR, sink_port)
+    def __init__(self, tmp: Path, sink_port: int, maxdels: int, dns: str | None) -> None:
+        self.pf = PostfixInstance(tmp / "postfix", free_port("127.0.0.1"),
+                                  "remote.bench" if dns else SINK_ADDR, sink_port,
+                                  nameserver=dns)
         self.smtp_port = self.pf.smtp_port
 
     def start(self, *, delivering: bool, accepting: bool) -> None:
@@ -354,7 +417,7 @@ class Postfix:
         return self.pf.queued()
 
 
-MTAS = {"ours": Ours, "postfix": Postfix}
+MTAS: dict[str, type[Ours] | type[Postfix]] = {"ours": Ours, "postfix": Postfix}
 
 
 @dataclass
@@ -404,13 +467,14 @@ def profiler(pid: int, out: str) -> subprocess.Popen[bytes]:
                             stderr=subprocess.DEVNULL)
 
 
-def trial(kind: str, mode: str, args: argparse.Namespace) -> Trial:
+def trial(kind: str, mode: str, args: argparse.Namespace, dns: str | None) -> Trial:
     sink = Sink()
     tmp = Path(tempfile.mkdtemp(prefix=f"courier-bench-remote-{kind}-", dir="/tmp"))
     os.chmod(tmp, 0o755)
-    mta = MTAS[kind](tmp, sink.port, args.maxdels)
+    mta: Ours | Postfix | None = None
     spy: subprocess.Popen[bytes] | None = None
     try:
+        mta = MTAS[kind](tmp, sink.port, args.maxdels, dns)
         n = args.n
         done = lambda: sink.count >= n and mta.queued() == 0   # noqa: E731
         if mode == "prequeue":
@@ -457,7 +521,8 @@ def trial(kind: str, mode: str, args: argparse.Namespace) -> Trial:
         if spy is not None and spy.poll() is None:
             spy.kill()
             spy.wait(10)
-        mta.stop()
+        if mta is not None:
+            mta.stop()
         sink.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -517,6 +582,8 @@ def main() -> int:
     ap.add_argument("--profile", metavar="FILE",
                     help="py-spy courierd in the prequeue queue runs into FILE (raw, "
                          "collapsed stacks; one round, use a larger -n)")
+    ap.add_argument("--dns", action="store_true",
+                    help="route by MX records from a loopback dnsmasq instead of static routes")
     ap.add_argument("--maxdels", type=int, default=0, help="courierd MAXDELS (0: default)")
     args = ap.parse_args()
     kinds = args.mta.split(",")
@@ -527,22 +594,37 @@ def main() -> int:
         ap.error("-n 1..100000, --sessions 1..100, --rounds 1..50")
     if os.geteuid() != 0:
         ap.error("run as root: Postfix's master and smtp-sink -u need it")
+    if args.dns and not os.access(DNSMASQ, os.X_OK):
+        ap.error(f"{DNSMASQ} (Debian package dnsmasq) is missing")
     if not os.access(SMTP_SINK, os.X_OK):
         ap.error(f"{SMTP_SINK} (Postfix's smtp-sink, Debian package postfix) is missing")
     trials: list[Trial] = []
     ok = True
+    dnsd = Dns() if args.dns else None
+    try:
+        ok = run_rounds(args, kinds, modes, dnsd, trials)
+    finally:
+        if dnsd:
+            dnsd.close()
+    print(f"\n{args.n} messages of {args.size} bytes, {args.sessions} feeding sessions, "
+          f"{'MX from a loopback DNS' if dnsd else 'static routes'}, "
+          f"{psutil.cpu_count()} CPUs\n")
+    print(summary(trials))
+    return 0 if ok else 1
+
+
+def run_rounds(args: argparse.Namespace, kinds: list[str], modes: list[str],
+               dnsd: Dns | None, trials: list[Trial]) -> bool:
+    ok = True
     for r in range(args.rounds):
         for mode in modes:
             for kind in (kinds if r % 2 == 0 else kinds[::-1]):
-                t = trial(kind, mode, args)
+                t = trial(kind, mode, args, dnsd.addr if dnsd else None)
                 t.round = r + 1
                 ok &= t.delivered >= t.n
                 trials.append(t)
                 print(json.dumps({"round": r + 1, **t.row()}), flush=True)
-    print(f"\n{args.n} messages of {args.size} bytes, {args.sessions} feeding sessions, "
-          f"{psutil.cpu_count()} CPUs\n")
-    print(summary(trials))
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":
