@@ -148,6 +148,29 @@ class MailboxFacts:
         self.memo = folder_memo(folder)
         self.facts = [MessageFacts(self, i + 1, m) for i, m in enumerate(view.messages)]
         self.relocated = False    # cur/ listed again once for this command (view.relocate)
+        self._records: list[tuple[bytes, tuple[int, ...]] | None] | None = None
+
+    def _record(self, seq: int) -> tuple[bytes, tuple[int, ...]] | None:
+        """The index record of message `seq`. The first one asked for maps the index
+        once for every message of the command (a SORT or header SEARCH of 1:* wants
+        them all), instead of a read per message."""
+        if self._records is None:
+            self._records = self.index.records([(f.msg.base, f.msg.size) for f in self.facts])
+        return self._records[seq - 1]
+
+    def header_of(self, seq: int, i: int) -> tuple[bool, bytes | None]:
+        """(known, raw value) of HEADER_FIELDS[i] from the index, nothing else decoded."""
+        rec = self._record(seq)
+        return (False, None) if rec is None else mindex.header(rec[0], rec[1], i)
+
+    def entry_of(self, seq: int) -> mindex.Entry | None:
+        rec = self._record(seq)
+        if rec is None:
+            return None
+        try:
+            return mindex.decode(rec[0])
+        except mindex.IndexError_:
+            return None
 
 
 class MessageFacts:
@@ -196,7 +219,7 @@ class MessageFacts:
 
     def entry(self) -> mindex.Entry | None:
         if self._entry is _UNSET:
-            self._entry = self.box.index.get(self.msg.base, self.msg.size)
+            self._entry = self.box.entry_of(self.seq)
         return self._entry  # type: ignore[return-value]
 
     def _parse_head(self) -> Part | None:
@@ -230,6 +253,10 @@ class MessageFacts:
         if i is None:
             vals = self._fields(name.decode())
             return vals[0] if vals else None
+        if self._entry is _UNSET:
+            known, value = self.box.header_of(self.seq, i)
+            if known:
+                return value
         e = self.entry()
         if e is not None and e.headers is not None and len(e.headers) > i:
             return e.headers[i]

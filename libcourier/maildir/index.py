@@ -8,7 +8,7 @@ courierpop3dsizelist), so the two can share a folder.
 
 Format (all bytes)::
 
-    courierpy-index 3\\n                                 the file header
+    courierpy-index 4\\n                                 the file header
     [T <count> <names length> <end> <crc32 hex>\\n<table>] where the records are (optional)
     R <payload length> <crc32 hex> <base>\\n<payload>     one record, repeated
 
@@ -26,8 +26,8 @@ bit is seen. The payload starts with a fixed binary table (`_TOC`, little
 endian): disk size, RFC822.SIZE and header length as int64 (-1: not known),
 then (start, length) int32 pairs locating ENVELOPE, BODY, BODYSTRUCTURE and the
 header fields in the payload (length -1: not known), then those bytes. The
-header fields are a list of `<len>:<bytes>` or `-:` ("not in the message")
-preceded by `<count>:`. The table lets FETCH take one view out of a record with
+header fields are a count byte, (start, length) int32 pairs (length -1: not in
+the message), then the values. The table lets FETCH take one view out of a record with
 one unpack and one slice, decoding nothing else. A later record for a base replaces an earlier
 one, so the file is only ever appended to; a message file is never rewritten
 in a Maildir, and the on-disk size kept in the record is checked on every
@@ -56,7 +56,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 INDEX_NAME = "courierpyindex"
-MAGIC = b"courierpy-index 3\n"     # files of earlier versions are rebuilt empty
+MAGIC = b"courierpy-index 4\n"     # files of earlier versions are rebuilt empty
 MAX_INDEX_BYTES = 1 << 30      # a larger file is not read (and is rebuilt empty)
 MAX_RECORD = 8 << 20           # a record longer than this is not stored
 MAX_HEAD = 4096                # a record header line (the base is part of it)
@@ -112,19 +112,21 @@ _VIEWS = ("envelope", "body", "bodystructure", "headers")
 NO_NUMBER = -1
 
 
-def _put(out: list[bytes], data: bytes | None) -> None:
-    if data is None:
-        out.append(b"-:")
-    else:
-        out.append(b"%d:" % len(data))
-        out.append(data)
+_PAIR = struct.Struct("<ii")
 
 
 def _encode_headers(hs: tuple[bytes | None, ...]) -> bytes:
-    out = [b"%d:" % len(hs)]
+    """One count byte, (start, length) int32 pairs (length -1: not in the message),
+    then the values: one field is one unpack and one slice away."""
+    pairs = bytearray([len(hs)])
+    pos = 1 + _PAIR.size * len(hs)
     for h in hs:
-        _put(out, h)
-    return b"".join(out)
+        if h is None:
+            pairs += _PAIR.pack(0, -1)
+        else:
+            pairs += _PAIR.pack(pos, len(h))
+            pos += len(h)
+    return bytes(pairs) + b"".join(h for h in hs if h is not None)
 
 
 def encode(entry: Entry) -> bytes:
@@ -145,34 +147,37 @@ def encode(entry: Entry) -> bytes:
     return _TOC.pack(*toc) + b"".join(blobs)
 
 
-def _take(data: bytes, pos: int) -> tuple[bytes | None, int]:
-    colon = data.find(b":", pos, pos + 12)
-    if colon < 0:
-        raise IndexError_("no field length")
-    n = data[pos:colon]
-    if n == b"-":
-        return None, colon + 1
-    if not n.isdigit():
-        raise IndexError_("bad field length")
-    end = colon + 1 + int(n)
-    if end > len(data):
-        raise IndexError_("field past the record")
-    return data[colon + 1:end], end
-
-
 def _decode_headers(data: bytes) -> tuple[bytes | None, ...]:
-    colon = data.find(b":", 0, 12)
-    count = data[:colon] if colon >= 0 else b""
-    if not count.isdigit() or int(count) > len(HEADER_FIELDS):
+    if not data or data[0] > len(HEADER_FIELDS):
         raise IndexError_("bad header count")
-    pos = colon + 1
-    hs: list[bytes | None] = []
-    for _ in range(int(count)):
-        h, pos = _take(data, pos)
-        hs.append(h)
-    if pos != len(data):
-        raise IndexError_("trailing bytes")
-    return tuple(hs)
+    out = []
+    for i in range(data[0]):
+        known, value = _header_at(data, 0, len(data), i)
+        if not known:
+            raise IndexError_("header field outside the record")
+        out.append(value)
+    return tuple(out)
+
+
+def _header_at(data: bytes, hs: int, hn: int, i: int) -> tuple[bool, bytes | None]:
+    p = hs + 1 + _PAIR.size * i
+    if i >= data[hs] or p + _PAIR.size > hs + hn:
+        return False, None
+    start, n = _PAIR.unpack_from(data, p)
+    if n < 0:
+        return True, None
+    if start < 1 or start + n > hn:
+        return False, None
+    return True, data[hs + start:hs + start + n]
+
+
+def header(payload: bytes, t: tuple[int, ...], i: int) -> tuple[bool, bytes | None]:
+    """(known, raw value) of HEADER_FIELDS[i] in a record whose table is `t`: known is
+    False when the record does not hold that field (made before it was indexed)."""
+    hs, hn = t[9], t[10]
+    if hn < 1 or hs < _TOC.size or hs + hn > len(payload):
+        return False, None
+    return _header_at(payload, hs, hn, i)
 
 
 def toc(payload: bytes) -> tuple[int, ...]:

@@ -269,3 +269,15 @@ def test_view_refuses_a_table_pointing_outside_the_record() -> None:
     assert mindex.view(payload, tuple(t), 2) is None
     t[7] = 0                                              # inside the table itself
     assert mindex.view(payload, tuple(t), 2) is None
+
+
+def test_header_fields_one_at_a_time() -> None:
+    e = full()
+    payload = mindex.encode(e)
+    t = mindex._TOC.unpack_from(payload)
+    assert [mindex.header(payload, t, i) for i in range(len(e.headers))] == \
+        [(True, h) for h in e.headers]
+    # a record made with fewer fields than HEADER_FIELDS: the rest are not known
+    assert mindex.header(payload, t, len(e.headers)) == (False, None)
+    bare = mindex.encode(mindex.Entry(5))
+    assert mindex.header(bare, mindex._TOC.unpack_from(bare), 0) == (False, None)
