@@ -440,11 +440,11 @@ class SmtpClient:
         if self.txn.security and not self.tls_active:
             # Courier's esmtp_helo: SECURITY needs STARTTLS and XSECURITY in the
             # EHLO in clear, else the message is undeliverable.
-            missing = ("STARTTLS" if "STARTTLS" not in self.extensions
-                       or self.tls is TlsPolicy.NONE else
-                       f"XSECURITY={self.txn.security}"
-                       if self.txn.security not in (self._ext_values("XSECURITY") or ())
-                       else None)
+            missing = None
+            if "STARTTLS" not in self.extensions or self.tls is TlsPolicy.NONE:
+                missing = "STARTTLS"
+            elif self.txn.security not in (self._ext_values("XSECURITY") or ()):
+                missing = f"XSECURITY={self.txn.security}"
             if missing:
                 self._fail(local_reply(554, "5.7.10", "Unable to set minimum security level: "
                                        f"{missing} is not available"), events)
