@@ -134,7 +134,7 @@ def parse_route(text: str) -> tuple[str, Route]:
     port: int | None = None
     if comma:
         port_text = port_text.strip()
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ValueError(f"bad port {port_text!r}")
         port = int(port_text)
     if relay.startswith("[") and relay.endswith("]"):
@@ -225,7 +225,7 @@ def load_authclient(path: Path) -> AuthClient:
         host, comma, port_text = parts[0].partition(",")
         port = None
         if comma:
-            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
                 raise ConfigError(f"bad port {port_text!r}", line.path, line.line)
             port = int(port_text)
         entries.append((host.strip("[]").lower().rstrip("."), port, parts[1], parts[2]))

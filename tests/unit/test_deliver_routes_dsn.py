@@ -16,6 +16,8 @@ from courier_deliver.localproto import Reply, Status
 from courier_deliver.queue import Outcome, process_message
 from courier_deliver.remote import RemoteResult
 from courier_deliver.routes import Option, Route, Routes, load_routes, parse_route
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from libcourier.config import ConfigError
 from libcourier.smtp.reply import Reply as SmtpReply
@@ -417,3 +419,28 @@ def test_remote_delivery_reloads_changed_routes_and_authclient(tmp_path, caplog)
     assert rd.config.routes.lookup("b.example") == Route("r4")
     assert rd.config.routes.lookup("a.example") == Route(None)
     assert rd.config.routes.signature == sig
+
+
+# Lines built from what esmtproutes lines are made of (and some trouble:
+# non-ASCII digits and letters, brackets, empty labels).
+_ROUTE_TEXT = st.one_of(
+    st.text(max_size=200),
+    st.text(alphabet="ab.-:[],/ =0123456789\u00b2\u0663\u00e9\u0431SECURITYSTARTLSNOPV46",
+            max_size=80))
+
+
+@given(_ROUTE_TEXT)
+@example("a.example: r,\u00b2")                  # str.isdigit() but not a port
+@example("\u0431.example: r.\u00e9,25 /IPV4ONLY,,SECURITY=NONE")
+@settings(max_examples=1500, deadline=None)
+def test_any_esmtproutes_line_parses_or_is_a_value_error(line):
+    # Bad input is a clear error (a ConfigError with file:line from load_routes),
+    # never a crash of another kind.
+    try:
+        domain, route = parse_route(line)
+    except ValueError as e:
+        assert str(e) and "invalid literal" not in str(e)    # ours, not int()'s
+        return
+    assert domain == domain.lower() and domain.isascii()
+    assert route.relay is None or route.relay.isascii()
+    assert route.port is None or 0 < route.port < 65536
