@@ -67,7 +67,10 @@ REFRESH_EVERY = 0.5            # seconds: a run of misses looks for other writer
 # (superseded records and those of expunged messages go).
 COMPACT_SLACK = 1 << 20
 RELEASE_EVERY = 2048           # records read through a map before its pages are let go
-TABLE_AFTER = 2000             # records hopped over by one scan before the file is rewritten
+# The file is rewritten with a table when more records lie past its table than this and
+# than the table holds (so a folder filled from empty is rewritten at 2,000, 4,000,
+# 8,000... records: twice its size written in all, and the session that filled it pays).
+TABLE_AFTER = 2000
 TABLE_HEAD = 2 + 4 * 21 + 9    # "T " + four fixed-width numbers + " " + crc + "\n"
 RETRY_AFTER = 30.0             # seconds before an index that failed (EACCES, ENOSPC...) is retried
 # The header fields SORT, THREAD (RFC 5256) and header SEARCH (RFC 3501 §6.4.4) want.
@@ -257,6 +260,8 @@ class FolderIndex:
         self._live = 0                                # bytes of the records in _where
         self.compacted = 0                            # times the file was compacted
         self.tabled = 0                               # times rewritten with a table (TABLE_AFTER)
+        self._in_table = 0                            # records the loaded table holds
+        self._untabled = 0                            # records noted past the table
 
     # -- opening, scanning, rebuilding ----------------------------------------------------
 
@@ -266,6 +271,7 @@ class FolderIndex:
         self._fd, self._ino, self._scanned = -1, -1, 0
         self._where.clear()
         self._live = 0
+        self._in_table = self._untabled = 0
 
     def _note(self, base: str, loc: tuple[int, int, int]) -> None:
         """Record where a base's latest record is, keeping the live byte count."""
@@ -334,6 +340,7 @@ class FolderIndex:
                                           strict=True), strict=True))
         self._live = end - start - tlen
         self._scanned = end
+        self._in_table = count
 
     def _scan(self) -> None:
         """Parse the records appended since the last scan; damage -> rebuild."""
@@ -342,7 +349,6 @@ class FolderIndex:
         pos = self._scanned          # file offset of buf[0]
         at = 0                       # next record in buf
         where = self._where
-        hopped = 0
         while True:
             if len(buf) - at < MAX_HEAD and pos + len(buf) < end:
                 want = min(SCAN_CHUNK, end - pos - len(buf))
@@ -350,7 +356,7 @@ class FolderIndex:
                 pos += at
                 at = 0
             if at >= len(buf):
-                if hopped > TABLE_AFTER:
+                if self._untabled > max(TABLE_AFTER, self._in_table):
                     self._rebuild(where, damaged=False)   # the next session loads a table
                 break
             nl = buf.find(b"\n", at, at + MAX_HEAD)
@@ -376,7 +382,7 @@ class FolderIndex:
             where[base] = (start, n, crc)
             self._live += nl + 1 - at + n
             self._scanned = start + n
-            hopped += 1
+            self._untabled += 1
             # skip the payload without reading it into buf when it is past the buffer
             if nl + 1 + n <= len(buf):
                 at = nl + 1 + n
@@ -576,7 +582,11 @@ class FolderIndex:
                               zlib.crc32(payload, zlib.crc32(b))))
             if end - len(rec) == self._scanned:
                 self._scanned = end     # nobody appended in between: no need to read it back
-            self._maybe_compact()
+            self._untabled += 1
+            if self._untabled > max(TABLE_AFTER, self._in_table):
+                self._rebuild(self._where, damaged=False)
+            else:
+                self._maybe_compact()
         except OSError:
             self._failed = time.monotonic()
             return False

@@ -221,13 +221,15 @@ def test_counting_the_size_parses_for_bodystructure_too(tmp_path: Path) -> None:
 
 
 def test_table_written_after_many_hops_and_loaded(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(mindex, "TABLE_AFTER", 5)
+    monkeypatch.setattr(mindex, "TABLE_AFTER", 10 ** 6)
     d = folder(tmp_path)
     w = mindex.FolderIndex(d)
     for k in range(20):
         assert w.put(f"m{k}", mindex.Entry(k + 1, crlf_size=k))
     w.close()
+    assert w.tabled == 0
     # a new reader hops over 20 records: it rewrites the file with a table
+    monkeypatch.setattr(mindex, "TABLE_AFTER", 5)
     r = mindex.FolderIndex(d)
     assert r.get("m3", 4) == mindex.Entry(4, crlf_size=3)
     assert r.tabled == 1 and r.rebuilt == 0
@@ -281,3 +283,16 @@ def test_header_fields_one_at_a_time() -> None:
     assert mindex.header(payload, t, len(e.headers)) == (False, None)
     bare = mindex.encode(mindex.Entry(5))
     assert mindex.header(bare, mindex._TOC.unpack_from(bare), 0) == (False, None)
+
+
+def test_a_writer_filling_the_index_writes_tables_as_it_grows(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(mindex, "TABLE_AFTER", 5)
+    d = folder(tmp_path)
+    w = mindex.FolderIndex(d)
+    for k in range(40):
+        assert w.put(f"m{k}", mindex.Entry(k + 1, crlf_size=k))
+    assert w.tabled == 3 and w.rebuilt == 0           # at 6, 13 and 27 records
+    r = mindex.FolderIndex(d)
+    assert [r.get(f"m{k}", k + 1) for k in range(40)] == \
+        [mindex.Entry(k + 1, crlf_size=k) for k in range(40)]
+    assert r.tabled == 0                               # 13 records past a table of 27
