@@ -143,7 +143,7 @@ class Dns:
     port 53 of a free 127.53.0.x address: port 53 because resolv.conf, where Postfix
     takes its server from, cannot name another port."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: int) -> None:
         self.addr = next((a for a in (f"127.53.0.{k}" for k in range(1, 50))
                           if port_free(a, 53)), None)
         if self.addr is None:
@@ -151,6 +151,9 @@ class Dns:
         self.proc = subprocess.Popen(
             [DNSMASQ, "-k", "--no-resolv", "--no-hosts", "-C", "/dev/null", "--port=53",
              f"--listen-address={self.addr}", "--bind-interfaces", "--local=/remote.bench/",
+             # dnsmasq answers its own records with TTL 0 unless told: real MX and A
+             # records live minutes to days, and a resolver may cache them so long.
+             f"--local-ttl={ttl}",
              "--mx-host=remote.bench,mx.remote.bench,10",
              f"--host-record=mx.remote.bench,{SINK_ADDR}", "--pid-file=", "--log-facility=-"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -584,14 +587,16 @@ def main() -> int:
                          "collapsed stacks; one round, use a larger -n)")
     ap.add_argument("--dns", action="store_true",
                     help="route by MX records from a loopback dnsmasq instead of static routes")
+    ap.add_argument("--dns-ttl", type=int, default=300,
+                    help="TTL of those records (dnsmasq's own default is 0: nothing cached)")
     ap.add_argument("--maxdels", type=int, default=0, help="courierd MAXDELS (0: default)")
     args = ap.parse_args()
     kinds = args.mta.split(",")
     modes = ["prequeue"] if args.prequeue else args.mode.split(",")
     if not set(kinds) <= set(MTAS) or not set(modes) <= {"prequeue", "smtp"}:
         ap.error("unknown --mta or --mode value")
-    if not (1 <= args.n <= 100000 and 1 <= args.sessions <= 100 and 1 <= args.rounds <= 50):
-        ap.error("-n 1..100000, --sessions 1..100, --rounds 1..50")
+    if not (0 <= args.dns_ttl <= 86400 and 1 <= args.n <= 100000 and 1 <= args.sessions <= 100 and 1 <= args.rounds <= 50):
+        ap.error("-n 1..100000, --sessions 1..100, --rounds 1..50, --dns-ttl 0..86400")
     if os.geteuid() != 0:
         ap.error("run as root: Postfix's master and smtp-sink -u need it")
     if args.dns and not os.access(DNSMASQ, os.X_OK):
@@ -600,14 +605,14 @@ def main() -> int:
         ap.error(f"{SMTP_SINK} (Postfix's smtp-sink, Debian package postfix) is missing")
     trials: list[Trial] = []
     ok = True
-    dnsd = Dns() if args.dns else None
+    dnsd = Dns(args.dns_ttl) if args.dns else None
     try:
         ok = run_rounds(args, kinds, modes, dnsd, trials)
     finally:
         if dnsd:
             dnsd.close()
     print(f"\n{args.n} messages of {args.size} bytes, {args.sessions} feeding sessions, "
-          f"{'MX from a loopback DNS' if dnsd else 'static routes'}, "
+          f"{f'MX from a loopback DNS, TTL {args.dns_ttl}' if dnsd else 'static routes'}, "
           f"{psutil.cpu_count()} CPUs\n")
     print(summary(trials))
     return 0 if ok else 1
