@@ -444,3 +444,29 @@ def test_any_esmtproutes_line_parses_or_is_a_value_error(line):
     assert domain == domain.lower() and domain.isascii()
     assert route.relay is None or route.relay.isascii()
     assert route.port is None or 0 < route.port < 65536
+
+
+@pytest.mark.parametrize("options,verify,starttls,security,want", [
+    ((), False, True, None, ("opportunistic", "client")),
+    ((), True, True, None, ("opportunistic", "verified")),      # ESMTP_TLS_VERIFY_DOMAIN=1
+    ((), False, False, None, ("none", "client")),                # ESMTP_USE_STARTTLS=0
+    ((REQUIRED,), False, True, None, ("required", "client")),    # TLS, unverified: Courier
+    ((REQUIRED,), True, True, None, ("required", "verified")),
+    ((SMTPS, REQUIRED), False, True, None, ("smtps", "client")),   # SMTPS drops REQUIRED
+    ((STARTTLS,), True, True, "STARTTLS", ("opportunistic", "security")),
+    ((SMTPS,), False, True, "STARTTLS", ("smtps", "security")),
+])
+def test_tls_policy_and_trust_per_route(options, verify, starttls, security, want):
+    import ssl
+
+    import dns.asyncresolver
+    from courier_deliver.config import EsmtpConfig
+    from courier_deliver.remote import RemoteDelivery
+
+    ctxs = {name: ssl.create_default_context() for name in ("client", "verified", "security")}
+    rd = RemoteDelivery(EsmtpConfig(helo="me.test", verify=verify, starttls=starttls,
+                                    tls_client=ctxs["client"], tls_verified=ctxs["verified"],
+                                    tls_security=ctxs["security"]),
+                        resolver=dns.asyncresolver.Resolver(configure=False))
+    policy, ctx = rd._tls(Route("r.example", None, frozenset(options)), security)
+    assert (policy.value, next(n for n, c in ctxs.items() if c is ctx)) == want
