@@ -38,6 +38,7 @@ crash in between repeats a report or a delivery, never loses a bounce.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import enum
@@ -461,7 +462,9 @@ class QueueManager:
         self.stopping = False
         self.failed = False
         self._wake: asyncio.Event | None = None
-        self._slot_freed: asyncio.Event | None = None   # a local slot was released
+        # Loop tasks waiting for a local slot, oldest first: a release wakes one
+        # (an Event woke them all: every release cost every waiter a wakeup).
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Open notice connections and their handler tasks (close_notices).
         self._notices: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
         self._scan_now = True
@@ -566,8 +569,33 @@ class QueueManager:
             with self._local_slots:      # MAXDELS local deliveries at once
                 return self.deliver(sock, fd, sender, rcpt, user)
         finally:
-            if self._loop is not None and self._slot_freed is not None:
-                self._loop.call_soon_threadsafe(self._slot_freed.set)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake_slot_waiter)
+
+    def _wake_slot_waiter(self) -> None:
+        """A local slot was released (in the loop): the oldest waiter tries again."""
+        while self._slot_waiters:
+            fut = self._slot_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def _local_slot(self) -> threading.BoundedSemaphore:
+        """One of the MAXDELS local slots (shared with the threads), for the loop."""
+        while True:
+            slots = self._local_slots
+            if slots.acquire(blocking=False):
+                return slots
+            fut = asyncio.get_running_loop().create_future()
+            self._slot_waiters.append(fut)
+            try:
+                await fut
+            except BaseException:
+                if fut in self._slot_waiters:
+                    self._slot_waiters.remove(fut)
+                elif fut.done() and not fut.cancelled():
+                    self._wake_slot_waiter()     # pass on a wakeup this task will not use
+                raise
 
     # -- the common message, delivered from the loop --
 
@@ -607,20 +635,15 @@ class QueueManager:
             return None
         env, rcpt, fh = found
         config, client = self.config, self._local_client
-        assert client is not None and self._slot_freed is not None
+        assert client is not None
         with fh:
-            while True:                  # a MAXDELS slot, shared with the threads
-                self._slot_freed.clear()
-                slots = self._local_slots
-                if slots.acquire(blocking=False):
-                    break
-                await self._slot_freed.wait()
+            slots = await self._local_slot()
             try:
                 reply = await client.request_async(config.layout.local_socket, fh.fileno(),
                                                    *_local_args(config, env, rcpt))
             finally:
                 slots.release()
-                self._slot_freed.set()
+                self._wake_slot_waiter()
         _log_local(qid, env, rcpt, reply)
         run = _Run(config, qid, env, self._removals)
         if reply.status is Status.OK:
@@ -656,7 +679,6 @@ class QueueManager:
 
     async def run_scheduler(self) -> None:
         self._wake = asyncio.Event()
-        self._slot_freed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         if self.config.esmtp is not None and self.remote is None:
             self.remote = RemoteDelivery(self.config.esmtp)
