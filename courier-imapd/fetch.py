@@ -428,14 +428,14 @@ def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
     view = mindex.view
     for first in range(0, len(picked), INDEXED_BATCH):
         batch = picked[first:first + INDEXED_BATCH]
-        recs = None if idx is None else idx.records([(m.base, m.size) for _, m in batch])
-        if recs is not None and len(names) == 1 and names[0] in _VIEW_OF:
+        if idx is not None and len(names) == 1 and names[0] in _VIEW_OF:
             # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
             k_view, label = _VIEW_OF[names[0]]
-            views = [None if r is None else view(r[0], r[1], k_view) for r in recs]
+            views = idx.views([(m.base, m.size) for _, m in batch], k_view)
             yield from [None if v is None else b"* %d FETCH (%s%s)\r\n" % (seq, label, v)
                         for (seq, _), v in zip(batch, views, strict=True)]
             continue
+        recs = None if idx is None else idx.records([(m.base, m.size) for _, m in batch])
         for k, (seq, msg) in enumerate(batch):
             rec = recs[k] if recs is not None else None
             parts = []

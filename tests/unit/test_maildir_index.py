@@ -296,3 +296,16 @@ def test_a_writer_filling_the_index_writes_tables_as_it_grows(tmp_path: Path, mo
     assert [r.get(f"m{k}", k + 1) for k in range(40)] == \
         [mindex.Entry(k + 1, crlf_size=k) for k in range(40)]
     assert r.tabled == 0                               # 13 records past a table of 27
+
+
+def test_views_as_records_and_view(tmp_path: Path) -> None:
+    d = folder(tmp_path)
+    w = mindex.FolderIndex(d)
+    w.put("a", full(10))
+    w.put("b", mindex.Entry(7, envelope=b"(e)"))
+    msgs = [("a", 10), ("a", 11), ("b", 7), ("nope", 1)]
+    for k in range(3):
+        want = [None if r is None else mindex.view(r[0], r[1], k) for r in w.records(msgs)]
+        assert w.views(msgs, k) == want
+    assert w.views(msgs, 2) == [b"(bs)", None, None, None]
+    assert w.views(msgs, 0) == [b"(env)", None, b"(e)", None]
