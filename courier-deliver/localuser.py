@@ -57,6 +57,7 @@ PROGRAM_OUTPUT_MAX = 400     # bytes of a failing program's output kept for the 
 DYNAMIC_MAX = 8191           # bytes of `|| program` output read as instructions (Courier's)
 MAX_DYNAMIC_LEVEL = 3        # `||` inside instructions `||` made: at most 4 levels (Courier)
 HEADER_SCAN_MAX = 256 * 1024 # bytes of header read to find loops
+HEADER_SCAN_FIRST = 16 * 1024  # the first read: most headers end within it
 MAX_HOPS = 100               # Received/Delivered-To lines before we call it a loop
 
 
@@ -111,7 +112,11 @@ def _perm(text: str) -> _Fail:
 def _check_loop(fd: int, recipient: str) -> None:
     """A copy that already went through this mailbox, or too many hops, is a
     loop (RFC 5321 §6.3): refuse it permanently rather than mail forever."""
-    head = os.pread(fd, HEADER_SCAN_MAX, 0)
+    # A small first read: a 256 KB buffer for every message was an mmap, page
+    # faults and a munmap in the delivery worker.
+    head = os.pread(fd, HEADER_SCAN_FIRST, 0)
+    if b"\n\n" not in head and len(head) == HEADER_SCAN_FIRST:
+        head = os.pread(fd, HEADER_SCAN_MAX, 0)
     end = head.find(b"\n\n")
     if end >= 0:
         head = head[:end + 1]

@@ -131,11 +131,11 @@ def ensure_maildir(maildir: Path) -> None:
             raise DeliveryError(True, f"cannot sync {maildir}: {e.strerror}") from None
 
 
-def _create_tmp(tmpdir: Path) -> tuple[int, str]:
+def _create_tmp(tmpdir: str) -> tuple[int, str]:
     for _ in range(MAX_NAME_TRIES):
         name = unique_name()
         try:
-            fd = os.open(tmpdir / name,
+            fd = os.open(f"{tmpdir}/{name}",
                          os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                          0o600)
         except FileExistsError:
@@ -154,10 +154,13 @@ def deliver_to_maildir(maildir: Path, chunks: Iterable[bytes] | BinaryIO, *,
 
 def _deliver_ensured(maildir: Path, chunks: Iterable[bytes] | BinaryIO, prefix: bytes) -> str:
     """deliver_to_maildir once ensure_maildir has run."""
-    tmpdir, newdir = maildir / "tmp", maildir / "new"
+    # Plain strings: this runs for every message, and pathlib's parsing cost
+    # more than the system calls that use the paths.
+    base_dir = os.fspath(maildir)
+    tmpdir, newdir = f"{base_dir}/tmp", f"{base_dir}/new"
     fd, tmpname = _create_tmp(tmpdir)
-    tmppath = tmpdir / tmpname
-    linked: Path | None = None
+    tmppath = f"{tmpdir}/{tmpname}"
+    linked: str | None = None
     try:
         try:
             size = 0
@@ -182,7 +185,7 @@ def _deliver_ensured(maildir: Path, chunks: Iterable[bytes] | BinaryIO, prefix: 
         # Insert V<dev>I<ino> before the host part: time.MusecPpid[_n]VdevIino.host
         final = (f"{base[0]}.{base[1]}V{st.st_dev:016X}I{st.st_ino:016X}.{base[2]}"
                  f",S={size}")
-        target = newdir / final
+        target = f"{newdir}/{final}"
         try:
             os.link(tmppath, target)
             linked = target
@@ -209,7 +212,7 @@ def _deliver_ensured(maildir: Path, chunks: Iterable[bytes] | BinaryIO, prefix: 
         raise
 
 
-def _cleanup(tmppath: Path, linked: Path | None) -> None:
+def _cleanup(tmppath: str, linked: str | None) -> None:
     # A failure after the link (the directory fsync) withdraws the file too:
     # the caller will retry, and a duplicate is worse than a retry.
     for p in (tmppath, linked):

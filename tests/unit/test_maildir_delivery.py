@@ -119,7 +119,7 @@ def test_failing_fsync_of_new_withdraws_the_file(tmp_path, monkeypatch):
     real = delivery_mod._fsync_dir
 
     def bad_fsync_dir(path):
-        if path.name == "new":
+        if os.path.basename(path) == "new":
             raise OSError(5, "Input/output error")
         real(path)
 
