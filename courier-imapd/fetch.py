@@ -389,7 +389,7 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
 # Items a warm folder answers from the message list and the index alone: clients' sync
 # requests (FLAGS, the ENVELOPE set, BODYSTRUCTURE) over a whole folder.
 INDEX_ONLY = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE",
-                        "BODYSTRUCTURE", "BODY.STRUCTURE"})
+                        "BODYSTRUCTURE", "BODY.STRUCTURE", "MODSEQ"})
 _NEEDS_RECORD = frozenset({"RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY.STRUCTURE"})
 _VIEW_OF = {"ENVELOPE": (0, b"ENVELOPE "), "BODY.STRUCTURE": (1, b"BODY "),
             "BODYSTRUCTURE": (2, b"BODYSTRUCTURE ")}
@@ -397,9 +397,11 @@ _VIEW_OF = {"ENVELOPE": (0, b"ENVELOPE "), "BODY.STRUCTURE": (1, b"BODY "),
 
 def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
                       picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
-                      sizes: dict[int, int]) -> Iterator[bytes | None] | None:
+                      sizes: dict[int, int],
+                      modseq: Callable[[int], int] | None = None) -> Iterator[bytes | None] | None:
     """`* n FETCH (...)\r\n` for each (n, message) of `picked` in turn, answered from
-    the message list and the folder index only; None in place of a message the index
+    the message list, the folder index and `modseq` (uid -> its mod-sequence, the
+    session's CONDSTORE tracker, None without one) only; None in place of a message the index
     does not know (the caller answers it the usual way, which records it). None instead
     of an iterator when `items` need more than the index holds (a body section...).
 
@@ -414,7 +416,7 @@ def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
         idx = _indexes.get(folder)
         if idx is None:
             idx = folder_index(os.path.join(folder, "cur", "-"))
-    return _indexed_lines(names, idx, picked, recent, sizes)
+    return _indexed_lines(names, idx, picked, recent, sizes, modseq)
 
 
 INDEXED_BATCH = 2048
@@ -422,7 +424,8 @@ INDEXED_BATCH = 2048
 
 def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
                    picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
-                   sizes: dict[int, int]) -> Iterator[bytes | None]:
+                   sizes: dict[int, int],
+                   modseq: Callable[[int], int] | None) -> Iterator[bytes | None]:
     flag_memo: dict[tuple, bytes] = {}
     date_memo = InternalDates()
     view = mindex.view
@@ -450,6 +453,9 @@ def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
                     parts.append(got)
                 elif name == "INTERNALDATE":
                     parts.append(date_memo.item(msg.mtime))
+                elif name == "MODSEQ":
+                    # RFC 7162 §3.1.4.1, as message_parts: 1 when no mod-sequences are kept
+                    parts.append(b"MODSEQ (%d)" % ((modseq(msg.uid) if modseq else None) or 1))
                 elif rec is None:
                     parts = None
                     break

@@ -854,7 +854,8 @@ class Session:
         # (None: the items need more; a None line: that message goes the long way).
         fast = fetchmod.indexed_responses(base_items, view.maildir,
                                           [(i + 1, view.messages[i]) for i in idx],
-                                          view.recent, view.sizes)
+                                          view.recent, view.sizes,
+                                          tracker.modseq if tracker is not None else None)
         for i in idx:
             line = next(fast) if fast is not None else None
             msg = view.messages[i]

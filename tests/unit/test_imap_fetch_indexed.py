@@ -45,20 +45,21 @@ def maildir(tmp_path: Path) -> Path:
     return root
 
 
-def slow(md: Maildir, items: tuple[FetchItem, ...]) -> list[bytes]:
+def slow(md: Maildir, items: tuple[FetchItem, ...], modseq=None) -> list[bytes]:
     """The long way, one message at a time, recording in the index."""
     out = []
     for n, msg in enumerate(md.scan().messages, 1):
         with open(fetchmod.message_path(md, msg), "rb") as fh:
-            parts, _ = fetchmod.message_parts(items, msg, fh, flags_text(msg.flags, False,
-                                                                         msg.keywords), None)
+            parts, _ = fetchmod.message_parts(
+                items, msg, fh, flags_text(msg.flags, False, msg.keywords), None,
+                modseq=modseq(msg.uid) if modseq else None)
             out.append(fetch_response(n, parts))
     return out
 
 
-def fast(md: Maildir, items: tuple[FetchItem, ...]) -> list[bytes | None] | None:
+def fast(md: Maildir, items: tuple[FetchItem, ...], modseq=None) -> list[bytes | None] | None:
     picked = list(enumerate(md.scan().messages, 1))
-    got = fetchmod.indexed_responses(items, md, picked, set(), {})
+    got = fetchmod.indexed_responses(items, md, picked, set(), {}, modseq)
     return None if got is None else list(got)
 
 
@@ -86,7 +87,7 @@ def test_flags_and_uid_need_no_index(tmp_path: Path) -> None:
 def test_items_beyond_the_index_go_the_long_way(tmp_path: Path) -> None:
     md = Maildir(maildir(tmp_path))
     slow(md, ALL)
-    for item in (FetchItem("BODY", section="TEXT", peek=True), FetchItem("MODSEQ"),
+    for item in (FetchItem("BODY", section="TEXT", peek=True),
                  FetchItem("RFC822.HEADER")):
         assert fast(md, (FetchItem("UID"), item)) is None
 
@@ -151,3 +152,11 @@ def test_internaldates_as_internaldate(times: list[float], zone: str) -> None:
         else:
             os.environ["TZ"] = old
         time.tzset()
+
+
+def test_modseq_as_the_long_way(tmp_path: Path) -> None:
+    md = Maildir(maildir(tmp_path))
+    items = (FetchItem("UID"), FetchItem("FLAGS"), FetchItem("MODSEQ"))
+    assert fast(md, items, lambda uid: 40 + uid) == slow(md, items, lambda uid: 40 + uid)
+    assert fast(md, items) == slow(md, items)            # no tracker: MODSEQ (1)
+    assert b"MODSEQ (41)" in fast(md, items, lambda uid: 40 + uid)[0]
