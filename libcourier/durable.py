@@ -74,3 +74,29 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
             pass
         raise
     fsync_dir(path.parent)
+
+
+def replace_cache(path: str | os.PathLike[str], data: bytes,
+                  tmp: str | os.PathLike[str]) -> bool:
+    """Replace a pure cache file (one that is checked when read and rebuilt when
+    missing or damaged): tmp (O_EXCL, 0600), write, rename. No fsync: after a
+    crash the reader's check finds an old or torn file and rebuilds it, so the
+    cost of durability buys nothing here. False when it could not be written
+    (the tmp file is removed); the caller goes on without the cache."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+    return True

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from libcourier.durable import replace_cache
 from libcourier.maildir.flags import split_name
 
 STATE_NAME = "courierpystate"
@@ -177,22 +178,7 @@ def write(folder: Path, v: Validators, recorded_ns: int, uidvalidity: int, uidne
     data = b"".join([MAGIC, head, b" %08x %08x\n" % (zlib.crc32(kwnames, zlib.crc32(head)),
                                                      zlib.crc32(body)), kwnames, body])
     tmp = folder / "tmp" / f"{os.getpid()}.pystate_{os.urandom(4).hex()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, folder / STATE_NAME)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        return False
-    return True
+    return replace_cache(folder / STATE_NAME, data, tmp)
 
 
 def open_summary(folder: Path, now: Validators) -> Summary | None:
