@@ -375,7 +375,9 @@ def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
     if reply.status is Status.OK and outcome.forwards:
         reply = _forward(forward, fd, req, outcome)
     if reply.status is Status.OK:
-        logger.info("delivered to %s (uid %s): %s", req.recipient, info.uid, reply.text)
+        # courierd logs every delivery (id, sender, recipient, file) as Courier
+        # does; this line, once per message, is for DEBUG_LOGIN-style tracing.
+        logger.debug("delivered to %s (uid %s): %s", req.recipient, info.uid, reply.text)
     else:
         logger.info("delivery to %s: %s %s", req.recipient, reply.status.value, reply.text)
     return reply

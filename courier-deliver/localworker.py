@@ -101,6 +101,7 @@ class _Worker:
     key: tuple
     pid: int
     sock: socket.socket
+    sel: selectors.BaseSelector      # waits for its replies (one per worker, not per message)
 
 
 class UserWorkers:
@@ -116,6 +117,7 @@ class UserWorkers:
         w, self._w = self._w, None
         if w is None:
             return
+        w.sel.close()
         w.sock.close()                  # the worker sees EOF and exits
         try:
             os.waitpid(w.pid, 0)
@@ -148,7 +150,9 @@ class UserWorkers:
                 courier_log.flush()
                 os._exit(0)
         child.close()
-        self._w = _Worker(account_key(info), pid, parent)
+        sel = selectors.DefaultSelector()
+        sel.register(parent, selectors.EVENT_READ)
+        self._w = _Worker(account_key(info), pid, parent, sel)
         return self._w
 
     def deliver(self, info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
@@ -178,30 +182,25 @@ class UserWorkers:
     def _wait(self, w: _Worker, timeout: float) -> Outcome:
         deadline = time.monotonic() + timeout
         data = bytearray()
-        sel = selectors.DefaultSelector()
-        sel.register(w.sock, selectors.EVENT_READ)
-        try:
-            while True:
-                head, nl, body = bytes(data).partition(b"\n")
-                if nl and head.isdigit() and len(body) >= int(head):
-                    try:
-                        outcome = parse_report(body[:int(head)])
-                    except ClientError:
-                        outcome = None
-                    if outcome is None:
-                        break
-                    return outcome
-                if len(data) > REPORT_MAX + 16:
+        while True:
+            head, nl, body = bytes(data).partition(b"\n")
+            if nl and head.isdigit() and len(body) >= int(head):
+                try:
+                    outcome = parse_report(body[:int(head)])
+                except ClientError:
+                    outcome = None
+                if outcome is None:
                     break
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    self._kill()
-                    return Outcome(Reply(Status.TEMP, "4.3.0 delivery timed out"))
-                chunk = w.sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            sel.close()
+                return outcome
+            if len(data) > REPORT_MAX + 16:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or not w.sel.select(left):
+                self._kill()
+                return Outcome(Reply(Status.TEMP, "4.3.0 delivery timed out"))
+            chunk = w.sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
         self._kill()
         return Outcome(Reply(Status.TEMP, "4.3.0 delivery process ended without a result"))
