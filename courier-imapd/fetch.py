@@ -398,10 +398,13 @@ _VIEW_OF = {"ENVELOPE": (0, b"ENVELOPE "), "BODY.STRUCTURE": (1, b"BODY "),
 def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
                       picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
                       sizes: dict[int, int],
-                      modseq: Callable[[int], int] | None = None) -> Iterator[bytes | None] | None:
+                      modseq: Callable[[int], int] | None = None,
+                      ghosts: set[int] | frozenset[int] = frozenset()
+                      ) -> Iterator[bytes | None] | None:
     """`* n FETCH (...)\r\n` for each (n, message) of `picked` in turn, answered from
     the message list, the folder index and `modseq` (uid -> its mod-sequence, the
-    session's CONDSTORE tracker, None without one) only; None in place of a message the index
+    session's CONDSTORE tracker, None without one) only; None also for the UIDs in
+    `ghosts` (expunged by another session: the caller's long way says so); None in place of a message the index
     does not know (the caller answers it the usual way, which records it). None instead
     of an iterator when `items` need more than the index holds (a body section...).
 
@@ -416,7 +419,7 @@ def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
         idx = _indexes.get(folder)
         if idx is None:
             idx = folder_index(os.path.join(folder, "cur", "-"))
-    return _indexed_lines(names, idx, picked, recent, sizes, modseq)
+    return _indexed_lines(names, idx, picked, recent, sizes, modseq, ghosts)
 
 
 INDEXED_BATCH = 2048
@@ -425,7 +428,8 @@ INDEXED_BATCH = 2048
 def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
                    picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
                    sizes: dict[int, int],
-                   modseq: Callable[[int], int] | None) -> Iterator[bytes | None]:
+                   modseq: Callable[[int], int] | None,
+                   ghosts: set[int] | frozenset[int]) -> Iterator[bytes | None]:
     flag_memo: dict[tuple, bytes] = {}
     date_memo = InternalDates()
     view = mindex.view
@@ -435,11 +439,17 @@ def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
             # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
             k_view, label = _VIEW_OF[names[0]]
             views = idx.views([(m.base, m.size) for _, m in batch], k_view)
+            if ghosts:
+                views = [None if m.uid in ghosts else v
+                         for (_, m), v in zip(batch, views, strict=True)]
             yield from [None if v is None else b"* %d FETCH (%s%s)\r\n" % (seq, label, v)
                         for (seq, _), v in zip(batch, views, strict=True)]
             continue
         recs = None if idx is None else idx.records([(m.base, m.size) for _, m in batch])
         for k, (seq, msg) in enumerate(batch):
+            if msg.uid in ghosts:
+                yield None
+                continue
             rec = recs[k] if recs is not None else None
             parts = []
             for name in names:

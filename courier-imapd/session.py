@@ -851,22 +851,26 @@ class Session:
             if (wants_flags or sets_seen) and not any(i.name == "MODSEQ" for i in base_items):
                 base_items = (*base_items, fetchmod.FetchItem("MODSEQ"))   # RFC 7162 §3.1
         # The usual sync item sets of a warm folder come from the index in one pass
-        # (None: the items need more; a None line: that message goes the long way).
+        # (None: the items need more; a None line: that message goes the long way,
+        # as do the messages expunged by another session, view.ghosts).
+        msgs = view.messages
         fast = fetchmod.indexed_responses(base_items, view.maildir,
-                                          [(i + 1, view.messages[i]) for i in idx],
+                                          [(i + 1, msgs[i]) for i in idx],
                                           view.recent, view.sizes,
-                                          tracker.modseq if tracker is not None else None)
+                                          tracker.modseq if tracker is not None else None,
+                                          view.ghosts)
         for i in idx:
-            line = next(fast) if fast is not None else None
+            if fast is not None:
+                line = next(fast)
+                if line is not None:
+                    pending += line
+                    if len(pending) >= OUT_CHUNK:
+                        self.out(bytes(pending))
+                        pending.clear()
+                    continue
             msg = view.messages[i]
             if msg.uid in view.ghosts:
                 missing = True
-                continue
-            if line is not None:
-                pending += line
-                if len(pending) >= OUT_CHUNK:
-                    self.out(bytes(pending))
-                    pending.clear()
                 continue
             items = base_items
             if sets_seen and "S" not in msg.flags:

@@ -67,9 +67,10 @@ REFRESH_EVERY = 0.5            # seconds: a run of misses looks for other writer
 # (superseded records and those of expunged messages go).
 COMPACT_SLACK = 1 << 20
 RELEASE_EVERY = 2048           # records read through a map before its pages are let go
-# The file is rewritten with a table when more records lie past its table than this and
-# than the table holds (so a folder filled from empty is rewritten at 2,000, 4,000,
-# 8,000... records: twice its size written in all, and the session that filled it pays).
+# The file is rewritten with a table when one scan hops over more records than this (all
+# later sessions would too), and by a process that appends when more records lie past
+# the table than this and than the table holds (a folder filled from empty is rewritten
+# at 2,000, 4,000, 8,000... records: twice its size written in all, by the filler).
 TABLE_AFTER = 2000
 TABLE_HEAD = 2 + 4 * 21 + 9    # "T " + four fixed-width numbers + " " + crc + "\n"
 RETRY_AFTER = 30.0             # seconds before an index that failed (EACCES, ENOSPC...) is retried
@@ -349,6 +350,7 @@ class FolderIndex:
         pos = self._scanned          # file offset of buf[0]
         at = 0                       # next record in buf
         where = self._where
+        hopped = 0
         while True:
             if len(buf) - at < MAX_HEAD and pos + len(buf) < end:
                 want = min(SCAN_CHUNK, end - pos - len(buf))
@@ -356,8 +358,9 @@ class FolderIndex:
                 pos += at
                 at = 0
             if at >= len(buf):
-                if self._untabled > max(TABLE_AFTER, self._in_table):
-                    self._rebuild(where, damaged=False)   # the next session loads a table
+                if hopped > TABLE_AFTER:
+                    # every later session would hop them too: load a table instead
+                    self._rebuild(where, damaged=False)
                 break
             nl = buf.find(b"\n", at, at + MAX_HEAD)
             head = buf[at:nl].split(b" ", 3) if nl >= 0 else []
@@ -383,6 +386,7 @@ class FolderIndex:
             self._live += nl + 1 - at + n
             self._scanned = start + n
             self._untabled += 1
+            hopped += 1
             # skip the payload without reading it into buf when it is past the buffer
             if nl + 1 + n <= len(buf):
                 at = nl + 1 + n
@@ -623,6 +627,7 @@ class FolderIndex:
                 self._scanned = end     # nobody appended in between: no need to read it back
             self._untabled += 1
             if self._untabled > max(TABLE_AFTER, self._in_table):
+                # a process filling the index: rewritten at 2,000, 4,000, 8,000... records
                 self._rebuild(self._where, damaged=False)
             else:
                 self._maybe_compact()

@@ -160,3 +160,12 @@ def test_modseq_as_the_long_way(tmp_path: Path) -> None:
     assert fast(md, items, lambda uid: 40 + uid) == slow(md, items, lambda uid: 40 + uid)
     assert fast(md, items) == slow(md, items)            # no tracker: MODSEQ (1)
     assert b"MODSEQ (41)" in fast(md, items, lambda uid: 40 + uid)[0]
+
+
+def test_ghosts_go_the_long_way(tmp_path: Path) -> None:
+    md = Maildir(maildir(tmp_path))
+    slow(md, ALL)
+    picked = list(enumerate(md.scan().messages, 1))
+    for items in (ALL, ALL[5:6], ALL[:2]):
+        got = list(fetchmod.indexed_responses(items, md, picked, set(), {}, None, {2}))
+        assert got[1] is None and got[0] is not None and got[2] is not None
