@@ -263,6 +263,7 @@ class FolderIndex:
         self.tabled = 0                               # times rewritten with a table (TABLE_AFTER)
         self._in_table = 0                            # records the loaded table holds
         self._untabled = 0                            # records noted past the table
+        self._no_table = False                        # a rewrite with a table failed here
 
     # -- opening, scanning, rebuilding ----------------------------------------------------
 
@@ -358,9 +359,9 @@ class FolderIndex:
                 pos += at
                 at = 0
             if at >= len(buf):
-                if hopped > TABLE_AFTER:
+                if hopped > TABLE_AFTER and not self._no_table:
                     # every later session would hop them too: load a table instead
-                    self._rebuild(where, damaged=False)
+                    self._add_table()
                 break
             nl = buf.find(b"\n", at, at + MAX_HEAD)
             head = buf[at:nl].split(b" ", 3) if nl >= 0 else []
@@ -462,12 +463,25 @@ class FolderIndex:
             os.unlink(tmp)
             raise
 
-    def _rebuild(self, where: dict[str, tuple[int, int, int]], damaged: bool = True) -> None:
+    def _rebuild(self, where: dict[str, tuple[int, int, int]]) -> None:
         self._replace(dict(where))
-        if damaged:
-            self.rebuilt += 1
-        else:
-            self.tabled += 1
+        self.rebuilt += 1
+        self.close()
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        self._fd, self._ino = fd, os.fstat(fd).st_ino
+        self._scanned = len(MAGIC)
+        self._load_table()
+        self._scan()
+
+    def _add_table(self) -> None:
+        """Rewrite the file with a table, if it can be: a folder whose tmp/ and
+        directory this process cannot write keeps its index as it is."""
+        try:
+            self._replace(dict(self._where))
+        except OSError:
+            self._no_table = True            # not again in this process
+            return
+        self.tabled += 1
         self.close()
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         self._fd, self._ino = fd, os.fstat(fd).st_ino
@@ -626,9 +640,9 @@ class FolderIndex:
             if end - len(rec) == self._scanned:
                 self._scanned = end     # nobody appended in between: no need to read it back
             self._untabled += 1
-            if self._untabled > max(TABLE_AFTER, self._in_table):
+            if self._untabled > max(TABLE_AFTER, self._in_table) and not self._no_table:
                 # a process filling the index: rewritten at 2,000, 4,000, 8,000... records
-                self._rebuild(self._where, damaged=False)
+                self._add_table()
             else:
                 self._maybe_compact()
         except OSError:

@@ -311,3 +311,24 @@ def test_views_as_records_and_view(tmp_path: Path) -> None:
         assert w.views(msgs, k) == want
     assert w.views(msgs, 2) == [b"(bs)", None, None, None]
     assert w.views(msgs, 0) == [b"(env)", None, b"(e)", None]
+
+
+def test_a_table_that_cannot_be_written_leaves_the_index_working(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setattr(mindex, "TABLE_AFTER", 10 ** 6)
+    d = folder(tmp_path)
+    w = mindex.FolderIndex(d)
+    for k in range(20):
+        w.put(f"m{k}", mindex.Entry(k + 1, crlf_size=k))
+    monkeypatch.setattr(mindex, "TABLE_AFTER", 5)
+
+    def refuse(self, where):                     # a folder this process cannot write
+        raise PermissionError(13, "read-only")
+    monkeypatch.setattr(mindex.FolderIndex, "_replace", refuse)
+    r = mindex.FolderIndex(d)
+    assert [r.get(f"m{k}", k + 1) for k in range(20)] == \
+        [mindex.Entry(k + 1, crlf_size=k) for k in range(20)]
+    assert r.tabled == 0 and r.views([("m3", 4)], 0) == [None]
+    assert r.records([("m3", 4)])[0] is not None
+    # a writer past the threshold keeps appending
+    assert w.put("m20", mindex.Entry(21)) and w.get("m20", 21) == mindex.Entry(21)
