@@ -55,6 +55,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from libcourier.durable import replace_cache
+
 INDEX_NAME = "courierpyindex"
 MAGIC = b"courierpy-index 4\n"     # files of earlier versions are rebuilt empty
 MAX_INDEX_BYTES = 1 << 30      # a larger file is not read (and is rebuilt empty)
@@ -721,22 +723,7 @@ def write_listing(folder: Path, stamp: DirStamp, recorded_ns: int,
     head = _scan_head(stamp, recorded_ns, len(names), len(blob))
     data = SCAN_MAGIC + head + b" %08x\n" % zlib.crc32(body, zlib.crc32(head)) + body
     tmp = folder / "tmp" / f"{os.getpid()}.pyscan_{os.urandom(4).hex()}"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, folder / SCAN_NAME)
-    except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        return False
-    return True
+    return replace_cache(folder / SCAN_NAME, data, tmp)
 
 
 def read_listing(folder: Path, stamp: DirStamp) -> dict[str, tuple[str, int, float]] | None:
