@@ -15,7 +15,6 @@ stays bounded over a long search.
 from __future__ import annotations
 
 import datetime
-import email.utils
 import os
 import re
 from collections.abc import Callable
@@ -25,7 +24,9 @@ from courier_imapd import fetch as fetchmod
 from courier_imapd.mailbox import MailboxView
 
 from libcourier.maildir import index as mindex
+from libcourier.maildir import sortkeys
 from libcourier.maildir.folder import MessageRef
+from libcourier.maildir.sortkeys import parse_date
 from libcourier.mime import Part, imapview, parse, textsearch
 from libcourier.rfc5322 import decode_words, unfold
 
@@ -34,25 +35,6 @@ HEADER_READ = 1 << 14     # the first read: most headers end within it
 _INDEXED = {n.decode(): i for i, n in enumerate(mindex.HEADER_FIELDS)}
 _UNSET = object()
 _T = TypeVar("_T")
-
-
-def parse_date(value: bytes | None) -> tuple[datetime.date, float] | None:
-    """A Date: value -> (the day as written, in its own zone; the time in UTC), or None
-    when there is none or it does not parse (RFC 5322 §3.3 and the obsolete forms)."""
-    if value is None:
-        return None
-    try:
-        t = email.utils.parsedate_tz(unfold(value).decode("ascii", "replace"))
-    except (ValueError, IndexError, OverflowError):
-        return None
-    if t is None:
-        return None
-    try:
-        day = datetime.date(t[0], t[1], t[2])
-        when = email.utils.mktime_tz(t)
-    except (ValueError, OverflowError, TypeError):
-        return None
-    return day, float(when)
 
 
 def read_header(fh: BinaryIO, limit: int = MAX_HEADER) -> bytes:
@@ -163,6 +145,12 @@ class MailboxFacts:
         rec = self._record(seq)
         return (False, None) if rec is None else mindex.header(rec[0], rec[1], i)
 
+    def keys_of(self, seq: int) -> sortkeys.SortKeys | None:
+        """The SORT/THREAD keys the index holds for message `seq` (one unpack and one
+        slice of the mapped record), or None."""
+        rec = self._record(seq)
+        return None if rec is None else mindex.keys(rec[0], rec[1])
+
     def entry_of(self, seq: int) -> mindex.Entry | None:
         rec = self._record(seq)
         if rec is None:
@@ -175,7 +163,7 @@ class MailboxFacts:
 
 class MessageFacts:
     __slots__ = ("box", "seq", "uid", "flags", "recent", "msg", "_entry", "_head",
-                 "_all", "_size", "_sent")
+                 "_all", "_size", "_sent", "_keys")
 
     def __init__(self, box: MailboxFacts, seq: int, msg: MessageRef):
         self.box = box
@@ -193,6 +181,7 @@ class MessageFacts:
         self._all: bytes | None = None        # the header block
         self._size: int | None = None
         self._sent: object = _UNSET
+        self._keys: object = _UNSET
 
     # -- sources ------------------------------------------------------------------------
 
@@ -310,9 +299,18 @@ class MessageFacts:
         # RFC 3501 §6.4.4: the date of INTERNALDATE, which we show in local time
         return datetime.date.fromtimestamp(self.msg.mtime)
 
+    def keys(self) -> sortkeys.SortKeys | None:
+        """sort.SortFacts / thread.ThreadFacts: the keys stored in the index record, or
+        None (not indexed yet: the callers compute them from field())."""
+        if self._keys is _UNSET:
+            self._keys = self.box.keys_of(self.seq)
+        return self._keys  # type: ignore[return-value]
+
     def _date(self) -> tuple[datetime.date, float] | None:
         if self._sent is _UNSET:
-            self._sent = self.memo("date", lambda: parse_date(self.field(b"date")))
+            k = self.keys()
+            self._sent = k.sent if k is not None else \
+                self.memo("date", lambda: parse_date(self.field(b"date")))
         return self._sent  # type: ignore[return-value]
 
     def sent_day(self) -> datetime.date | None:

@@ -22,8 +22,8 @@ from typing import Protocol, TypeVar
 from courier_imapd.core import ParseError, Reader
 from courier_imapd.search import Program, parse_keys
 
+from libcourier.maildir.sortkeys import SortKeys, subject_key
 from libcourier.rfc5322 import Address, decode_words, parse_addresses, unfold
-from libcourier.rfc5322.basesubject import base_subject, sort_form
 
 SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
              "DISPLAYFROM", "DISPLAYTO")
@@ -70,6 +70,7 @@ class SortFacts(Protocol):
     def size(self) -> int: ...
     def field(self, name: bytes) -> bytes | None: ...
     def memo(self, key: str, compute: Callable[[], _T]) -> _T: ...   # kept across commands
+    def keys(self) -> SortKeys | None: ...     # stored in the folder index, if it has them
 
 
 def first_address(value: bytes | None) -> Address | None:
@@ -116,7 +117,8 @@ def sort_key(c: str, m: SortFacts) -> object:
     if c == "SIZE":
         return m.size()
     if c == "SUBJECT":
-        return sort_form(base_subject(m.field(b"subject"))[0])
+        k = m.keys()
+        return k.subject if k is not None else subject_key(m.field(b"subject"))[0]
     if c in ("FROM", "TO", "CC"):
         return _mailbox(m, c.lower().encode())
     return _display(m, b"from" if c == "DISPLAYFROM" else b"to")

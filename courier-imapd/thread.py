@@ -14,7 +14,6 @@ messages is a 10,000-deep tree), so walks use explicit stacks.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -22,12 +21,10 @@ from typing import Protocol, TypeVar
 from courier_imapd.core import ParseError, Reader
 from courier_imapd.search import Program, parse_keys
 
-from libcourier.rfc5322 import unfold
-from libcourier.rfc5322.basesubject import base_subject, sort_form
+from libcourier.maildir.sortkeys import SortKeys, subject_key, thread_ids
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 _T = TypeVar("_T")
-MAX_REFERENCES = 1000     # msg-ids of one References: field looked at
 
 
 def parse_thread_args(r: Reader) -> tuple[str, Program]:
@@ -47,59 +44,30 @@ class ThreadFacts(Protocol):
     def sent_time(self) -> float: ...          # RFC 5256 §2.2 sent date
     def field(self, name: bytes) -> bytes | None: ...
     def memo(self, key: str, compute: Callable[[], _T]) -> _T: ...   # kept across commands
+    def keys(self) -> SortKeys | None: ...     # stored in the folder index, if it has them
 
 
-# -- message ids ---------------------------------------------------------------------
-
-_MSGID = re.compile(rb"<([^<>]*)>")
-_QUOTED_LOCAL = re.compile(rb'^"((?:[^"\\]|\\.)*)"@')
-
-
-def _normal(mid: bytes) -> bytes | None:
-    """A msg-id without its brackets, quoting and white space (RFC 5256 §4:
-    <"01KF8JCEOCBS0045PS"@xxx.yyy.com> and <01KF8JCEOCBS0045PS@xxx.yyy.com> are one)."""
-    mid = re.sub(rb"[ \t\r\n]+", b"", mid)
-    m = _QUOTED_LOCAL.match(mid)
-    if m:
-        mid = re.sub(rb"\\(.)", rb"\1", m.group(1)) + b"@" + mid[m.end():]
-    return mid if b"@" in mid else None
-
-
-def message_ids(value: bytes | None, limit: int = MAX_REFERENCES) -> list[bytes]:
-    if value is None:
-        return []
-    out = []
-    for m in _MSGID.finditer(unfold(value)):
-        n = _normal(m.group(1))
-        if n is not None:
-            out.append(n)
-            if len(out) >= limit:
-                break
-    return out
-
+# -- message ids and subjects (computed as libcourier.maildir.sortkeys stores them) --------
 
 def _ids_of(m: ThreadFacts) -> tuple[bytes | None, tuple[bytes, ...]]:
-    own = message_ids(m.field(b"message-id"), 1)
-    refs = message_ids(m.field(b"references"))
-    if not refs:
-        refs = message_ids(m.field(b"in-reply-to"), 1)
-    return (own[0] if own else None), tuple(refs)
+    return thread_ids(m.field(b"message-id"), m.field(b"references"), m.field(b"in-reply-to"))
 
 
 def _ids(m: ThreadFacts) -> tuple[bytes | None, tuple[bytes, ...]]:
     """The message's own Message-ID and its references (References:, else the first
-    msg-id of In-Reply-To: RFC 5256 §4 step 1)."""
+    msg-id of In-Reply-To: RFC 5256 §4 step 1): from the index's keys when it has them."""
+    k = m.keys()
+    if k is not None:
+        return k.message_id, k.references
     return m.memo("thread:ids", lambda: _ids_of(m))
-
-
-def _subject_of(m: ThreadFacts) -> tuple[bytes, bool]:
-    subj, reply = base_subject(m.field(b"subject"))
-    return sort_form(subj), reply
 
 
 def _subject(m: ThreadFacts) -> tuple[bytes, bool]:
     """(base subject in i;ascii-casemap, is a reply or forward)."""
-    return m.memo("thread:subject", lambda: _subject_of(m))
+    k = m.keys()
+    if k is not None:
+        return k.subject, k.reply
+    return m.memo("thread:subject", lambda: subject_key(m.field(b"subject")))
 
 
 # -- the tree ------------------------------------------------------------------------

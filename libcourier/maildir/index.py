@@ -8,7 +8,7 @@ courierpop3dsizelist), so the two can share a folder.
 
 Format (all bytes)::
 
-    courierpy-index 4\\n                                 the file header
+    courierpy-index 5\\n                                 the file header
     [T <count> <names length> <end> <crc32 hex>\\n<table>] where the records are (optional)
     R <payload length> <crc32 hex> <base>\\n<payload>     one record, repeated
 
@@ -24,8 +24,9 @@ had to hop over many records rewrites the file with a table (TABLE_AFTER).
 covers base and payload, so a torn append, an interleaved write or a flipped
 bit is seen. The payload starts with a fixed binary table (`_TOC`, little
 endian): disk size, RFC822.SIZE and header length as int64 (-1: not known),
-then (start, length) int32 pairs locating ENVELOPE, BODY, BODYSTRUCTURE and the
-header fields in the payload (length -1: not known), then those bytes. The
+then (start, length) int32 pairs locating ENVELOPE, BODY, BODYSTRUCTURE, the
+header fields and the SORT/THREAD keys made from them (sortkeys.py, version 5) in the
+payload (length -1: not known), then those bytes. The
 header fields are a count byte, (start, length) int32 pairs (length -1: not in
 the message), then the values. The table lets FETCH take one view out of a record with
 one unpack and one slice, decoding nothing else. A later record for a base replaces an earlier
@@ -56,9 +57,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from libcourier.durable import replace_cache
+from libcourier.maildir import sortkeys
 
 INDEX_NAME = "courierpyindex"
-MAGIC = b"courierpy-index 4\n"     # files of earlier versions are rebuilt empty
+MAGIC = b"courierpy-index 5\n"     # files of earlier versions are rebuilt empty
 MAX_INDEX_BYTES = 1 << 30      # a larger file is not read (and is rebuilt empty)
 MAX_RECORD = 8 << 20           # a record longer than this is not stored
 MAX_HEAD = 4096                # a record header line (the base is part of it)
@@ -112,9 +114,10 @@ class IndexError_(ValueError):
 
 
 # disk size, crlf size, header length; then (start, length) of envelope, body,
-# bodystructure, headers
-_TOC = struct.Struct("<3q8i")
-_VIEWS = ("envelope", "body", "bodystructure", "headers")
+# bodystructure, headers, sort keys (made from the headers when the record is written)
+_TOC = struct.Struct("<3q10i")
+_VIEWS = ("envelope", "body", "bodystructure", "headers", "keys")
+KEYS_VIEW = 4
 NO_NUMBER = -1
 
 
@@ -141,7 +144,11 @@ def encode(entry: Entry) -> bytes:
                       for v in (entry.disk_size, entry.crlf_size, entry.header_len)]
     pos = _TOC.size
     for name in _VIEWS:
-        v = getattr(entry, name)
+        if name == "keys":
+            k = None if entry.headers is None else sortkeys.compute(entry.headers)
+            v = None if k is None else sortkeys.encode(k)
+        else:
+            v = getattr(entry, name)
         if name == "headers" and v is not None:
             v = _encode_headers(v)
         if v is None:
@@ -195,7 +202,7 @@ def toc(payload: bytes) -> tuple[int, ...]:
     if t[0] < 0 or t[1] < NO_NUMBER or t[2] < NO_NUMBER:
         raise IndexError_("bad number")
     end = len(payload)
-    for k in range(3, 11, 2):
+    for k in range(3, 3 + 2 * len(_VIEWS), 2):
         if t[k + 1] < -1 or (t[k + 1] >= 0 and (t[k] < _TOC.size or t[k] + t[k + 1] > end)):
             raise IndexError_("view outside the record")
     return t
@@ -209,6 +216,18 @@ def view(payload: bytes, t: tuple[int, ...], k: int) -> bytes | None:
     if n < 0 or start < _TOC.size or start + n > len(payload):
         return None
     return payload[start:start + n]
+
+
+def keys(payload: bytes, t: tuple[int, ...]) -> sortkeys.SortKeys | None:
+    """The SORT/THREAD keys of a record whose table is `t`; None when it has none (no
+    header fields recorded) or they do not decode."""
+    v = view(payload, t, KEYS_VIEW)
+    if v is None:
+        return None
+    try:
+        return sortkeys.decode(v)
+    except sortkeys.KeysError:
+        return None
 
 
 def decode(data: bytes) -> Entry:

@@ -103,6 +103,9 @@ class Msg:
     def memo(self, key: str, compute):  # noqa: ANN001, ANN201 - nothing kept in a test
         return compute()
 
+    def keys(self) -> None:      # not indexed: the keys are computed from field()
+        return None
+
 
 MSGS = [
     Msg(1, 30, 5, 300, {b"subject": b"Re: beta", b"from": b"Zed <zed@a.example>",

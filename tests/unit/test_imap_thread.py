@@ -27,6 +27,9 @@ class Msg:
     def memo(self, key: str, compute):  # noqa: ANN001, ANN201 - nothing kept in a test
         return compute()
 
+    def keys(self) -> None:      # not indexed: the keys are computed from field()
+        return None
+
 
 def msg(seq: int, sent: float, subject: str | None = None, mid: str | None = None,
         refs: str | None = None, irt: str | None = None) -> Msg:

@@ -1,0 +1,151 @@
+"""The SORT and THREAD keys of a message (RFC 5256), computed once from its header
+fields and kept in its `courierpyindex` record, so a session's first SORT SUBJECT or
+THREAD REFERENCES reads them instead of decoding every Subject: and Date: again.
+
+What is kept, from the raw header values:
+
+- the sent date (RFC 5256 §2.2): the Date: as a UTC time and the day as written, for
+  SORT DATE, THREAD and SEARCH SENTON/SENTBEFORE/SENTSINCE; absent when it does not parse;
+- the base subject (§2.1) in the form it is compared in (basesubject.sort_form), and
+  whether it was a reply or forward (§4 step 5);
+- the message's own Message-ID and its references (References:, else the first msg-id
+  of In-Reply-To: §4 step 1), normalised as §4 says.
+
+Encoding (little endian): `_HEAD` = UTC time (float64), day (proleptic Gregorian ordinal,
+int32, 0: no date), base subject length (uint32), Message-ID length (int32, -1: none),
+reply flag (uint8); then the base subject, the Message-ID, and the references joined by
+one space (a normalised msg-id holds no white space, so the split is exact). Sans-I/O.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import re
+import struct
+from dataclasses import dataclass
+
+from libcourier.rfc5322 import unfold
+from libcourier.rfc5322.basesubject import base_subject, sort_form
+
+MAX_REFERENCES = 1000     # msg-ids of one References: field looked at
+_HEAD = struct.Struct("<diIiB")
+
+# Indices in libcourier.maildir.index.HEADER_FIELDS of what the keys are made from.
+DATE, SUBJECT, MESSAGE_ID, IN_REPLY_TO, REFERENCES = 0, 1, 5, 6, 7
+NEEDED = REFERENCES + 1   # header tuples shorter than this cannot give the keys
+
+
+class KeysError(ValueError):
+    """Stored keys that do not decode."""
+
+
+def parse_date(value: bytes | None) -> tuple[datetime.date, float] | None:
+    """A Date: value -> (the day as written, in its own zone; the time in UTC), or None
+    when there is none or it does not parse (RFC 5322 §3.3 and the obsolete forms)."""
+    if value is None:
+        return None
+    try:
+        t = email.utils.parsedate_tz(unfold(value).decode("ascii", "replace"))
+    except (ValueError, IndexError, OverflowError):
+        return None
+    if t is None:
+        return None
+    try:
+        day = datetime.date(t[0], t[1], t[2])
+        when = email.utils.mktime_tz(t)
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return day, float(when)
+
+
+_MSGID = re.compile(rb"<([^<>]*)>")
+_QUOTED_LOCAL = re.compile(rb'^"((?:[^"\\]|\\.)*)"@')
+_SPACE = re.compile(rb"[ \t\r\n]+")
+
+
+def normal_id(mid: bytes) -> bytes | None:
+    """A msg-id without its brackets, quoting and white space (RFC 5256 §4:
+    <"01KF8JCEOCBS0045PS"@xxx.yyy.com> and <01KF8JCEOCBS0045PS@xxx.yyy.com> are one)."""
+    mid = _SPACE.sub(b"", mid)
+    m = _QUOTED_LOCAL.match(mid)
+    if m:
+        mid = re.sub(rb"\\(.)", rb"\1", m.group(1)) + b"@" + mid[m.end():]
+    return mid if b"@" in mid else None
+
+
+def message_ids(value: bytes | None, limit: int = MAX_REFERENCES) -> list[bytes]:
+    if value is None:
+        return []
+    out = []
+    for m in _MSGID.finditer(unfold(value)):
+        n = normal_id(m.group(1))
+        if n is not None:
+            out.append(n)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def thread_ids(message_id: bytes | None, references: bytes | None,
+               in_reply_to: bytes | None) -> tuple[bytes | None, tuple[bytes, ...]]:
+    """The message's own Message-ID and its references (References:, else the first
+    msg-id of In-Reply-To: RFC 5256 §4 step 1)."""
+    own = message_ids(message_id, 1)
+    refs = message_ids(references)
+    if not refs:
+        refs = message_ids(in_reply_to, 1)
+    return (own[0] if own else None), tuple(refs)
+
+
+def subject_key(raw: bytes | None) -> tuple[bytes, bool]:
+    """(base subject in its sort form, is a reply or forward)."""
+    subj, reply = base_subject(raw)
+    return sort_form(subj), reply
+
+
+@dataclass(frozen=True, slots=True)
+class SortKeys:
+    sent: tuple[datetime.date, float] | None      # parse_date of the Date:
+    subject: bytes                                # subject_key()[0]
+    reply: bool                                   # subject_key()[1]
+    message_id: bytes | None                      # thread_ids()[0]
+    references: tuple[bytes, ...]                 # thread_ids()[1]
+
+
+def compute(headers: tuple[bytes | None, ...]) -> SortKeys | None:
+    """The keys of a message whose HEADER_FIELDS values are `headers`; None when the
+    tuple is too short to hold what they are made from."""
+    if len(headers) < NEEDED:
+        return None
+    subject, reply = subject_key(headers[SUBJECT])
+    mid, refs = thread_ids(headers[MESSAGE_ID], headers[REFERENCES], headers[IN_REPLY_TO])
+    return SortKeys(parse_date(headers[DATE]), subject, reply, mid, refs)
+
+
+def encode(k: SortKeys) -> bytes:
+    when, day = (0.0, 0) if k.sent is None else (k.sent[1], k.sent[0].toordinal())
+    mid = b"" if k.message_id is None else k.message_id
+    return (_HEAD.pack(when, day, len(k.subject), -1 if k.message_id is None else len(mid),
+                       k.reply)
+            + k.subject + mid + b" ".join(k.references))
+
+
+def decode(data: bytes) -> SortKeys:
+    try:
+        when, day, slen, mlen, reply = _HEAD.unpack_from(data)
+    except struct.error:
+        raise KeysError("keys shorter than their head") from None
+    p = _HEAD.size
+    if day < 0 or mlen < -1 or reply > 1 or p + slen + max(mlen, 0) > len(data):
+        raise KeysError("bad keys")
+    try:
+        sent = None if day == 0 else (datetime.date.fromordinal(day), when)
+    except (ValueError, OverflowError):
+        raise KeysError("bad day") from None
+    subject = data[p:p + slen]
+    p += slen
+    mid = None if mlen < 0 else data[p:p + mlen]
+    p += max(mlen, 0)
+    rest = data[p:]
+    return SortKeys(sent, subject, bool(reply), mid, tuple(rest.split(b" ")) if rest else ())
