@@ -319,6 +319,9 @@ class MessageFacts:
 
     def sent_time(self) -> float:
         """RFC 5256 §2.2: the Date: in UTC; the internal date when it has none."""
+        k = self.keys()
+        if k is not None:          # the index's keys: no date object made
+            return k.when if k.day else self.msg.mtime
         d = self._date()
         return self.msg.mtime if d is None else d[1]
 

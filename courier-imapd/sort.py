@@ -124,6 +124,16 @@ def sort_key(c: str, m: SortFacts) -> object:
     return _display(m, b"from" if c == "DISPLAYFROM" else b"to")
 
 
+def _header_key(c: str, m: SortFacts) -> object:
+    """A key read from the header: the base subject as the index stores it (nothing to
+    remember), else computed once and remembered across commands."""
+    if c == "SUBJECT":
+        k = m.keys()
+        if k is not None:
+            return k.subject
+    return m.memo("sort:" + c, lambda: sort_key(c, m))
+
+
 def sort_messages(criteria: tuple[Criterion, ...], messages: list[SortFacts]) -> list[SortFacts]:
     """The messages in SORT order (they come in mailbox order)."""
     out = list(messages)
@@ -133,7 +143,6 @@ def sort_messages(criteria: tuple[Criterion, ...], messages: list[SortFacts]) ->
         if c.key in ("ARRIVAL", "DATE", "SIZE"):      # cheap, and follow the file's mtime
             keys = {id(m): sort_key(c.key, m) for m in out}
         else:                                          # parsed from the header: remembered
-            keys = {id(m): m.memo("sort:" + c.key, lambda c=c, m=m: sort_key(c.key, m))
-                    for m in out}
+            keys = {id(m): _header_key(c.key, m) for m in out}
         out.sort(key=lambda m: keys[id(m)], reverse=c.reverse)  # type: ignore[arg-type,return-value]
     return out
