@@ -137,3 +137,63 @@ def test_keys_content() -> None:
 def test_damaged_keys_are_refused(bad: bytes) -> None:
     with pytest.raises(sortkeys.KeysError):
         sortkeys.decode(bad)
+
+
+# -- a real folder: the first command computes and records, a later session reads keys --
+
+FOLDER = [
+    b"Subject: Plans\nMessage-ID: <p1@h>\nDate: Mon, 7 Feb 1994 21:52:25 -0800\n\nx\n",
+    b"Subject: Re: plans\nMessage-ID: <p2@h>\nIn-Reply-To: <p1@h>\n"
+    b"Date: Tue, 8 Feb 1994 08:00:00 +0000\n\nx\n",
+    b"Subject: [list] =?utf-8?q?=C3=89mile?=\nMessage-ID: <e1@h>\nDate: garbage\n\nx\n",
+    b"Subject: Fwd: Re: plans (fwd)\nMessage-ID: <p3@h>\nReferences: <p1@h>\r\n <p2@h>\n"
+    b"Date: 1 Jan 2030 00:00:00 GMT\n\nx\n",
+    b"Subject: emile\nMessage-ID: <\"e 2\"@h>\nReferences: <gone@h> <e1@h>\n\nx\n",
+    b"From: nobody\n\nno subject, no date, no id\n",
+]
+
+
+def test_folder_answers_same_from_stored_keys(tmp_path) -> None:  # noqa: ANN001
+    import os
+    from pathlib import Path
+
+    from courier_imapd import search as s
+    from courier_imapd import searchdata
+    from courier_imapd.core import Reader
+    from courier_imapd.mailbox import MailboxView
+
+    from libcourier.maildir.folder import Maildir
+
+    root = Path(tmp_path) / "Maildir"
+    for d in ("tmp", "new", "cur"):
+        (root / d).mkdir(parents=True)
+    for i, data in enumerate(FOLDER):
+        p = root / "cur" / f"{1000 + i}.M{i}P1.host:2,"
+        p.write_bytes(data)
+        os.utime(p, (1_600_000_000 + 3600 * (i % 3), 1_600_000_000 + 3600 * (i % 3)))
+    view = MailboxView("INBOX", Maildir(root), False)
+    crit = [(sort.Criterion(k, r),) for k in ("SUBJECT", "DATE") for r in (False, True)]
+
+    def answers(box: searchdata.MailboxFacts) -> list[object]:
+        bounds = s.Bounds(len(view.messages), view.messages[-1].uid)
+        sent = s.parse_keys(Reader([(b" SENTON 8-Feb-1994", None)]), "UTF-8")
+        out: list[object] = [[m.seq for m in sort.sort_messages(c, box.facts)] for c in crit]
+        out += [thread.format_threads(thread.thread(a, box.facts), lambda m: m.seq)
+                for a in thread.ALGORITHMS]
+        out.append([m.seq for m in s.search(sent, box.facts, bounds)])
+        return out
+
+    searchdata._memo = None
+    first = searchdata.MailboxFacts(view)
+    assert all(first.keys_of(f.seq) is None for f in first.facts)     # an empty index
+    computed = answers(first)
+    assert computed[4:] == ["(1 (2)(4))(5)(3)(6)", "(1 2 4)(3 5)(6)", [2]]
+    # the files' bytes replaced (same sizes: the index still applies): a new session
+    # can only answer from the keys the first command stored
+    for m in view.messages:
+        p = view.maildir.path_of(m)
+        p.write_bytes(b"X" * p.stat().st_size)
+    searchdata._memo = None
+    fresh = searchdata.MailboxFacts(view)
+    assert all(fresh.keys_of(f.seq) is not None for f in fresh.facts)
+    assert answers(fresh) == computed
