@@ -131,6 +131,7 @@ class MailboxFacts:
         self.facts = [MessageFacts(self, i + 1, m) for i, m in enumerate(view.messages)]
         self.relocated = False    # cur/ listed again once for this command (view.relocate)
         self._records: list[tuple[bytes, tuple[int, ...]] | None] | None = None
+        self._keys: list[sortkeys.SortKeys | None] | None = None
 
     def _record(self, seq: int) -> tuple[bytes, tuple[int, ...]] | None:
         """The index record of message `seq`. The first one asked for maps the index
@@ -146,10 +147,13 @@ class MailboxFacts:
         return (False, None) if rec is None else mindex.header(rec[0], rec[1], i)
 
     def keys_of(self, seq: int) -> sortkeys.SortKeys | None:
-        """The SORT/THREAD keys the index holds for message `seq` (one unpack and one
-        slice of the mapped record), or None."""
-        rec = self._record(seq)
-        return None if rec is None else mindex.keys(rec[0], rec[1])
+        """The SORT/THREAD keys the index holds for message `seq`, or None. The first
+        one asked for decodes every message's in one loop (SORT and THREAD want all)."""
+        if self._keys is None:
+            self._record(seq)
+            assert self._records is not None
+            self._keys = mindex.keys_of_records(self._records)
+        return self._keys[seq - 1]
 
     def entry_of(self, seq: int) -> mindex.Entry | None:
         rec = self._record(seq)

@@ -230,6 +230,29 @@ def keys(payload: bytes, t: tuple[int, ...]) -> sortkeys.SortKeys | None:
         return None
 
 
+def keys_of_records(recs: Sequence[tuple[bytes, tuple[int, ...]] | None]
+                    ) -> list[sortkeys.SortKeys | None]:
+    """keys() of each of records()' answers, in one loop (a SORT or THREAD of the
+    whole folder reads them all)."""
+    out: list[sortkeys.SortKeys | None] = []
+    add, decode_keys, least = out.append, sortkeys.decode, _TOC.size
+    start_at, len_at = 3 + 2 * KEYS_VIEW, 4 + 2 * KEYS_VIEW
+    for rec in recs:
+        if rec is None:
+            add(None)
+            continue
+        payload, t = rec
+        start, n = t[start_at], t[len_at]
+        if n < 0 or start < least or start + n > len(payload):
+            add(None)
+            continue
+        try:
+            add(decode_keys(payload[start:start + n]))
+        except sortkeys.KeysError:
+            add(None)
+    return out
+
+
 def decode(data: bytes) -> Entry:
     t = toc(data)
     hs = view(data, t, 3)
