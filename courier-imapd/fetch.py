@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +20,7 @@ from courier_imapd.mailbox import flags_text
 
 from libcourier.maildir import index as mindex
 from libcourier.maildir.folder import Maildir, MessageRef
+from libcourier.maildir.msglist import Picked
 from libcourier.mime import Part, imapview, parse
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -396,8 +397,8 @@ _VIEW_OF = {"ENVELOPE": (0, b"ENVELOPE "), "BODY.STRUCTURE": (1, b"BODY "),
 
 
 def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
-                      picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
-                      sizes: dict[int, int],
+                      picked: Sequence[tuple[int, MessageRef]],
+                      recent: set[int] | frozenset[int], sizes: dict[int, int],
                       modseq: Callable[[int], int] | None = None,
                       ghosts: set[int] | frozenset[int] = frozenset()
                       ) -> Iterator[bytes | None] | None:
@@ -426,8 +427,8 @@ INDEXED_BATCH = 2048
 
 
 def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
-                   picked: list[tuple[int, MessageRef]], recent: set[int] | frozenset[int],
-                   sizes: dict[int, int],
+                   picked: Sequence[tuple[int, MessageRef]],
+                   recent: set[int] | frozenset[int], sizes: dict[int, int],
                    modseq: Callable[[int], int] | None,
                    ghosts: set[int] | frozenset[int]) -> Iterator[bytes | None]:
     flag_memo: dict[tuple, bytes] = {}
@@ -438,13 +439,14 @@ def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
         if idx is not None and len(names) == 1 and names[0] in _VIEW_OF:
             # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
             k_view, label = _VIEW_OF[names[0]]
-            views = idx.views([(m.base, m.size) for _, m in batch], k_view)
+            seqs, keys, uids = _columns(batch)
+            views = idx.views(keys, k_view)
             if ghosts:
-                views = [None if m.uid in ghosts else v
-                         for (_, m), v in zip(batch, views, strict=True)]
+                views = [None if u in ghosts else v for u, v in zip(uids, views, strict=True)]
             yield from [None if v is None else b"* %d FETCH (%s%s)\r\n" % (seq, label, v)
-                        for (seq, _), v in zip(batch, views, strict=True)]
+                        for seq, v in zip(seqs, views, strict=True)]
             continue
+        batch = list(batch)     # the messages made once (a Picked makes them when read)
         recs = None if idx is None else idx.records([(m.base, m.size) for _, m in batch])
         for k, (seq, msg) in enumerate(batch):
             if msg.uid in ghosts:
@@ -485,6 +487,15 @@ def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
                         break
                     parts.append(label + got)
             yield None if parts is None else b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+
+def _columns(batch: Sequence[tuple[int, MessageRef]]
+             ) -> tuple[list[int], list[tuple[str, int]], list[int]]:
+    """Sequence numbers, index keys and UIDs of a batch; from the message list's
+    columns when it has them (msglist.Picked: no MessageRef made per message)."""
+    if isinstance(batch, Picked):
+        return batch.columns()
+    return [s for s, _ in batch], [(m.base, m.size) for _, m in batch], [m.uid for _, m in batch]
 
 
 class InternalDates:

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from courier_imapd.core import SeqRange
 
 from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap, split_name
 from libcourier.maildir.folder import FolderState, Maildir, MessageRef
+from libcourier.maildir.msglist import MessageList
 from libcourier.maildir.snapshot import SnapshotError, Summary
 
 if TYPE_CHECKING:
@@ -190,7 +192,9 @@ class MailboxView:
             raise FolderReplaced(self.name) from e
         finally:
             s.file.close()      # type: ignore[attr-defined]
-        self._summary, self._state, self._messages = None, st, list(st.messages)
+        # The state's list is the view's (columns, msglist.py; a copy would double
+        # them): the state is read for its message list only right after SELECT.
+        self._summary, self._state, self._messages = None, st, st.messages  # type: ignore[assignment]
 
     # -- opening (RFC 3501 §6.3.1) --------------------------------------------------------
 
@@ -228,7 +232,7 @@ class MailboxView:
         if uid:
             if not n:
                 return []
-            uids = [m.uid for m in self.messages]
+            uids = self.uid_list()
             top = uids[-1]
             for a, b in ranges:
                 lo, hi = (top if a is None else a), (top if b is None else b)
@@ -276,10 +280,18 @@ class MailboxView:
         return n
 
     def seq_of_uid(self, uid: int) -> int | None:
-        for i, m in enumerate(self.messages, 1):
-            if m.uid == uid:
+        for i, u in enumerate(self.uid_list(), 1):
+            if u == uid:
                 return i
         return None
+
+    def uid_list(self) -> Sequence[int]:
+        """Every message's UID in order, from the columns when the list has them
+        (msglist.py: no MessageRef made for it)."""
+        msgs = self.messages
+        if isinstance(msgs, MessageList):
+            return msgs.uids()
+        return [m.uid for m in msgs]
 
     # -- changes ---------------------------------------------------------------------------
 

@@ -89,6 +89,7 @@ from libcourier.maildir import folders
 from libcourier.maildir.folder import Maildir
 from libcourier.maildir.folders import FolderError
 from libcourier.maildir.keywords import KeywordError
+from libcourier.maildir.msglist import Picked
 from libcourier.maildir.mutf7 import encode_mutf7
 from libcourier.maildir.shared import SharedError
 from libcourier.maildir.watch import FolderWatch
@@ -855,7 +856,7 @@ class Session:
         # as do the messages expunged by another session, view.ghosts).
         msgs = view.messages
         fast = fetchmod.indexed_responses(base_items, view.maildir,
-                                          [(i + 1, msgs[i]) for i in idx],
+                                          Picked(msgs, idx),
                                           view.recent, view.sizes,
                                           tracker.modseq if tracker is not None else None,
                                           view.ghosts)

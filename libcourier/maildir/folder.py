@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from libcourier.maildir import index, uiddb
+from libcourier.maildir import index, msglist, uiddb
 from libcourier.maildir import keywords as kwmod
 from libcourier.maildir import snapshot as snapmod
-from libcourier.maildir.flags import INFO_SEP, join_name, normalize, split_name
+from libcourier.maildir.flags import join_name, split_name
 
 log = logging.getLogger("courier.maildir")
 
@@ -184,14 +184,9 @@ class Maildir:
         """The folder as the snapshot behind `summary` recorded it (no \\Recent: that
         belongs to the scan that moved the mail). SnapshotError, OSError."""
         c = snapmod.load(summary)
-        kws, empty = c.keywords, frozenset()
-        msgs = []
-        for i, (uid, name, size, mtime) in enumerate(zip(c.uids, c.names, c.sizes, c.mtimes,
-                                                         strict=True)):
-            j = name.find(INFO_SEP)
-            base, letters = split_name(name) if j < 0 else (name[:j], normalize(name[j + len(INFO_SEP):]))
-            msgs.append(MessageRef(uid, base, name, letters, size, mtime, kws.get(i, empty)))
-        return FolderState(summary.uidvalidity, summary.uidnext, tuple(msgs))
+        # Columns, not a MessageRef per message (msglist.py).
+        msgs = msglist.MessageList(c.uids, c.names, c.sizes, c.mtimes, dict(c.keywords))
+        return FolderState(summary.uidvalidity, summary.uidnext, msgs)    # type: ignore[arg-type]
 
     def scan(self, now: float | None = None, snapshot: bool = False) -> FolderState:
         """Courier's imapscan (module docstring). With `snapshot` (SELECT's scan) the

@@ -1,0 +1,232 @@
+"""A folder's message list held as columns, a MessageRef made only when one is asked for.
+
+A warm session reads its message list from the snapshot (snapshot.py) when a command
+first needs it. One frozen MessageRef per message was most of that cost (100,000
+messages: about 0.2 s of CPU, and some 390 bytes each for as long as the session is
+selected). Here the list is the snapshot's columns: UIDs, sizes and mtimes in arrays,
+the file names in one list of str, keywords only for the messages that have any. A
+command that reads a message gets a MessageRef built from the columns; what a session
+stores (a flag change it made, a message that arrived) is kept as the object it
+stored, in a second list made on the first such store.
+
+It behaves as the list[MessageRef] it replaces (index, slice, iterate, store, delete,
+append, extend); `keys()` gives the folder index's (base, size) keys of many messages
+without making a MessageRef for each (FETCH from the index).
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Iterable, Iterator, MutableSequence, Sequence
+from typing import TYPE_CHECKING, overload
+
+# folder.py makes its message lists here, so the module, not the name: either may be
+# imported first.
+from libcourier.maildir import folder as _folder
+from libcourier.maildir.flags import INFO_SEP, normalize, split_name
+
+if TYPE_CHECKING:
+    from libcourier.maildir.folder import MessageRef
+
+_EMPTY: frozenset[str] = frozenset()
+
+
+class MessageList(MutableSequence["MessageRef"]):
+    """A message list over columns (module doc); in UID order as a scan lists it."""
+
+    __slots__ = ("_uids", "_names", "_sizes", "_mtimes", "_keywords", "_stored", "_full")
+
+    def __init__(self, uids: array.array, names: list[str], sizes: array.array,
+                 mtimes: array.array, keywords: dict[int, frozenset[str]]):
+        if not len(uids) == len(names) == len(sizes) == len(mtimes):
+            raise ValueError("message list columns of different lengths")
+        self._uids = uids
+        self._names = names
+        self._sizes = sizes
+        self._mtimes = mtimes
+        # Each message's keywords, aligned with the other columns; None while no
+        # message has any (most folders), so a list without keywords holds nothing.
+        self._keywords: list[frozenset[str]] | None = None
+        if keywords:
+            self._keywords = [_EMPTY] * len(uids)
+            for i, ks in keywords.items():
+                self._keywords[i] = ks
+        # The MessageRef made or stored at each index (None: not yet, make it from the
+        # columns); None until the first, so a list read only by columns (FETCH from the
+        # index, UID ranges) holds nothing per message. A message once made is kept:
+        # a command that went through every message (SEARCH, FLAGS) will again.
+        self._stored: list[MessageRef | None] | None = None
+        self._full = False          # _stored holds every message: iterate it as is
+
+    def copy(self) -> MessageList:
+        c = MessageList(array.array(self._uids.typecode, self._uids), list(self._names),
+                        array.array(self._sizes.typecode, self._sizes),
+                        array.array(self._mtimes.typecode, self._mtimes), {})
+        c._keywords = None if self._keywords is None else list(self._keywords)
+        c._stored = None if self._stored is None else list(self._stored)
+        c._full = self._full
+        return c
+
+    def __len__(self) -> int:
+        return len(self._uids)
+
+    def _make(self, i: int) -> MessageRef:
+        stored = self._stored
+        if stored is None:
+            stored = self._stored = [None] * len(self._uids)
+        else:
+            got = stored[i]
+            if got is not None:
+                return got
+        m = stored[i] = _ref(self._uids[i], self._names[i], self._sizes[i], self._mtimes[i],
+                             _EMPTY if self._keywords is None else self._keywords[i])
+        return m
+
+    def _make_all(self) -> list[MessageRef]:
+        """Every message made (once), for a command that goes through them all."""
+        if self._stored is None:
+            kws = self._keywords or [_EMPTY] * len(self._uids)
+            self._stored = [_ref(*c) for c in zip(self._uids, self._names, self._sizes,
+                                                  self._mtimes, kws, strict=True)]
+        elif not self._full:
+            for i in range(len(self._uids)):
+                self._make(i)
+        self._full = True
+        return self._stored     # type: ignore[return-value]
+
+    @overload
+    def __getitem__(self, i: int) -> MessageRef: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[MessageRef]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._make(k) for k in range(*i.indices(len(self._uids)))]
+        n = len(self._uids)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("message list index out of range")
+        return self._make(i)
+
+    def __iter__(self) -> Iterator[MessageRef]:
+        # The list itself, as a list's iterator: a store or delete while iterating
+        # does what it does to a list.
+        return iter(self._make_all())
+
+    def __setitem__(self, i, m) -> None:
+        if isinstance(i, slice):
+            raise TypeError("a message list takes one message at a time")
+        n = len(self._uids)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("message list index out of range")
+        self._put(i, m)
+
+    def _put(self, i: int, m: MessageRef) -> None:
+        # The columns follow the stored message, so keys() and uids() stay right.
+        self._uids[i], self._names[i], self._sizes[i], self._mtimes[i] = \
+            m.uid, m.filename, m.size, m.mtime
+        if m.keywords and self._keywords is None:
+            self._keywords = [_EMPTY] * len(self._uids)
+        if self._keywords is not None:
+            self._keywords[i] = m.keywords
+        if self._stored is None:
+            self._stored = [None] * len(self._uids)
+        self._stored[i] = m
+
+    def __delitem__(self, i) -> None:
+        if isinstance(i, slice):
+            for k in sorted(range(*i.indices(len(self._uids))), reverse=True):
+                del self[k]
+            return
+        n = len(self._uids)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("message list index out of range")
+        del self._uids[i], self._names[i], self._sizes[i], self._mtimes[i]
+        if self._stored is not None:
+            del self._stored[i]
+        if self._keywords is not None:
+            del self._keywords[i]
+
+    def insert(self, i: int, m: MessageRef) -> None:
+        n = len(self._uids)
+        i = max(0, min(n, i + n if i < 0 else i))
+        self._uids.insert(i, 0)
+        self._names.insert(i, "")
+        self._sizes.insert(i, 0)
+        self._mtimes.insert(i, 0.0)
+        if self._keywords is not None:
+            self._keywords.insert(i, _EMPTY)
+        if self._stored is not None:
+            self._stored.insert(i, None)
+        self._put(i, m)
+
+    def extend(self, values: Iterable[MessageRef]) -> None:
+        for m in values:
+            self.insert(len(self._uids), m)
+
+    def uids(self) -> array.array:
+        """Every message's UID, in order (a copy)."""
+        return array.array(self._uids.typecode, self._uids)
+
+    def keys(self, indexes: Iterable[int]) -> list[tuple[str, int]]:
+        """(base, size) of the messages at `indexes`: the folder index's keys
+        (MessageRef.base, MessageRef.size) without a MessageRef each."""
+        names, sizes = self._names, self._sizes
+        return [(_base(names[i]), sizes[i]) for i in indexes]
+
+
+def _base(name: str) -> str:
+    """MessageRef.base of a file name (flags.split_name's), the common case first."""
+    j = name.find(INFO_SEP)
+    return name[:j] if j >= 0 else split_name(name)[0]
+
+
+class Picked(Sequence[tuple[int, "MessageRef"]]):
+    """The (sequence number, message) pairs of the messages a command names (0-based
+    `indexes` into `messages`), made when read; `columns()` gives what FETCH from the
+    index needs of them without a MessageRef each."""
+
+    __slots__ = ("_msgs", "_idx")
+
+    def __init__(self, messages: Sequence[MessageRef], indexes: list[int]):
+        self._msgs = messages
+        self._idx = indexes
+
+    def __len__(self) -> int:
+        return len(self._idx)
+
+    @overload
+    def __getitem__(self, k: int) -> tuple[int, MessageRef]: ...
+    @overload
+    def __getitem__(self, k: slice) -> Picked: ...
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return Picked(self._msgs, self._idx[k])
+        i = self._idx[k]
+        return i + 1, self._msgs[i]
+
+    def __iter__(self) -> Iterator[tuple[int, MessageRef]]:
+        msgs = self._msgs
+        for i in self._idx:
+            yield i + 1, msgs[i]
+
+    def columns(self) -> tuple[list[int], list[tuple[str, int]], list[int]]:
+        """Sequence numbers, index keys (base, size) and UIDs of the picked messages."""
+        idx, msgs = self._idx, self._msgs
+        if isinstance(msgs, MessageList):
+            uids = msgs._uids
+            return [i + 1 for i in idx], msgs.keys(idx), [uids[i] for i in idx]
+        refs = [msgs[i] for i in idx]
+        return [i + 1 for i in idx], [(m.base, m.size) for m in refs], [m.uid for m in refs]
+
+
+def _ref(uid: int, name: str, size: int, mtime: float, keywords: frozenset[str]) -> MessageRef:
+    j = name.find(INFO_SEP)
+    base, letters = split_name(name) if j < 0 else (name[:j], normalize(name[j + len(INFO_SEP):]))
+    return _folder.MessageRef(uid, base, name, letters, size, mtime, keywords)
