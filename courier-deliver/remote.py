@@ -32,7 +32,14 @@ a transaction the session stays open (idle) for esmtptimeoutkeepalive seconds
 message for the same exchanger, address, port, TLS policy and credentials
 takes it (RSET first when needed); a session whose last transaction got a
 4xx is not reused. Idle sessions do not hold a MAXHOST slot; at most MAXHOST
-of them are kept per exchanger. Timeouts follow RFC 5321
+of them are kept per exchanger. The next message for a domain takes an idle
+session that carried the domain's mail before without looking the domain up
+again (as Courier's esmtp module hands a kept connection the next message for
+the same domain, and Postfix reuses by destination): the same route, port,
+TLS policy and credentials, to one of the best-preference exchangers of the
+last lookup, which is at most DOMAIN_REUSE_TIME old, so DNS changes show
+within that; no such session, or a dead one, and the domain is looked up as
+before. Timeouts follow RFC 5321
 §4.5.3.2 (5 minutes for a reply, 10 for the reply to the final dot).
 
 Courier's control files: esmtphelo is the EHLO name (default `me`); "*"
@@ -92,6 +99,12 @@ FILE_CHECK_INTERVAL = 1.0     # esmtproutes/esmtpauthclient stat at most this of
 # least 2 hours (comtrack.h TRACK_NHOURS), by its name; bounded here.
 BROKEN_STARTTLS_TIME = 2 * 3600
 MAX_BROKEN_STARTTLS = 10000
+# A domain's mail goes over an idle session without a new MX lookup for this
+# long after the lookup that chose the exchanger (Postfix's
+# smtp_connection_reuse_time_limit is 300 s too); then the next message looks
+# the domain up again, so a changed MX shows within this.
+DOMAIN_REUSE_TIME = 300.0
+MAX_DOMAINS = 10000           # domains whose last exchangers are remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +135,9 @@ class RemoteDelivery:
         self._all = asyncio.Semaphore(config.maxdels)
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._idle: dict[_PoolKey, list[tuple[Connection, float]]] = {}
+        # (looked-up name, route) -> (when it was looked up, the pool keys of
+        # sessions to its best exchangers since): reuse before a lookup.
+        self._domains: dict[tuple[str, Route], tuple[float, list[_PoolKey]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ptr: dict[str, str] = {}     # esmtphelo "*": local address -> EHLO name
@@ -194,8 +210,7 @@ class RemoteDelivery:
                                if n)
             return (await find_targets(self.resolver, domain, self.config.prefer_ipv6,
                                        myself=myself), self.config.port)
-        # Courier: port 25 unless the line gives one (even for /SECURITY=SMTPS).
-        port = route.port or 25
+        port = self._port(route)
         try:
             ipaddress.ip_address(route.relay)
             return [Target(route.relay, 0, (route.relay,))], port
@@ -237,13 +252,6 @@ class RemoteDelivery:
             logger.info("id=%s: undelivered after %d s: rerouted to the backup relay %s",
                         qid, c.backuprelay_after, c.backuprelay)
             route, lookup = Route(None), c.backuprelay
-        try:
-            targets, port = await self._targets(lookup, route)
-        except DnsFailure as e:
-            code = 550 if e.permanent else 451
-            reply = local_reply(code, e.status, e.text)
-            logger.info("id=%s: %s", qid, e.text)
-            return {r.address: RemoteResult(reply) for r in rcpts}
         # esmtproutes /SECURITY=STARTTLS sets the flag a SECURITY=STARTTLS
         # message sets (Courier's ROUTE_STARTTLS): the same checks, and the
         # keyword goes on in MAIL FROM.
@@ -268,23 +276,58 @@ class RemoteDelivery:
             envid=env.envid, ret=env.ret, verp=env.verp, security=security)
         waiting = {r.address: r for r in rcpts}
         results: dict[str, RemoteResult] = {}
-        tried = False
+
+        def record(outcome: _SessionOutcome, host: str) -> None:
+            for addr, reply in outcome.results.items():
+                res = RemoteResult(reply, host,
+                                   dsn_relayed=outcome.dsn and 200 <= reply.code < 300)
+                results[addr] = res
+                if not res.temporary:
+                    waiting.pop(addr, None)
+
+        def transaction() -> Transaction:
+            return dataclasses.replace(txn_base, recipients=tuple(
+                Rcpt(r.address, r.orcpt, r.notify) for r in waiting.values()))
+
+        port = self._port(route)
+        # Courier's auth key is what it connects to: the esmtproutes
+        # relay, else the domain (backuprelay: its name), not an MX.
+        auth = self.config.auth.lookup(route.relay or lookup, port)
+        # An idle session to one of the domain's exchangers: no lookup.
+        reused: set[tuple[str, str]] = set()
+        dkey = (lookup, route)
+        for key in self._idle_for_domain(dkey, port, policy, ctx, auth, security):
+            if not waiting:
+                return results
+            host, address = key[0], key[1]
+            outcome = await self._limited(host, address, port, transaction(), policy, ctx,
+                                          auth, qid, reuse_only=True)
+            if outcome is not None:
+                reused.add((host, address))
+                record(outcome, host)
+        if not waiting:
+            return results
+        try:
+            targets, port = await self._targets(lookup, route)
+        except DnsFailure as e:
+            code = 550 if e.permanent else 451
+            reply = local_reply(code, e.status, e.text)
+            logger.info("id=%s: %s", qid, e.text)
+            return results | {a: RemoteResult(reply) for a in waiting}
+        best = targets[0].preference if targets else 0
+        remembered: list[_PoolKey] = []
+        self._remember_domain(dkey, remembered)
+        tried = bool(reused)
         for target in targets:
             for address in target.addresses:
                 if not waiting:
                     return results
                 if not route.family_allowed(address):
                     continue                     # /IPV4ONLY, /IPV6ONLY
+                if (target.host, address) in reused:
+                    continue                     # its session just answered 4xx
                 tried = True
-                txn = Transaction(
-                    sender=txn_base.sender, message=message, eightbit=txn_base.eightbit,
-                    smtputf8=txn_base.smtputf8, envid=txn_base.envid, ret=txn_base.ret,
-                    verp=txn_base.verp, security=txn_base.security,
-                    recipients=tuple(Rcpt(r.address, r.orcpt, r.notify)
-                                     for r in waiting.values()))
-                # Courier's auth key is what it connects to: the esmtproutes
-                # relay, else the domain (backuprelay: its name), not an MX.
-                auth = self.config.auth.lookup(route.relay or lookup, port)
+                txn = transaction()
                 host_policy = policy
                 if policy is not TlsPolicy.SMTPS and self._starttls_broken(target.host):
                     if security or policy is TlsPolicy.REQUIRED:
@@ -300,14 +343,14 @@ class RemoteDelivery:
                             waiting.pop(addr)
                         continue
                     host_policy = TlsPolicy.NONE      # Courier: send in clear meanwhile
+                if target.preference == best and host_policy is policy:
+                    # Only the best exchangers' sessions are reused without a
+                    # lookup: a backup taking mail now is asked again next time.
+                    remembered.append(_pool_key(target.host, address, port, policy, ctx,
+                                                auth, security))
                 outcome = await self._limited(target.host, address, port, txn, host_policy,
                                               ctx, auth, qid)
-                for addr, reply in outcome.results.items():
-                    res = RemoteResult(reply, target.host,
-                                       dsn_relayed=outcome.dsn and 200 <= reply.code < 300)
-                    results[addr] = res
-                    if not res.temporary:
-                        waiting.pop(addr, None)
+                record(outcome, target.host)
         if not tried:
             # Courier: no reply at all, so the message waits for a later try.
             family = "IPv4" if Option.IPV4ONLY in route.options else "IPv6"
@@ -317,22 +360,75 @@ class RemoteDelivery:
             return {r.address: RemoteResult(reply) for r in rcpts}
         return results
 
+    def _port(self, route: Route) -> int:
+        # Courier: port 25 unless the line gives one (even for /SECURITY=SMTPS).
+        return self.config.port if route.relay is None else route.port or 25
+
+    # -- reuse by domain, before the lookup --
+
+    def _remember_domain(self, dkey: tuple[str, Route], keys: list[_PoolKey]) -> None:
+        """A fresh lookup of the domain: the sessions of its best exchangers
+        (`keys`, filled as they are tried) may carry its mail for
+        DOMAIN_REUSE_TIME."""
+        self._domains.pop(dkey, None)          # to the end: the dict stays oldest first
+        if len(self._domains) >= MAX_DOMAINS:
+            self._prune_domains(time.monotonic())
+            while len(self._domains) >= MAX_DOMAINS:
+                self._domains.pop(next(iter(self._domains)))
+        self._domains[dkey] = (time.monotonic(), keys)
+
+    def _prune_domains(self, now: float) -> None:
+        self._domains = {d: v for d, v in self._domains.items()
+                         if now - v[0] < DOMAIN_REUSE_TIME}
+
+    def _idle_for_domain(self, dkey: tuple[str, Route], port: int, policy: TlsPolicy,
+                         ctx: ssl.SSLContext | None, auth: tuple[str, str] | None,
+                         security: str | None) -> list[_PoolKey]:
+        """Pool keys holding an idle session that may take this domain's mail
+        now: from a lookup at most DOMAIN_REUSE_TIME old, the same port, TLS
+        policy and context, credentials and security level (esmtproutes and
+        esmtpauthclient may have changed since), not to a server whose
+        STARTTLS broke since (the lookup path decides what goes there). Also
+        a key whose exchanger has MAXHOST sessions busy: its slot is awaited
+        and the session that freed it taken."""
+        entry = self._domains.get(dkey)
+        if entry is None:
+            return []
+        since, keys = entry
+        if time.monotonic() - since >= DOMAIN_REUSE_TIME:
+            del self._domains[dkey]
+            return []
+        want = _pool_key("", "", port, policy, ctx, auth, security)[2:]
+        return [k for k in dict.fromkeys(keys)
+                if k[2:] == want and (self._idle.get(k) or self._host_full(k[0]))
+                and (policy is TlsPolicy.SMTPS or not self._starttls_broken(k[0]))]
+
+    def _host_full(self, host: str) -> bool:
+        # MAXHOST sessions busy: a lookup would only end up waiting for one of
+        # them, which goes idle as its transaction ends; wait for it instead.
+        sem = self._hosts.get(host)
+        return sem is not None and sem.locked()
+
     async def _limited(self, host: str, address: str, port: int, txn: Transaction,
                        policy: TlsPolicy, ctx: ssl.SSLContext | None,
-                       auth: tuple[str, str] | None, qid: str) -> _SessionOutcome:
+                       auth: tuple[str, str] | None, qid: str, *,
+                       reuse_only: bool = False) -> _SessionOutcome | None:
         async with self._all:
             sem = self._host_limit(host)
             try:
                 async with sem:
                     return await self._transact(host, address, port, txn, policy, ctx,
-                                                auth, qid)
+                                                auth, qid, reuse_only)
             finally:
                 self._release_host(host)
 
     async def _transact(self, host: str, address: str, port: int, txn: Transaction,
                         policy: TlsPolicy, ctx: ssl.SSLContext | None,
-                        auth: tuple[str, str] | None, qid: str) -> _SessionOutcome:
-        key: _PoolKey = (host, address, port, policy, id(ctx), auth, txn.security)
+                        auth: tuple[str, str] | None, qid: str,
+                        reuse_only: bool = False) -> _SessionOutcome | None:
+        """One transaction over an idle session of this key, else a new one;
+        reuse_only: None when no idle session (left, or alive) took it."""
+        key = _pool_key(host, address, port, policy, ctx, auth, txn.security)
         outcome: _SessionOutcome | None = None
         conn = self._take_idle(key)
         if conn is not None:
@@ -341,6 +437,8 @@ class RemoteDelivery:
                 await conn.close()
                 conn = None
         if outcome is None:
+            if reuse_only:
+                return None
             conn, outcome = await Connection.open(
                 self.config.helo, host, address, port, txn, policy, ctx, auth, qid,
                 keep_open=self.config.keepalive > 0, timeouts=self.config.timeouts,
@@ -424,6 +522,7 @@ class RemoteDelivery:
     async def _reap(self) -> None:
         while self._idle:
             await asyncio.sleep(REAP_INTERVAL)
+            self._prune_domains(time.monotonic())
             now = asyncio.get_running_loop().time()
             for key in list(self._idle):
                 keep = []
@@ -446,6 +545,14 @@ class RemoteDelivery:
 
 
 _PoolKey = tuple[str, str, int, TlsPolicy, int, "tuple[str, str] | None", "str | None"]
+
+
+def _pool_key(host: str, address: str, port: int, policy: TlsPolicy,
+              ctx: ssl.SSLContext | None, auth: tuple[str, str] | None,
+              security: str | None) -> _PoolKey:
+    """Who may share a session: the exchanger, its address and port, the TLS
+    policy and context, the credentials and the message's security level."""
+    return (host, address, port, policy, id(ctx), auth, security)
 
 
 class Connection:

@@ -53,16 +53,20 @@ def _answers(port: int, probe: str) -> bool:
 
 @contextmanager
 def dnsmasq(zone_args: list[str], local_domains: list[str], probe: str,
-            port: int | None = None) -> Iterator[int]:
+            port: int | None = None, query_log: Path | None = None) -> Iterator[int]:
     """Run dnsmasq with the zone; yield its port once `probe` (a name with an A
-    record in the zone) resolves; stop it by its pid."""
+    record in the zone) resolves; stop it by its pid. query_log: every query
+    is logged there ("query[MX] name from ..."), for tests counting lookups."""
     assert DNSMASQ is not None
     port = port or free_udp_tcp_port()
     proc = subprocess.Popen(
         [DNSMASQ, "-k", "--no-resolv", "--no-hosts", "-C", "/dev/null", f"--port={port}",
          "--listen-address=127.0.0.1", "--bind-interfaces",
          *(f"--local=/{d}/" for d in local_domains),
-         "--pid-file=", "--log-facility=-", *zone_args],
+         "--pid-file=",
+         *(("--log-facility=-",) if query_log is None
+           else ("--log-queries", f"--log-facility={query_log}")),
+         *zone_args],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15
