@@ -38,8 +38,9 @@ again (as Courier's esmtp module hands a kept connection the next message for
 the same domain, and Postfix reuses by destination): the same route, port,
 TLS policy and credentials, to one of the best-preference exchangers of the
 last lookup, which is at most DOMAIN_REUSE_TIME old, so DNS changes show
-within that; no such session, or a dead one, and the domain is looked up as
-before. Timeouts follow RFC 5321
+within that (when that exchanger has MAXHOST sessions busy, the message waits
+for one of them instead of looking up); no such session, or a dead one, and
+the domain is looked up as before. Timeouts follow RFC 5321
 §4.5.3.2 (5 minutes for a reply, 10 for the reply to the final dot).
 
 Courier's control files: esmtphelo is the EHLO name (default `me`); "*"

@@ -220,3 +220,16 @@ def test_the_lookup_is_repeated_after_the_reuse_window(dnsd, monkeypatch):
     assert dnsd.queries["a.test", "MX"] == 3
     assert sink.state.sessions == 1          # the session itself is still reused
 
+
+
+def test_messages_at_once_wait_for_the_busy_exchanger_instead_of_looking_up(dnsd):
+    port = free_port()
+    with Sink("127.0.0.2", port) as sink:
+        async def steps(make):
+            rd = make(config(dnsd, port, maxhost=1))
+            await send(rd, "first@a.test")
+            return await asyncio.gather(*(send(rd, f"n{i}@a.test") for i in range(8)))
+        out = run(steps)
+    assert all(codes(r) == {f"n{i}@a.test": 250} for i, r in enumerate(out))
+    assert dnsd.queries["a.test", "MX"] == 1
+    assert sink.state.sessions == 1 and len(sink.state.messages) == 9
