@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import dns.flags
@@ -111,7 +112,7 @@ def config(dnsd: CountingDns, port: int, **kw) -> EsmtpConfig:
                        resolver=(("127.0.0.1", dnsd.port),), **kw)
 
 
-def send(rd: RemoteDelivery, *rcpts: str) -> dict[str, remote.RemoteResult]:
+def send(rd: RemoteDelivery, *rcpts: str) -> Awaitable[dict[str, remote.RemoteResult]]:
     env = Envelope("carol@sender.test", tuple(Recipient(r) for r in rcpts), time.time())
     return rd.deliver(env, list(env.recipients), MESSAGE, qid="q")
 
