@@ -128,9 +128,16 @@ class MailboxView:
         self._state: FolderState | None = None
         self._messages: list[MessageRef] | None = None
         self.recent: set[int] = set()
+        cold_keywords: set[str] = set()
         if self._summary is None:
             st = maildir.scan(snapshot=True)
-            self._state, self._messages, self.recent = st, list(st.messages), set(st.recent)
+            cold_keywords = {k for m in st.messages for k in m.keywords}
+            # Held as columns (msglist.py), the scan's MessageRefs let go: an idle
+            # session selected after a scan holds no object per message either.
+            msgs = MessageList.of(st.messages)
+            self._state, self._messages = replace(st, messages=msgs), msgs
+            self.recent = set(st.recent)
+            del st                           # the refs go before give_back() below
         self.cur_id = _dir_id(maildir)       # which cur/ this is: a folder made again differs
         self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
         self.disposer: Disposer | None = None   # what EXPUNGE does with a message (trash.py)
@@ -142,7 +149,7 @@ class MailboxView:
         if self._summary is not None:
             self.keywords: set[str] = set(self._summary.keywords)
         else:
-            self.keywords = {k for m in self.messages for k in m.keywords}
+            self.keywords = cold_keywords
         give_back()
 
     def close(self) -> None:
@@ -213,10 +220,13 @@ class MailboxView:
                 out.append(f"OK [UNSEEN {s.first_unseen}] Message {s.first_unseen} "
                            "is first unseen")
             return out
-        for i, m in enumerate(self.messages, 1):
-            if "S" not in m.flags:
-                out.append(f"OK [UNSEEN {i}] Message {i} is first unseen")
-                break
+        msgs = self.messages
+        if isinstance(msgs, MessageList):
+            i = msgs.first_unseen()
+        else:
+            i = next((i for i, m in enumerate(msgs, 1) if "S" not in m.flags), 0)
+        if i:
+            out.append(f"OK [UNSEEN {i}] Message {i} is first unseen")
         return out
 
     # -- numbers ---------------------------------------------------------------------------

@@ -58,6 +58,35 @@ class MessageList(MutableSequence["MessageRef"]):
         self._stored: list[MessageRef | None] | None = None
         self._full = False          # _stored holds every message: iterate it as is
 
+    @classmethod
+    def of(cls, refs: Sequence[MessageRef]) -> MessageList:
+        """The list of a scan's MessageRefs as columns, the refs let go (an idle
+        session keeps the columns only). A message the columns would not give back as
+        it is (a base cut at another colon than split_name's) is kept as its ref."""
+        ml = cls(array.array("q", [m.uid for m in refs]), [m.filename for m in refs],
+                 array.array("q", [m.size for m in refs]),
+                 array.array("d", [m.mtime for m in refs]),
+                 {i: m.keywords for i, m in enumerate(refs) if m.keywords})
+        for i, m in enumerate(refs):
+            if (m.base, m.flags) != split_name(m.filename):
+                if ml._stored is None:
+                    ml._stored = [None] * len(refs)
+                ml._stored[i] = m
+        return ml
+
+    def first_unseen(self) -> int:
+        """The sequence number of the first message without \\Seen, 0: none (SELECT's
+        UNSEEN), from the names without making a MessageRef each."""
+        stored = self._stored
+        for i, name in enumerate(self._names):
+            m = stored[i] if stored is not None else None
+            if m is not None:
+                if "S" not in m.flags:
+                    return i + 1
+            elif "S" not in split_name(name)[1]:
+                return i + 1
+        return 0
+
     def copy(self) -> MessageList:
         c = MessageList(array.array(self._uids.typecode, self._uids), list(self._names),
                         array.array(self._sizes.typecode, self._sizes),
@@ -176,8 +205,12 @@ class MessageList(MutableSequence["MessageRef"]):
     def keys(self, indexes: Iterable[int]) -> list[tuple[str, int]]:
         """(base, size) of the messages at `indexes`: the folder index's keys
         (MessageRef.base, MessageRef.size) without a MessageRef each."""
-        names, sizes = self._names, self._sizes
-        return [(_base(names[i]), sizes[i]) for i in indexes]
+        names, sizes, stored = self._names, self._sizes, self._stored
+        if stored is None:
+            return [(_base(names[i]), sizes[i]) for i in indexes]
+        return [(_base(names[i]), sizes[i]) if stored[i] is None
+                else (stored[i].base, stored[i].size)       # type: ignore[union-attr]
+                for i in indexes]
 
 
 def _base(name: str) -> str:

@@ -178,3 +178,17 @@ def test_a_warm_session_answers_as_a_cold_one(tmp_path: Path,
     warm = _folder(tmp_path / "warm", True, monkeypatch)
     assert b"* 2 EXPUNGE" in cold and b"l OK" in cold and b"BODYSTRUCTURE (" in cold
     assert warm == cold
+
+
+def test_of_a_scans_refs_gives_them_back() -> None:
+    refs = sample()
+    # A scan cuts the base at the first colon: "170.a", not split_name's "170.a:b".
+    refs[4] = replace(refs[4], base="170.a")
+    ml = MessageList.of(refs)
+    assert list(ml) == refs and ml[4].base == "170.a"
+    assert ml.keys([4, 0]) == [("170.a", refs[4].size), (refs[0].base, refs[0].size)]
+    assert ml.first_unseen() == 3          # "...M3P1.host": no info, so no \Seen
+    ml[2] = replace(ml[2], flags="S")      # as UID EXPUNGE stores it
+    assert ml.first_unseen() == 4
+    assert MessageList.of([refs[0]]).first_unseen() == 0
+    assert len(MessageList.of([])) == 0 and MessageList.of([]).first_unseen() == 0
