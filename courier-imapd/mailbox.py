@@ -295,6 +295,11 @@ class MailboxView:
                 return i
         return None
 
+    def _peek(self, i: int) -> MessageRef:
+        """The message at index i, not kept by a column list (MessageList.peek)."""
+        msgs = self.messages
+        return msgs.peek(i) if isinstance(msgs, MessageList) else msgs[i]
+
     def uid_list(self) -> Sequence[int]:
         """Every message's UID in order, from the columns when the list has them
         (msglist.py: no MessageRef made for it)."""
@@ -325,7 +330,8 @@ class MailboxView:
         self.recent |= st.recent
         # A message that is still there is no ghost, whatever a failed open thought.
         self.ghosts.difference_update(on_disk)
-        for i, m in enumerate(self.messages):
+        for i in range(len(self.messages)):
+            m = self._peek(i)
             now = on_disk.get(m.uid)
             if now is None:
                 self.ghosts.add(m.uid)
@@ -336,17 +342,19 @@ class MailboxView:
                     f" UID {now.uid} MODSEQ ({self.tracker.modseq(now.uid)})"
                 out.append(f"{i + 1} FETCH (FLAGS "
                            f"{flags_text(now.flags, now.uid in self.recent, now.keywords)}{extra})")
-            else:
+            elif now != m:
                 self.messages[i] = now
         if allow_expunge and self.ghosts:
             out.extend(self._drop_ghosts())
-        known_top = self.messages[-1].uid if self.messages else 0
+        known_top = self._peek(len(self.messages) - 1).uid if self.messages else 0
         fresh = [m for m in st.messages if m.uid > known_top]
         if fresh:
             self.messages.extend(fresh)
             out.append(f"{len(self.messages)} EXISTS")
             out.append(f"{len(self.recent)} RECENT")
-        self._state = st
+        # The scan's MessageRefs go (the view's list is the state's, as after _load).
+        self._state = replace(st, messages=self.messages)
+        del st, on_disk
         give_back()
         return out
 
@@ -361,11 +369,12 @@ class MailboxView:
         out = []
         gone = []
         # Highest first, so each number is right when the client applies it.
-        for i in range(len(self.messages) - 1, -1, -1):
-            if self.messages[i].uid in self.ghosts:
+        uids = self.uid_list()
+        for i in range(len(uids) - 1, -1, -1):
+            if uids[i] in self.ghosts:
                 out.append(f"{i + 1} EXPUNGE")
-                gone.append(self.messages[i].uid)
-                self.recent.discard(self.messages[i].uid)
+                gone.append(uids[i])
+                self.recent.discard(uids[i])
                 del self.messages[i]
         self.ghosts.clear()
         return self.expunged_lines(out, gone)
@@ -384,7 +393,7 @@ class MailboxView:
         out = []
         gone: list[int] = []
         for i in range(len(self.messages) - 1, -1, -1):
-            m = self.messages[i]
+            m = self._peek(i)
             if "T" in m.flags:
                 if self.disposer is not None:
                     self.disposer.dispose(self.maildir, m)

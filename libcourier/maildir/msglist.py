@@ -111,6 +111,16 @@ class MessageList(MutableSequence["MessageRef"]):
                              _EMPTY if self._keywords is None else self._keywords[i])
         return m
 
+    def peek(self, i: int) -> MessageRef:
+        """The message at `i` (0 <= i < len), made for the caller and not kept: for a
+        pass over every message that keeps none of them (a refresh, EXPUNGE)."""
+        if self._stored is not None:
+            got = self._stored[i]
+            if got is not None:
+                return got
+        return _ref(self._uids[i], self._names[i], self._sizes[i], self._mtimes[i],
+                    _EMPTY if self._keywords is None else self._keywords[i])
+
     def _make_all(self) -> list[MessageRef]:
         """Every message made (once), for a command that goes through them all."""
         if self._stored is None:

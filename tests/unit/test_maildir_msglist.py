@@ -5,6 +5,7 @@ MessageRefs would, without making them."""
 from __future__ import annotations
 
 import array
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -192,3 +193,28 @@ def test_of_a_scans_refs_gives_them_back() -> None:
     assert ml.first_unseen() == 4
     assert MessageList.of([refs[0]]).first_unseen() == 0
     assert len(MessageList.of([])) == 0 and MessageList.of([]).first_unseen() == 0
+
+
+def test_a_refresh_keeps_only_what_changed(tmp_path: Path) -> None:
+    """NOOP / IDLE after a delivery and another session's flag change: both reported,
+    and the view keeps a MessageRef for those two only, not one per message."""
+    from courier_imapd.mailbox import MailboxView
+
+    root = tmp_path / "M"
+    for d in ("tmp", "new", "cur"):
+        (root / d).mkdir(parents=True)
+    for i in range(40):
+        (root / "cur" / f"{1000 + i}.M{i}P1.h,S=3:2,S").write_bytes(b"x\n\n")
+    view = MailboxView("INBOX", Maildir(root), False)
+    view.select_responses()
+    msgs = view.messages
+    assert isinstance(msgs, MessageList) and msgs._stored is None
+    os.rename(root / "cur" / "1007.M7P1.h,S=3:2,S", root / "cur" / "1007.M7P1.h,S=3:2,FS")
+    (root / "new" / "2000.M1P2.h,S=3").write_bytes(b"y\n\n")
+    lines = view.refresh(allow_expunge=True)
+    assert lines == ["8 FETCH (FLAGS (\\Flagged \\Seen))", "41 EXISTS", "1 RECENT"]
+    assert view.messages is msgs and len(msgs) == 41
+    assert msgs._stored is not None and sum(m is not None for m in msgs._stored) == 2
+    assert msgs[7].flags == "FS" and msgs[40].uid == 41 and msgs[40].filename.endswith(":2,")
+    assert view.refresh(allow_expunge=True) == []
+    assert sum(m is not None for m in msgs._stored) == 2
