@@ -282,7 +282,8 @@ class MailboxView:
         except FileNotFoundError:
             return 0
         n = 0
-        for i, m in enumerate(self.messages):
+        for i in range(len(self.messages)):
+            m = self._peek(i)
             name = names.get(m.base)
             if name is not None and name != m.filename:
                 self.messages[i] = replace(m, filename=name)
@@ -411,4 +412,4 @@ class MailboxView:
         return self.expunged_lines(out, gone)
 
     def count_unseen(self) -> int:
-        return sum(1 for m in self.messages if "S" not in m.flags)
+        return sum(1 for i in range(len(self.messages)) if "S" not in self._peek(i).flags)

@@ -218,3 +218,23 @@ def test_a_refresh_keeps_only_what_changed(tmp_path: Path) -> None:
     assert msgs[7].flags == "FS" and msgs[40].uid == 41 and msgs[40].filename.endswith(":2,")
     assert view.refresh(allow_expunge=True) == []
     assert sum(m is not None for m in msgs._stored) == 2
+
+
+def test_relocate_follows_a_rename_keeping_one_ref(tmp_path: Path) -> None:
+    """FETCH after another session renamed a file: the view takes the new name, keeps
+    the flags the client was told, and makes no MessageRef for the others."""
+    from courier_imapd.mailbox import MailboxView
+
+    root = tmp_path / "M"
+    for d in ("tmp", "new", "cur"):
+        (root / d).mkdir(parents=True)
+    for i in range(20):
+        (root / "cur" / f"{1000 + i}.M{i}P1.h,S=3:2,").write_bytes(b"x\n\n")
+    view = MailboxView("INBOX", Maildir(root), False)
+    os.rename(root / "cur" / "1003.M3P1.h,S=3:2,", root / "cur" / "1003.M3P1.h,S=3:2,S")
+    assert view.relocate() == 1 and view.count_unseen() == 20
+    msgs = view.messages
+    assert isinstance(msgs, MessageList) and msgs._stored is not None
+    assert sum(m is not None for m in msgs._stored) == 1
+    assert msgs[3].filename == "1003.M3P1.h,S=3:2,S" and msgs[3].flags == ""
+    assert view.relocate() == 0
