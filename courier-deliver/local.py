@@ -699,6 +699,21 @@ def request_delivery(socket_path: Path, data_fd: int, sender: str, recipient: st
         s.close()
 
 
+def _failed(s: socket.socket, e: Exception, reused: bool) -> Reply | None:
+    """Close a kept or new connection whose exchange failed; the reply for the
+    failure, or None when the request is to be sent again on a fresh connection
+    (a kept one that courierlocal had closed while it sat idle)."""
+    s.close()
+    if isinstance(e, _Closed):
+        return None if reused else Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
+    if isinstance(e, _BadReply):
+        return Reply(Status.TEMP, f"4.3.0 bad reply from courierlocal: {e}")
+    assert isinstance(e, OSError)
+    if reused and e.errno in (errno.EPIPE, errno.ECONNRESET):
+        return None
+    return _os_reply(e)
+
+
 class LocalClient:
     """courierd's connections to courierlocal, kept open between deliveries (each
     served by one root connection child, which then forks only the delivery
@@ -758,19 +773,11 @@ class LocalClient:
             try:
                 s.settimeout(self.timeout)
                 reply = _exchange(s, line, data_fd)
-            except _Closed:
-                s.close()
-                if reused:
+            except (_Closed, _BadReply, OSError) as e:
+                failed = _failed(s, e, reused)
+                if failed is None:
                     continue
-                return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
-            except _BadReply as e:
-                s.close()
-                return Reply(Status.TEMP, f"4.3.0 bad reply from courierlocal: {e}")
-            except OSError as e:
-                s.close()
-                if reused and e.errno in (errno.EPIPE, errno.ECONNRESET):
-                    continue
-                return _os_reply(e)
+                return failed
             except BaseException:
                 s.close()
                 raise
@@ -804,19 +811,11 @@ class LocalClient:
             s.setblocking(False)
             try:
                 reply = await asyncio.wait_for(_exchange_async(s, line, data_fd), self.timeout)
-            except _Closed:
-                s.close()
-                if reused:
+            except (_Closed, _BadReply, OSError) as e:      # TimeoutError is an OSError
+                failed = _failed(s, e, reused)
+                if failed is None:
                     continue
-                return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
-            except _BadReply as e:
-                s.close()
-                return Reply(Status.TEMP, f"4.3.0 bad reply from courierlocal: {e}")
-            except OSError as e:
-                s.close()
-                if reused and e.errno in (errno.EPIPE, errno.ECONNRESET):
-                    continue
-                return _os_reply(e)
+                return failed
             except BaseException:
                 s.close()
                 raise
