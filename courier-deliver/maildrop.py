@@ -19,12 +19,19 @@ sendmail prepared them, no Received: yet; pickup adds it):
     sender <address>                      <- "sender" alone: the null sender <>
     ret FULL | HDRS                       <- optional (RFC 3461 RET)
     envid <xtext>                         <- optional (RFC 3461 ENVID, as sent in SMTP)
+    smtputf8 1                            <- optional: MAIL FROM ... SMTPUTF8 (RFC 6531)
+    verp 1                                <- optional: MAIL FROM ... VERP (XVERP=Courier)
+    security STARTTLS                     <- optional: MAIL FROM ... SECURITY=STARTTLS
     rcpt <address> <notify>|- <orcpt>|-   <- one per recipient; orcpt = addr-type;xtext
     end
 
-Addresses are checked as sendmail's command line is (no spaces, controls or
-angle brackets); every line and the whole block have a limit, and anything
-else is a malformed file, which pickup quarantines.
+The three flags are the spool envelope's (libcourier.spool.envelope), which
+`sendmail -bs` offers as esmtpd does. Each is written only when set, so a file
+without them is byte for byte what earlier sendmails wrote, and their files
+read as before (the version stays 1). Addresses are checked as sendmail's
+command line is (no spaces, controls or angle brackets); every line and the
+whole block have a limit, each optional line may come once with exactly the
+values above, and anything else is a malformed file, which pickup quarantines.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from courier_deliver.submit import MAX_RECIPIENTS, DataError, check_address
 from libcourier.proto.errors import ClientError
 from libcourier.smtp.grammar import parse_envid, parse_notify, parse_orcpt, xtext_encode
 from libcourier.spool import Recipient
+from libcourier.spool.envelope import SECURITY_LEVELS
 
 DIRNAME = "maildrop"
 MAGIC = b"courier-py-maildrop 1\n"
@@ -62,6 +70,9 @@ class DropEnvelope:
     recipients: tuple[Recipient, ...]
     ret: str | None = None
     envid: str | None = None             # decoded
+    smtputf8: bool = False               # the client said SMTPUTF8
+    verp: bool = False                   # Courier's VERP: a return path per recipient
+    security: str | None = None          # Courier's SECURITY: "STARTTLS" or None
 
 
 def format_block(env: DropEnvelope) -> bytes:
@@ -70,6 +81,14 @@ def format_block(env: DropEnvelope) -> bytes:
         lines.append(f"ret {env.ret}")
     if env.envid is not None:
         lines.append(f"envid {xtext_encode(env.envid)}")
+    if env.smtputf8:
+        lines.append("smtputf8 1")
+    if env.verp:
+        lines.append("verp 1")
+    if env.security is not None:
+        if env.security not in SECURITY_LEVELS:
+            raise ValueError(f"unknown security level {env.security!r}")
+        lines.append(f"security {env.security}")
     for r in env.recipients:
         orcpt = "-"
         if r.orcpt:
@@ -95,6 +114,7 @@ def read_block(fh: BinaryIO) -> DropEnvelope:
     sender: str | None = None
     ret: str | None = None
     envid: str | None = None
+    flags: dict[str, str] = {}           # smtputf8, verp, security: each at most once
     rcpts: list[Recipient] = []
     while True:
         raw = fh.readline(MAX_LINE + 1)
@@ -115,6 +135,8 @@ def read_block(fh: BinaryIO) -> DropEnvelope:
                 ret = value
             elif key == "envid" and envid is None:
                 envid = parse_envid(value)
+            elif key in _FLAG_VALUES and key not in flags and value in _FLAG_VALUES[key]:
+                flags[key] = value
             elif key == "rcpt":
                 addr, notify, orcpt = _split3(value)
                 rcpts.append(Recipient(_address(addr),
@@ -128,7 +150,13 @@ def read_block(fh: BinaryIO) -> DropEnvelope:
             raise MaildropError(f"bad envelope line {line[:60]!r}: {e}") from None
     if sender is None or not rcpts:
         raise MaildropError("envelope without a sender or recipients")
-    return DropEnvelope(sender, tuple(rcpts), ret, envid)
+    return DropEnvelope(sender, tuple(rcpts), ret, envid, smtputf8="smtputf8" in flags,
+                        verp="verp" in flags, security=flags.get("security"))
+
+
+# The optional flag lines and the only values each may have.
+_FLAG_VALUES: dict[str, tuple[str, ...]] = {
+    "smtputf8": ("1",), "verp": ("1",), "security": SECURITY_LEVELS}
 
 
 def _split3(value: str) -> tuple[str, str, str]:

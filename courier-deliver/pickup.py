@@ -251,8 +251,9 @@ class Pickup:
             return writer.commit(Envelope(
                 sender=env.sender, recipients=env.recipients, received=now.timestamp(),
                 body="8BITMIME" if eight_bit else "7BIT",
-                smtputf8=any(not a.isascii() for a in addrs),
-                envid=env.envid, ret=env.ret,
+                # Files of older sendmails have no smtputf8 line: a UTF-8 address says it.
+                smtputf8=env.smtputf8 or any(not a.isascii() for a in addrs),
+                envid=env.envid, ret=env.ret, verp=env.verp, security=env.security,
                 client=f"local uid={who.uid} user={who.login} maildrop"))
         finally:
             writer.abort()      # a no-op after commit

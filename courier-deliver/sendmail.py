@@ -150,8 +150,8 @@ class SpoolSink:
             sender=env.sender, recipients=env.recipients,
             received=datetime.now().timestamp(),
             body="8BITMIME" if self._eight_bit else "7BIT",
-            smtputf8=any(not a.isascii() for a in addrs),
-            envid=env.envid, ret=env.ret,
+            smtputf8=env.smtputf8 or any(not a.isascii() for a in addrs),
+            envid=env.envid, ret=env.ret, verp=env.verp, security=env.security,
             client=f"local uid={self.who.uid} user={self.who.login}"))
         notify(self.layout.queue_socket, qid)
         return qid
@@ -290,7 +290,9 @@ def serve_bs(stdin: BinaryIO, stdout: BinaryIO, open_sink: SinkFactory, who: Sub
                                    sender=begin.sender, fullname=None, domain=domain,
                                    date=date, message_id=f"<courier-py.{sink.ident}@{me}>",
                                    received=b"")
-                sink.begin(DropEnvelope(begin.sender, rcpts, begin.ret, begin.envid), date)
+                sink.begin(DropEnvelope(begin.sender, rcpts, begin.ret, begin.envid,
+                                        smtputf8=begin.smtputf8, verp=begin.verp,
+                                        security=begin.security), date)
                 sink.write(prepared.header_bytes)
             if out:
                 assert sink is not None

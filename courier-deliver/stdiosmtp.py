@@ -13,11 +13,16 @@ input ended inside the message, or the core refused it after reading it) and
 pipelined QUIT is answered after the 250, which is said only for a committed
 message.
 
+Offered, as esmtpd offers them (Courier's `sendmail -bs` runs courieresmtpd
+itself): Courier's XVERP=Courier, XEXDATA and XSECURITY=NONE,STARTTLS,
+PIPELINING, 8BITMIME, SMTPUTF8, DSN, CHUNKING, SIZE, ENHANCEDSTATUSCODES. The
+SMTPUTF8, VERP and SECURITY flags and RET/ENVID/NOTIFY/ORCPT go into the
+envelope (the maildrop block or the spool's); EXDATA is taken and answered
+plainly, as esmtpd and courieresmtpd do.
+
 What differs from the network server, on purpose:
-- Offered: PIPELINING, 8BITMIME, SIZE, DSN (RET/ENVID/NOTIFY/ORCPT go into the
-  envelope), CHUNKING, ENHANCEDSTATUSCODES. Not offered: SMTPUTF8 and Courier's
-  XVERP/XEXDATA/XSECURITY (the maildrop envelope cannot carry them), STARTTLS
-  and AUTH (the pipe's user is known: the driver's sender check is the policy).
+- Not offered: STARTTLS and AUTH (the pipe's user is known: the driver's
+  sender check is the policy).
 - A DATA line may end in a bare LF, and "." LF ends DATA: the pipe carries one
   local user's own message, there is no one to smuggle a second one past us.
 - Text lines up to 64 KiB (RFC 5321's 1000 is for the network; local scripts
@@ -65,6 +70,9 @@ class Begin:
     recipients: tuple[Recipient, ...]
     ret: str | None
     envid: str | None
+    smtputf8: bool = False
+    verp: bool = False
+    security: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +117,7 @@ class StdioSmtp:
     def __init__(self, *, hostname: str, max_size: int,
                  check_sender: Callable[[str], str | None]):
         self.hostname = hostname
-        info = SessionInfo(hostname, greeting=(f"{hostname} ESMTP courier-py sendmail -bs",),
-                           offer_smtputf8=False, offer_courier=False)
+        info = SessionInfo(hostname, greeting=(f"{hostname} ESMTP courier-py sendmail -bs",))
         self.core = SmtpServer(info, _SenderPolicy(check_sender), Limits(
             max_size=max_size, max_recipients=MAX_RECIPIENTS,
             max_text_line=DATA_LINE_MEMORY, lf_lines=True))
@@ -145,7 +152,8 @@ class StdioSmtp:
                     out.append(Send(data))
                 case DataStart(transaction=t):
                     out.append(Begin(t.sender, tuple(Recipient(r.address, r.orcpt, r.notify)
-                                                     for r in t.recipients), t.ret, t.envid))
+                                                     for r in t.recipients), t.ret, t.envid,
+                                     t.smtputf8, t.verp, t.security))
                 case DataChunk(data):
                     # Lossless: the core hands over whole CRLF lines, no bare CR or LF.
                     out.append(Chunk(data.replace(b"\r\n", b"\n")))

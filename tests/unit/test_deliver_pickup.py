@@ -60,6 +60,27 @@ def test_block_round_trip_leaves_the_message():
     assert read_block(io.BytesIO(format_block(null))) == null
 
 
+FLAGGED = DropEnvelope("caf\u00e9@mx.test", (Recipient("b@x.test"),), None, None,
+                       smtputf8=True, verp=True, security="STARTTLS")
+
+
+def test_the_flags_round_trip_and_an_older_sendmails_file_still_reads():
+    """SMTPUTF8, VERP and SECURITY (sendmail -bs) are lines of their own, written only
+    when set: a file without them is what earlier sendmails wrote, byte for byte."""
+    data = format_block(FLAGGED)
+    assert b"\nsmtputf8 1\nverp 1\nsecurity STARTTLS\nrcpt " in data
+    assert read_block(io.BytesIO(data)) == FLAGGED
+    old = (b"courier-py-maildrop 1\nsender me@mx.test\nret HDRS\nenvid id+201+2B\n"
+           b"rcpt a@x.test NEVER rfc822;a+20b@x.test\nrcpt b@x.test - -\nend\n")
+    assert format_block(ENV) == old
+    got = read_block(io.BytesIO(old))
+    assert got == ENV and (got.smtputf8, got.verp, got.security) == (False, False, None)
+    # Any order before `end`, as the other lines.
+    moved = b"courier-py-maildrop 1\nverp 1\nsender a@b\nrcpt c@d - -\nsecurity STARTTLS\nend\n"
+    assert read_block(io.BytesIO(moved)) == DropEnvelope("a@b", (Recipient("c@d"),),
+                                                         verp=True, security="STARTTLS")
+
+
 @pytest.mark.parametrize("block", [
     b"",
     b"courier-py-maildrop 2\nsender a@b\nrcpt c@d - -\nend\n",
@@ -75,6 +96,19 @@ def test_block_round_trip_leaves_the_message():
     b"courier-py-maildrop 1\nsender a@b\nrcpt c@d - -\nret ALL\nend\n",
     b"courier-py-maildrop 1\nsender \xff@b\nrcpt c@d - -\nend\n",
     b"courier-py-maildrop 1\nsender a@b\nrcpt " + b"c" * 5000 + b"@d - -\nend\n",
+    # The flags: exactly their one value, at most once each.
+    b"courier-py-maildrop 1\nsender a@b\nverp 0\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nverp\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nverp 1 \nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nverp 1\nverp 1\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nsmtputf8 yes\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nsmtputf8 1\nsmtputf8 1\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nsecurity NONE\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nsecurity starttls\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nsecurity\nrcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nsecurity STARTTLS\nsecurity STARTTLS\n"
+    b"rcpt c@d - -\nend\n",
+    b"courier-py-maildrop 1\nsender a@b\nwarned 1\nrcpt c@d - -\nend\n",   # spool-only
 ])
 def test_malformed_blocks(block):
     with pytest.raises(MaildropError):
@@ -176,6 +210,27 @@ def test_a_users_file_is_queued_as_that_user(spool):
                            f"  by mx.test (courier-py) with local id {qids[0]}; ".encode())
     assert data.endswith(b"\nSubject: hi\n\n\xc3\xa9t\xc3\xa9\n")
     assert os.listdir(sp / "maildrop") == [] and quarantine(sp) == []
+
+
+@needs_root
+def test_the_flags_reach_the_spool_envelope_and_bad_ones_quarantine(spool):
+    sp, etc = spool
+    uid = nobody().pw_uid
+    env = DropEnvelope("nobody@mx.test", (Recipient("j\u00f6rg@x.test"),), smtputf8=True,
+                       verp=True, security="STARTTLS")
+    drop(sp, "flags", format_block(env) + b"Subject: f\n\nx\n", uid=uid)
+    # An older sendmail's file: no smtputf8 line, a UTF-8 address says it all the same.
+    drop(sp, "older", b"courier-py-maildrop 1\nsender nobody@mx.test\n"
+                      b"rcpt j\xc3\xb6rg@x.test - -\nend\nx\n", uid=uid)
+    drop(sp, "bad", b"courier-py-maildrop 1\nsender nobody@mx.test\nverp 2\n"
+                    b"rcpt a@x.test - -\nend\nx\n", uid=uid)
+    qids = Pickup(sp, etc).scan()
+    assert len(qids) == 2
+    envs = sorted((read_envelope(sp, q) for q in qids), key=lambda e: e.verp)
+    assert [(e.smtputf8, e.verp, e.security) for e in envs] == [
+        (True, False, None), (True, True, "STARTTLS")]
+    assert [n.rsplit(".", 1)[1] for n in quarantine(sp)] == ["bad"]
+    assert os.listdir(sp / "maildrop") == []
 
 
 @needs_root

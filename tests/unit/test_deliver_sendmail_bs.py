@@ -8,8 +8,11 @@ import os
 
 from courier_deliver.localsubmit import Submitter
 from courier_deliver.maildrop import read_block
-from courier_deliver.sendmail import EX_OK, DropSink, serve_bs
+from courier_deliver.sendmail import EX_OK, DropSink, SpoolSink, serve_bs
 from courier_deliver.submit import MAX_HEADER_BYTES
+
+from libcourier.layout import Layout
+from libcourier.spool import ensure_spool, list_queue, read_envelope
 
 WHO = Submitter(1000, "alice", trusted=False)
 
@@ -61,3 +64,40 @@ def test_the_user_cannot_send_as_someone_else(tmp_path):
     assert replies[-3].startswith("553 5.7.1 user alice (uid 1000) may not use <bob@mx.test>")
     assert replies[-2].startswith("553 5.7.1 user alice (uid 1000) may not use the null sender")
     assert files == []
+
+
+FLAGS_SCRIPT = (b"EHLO c\r\n"
+                b"MAIL FROM:<alice@mx.test> VERP SECURITY=STARTTLS SMTPUTF8\r\n"
+                b"RCPT TO:<j\xc3\xb6rg@x.test>\r\nDATA\r\nSubject: f\r\n\r\nx\r\n.\r\n"
+                b"MAIL FROM:<alice@mx.test>\r\nRCPT TO:<b@x.test>\r\nDATA\r\nx\r\n.\r\n"
+                b"QUIT\r\n")
+
+
+def test_verp_security_and_smtputf8_go_into_the_maildrop_block(tmp_path):
+    replies, files = run(tmp_path, FLAGS_SCRIPT)
+    assert "250-XVERP=Courier" in replies and "250-XSECURITY=NONE,STARTTLS" in replies
+    assert "250-SMTPUTF8" in replies and "250-XEXDATA" in replies
+    assert sum(r.startswith("250 2.0.0 Ok: queued as ") for r in replies) == 2
+    flags = sorted((env.smtputf8, env.verp, env.security) for env, _ in files)
+    assert flags == [(False, False, None), (True, True, "STARTTLS")]
+    flagged = next(env for env, _ in files if env.verp)
+    assert [r.address for r in flagged.recipients] == ["j\u00f6rg@x.test"]
+
+
+def test_verp_security_and_smtputf8_go_into_the_spool_directly(tmp_path):
+    """The path of root and the daemon account: SpoolSink writes the spool envelope."""
+    spool, run_dir = tmp_path / "spool", tmp_path / "run"
+    ensure_spool(spool)
+    run_dir.mkdir()
+    layout = Layout(etc=tmp_path, spooldir=spool, rundir=run_dir, logdir=None,
+                    mailuser="daemon", mailgroup="daemon", authsocket=run_dir / "authd")
+    stdout = io.BytesIO()
+    assert serve_bs(io.BytesIO(FLAGS_SCRIPT), stdout, lambda: SpoolSink(layout, WHO, "mx.test",
+                                                                        100_000), WHO,
+                    me="mx.test", domains=("mx.test",), domain="mx.test",
+                    sizelimit=100_000) == EX_OK
+    assert stdout.getvalue().count(b"250 2.0.0 Ok: queued as ") == 2
+    envs = sorted((read_envelope(spool, q) for q in list_queue(spool)), key=lambda e: e.verp)
+    assert [(e.smtputf8, e.verp, e.security) for e in envs] == [
+        (False, False, None), (True, True, "STARTTLS")]
+    assert envs[1].recipients[0].address == "j\u00f6rg@x.test"

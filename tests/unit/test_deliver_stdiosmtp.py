@@ -1,6 +1,7 @@
 """sendmail -bs: esmtpd's SMTP core on stdin/stdout (courier_deliver.stdiosmtp), from
 transcripts fed whole, byte by byte and pipelined (STYLE.md principle 8): what a pipe
-gets that the network does not (bare LF lines, long lines), and what it is not offered."""
+gets that the network does not (bare LF lines, long lines), what it offers as esmtpd does
+(Courier's XVERP/XSECURITY, SMTPUTF8) and what it does not (STARTTLS, AUTH)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ SESSION = (b"EHLO client.test\r\n"
            b"Subject: t\r\n\r\n..leading dot\r\nline\n.\r\n"
            b"QUIT\r\n")
 REPLIES = (b"220 host.test ESMTP courier-py sendmail -bs\r\n"
-           b"250-host.test Ok.\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n"
+           b"250-host.test Ok.\r\n250-XVERP=Courier\r\n250-XEXDATA\r\n"
+           b"250-XSECURITY=NONE,STARTTLS\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+           b"250-SMTPUTF8\r\n250-DSN\r\n"
            b"250-CHUNKING\r\n250-SIZE 1000\r\n250 ENHANCEDSTATUSCODES\r\n"
            b"250 2.1.0 Ok.\r\n250 2.1.5 Ok.\r\n250 2.1.5 Ok.\r\n"
            b"354 Ok.\r\n"
@@ -101,6 +104,7 @@ def test_session_transcript(split):
     assert [r.address for r in begin.recipients] == ["a@x.test", "Postmaster"]
     assert begin.recipients[0].notify == "SUCCESS,FAILURE"
     assert begin.recipients[0].orcpt == "rfc822;a@x.test"
+    assert (begin.smtputf8, begin.verp, begin.security) == (False, False, None)
     assert data == b"Subject: t\n\n.leading dot\nline\n"
     assert core.state is State.CLOSED and isinstance(seen[-1], Closed)
 
@@ -122,8 +126,8 @@ def test_refusals_and_sequence_errors():
               b"EHLO c\r\n"
               b"RCPT TO:<a@x.test>\r\n"                  # before MAIL
               b"MAIL FROM:<boss@host.test>\r\n"          # the policy hook refuses
-              b"MAIL FROM:<me@host.test> SMTPUTF8\r\n"   # not offered
-              b"MAIL FROM:<me@host.test> VERP\r\n"       # nor Courier's XVERP
+              b"MAIL FROM:<me@host.test> SECURITY=TLS\r\n"  # not a Courier level
+              b"MAIL FROM:<me@host.test> VERP=1\r\n"     # VERP takes no value
               b"MAIL FROM:<me@host.test> SIZE=5000\r\n"  # over the limit
               b"MAIL FROM:<>\r\n"
               b"DATA\r\n"                                # no recipient yet
@@ -133,13 +137,33 @@ def test_refusals_and_sequence_errors():
     out, messages, _ = drive(new_core(), [script])
     codes = [line[:9] for line in out.split(b"\r\n") if line and line[3:4] == b" "]
     assert codes == [b"220 host.", b"503 5.5.1", b"250 ENHAN", b"503 5.5.1", b"553 5.7.1",
-                     b"555 5.5.4", b"555 5.5.4", b"552 5.3.4", b"250 2.1.0", b"554 5.5.1",
+                     b"501 5.5.4", b"501 5.5.4", b"552 5.3.4", b"250 2.1.0", b"554 5.5.1",
                      b"553 5.6.7", b"502 5.5.1", b"252 2.5.0", b"214 2.0.0", b"250 2.0.0",
                      b"221 2.0.0"]
     ehlo = [line for line in out.split(b"\r\n") if line.startswith(b"250-")]
-    assert ehlo and not [k for k in (b"SMTPUTF8", b"XVERP", b"STARTTLS", b"AUTH")
-                         if any(k in line for line in ehlo)]
+    assert ehlo and not [ln for ln in ehlo if ln[4:] in (b"STARTTLS", b"AUTH")
+                         or ln.startswith(b"250-AUTH ")]
     assert b"may not use <boss@host.test>" in out and messages == []
+
+
+def test_courier_extensions_and_smtputf8_reach_begin():
+    """MAIL FROM ... VERP SECURITY=STARTTLS SMTPUTF8 EXDATA: taken as esmtpd takes them,
+    the flags on Begin for the envelope; SECURITY=NONE is no flag, as in esmtpd."""
+    script = (b"EHLO c\r\n"
+              b"MAIL FROM:<me@host.test> VERP SECURITY=STARTTLS SMTPUTF8 EXDATA\r\n"
+              b"RCPT TO:<caf\xc3\xa9@x.test>\r\n"
+              b"DATA\r\nSubject: \xc3\xa9\r\n\r\nx\r\n.\r\n"
+              b"MAIL FROM:<me@host.test> SECURITY=NONE\r\nRCPT TO:<a@x.test>\r\n"
+              b"BDAT 3 LAST\r\ny\r\n"
+              b"QUIT\r\n")
+    for split in (split_whole, split_bytes):
+        out, messages, _ = drive(new_core(), split(script))
+        assert out.count(b"250 2.0.0 Ok: queued\r\n") == 2, out
+        (first, data), (second, _) = messages
+        assert (first.smtputf8, first.verp, first.security) == (True, True, "STARTTLS")
+        assert [r.address for r in first.recipients] == ["caf\u00e9@x.test"]
+        assert data == b"Subject: \xc3\xa9\n\nx\n"
+        assert (second.smtputf8, second.verp, second.security) == (False, False, None)
 
 
 def test_long_lines_and_too_many_errors():
