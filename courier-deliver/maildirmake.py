@@ -27,8 +27,15 @@ Courier's options (maildirmake(1), courier-libs maildir/maildirmake.c):
   `--del nick` removes it. The IMAP server then shows its folders as
   `shared.nick.Name` (libcourier.maildir.shared).
 
-Not supported, refused with a message and exit 1 rather than half done:
-`--checkutf8`/`--convutf8` (folder names are UTF-8 already).
+`--checkutf8 DIR` / `--convutf8 DIR` check / rename folders whose names are in
+modified UTF-7 (Courier-IMAP 4) to UTF-8 (Courier 5, us) and convert
+`courierimapsubscribed` the same way, printing what they do as Courier's
+convertutf8() does (libcourier.maildir.utf8conv, where we differ: stricter and
+all or nothing). Exit 0 done (or nothing to do), 1 an error and nothing changed.
+
+Not supported, refused with a message and exit 1 rather than half done: the
+optional mail filter file after `--checkutf8/--convutf8 DIR` (sqwebmail's
+maildirfilter rules, whose folder references Courier also rewrites).
 """
 
 from __future__ import annotations
@@ -39,13 +46,9 @@ from pathlib import Path
 
 from libcourier.config import config_dir
 from libcourier.durable import fsync_dir
-from libcourier.maildir import quota, shared
+from libcourier.maildir import quota, shared, utf8conv
 from libcourier.maildir.folders import FolderError, create_folder
 
-UNSUPPORTED = {
-    "--checkutf8": "--checkutf8 is not supported (folder names are UTF-8 already)",
-    "--convutf8": "--convutf8 is not supported (folder names are UTF-8 already)",
-}
 USAGE = "Usage: maildirmake [ options ] maildir"
 
 
@@ -100,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         a = args[i]
         if not a.startswith("-") or a == "-":
             break
-        if a in UNSUPPORTED:
-            return _err(UNSUPPORTED[a])
+        if a in ("--checkutf8", "--convutf8") and i + 1 < len(args):
+            # Courier: the maildir and an optional mail filter follow; the rest is ignored.
+            if i + 2 < len(args):
+                return _err(f"{a}: converting the mail filter file {args[i + 2]} is "
+                            "not supported")
+            return convert_utf8(args[i + 1], a == "--convutf8")
         if a in ("--add", "--del") and i + 1 < len(args):
             if a == "--add":
                 add = args[i + 1]
@@ -174,6 +181,50 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         return _err(f"{maildir}: {e.strerror}")
     return 0
+
+
+def _say(text: str, err: bool = False) -> None:
+    """One line out; folder names may hold bytes that are not UTF-8 (surrogateescape)."""
+    stream = sys.stderr if err else sys.stdout
+    stream.flush()
+    raw = getattr(stream, "buffer", None)
+    if raw is None:
+        print(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), file=stream)
+        return
+    raw.write(text.encode("utf-8", "surrogateescape") + b"\n")
+    raw.flush()
+
+
+def convert_utf8(maildir: str, doit: bool) -> int:
+    """--checkutf8 (doit False) / --convutf8: Courier's convertutf8() words and order."""
+    root = Path(maildir)
+    _say(f"Checking {maildir}:")
+    if not (root / "cur").is_dir():
+        return _err(f"{maildir}: not a maildir")
+    try:
+        plan = utf8conv.plan(root)
+    except OSError as e:
+        return _err(f"{maildir}: {e.strerror}")
+    if not plan.folder_errors:
+        for old, new in plan.subscriptions:
+            _say(f"Subscription to {old} changed to {new}")
+    for line in plan.errors:
+        _say(line, err=True)
+    if plan.errors:
+        return 1
+    for old, new in plan.renames:
+        _say(f"Rename {old} to {new}")
+    subscribed = f"{maildir}/{utf8conv.SUBSCRIBED}"
+    if not doit:
+        if plan.new_subscribed is not None:
+            _say(f"Verified {subscribed}")
+        return 0
+    if plan.new_subscribed is not None:
+        _say(f"Updating {subscribed}")
+    errors = utf8conv.apply(root, plan)
+    for line in errors:
+        _say(line, err=True)
+    return 1 if errors else 0
 
 
 def _shared_list(maildir: Path, add: str | None, delete: str | None) -> int:

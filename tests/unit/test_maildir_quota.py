@@ -198,10 +198,11 @@ def test_maildirmake_options(tmp_path, capsys):
     assert maildirmake.main(["-q", "lots", str(md)]) == 1
     # -S/-s/--add/--del work (tests/unit/test_maildir_shared.py); refused here for
     # what Courier refuses too: the maildir exists, -s without -f, an unreadable
-    # path, a nick not listed. --convutf8 is not done.
+    # path, a nick not listed. --convutf8's mail filter argument is not done
+    # (--convutf8 itself: tests/unit/test_maildir_utf8conv.py).
     for opt in (["-S"], ["-s", "read"], ["--add", "x=/nonexistent/y"], ["--del", "x"]):
         assert maildirmake.main([*opt, str(md)]) == 1
-    assert maildirmake.main(["--convutf8", str(md)]) == 1
+    assert maildirmake.main(["--convutf8", str(md), str(tmp_path / "mailfilter")]) == 1
     assert "not supported" in capsys.readouterr().err
     assert maildirmake.main(["-f", "X", str(tmp_path / "none")]) == 1
 
