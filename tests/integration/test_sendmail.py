@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
+
+from libcourier.spool import list_queue, read_envelope
 
 WAIT = 15.0
 
@@ -81,3 +84,21 @@ def test_sendmail_arguments_and_errors(inst):
     assert r.stdout.endswith(b"221 2.0.0 mx.test closing connection.\r\n")   # esmtpd's words
     r = sendmail(inst, "-f", "someone@else.example", "alice@example.com", data=b"x\n")
     assert r.returncode == 0, r.stderr      # root may use any envelope sender
+
+
+def test_sendmail_bs_as_root_puts_verp_and_security_in_the_spool_entry(inst):
+    """root's way in (straight into the spool, courierd not running so the entry stays):
+    Courier's XVERP/XSECURITY and SMTPUTF8 offered, their flags in the envelope."""
+    r = sendmail(inst, "-bs", data=b"EHLO x\r\n"
+                                   b"MAIL FROM:<root@mx.test> VERP SECURITY=STARTTLS SMTPUTF8\r\n"
+                                   b"RCPT TO:<alice@example.com>\r\n"
+                                   b"DATA\r\nSubject: flags\r\n\r\nx\r\n.\r\nQUIT\r\n")
+    assert r.returncode == 0, r.stderr
+    assert b"250-XVERP=Courier\r\n" in r.stdout and b"250-XSECURITY=NONE,STARTTLS\r\n" in r.stdout
+    assert b"250 2.0.0 Ok: queued as " in r.stdout, r.stdout
+    spool = inst.layout.spooldir
+    [qid] = list_queue(spool)
+    env = read_envelope(spool, qid)
+    assert (env.sender, env.verp, env.security, env.smtputf8) == (
+        "root@mx.test", True, "STARTTLS", True)
+    assert env.client.startswith(f"local uid={os.getuid()} user=") and "maildrop" not in env.client

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from libcourier.spool import list_queue, read_envelope
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="becoming an ordinary user needs root")
 
@@ -200,6 +203,46 @@ def test_sendmail_bs_as_user(running_instance, user_python):
     text = files[0].read_bytes()
     assert text.startswith(b"Return-Path: <nobody@mx.test>\n")
     assert b"\nSubject: bs\n" in text and text.endswith(b"\n.dotted\nbody\n")
+
+
+def test_sendmail_bs_as_user_carries_verp_security_and_smtputf8(new_instance, user_python):
+    """MAIL FROM ... VERP SECURITY=STARTTLS SMTPUTF8 through the maildrop and pickup:
+    the flags are in the spool entry, and the local copy has its VERP return path.
+    held.test's relay is a socket that never answers, so the entry stays queued."""
+    inst = new_instance
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)           # the kernel completes connections; nobody ever speaks
+        (inst.etc / "esmtproutes").write_text(
+            f"held.test: 127.0.0.1,{silent.getsockname()[1]}\n")
+        with open(inst.etc / "courierd", "a") as fh:
+            # A trust store, so that a SECURITY message is not bounced before connecting.
+            fh.write(f"\nTLS_TRUSTSECURITYCERTS={inst.etc / 'esmtpd.pem'}\n")
+        inst.adduser("alice@example.com", "alice-secret")
+        inst.start()
+        script = (b"EHLO client.example\r\n"
+                  b"MAIL FROM:<nobody@mx.test> VERP SECURITY=STARTTLS SMTPUTF8\r\n"
+                  b"RCPT TO:<alice@example.com>\r\nRCPT TO:<x@held.test>\r\n"
+                  b"DATA\r\nSubject: flags\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+        r = sendmail_as_user(user_python, inst, "-bs", data=script)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.decode().split("\r\n")
+        for word in ("XVERP=Courier", "XEXDATA", "XSECURITY=NONE,STARTTLS", "SMTPUTF8"):
+            assert f"250-{word}" in lines, lines
+        assert any(ln.startswith("250 2.0.0 Ok: queued as ") for ln in lines), lines
+        new = inst.maildir("alice@example.com") / "new"
+        files = wait_for(lambda: sorted(new.iterdir()) if new.is_dir() else [])
+        assert files, inst.logs()
+        assert files[0].read_bytes().startswith(
+            b"Return-Path: <nobody-alice=example.com@mx.test>\n")
+        spool = inst.layout.spooldir
+        assert maildrop_files(inst) == [] and quarantined(inst) == []
+        [qid] = list_queue(spool)
+        env = read_envelope(spool, qid)
+        assert (env.verp, env.security, env.smtputf8) == (True, "STARTTLS", True)
+        assert env.sender == "nobody@mx.test"
+        # alice's may be gone already: courierd keeps the recipients not yet delivered.
+        assert [rc.address for rc in env.recipients][-1:] == ["x@held.test"]
 
 
 def test_before_courierd_prepared_the_maildrop_it_is_a_temporary_failure(new_instance,
