@@ -198,8 +198,8 @@ class SessionInfo:
     external_identity: str | None = None   # a verified TLS client certificate's identity
     scram: bool = False           # the driver answers AuthScramKeys/AuthScramProof (authd can)
     greeting: tuple[str, ...] = ()   # the `esmtpgreeting` lines; () = "<hostname> ESMTP"
-    # What the driver can carry into its queue: `sendmail -bs` drops messages in a format
-    # without SMTPUTF8, VERP or SECURITY, so it offers neither (and refuses the parameters).
+    # What the driver can carry into its queue: a driver whose queue format has no
+    # SMTPUTF8, VERP or SECURITY turns the words off (and the parameters are refused).
     offer_smtputf8: bool = True
     offer_courier: bool = True      # XVERP, XEXDATA, XSECURITY
 
