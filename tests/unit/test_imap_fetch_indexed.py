@@ -118,6 +118,25 @@ def test_a_damaged_record_is_a_miss(tmp_path: Path) -> None:
     assert got[0] is None and got[1] is not None and got[2] is not None
 
 
+@pytest.mark.parametrize("item", ["BODYSTRUCTURE", "ENVELOPE", "BODY.STRUCTURE"])
+def test_a_damaged_record_is_a_miss_for_one_view(tmp_path: Path, item: str) -> None:
+    # FETCH 1:* of one view takes FolderIndex.views(), not records(): the same check
+    md = Maildir(maildir(tmp_path))
+    items = (FetchItem(item),)
+    cold = slow(md, items)
+    fetchmod._indexes.clear()
+    assert fast(md, items) == cold
+    fetchmod._indexes.clear()
+    path = md.path / mindex.INDEX_NAME
+    data = bytearray(path.read_bytes())
+    i = data.index(b"plain")                             # inside the first record's payload
+    data[i] ^= 0x20
+    path.write_bytes(bytes(data))
+    got = fast(md, items)
+    assert got[0] is None and got[1:] == cold[1:]
+    assert fast(md, items)[0] is None                    # forgotten, not served later either
+
+
 def test_session_answers_warm_fetch_the_same(tmp_path: Path) -> None:
     maildir(tmp_path)
     q = (b"a LOGIN alice pw\r\nb SELECT INBOX\r\n"
