@@ -308,6 +308,10 @@ class FolderIndex:
         self._in_table = 0                            # records the loaded table holds
         self._untabled = 0                            # records noted past the table
         self._no_table = False                        # a rewrite with a table failed here
+        # Offsets of the records whose CRC views()/records() checked through this fd: the
+        # file is append-only until it is replaced (a new inode: close() forgets them), so
+        # a later FETCH in the session does not checksum them again.
+        self._verified: set[int] = set()
 
     # -- opening, scanning, rebuilding ----------------------------------------------------
 
@@ -316,6 +320,7 @@ class FolderIndex:
             os.close(self._fd)
         self._fd, self._ino, self._scanned = -1, -1, 0
         self._where.clear()
+        self._verified.clear()
         self._live = 0
         self._in_table = self._untabled = 0
 
@@ -596,6 +601,7 @@ class FolderIndex:
         if mm is None:
             return out
         where, crc32, unpack, least = self._where, zlib.crc32, _TOC.unpack_from, _TOC.size
+        ok = self._verified
         try:
             for k, (base, disk) in enumerate(msgs):
                 if k % RELEASE_EVERY == RELEASE_EVERY - 1:
@@ -605,11 +611,12 @@ class FolderIndex:
                     continue
                 off, n, crc = loc
                 payload = mm[off:off + n]
-                if len(payload) != n or \
+                if len(payload) != n or off not in ok and \
                         crc32(payload, crc32(base.encode("utf-8", "surrogateescape"))) != crc:
                     del where[base]
                     self._live -= _reclen(base, n)
                     continue
+                ok.add(off)
                 if n < least:
                     continue
                 t = unpack(payload)       # view() checks what it takes from it
@@ -633,6 +640,8 @@ class FolderIndex:
         if mm is None:
             return out
         get, crc32, least, enc = self._where.get, zlib.crc32, _TOC.size, str.encode
+        ok = self._verified
+        mark = ok.add
         # the on-disk size, then the (start, length) pair of view k
         unpack = struct.Struct(f"<q{16 + 8 * k}xii").unpack_from
         app = out.append
@@ -652,12 +661,17 @@ class FolderIndex:
                             app(None)
                             continue
                         off, n, crc = loc
-                        if off + n > end or \
-                                crc32(mv[off:off + n],
-                                      crc32(enc(base, "utf-8", "surrogateescape"))) != crc:
+                        if off + n > end:
                             bad.append(base)
                             app(None)
                             continue
+                        if off not in ok:
+                            if crc32(mv[off:off + n],
+                                     crc32(enc(base, "utf-8", "surrogateescape"))) != crc:
+                                bad.append(base)
+                                app(None)
+                                continue
+                            mark(off)
                         if n < least:
                             app(None)
                             continue

@@ -137,6 +137,40 @@ def test_a_damaged_record_is_a_miss_for_one_view(tmp_path: Path, item: str) -> N
     assert fast(md, items)[0] is None                    # forgotten, not served later either
 
 
+def test_records_are_checksummed_once_per_open_file(tmp_path: Path, monkeypatch) -> None:
+    md = Maildir(maildir(tmp_path))
+    items = (FetchItem("BODYSTRUCTURE"),)
+    cold = slow(md, items)
+    fetchmod._indexes.clear()
+    calls = []
+    real = mindex.zlib.crc32
+
+    def counting(data, value=0):
+        calls.append(len(data))
+        return real(data, value)
+
+    monkeypatch.setattr(mindex.zlib, "crc32", counting)
+    assert fast(md, items) == cold
+    first = len(calls)
+    assert first >= len(MSGS)                            # each record checked once...
+    assert fast(md, items) == cold
+    assert fast(md, (FetchItem("ENVELOPE"),)) == slow(md, (FetchItem("ENVELOPE"),))
+    assert fast(md, (FetchItem("UID"), FetchItem("ENVELOPE"))) is not None
+    calls.clear()
+    assert fast(md, items) == cold and fast(md, ALL) is not None
+    assert calls == []                                   # ...not again while the file is open
+    # a replaced file (another inode) is checked again, and its damage is caught
+    path = md.path / mindex.INDEX_NAME
+    data = bytearray(path.read_bytes())
+    data[data.index(b"plain")] ^= 0x20
+    tmp = path.with_name("new-index")
+    tmp.write_bytes(bytes(data))
+    os.rename(tmp, path)
+    monkeypatch.setattr(mindex, "REFRESH_EVERY", 0.0)
+    got = fast(md, items)
+    assert got[0] is None and got[1:] == cold[1:] and calls
+
+
 def test_session_answers_warm_fetch_the_same(tmp_path: Path) -> None:
     maildir(tmp_path)
     q = (b"a LOGIN alice pw\r\nb SELECT INBOX\r\n"
