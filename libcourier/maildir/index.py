@@ -308,10 +308,11 @@ class FolderIndex:
         self._in_table = 0                            # records the loaded table holds
         self._untabled = 0                            # records noted past the table
         self._no_table = False                        # a rewrite with a table failed here
-        # Offsets of the records whose CRC views()/records() checked through this fd: the
-        # file is append-only until it is replaced (a new inode: close() forgets them), so
-        # a later FETCH in the session does not checksum them again.
-        self._verified: set[int] = set()
+        # Records whose CRC views()/records() checked through this fd, a byte per 64 of
+        # the file (see _checked): the file is append-only until it is replaced (a new
+        # inode: close() forgets them), so a later FETCH in the session does not
+        # checksum them again.
+        self._verified = bytearray()
 
     # -- opening, scanning, rebuilding ----------------------------------------------------
 
@@ -442,6 +443,17 @@ class FolderIndex:
                 at = nl + 1 + n
             else:
                 pos, buf, at = start + n, b"", 0
+
+    def _checked(self, size: int) -> bytearray:
+        """The verified marks, one byte per 64 bytes of a file of `size` bytes; byte
+        off >> 6 is set once the record whose payload starts at `off` verified. Only
+        records of at least _TOC.size (64) bytes are marked, so no other record's payload
+        starts in the same 64 bytes after a marked one (its header and payload lie
+        between), and one that starts in them before it is too short to be served."""
+        ok = self._verified
+        if len(ok) <= size >> 6:
+            ok.extend(bytes((size >> 6) + 1 - len(ok)))
+        return ok
 
     def _map(self) -> mmap.mmap | None:
         """The whole file mapped read-only; None when empty or not mappable."""
@@ -601,7 +613,7 @@ class FolderIndex:
         if mm is None:
             return out
         where, crc32, unpack, least = self._where, zlib.crc32, _TOC.unpack_from, _TOC.size
-        ok = self._verified
+        ok = self._checked(len(mm))
         try:
             for k, (base, disk) in enumerate(msgs):
                 if k % RELEASE_EVERY == RELEASE_EVERY - 1:
@@ -611,14 +623,14 @@ class FolderIndex:
                     continue
                 off, n, crc = loc
                 payload = mm[off:off + n]
-                if len(payload) != n or off not in ok and \
+                if len(payload) != n or not ok[off >> 6] and \
                         crc32(payload, crc32(base.encode("utf-8", "surrogateescape"))) != crc:
                     del where[base]
                     self._live -= _reclen(base, n)
                     continue
-                ok.add(off)
                 if n < least:
                     continue
+                ok[off >> 6] = 1
                 t = unpack(payload)       # view() checks what it takes from it
                 if t[0] == disk:
                     out[k] = (payload, t)
@@ -640,8 +652,6 @@ class FolderIndex:
         if mm is None:
             return out
         get, crc32, least, enc = self._where.get, zlib.crc32, _TOC.size, str.encode
-        ok = self._verified
-        mark = ok.add
         # the on-disk size, then the (start, length) pair of view k
         unpack = struct.Struct(f"<q{16 + 8 * k}xii").unpack_from
         app = out.append
@@ -652,6 +662,7 @@ class FolderIndex:
             # copy of the whole record, only of the view served (a third of views()).
             with memoryview(mm) as mv:
                 end = len(mm)
+                ok = self._checked(end)
                 for first in range(0, len(msgs), RELEASE_EVERY):
                     if first:
                         _release(mm)
@@ -665,14 +676,17 @@ class FolderIndex:
                             bad.append(base)
                             app(None)
                             continue
-                        if off not in ok:
+                        if not ok[off >> 6]:
                             if crc32(mv[off:off + n],
                                      crc32(enc(base, "utf-8", "surrogateescape"))) != crc:
                                 bad.append(base)
                                 app(None)
                                 continue
-                            mark(off)
-                        if n < least:
+                            if n < least:
+                                app(None)
+                                continue
+                            ok[off >> 6] = 1
+                        elif n < least:
                             app(None)
                             continue
                         size, start, length = unpack(mm, off)

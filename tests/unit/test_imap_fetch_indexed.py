@@ -171,6 +171,29 @@ def test_records_are_checksummed_once_per_open_file(tmp_path: Path, monkeypatch)
     assert got[0] is None and got[1:] == cold[1:] and calls
 
 
+@pytest.mark.parametrize("item", ["BODYSTRUCTURE", "UID ENVELOPE"])
+def test_a_record_not_yet_checked_is_checked(tmp_path: Path, item: str) -> None:
+    # the others' marks (a byte per 64 bytes of the file) do not cover it
+    md = Maildir(maildir(tmp_path))
+    items = tuple(FetchItem(n) for n in item.split())
+    cold = slow(md, items)
+    fetchmod._indexes.clear()
+    msgs = md.scan().messages
+    later = list(enumerate(msgs, 1))[1:]
+    got = fetchmod.indexed_responses(items, md, later, set(), {})
+    assert got is not None and list(got) == cold[1:]     # records 2 and 3 checked
+    path = md.path / mindex.INDEX_NAME
+    data = path.read_bytes()
+    fd = os.open(path, os.O_WRONLY)                      # damaged in place: the same inode
+    try:
+        i = data.index(b"plain")
+        os.pwrite(fd, bytes([data[i] ^ 0x20]), i)
+    finally:
+        os.close(fd)
+    got = fast(md, items)
+    assert got[0] is None and got[1:] == cold[1:]
+
+
 def test_session_answers_warm_fetch_the_same(tmp_path: Path) -> None:
     maildir(tmp_path)
     q = (b"a LOGIN alice pw\r\nb SELECT INBOX\r\n"
