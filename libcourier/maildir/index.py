@@ -116,6 +116,8 @@ class IndexError_(ValueError):
 # disk size, crlf size, header length; then (start, length) of envelope, body,
 # bodystructure, headers, sort keys (made from the headers when the record is written)
 _TOC = struct.Struct("<3q10i")
+if _TOC.size < 64:    # FolderIndex._checked marks a record per 64 bytes of the file
+    raise ImportError("the record table must be at least 64 bytes")
 _VIEWS = ("envelope", "body", "bodystructure", "headers", "keys")
 KEYS_VIEW = 4
 NO_NUMBER = -1
