@@ -7,40 +7,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-COURIER = Path(os.environ.get("COURIER_MAILDIRMAKE", "/usr/bin/maildirmake.courier"))
-TIMEOUT = 60
-
-needs_courier = pytest.mark.skipif(not os.access(COURIER, os.X_OK),
-                                   reason=f"Courier's maildirmake is not at {COURIER} (courier-base)")
-
-
-def ours(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "courier_deliver.maildirmake", *args],
-                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
-
-
-def theirs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(COURIER), *args], capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False)
-
-
-def tree(top: Path) -> list[tuple[str, str, bytes]]:
-    out = []
-    for dirpath, dirs, files in os.walk(top):
-        for n in [*dirs, *files]:
-            p = Path(dirpath) / n
-            st = os.lstat(p)
-            data = p.read_bytes().replace(str(top).encode(), b"TOP") if p.is_file() else b""
-            out.append((str(p.relative_to(top)), stat.filemode(st.st_mode), data))
-    return sorted(out)
-
+from maildirmake_pair import needs_courier, ours, theirs, tree
 
 SCRIPT = [
     ["-S", "{t}/Sh"],
@@ -79,7 +48,7 @@ def test_same_trees_and_answers(tmp_path: Path) -> None:
             words = (r.stdout + r.stderr).replace(str(top), "TOP")
             answers.append((r.returncode, words.removeprefix("maildirmake: ").strip()
                             if r.returncode else ""))
-        results[who] = (tree(top), answers)
+        results[who] = (tree(top, mask_top=True), answers)
     c_tree, c_answers = results["courier"]
     o_tree, o_answers = results["ours"]
     assert o_tree == c_tree

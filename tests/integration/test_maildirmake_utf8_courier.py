@@ -8,39 +8,12 @@ test says what each does."""
 from __future__ import annotations
 
 import os
-import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from maildirmake_pair import needs_courier, ours, theirs, tree
 
-COURIER = Path(os.environ.get("COURIER_MAILDIRMAKE", "/usr/bin/maildirmake.courier"))
-TIMEOUT = 60
-
-pytestmark = pytest.mark.skipif(not os.access(COURIER, os.X_OK),
-                                reason=f"Courier's maildirmake is not at {COURIER} (courier-base)")
-
-
-def ours(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "courier_deliver.maildirmake", *args],
-                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
-
-
-def theirs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(COURIER), *args], capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False)
-
-
-def tree(top: Path) -> list[tuple[str, str, bytes]]:
-    out = []
-    for dirpath, dirs, files in os.walk(top):
-        for n in [*dirs, *files]:
-            p = Path(dirpath) / n
-            st = os.lstat(p)
-            out.append((str(p.relative_to(top)), stat.filemode(st.st_mode),
-                        p.read_bytes() if p.is_file() else b""))
-    return sorted(out)
+pytestmark = needs_courier
 
 
 FOLDERS = ["Caf&AOk-", "Caf&AOk-.Sub", "A&-B", "Plain", "&ZeVnLIqe-", "&ZeVnLIqe-.&AOk-x",
