@@ -166,8 +166,9 @@ class _Locked:
         os.close(self.fd)   # releases the lock
 
 
-def _ensure_dir(folder: Path) -> Path:
-    """courierimapkeywords/, made as Courier makes it (mode of the folder) when missing."""
+def ensure_dir(folder: Path) -> Path:
+    """courierimapkeywords/, made as Courier makes it (mode of the folder) when missing
+    (folder.py also makes it before a scan stamps the folder: snapshot.py)."""
     kwdir = folder / KEYWORDDIR
     try:
         os.mkdir(kwdir, 0o700)
@@ -178,9 +179,6 @@ def _ensure_dir(folder: Path) -> Path:
     except OSError:
         pass
     return kwdir
-
-
-ensure_dir = _ensure_dir     # folder.py: made before a scan stamps the folder (snapshot.py)
 
 
 def _read_file(path: Path, limit: int) -> bytes | None:
@@ -299,7 +297,7 @@ def read(folder: Path, bases: Collection[str], now: float | None = None) -> dict
     """base -> keywords for the messages named by `bases` (only those with keywords),
     folding pending updates into :list as Courier's reader does."""
     folder = Path(folder)
-    kwdir = _ensure_dir(folder)
+    kwdir = ensure_dir(folder)
     with _Locked(kwdir):
         for _ in range(READ_TRIES):
             try:
@@ -337,7 +335,7 @@ def update(folder: Path, bases: Collection[str],
     for _mode, names in change.values():
         for n in names:
             check_name(n)
-    kwdir = _ensure_dir(folder)
+    kwdir = ensure_dir(folder)
     with _Locked(kwdir):
         state: dict[str, frozenset[str]] | None = None
         for _ in range(READ_TRIES):
@@ -380,7 +378,7 @@ def write(folder: Path, keywords: Mapping[str, Iterable[str]]) -> None:
     todo = {b: frozenset(check_name(k) for k in ks) for b, ks in keywords.items() if ks}
     if not todo:
         return
-    kwdir = _ensure_dir(folder)
+    kwdir = ensure_dir(folder)
     with _Locked(kwdir):
         for base, ks in todo.items():
             _write_update(folder, kwdir, base, ks)
