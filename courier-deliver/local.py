@@ -611,17 +611,21 @@ def _exchange(s: socket.socket, line: bytes, data_fd: int) -> Reply:
     """One request on a connected socket; raises _Closed, TimeoutError, OSError."""
     socket.send_fds(s, [line], [data_fd])
     reader = ReplyReader()
-    while True:
-        chunk = s.recv(1024)
-        if not chunk:
-            raise _Closed
-        reader.feed(chunk)
-        try:
-            reply = reader.next_reply()
-        except ClientError as e:
-            raise _BadReply(e.text) from None
-        if reply is not None:
-            return reply
+    while (reply := _feed_reply(reader, s.recv(1024))) is None:
+        pass
+    return reply
+
+
+def _feed_reply(reader: ReplyReader, chunk: bytes) -> Reply | None:
+    """One chunk of courierlocal's answer into reader: the reply once complete;
+    raises _Closed (end of stream) or _BadReply. Shared by both exchanges."""
+    if not chunk:
+        raise _Closed
+    reader.feed(chunk)
+    try:
+        return reader.next_reply()
+    except ClientError as e:
+        raise _BadReply(e.text) from None
 
 
 async def _exchange_async(s: socket.socket, line: bytes, data_fd: int) -> Reply:
@@ -640,17 +644,9 @@ async def _exchange_async(s: socket.socket, line: bytes, data_fd: int) -> Reply:
             finally:
                 loop.remove_writer(s.fileno())
     reader = ReplyReader()
-    while True:
-        chunk = await loop.sock_recv(s, 1024)
-        if not chunk:
-            raise _Closed
-        reader.feed(chunk)
-        try:
-            reply = reader.next_reply()
-        except ClientError as e:
-            raise _BadReply(e.text) from None
-        if reply is not None:
-            return reply
+    while (reply := _feed_reply(reader, await loop.sock_recv(s, 1024))) is None:
+        pass
+    return reply
 
 
 def _connect(socket_path: Path, timeout: float) -> socket.socket:
