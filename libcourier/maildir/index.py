@@ -335,6 +335,13 @@ class FolderIndex:
         self._where[base] = loc
         self._live += _reclen(base, loc[1])
 
+    def _forget(self, base: str) -> None:
+        """Drop a damaged record, keeping the live byte count: its message goes the
+        long way and is recorded again."""
+        loc = self._where.pop(base, None)
+        if loc is not None:
+            self._live -= _reclen(base, loc[1])
+
     def _maybe_compact(self) -> None:
         if self._scanned <= 2 * self._live + COMPACT_SLACK:
             return
@@ -589,8 +596,7 @@ class FolderIndex:
             payload = os.pread(self._fd, n, off)
             b = base.encode("utf-8", "surrogateescape")
             if len(payload) != n or zlib.crc32(payload, zlib.crc32(b)) != crc:
-                del self._where[base]
-                self._live -= _reclen(base, n)
+                self._forget(base)
                 return None
             entry = decode(payload)
         except IndexError_:
@@ -627,8 +633,7 @@ class FolderIndex:
                 payload = mm[off:off + n]
                 if len(payload) != n or not ok[off >> 6] and \
                         crc32(payload, crc32(base.encode("utf-8", "surrogateescape"))) != crc:
-                    del where[base]
-                    self._live -= _reclen(base, n)
+                    self._forget(base)
                     continue
                 if n < least:
                     continue
@@ -700,10 +705,7 @@ class FolderIndex:
         finally:
             mm.close()
         for base in bad:
-            # a damaged record: forgotten, so its message goes the long way and is recorded again
-            loc = self._where.pop(base, None)
-            if loc is not None:
-                self._live -= _reclen(base, loc[1])
+            self._forget(base)
         return out
 
     def put(self, base: str, entry: Entry) -> bool:
