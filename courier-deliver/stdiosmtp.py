@@ -151,8 +151,7 @@ class StdioSmtp:
                 case _CoreSend(data):
                     out.append(Send(data))
                 case DataStart(transaction=t):
-                    out.append(Begin(t.sender, tuple(Recipient(r.address, r.orcpt, r.notify)
-                                                     for r in t.recipients), t.ret, t.envid,
+                    out.append(Begin(t.sender, t.recipients, t.ret, t.envid,
                                      t.smtputf8, t.verp, t.security))
                 case DataChunk(data):
                     # Lossless: the core hands over whole CRLF lines, no bare CR or LF.

@@ -414,7 +414,7 @@ class Session:
         s = self.core.session
         env = spool.Envelope(
             sender=txn.sender,
-            recipients=tuple(spool.Recipient(r.address, r.orcpt, r.notify) for r in txn.recipients),
+            recipients=txn.recipients,
             received=self.clock(), body=txn.body, smtputf8=txn.smtputf8,
             envid=txn.envid, ret=txn.ret, verp=txn.verp, security=txn.security,
             client=f"[{self.conn.peer_ip}] helo={_printable(s.helo)}")

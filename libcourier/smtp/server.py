@@ -87,6 +87,7 @@ from libcourier.smtp.grammar import (
     parse_ret,
     parse_security,
 )
+from libcourier.spool.envelope import Recipient
 
 # Courier's private extensions, as courieresmtpd offers them (module.esmtp
 # configure.ac): VERP return paths (libcourier.smtp.verp), extended DATA
@@ -213,16 +214,9 @@ class SessionInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Recipient:
-    address: str
-    orcpt: str | None = None
-    notify: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Transaction:
     sender: str                          # "" for <>
-    recipients: tuple[Recipient, ...]
+    recipients: tuple[Recipient, ...]    # the spool's records: the envelope takes them as they are
     body: str = "7BIT"                   # or "8BITMIME" (RFC 6152)
     smtputf8: bool = False               # RFC 6531
     declared_size: int | None = None     # RFC 1870 SIZE=
