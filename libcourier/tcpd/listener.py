@@ -219,14 +219,16 @@ class _Listener:
         self.idle.pop(pid, None)
         self.worker_generation.pop(pid, None)
         ctl = self.workers.pop(pid, None)
-        if ctl is None:
-            return
+        if ctl is not None:
+            self._unregister_and_close(ctl)
+
+    def _unregister_and_close(self, sock: socket.socket) -> None:
         if self.selector is not None:
             try:
-                self.selector.unregister(ctl)
+                self.selector.unregister(sock)
             except (KeyError, ValueError):
                 pass
-        ctl.close()
+        sock.close()
 
     def worker_said(self, pid: int) -> None:
         """A reusable child's control socket is readable: its client is gone (or it is)."""
@@ -255,7 +257,7 @@ class _Listener:
             if now - since > IDLE_WORKER:
                 self.retire(pid)
 
-    def _hand_over(self, sock: socket.socket, env: dict[str, str]) -> str | None:
+    def _hand_over(self, sock: socket.socket, env: dict[str, str]) -> int | None:
         """Give the connection to an idle reusable child; its pid, or None (fork one)."""
         payload = json.dumps(env).encode()
         if len(payload) > MAX_HANDOVER:
@@ -268,7 +270,7 @@ class _Listener:
             except OSError:
                 self.retire(pid)                # gone or going: try the next one
                 continue
-            return str(pid)
+            return pid
         return None
 
     # -- accepting -----------------------------------------------------------
@@ -332,7 +334,7 @@ class _Listener:
             handed = self._hand_over(sock, env)
             if handed is not None:
                 sock.close()
-                self.children[int(handed)] = peer_ip
+                self.children[handed] = peer_ip
                 self.per_ip[peer_ip] += 1
                 log.debug("child %s (reused) for [%s]:%d", handed, peer_ip, peer_port)
                 self._title()
@@ -502,12 +504,7 @@ class _Listener:
 
     def stop(self) -> None:
         for lsock in self.sockets:
-            if self.selector is not None:
-                try:
-                    self.selector.unregister(lsock)
-                except (KeyError, ValueError):
-                    pass
-            lsock.close()
+            self._unregister_and_close(lsock)
         self.sockets = []
         for pid in list(self.workers):
             self.retire(pid)
