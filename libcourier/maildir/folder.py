@@ -239,7 +239,7 @@ class Maildir:
                 uiddb.write(self.path, db)
                 if v0 is not None:
                     # Ours, under the lock; replaced by rename, so its stamp names it.
-                    v0 = replace(v0, uiddb=snapmod.Stamp.at(self.path / uiddb.IMAPDB))
+                    v0 = replace(v0, uiddb=index.DirStamp.at(self.path / uiddb.IMAPDB))
         finally:
             os.close(lockfd)  # releases the flock
         kws = self.read_keywords({base for _, base in kept}, now)

@@ -781,7 +781,8 @@ MAX_SCAN_BYTES = 256 << 20         # a larger listing is neither written nor rea
 
 @dataclass(frozen=True, slots=True)
 class DirStamp:
-    """What identifies one state of a directory's entries."""
+    """What identifies one state of a directory's entries (or of a file replaced by
+    rename: snapshot.py's validators)."""
     ino: int
     size: int
     mtime_ns: int
@@ -789,6 +790,15 @@ class DirStamp:
     @classmethod
     def of(cls, st: os.stat_result) -> DirStamp:
         return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    def at(cls, path: Path) -> DirStamp:
+        """The stamp of a directory, or of a file replaced by rename; all zero when it
+        does not exist (snapshot.ABSENT)."""
+        try:
+            return cls.of(os.stat(path))
+        except FileNotFoundError:
+            return cls(0, 0, 0)
 
 
 def _scan_head(stamp: DirStamp, recorded_ns: int, count: int, nlen: int) -> bytes:

@@ -49,6 +49,7 @@ from typing import Protocol
 
 from libcourier.durable import replace_cache
 from libcourier.maildir.flags import split_name
+from libcourier.maildir.index import DirStamp
 
 STATE_NAME = "courierpystate"
 MAGIC = b"courierpy-state 1\n"
@@ -60,37 +61,20 @@ FIRST_READ = 4096                  # bytes read at SELECT: the header of most fo
 _FIELDS = 23                       # 20 numbers, the byte order, two CRCs
 
 
-@dataclass(frozen=True, slots=True)
-class Stamp:
-    """What identifies one state of a directory's entries, or of a file replaced by
-    rename; all zero when it does not exist."""
-    ino: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def at(cls, path: Path) -> Stamp:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return ABSENT
-        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-ABSENT = Stamp(0, 0, 0)
+ABSENT = DirStamp(0, 0, 0)         # what DirStamp.at gives for a path that does not exist
 
 
 @dataclass(frozen=True, slots=True)
 class Validators:
-    cur: Stamp
-    new: Stamp
-    uiddb: Stamp
-    keywords: Stamp
+    cur: DirStamp
+    new: DirStamp
+    uiddb: DirStamp
+    keywords: DirStamp
 
     @classmethod
     def current(cls, folder: Path, uiddb_name: str, kwdir_name: str) -> Validators:
-        return cls(Stamp.at(folder / "cur"), Stamp.at(folder / "new"),
-                   Stamp.at(folder / uiddb_name), Stamp.at(folder / kwdir_name))
+        return cls(DirStamp.at(folder / "cur"), DirStamp.at(folder / "new"),
+                   DirStamp.at(folder / uiddb_name), DirStamp.at(folder / kwdir_name))
 
     def numbers(self) -> list[int]:
         return [n for s in (self.cur, self.new, self.uiddb, self.keywords)
@@ -213,7 +197,7 @@ def _parse(f, now: Validators) -> Summary | None:
             or fields[20] != sys.byteorder.encode():
         return None
     nums = [int(x) for x in fields[:20]]
-    stamps = [Stamp(*nums[i:i + 3]) for i in range(0, 12, 3)]
+    stamps = [DirStamp(*nums[i:i + 3]) for i in range(0, 12, 3)]
     v = Validators(*stamps)
     recorded_ns, uidvalidity, uidnext, count, unseen, nlen, kwn, klen = nums[12:]
     if v != now or not v.settled(recorded_ns):

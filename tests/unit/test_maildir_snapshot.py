@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from courier_imapd.mailbox import FolderReplaced, MailboxView
 
+from libcourier.maildir import index, uiddb
 from libcourier.maildir import keywords as kwmod
 from libcourier.maildir import snapshot as snapmod
-from libcourier.maildir import uiddb
 from libcourier.maildir.folder import Maildir
 
 DEADLINE = 10.0
@@ -180,7 +180,7 @@ def test_stale_validators_are_not_used(tmp_path: Path) -> None:
     for field in ("cur", "new", "uiddb", "keywords"):
         s = getattr(now, field)
         other = snapmod.Validators(**{f: getattr(now, f) for f in ("cur", "new", "uiddb", "keywords")}
-                                   | {field: snapmod.Stamp(s.ino, s.size + 1, s.mtime_ns)})
+                                   | {field: index.DirStamp(s.ino, s.size + 1, s.mtime_ns)})
         assert snapmod.open_summary(md, other) is None, field
     s = snapmod.open_summary(md, now)
     assert s is not None
