@@ -33,10 +33,14 @@ _indexes: dict[str, mindex.FolderIndex] = {}
 
 
 def folder_index(message_file: str) -> mindex.FolderIndex:
-    """The index of the folder holding `message_file` (FOLDER/cur/NAME), kept open
-    across FETCH commands; the least recently opened is closed beyond the limit.
+    """The index of the folder holding `message_file` (FOLDER/cur/NAME): index_of.
     (os.path, not pathlib: this runs once per message and pathlib is slow.)"""
-    folder = os.path.dirname(os.path.dirname(message_file))
+    return index_of(os.path.dirname(os.path.dirname(message_file)))
+
+
+def index_of(folder: str) -> mindex.FolderIndex:
+    """The index of `folder`, kept open across FETCH commands; the least recently
+    opened is closed beyond the limit."""
     idx = _indexes.get(folder)
     if idx is None:
         while len(_indexes) >= MAX_OPEN_INDEXES:
@@ -416,10 +420,7 @@ def indexed_responses(items: tuple[FetchItem, ...], maildir: Maildir,
         return None
     idx = None
     if any(n in _NEEDS_RECORD for n in names):
-        folder = os.fspath(maildir.path)
-        idx = _indexes.get(folder)
-        if idx is None:
-            idx = folder_index(os.path.join(folder, "cur", "-"))
+        idx = index_of(os.fspath(maildir.path))
     return _indexed_lines(names, idx, picked, recent, sizes, modseq, ghosts)
 
 

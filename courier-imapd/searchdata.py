@@ -15,7 +15,6 @@ stays bounded over a long search.
 from __future__ import annotations
 
 import datetime
-import os
 import re
 from collections.abc import Callable
 from typing import BinaryIO, TypeVar
@@ -126,7 +125,7 @@ class MailboxFacts:
     def __init__(self, view: MailboxView):
         self.view = view
         folder = str(view.maildir.path)
-        self.index = fetchmod.folder_index(os.path.join(folder, "cur", "-"))
+        self.index = fetchmod.index_of(folder)
         self.memo = folder_memo(folder)
         self.facts = [MessageFacts(self, i + 1, m) for i, m in enumerate(view.messages)]
         self.relocated = False    # cur/ listed again once for this command (view.relocate)
