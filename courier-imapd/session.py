@@ -244,7 +244,7 @@ class Session:
                 path = folder_path(self.root, ev.mailbox)
                 reply = aclmod.answer(ev, self.root, path, self._who(), self._acl_name,
                                       sharedfolders.fixed_rights(self.root, path))
-                self.out(self._rights_changed(ev) + reply)
+                self.out(self._rights_changed(ev, path) + reply)
             case _:
                 self.out(tagged(getattr(ev, "tag", "*"), "BAD", "Not allowed now"))
         return True
@@ -273,10 +273,11 @@ class Session:
         # ACL is advertised (IMAP_ACL=1), where clients know what it means.
         return f'OK [MYRIGHTS "{aclmod.aclfile.rights_out_all(self.sel_rights)}"] ACL'
 
-    def _rights_changed(self, cmd: AclCommand) -> bytes:
-        """After SETACL/DELETEACL on the selected folder: its rights from now on."""
+    def _rights_changed(self, cmd: AclCommand, path: Path | None) -> bytes:
+        """After SETACL/DELETEACL on the selected folder (`path`, cmd.mailbox's
+        directory as resolved for the command): its rights from now on."""
         if cmd.verb not in ("SETACL", "DELETEACL") or self.view is None or \
-                folder_path(self.root, cmd.mailbox) != self.view.maildir.path:
+                path != self.view.maildir.path:
             return b""
         new = self._rights(self.view.maildir.path)
         if new == self.sel_rights:
