@@ -121,22 +121,25 @@ def _fmt(qid: str, sender: str, addr: str) -> str:
 def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
                     remote: RemoteFn | None = None,
                     clock: Callable[[], float] = time.time, *,
-                    removals: DelayedDirSync | None = None) -> Result:
+                    removals: DelayedDirSync | None = None,
+                    env: Envelope | None = None) -> Result:
     """Deliver every remaining recipient of one message (blocking; a worker thread).
     With `removals`, a finished entry's removal is fsync'd by it, later and for
-    many messages at once (dirsync.py), instead of before this returns.
+    many messages at once (dirsync.py), instead of before this returns. `env`:
+    the envelope as the caller has just read it (QueueManager, once per attempt).
     QueueManager._attempt_in_loop does the same for a message of one plain
     local recipient from the event loop (it shares _local_args, _log_local
     and _conclude with this: a change to local delivery goes in those)."""
     spool = config.layout.spooldir
-    try:
-        env = read_envelope(spool, qid)
-    except SpoolError as e:
-        if not (spool / "msgs" / f"{qid}.env").exists():
-            return Result(Outcome.GONE)
-        # Retrying cannot help a file that does not parse or cannot be read:
-        # set it aside for the admin, never delete it (issue 8, bad input).
-        return _set_aside(spool, qid, f"unreadable envelope: {e}")
+    if env is None:
+        try:
+            env = read_envelope(spool, qid)
+        except SpoolError as e:
+            if not (spool / "msgs" / f"{qid}.env").exists():
+                return Result(Outcome.GONE)
+            # Retrying cannot help a file that does not parse or cannot be read:
+            # set it aside for the admin, never delete it (issue 8, bad input).
+            return _set_aside(spool, qid, f"unreadable envelope: {e}")
     if not os.path.exists(f"{spool}/{MSGS}/{qid}.dat"):     # (a string: per message)
         # Only a crash inside SpoolWriter's commit leaves this (no 250 was given).
         return _set_aside(spool, qid, "the message data is missing")
@@ -599,18 +602,23 @@ class QueueManager:
 
     # -- the common message, delivered from the loop --
 
-    def _in_loop_candidate(self, qid: str) -> tuple[Envelope, Recipient, BinaryIO] | None:
+    def _loop_envelope(self, qid: str) -> Envelope | None:
+        """The envelope, read in the loop to see whether _attempt_in_loop can take
+        the message (and handed on to process_message if not: read once)."""
+        if self._local_client is None:
+            return None                  # a test's own deliver function: blocking
+        try:
+            return read_envelope(self.config.layout.spooldir, qid)
+        except SpoolError:
+            return None                  # process_message reads it again and decides
+
+    def _in_loop_candidate(self, qid: str, env: Envelope
+                           ) -> tuple[Recipient, BinaryIO] | None:
         """One local recipient that is no alias and wants no success DSN: all
         its attempt needs besides courierlocal's answer is to read the envelope
         and, once delivered, unlink the entry (dirsync.py), so it needs no
         thread. Anything else (and any error here) goes to process_message."""
-        if self._local_client is None:
-            return None                  # a test's own deliver function: blocking
         config = self.config
-        try:
-            env = read_envelope(config.layout.spooldir, qid)
-        except SpoolError:
-            return None
         if len(env.recipients) != 1:
             return None
         rcpt = env.recipients[0]
@@ -620,20 +628,20 @@ class QueueManager:
                     and config.aliases.expand(rcpt.address) is not None)):
             return None
         try:
-            return env, rcpt, open_data(config.layout.spooldir, qid)
+            return rcpt, open_data(config.layout.spooldir, qid)
         except (OSError, SpoolError):
             return None
 
-    async def _attempt_in_loop(self, qid: str) -> Result | None:
+    async def _attempt_in_loop(self, qid: str, env: Envelope) -> Result | None:
         """process_message for the common message (_in_loop_candidate) without a
         worker thread: the request to courierlocal is awaited in the loop (a
         thread hop per message cost more CPU than all the rest of courierd's
         work on it). None: not such a message. A reply other than OK is
         settled in a thread (it rewrites the envelope or queues a DSN: fsyncs)."""
-        found = self._in_loop_candidate(qid)
+        found = self._in_loop_candidate(qid, env)
         if found is None:
             return None
-        env, rcpt, fh = found
+        rcpt, fh = found
         config, client = self.config, self._local_client
         assert client is not None
         with fh:
@@ -654,11 +662,12 @@ class QueueManager:
         config = self.config
         remote = self._remote_blocking if self.remote is not None else None
         try:
-            result = await self._attempt_in_loop(qid)
+            env = self._loop_envelope(qid)
+            result = await self._attempt_in_loop(qid, env) if env is not None else None
             if result is None:
                 result = await asyncio.to_thread(process_message, config, qid,
                                                  self._deliver_local, remote, self.clock,
-                                                 removals=self._removals)
+                                                 removals=self._removals, env=env)
         except Exception:  # noqa: BLE001 - our fault: keep the message, log, retry later
             logger.exception("id=%s: delivery attempt failed", qid)
             result = Result(Outcome.DEFERRED)
