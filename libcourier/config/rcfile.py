@@ -33,6 +33,11 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGN = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=")
 
 
+class _Unterminated(ConfigError):
+    """A quote or ${ still open at the end of the text: the value may go on
+    over the next line (parse_rc), else it is this ConfigError."""
+
+
 @dataclass(frozen=True, slots=True)
 class RcValue:
     """One assignment: the expanded value and where it was made."""
@@ -48,7 +53,7 @@ def _expand_var(text: str, i: int, scope: Mapping[str, RcValue], env: Mapping[st
     if i + 1 < len(text) and text[i + 1] == "{":
         end = text.find("}", i + 2)
         if end < 0:
-            raise ConfigError("unterminated ${", *where)
+            raise _Unterminated("unterminated ${", *where)
         name = text[i + 2:end]
         if not _NAME.fullmatch(name):
             raise ConfigError(f"bad variable name ${{{name}}}", *where)
@@ -79,14 +84,14 @@ def _parse_value(text: str, scope: Mapping[str, RcValue], env: Mapping[str, str]
         if c == "'":
             end = text.find("'", i + 1)
             if end < 0:
-                raise ConfigError("unterminated single quote", *where)
+                raise _Unterminated("unterminated single quote", *where)
             out.append(text[i + 1:end])
             i = end + 1
         elif c == '"':
             i += 1
             while True:
                 if i >= n:
-                    raise ConfigError("unterminated double quote", *where)
+                    raise _Unterminated("unterminated double quote", *where)
                 c = text[i]
                 if c == '"':
                     i += 1
@@ -140,11 +145,10 @@ def parse_rc(text: str, path: str = "<string>", scope: dict[str, RcValue] | None
             try:
                 value = _parse_value(raw[m.end():], scope, env, (path, lineno))
                 break
-            except ConfigError as e:
+            except _Unterminated:
                 # As in sh, a quoted value may go on over lines (Courier's
                 # courierd shows DEFAULTDELIVERY="|| dotforward<newline>./Maildir").
-                if not e.message.startswith("unterminated") or i >= len(lines) \
-                        or len(raw) + len(lines[i]) > MAX_LINE:
+                if i >= len(lines) or len(raw) + len(lines[i]) > MAX_LINE:
                     raise
                 raw += "\n" + lines[i]
                 i += 1
