@@ -190,13 +190,9 @@ class Session:
         self.closed = False
         self._rdns: str | None | bool = False     # False: not looked up yet
         self._data_deadline: float | None = None  # monotonic end of ESMTPD_DATA_TIMEOUT
-        self._title = ""                            # the process title last set
 
     def title(self) -> None:
-        title = f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}"
-        if title != self._title:        # a prctl and a copy: only when it changes
-            self._title = title
-            proctitle.set_title(title)
+        proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}")
 
     def run(self) -> None:
         self.title()

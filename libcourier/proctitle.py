@@ -21,6 +21,13 @@ def clean_title(text: str) -> str:
     return cleaned[:MAX_TITLE]
 
 
+_last: str | None = None      # the text last set: this module is the title's only writer
+
+
 def set_title(text: str) -> None:
-    if _setproctitle is not None:
+    # Sessions set their title at every state step; setproctitle is a prctl and a
+    # copy of the title area, so an unchanged title is not set again.
+    global _last
+    if _setproctitle is not None and text != _last:
+        _last = text
         _setproctitle(clean_title(text))
