@@ -98,12 +98,12 @@ def scan_for(layout: Layout, uid: int | None, limit: int = MAILQ_MAX) -> list[En
         if len(out) >= limit:
             break
         try:
-            size = (layout.spooldir / "msgs" / f"{qid}.dat").stat().st_size
             env = read_envelope(layout.spooldir, qid)
+            if uid is not None and submitted_by(env.client) != uid:
+                continue        # (before the stat: most messages are someone else's)
+            size = (layout.spooldir / "msgs" / f"{qid}.dat").stat().st_size
         except (OSError, SpoolError):
             continue            # delivered meanwhile, or damaged (root sees those)
-        if uid is not None and submitted_by(env.client) != uid:
-            continue
         out.append(Entry(qid, size, env.received, env.sender,
                          tuple(r.address for r in env.recipients)))
     return out
