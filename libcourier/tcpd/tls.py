@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from libcourier.config.errors import ConfigError
@@ -92,19 +94,27 @@ def server_context(certfile: str | Path, keyfile: str | Path | None = None, *,
             ctx.set_ciphers(ciphers)
         except ssl.SSLError:
             raise ConfigError(f"TLS_CIPHER_LIST: no usable cipher in {ciphers!r}") from None
-    try:
+    with _config_errors("TLS certificate file", "bad TLS certificate or key", certfile):
         ctx.load_cert_chain(str(certfile), None if keyfile is None else str(keyfile))
-    except FileNotFoundError:
-        raise ConfigError("TLS certificate file not found", str(certfile)) from None
-    except PermissionError:
-        raise ConfigError("TLS certificate file not readable", str(certfile)) from None
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"bad TLS certificate or key: {exc}", str(certfile)) from None
     return ctx
 
 
-def _load_trust(ctx: ssl.SSLContext, trust: Path) -> None:
+@contextmanager
+def _config_errors(what: str, bad: str, path: str | Path) -> Iterator[None]:
+    """A file the configuration names, read in the with-block: its failures as
+    ConfigError with the path (missing, unreadable, or no good content)."""
     try:
+        yield
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", str(path)) from None
+    except PermissionError:
+        raise ConfigError(f"{what} not readable", str(path)) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{bad}: {exc}", str(path)) from None
+
+
+def _load_trust(ctx: ssl.SSLContext, trust: Path) -> None:
+    with _config_errors("TLS_TRUSTCERTS", "TLS_TRUSTCERTS: no usable CA certificate", trust):
         if trust.is_dir():
             # A directory: every PEM in it, so the admin needs no c_rehash links.
             found = sorted(p for p in trust.iterdir() if p.is_file())
@@ -116,12 +126,6 @@ def _load_trust(ctx: ssl.SSLContext, trust: Path) -> None:
             ctx.load_verify_locations(capath=str(trust))
         else:
             ctx.load_verify_locations(cafile=str(trust))
-    except FileNotFoundError:
-        raise ConfigError("TLS_TRUSTCERTS not found", str(trust)) from None
-    except PermissionError:
-        raise ConfigError("TLS_TRUSTCERTS not readable", str(trust)) from None
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"TLS_TRUSTCERTS: no usable CA certificate: {exc}", str(trust)) from None
 
 
 MAX_TRUST_FILES = 1000     # files read from a TLS_TRUSTCERTS directory
