@@ -8,19 +8,9 @@ import subprocess
 import sys
 import time
 
+from waiting import wait_for
+
 from libcourier.spool import list_queue
-
-WAIT = 15.0
-
-
-def wait_for(cond, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    return cond()
 
 
 def new_files(inst, address: str) -> list:

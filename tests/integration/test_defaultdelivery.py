@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from waiting import wait_for
 
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
 from libcourier.userdb import compile_userdb, parse_userdb, set_user
 
-WAIT = 15.0
 BODY = b"Received: from client\nSubject: dd\n\nhello\n"
 
 
@@ -43,14 +43,6 @@ def spool(inst, rcpt: str) -> str:
     notify(inst.layout.queue_socket, qid)
     return qid
 
-
-def wait_for(cond, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def done(inst) -> bool:

@@ -7,10 +7,10 @@ import os
 import time
 
 import pytest
+from waiting import wait_for
 
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
 
-WAIT = 15.0
 BODY = b"Received: from client\nSubject: test\n\nline one\r\n.dot line\n"
 
 
@@ -32,14 +32,6 @@ def spool(inst, *rcpts: str, sender: str = "bob@example.net") -> str:
     return qid
 
 
-def wait_until(cond, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
 
 def new_files(inst, address: str) -> list:
     d = inst.maildir(address) / "new"
@@ -56,7 +48,7 @@ def test_delivers_into_the_maildir_and_empties_the_spool(inst):
     lay = inst.layout
     assert oct(lay.local_socket.stat().st_mode & 0o777) == "0o660"
     qid = spool(inst, "alice@example.com", "nobody@example.com")
-    assert wait_until(lambda: not list_queue(lay.spooldir)), log(inst)
+    assert wait_for(lambda: not list_queue(lay.spooldir)), log(inst)
     files = new_files(inst, "alice@example.com")
     assert len(files) == 1, log(inst)
     data = files[0].read_bytes()
@@ -75,12 +67,12 @@ def test_authd_down_defers_then_delivers(inst):
     inst.start("authdaemond", "courierd")
     inst.courier("stop", "authdaemond")
     qid = spool(inst, "alice@example.com", sender="")
-    assert wait_until(lambda: f"id={qid},from=<>,addr=<alice@example.com>,status: deferred"
+    assert wait_for(lambda: f"id={qid},from=<>,addr=<alice@example.com>,status: deferred"
                       in log(inst)), log(inst)
     assert new_files(inst, "alice@example.com") == []
     assert list_queue(inst.layout.spooldir) == [qid]
     inst.start("authdaemond")
-    assert wait_until(lambda: not list_queue(inst.layout.spooldir)), log(inst)
+    assert wait_for(lambda: not list_queue(inst.layout.spooldir)), log(inst)
     files = new_files(inst, "alice@example.com")
     assert len(files) == 1 and files[0].read_bytes().startswith(b"Return-Path: <>\n")
 
@@ -95,7 +87,7 @@ def test_restart_picks_up_what_was_spooled_while_down(inst):
     time.sleep(0.3)
     assert list_queue(lay.spooldir) == [qid]
     inst.start("courierd")
-    assert wait_until(lambda: not list_queue(lay.spooldir)), log(inst)
+    assert wait_for(lambda: not list_queue(lay.spooldir)), log(inst)
     assert len(new_files(inst, "alice@example.com")) == 1
 
 
@@ -110,7 +102,7 @@ def test_remote_recipient_stays_queued_while_dns_fails(inst):
         fh.write(f"ESMTP_RESOLVER=127.0.0.1:{port}\n")
     inst.start("authdaemond", "courierd")
     qid = spool(inst, "carol@remote.example")
-    assert wait_until(lambda: "DNS lookup of remote.example/MX failed" in log(inst),
+    assert wait_for(lambda: "DNS lookup of remote.example/MX failed" in log(inst),
                       timeout=60), log(inst)
     assert list_queue(inst.layout.spooldir) == [qid]
 
@@ -126,5 +118,5 @@ def test_root_account_is_refused(inst):
     compile_userdb(src, inst.etc / "userdb.dat", inst.etc / "userdbshadow.dat")
     inst.start("authdaemond", "courierd")
     spool(inst, "rooty@example.com")
-    assert wait_until(lambda: "status: failure" in log(inst)), log(inst)
+    assert wait_for(lambda: "status: failure" in log(inst)), log(inst)
     assert new_files(inst, "rooty@example.com") == []

@@ -10,10 +10,10 @@ import sys
 import time
 
 import pytest
+from waiting import wait_for
 
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
 
-WAIT = 15.0
 BODY = b"Received: from client\nSubject: dot\n\nhello\n"
 
 
@@ -46,15 +46,6 @@ def spool(inst, *rcpts: str, sender: str = "carol@example.net") -> str:
     notify(lay.queue_socket, qid)
     return qid
 
-
-def wait_for(cond, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    return cond()
 
 
 def new_files(inst, address: str) -> list:

@@ -9,20 +9,10 @@ import email.policy
 import os
 import time
 
+from waiting import wait_for
+
 from libcourier.control.init import DSN_FILES
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
-
-WAIT = 15.0
-
-
-def wait_for(cond, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    return cond()
 
 
 def test_bounce_uses_the_admins_templates(new_instance):

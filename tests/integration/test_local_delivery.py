@@ -10,14 +10,17 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 
 import psutil
 import pytest
+import waiting
 
 from libcourier.maildir import quota
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
 
 WAIT = 20.0
+wait_for = partial(waiting.wait_for, timeout=WAIT)
 BODY = b"Received: from client\nSubject: local\n\n" + b"z" * 200 + b"\n"
 
 
@@ -51,15 +54,6 @@ def spool(inst, *rcpts: str, body: bytes = BODY, sender: str = "carol@example.ne
     notify(lay.queue_socket, qid)
     return qid
 
-
-def wait_for(cond, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    return cond()
 
 
 def new_files(inst, address: str) -> list:

@@ -16,12 +16,14 @@ import shutil
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from courier_authd.passwords import hash_password
 from dnsserver import dnsmasq, needs_dnsmasq
 from smtp_sink import Sink, port_free_on
+from waiting import wait_for
 
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
 from libcourier.userdb import compile_userdb, parse_userdb, set_user
@@ -29,6 +31,7 @@ from libcourier.userdb import compile_userdb, parse_userdb, set_user
 pytestmark = needs_dnsmasq
 
 WAIT = 40.0
+wait_until = partial(wait_for, timeout=WAIT)
 SINK_HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]
 
 # The test zone: name -> (MX records, A records). Addresses are loopback.
@@ -153,14 +156,6 @@ def spool(inst, *rcpts: Recipient | str, sender: str = "carol@sender.test", body
     notify(lay.queue_socket, qid)
     return qid
 
-
-def wait_until(cond, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.1)
-    return cond()
 
 
 def maildir_new(inst, address: str) -> list[Path]:

@@ -16,10 +16,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import pytest
+import waiting
 
 from libcourier.spool import list_queue, read_envelope
 
@@ -28,16 +29,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="becoming an ordinary 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "nobody"
 WAIT = 20.0
+wait_for = partial(waiting.wait_for, timeout=WAIT)
 
-
-def wait_for(cond, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    return cond()
 
 
 @pytest.fixture(scope="module")
