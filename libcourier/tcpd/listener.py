@@ -334,10 +334,7 @@ class _Listener:
             handed = self._hand_over(sock, env)
             if handed is not None:
                 sock.close()
-                self.children[handed] = peer_ip
-                self.per_ip[peer_ip] += 1
-                log.debug("child %s (reused) for [%s]:%d", handed, peer_ip, peer_port)
-                self._title()
+                self._serving(handed, peer_ip, peer_port, " (reused)")
                 return
         ctl: socket.socket | None = None
         ctl_child: socket.socket | None = None
@@ -373,9 +370,13 @@ class _Listener:
             self.worker_generation[pid] = self.generation
             if self.selector is not None:
                 self.selector.register(ctl, selectors.EVENT_READ, pid)
+        self._serving(pid, peer_ip, peer_port)
+
+    def _serving(self, pid: int, peer_ip: str, peer_port: int, how: str = "") -> None:
+        """Count a child's new client (forked for it, or an idle one it was handed to)."""
         self.children[pid] = peer_ip
         self.per_ip[peer_ip] += 1
-        log.debug("child %d for [%s]:%d", pid, peer_ip, peer_port)
+        log.debug("child %d%s for [%s]:%d", pid, how, peer_ip, peer_port)
         self._title()
 
     def _run_child(self, sock: socket.socket, conn: Connection,
