@@ -45,23 +45,18 @@ from libcourier.smtp.server import (
     Limits,
     MessageAborted,
     MessageReady,
+    Send,
     SessionInfo,
     SmtpServer,
     State,
     Verdict,
 )
-from libcourier.smtp.server import Send as _CoreSend
 from libcourier.spool import Recipient
 
 MAX_ERRORS = Limits().max_errors     # bad commands before we hang up (421)
 
 __all__ = ["MAX_ERRORS", "Abort", "Begin", "Chunk", "Closed", "End", "Event", "Send", "State",
            "StdioSmtp"]
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +143,8 @@ class StdioSmtp:
         out: list[Event] = []
         for ev in events:
             match ev:
-                case _CoreSend(data):
-                    out.append(Send(data))
+                case Send():        # the core's own event: the pipe sends it as it is
+                    out.append(ev)
                 case DataStart(transaction=t):
                     out.append(Begin(t.sender, t.recipients, t.ret, t.envid,
                                      t.smtputf8, t.verp, t.security))
