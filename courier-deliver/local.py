@@ -15,9 +15,9 @@ Process chain, one level per privilege boundary:
   the account (kept a few seconds), forks again for the delivery child,
   which stays for the next message to the same account (localworker.py);
 - a delivery child: switches for good to the user's uid/gid, chdir HOME, and
-  writes the Maildir file; it reports one line over a pipe and exits. The
-  connection child, still root and never touched by the user's files, sends
-  the reply.
+  writes the Maildir file; it reports each delivery over a socketpair and
+  waits for the account's next one (localworker.py). The connection child,
+  still root and never touched by the user's files, sends the reply.
 
 What the delivery child does as the user is in localuser.py; it is imported
 at the top of this module, so nothing is imported after the switch (the
@@ -87,7 +87,6 @@ MAX_DELIVERY_TIMEOUT = 3600.0  # the most ETC/localtimeout may ask for
 LOCALTIMEOUT_RECHECK = 1.0   # seconds a connection child reuses ETC/localtimeout's value
 MAX_CHILDREN = 32            # connection children at once; more wait in the backlog
 STOP_WAIT = 5.0             # on SIGTERM, how long in-flight deliveries may finish
-REPORT_MAX = 256 * 1024      # the whole report, forwarding addresses included
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,23 +96,6 @@ class ForwardSpool:
     queue_socket: Path
     uid: int
     gid: int
-
-
-# --- the delivery child (runs as the user: localuser.py) ---------------------------
-
-def _run_delivery_child(info: AuthInfo, fd: int, req: DeliverRequest, wpipe: int,
-                        default_maildir: str, ext: str | None = None,
-                        timeout: float = DELIVERY_TIMEOUT) -> None:
-    try:
-        outcome = _deliver_as_user(info, fd, req, default_maildir, ext, timeout)
-    except BaseException as e:  # noqa: BLE001 - the child must always report and exit
-        outcome = Outcome(Reply(Status.TEMP,
-                                f"4.3.0 delivery failed: {type(e).__name__}: {e}"))
-    try:
-        write_all_pipe(wpipe, format_report(outcome))
-    finally:
-        courier_log.flush()
-        os._exit(0)
 
 
 # --- the connection child (root) --------------------------------------------------------
@@ -148,41 +130,6 @@ def _recv_request(conn: socket.socket, reader: RequestReader | None = None,
     finally:
         for extra in fds:
             os.close(extra)
-
-
-def _wait_result(pid: int, rpipe: int, timeout: float = DELIVERY_TIMEOUT) -> Outcome:
-    deadline = time.monotonic() + timeout
-    data = bytearray()
-    outcome: Outcome | None = None
-    sel = selectors.DefaultSelector()
-    sel.register(rpipe, selectors.EVENT_READ)
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                os.kill(pid, signal.SIGKILL)
-                outcome = Outcome(Reply(Status.TEMP, "4.3.0 delivery timed out"))
-                break
-            chunk = os.read(rpipe, 65536)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > REPORT_MAX:
-                os.kill(pid, signal.SIGKILL)
-                outcome = Outcome(Reply(Status.TEMP, "4.3.0 delivery report too long"))
-                break
-    finally:
-        sel.close()
-    _, status = os.waitpid(pid, 0)
-    if outcome is None:
-        try:
-            outcome = parse_report(bytes(data))
-        except ClientError:
-            outcome = None
-    if outcome is None:
-        return Outcome(Reply(Status.TEMP, f"4.3.0 delivery process ended without a result "
-                                          f"(wait status {status})"))
-    return outcome
 
 
 def read_localtimeout(etc: Path | None) -> float:
@@ -264,8 +211,8 @@ def _serve_connection(conn: socket.socket, authsocket: Path, default_maildir: st
 
 def _serve_request(req: DeliverRequest, fd: int, authsocket: Path, default_maildir: str,
                    forward: ForwardSpool | None, timeout: float,
-                   journal: Journal | None, accounts: AccountCache | None = None,
-                   workers: UserWorkers | None = None) -> Reply:
+                   journal: Journal | None, accounts: AccountCache,
+                   workers: UserWorkers) -> Reply:
     try:
         if not _lock_message(fd, timeout):
             return Reply(Status.TEMP, "4.3.0 another delivery of this message is still "
@@ -345,32 +292,19 @@ class AccountCache:
 
 
 def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
-                        default_maildir: str, forward: ForwardSpool | None = None,
-                        timeout: float = DELIVERY_TIMEOUT,
-                        accounts: AccountCache | None = None,
-                        workers: UserWorkers | None = None) -> Reply:
+                        default_maildir: str, forward: ForwardSpool | None,
+                        timeout: float, accounts: AccountCache,
+                        workers: UserWorkers) -> Reply:
     user = req.user or req.recipient
     try:
-        found = (accounts.find(authsocket, user) if accounts is not None
-                 else find_account(authsocket, user))
+        found = accounts.find(authsocket, user)
     except AuthTempFail as e:
         return Reply(Status.TEMP, f"4.4.3 authentication service unavailable: {e}")
     if found is None:
         return Reply(Status.PERM, "5.1.1 no such user")
     info, ext = found
-    if workers is not None:
-        outcome = workers.deliver(info, fd, req, default_maildir, ext, timeout)
-    else:
-        rpipe, wpipe = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:
-            os.close(rpipe)
-            _run_delivery_child(info, fd, req, wpipe, default_maildir, ext, timeout)
-        os.close(wpipe)
-        try:
-            outcome = _wait_result(pid, rpipe, timeout)
-        finally:
-            os.close(rpipe)
+    # The delivery child, kept for the account's next message (localworker.py).
+    outcome = workers.deliver(info, fd, req, default_maildir, ext, timeout)
     reply = outcome.reply
     if reply.status is Status.OK and outcome.forwards:
         reply = _forward(forward, fd, req, outcome)
