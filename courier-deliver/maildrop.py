@@ -46,7 +46,7 @@ from courier_deliver.submit import MAX_RECIPIENTS, DataError, check_address
 
 from libcourier.proto.errors import ClientError
 from libcourier.smtp.grammar import parse_envid, parse_notify, parse_orcpt, xtext_encode
-from libcourier.spool import Recipient
+from libcourier.spool import Envelope, Recipient
 from libcourier.spool.envelope import SECURITY_LEVELS
 
 DIRNAME = "maildrop"
@@ -73,6 +73,17 @@ class DropEnvelope:
     smtputf8: bool = False               # the client said SMTPUTF8
     verp: bool = False                   # Courier's VERP: a return path per recipient
     security: str | None = None          # Courier's SECURITY: "STARTTLS" or None
+
+    def spool_envelope(self, received: float, eight_bit: bool, client: str) -> Envelope:
+        """The spool entry's envelope for this message (sendmail, pickup)."""
+        addrs = [self.sender, *(r.address for r in self.recipients)]
+        return Envelope(
+            sender=self.sender, recipients=self.recipients, received=received,
+            body="8BITMIME" if eight_bit else "7BIT",
+            # Files of older sendmails have no smtputf8 line: a UTF-8 address says it.
+            smtputf8=self.smtputf8 or any(not a.isascii() for a in addrs),
+            envid=self.envid, ret=self.ret, verp=self.verp, security=self.security,
+            client=client)
 
 
 def format_block(env: DropEnvelope) -> bytes:

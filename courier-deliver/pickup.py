@@ -60,7 +60,7 @@ from courier_deliver.maildrop import (
 from libcourier.config import ConfigError
 from libcourier.config.control import read_control_file, read_control_value
 from libcourier.durable import fsync_dir
-from libcourier.spool import Envelope, SpoolError, SpoolWriter
+from libcourier.spool import SpoolError, SpoolWriter
 from libcourier.spool.queue import QUARANTINE
 
 logger = logging.getLogger("courier.courierd")
@@ -247,14 +247,8 @@ class Pickup:
                 eight_bit = eight_bit or not chunk.isascii()
                 if writer.too_big:
                     raise Rejected(f"larger than the size limit ({settings.sizelimit} bytes)")
-            addrs = [env.sender, *(r.address for r in env.recipients)]
-            return writer.commit(Envelope(
-                sender=env.sender, recipients=env.recipients, received=now.timestamp(),
-                body="8BITMIME" if eight_bit else "7BIT",
-                # Files of older sendmails have no smtputf8 line: a UTF-8 address says it.
-                smtputf8=env.smtputf8 or any(not a.isascii() for a in addrs),
-                envid=env.envid, ret=env.ret, verp=env.verp, security=env.security,
-                client=f"local uid={who.uid} user={who.login} maildrop"))
+            return writer.commit(env.spool_envelope(
+                now.timestamp(), eight_bit, f"local uid={who.uid} user={who.login} maildrop"))
         finally:
             writer.abort()      # a no-op after commit
 

@@ -62,7 +62,7 @@ from libcourier.config import ConfigError, config_dir
 from libcourier.config.control import read_control_file, read_control_value
 from libcourier.layout import Layout, load_layout
 from libcourier.smtp.reply import Reply
-from libcourier.spool import Envelope, Recipient, SpoolError, SpoolWriter, notify
+from libcourier.spool import Recipient, SpoolError, SpoolWriter, notify
 
 EX_OK = 0
 EX_USAGE = 64
@@ -145,14 +145,9 @@ class SpoolSink:
     def commit(self) -> str:
         env = self._env
         assert env is not None
-        addrs = [env.sender, *(r.address for r in env.recipients)]
-        qid = self.writer.commit(Envelope(
-            sender=env.sender, recipients=env.recipients,
-            received=datetime.now().timestamp(),
-            body="8BITMIME" if self._eight_bit else "7BIT",
-            smtputf8=env.smtputf8 or any(not a.isascii() for a in addrs),
-            envid=env.envid, ret=env.ret, verp=env.verp, security=env.security,
-            client=f"local uid={self.who.uid} user={self.who.login}"))
+        qid = self.writer.commit(env.spool_envelope(
+            datetime.now().timestamp(), self._eight_bit,
+            f"local uid={self.who.uid} user={self.who.login}"))
         notify(self.layout.queue_socket, qid)
         return qid
 
