@@ -326,8 +326,10 @@ def _copy_one(src: Path, folder: Path, target: Path) -> None:
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             os.fsync(fout.fileno())
-        shutil.copystat(src, tmp)
         os.rename(tmp, target)
+        # The source's dates are set once in cur/: an old mtime in tmp/ would let
+        # a concurrent scan purge the copy as a stale leftover.
+        shutil.copystat(src, target)
     except BaseException:
         try:
             os.unlink(tmp)

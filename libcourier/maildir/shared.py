@@ -467,9 +467,12 @@ def _write_shared(sharable: Path, base: str, data_from, mtime: float | None) -> 
             os.fsync(fd)
         finally:
             os.close(fd)
+        # The date is set once in cur/ (as folders.append_message): an old mtime
+        # in tmp/ would let a concurrent scan purge the file as a stale leftover.
+        final = sharable / "cur" / (base + ":2,")
+        os.rename(tmp, final)
         if mtime is not None:
-            os.utime(tmp, (mtime, mtime))
-        os.rename(tmp, sharable / "cur" / (base + ":2,"))
+            os.utime(final, (mtime, mtime))
     except BaseException:
         try:
             os.unlink(tmp)
