@@ -205,3 +205,15 @@ def port_free_on(hosts: list[str], port: int) -> bool:
         finally:
             s.close()
     return True
+
+
+def free_port_on(hosts: list[str], tries: int = 200) -> int:
+    """A TCP port free on every one of the loopback addresses."""
+    for _ in range(tries):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port_free_on(hosts, port):
+            return port
+    raise RuntimeError("no free port")

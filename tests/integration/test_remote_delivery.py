@@ -13,7 +13,6 @@ import email.policy
 import importlib.util
 import os
 import shutil
-import socket
 import sys
 import time
 from functools import partial
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 from courier_authd.passwords import hash_password
 from dnsserver import dnsmasq, needs_dnsmasq
-from smtp_sink import Sink, port_free_on
+from smtp_sink import Sink, free_port_on, port_free_on
 from waiting import wait_for
 
 from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify
@@ -66,18 +65,6 @@ def _load_root_conftest():
 
 
 ROOT = _load_root_conftest()
-
-
-def _free_port(hosts: list[str]) -> int:
-    """A TCP port free on every one of the loopback addresses."""
-    for _ in range(200):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        if port_free_on(hosts, port):
-            return port
-    raise RuntimeError("no free port")
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +204,7 @@ def test_route_security_starttls_to_a_self_signed_receiver(new_instance, receive
 
 
 def test_4xx_then_2xx_and_dsn_parameters_passed_on(new_instance, dns_port):
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with Sink("127.0.0.3", port, "tempfail-first") as sink:
         start_sender(new_instance, dns_port, port)
         spool(new_instance, Recipient("r@tempfail.test", "rfc822;orig@tempfail.test",
@@ -241,7 +228,7 @@ def test_4xx_then_2xx_and_dsn_parameters_passed_on(new_instance, dns_port):
 def test_8bit_to_a_server_without_8bitmime_goes_quoted_printable(new_instance, dns_port):
     # RFC 6152 §3 as Courier does it: converted, not sent 8-bit, not bounced;
     # a message that needs SMTPUTF8 there bounces with 5.6.7 (RFC 6531 §3.2).
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with Sink("127.0.0.7", port, "7bit") as sink:
         start_sender(new_instance, dns_port, port)
         spool(new_instance, "p@plain.test", body=BODY + "caf\u00e9\n".encode(),
@@ -266,7 +253,7 @@ def test_esmtphelo_star_is_the_reverse_dns_of_the_local_address(new_instance, dn
     import dns.reversename
 
     (new_instance.etc / "esmtphelo").write_text("*\n")
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with Sink("127.0.0.7", port) as sink:
         start_sender(new_instance, dns_port, port)
         spool(new_instance, "p@plain.test")
@@ -289,7 +276,7 @@ def test_backuprelay_takes_remote_mail_older_than_warntime(new_instance, dns_por
     # Courier's backuprelay: after warntime every remote recipient goes to the
     # relay (found by MX, then A), whatever its domain; younger mail does not.
     (new_instance.etc / "backuprelay").write_text("plain.test\n")
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with Sink("127.0.0.7", port) as sink:
         start_sender(new_instance, dns_port, port)
         w = SpoolWriter(new_instance.layout.spooldir, 1 << 20)
@@ -309,7 +296,7 @@ def test_backuprelay_takes_remote_mail_older_than_warntime(new_instance, dns_por
 
 
 def test_5xx_bounces_with_an_rfc3464_dsn(new_instance, dns_port):
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with Sink("127.0.0.4", port, "reject"):
         start_sender(new_instance, dns_port, port)
         spool(new_instance, Recipient("nobody@reject.test", "rfc822;list@reject.test", None),
@@ -341,7 +328,7 @@ def test_5xx_bounces_with_an_rfc3464_dsn(new_instance, dns_port):
                                        ("refuse", "the host refused the session"),
                                        ("silent", "timeout talking to mx1.garbage.test")])
 def test_bad_primary_is_temporary_and_the_backup_takes_it(new_instance, dns_port, mode, said):
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     (new_instance.etc / "esmtptimeouthelo").write_text("2\n")   # for the silent one
     with Sink("127.0.0.5", port, mode) as bad, Sink("127.0.0.6", port) as good:
         start_sender(new_instance, dns_port, port)
@@ -369,7 +356,7 @@ def test_null_mx_and_missing_domain_bounce(new_instance, dns_port):
 
 
 def test_implicit_mx_and_maxhost(new_instance, dns_port):
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with Sink("127.0.0.7", port) as plain, Sink("127.0.0.8", port) as many:
         start_sender(new_instance, dns_port, port, "MAXHOST=2\nMAXDELS=8\n")
         spool(new_instance, "p@plain.test")
@@ -414,7 +401,7 @@ def test_smarthost_auth_prefers_cram_md5(new_instance, cram_receiver, dns_port):
 
 
 def test_ipv6_only_exchanger(new_instance, dns_port):
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     if not port_free_on(["::1"], port):
         pytest.skip("port taken on ::1")
     with Sink("::1", port) as sink:
@@ -439,7 +426,7 @@ def test_local_permanent_failure_bounces(new_instance, dns_port):
 
 
 def test_idle_connection_closed_by_the_server_is_replaced(new_instance, dns_port):
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with Sink("127.0.0.8", port, "one-per-session") as sink:
         start_sender(new_instance, dns_port, port)
         spool(new_instance, "one@many.test")

@@ -8,10 +8,9 @@ from __future__ import annotations
 import re
 
 from dnsserver import dnsmasq, needs_dnsmasq
-from smtp_sink import Sink
+from smtp_sink import Sink, free_port_on
 from test_remote_delivery import (
     SINK_HOSTS,
-    _free_port,
     log,
     queue_empty,
     spool,
@@ -33,7 +32,7 @@ def queries(path, name: str, rdtype: str) -> int:
 
 def test_n_messages_to_one_domain_cost_one_lookup(new_instance, tmp_path):
     qlog = tmp_path / "dns.log"
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with dnsmasq(ZONE, ["test"], "mx.reuse.test", query_log=qlog) as dns_port, Sink("127.0.0.2", port) as sink:
         start_sender(new_instance, dns_port, port)
         assert queries(qlog, "mx.reuse.test", "A") >= 1      # the probe: the log works
@@ -56,7 +55,7 @@ def test_n_messages_to_one_domain_cost_one_lookup(new_instance, tmp_path):
 def test_messages_at_once_wait_for_the_busy_exchanger_instead_of_looking_up(new_instance,
                                                                              tmp_path):
     qlog = tmp_path / "dns.log"
-    port = _free_port(SINK_HOSTS)
+    port = free_port_on(SINK_HOSTS)
     with dnsmasq(ZONE, ["test"], "mx.reuse.test", query_log=qlog) as dns_port, Sink("127.0.0.2", port) as sink:
         # MAXHOST=1: while the one session is busy, a lookup would only lead
         # to waiting for it; the messages wait for it straight away.

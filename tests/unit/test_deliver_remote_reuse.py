@@ -29,7 +29,7 @@ from courier_deliver.remote import RemoteDelivery
 from libcourier.spool import Envelope, Recipient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from smtp_sink import Sink, port_free_on  # noqa: E402
+from smtp_sink import Sink, free_port_on  # noqa: E402
 
 MESSAGE = b"From: carol@sender.test\r\nSubject: reuse\r\n\r\nbody\r\n"
 # name -> {type: records}; a.test and b.test share the exchanger mx1.a.test.
@@ -96,15 +96,7 @@ def dnsd():
 
 
 def free_port() -> int:
-    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-    for _ in range(200):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        if port_free_on(hosts, port):
-            return port
-    raise RuntimeError("no free port")
+    return free_port_on(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
 
 
 def config(dnsd: CountingDns, port: int, **kw) -> EsmtpConfig:
