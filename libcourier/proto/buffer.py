@@ -101,18 +101,22 @@ class ReceiveBuffer:
 
     def peek(self) -> bytes:
         """A copy of everything buffered, nothing consumed: a protocol that can handle
-        many lines at once (SMTP DATA) looks at them whole, then take()s what it used."""
+        many lines at once (SMTP DATA) looks at them whole, then skip()s what it used."""
         return bytes(self._buf[self._pos:])
 
     def take(self, n: int) -> bytes:
         """Up to n buffered bytes (fewer if fewer are buffered)."""
+        data = bytes(self._buf[self._pos:self._pos + n])
+        self.skip(n)
+        return data
+
+    def skip(self, n: int) -> None:
+        """Consume up to n buffered bytes without copying them (what peek() showed)."""
         end = min(self._pos + n, len(self._buf))
-        data = bytes(self._buf[self._pos:end])
         self._pos = end
         if self._scan < end:
             self._scan = end
         self._compact()
-        return data
 
     def take_all(self) -> bytes:
         return self.take(len(self))

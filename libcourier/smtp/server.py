@@ -806,7 +806,7 @@ class SmtpServer:
         self._send(_r(220, "2.0.0", "Ready to start TLS."))
         # RFC 3207 §4.2 (and CVE-2011-0411): anything the client pipelined after
         # STARTTLS arrived in clear text and must not be taken as TLS input.
-        self._buf.take_all()
+        self._buf.skip(len(self._buf))
         self.state = State.WAIT_TLS
         self._out.append(StartTLS())
 
@@ -1045,13 +1045,13 @@ class SmtpServer:
                 return None
             if not self._txn.eight_bit and not block.isascii():
                 self._txn.eight_bit = True
-            self._buf.take(cut)
+            self._buf.skip(cut)
             self._data_size += len(text)
             self._chunk += text
         if end < 0:
             self._flush_chunk()
             return False
-        self._buf.take(3)
+        self._buf.skip(3)
         self._flush_chunk()
         self._end_of_data()
         return True
