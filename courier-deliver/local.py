@@ -608,25 +608,30 @@ def request_delivery(socket_path: Path, data_fd: int, sender: str, recipient: st
                      ) -> Reply:
     """Ask courierlocal to deliver, on a connection of its own (closed after the
     reply); connection problems become TEMP replies. courierd uses LocalClient."""
-    req = DeliverRequest(sender, recipient, user)
-    try:
-        line = format_request(req)
-    except ValueError as e:
-        return Reply(Status.PERM, f"5.1.3 {e}")
+    line = _request_line(sender, recipient, user)
+    if isinstance(line, Reply):
+        return line
     try:
         s = _connect(socket_path, timeout)
     except OSError as e:
         return _os_reply(e)
     try:
         return _exchange(s, line, data_fd)
-    except _Closed:
-        return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
-    except _BadReply as e:
-        return Reply(Status.TEMP, f"4.3.0 bad reply from courierlocal: {e}")
-    except OSError as e:
-        return _os_reply(e)
+    except (_Closed, _BadReply, OSError) as e:
+        failed = _failed(s, e, reused=False)
+        assert failed is not None, "only a reused connection is retried"
+        return failed
     finally:
         s.close()
+
+
+def _request_line(sender: str, recipient: str, user: str | None) -> bytes | Reply:
+    """The request line for courierlocal, or the PERM reply for an address it
+    cannot carry."""
+    try:
+        return format_request(DeliverRequest(sender, recipient, user))
+    except ValueError as e:
+        return Reply(Status.PERM, f"5.1.3 {e}")
 
 
 def _failed(s: socket.socket, e: Exception, reused: bool) -> Reply | None:
@@ -686,11 +691,9 @@ class LocalClient:
 
     def request(self, socket_path: Path, data_fd: int, sender: str, recipient: str,
                 user: str | None = None) -> Reply:
-        req = DeliverRequest(sender, recipient, user)
-        try:
-            line = format_request(req)
-        except ValueError as e:
-            return Reply(Status.PERM, f"5.1.3 {e}")
+        line = _request_line(sender, recipient, user)
+        if isinstance(line, Reply):
+            return line
         path = str(socket_path)
         for _ in range(2):
             s = self._take(path)
@@ -720,11 +723,9 @@ class LocalClient:
         """request() for courierd's event loop: the same kept connections and
         answers, but waiting for courierlocal in the loop instead of in a worker
         thread (a thread hop per message cost more CPU than the exchange)."""
-        req = DeliverRequest(sender, recipient, user)
-        try:
-            line = format_request(req)
-        except ValueError as e:
-            return Reply(Status.PERM, f"5.1.3 {e}")
+        line = _request_line(sender, recipient, user)
+        if isinstance(line, Reply):
+            return line
         loop = asyncio.get_running_loop()
         path = str(socket_path)
         for _ in range(2):
