@@ -369,34 +369,31 @@ def test_implicit_mx_and_maxhost(new_instance, dns_port):
     assert "(reused)" in log(new_instance)
 
 
-def test_smarthost_with_auth_over_starttls(new_instance, receiver, dns_port):
-    msa = receiver.port("submission")           # AUTH_REQUIRED=1: no AUTH, no mail
-    (new_instance.etc / "esmtproutes").write_text(f": 127.0.0.1,{msa}\n")
-    (new_instance.etc / "esmtpauthclient").write_text(
+def through_authenticated_smarthost(sender, receiver, dns_port) -> bytes:
+    """One message from sender to alice@example.com through receiver's submission port
+    as the smarthost (AUTH_REQUIRED=1: no AUTH, no mail), logging in as alice: the
+    message as it arrived."""
+    msa = receiver.port("submission")
+    (sender.etc / "esmtproutes").write_text(f": 127.0.0.1,{msa}\n")
+    (sender.etc / "esmtpauthclient").write_text(
         f"127.0.0.1,{msa} alice@example.com alice-secret\n")
-    os.chmod(new_instance.etc / "esmtpauthclient", 0o600)
-    start_sender(new_instance, dns_port, 25)
-    spool(new_instance, "alice@example.com")
+    os.chmod(sender.etc / "esmtpauthclient", 0o600)
+    start_sender(sender, dns_port, 25)
+    spool(sender, "alice@example.com")
     assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
-        log(new_instance) + receiver.logs()
-    data = maildir_new(receiver, "alice@example.com")[0].read_bytes()
+        log(sender) + receiver.logs()
+    return maildir_new(receiver, "alice@example.com")[0].read_bytes()
+
+
+def test_smarthost_with_auth_over_starttls(new_instance, receiver, dns_port):
+    data = through_authenticated_smarthost(new_instance, receiver, dns_port)
     assert b"with ESMTPSA" in data               # TLS, then authenticated
     assert "alice-secret" not in log(new_instance)
 
 
 def test_smarthost_auth_prefers_cram_md5(new_instance, cram_receiver, dns_port):
-    receiver = cram_receiver
     # Courier's authsaslclient: a challenge-response mechanism before PLAIN.
-    msa = receiver.port("submission")
-    (new_instance.etc / "esmtproutes").write_text(f": 127.0.0.1,{msa}\n")
-    (new_instance.etc / "esmtpauthclient").write_text(
-        f"127.0.0.1,{msa} alice@example.com alice-secret\n")
-    os.chmod(new_instance.etc / "esmtpauthclient", 0o600)
-    start_sender(new_instance, dns_port, 25)
-    spool(new_instance, "alice@example.com")
-    assert wait_until(lambda: maildir_new(receiver, "alice@example.com")), \
-        log(new_instance) + receiver.logs()
-    data = maildir_new(receiver, "alice@example.com")[0].read_bytes()
+    data = through_authenticated_smarthost(new_instance, cram_receiver, dns_port)
     assert b"(AUTH: CRAM-MD5 alice@example.com)" in data and b"with ESMTPSA" in data
 
 
