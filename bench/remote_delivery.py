@@ -130,12 +130,7 @@ class Sink:
                     self.sessions, self.count = int(m.group(1)), count
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop(self.proc)
 
 
 class Dns:
@@ -171,15 +166,20 @@ class Dns:
             return False
 
     def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop(self.proc)
 
 
 # ------------------------------------------------------------------ helpers
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a helper process we started: TERM, then KILL if it has not gone in 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def port_free(addr: str, port: int) -> bool:
     """Both UDP and TCP `port` free on `addr` (dnsmasq binds both)."""
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
