@@ -44,7 +44,6 @@ def spool(inst, rcpt: str) -> str:
     return qid
 
 
-
 def done(inst) -> bool:
     return not list_queue(inst.layout.spooldir)
 

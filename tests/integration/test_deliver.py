@@ -32,7 +32,6 @@ def spool(inst, *rcpts: str, sender: str = "bob@example.net") -> str:
     return qid
 
 
-
 def new_files(inst, address: str) -> list:
     d = inst.maildir(address) / "new"
     return sorted(d.iterdir()) if d.is_dir() else []

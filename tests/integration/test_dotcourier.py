@@ -47,7 +47,6 @@ def spool(inst, *rcpts: str, sender: str = "carol@example.net") -> str:
     return qid
 
 
-
 def new_files(inst, address: str) -> list:
     d = inst.maildir(address) / "new"
     return sorted(d.iterdir()) if d.is_dir() else []

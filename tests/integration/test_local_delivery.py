@@ -55,7 +55,6 @@ def spool(inst, *rcpts: str, body: bytes = BODY, sender: str = "carol@example.ne
     return qid
 
 
-
 def new_files(inst, address: str) -> list:
     d = inst.maildir(address) / "new"
     return sorted(d.iterdir()) if d.is_dir() else []

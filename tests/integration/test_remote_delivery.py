@@ -144,7 +144,6 @@ def spool(inst, *rcpts: Recipient | str, sender: str = "carol@sender.test", body
     return qid
 
 
-
 def maildir_new(inst, address: str) -> list[Path]:
     d = inst.maildir(address) / "new"
     return sorted(d.iterdir()) if d.is_dir() else []

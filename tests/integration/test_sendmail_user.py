@@ -32,7 +32,6 @@ WAIT = 20.0
 wait_for = partial(waiting.wait_for, timeout=WAIT)
 
 
-
 @pytest.fixture(scope="module")
 def user_python():
     """(argv prefix, env) that runs `python -m courier_deliver.sendmail` as nobody."""
