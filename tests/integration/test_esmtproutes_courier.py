@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import test_remote_delivery as rd
 from dnsserver import dnsmasq, needs_dnsmasq
-from smtp_sink import Sink
+from smtp_sink import Sink, free_port_on
 from test_remote_delivery import log, maildir_new, queue_empty, spool, start_sender, wait_until
 
 from libcourier.spool import list_queue
@@ -92,7 +92,7 @@ def bounces(inst) -> dict[str, email.message.Message]:
 
 
 def test_route_security_starttls_is_the_message_flag(new_instance, dns_port, cert):
-    port = rd._free_port([TLS_HOST, PLAIN_HOST])
+    port = free_port_on([TLS_HOST, PLAIN_HOST])
     (new_instance.etc / "esmtproutes").write_text(
         f"secure.test: tls.route.test,{port} /SECURITY=STARTTLS\n"
         f"mxrelay.test: mxrelay.route.test,{port} /security=starttls\n"   # relay by MX
@@ -129,7 +129,7 @@ def test_route_security_starttls_is_the_message_flag(new_instance, dns_port, cer
 
 def test_route_security_starttls_without_trustsecuritycerts_bounces(new_instance, dns_port,
                                                                      cert):
-    port = rd._free_port([TLS_HOST])
+    port = free_port_on([TLS_HOST])
     (new_instance.etc / "esmtproutes").write_text(
         f"secure.test: tls.route.test,{port} /SECURITY=STARTTLS\n")
     with Sink(TLS_HOST, port, tls=server_tls(cert),
@@ -145,7 +145,7 @@ def test_route_security_starttls_without_trustsecuritycerts_bounces(new_instance
 
 
 def test_route_security_required(new_instance, dns_port, cert):
-    port = rd._free_port([TLS_HOST, PLAIN_HOST])
+    port = free_port_on([TLS_HOST, PLAIN_HOST])
     (new_instance.etc / "esmtproutes").write_text(
         f"req.test: plain.route.test,{port} /SECURITY=REQUIRED\n"
         f"reqtls.test: alias.route.test,{port} /SECURITY=REQUIRED\n")
@@ -167,7 +167,7 @@ def test_route_security_required(new_instance, dns_port, cert):
 
 
 def test_ipv4only_and_ipv6only(new_instance, dns_port):
-    port = rd._free_port(["127.0.0.1"])
+    port = free_port_on(["127.0.0.1"])
     (new_instance.etc / "esmtproutes").write_text(
         f"six.test: dual.route.test,{port} /IPV6ONLY\n"
         "dual.route.test: /IPV6ONLY\n"
@@ -198,7 +198,7 @@ def test_ipv4only_and_ipv6only(new_instance, dns_port):
 
 def test_an_edited_esmtproutes_takes_effect_without_a_restart(new_instance, dns_port):
     # courier(8): "Changes to esmtproutes take effect immediately, more or less."
-    port = rd._free_port([TLS_HOST, PLAIN_HOST])
+    port = free_port_on([TLS_HOST, PLAIN_HOST])
     routes = new_instance.etc / "esmtproutes"
     routes.write_text(f"moved.test: plain.route.test,{port}\n")
     with Sink(PLAIN_HOST, port) as first, Sink(TLS_HOST, port) as second:
@@ -218,7 +218,7 @@ def test_an_edited_esmtproutes_takes_effect_without_a_restart(new_instance, dns_
 
 
 def test_route_smtps_with_and_without_the_security_flag(new_instance, dns_port, cert):
-    port = rd._free_port([TLS_HOST])
+    port = free_port_on([TLS_HOST])
     (new_instance.etc / "esmtproutes").write_text(
         # SMTPS alone: TLS, the certificate unchecked (ESMTP_TLS_VERIFY_DOMAIN=0).
         f"smtps.test: alias.route.test,{port} /SECURITY=SMTPS\n"
@@ -280,7 +280,7 @@ def test_broken_starttls_is_remembered(new_instance, dns_port):
     # courier(8): a server that offers STARTTLS and then fails it is sent mail
     # without TLS for the next hours; what needs TLS (/SECURITY=REQUIRED) then
     # fails for good (libesmtp.c: hello3 forgets the server's STARTTLS).
-    port = rd._free_port([PLAIN_HOST])
+    port = free_port_on([PLAIN_HOST])
     (new_instance.etc / "esmtproutes").write_text(
         f"open.test: plain.route.test,{port}\n"
         f"req.test: plain.route.test,{port} /SECURITY=REQUIRED\n")
