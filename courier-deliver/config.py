@@ -32,6 +32,7 @@ from libcourier.config.control import read_control_file, read_control_lines, rea
 from libcourier.config.errors import ConfigError
 from libcourier.config.rcfile import read_rc_files
 from libcourier.config.schema import Setting, load_settings, non_negative_int
+from libcourier.idn import IdnError, to_ascii
 from libcourier.layout import COURIERD_SETTINGS, Layout, load_layout
 from libcourier.mx import RESOLVER_SETTING
 
@@ -363,11 +364,10 @@ def _helo(v: str) -> str:
     """esmtphelo: the EHLO name, or "*" for the reverse DNS of the local
     address of each connection (Courier)."""
     v = v.strip()
-    if not v.isascii():
-        try:                # an IDN name goes as A-labels, as Courier's idna_to_ascii
-            v = v.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"not a host name: {v[:60]!r}") from None
+    try:                    # an IDN name goes as A-labels, as Courier's idna_to_ascii
+        v = to_ascii(v)
+    except IdnError:
+        raise ValueError(f"not a host name: {v[:60]!r}") from None
     if v != "*" and not _HELO_NAME.fullmatch(v):
         raise ValueError(f"expected a host name, an address literal or *, got {v[:60]!r}")
     return v

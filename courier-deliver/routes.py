@@ -42,7 +42,6 @@ anew for each connection; remote delivery reloads them when they change
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401 - str.encode('idna') after a privilege drop
 import enum
 import ipaddress
 import re
@@ -51,6 +50,7 @@ from pathlib import Path
 
 from libcourier.config.control import read_control_lines
 from libcourier.config.errors import ConfigError
+from libcourier.idn import IdnError, to_ascii
 
 MAX_ROUTES = 10000
 _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})?\.?")
@@ -151,12 +151,9 @@ def _ace(name: str) -> str:
     listed in UTF-8; Courier compares them with the address's domain by their
     Unicode form, i.e. the same as comparing A-labels). A name that is not a
     valid IDN stays as it is (and fails the syntax check, or matches nothing)."""
-    if name.isascii():
-        return name
-    lead = "." if name.startswith(".") else ""
     try:
-        return lead + name[len(lead):].encode("idna").decode("ascii")
-    except UnicodeError:
+        return to_ascii(name, suffix=True)
+    except IdnError:
         return name
 
 

@@ -20,7 +20,6 @@ be unreadable afterwards).
 from __future__ import annotations
 
 import asyncio
-import encodings.idna  # noqa: F401 - dns.name encodes IDNs through this codec
 import ipaddress
 import random
 import socket
@@ -40,6 +39,7 @@ import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
 
+import libcourier.idn  # noqa: F401 - the idna codec dns.name encodes IDNs through, loaded now
 from libcourier.config.schema import Setting
 
 dns.asyncbackend.get_backend("asyncio")   # loads dns._asyncio_backend now

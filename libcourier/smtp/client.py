@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import encodings.idna  # noqa: F401 - str.encode('idna') after a privilege drop
 import enum
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
 
+from libcourier.idn import IdnError, address_to_ascii
 from libcourier.mime.downgrade import header_needs_utf8, to_7bit
 from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
 from libcourier.smtp.dotstuff import END_OF_DATA, dot_stuff
@@ -647,12 +647,9 @@ class SmtpClient:
 def ace_address(address: str) -> str:
     """local@domain with the domain in A-labels (IDNA, as Courier's libidn), or
     as it was when it is ASCII already or cannot be converted."""
-    local, at, domain = address.rpartition("@")
-    if not at or domain.isascii():
-        return address
     try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
+        return address_to_ascii(address)
+    except IdnError:
         return address
 
 
