@@ -14,6 +14,8 @@ client authenticated (SMTP AUTH), or the domain is in `esmtpacceptmailfor`
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,17 @@ from libcourier.config.control import read_control_value
 log = logging.getLogger("courier.esmtpd")
 
 Lookup = Callable[[Path, str, str], AuthInfo | None]
+
+# A recipient authd knew is taken on authd's word for this long in the same session,
+# without asking again: a session sending many messages to one mailbox (a mailing
+# list's run, a bulk sender) asks once instead of once per RCPT. Only found users are
+# kept (an unknown address asks every time, and a user added meanwhile is seen at
+# once); a user removed meanwhile is still accepted for at most this long, and
+# delivery then bounces it, as it would for one removed after the RCPT. Courier's
+# submit asks authdaemond per RCPT with no cache; Postfix's smtpd asks proxymap per
+# RCPT: this saves authd a connection and a lookup per message instead.
+KNOWN_RECIPIENT_SECONDS = 60.0
+KNOWN_RECIPIENTS_MAX = 256      # addresses remembered per session (oldest dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +108,7 @@ class LocalPolicy:
                  lookup: Lookup | None = None, aliases: AliasTable | None = None,
                  bofh: Bofh | None = None, remote_host: Callable[[], str | None] | None = None,
                  auth_sender_check: bool = False, dns: DnsChecks | None = None,
-                 client_ip: str = ""):
+                 client_ip: str = "", clock: Callable[[], float] = time.monotonic):
         self.domains = domains
         self.aliases = aliases      # ETC/aliases.dat: an alias is a valid recipient
         self.authsocket = authsocket
@@ -106,6 +119,9 @@ class LocalPolicy:
         self.dns = dns             # BOFHCHECKDNS / BOFHCHECKHELO lookups
         self.client_ip = client_ip
         self._lookup = lookup or (lambda sock, service, user: auth_pre(sock, service, user))
+        self._clock = clock
+        # (local part, domain) -> monotonic time until which authd's "found" holds
+        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
         if sender and self.bofh.is_badfrom(sender):
@@ -163,6 +179,8 @@ class LocalPolicy:
             return Verdict.accept()
         if self.aliases is not None and self.aliases.lookup(address) is not None:
             return Verdict.accept()
+        if self._known_recipient(local, domain):
+            return Verdict.accept()
         # user-ext addresses go to `user` (Courier's rule; its .courier-ext decides
         # at delivery): try the whole local part, then shorter prefixes at "-".
         parts = local.split("-")
@@ -178,5 +196,23 @@ class LocalPolicy:
                 return Verdict.tempfail(451, "4.4.3",
                                         "Unable to verify the address, try again later.")
             if info is not None:
+                self._remember(local, domain)
                 return Verdict.accept()
         return Verdict.reject(550, "5.1.1", "User unknown.")
+
+    def _known_recipient(self, local: str, domain: str) -> bool:
+        """authd found this recipient less than KNOWN_RECIPIENT_SECONDS ago."""
+        until = self._known.get((local, domain))
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._known[(local, domain)]
+        return False
+
+    def _remember(self, local: str, domain: str) -> None:
+        key = (local, domain)
+        self._known.pop(key, None)
+        self._known[key] = self._clock() + KNOWN_RECIPIENT_SECONDS
+        while len(self._known) > KNOWN_RECIPIENTS_MAX:
+            self._known.popitem(last=False)

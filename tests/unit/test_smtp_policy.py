@@ -126,3 +126,66 @@ def test_received_header():
     h = received_header(helo="h", rdns="host.example", ip="::1", me="mx", esmtp=False, tls=False,
                         auth=False, smtputf8=False, when=when)
     assert h.startswith(b"Received: from h (host.example [::1])\n  by mx with SMTP; ")
+
+
+def test_known_recipient_asks_authd_once_per_session_for_a_while(etc):
+    # Many messages to one mailbox in a session: authd is asked at the first RCPT, and
+    # again only once KNOWN_RECIPIENT_SECONDS have passed; unknown users every time.
+    from courier_smtpd import policy as mod
+    now = [1000.0]
+    users = {"alice@example.com", "bob"}
+    asked = []
+
+    def lookup(sock, service, user):
+        asked.append(user)
+        return INFO if user in users else None
+    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=lookup,
+                    clock=lambda: now[0])
+    for _ in range(3):
+        assert kind(p, "alice@example.com")[0] is VerdictKind.ACCEPT
+        assert kind(p, "bob-list@localhost")[0] is VerdictKind.ACCEPT   # via user-ext
+        assert kind(p, "nobody@example.com") == (VerdictKind.REJECT, 550, "5.1.1")
+    assert asked == ["alice@example.com", "bob-list", "bob", "nobody@example.com",
+                     "nobody@example.com", "nobody@example.com"]
+    # Another case of the local part is another question (authd decides about case).
+    assert kind(p, "Alice@example.com")[0] is VerdictKind.REJECT
+    asked.clear()
+    users.discard("alice@example.com")
+    now[0] += mod.KNOWN_RECIPIENT_SECONDS - 1
+    assert kind(p, "alice@example.com")[0] is VerdictKind.ACCEPT     # still on authd's word
+    now[0] += 1
+    assert kind(p, "alice@example.com") == (VerdictKind.REJECT, 550, "5.1.1")
+    assert asked == ["alice@example.com"]
+    # A temporary failure is never remembered: the next RCPT asks again.
+    down = [True]
+
+    def flaky(sock, service, user):
+        asked.append(user)
+        if down[0]:
+            raise AuthTempFail("down")
+        return INFO
+    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=flaky,
+                    clock=lambda: now[0])
+    asked.clear()
+    assert kind(p, "carol@example.com") == (VerdictKind.TEMPFAIL, 451, "4.4.3")
+    down[0] = False
+    assert kind(p, "carol@example.com")[0] is VerdictKind.ACCEPT
+    assert kind(p, "carol@example.com")[0] is VerdictKind.ACCEPT
+    assert asked == ["carol@example.com", "carol@example.com"]
+
+
+def test_known_recipients_are_bounded(etc):
+    from courier_smtpd import policy as mod
+    asked = []
+
+    def lookup(sock, service, user):
+        asked.append(user)
+        return INFO
+    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=lookup)
+    for i in range(mod.KNOWN_RECIPIENTS_MAX + 1):
+        assert kind(p, f"u{i}@example.com")[0] is VerdictKind.ACCEPT
+    assert len(p._known) == mod.KNOWN_RECIPIENTS_MAX
+    asked.clear()
+    assert kind(p, f"u{mod.KNOWN_RECIPIENTS_MAX}@example.com")[0] is VerdictKind.ACCEPT
+    assert kind(p, "u0@example.com")[0] is VerdictKind.ACCEPT        # the oldest was dropped
+    assert asked == ["u0@example.com"]
