@@ -65,6 +65,7 @@ import dns.asyncresolver
 import dns.exception
 import dns.reversename
 from courier_deliver.config import EsmtpConfig, EsmtpTimeouts
+from courier_deliver.expiring import ExpiringDict
 from courier_deliver.routes import (
     Option,
     Route,
@@ -136,15 +137,17 @@ class RemoteDelivery:
         self._all = asyncio.Semaphore(config.maxdels)
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._idle: dict[_PoolKey, list[tuple[Connection, float]]] = {}
-        # (looked-up name, route) -> (when it was looked up, the pool keys of
-        # sessions to its best exchangers since): reuse before a lookup.
-        self._domains: dict[tuple[str, Route], tuple[float, list[_PoolKey]]] = {}
+        # (looked-up name, route) -> the pool keys of sessions to its best
+        # exchangers since the lookup: reuse before a lookup, until the next.
+        self._domains: ExpiringDict[tuple[str, Route], list[_PoolKey]] = ExpiringDict(
+            DOMAIN_REUSE_TIME, MAX_DOMAINS)
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ptr: dict[str, str] = {}     # esmtphelo "*": local address -> EHLO name
         self._files_checked = time.monotonic()
         self._unusable: dict[str, tuple] = {}  # file -> signature that failed to load
-        self._broken_starttls: dict[str, float] = {}   # exchanger name -> until (monotonic)
+        self._broken_starttls: ExpiringDict[str, bool] = ExpiringDict(   # exchanger names
+            BROKEN_STARTTLS_TIME, MAX_BROKEN_STARTTLS)
 
     def _host_limit(self, host: str) -> asyncio.Semaphore:
         sem = self._hosts.get(host)
@@ -371,16 +374,7 @@ class RemoteDelivery:
         """A fresh lookup of the domain: the sessions of its best exchangers
         (`keys`, filled as they are tried) may carry its mail for
         DOMAIN_REUSE_TIME."""
-        self._domains.pop(dkey, None)          # to the end: the dict stays oldest first
-        if len(self._domains) >= MAX_DOMAINS:
-            self._prune_domains(time.monotonic())
-            while len(self._domains) >= MAX_DOMAINS:
-                self._domains.pop(next(iter(self._domains)))
-        self._domains[dkey] = (time.monotonic(), keys)
-
-    def _prune_domains(self, now: float) -> None:
-        self._domains = {d: v for d, v in self._domains.items()
-                         if now - v[0] < DOMAIN_REUSE_TIME}
+        self._domains.put(dkey, keys)
 
     def _idle_for_domain(self, dkey: tuple[str, Route], port: int, policy: TlsPolicy,
                          ctx: ssl.SSLContext | None, auth: tuple[str, str] | None,
@@ -392,12 +386,8 @@ class RemoteDelivery:
         STARTTLS broke since (the lookup path decides what goes there). Also
         a key whose exchanger has MAXHOST sessions busy: its slot is awaited
         and the session that freed it taken."""
-        entry = self._domains.get(dkey)
-        if entry is None:
-            return []
-        since, keys = entry
-        if time.monotonic() - since >= DOMAIN_REUSE_TIME:
-            del self._domains[dkey]
+        keys = self._domains.get(dkey)
+        if keys is None:
             return []
         want = _pool_key("", "", port, policy, ctx, auth, security)[2:]
         return [k for k in dict.fromkeys(keys)
@@ -456,29 +446,17 @@ class RemoteDelivery:
     # -- Courier's broken-STARTTLS list (courier(8), esmtproutes) --
 
     def _starttls_broken(self, host: str) -> bool:
-        until = self._broken_starttls.get(host)
-        if until is None:
-            return False
-        if time.monotonic() < until:
-            return True
-        del self._broken_starttls[host]
-        return False
+        return self._broken_starttls.get(host) is not None
 
     def _note_broken_starttls(self, host: str) -> None:
         """A server offered STARTTLS and then refused it or failed the
         handshake: for BROKEN_STARTTLS_TIME mail goes to it in clear (a message
         needing TLS fails), as Courier's report_broken_starttls. Not for
         SECURITY=STARTTLS mail, whose failure is "on us" (libesmtp.c)."""
-        if host not in self._broken_starttls:
+        if not self._starttls_broken(host):
             logger.info("host=%s: STARTTLS failed: mail goes to it without TLS for %d s",
                         host, BROKEN_STARTTLS_TIME)
-        if len(self._broken_starttls) >= MAX_BROKEN_STARTTLS:
-            now = time.monotonic()
-            self._broken_starttls = {h: t for h, t in self._broken_starttls.items() if t > now}
-            if len(self._broken_starttls) >= MAX_BROKEN_STARTTLS:
-                self._broken_starttls.pop(next(iter(self._broken_starttls)))   # the oldest
-        self._broken_starttls.pop(host, None)      # to the end: the dict stays oldest first
-        self._broken_starttls[host] = time.monotonic() + BROKEN_STARTTLS_TIME
+        self._broken_starttls.put(host, True)
 
     async def _helo_name(self, local: str) -> str:
         """esmtphelo "*": the PTR name of the connection's local address, else
@@ -523,7 +501,7 @@ class RemoteDelivery:
     async def _reap(self) -> None:
         while self._idle:
             await asyncio.sleep(REAP_INTERVAL)
-            self._prune_domains(time.monotonic())
+            self._domains.prune()
             now = asyncio.get_running_loop().time()
             for key in list(self._idle):
                 keep = []
