@@ -44,6 +44,7 @@ from courier_deliver import dotcourier
 from courier_deliver.localjournal import NAME as JOURNAL_NAME
 from courier_deliver.localjournal import Journal
 from courier_deliver.localproto import (
+    BATCH_MAX,
     DeliverRequest,
     Reply,
     ReplyReader,
@@ -63,7 +64,7 @@ from courier_deliver.localuser import (  # noqa: F401 - Outcome & co. are this m
     parse_report,
     write_all_pipe,
 )
-from courier_deliver.localworker import UserWorkers
+from courier_deliver.localworker import UserWorkers, account_key
 
 from libcourier import log as courier_log
 from libcourier import privsep
@@ -100,36 +101,51 @@ class ForwardSpool:
 
 # --- the connection child (root) --------------------------------------------------------
 
-def _recv_request(conn: socket.socket, reader: RequestReader | None = None,
-                  timeout: float = REQUEST_TIMEOUT) -> tuple[DeliverRequest, int] | None:
-    """One request line and exactly one passed fd; None when the peer closed the
-    connection before a new request began (the end of a kept-open connection).
-    Raises ClientError, or OSError (TimeoutError when no request came in time)."""
-    reader = RequestReader() if reader is None else reader
-    fds: list[int] = []
+def _recv_requests(conn: socket.socket, reader: RequestReader, fds: list[int],
+                   timeout: float = REQUEST_TIMEOUT
+                   ) -> tuple[list[tuple[DeliverRequest, int]], ClientError | None] | None:
+    """The requests courierd has sent so far (it may send up to BATCH_MAX before
+    reading the replies), each with its passed fd: waits for the first, then
+    takes what is already there. None when the peer closed the connection
+    before a new request began (the end of a kept-open connection). A bad
+    line after good ones comes back beside them (their replies go first);
+    raises ClientError for a bad first one, or OSError (TimeoutError when no
+    request came in time). `fds`: passed fds not yet matched with a line
+    (they come with the first byte of courierd's send)."""
     deadline = time.monotonic() + timeout
+    out: list[tuple[DeliverRequest, int]] = []
     got_bytes = False
-    try:
-        while True:
+    while len(out) < BATCH_MAX:
+        try:
             req = reader.next_request()
-            if req is not None:
+            if req is not None and not fds:
+                raise ClientError("a request without its file descriptor")
+        except ClientError as e:
+            if not out:
+                raise
+            return out, e
+        if req is not None:
+            out.append((req, fds.pop(0)))
+            continue
+        if out:
+            conn.settimeout(0.0)        # more of the batch only if it is already here
+            try:
+                data, got, _flags, _addr = socket.recv_fds(conn, 65536, BATCH_MAX)
+            except BlockingIOError:
                 break
+        else:
             conn.settimeout(max(0.1, deadline - time.monotonic()))
-            data, got, _flags, _addr = socket.recv_fds(conn, 4096, 4)
-            fds.extend(got)
-            if not data:
-                if not got_bytes and not fds:
-                    return None
-                raise ClientError("connection closed before the request")
-            got_bytes = True
-            reader.feed(data)
-        if len(fds) != 1:
-            raise ClientError(f"expected one file descriptor, got {len(fds)}")
-        fd = fds.pop()
-        return req, fd
-    finally:
-        for extra in fds:
-            os.close(extra)
+            data, got, _flags, _addr = socket.recv_fds(conn, 65536, BATCH_MAX)
+        fds.extend(got)
+        if not data:
+            if out:
+                break
+            if not got_bytes and not fds:
+                return None
+            raise ClientError("connection closed before the request")
+        got_bytes = True
+        reader.feed(data)
+    return out, None
 
 
 def read_localtimeout(etc: Path | None) -> float:
@@ -183,54 +199,116 @@ def _serve_connection(conn: socket.socket, authsocket: Path, default_maildir: st
                       workers: UserWorkers) -> Reply | None:
     reader = RequestReader()
     accounts = AccountCache()
+    fds: list[int] = []              # passed with requests not yet read whole
     last: Reply | None = None
     limit, limit_read = DELIVERY_TIMEOUT, float("-inf")     # localtimeout, when read
-    for n in range(MAX_REQUESTS):
-        try:
-            got = _recv_request(conn, reader, REQUEST_TIMEOUT if n == 0 else IDLE_TIMEOUT)
-        except ClientError as e:
-            last = Reply(Status.PERM, f"5.5.2 bad request: {e.text}")
-            _send_reply(conn, last)
-            return last
-        except OSError:
-            return last          # idle too long, or the peer went away
-        if got is None:
-            return last
-        req, fd = got
-        # localtimeout is read again at most every LOCALTIMEOUT_RECHECK seconds
-        # (not for every message of a burst): a change applies within a second.
-        if timeout is None and time.monotonic() - limit_read >= LOCALTIMEOUT_RECHECK:
-            limit, limit_read = read_localtimeout(etc), time.monotonic()
-        last = _serve_request(req, fd, authsocket, default_maildir, forward,
-                              limit if timeout is None else timeout,
-                              journal, accounts, workers)
-        if not _send_reply(conn, last):
-            return last
-    return last
-
-
-def _serve_request(req: DeliverRequest, fd: int, authsocket: Path, default_maildir: str,
-                   forward: ForwardSpool | None, timeout: float,
-                   journal: Journal | None, accounts: AccountCache,
-                   workers: UserWorkers) -> Reply:
+    served = 0
     try:
-        if not _lock_message(fd, timeout):
-            return Reply(Status.TEMP, "4.3.0 another delivery of this message is still "
-                                      "running")
-        if journal is not None and journal.seen(fd, req.recipient, req.user):
-            # courierd asks again for a delivery it did not hear the OK of
-            # (it was killed meanwhile): the copy is in already.
-            logger.info("delivery to %s: already done, not repeated", req.recipient)
-            return Reply(Status.OK, "already delivered")
-        reply = _lookup_and_deliver(req, fd, authsocket, default_maildir, forward, timeout,
-                                    accounts, workers)
-        if reply.status is Status.OK and journal is not None:
-            journal.record(fd, req.recipient, req.user)
-        return reply
+        while served < MAX_REQUESTS:
+            try:
+                got = _recv_requests(conn, reader, fds,
+                                     REQUEST_TIMEOUT if served == 0 else IDLE_TIMEOUT)
+            except ClientError as e:
+                last = Reply(Status.PERM, f"5.5.2 bad request: {e.text}")
+                _send_replies(conn, [last])
+                return last
+            except OSError:
+                return last          # idle too long, or the peer went away
+            if got is None:
+                return last
+            batch, bad = got
+            served += len(batch)
+            # localtimeout is read again at most every LOCALTIMEOUT_RECHECK seconds
+            # (not for every message of a burst): a change applies within a second.
+            if timeout is None and time.monotonic() - limit_read >= LOCALTIMEOUT_RECHECK:
+                limit, limit_read = read_localtimeout(etc), time.monotonic()
+            replies = _serve_batch(batch, authsocket, default_maildir, forward,
+                                   limit if timeout is None else timeout,
+                                   journal, accounts, workers)
+            if bad is not None:
+                replies.append(Reply(Status.PERM, f"5.5.2 bad request: {bad.text}"))
+            last = replies[-1]
+            if not _send_replies(conn, replies) or bad is not None:
+                return last
+        return last
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _serve_batch(batch: list[tuple[DeliverRequest, int]], authsocket: Path,
+                 default_maildir: str, forward: ForwardSpool | None, timeout: float,
+                 journal: Journal | None, accounts: AccountCache,
+                 workers: UserWorkers) -> list[Reply]:
+    """One reply per request, in order. The requests for one account go to its
+    worker together (localworker.deliver_batch: their Maildir files published
+    with one fsync of new/); each is locked, checked against the journal,
+    forwarded and recorded on its own, so one's failure is only its own."""
+    replies: list[Reply | None] = [None] * len(batch)
+    accounts_of: dict[tuple, tuple[AuthInfo, list[tuple[int, str | None]]]] = {}
+    try:
+        for i, (req, fd) in enumerate(batch):
+            found = _prepare(req, fd, authsocket, timeout, journal, accounts)
+            if isinstance(found, Reply):
+                replies[i] = found
+            else:
+                info, ext = found
+                accounts_of.setdefault(account_key(info), (info, []))[1].append((i, ext))
+        for info, members in accounts_of.values():
+            for start in range(0, len(members), BATCH_MAX):
+                part = members[start:start + BATCH_MAX]
+                outcomes = workers.deliver_batch(
+                    info, [(batch[i][1], batch[i][0], ext) for i, ext in part],
+                    default_maildir, timeout)
+                for (i, _ext), outcome in zip(part, outcomes, strict=True):
+                    req, fd = batch[i]
+                    replies[i] = _conclude(req, fd, info, outcome, forward, journal)
     finally:
         # The flock belongs to the open file, which courierd shares and closes
         # once it has the reply: it holds until then, as when this child exited.
-        os.close(fd)
+        for _req, fd in batch:
+            os.close(fd)
+    assert all(r is not None for r in replies)
+    return replies              # type: ignore[return-value]
+
+
+def _prepare(req: DeliverRequest, fd: int, authsocket: Path, timeout: float,
+             journal: Journal | None, accounts: AccountCache
+             ) -> Reply | tuple[AuthInfo, str | None]:
+    """Lock the message, answer a repeated request from the journal, find the
+    account: the reply, or (account, extension) to deliver to."""
+    if not _lock_message(fd, timeout):
+        return Reply(Status.TEMP, "4.3.0 another delivery of this message is still running")
+    if journal is not None and journal.seen(fd, req.recipient, req.user):
+        # courierd asks again for a delivery it did not hear the OK of
+        # (it was killed meanwhile): the copy is in already.
+        logger.info("delivery to %s: already done, not repeated", req.recipient)
+        return Reply(Status.OK, "already delivered")
+    try:
+        found = accounts.find(authsocket, req.user or req.recipient)
+    except AuthTempFail as e:
+        return Reply(Status.TEMP, f"4.4.3 authentication service unavailable: {e}")
+    if found is None:
+        return Reply(Status.PERM, "5.1.1 no such user")
+    return found
+
+
+def _conclude(req: DeliverRequest, fd: int, info: AuthInfo, outcome: Outcome,
+              forward: ForwardSpool | None, journal: Journal | None) -> Reply:
+    """The worker's outcome for one message: queue its forwards, record an OK in
+    the journal (before the reply goes out), log."""
+    reply = outcome.reply
+    if reply.status is Status.OK and outcome.forwards:
+        reply = _forward(forward, fd, req, outcome)
+    if reply.status is Status.OK:
+        if journal is not None:
+            journal.record(fd, req.recipient, req.user)
+        # courierd logs every delivery (id, sender, recipient, file) as Courier
+        # does; this line, once per message, is for DEBUG_LOGIN-style tracing.
+        logger.debug("delivered to %s (uid %s): %s", req.recipient, info.uid, reply.text)
+    else:
+        logger.info("delivery to %s: %s %s", req.recipient, reply.status.value, reply.text)
+    return reply
 
 
 def _lock_message(fd: int, timeout: float) -> bool:
@@ -291,32 +369,6 @@ class AccountCache:
         return found
 
 
-def _lookup_and_deliver(req: DeliverRequest, fd: int, authsocket: Path,
-                        default_maildir: str, forward: ForwardSpool | None,
-                        timeout: float, accounts: AccountCache,
-                        workers: UserWorkers) -> Reply:
-    user = req.user or req.recipient
-    try:
-        found = accounts.find(authsocket, user)
-    except AuthTempFail as e:
-        return Reply(Status.TEMP, f"4.4.3 authentication service unavailable: {e}")
-    if found is None:
-        return Reply(Status.PERM, "5.1.1 no such user")
-    info, ext = found
-    # The delivery child, kept for the account's next message (localworker.py).
-    outcome = workers.deliver(info, fd, req, default_maildir, ext, timeout)
-    reply = outcome.reply
-    if reply.status is Status.OK and outcome.forwards:
-        reply = _forward(forward, fd, req, outcome)
-    if reply.status is Status.OK:
-        # courierd logs every delivery (id, sender, recipient, file) as Courier
-        # does; this line, once per message, is for DEBUG_LOGIN-style tracing.
-        logger.debug("delivered to %s (uid %s): %s", req.recipient, info.uid, reply.text)
-    else:
-        logger.info("delivery to %s: %s %s", req.recipient, reply.status.value, reply.text)
-    return reply
-
-
 def _forward(forward: ForwardSpool | None, fd: int, req: DeliverRequest,
              outcome: Outcome) -> Reply:
     """Queue one copy for the forwarding addresses, with the original sender,
@@ -350,10 +402,10 @@ def _forward(forward: ForwardSpool | None, fd: int, req: DeliverRequest,
     return outcome.reply
 
 
-def _send_reply(conn: socket.socket, reply: Reply) -> bool:
+def _send_replies(conn: socket.socket, replies: list[Reply]) -> bool:
     try:
         conn.settimeout(REQUEST_TIMEOUT)
-        conn.sendall(format_reply(reply))
+        conn.sendall(b"".join(format_reply(r) for r in replies))
         return True
     except OSError as e:
         logger.warning("cannot send reply: %s", e)

@@ -18,6 +18,11 @@ Reply (helper -> queue manager), one line:
     OK <text>\\n | TEMP <text>\\n | PERM <text>\\n
 
 The text is for logs and DSNs; control characters are replaced on the way out.
+
+A client may send up to BATCH_MAX requests (each line with its fd, all in one
+sendmsg) before it reads the replies, which come in the same order: the
+helper delivers the requests it has in hand for one account together
+(one fsync of the Maildir's new/ for all) and answers each on its own.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ MAX_ADDRESS = 1024   # bytes of one decoded address (RFC 5321 §4.5.3.1.3 allows
 MAX_REQUEST_LINE = 16 + 3 * 3 * MAX_ADDRESS   # three addresses, every byte xtext-encoded
 MAX_REPLY_TEXT = 512
 MAX_REPLY_LINE = MAX_REPLY_TEXT + 8
+BATCH_MAX = 32       # requests a client may send before it reads their replies
 NULL_SENDER = "<>"
 
 _PLAIN = frozenset(range(0x21, 0x7F)) - {ord("+"), ord("="), ord("<"), ord(">")}
@@ -143,8 +149,8 @@ def parse_reply_line(line: bytes) -> Reply:
 
 
 class _LineReader:
-    """Lines out of a bounded buffer: a request, then the next one on a kept
-    connection (the client sends it only after the reply, so nothing else waits)."""
+    """Lines out of a bounded buffer: a request, then the next ones on a kept
+    connection (at most BATCH_MAX are sent before their replies are read)."""
 
     def __init__(self, max_line: int) -> None:
         self._buf = ReceiveBuffer(max_line)

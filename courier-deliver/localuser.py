@@ -45,7 +45,16 @@ from courier_deliver.localproto import (
 
 from libcourier import privsep
 from libcourier.authclient import AuthInfo
-from libcourier.maildir.delivery import CHUNK, DeliveryError, OverQuota, deliver_with_quota
+from libcourier.maildir.delivery import (
+    CHUNK,
+    DeliveryError,
+    OverQuota,
+    Staged,
+    deliver_or_stage,
+    deliver_with_quota,
+    discard_staged,
+    publish_staged,
+)
 from libcourier.mbox import deliver_to_mbox, from_line
 from libcourier.proto import ClientError
 
@@ -362,7 +371,10 @@ def _execute(run: _Run, instructions: list[dotcourier.Instruction], level: int) 
 
 
 def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
-                      ext: str | None, deadline: float | None = None) -> Outcome:
+                      ext: str | None, deadline: float | None = None,
+                      staging: list[Staged] | None = None) -> Outcome | None:
+    """The delivery's outcome; None when the message was only staged (appended
+    to `staging`: the plain Maildir path, into a Maildir without quota)."""
     if deadline is None:
         deadline = time.monotonic() + DELIVERY_TIMEOUT - DELIVERY_GRACE
     instructions, default = _read_dot_courier(ext)
@@ -374,8 +386,13 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
         default_ins = dotcourier.default_instructions(default_maildir)
         if info.maildir or dotcourier.is_plain_maildir(default_ins):
             path = info.maildir or default_ins[0].path     # type: ignore[union-attr]
-            name = deliver_with_quota(maildir_path(info, path), _pread_chunks(fd),
-                                      _message_size(fd), prefix=prefix, newquota=info.quota)
+            name = deliver_or_stage(maildir_path(info, path), _pread_chunks(fd),
+                                    _message_size(fd), prefix=prefix, newquota=info.quota,
+                                    stage=staging is not None)
+            if isinstance(name, Staged):
+                assert staging is not None
+                staging.append(name)
+                return None
             return Outcome(Reply(Status.OK, name))
         instructions = default_ins
     ctx = Context(home=info.home, user=info.address or info.username or "", sender=req.sender,
@@ -391,7 +408,12 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
 def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,
                      default_maildir: str, ext: str | None = None,
                      timeout: float = DELIVERY_TIMEOUT) -> Outcome:
-    deadline = time.monotonic() + max(1.0, timeout - DELIVERY_GRACE)
+    return deliver_batch_as_user(info, [(fd, req, ext)], default_maildir, timeout)[0]
+
+
+def _become(info: AuthInfo) -> Outcome | None:
+    """Switch to the account for good (a no-op the second time) and chdir HOME;
+    the failure's Outcome, else None."""
     if info.uid is None:
         return Outcome(Reply(Status.TEMP, "authd returned no uid"))
     try:
@@ -408,17 +430,63 @@ def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,
         return Outcome(Reply(Status.TEMP,
                              f"4.2.1 cannot chdir to home {info.home}: {e.strerror}"))
     os.umask(0o077)
-    try:
-        _check_loop(fd, req.recipient)
-        return _run_instructions(info, fd, req, default_maildir, ext, deadline)
-    except _Fail as f:
-        return Outcome(f.reply)
-    except OverQuota as e:
+    return None
+
+
+def _failure(e: Exception) -> Outcome:
+    if isinstance(e, _Fail):
+        return Outcome(e.reply)
+    if isinstance(e, OverQuota):
         # RFC 3463 X.2.2 mailbox full: temporary, retried until queuetime.
         return Outcome(Reply(Status.TEMP, "4.2.2 " + e.text))
-    except DeliveryError as e:
-        return Outcome(Reply(Status.TEMP if e.temporary else Status.PERM,
-                             ("4.2.0 " if e.temporary else "5.2.0 ") + e.text))
+    assert isinstance(e, DeliveryError)
+    return Outcome(Reply(Status.TEMP if e.temporary else Status.PERM,
+                         ("4.2.0 " if e.temporary else "5.2.0 ") + e.text))
+
+
+def deliver_batch_as_user(info: AuthInfo, items: list[tuple[int, DeliverRequest, str | None]],
+                          default_maildir: str, timeout: float = DELIVERY_TIMEOUT
+                          ) -> list[Outcome]:
+    """Several messages (fd, request, extension) for one account, in order, one
+    Outcome each: a failure of one never fails the others. Messages that take
+    the plain Maildir path into a Maildir without quota are written into tmp/
+    as they come and published together at the end (publish_staged: each file
+    fsync'd, linked into new/, new/ fsync'd once); anything else (a .courier
+    file, a quota) is delivered at once, as alone. The batch shares one
+    localtimeout: a message not begun before it is deferred."""
+    deadline = time.monotonic() + max(1.0, timeout - DELIVERY_GRACE)
+    failed = _become(info)
+    if failed is not None:
+        return [failed] * len(items)
+    outcomes: list[Outcome | None] = []
+    staging: list[Staged] = []
+    waiting: list[int] = []         # indexes of the staged messages, in staging's order
+    try:
+        for fd, req, ext in items:
+            if time.monotonic() >= deadline:
+                outcomes.append(Outcome(Reply(Status.TEMP, "4.3.0 local delivery time limit "
+                                                           "reached before this message")))
+                continue
+            try:
+                _check_loop(fd, req.recipient)
+                outcome = _run_instructions(info, fd, req, default_maildir, ext, deadline,
+                                            staging)
+            except (_Fail, DeliveryError) as e:
+                outcome = _failure(e)
+            except Exception as e:  # noqa: BLE001 - this message's fault, not the others'
+                outcome = Outcome(Reply(Status.TEMP,
+                                        f"4.3.0 delivery failed: {type(e).__name__}: {e}"))
+            if outcome is None:
+                waiting.append(len(outcomes))
+            outcomes.append(outcome)
+        published, staging = publish_staged(staging), []
+    finally:
+        discard_staged(staging)     # only when something above raised
+    for i, name in zip(waiting, published, strict=True):
+        outcomes[i] = _failure(name) if isinstance(name, DeliveryError) \
+            else Outcome(Reply(Status.OK, name))
+    assert all(o is not None for o in outcomes)
+    return outcomes                 # type: ignore[return-value]
 
 
 def format_report(outcome: Outcome) -> bytes:

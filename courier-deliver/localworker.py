@@ -9,14 +9,19 @@ on a socketpair; a message for anyone else ends it and forks a new one. It
 never holds more rights than the forked child did: it is the same process,
 serving only that user's messages, each passed as an fd and closed after.
 
-Connection child -> worker: one frame, the spool data file's fd passed with it,
+Connection child -> worker: one frame for a batch of 1 to BATCH_MAX messages,
+their spool data files' fds passed with it in the same order,
 
+    <count> <timeout seconds>\\n
+    then for each message:
     DELIVER <sender> <recipient> [<user>]\\n       (localproto's request line)
-    <xtext ext | -> <timeout seconds>\\n
+    <xtext ext | ->\\n
 
-Worker -> connection child: `<length>\\n` and then the report of localuser
-(`FWD` lines and the reply line). A worker that does not answer in time is
-killed (SIGKILL) and the reply is TEMP, as for the forked child; one that
+Worker -> connection child, for each message in order: `<length>\\n` and then
+the report of localuser (`FWD` lines and the reply line), all sent at once
+when the batch is done (localuser.deliver_batch_as_user: the Maildir files
+are published together). A worker that does not answer in time is
+killed (SIGKILL) and every reply is TEMP, as for the forked child; one that
 exits or dies answers nothing and the next request gets a new worker. The
 worker exits when its socket closes (the connection child is done) or after
 WORKER_IDLE seconds without a request.
@@ -32,6 +37,7 @@ import time
 from dataclasses import dataclass
 
 from courier_deliver.localproto import (
+    BATCH_MAX,
     MAX_REQUEST_LINE,
     DeliverRequest,
     Reply,
@@ -41,15 +47,15 @@ from courier_deliver.localproto import (
     xtext_decode,
     xtext_encode,
 )
-from courier_deliver.localuser import Outcome, _deliver_as_user, format_report, parse_report
+from courier_deliver.localuser import Outcome, deliver_batch_as_user, format_report, parse_report
 
 from libcourier import log as courier_log
 from libcourier.authclient import AuthInfo
 from libcourier.proto import ClientError
 
 WORKER_IDLE = 60.0           # seconds a worker waits for its next request
-FRAME_MAX = MAX_REQUEST_LINE + 2 * 1024 + 64
-REPORT_MAX = 256 * 1024
+FRAME_MAX = BATCH_MAX * (MAX_REQUEST_LINE + 3 * 1024 + 4) + 64
+REPORT_MAX = 256 * 1024      # bytes of one message's report
 
 
 def account_key(info: AuthInfo) -> tuple:
@@ -58,40 +64,55 @@ def account_key(info: AuthInfo) -> tuple:
             info.username)
 
 
+def _frame_complete(buf: bytearray) -> int | None:
+    """The number of messages of the frame in buf once it is all there, else None;
+    raises ValueError on a bad count line."""
+    head, nl, _ = buf.partition(b"\n")
+    if not nl:
+        return None
+    count = int(head.split(b" ", 1)[0])
+    if not 1 <= count <= BATCH_MAX:
+        raise ValueError("bad batch size")
+    return count if buf.count(b"\n") >= 1 + 2 * count else None
+
+
 def _worker_main(sock: socket.socket, info: AuthInfo, default_maildir: str) -> None:
     buf = bytearray()
     fds: list[int] = []
     while True:
-        while buf.count(b"\n") < 2:
-            sock.settimeout(WORKER_IDLE)
-            try:
-                data, got, _f, _a = socket.recv_fds(sock, 4096, 4)
-            except OSError:
-                return
-            fds.extend(got)
-            if not data or len(buf) + len(data) > FRAME_MAX:
-                return
-            buf += data
-        first, _, rest = bytes(buf).partition(b"\n")
-        meta, _, tail = rest.partition(b"\n")
-        buf = bytearray(tail)
-        if len(fds) != 1:
+        try:
+            while (count := _frame_complete(buf)) is None:
+                sock.settimeout(WORKER_IDLE)
+                data, got, _f, _a = socket.recv_fds(sock, 65536, BATCH_MAX)
+                fds.extend(got)
+                if not data or len(buf) + len(data) > FRAME_MAX:
+                    return
+                buf += data
+        except (OSError, ValueError):
+            return
+        lines = bytes(buf).split(b"\n", 1 + 2 * count)
+        buf = bytearray(lines.pop())
+        if len(fds) != count:
             return                      # out of step: the connection child kills nothing, gets EOF
-        fd = fds.pop()
+        batch, fds = fds, []
         try:
-            req = parse_request_line(first)
-            ext_tok, _, timeout_tok = meta.decode("ascii").partition(" ")
-            ext = None if ext_tok == "-" else xtext_decode(ext_tok)
-            outcome = _deliver_as_user(info, fd, req, default_maildir, ext, float(timeout_tok))
+            timeout = float(lines[0].split(b" ", 1)[1])
+            items = []
+            for i in range(count):
+                req = parse_request_line(lines[1 + 2 * i])
+                ext_tok = lines[2 + 2 * i].decode("ascii")
+                items.append((batch[i], req, None if ext_tok == "-" else xtext_decode(ext_tok)))
+            outcomes = deliver_batch_as_user(info, items, default_maildir, timeout)
         except BaseException as e:  # noqa: BLE001 - the worker must always report
-            outcome = Outcome(Reply(Status.TEMP,
-                                    f"4.3.0 delivery failed: {type(e).__name__}: {e}"))
+            outcomes = [Outcome(Reply(Status.TEMP,
+                                      f"4.3.0 delivery failed: {type(e).__name__}: {e}"))] * count
         finally:
-            os.close(fd)
-        report = format_report(outcome)
+            for fd in batch:
+                os.close(fd)
+        reports = [format_report(o) for o in outcomes]
         try:
             sock.settimeout(WORKER_IDLE)
-            sock.sendall(b"%d\n" % len(report) + report)
+            sock.sendall(b"".join(b"%d\n" % len(r) + r for r in reports))
         except OSError:
             return
 
@@ -133,7 +154,7 @@ class UserWorkers:
                 pass
         self.close()
 
-    def _start(self, info: AuthInfo, default_maildir: str, fd: int) -> _Worker:
+    def _start(self, info: AuthInfo, default_maildir: str, fds: list[int]) -> _Worker:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:
@@ -141,10 +162,11 @@ class UserWorkers:
                 parent.close()
                 for s in self.close_in_child:
                     s.close()
-                # The spool file of the request at hand comes again over the
-                # socketpair; this inherited copy would hold its flock (the lock
-                # belongs to the open file) for as long as the worker lives.
-                os.close(fd)
+                # The spool files of the requests at hand come again over the
+                # socketpair; these inherited copies would hold their flocks (a
+                # lock belongs to the open file) for as long as the worker lives.
+                for fd in fds:
+                    os.close(fd)
                 _worker_main(child, info, default_maildir)
             finally:
                 courier_log.flush()
@@ -157,18 +179,29 @@ class UserWorkers:
 
     def deliver(self, info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
                 ext: str | None, timeout: float) -> Outcome:
-        frame = format_request(req) + (
-            f"{xtext_encode(ext) if ext is not None else '-'} {timeout:.0f}\n").encode("ascii")
+        return self.deliver_batch(info, [(fd, req, ext)], default_maildir, timeout)[0]
+
+    def deliver_batch(self, info: AuthInfo, items: list[tuple[int, DeliverRequest, str | None]],
+                      default_maildir: str, timeout: float) -> list[Outcome]:
+        """Up to BATCH_MAX messages (fd, request, extension) for one account to its
+        worker in one frame; an Outcome for each, in order."""
+        assert 1 <= len(items) <= BATCH_MAX
+        frame = b"%d %.0f\n" % (len(items), timeout) + b"".join(
+            format_request(req) + (xtext_encode(ext) if ext is not None else "-").encode("ascii")
+            + b"\n" for _fd, req, ext in items)
+        fds = [fd for fd, _req, _ext in items]
         for _ in range(2):
             w = self._w
             fresh = w is None or w.key != account_key(info)
             if fresh:
                 self.close()
-                w = self._start(info, default_maildir, fd)
+                w = self._start(info, default_maildir, fds)
             assert w is not None
             try:
                 w.sock.settimeout(10.0)
-                socket.send_fds(w.sock, [frame], [fd])
+                sent = socket.send_fds(w.sock, [frame], fds)
+                if sent < len(frame):
+                    w.sock.sendall(frame[sent:])     # the fds went with the first part
             except OSError:
                 # A kept worker that went away while idle (WORKER_IDLE): it read
                 # nothing, so a new one may take the request.
@@ -176,13 +209,15 @@ class UserWorkers:
                 if fresh:
                     break
                 continue
-            return self._wait(w, timeout)
-        return Outcome(Reply(Status.TEMP, "4.3.0 cannot start the delivery process"))
+            return self._wait(w, timeout, len(items))
+        return [Outcome(Reply(Status.TEMP, "4.3.0 cannot start the delivery process"))] * len(items)
 
-    def _wait(self, w: _Worker, timeout: float) -> Outcome:
+    def _wait(self, w: _Worker, timeout: float, count: int) -> list[Outcome]:
         deadline = time.monotonic() + timeout
         data = bytearray()
-        while True:
+        outcomes: list[Outcome] = []
+        why = "4.3.0 delivery process ended without a result"
+        while len(outcomes) < count:
             head, nl, body = bytes(data).partition(b"\n")
             if nl and head.isdigit() and len(body) >= int(head):
                 try:
@@ -191,16 +226,20 @@ class UserWorkers:
                     outcome = None
                 if outcome is None:
                     break
-                return outcome
+                outcomes.append(outcome)
+                del data[:len(head) + 1 + int(head)]
+                continue
             if len(data) > REPORT_MAX + 16:
                 break
             left = deadline - time.monotonic()
             if left <= 0 or not w.sel.select(left):
-                self._kill()
-                return Outcome(Reply(Status.TEMP, "4.3.0 delivery timed out"))
+                why = "4.3.0 delivery timed out"
+                break
             chunk = w.sock.recv(65536)
             if not chunk:
                 break
             data += chunk
+        else:
+            return outcomes
         self._kill()
-        return Outcome(Reply(Status.TEMP, "4.3.0 delivery process ended without a result"))
+        return outcomes + [Outcome(Reply(Status.TEMP, why))] * (count - len(outcomes))

@@ -15,6 +15,9 @@ stale tmp/ file, which readers purge after 36 hours.
 Messages are stored with LF line ends (the Maildir convention): CRLF is turned
 into LF while streaming; every other byte (a lone CR, 8-bit data) is kept.
 The message is never read whole into memory.
+
+Several messages at once (courierlocal's batches): stage_to_maildir does
+step 1 for each, publish_staged steps 2-4 for all, with one fsync of new/.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -154,38 +158,117 @@ def deliver_to_maildir(maildir: Path, chunks: Iterable[bytes] | BinaryIO, *,
 
 def _deliver_ensured(maildir: Path, chunks: Iterable[bytes] | BinaryIO, prefix: bytes) -> str:
     """deliver_to_maildir once ensure_maildir has run."""
+    name = publish_staged([stage_to_maildir(maildir, chunks, prefix=prefix)])[0]
+    if isinstance(name, DeliveryError):
+        raise name
+    return name
+
+
+@dataclass(slots=True)
+class Staged:
+    """A message written into a Maildir's tmp/ (step 1), not yet fsync'd nor
+    linked: publish_staged finishes it. Holds the open file."""
+    maildir: str
+    fd: int
+    tmpname: str
+    size: int
+
+
+def stage_to_maildir(maildir: Path, chunks: Iterable[bytes] | BinaryIO, *,
+                     prefix: bytes = b"") -> Staged:
+    """Step 1 of deliver_to_maildir (ensure_maildir first): prefix + message in tmp/.
+    Raises DeliveryError (nothing left behind)."""
     # Plain strings: this runs for every message, and pathlib's parsing cost
     # more than the system calls that use the paths.
     base_dir = os.fspath(maildir)
-    tmpdir, newdir = f"{base_dir}/tmp", f"{base_dir}/new"
-    fd, tmpname = _create_tmp(tmpdir)
-    tmppath = f"{tmpdir}/{tmpname}"
+    fd, tmpname = _create_tmp(f"{base_dir}/tmp")
+    try:
+        size = 0
+        conv = CRLFToLF()
+        if prefix:
+            write_all(fd, prefix)
+            size += len(prefix)
+        for chunk in _chunks(chunks):
+            out = conv.feed(bytes(chunk))
+            write_all(fd, out)
+            size += len(out)
+        tail = conv.finish()
+        write_all(fd, tail)
+        size += len(tail)
+    except BaseException as e:
+        os.close(fd)
+        _cleanup(f"{base_dir}/tmp/{tmpname}", None)
+        if isinstance(e, OSError):
+            raise DeliveryError(_temporary(e),
+                                f"cannot deliver to {maildir}: {e.strerror}") from None
+        raise
+    return Staged(base_dir, fd, tmpname, size)
+
+
+def publish_staged(batch: list[Staged]) -> list[str | DeliveryError]:
+    """Steps 2-4 for several staged messages: fsync each file, link each into
+    new/, then fsync each new/ once for all its files. The file name in new/,
+    or the DeliveryError, for each (in order): one message's failure is its
+    own; a failed fsync of new/ withdraws the files linked into it. Writing
+    all the files before the first fsync lets one journal commit carry them
+    all (ext4 measured: 32 files, 0.23 ms each, against 2.5 ms for an fsync
+    per file written alone), and new/ is fsync'd once, not once a message."""
+    out: list[str | DeliveryError] = []
+    in_dir: dict[str, list[int]] = {}          # new/ -> indexes of the files linked into it
+    done = 0
+    try:
+        for s in batch:
+            done += 1
+            try:
+                out.append(_link_staged(s))
+                in_dir.setdefault(f"{s.maildir}/new", []).append(len(out) - 1)
+            except DeliveryError as e:
+                out.append(e)
+        for newdir, idx in in_dir.items():
+            try:
+                _fsync_dir(newdir)
+            except OSError as e:
+                for i in idx:
+                    _cleanup(None, f"{newdir}/{out[i]}")
+                    out[i] = DeliveryError(_temporary(e), f"cannot deliver to "
+                                           f"{newdir[:-4]}: {e.strerror}")
+            except BaseException:
+                for i in idx:
+                    _cleanup(None, f"{newdir}/{out[i]}")
+                raise
+    finally:
+        discard_staged(batch[done:])
+    return out
+
+
+def discard_staged(batch: list[Staged]) -> None:
+    """Give up staged messages: close and remove their tmp files."""
+    for s in batch:
+        try:
+            os.close(s.fd)
+        except OSError:
+            pass
+        _cleanup(f"{s.maildir}/tmp/{s.tmpname}", None)
+
+
+def _link_staged(s: Staged) -> str:
+    """fsync one staged file and link it into new/ (not fsync'd); its new name."""
+    tmppath = f"{s.maildir}/tmp/{s.tmpname}"
+    target: str | None = None
     linked: str | None = None
     try:
         try:
-            size = 0
-            conv = CRLFToLF()
-            if prefix:
-                write_all(fd, prefix)
-                size += len(prefix)
-            for chunk in _chunks(chunks):
-                out = conv.feed(bytes(chunk))
-                write_all(fd, out)
-                size += len(out)
-            tail = conv.finish()
-            write_all(fd, tail)
-            size += len(tail)
-            os.fsync(fd)
-            st = os.fstat(fd)
+            os.fsync(s.fd)
+            st = os.fstat(s.fd)
         finally:
-            os.close(fd)
+            os.close(s.fd)
         if not stat.S_ISREG(st.st_mode):
             raise DeliveryError(True, f"{tmppath} is not a regular file")
-        base = tmpname.split(".", 2)
+        base = s.tmpname.split(".", 2)
         # Insert V<dev>I<ino> before the host part: time.MusecPpid[_n]VdevIino.host
         final = (f"{base[0]}.{base[1]}V{st.st_dev:016X}I{st.st_ino:016X}.{base[2]}"
-                 f",S={size}")
-        target = f"{newdir}/{final}"
+                 f",S={s.size}")
+        target = f"{s.maildir}/new/{final}"
         try:
             os.link(tmppath, target)
             linked = target
@@ -199,14 +282,14 @@ def _deliver_ensured(maildir: Path, chunks: Iterable[bytes] | BinaryIO, prefix: 
             # to overwrite; the inode in the name makes a clash impossible.
             os.rename(tmppath, target)
             linked = target
-        _fsync_dir(newdir)
         return final
     except DeliveryError:
         _cleanup(tmppath, linked)
         raise
     except OSError as e:
         _cleanup(tmppath, linked)
-        raise DeliveryError(_temporary(e), f"cannot deliver to {maildir}: {e.strerror}") from None
+        raise DeliveryError(_temporary(e),
+                            f"cannot deliver to {s.maildir}: {e.strerror}") from None
     except BaseException:
         _cleanup(tmppath, linked)
         raise
@@ -239,6 +322,19 @@ def deliver_with_quota(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: 
     before writing (the spool file's; CRLF to LF only makes it smaller);
     `newquota` is the account's quota (authd QUOTA=), None to use maildirsize's.
     Raises OverQuota."""
+    name = deliver_or_stage(maildir, chunks, size, prefix=prefix, newquota=newquota,
+                            stage=False)
+    assert isinstance(name, str)
+    return name
+
+
+def deliver_or_stage(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: int, *,
+                     prefix: bytes = b"", newquota: str | None = None,
+                     stage: bool = True) -> str | Staged:
+    """deliver_with_quota, but a Maildir that keeps no quota gets the message only
+    staged (stage_to_maildir: publish_staged finishes it, with others). One that
+    keeps a quota is delivered at once, as before: its next message's check
+    must count this one. Raises OverQuota, DeliveryError."""
     maildir = Path(maildir)
     ensure_maildir(maildir)         # maildirsize may have to be made in it first
     counted = quota.counts_folder(maildir)
@@ -252,6 +348,8 @@ def deliver_with_quota(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: 
         # No quota on this Maildir: nothing to record after (Courier's
         # maildir_quota_add_end is a no-op then too).
         counted = check.usage is not None
+    if stage and not counted:
+        return stage_to_maildir(maildir, chunks, prefix=prefix)
     name = _deliver_ensured(maildir, chunks, prefix)
     if counted:
         try:
