@@ -16,6 +16,8 @@ beyond MAX_DEPTH or more than MAX_PARTS parts is left unparsed as a leaf.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -39,6 +41,14 @@ KEPT = frozenset({
     b"in-reply-to", b"message-id", b"references",    # references: THREAD (RFC 5256)
 })
 ADDRESS_FIELDS = frozenset({b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"})
+# A KEPT field of a header block (whole lines, each ending in LF): its name at the
+# start of a line, optional WSP before the colon (RFC 5322 §4.5 obs-field), and the
+# value: the rest of the line and its folded continuations (§2.2.3), line ends kept.
+# Lines without a colon, and their continuations, match nothing, as in _parse_header.
+_KEPT_FIELD = re.compile(
+    rb"^(" + b"|".join(re.escape(n) for n in sorted(KEPT, key=len, reverse=True))
+    + rb")[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)", re.MULTILINE | re.IGNORECASE).finditer
+_BLANK_LINE = re.compile(rb"\n\r?\n").search     # the end of a header block
 
 
 @dataclass(slots=True)
@@ -116,7 +126,8 @@ class _Reader:
         r = self.buf[self.off:end]
         self.off = end
         n_lf = r.count(b"\n")
-        crlf = len(r) + n_lf - r.count(b"\r\n")
+        # (most stored messages have no CR at all: one memchr instead of a CRLF count)
+        crlf = len(r) + n_lf - (r.count(b"\r\n") if b"\r" in r else 0)
         if self.prev_cr and r[:1] == b"\n":
             crlf -= 1             # its CR came in the previous piece
         self.pos += crlf
@@ -252,32 +263,20 @@ def _fast_header(part: Part, reader: _Reader, stack: list[bytes]) -> bool:
         buf, off = reader.buf, reader.off
         if buf[off:off + 1] == b"\n" or buf[off:off + 2] == b"\r\n":
             return False
-        i, j = buf.find(b"\n\n", off), buf.find(b"\n\r\n", off)
-        if i >= 0 or j >= 0:
-            e = i if j < 0 or 0 <= i < j else j
+        blank = _BLANK_LINE(buf, off)    # (two finds scanned all the buffer for the absent one)
+        if blank is not None:
+            e = blank.start()
             break
         if len(buf) - off > FAST_HEADER or not reader._fill():
             return False
     block = buf[off:e + 1]
     if stack and (block.startswith(b"--") or b"\n--" in block):
         return False
-    name: bytes | None = None
-    chunks: list[bytes] = []
-    for raw in block.split(b"\n")[:-1]:
-        line = raw + b"\n"
-        if line[:1] in (b" ", b"\t"):
-            if name is not None:
-                chunks.append(line)
-            continue
-        _keep(part, name, b"".join(chunks))
-        colon = line.find(b":")
-        if colon > 0:
-            name = line[:colon].rstrip(b" \t").lower()
-            chunks = [line[colon + 1:]]
-        else:
-            name, chunks = None, []
-    _keep(part, name, b"".join(chunks))
-    reader._account(e + (2 if e == i else 3))
+    # Only the KEPT fields are looked at, found by one regular expression over the
+    # block (a Python step per header line was a tenth of a cold FETCH ENVELOPE).
+    for m in _KEPT_FIELD(block):
+        _keep(part, m.group(1).lower(), m.group(2))
+    reader._account(blank.end())
     part.body_start = reader.pos
     part.lines = reader.lfs          # LFs before the body, subtracted in _finish
     return True
@@ -337,6 +336,21 @@ def _parse_header(part: Part, reader: _Reader, stack: list[bytes]) -> _End | Non
             value += line.data[:MAX_FIELD - len(value)]
 
 
+MEMO_VALUE = 256        # Content-Type values up to this long are remembered
+
+
+@functools.lru_cache(maxsize=512)
+def _memo_content_type(v: bytes) -> tuple[bytes, bytes, tuple[Param, ...]] | None:
+    return parse_content_type(v)
+
+
+def _content_type(v: bytes) -> tuple[bytes, bytes, tuple[Param, ...]] | None:
+    """parse_content_type, remembered for short values: a folder's messages repeat a
+    few (text/plain; charset=utf-8), and parsing one was a tenth of a MIME parse. The
+    answer is immutable (bytes and frozen Params), so sharing it is safe."""
+    return _memo_content_type(v) if len(v) <= MEMO_VALUE else parse_content_type(v)
+
+
 def _set_type(part: Part, default: tuple[bytes, bytes]) -> None:
     part.type, part.subtype = default
     ct = part.fields.get(b"content-type")
@@ -344,7 +358,7 @@ def _set_type(part: Part, default: tuple[bytes, bytes]) -> None:
         if default == (b"text", b"plain"):
             part.params = (Param(b"charset", b"us-ascii"),)
         return
-    parsed = parse_content_type(ct)
+    parsed = _content_type(ct)
     if parsed is None:
         # RFC 2045 §5.2: an invalid Content-Type is taken as text/plain; us-ascii
         part.type, part.subtype = b"text", b"plain"
