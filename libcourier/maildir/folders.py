@@ -26,12 +26,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from libcourier.durable import fsync_dir, write_all, write_atomic
+from libcourier.durable import fsync_dir, write_atomic
 from libcourier.maildir import keywords as kwmod
 from libcourier.maildir import uiddb
 from libcourier.maildir.flags import join_name
 from libcourier.maildir.folder import Maildir, folder_path, list_folders
 from libcourier.maildir.names import unique_name
+from libcourier.maildir.tmpcreate import write_tmp
 
 SUBSCRIBED = "courierimapsubscribed"
 MAILDIRFOLDER = "maildirfolder"
@@ -279,31 +280,10 @@ def append_message(folder: Path, data: bytes, flags: str = "",
     the file's mtime is the INTERNALDATE (as Courier's imapd sets it)."""
     folder = Path(folder)
     keywords = frozenset(kwmod.check_name(k) for k in keywords)
-    tmpname = folder / "tmp" / unique_name(len(data))
-    fd = os.open(tmpname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        base = unique_name(len(data), dev=st.st_dev, ino=st.st_ino)
+    with write_tmp(folder, unique_name(len(data)), data) as msg:
+        base = unique_name(len(data), dev=msg.stat.st_dev, ino=msg.stat.st_ino)
         target = folder / "cur" / join_name(base, flags)
-
-        def put() -> None:
-            # The date is set once in cur/: an old mtime in tmp/ would let a
-            # concurrent scan purge the file as a stale leftover.
-            os.rename(tmpname, target)
-            if internaldate is not None:
-                os.utime(target, (internaldate, internaldate))
-        added = _place(folder, [(base, put)])
-    except BaseException:
-        try:
-            os.unlink(tmpname)
-        except OSError:
-            pass
-        raise
+        added = _place(folder, [(base, lambda: msg.rename(target, mtime=internaldate))])
     # After the message has its UID, as Courier's imapd renames its keyword file in
     # after the message: a scan in between sees the message without keywords, never
     # keywords without a message (which would be dropped as an orphan).
@@ -320,22 +300,8 @@ def _copy_one(src: Path, folder: Path, target: Path) -> None:
     except OSError as e:
         if e.errno not in (18, 1, 31, 38, 95):   # EXDEV EPERM EMLINK ENOSYS EOPNOTSUPP
             raise
-    tmp = folder / "tmp" / (target.name.split(":")[0] + ".copy")
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.rename(tmp, target)
-        # The source's dates are set once in cur/: an old mtime in tmp/ would let
-        # a concurrent scan purge the copy as a stale leftover.
-        shutil.copystat(src, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with write_tmp(folder, target.name.split(":")[0] + ".copy", src) as msg:
+        msg.rename(target, stat_from=src)
 
 
 def copy_messages(sources: list[tuple[Path, str, int]], folder: Path,

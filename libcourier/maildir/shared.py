@@ -44,6 +44,7 @@ from pathlib import Path
 from libcourier.durable import fsync_dir, write_all
 from libcourier.maildir.folder import Maildir, MessageRef
 from libcourier.maildir.names import unique_name
+from libcourier.maildir.tmpcreate import write_tmp
 
 SHARED_MAILDIRS = "shared-maildirs"    # the user's list, in the Maildir root
 GLOBAL_FILE = "maildirshared"          # everyone's list, in the config directory
@@ -454,34 +455,7 @@ def unlink_message(path: Path) -> bool:
     return True
 
 
-def _write_shared(sharable: Path, base: str, data_from, mtime: float | None) -> None:
-    """One message file into the sharable folder: tmp/, fsync, renamed into cur/ as
-    ``base:2,``; 0644 so the folder's other readers can read it (Courier's imapd
-    creates it 0666 less the umask). `data_from(fd)` writes the bytes."""
-    tmp = sharable / "tmp" / base
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)
-            data_from(fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # The date is set once in cur/ (as folders.append_message): an old mtime
-        # in tmp/ would let a concurrent scan purge the file as a stale leftover.
-        final = sharable / "cur" / (base + ":2,")
-        os.rename(tmp, final)
-        if mtime is not None:
-            os.utime(final, (mtime, mtime))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def store(private: Path, messages: list[tuple[object, int, str, float | None, frozenset[str]]]
+def store(private: Path, messages: list[tuple[bytes | Path, int, str, float | None, frozenset[str]]]
           ) -> tuple[int, tuple[int, ...]]:
     """APPEND / COPY into a shared folder: each message (bytes, or a path to copy from;
     its size; flag letters; INTERNALDATE or None; keywords) goes into the sharable
@@ -497,17 +471,12 @@ def store(private: Path, messages: list[tuple[object, int, str, float | None, fr
     bases: list[str] = []
     for source, size, _letters, mtime, _kw in messages:
         base = unique_name(size)
-
-        def writer(fd: int, source=source) -> None:
-            if isinstance(source, bytes | bytearray):
-                write_all(fd, bytes(source))
-                return
-            with open(source, "rb") as fh:     # follows a symlink of a private copy
-                while chunk := fh.read(1 << 20):
-                    write_all(fd, chunk)
         if mtime is None and not isinstance(source, bytes | bytearray):
             mtime = os.stat(source).st_mtime      # COPY keeps the INTERNALDATE
-        _write_shared(sharable, base, writer, mtime)
+        # 0644 so the folder's other readers can read it (Courier's imapd creates
+        # it 0666 less the umask); a path is read through a private copy's symlink.
+        with write_tmp(sharable, base, source, mode=0o644) as msg:
+            msg.rename(sharable / "cur" / (base + ":2,"), mtime=mtime)
         bases.append(base)
     fsync_dir(sharable / "cur")
     box = Maildir(private)
