@@ -40,6 +40,7 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
         # Courier's smtpaccess BLOCK: refuse the whole session, with its text if any.
         text = block.strip() or "Access denied."
         conn.sendall(f"554 5.7.1 {text}\r\n".encode("utf-8", "replace"))
+        conn.linger()       # a client that talks first still reads the 554 (no reset)
         return
     relayclient = "RELAYCLIENT" in conn.env
     # smtpaccess may set BOFHCHECKDNS/BOFHCHECKHELO per client, over the esmtpd file.

@@ -63,6 +63,9 @@ log = logging.getLogger("courier.esmtpd")
 
 RECV_SIZE = 65536
 FAILED_AUTH_DELAY = 2.0     # seconds before answering a refused AUTH: slows guessing
+# After we close (421, 221): how long, and how many octets, we read and drop what the
+# client still sends, so that the close is not a reset that loses our last reply.
+LINGER_SECONDS, LINGER_OCTETS = 2.0, 1 << 20
 TARPIT_FIRST, TARPIT_MAX = 8.0, 128.0   # Courier's INIT_TEERGRUBE / MAX_TEERGRUBE
 IN_MESSAGE = frozenset({State.DATA, State.BDAT, State.CHUNKING})   # ESMTPD_DATA_TIMEOUT runs
 
@@ -188,6 +191,7 @@ class Session:
         self.write_error: str | None = None
         self.out = bytearray()
         self.closed = False
+        self._linger = True     # False once the client is gone or the socket unusable
         self._rdns: str | None | bool = False     # False: not looked up yet
         self._data_deadline: float | None = None  # monotonic end of ESMTPD_DATA_TIMEOUT
 
@@ -213,11 +217,19 @@ class Session:
                     break
                 except (OSError, ssl.SSLError) as e:
                     log.info("connection error, ip=[%s]: %s", self.conn.peer_ip, e)
+                    self._linger = False
                     self.handle(self.core.feed(b""))
                     break
+                if not data:
+                    self._linger = False        # the client closed: nothing to drain
                 self.handle(self.core.feed(data))
                 self._tarpit()
                 self.title()
+            self._abort()
+            if self._linger:
+                # We end the session (421, 221) and the client may still be sending
+                # (pipelining, or not listening): see Connection.linger.
+                self.conn.linger(LINGER_SECONDS, LINGER_OCTETS)
         except (OSError, ssl.SSLError) as e:
             log.info("connection lost, ip=[%s]: %s", self.conn.peer_ip, e)
         finally:
@@ -279,6 +291,7 @@ class Session:
                     except (OSError, ssl.SSLError) as e:
                         log.info("STARTTLS failed, ip=[%s]: %s", self.conn.peer_ip, e)
                         self.closed = True
+                        self._linger = False
                         return
                     self.core.session.external_identity = self._cert_login()
                     queue.extend(self.core.tls_started())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,31 @@ class Connection:
             return self.sock.recv(n)
         except ssl.SSLZeroReturnError:
             return b""
+
+    def linger(self, seconds: float = 2.0, limit: int = 1 << 20) -> None:
+        """Half-close after our last reply, then read and drop what the client still
+        sends until its EOF, for at most `seconds` and `limit` octets.
+
+        A server that closes with unread input makes the kernel answer RST, and a
+        reset can drop our last reply (a 421) before the client read it: the client
+        sees ECONNRESET instead. With the FIN sent first (shutdown), the client reads
+        the reply and its EOF; the caller closes afterwards (Apache's lingering close).
+        On a TLS socket this ends TLS without close_notify: nothing follows anyway.
+        """
+        deadline = time.monotonic() + seconds
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while limit > 0:
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    return
+                self.sock.settimeout(wait)
+                data = self.sock.recv(min(limit, 65536))
+                if not data:
+                    return
+                limit -= len(data)
+        except (OSError, ValueError):
+            return      # reset, timed out, already closed: nothing more to wait for
 
     def close(self) -> None:
         try:

@@ -197,3 +197,38 @@ def test_trickling_message_is_cut_off_by_the_data_deadline(trickle_smtpd, verb):
     assert b"421 4.4.2" in out, out
     assert elapsed >= 3.5, elapsed         # not before the deadline
     assert wait_for(lambda: spool_files(spooldir) == []), spool_files(spooldir)
+
+
+def test_421_reaches_a_client_still_pipelining_garbage(client):
+    """A client that keeps sending after the 421 still reads it: esmtpd half-closes
+    and drains its input for a while before closing, because a close with unread
+    input makes the kernel answer RST, which can drop the 421 on its way (the client
+    then sees ECONNRESET instead of the reply)."""
+    assert client.cmd(b"EHLO client.test").startswith(b"250")
+    client.sock.setblocking(False)
+    out = b""
+    eof = False
+    deadline = time.monotonic() + IO_TIMEOUT
+    try:
+        while not eof and time.monotonic() < deadline:
+            try:
+                # More than esmtpd reads at once: input is left unread at the 421.
+                client.sock.send(b"BOGUS garbage\r\n" * 8192)
+            except BlockingIOError:
+                pass
+            # Read what came back without waiting; EOF (our FIN from the server)
+            # ends the sending.
+            while True:
+                try:
+                    chunk = client.sock.recv(65536)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    eof = True
+                    break
+                out += chunk
+            time.sleep(0.001)     # a pipelining client, not a busy loop
+    except ConnectionResetError:
+        pytest.fail(f"reset before the 421 and EOF were read; got {out[-200:]!r}")
+    assert eof, out[-200:]
+    assert b"\r\n421 4.7.0 " in out, out[-200:]

@@ -97,6 +97,7 @@ def test_tarpit_sequence_over_batches(tmp_path: Path) -> None:
     assert cmd(BAD).startswith(b"500")
     assert stalls(7)[-1] == 8.0                   # a delivered message starts over
     cmd(b"QUIT\r\n")
+    client.shutdown(socket.SHUT_WR)    # as a client does after 221: ends the lingering close
     server_side.join(10)
     assert not server_side.is_alive()
 
