@@ -95,6 +95,9 @@ SETTINGS = merge_settings(listener_settings(
     Setting("IMAP_CAPABILITY_TLS_ORIG", "capability_tls_orig", to_str, "", "ditto"),
     Setting("IMAP_TLS_REQUIRED", "tls_required", to_bool, "0", "refuse LOGIN before STARTTLS"),
     Setting("IMAP_IDLE_TIMEOUT", "idle_timeout", positive_int, "60", "IDLE re-check seconds"),
+    Setting("IMAP_HIBERNATE_TIMEOUT", "hibernate_timeout", non_negative_int, "10",
+            "seconds without a command before a session hands its connection to the "
+            "listener and its process exits (courier_imapd.hibernate); 0: never"),
     Setting("IMAP_KEYWORDS", "keywords", non_negative_int, "1",
             "custom keywords (courierimapkeywords/); 0: off as in Courier (none read, "
             "none stored, PERMANENTFLAGS without \\*)"),
@@ -147,6 +150,7 @@ class ImapdConfig(ListenerConfig):
     defdomain: str
     idle_timeout: int
     autologout: int = 30 * 60     # RFC 3501 §5.4: at least 30 minutes
+    hibernate_timeout: int = 0    # IMAP_HIBERNATE_TIMEOUT; 0: sessions never hibernate
     id_fields: int | None = 1     # None: ID not offered
     move_expunge_to_trash: bool = False
     emptytrash: tuple[tuple[str, int], ...] = ()
@@ -171,6 +175,7 @@ def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
         and v["imapdstarttls"],
         maildirpath=v["maildirpath"] or "Maildir", defdomain=v["defdomain"],
         idle_timeout=v["idle_timeout"],
+        hibernate_timeout=v["hibernate_timeout"],
         id_fields=_id_fields(v["id_fields"]),
         move_expunge_to_trash=v["move_expunge_to_trash"],
         emptytrash=v["emptytrash"], trashfoldername=v["trashfoldername"],

@@ -1215,6 +1215,12 @@ class ImapConnection:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def at_rest(self) -> bool:
+        """Between commands: nothing buffered, no command, literal or reply half done,
+        not in IDLE. Only then may the session's state be handed on (hibernate.py)."""
+        return (not len(self._buf) and self._phase is _Phase.LINE and not self._segments
+                and not self._out and not self.idling)
+
     def next_sasl_line(self) -> bytes | object:
         """One AUTHENTICATE continuation line without CRLF (RFC 3501 §6.2.2), or NEED_DATA.
 

@@ -112,7 +112,11 @@ def letters_for(flags: tuple[str, ...]) -> tuple[str, list[str]]:
 
 
 class MailboxView:
-    def __init__(self, name: str, maildir: Maildir, readonly: bool):
+    def __init__(self, name: str, maildir: Maildir, readonly: bool,
+                 as_told: FolderState | None = None):
+        # `as_told`: the folder as a hibernated session's client last saw it (its
+        # messages' flags and keywords as reported, hibernate.py), instead of a scan;
+        # the next refresh reports what differs on disk.
         self.name = name
         self.maildir = maildir
         self.readonly = readonly
@@ -121,7 +125,7 @@ class MailboxView:
         # message list is read from the snapshot (kept open: the state the client
         # was told) only when a command needs it, or a refresh finds a change; an
         # idle selected session holds nothing per message.
-        self._summary: Summary | None = maildir.open_summary()
+        self._summary: Summary | None = maildir.open_summary() if as_told is None else None
         # The stamps of the folder as the client was told of it at SELECT, while
         # no refresh has scanned since: a refresh that finds them so has nothing to do.
         self._told = self._summary.validators if self._summary is not None else None
@@ -130,7 +134,7 @@ class MailboxView:
         self.recent: set[int] = set()
         cold_keywords: set[str] = set()
         if self._summary is None:
-            st = maildir.scan(snapshot=True)
+            st = maildir.scan(snapshot=True) if as_told is None else as_told
             cold_keywords = {k for m in st.messages for k in m.keywords}
             # Held as columns (msglist.py), the scan's MessageRefs let go: an idle
             # session selected after a scan holds no object per message either.

@@ -16,7 +16,7 @@ from functools import partial
 
 from courier_imapd import fetch as _fetch  # noqa: F401  (imported before the drop)
 from courier_imapd import mailbox as _mailbox  # noqa: F401
-from courier_imapd import sharedfolders
+from courier_imapd import resume, sharedfolders
 from courier_imapd.config import ImapdConfig, load_config
 from courier_imapd.core import ImapConnection, tagged, untagged
 from courier_imapd.login import (
@@ -71,6 +71,9 @@ def _sasl_authenticator(layout: Layout):
 
 def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
                       starttls_ctx) -> None:
+    if getattr(conn, "resumed", None) is not None:   # a hibernated session woken (hibernate.py)
+        resume.resume(conn, cfg, layout.authsocket)
+        return
     proctitle.set_title(f"imapd: [{conn.peer_ip}] NOT AUTHENTICATED")
     core = ImapConnection()
     counters = Counters()
@@ -100,6 +103,13 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
             acl_groups=tuple(g for g in [getattr(info, "options", {}).get("group")] if g)).run()
 
 
+def _hibernate_linger(cfg: ImapdConfig) -> float:
+    """How long the listener keeps a hibernated connection: the rest of the autologout."""
+    if 0 < cfg.hibernate_timeout < cfg.autologout:
+        return float(cfg.autologout - cfg.hibernate_timeout)
+    return 0.0
+
+
 def make_handler(cfg: ImapdConfig, layout: Layout, ctx) -> tcpd.Handler:
     return partial(handle_connection, cfg=cfg, layout=layout,
                    starttls_ctx=ctx if cfg.starttls else None)
@@ -115,6 +125,8 @@ DAEMON = ListenerDaemon(
     deny_reply=b"* BYE Access denied\r\n",
     timeout=PRELOGIN_TIMEOUT,
     logger="courier.imapd",
+    hibernate_linger=_hibernate_linger,
+    hibernate_bye=b"* BYE Autologout; idle for too long\r\n",
 )
 
 

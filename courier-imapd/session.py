@@ -25,6 +25,7 @@ from courier_imapd import (
     trash,
 )
 from courier_imapd import fetch as fetchmod
+from courier_imapd import hibernate as hibernatemod
 from courier_imapd import modseq as modseqmod
 from courier_imapd import quota as quotamod
 from courier_imapd import search as searchmod
@@ -144,17 +145,25 @@ class Session:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self) -> None:
-        self.core.set_state(State.AUTHENTICATED, SESSION_LIMITS)
+    def run(self, resumed: bool = False) -> None:
+        """The session until LOGOUT, EOF, autologout, or hibernation. `resumed`: a
+        session woken from hibernation (resume.py) whose login chores are done."""
+        if not resumed:
+            self.core.set_state(State.AUTHENTICATED, SESSION_LIMITS)
         self.conn.sock.settimeout(self.cfg.autologout)
-        self.title("AUTHENTICATED")
-        self._maintain(login=True)
+        self.title(f"SELECTED {self.view.name}" if self.view is not None else "AUTHENTICATED")
+        if not resumed:
+            self._maintain(login=True)
+        asleep = False
         try:
             while True:
                 try:
-                    ev = read_event(self.conn, self.core, self.counters)
+                    ev = self._next_command()
                 except TimeoutError:
                     self.out(untagged("BYE Autologout; idle for too long"))
+                    return
+                if ev is hibernatemod.ASLEEP:
+                    asleep = True
                     return
                 if ev is None:
                     return
@@ -182,10 +191,32 @@ class Session:
                     log.error("user=%s, ip=[%s]: %s; closing", self.user, self.conn.peer_ip, e)
                     return
         finally:
-            self._maintain(login=False)
-            log.info("LOGOUT, user=%s, ip=[%s], headers=0, body=%d, rcvd=%d, sent=%d, time=%d",
-                     self.user, self.conn.peer_ip, self.counters.body, self.counters.rcvd,
-                     self.counters.sent, int(time.monotonic() - self.started))
+            if not asleep:
+                self._logout()
+
+    def _next_command(self) -> object | None:
+        """read_event, or hibernatemod.ASLEEP once IMAP_HIBERNATE_TIMEOUT passed without
+        a command and the session handed itself to the listener."""
+        nap = hibernatemod.nap(self)
+        if not nap:
+            return read_event(self.conn, self.core, self.counters)
+        sock = self.conn.sock
+        sock.settimeout(nap)
+        try:
+            return read_event(self.conn, self.core, self.counters)
+        except TimeoutError:
+            if hibernatemod.hibernate(self):
+                return hibernatemod.ASLEEP
+            sock.settimeout(self.cfg.autologout - nap)   # the rest of the autologout
+            return read_event(self.conn, self.core, self.counters)
+        finally:
+            sock.settimeout(self.cfg.autologout)
+
+    def _logout(self) -> None:
+        self._maintain(login=False)
+        log.info("LOGOUT, user=%s, ip=[%s], headers=0, body=%d, rcvd=%d, sent=%d, time=%d",
+                 self.user, self.conn.peer_ip, self.counters.body, self.counters.rcvd,
+                 self.counters.sent, int(time.monotonic() - self.started))
 
     def handle(self, ev: object) -> bool:
         """Answer one command; False when the session is over."""

@@ -32,6 +32,13 @@ class ListenerSpec:
     # served one client is handed the next over a control socket (listener.py), so a
     # connection costs no fork, no copy-on-write faults and no exit (Postfix's max_use).
     reuse: int = 0
+    # Hibernation (listener.py): a Unix datagram socket at this path takes a sleeping
+    # session's connection (SCM_RIGHTS) and its state blob from a child, holds them
+    # without reading either, and forks a child to resume when the client speaks.
+    # None: off. The service's handler decides when a session sleeps.
+    hibernate_socket: Path | None = None
+    hibernate_linger: float = 0.0              # seconds a sleeping connection is kept
+    hibernate_bye: bytes = b""                 # sent when that time is up, before closing
 
 
 def plain_ip(ip: str) -> str:
@@ -45,6 +52,14 @@ def plain_ip(ip: str) -> str:
     return ip
 
 
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A hibernated session handed back to a new child: the blob its previous child
+    wrote (never read by the listener) and that child's uid (SCM_CREDENTIALS)."""
+    blob: bytes
+    uid: int
+
+
 @dataclass(slots=True)
 class Connection:
     sock: socket.socket   # blocking with spec.timeout; an ssl.SSLSocket on TLS ports
@@ -54,6 +69,10 @@ class Connection:
     local_port: int
     tls: bool
     env: dict[str, str]   # TCPREMOTEIP, TCPREMOTEPORT, TCPLOCALIP, TCPLOCALPORT + access variables
+    # Where this session may hibernate (a datagram socket connected to the listener
+    # before any privilege drop), None when it may not; and what it resumes, if anything.
+    hibernate: socket.socket | None = None
+    resumed: Resumed | None = None
 
     def starttls(self, ctx: ssl.SSLContext) -> None:
         """Server side of STARTTLS/STLS: handshake now, within the socket's timeout.
@@ -116,10 +135,12 @@ class Connection:
             return      # reset, timed out, already closed: nothing more to wait for
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        for s in (self.sock, self.hibernate):
+            try:
+                if s is not None:
+                    s.close()
+            except OSError:
+                pass
 
 
 Handler = Callable[[Connection], None]

@@ -63,6 +63,10 @@ class ListenerDaemon:
     log_ident: Callable[[str], str] = _same  # service -> syslog ident
     prepare: Callable[[Layout], None] | None = None  # once, before binding; StartupError
     reuse_children: int = 0                 # ListenerSpec.reuse (with children_drop_to_mailuser)
+    # Sessions may hibernate (ListenerSpec.hibernate_socket): config -> seconds the
+    # listener keeps a sleeping connection (0: no hibernation); None: never.
+    hibernate_linger: Callable[[Any], float] | None = None
+    hibernate_bye: bytes = b""              # said when a sleeping connection times out
 
 
 def tls_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
@@ -84,6 +88,9 @@ def make_loader(daemon: ListenerDaemon, etc: Path, service: str, layout: Layout)
         for w in warnings:
             log.warning("%s", w)
         ctx = tls_context(cfg)
+        linger = 0.0
+        if daemon.hibernate_linger is not None and not cfg.tls_on_connect:
+            linger = daemon.hibernate_linger(cfg)
         spec = ListenerSpec(
             name=service,
             addresses=cfg.addresses,
@@ -98,6 +105,12 @@ def make_loader(daemon: ListenerDaemon, etc: Path, service: str, layout: Layout)
             if daemon.children_drop_to_mailuser else None,
             timeout=daemon.timeout,
             reuse=daemon.reuse_children if daemon.children_drop_to_mailuser else 0,
+            # Bound whenever the service can hibernate (a reload may turn it on);
+            # a TLS port never does: its session state lives in OpenSSL in the child.
+            hibernate_socket=layout.rundir / f"{service}.hibernate"
+            if daemon.hibernate_linger is not None and not cfg.tls_on_connect else None,
+            hibernate_linger=linger,
+            hibernate_bye=daemon.hibernate_bye,
         )
         return spec, daemon.make_handler(cfg, layout, ctx)
     return load

@@ -12,12 +12,22 @@ couriertcpd when no -denymsg applies).
 Signals are turned into flags by tiny handlers and the loop is woken through
 signal.set_wakeup_fd; SIGCHLD reaps with waitpid(WNOHANG), SIGHUP reloads,
 SIGTERM/SIGINT stop. No threads, no asyncio: this process forks.
+
+Hibernation (spec.hibernate_socket, off unless a service asks): a child whose
+session sleeps sends its connection (SCM_RIGHTS) and a state blob over a Unix
+datagram socket and exits. The listener keeps (socket, blob, the sender's uid
+from SCM_CREDENTIALS, the peer's IP), never reads the blob, only watches the
+socket: readable forks a child with the blob (Connection.resumed) to carry on,
+hangup closes it, spec.hibernate_linger seconds of silence say hibernate_bye and
+close. A sleeping connection stays counted for MAXDAEMONS and MAXPERIP; only a
+session child of this listener may hand one over (its pid, from the kernel).
 """
 
 from __future__ import annotations
 
 import errno
 import gc
+import heapq
 import json
 import logging
 import os
@@ -25,9 +35,12 @@ import selectors
 import signal
 import socket
 import ssl
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from libcourier import log as courier_log
 from libcourier.config.errors import ConfigError
@@ -35,7 +48,7 @@ from libcourier.pidfile import remove_pidfile, write_pidfile
 from libcourier.privsep import drop_to_daemon
 from libcourier.proctitle import set_title
 from libcourier.tcpd.access import ALLOW_ALL, AccessDecision, AccessRules, load_access
-from libcourier.tcpd.connection import Connection, Handler, ListenerSpec, plain_ip
+from libcourier.tcpd.connection import Connection, Handler, ListenerSpec, Resumed, plain_ip
 
 log = logging.getLogger("courier.tcpd")
 
@@ -45,6 +58,10 @@ IDLE_WORKER = 60.0         # seconds a reusable child may wait for its next conn
 MAX_HANDOVER = 65536       # octets of a connection's description sent to a reusable child
 _DONE = b"done"            # a reusable child's word to the listener: my client is gone
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+MAX_BLOB = 128 * 1024      # octets of a hibernating session's state (one datagram)
+MAX_FDS = 4                # descriptors looked for in one hibernation message (1 is used)
+_UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
+_HIBERNATION = "hibernation"   # the selector's tag of the hibernation socket
 
 Loader = Callable[[], tuple[ListenerSpec, Handler]]
 
@@ -64,6 +81,14 @@ def _after_fork_in_child() -> None:
             ctl.close()
         _current.workers.clear()
         _current.idle.clear()
+        # Sleeping sessions are other clients' connections: no child keeps a copy.
+        for sleeper in _current.sleepers.values():
+            sleeper.sock.close()
+        _current.sleepers.clear()
+        _current.wake_heap.clear()
+        if _current.hsock is not None:
+            _current.hsock.close()
+            _current.hsock = None
         _current = None
 
 
@@ -138,6 +163,69 @@ def _refuse(sock: socket.socket, reply: bytes, tls_port: bool) -> None:
         sock.close()
 
 
+@dataclass(slots=True, eq=False)
+class _Sleeper:
+    """A hibernated connection: what the listener holds for it, nothing more."""
+    sock: socket.socket
+    ip: str                  # counted in per_ip while it sleeps
+    blob: bytes              # the session's state, opaque here
+    uid: int                 # the sending child's uid: the resuming one must match it
+    deadline: float          # monotonic time it is dropped (hibernate_linger)
+
+
+def _bind_hibernation(path: Path) -> socket.socket:
+    """The datagram socket sleeping sessions are handed over on (root only: a
+    child connects to it before it drops privileges; SO_PASSCRED gives each
+    message the sender's pid and uid as the kernel knows them)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        try:
+            if path.is_socket():
+                path.unlink()            # left by a listener that did not stop cleanly
+        except OSError:
+            pass
+        old = os.umask(0o077)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def hibernation_channel(path: Path) -> socket.socket | None:
+    """A child's socket to the listener's hibernation socket, connected while the
+    child can still reach it (before any privilege drop); None when it cannot."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.connect(str(path))
+    except OSError as exc:
+        log.debug("no hibernation socket %s: %s", path, exc)
+        sock.close()
+        return None
+    return sock
+
+
+def hibernate(channel: socket.socket, conn_sock: socket.socket, blob: bytes,
+              timeout: float = 5.0) -> bool:
+    """Hand the connection and the blob to the listener (the child exits after a
+    True); False when they could not be sent (the session carries on awake)."""
+    if len(blob) > MAX_BLOB:
+        return False
+    try:
+        channel.settimeout(timeout)
+        channel.sendmsg([blob], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  struct.pack("i", conn_sock.fileno()))])
+    except OSError as exc:
+        log.warning("cannot hibernate: %s", exc)
+        return False
+    return True
+
+
 class _Listener:
     def __init__(self, load: Loader, spec: ListenerSpec, handler: Handler,
                  rules: AccessRules | None):
@@ -157,6 +245,10 @@ class _Listener:
         self.generation = 0                     # bumped by reload: older children retire
         self.worker_generation: dict[int, int] = {}
         self.pending: set[int] = set()
+        # Hibernated connections by descriptor, and their deadlines (a heap).
+        self.hsock: socket.socket | None = None
+        self.sleepers: dict[int, _Sleeper] = {}
+        self.wake_heap: list[tuple[float, int, _Sleeper]] = []
         self.selector: selectors.BaseSelector | None = None
         self.wakeup: tuple[int, int] | None = None
 
@@ -180,10 +272,14 @@ class _Listener:
     # -- children ------------------------------------------------------------
 
     def _title(self) -> None:
+        asleep = f", {len(self.sleepers)} hibernated" if self.sleepers else ""
         set_title(f"{self.spec.name}: couriertcpd "
-                  f"({len(self.children) - len(self.idle)} connections)")
+                  f"({len(self.children) - len(self.idle)} connections{asleep})")
 
     def reap(self) -> None:
+        # A child that hibernated sent its connection before it exited: take the
+        # message first, or its exit would free its count and drop its client.
+        self.take_sleepers()
         changed = False
         while True:
             try:
@@ -273,6 +369,138 @@ class _Listener:
             return pid
         return None
 
+    # -- hibernated sessions -------------------------------------------------
+
+    def take_sleepers(self) -> None:
+        """Adopt the connections sessions handed over (bounded per call: a local
+        process flooding the socket cannot keep the loop here)."""
+        if self.hsock is None:
+            return
+        anc = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(MAX_FDS * 4)
+        for _ in range(max(ACCEPT_BATCH, 2 * self.spec.maxdaemons)):
+            try:
+                msg, ancdata, flags, _addr = self.hsock.recvmsg(
+                    MAX_BLOB + 1, anc, socket.MSG_CMSG_CLOEXEC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("hibernation socket: %s", exc.strerror or exc)
+                return
+            fds: list[int] = []
+            cred: tuple[int, int, int] | None = None
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    n = len(data) // 4
+                    fds.extend(struct.unpack(f"{n}i", data[:4 * n]))
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    cred = _UCRED.unpack(data[:_UCRED.size])
+            for fd in fds[1:]:
+                os.close(fd)
+            if not fds:
+                log.warning("hibernation message without a connection from pid %s",
+                            cred[0] if cred else "?")
+                continue
+            sock = socket.socket(fileno=fds[0])
+            if not self._adopt(sock, msg, flags, cred):
+                sock.close()
+
+    def _adopt(self, sock: socket.socket, blob: bytes, flags: int,
+               cred: tuple[int, int, int] | None) -> bool:
+        if cred is None:
+            log.warning("hibernation message without credentials refused")
+            return False
+        pid, uid, _gid = cred
+        ip = self.children.get(pid)
+        if not ip or pid in self.workers:
+            log.warning("hibernation from pid %d (uid %d) refused: not a session of this "
+                        "listener", pid, uid)
+            return False
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(blob) > MAX_BLOB:
+            log.warning("hibernation from pid %d refused: over %d octets", pid, MAX_BLOB)
+            return False
+        try:
+            if sock.type != socket.SOCK_STREAM or \
+                    sock.family not in (socket.AF_INET, socket.AF_INET6) or \
+                    plain_ip(sock.getpeername()[0]) != ip:
+                log.warning("hibernation from pid %d refused: not its client's socket", pid)
+                return False
+            sock.setblocking(False)
+        except OSError:
+            return False        # the client hung up meanwhile: its child's exit frees it
+        # The child's count passes to the sleeper: its exit (reap) no longer frees it.
+        del self.children[pid]
+        sleeper = _Sleeper(sock, ip, blob, uid, time.monotonic() + self.spec.hibernate_linger)
+        self.sleepers[sock.fileno()] = sleeper
+        heapq.heappush(self.wake_heap, (sleeper.deadline, sock.fileno(), sleeper))
+        if self.selector is not None:
+            self.selector.register(sock, selectors.EVENT_READ, sleeper)
+        log.debug("child %d [%s] hibernated (%d octets)", pid, ip, len(blob))
+        self._title()
+        return True
+
+    def _forget(self, sleeper: _Sleeper) -> None:
+        fd = sleeper.sock.fileno()
+        if self.sleepers.get(fd) is sleeper:
+            del self.sleepers[fd]
+            if self.selector is not None:
+                try:
+                    self.selector.unregister(sleeper.sock)
+                except (KeyError, ValueError):
+                    pass
+
+    def _drop_sleeper(self, sleeper: _Sleeper, reply: bytes = b"") -> None:
+        self._forget(sleeper)
+        _refuse(sleeper.sock, reply, False)
+        self._release_ip(sleeper.ip)
+        self._title()
+
+    def wake(self, sleeper: _Sleeper) -> None:
+        """A sleeping connection is readable: the client spoke (resume) or left (close)."""
+        try:
+            first = sleeper.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            first = b""
+        if not first:
+            log.debug("hibernated client [%s] hung up", sleeper.ip)
+            self._drop_sleeper(sleeper)
+            return
+        self._forget(sleeper)
+        sock = sleeper.sock
+        try:
+            sock.setblocking(True)
+            peer, local = sock.getpeername(), sock.getsockname()
+        except OSError:
+            self._drop_sleeper(sleeper)
+            return
+        decision = ALLOW_ALL if self.rules is None else self.rules.check(sleeper.ip)
+        env = {"TCPREMOTEIP": sleeper.ip, "TCPREMOTEPORT": str(peer[1]),
+               "TCPLOCALIP": plain_ip(local[0]), "TCPLOCALPORT": str(local[1])}
+        env.update(decision.env)
+        conn = Connection(sock, sleeper.ip, peer[1], env["TCPLOCALIP"], local[1], False, env,
+                          resumed=Resumed(sleeper.blob, sleeper.uid))
+        pid = self._fork(sock, conn)
+        if pid is None:
+            self._drop_sleeper(sleeper, self.spec.busy_reply)
+            return
+        self.children[pid] = sleeper.ip        # per_ip counted it all along
+        log.debug("child %d resumes [%s]:%d", pid, sleeper.ip, peer[1])
+        self._title()
+
+    def expire_sleepers(self, now: float) -> None:
+        """Autologout of sleeping connections (hibernate_linger); the next deadline."""
+        while self.wake_heap and self.wake_heap[0][0] <= now:
+            _deadline, fd, sleeper = heapq.heappop(self.wake_heap)
+            if self.sleepers.get(fd) is sleeper:
+                log.info("hibernated client [%s] idle for too long", sleeper.ip)
+                self._drop_sleeper(sleeper, self.spec.hibernate_bye)
+
+    def _next_deadline(self) -> float | None:
+        while self.wake_heap and self.sleepers.get(self.wake_heap[0][1]) is not self.wake_heap[0][2]:
+            heapq.heappop(self.wake_heap)        # woken or dropped since
+        return self.wake_heap[0][0] if self.wake_heap else None
+
     # -- accepting -----------------------------------------------------------
 
     def accept_from(self, lsock: socket.socket) -> None:
@@ -308,12 +536,12 @@ class _Listener:
         maxperip = spec.maxperip
         if decision.env.get("MAXCPERIP", "").isdigit():
             maxperip = int(decision.env["MAXCPERIP"])  # per-entry override (couriertcpd)
-        if (0 < spec.maxdaemons <= len(self.children)
+        if (0 < spec.maxdaemons <= len(self.children) + len(self.sleepers)
                 or 0 < maxperip <= self.per_ip[peer_ip]):
             # Children that have finished but whose SIGCHLD the loop has not
             # handled yet (it is busy accepting a burst) must not count.
             self.reap()
-        if 0 < spec.maxdaemons <= len(self.children) and not self.idle:
+        if 0 < spec.maxdaemons <= len(self.children) + len(self.sleepers) and not self.idle:
             log.warning("Maximum connection limit reached for %s", peer_ip)
             _refuse(sock, spec.busy_reply, tls_port)
             return
@@ -340,6 +568,24 @@ class _Listener:
         ctl_child: socket.socket | None = None
         if spec.reuse > 1 and spec.child_user is not None:
             ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = self._fork(sock, Connection(sock, peer_ip, peer_port, local_ip, local_port,
+                                          False, env), ctl, ctl_child)
+        if pid is None:
+            _refuse(sock, spec.busy_reply, tls_port)
+            return
+        if ctl is not None and ctl_child is not None:
+            ctl_child.close()
+            ctl.setblocking(False)
+            self.workers[pid] = ctl
+            self.worker_generation[pid] = self.generation
+            if self.selector is not None:
+                self.selector.register(ctl, selectors.EVENT_READ, pid)
+        self._serving(pid, peer_ip, peer_port)
+
+    def _fork(self, sock: socket.socket, conn: Connection, ctl: socket.socket | None = None,
+              ctl_child: socket.socket | None = None) -> int | None:
+        """Fork the child that runs conn; in the parent its pid (our copy of the
+        socket closed), None when fork failed (the socket left to the caller)."""
         courier_log.flush()
         # Block our signals across fork: a SIGTERM meant for the new child must
         # not hit the parent's flag-setting handler and be lost; the child
@@ -349,28 +595,18 @@ class _Listener:
             pid = os.fork()
         except OSError as exc:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            log.error("fork: %s; refusing %s", exc.strerror, peer_ip)
-            _refuse(sock, spec.busy_reply, tls_port)
+            log.error("fork: %s; refusing %s", exc.strerror, conn.peer_ip)
             for end in (ctl, ctl_child):
                 if end is not None:
                     end.close()
-            return
-        if pid != 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        else:
+            return None
+        if pid == 0:
             if ctl is not None:
                 ctl.close()
-            self._run_child(sock, Connection(sock, peer_ip, peer_port, local_ip, local_port,
-                                             False, env), ctl_child)
+            self._run_child(sock, conn, ctl_child)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         sock.close()
-        if ctl is not None and ctl_child is not None:
-            ctl_child.close()
-            ctl.setblocking(False)
-            self.workers[pid] = ctl
-            self.worker_generation[pid] = self.generation
-            if self.selector is not None:
-                self.selector.register(ctl, selectors.EVENT_READ, pid)
-        self._serving(pid, peer_ip, peer_port)
+        return pid
 
     def _serving(self, pid: int, peer_ip: str, peer_port: int, how: str = "") -> None:
         """Count a child's new client (forked for it, or an idle one it was handed to)."""
@@ -451,7 +687,7 @@ class _Listener:
             # a command, the stall RESULTS.md measures on Courier). Drivers batch
             # their own writes, so no small-packet flood follows.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if spec.tls_context is not None:
+            if spec.tls_context is not None and conn.resumed is None:
                 sock.settimeout(min(spec.timeout, HANDSHAKE_TIMEOUT))
                 try:
                     conn.sock = spec.tls_context.wrap_socket(sock, server_side=True)
@@ -460,6 +696,8 @@ class _Listener:
                     return 0
                 conn.tls = True
             conn.sock.settimeout(spec.timeout)
+            if spec.hibernate_socket is not None and not conn.tls:
+                conn.hibernate = hibernation_channel(spec.hibernate_socket)
             if spec.child_user is not None:
                 drop_to_daemon(*spec.child_user)    # a no-op once dropped
             handler(conn)
@@ -509,6 +747,17 @@ class _Listener:
         self.sockets = []
         for pid in list(self.workers):
             self.retire(pid)
+        for sleeper in list(self.sleepers.values()):
+            self._drop_sleeper(sleeper)
+        self.wake_heap.clear()
+        if self.hsock is not None:
+            self._unregister_and_close(self.hsock)
+            self.hsock = None
+            if self.spec.hibernate_socket is not None:
+                try:
+                    self.spec.hibernate_socket.unlink()
+                except OSError:
+                    pass
         if self.pidfile is not None:
             remove_pidfile(self.pidfile)
         for pid in list(self.children):
@@ -547,12 +796,23 @@ class _Listener:
                       ", ".join(f"[{h or '*'}]:{p}" for h, p in self.spec.addresses),
                       exc.strerror or exc)
             return 1
+        if self.spec.hibernate_socket is not None:
+            try:
+                self.hsock = _bind_hibernation(self.spec.hibernate_socket)
+            except OSError as exc:
+                log.error("%s: cannot bind the hibernation socket %s: %s", self.spec.name,
+                          self.spec.hibernate_socket, exc.strerror or exc)
+                for lsock in self.sockets:
+                    lsock.close()
+                return 1
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.wakeup = (r, w)
         self.selector = selectors.DefaultSelector()
         self.selector.register(r, selectors.EVENT_READ, None)
         for lsock in self.sockets:
             self.selector.register(lsock, selectors.EVENT_READ, lsock)
+        if self.hsock is not None:
+            self.selector.register(self.hsock, selectors.EVENT_READ, _HIBERNATION)
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in _SIGNALS}
         old_wakeup = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         _current = self
@@ -578,16 +838,27 @@ class _Listener:
                 if signal.SIGHUP in got:
                     self.reload()
                 timeout = 0 if self.pending else IDLE_WORKER / 4 if self.idle else None
+                due = self._next_deadline()
+                if due is not None:
+                    left = max(0.0, due - time.monotonic())
+                    timeout = left if timeout is None else min(timeout, left)
                 for key, _mask in self.selector.select(timeout=timeout):
                     if key.data is None:
                         self._drain_wakeup()
                     elif isinstance(key.data, int):
                         self.worker_said(key.data)
+                    elif key.data is _HIBERNATION:
+                        self.take_sleepers()
+                    elif isinstance(key.data, _Sleeper):
+                        if self.sleepers.get(key.fd) is key.data:   # still asleep
+                            self.wake(key.data)
                     elif not (self.pending & {signal.SIGTERM, signal.SIGINT}):
                         self.reap()
                         self.accept_from(key.data)
                 if self.idle:
                     self.retire_idle(time.monotonic())
+                if self.wake_heap:
+                    self.expire_sleepers(time.monotonic())
             return 0
         finally:
             self.stop()
@@ -616,4 +887,4 @@ def serve(load: Loader) -> int:
     return _Listener(load, spec, handler, rules).run()
 
 
-__all__ = ["bind_addresses", "serve"]
+__all__ = ["bind_addresses", "hibernate", "hibernation_channel", "serve"]

@@ -1,0 +1,164 @@
+"""Waking a hibernated session (hibernate.py) in the child the listener forked for it.
+
+The listener hands the child the connection, the blob the sleeping session wrote
+and that session's uid as the kernel gave it. Order matters: the child, still
+root, reads only the login from the blob's header, asks authd for that account
+(auth_pre), refuses unless its uid is the one that wrote the blob, switches to
+it for good, and only then decodes the rest and reopens the Maildir. The folder
+view is rebuilt as the client last saw it; what changed meanwhile (expunges,
+deliveries, other sessions' flags) is then reported by the first command's
+refresh exactly as for a session that stayed awake. Anything wrong: `* BYE`,
+logged, the connection closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from courier_imapd import keywordpolicy, sharedfolders, trash
+from courier_imapd.config import ImapdConfig
+from courier_imapd.core import SESSION_LIMITS, ImapConnection, State, untagged
+from courier_imapd.hibernate import BlobError, FolderImage, SessionImage, decode, login_of
+from courier_imapd.login import Counters, send
+from courier_imapd.mailbox import FolderReplaced, MailboxView
+from courier_imapd.session import Session, open_maildir_root
+from courier_imapd.sharedfolders import folder_path
+
+from libcourier import authclient, privsep, proctitle
+from libcourier.maildir.flags import join_name
+from libcourier.maildir.folder import FolderState, MessageRef
+from libcourier.tcpd.connection import Connection
+
+log = logging.getLogger("courier.imapd")
+
+
+class FolderGone(Exception):
+    """The selected folder was deleted or renamed, or may no longer be read."""
+
+
+def _bye(conn: Connection, text: str) -> None:
+    try:
+        send(conn, untagged("BYE " + text), Counters())
+    except OSError:
+        pass
+
+
+def resume(conn: Connection, cfg: ImapdConfig, authsocket: Path) -> None:
+    assert conn.resumed is not None
+    proctitle.set_title(f"imapd: [{conn.peer_ip}] resuming")
+    blob, uid_then = conn.resumed.blob, conn.resumed.uid
+    try:
+        login = login_of(blob)
+    except BlobError as e:
+        log.error("ip=[%s]: cannot resume a hibernated session: %s", conn.peer_ip, e)
+        _bye(conn, "Cannot resume the session")
+        return
+    try:
+        info = authclient.auth_pre(authsocket, "imap", login)
+    except authclient.AuthTempFail as e:
+        log.error("user=%s, ip=[%s]: cannot resume, authd: %s", login, conn.peer_ip, e)
+        _bye(conn, "Temporary problem, please log in again")
+        return
+    try:
+        if info is None:
+            raise LookupError("no such account any more")
+        uid = info.uid if info.uid is not None else pwd.getpwnam(info.username).pw_uid
+        if uid != uid_then:
+            raise LookupError(f"the account is uid {uid}, the sleeping session was {uid_then}")
+        privsep.switch_to_user(uid, info.gid)
+        os.chdir(info.home)
+        root = open_maildir_root(info.home, info.maildir, cfg.maildirpath)
+        img = decode(blob)
+        if img.user != login:
+            raise BlobError("login changed under us")
+    except (LookupError, BlobError, privsep.PrivsepError, OSError) as e:
+        log.error("user=%s, ip=[%s]: cannot resume a hibernated session: %s",
+                  login, conn.peer_ip, e)
+        _bye(conn, "Cannot resume the session, please log in again")
+        return
+    sharedfolders.configure(cfg.etc)
+    session = Session(conn, ImapConnection(State.AUTHENTICATED, SESSION_LIMITS), root, cfg,
+                      login, Counters(),
+                      account_quota=getattr(info, "quota", None) or None,
+                      acl_groups=tuple(g for g in [getattr(info, "options", {}).get("group")]
+                                       if g))
+    started = time.monotonic()
+    try:
+        restore(session, img)
+    except FolderGone as e:
+        log.info("user=%s: selected folder gone while hibernated: %s", login, e)
+        _bye(conn, "[ALERT] The selected mailbox was deleted or renamed")
+        return
+    except FolderReplaced:
+        log.info("user=%s: selected folder replaced while hibernated", login)
+        _bye(conn, "[ALERT] The selected mailbox was deleted and created again")
+        return
+    except OSError as e:
+        log.error("user=%s, ip=[%s]: cannot reopen the mailbox: %s", login, conn.peer_ip, e)
+        _bye(conn, "Unable to open your mailbox")
+        return
+    log.info("RESUME, user=%s, ip=[%s], folder=%s, in %.1f ms", login, conn.peer_ip,
+             img.folder.name if img.folder is not None else "-",
+             (time.monotonic() - started) * 1000)
+    session.run(resumed=True)
+
+
+def restore(s: Session, img: SessionImage) -> None:
+    """Put the session back as its client last saw it (the user's process, the blob
+    decoded). Rights are read again, not taken from the blob."""
+    s.utf8 = s.core.utf8 = img.utf8
+    s.condstore, s.qresync = img.condstore, img.qresync
+    s.counters.rcvd, s.counters.sent, s.counters.body = img.rcvd, img.sent, img.body
+    s.started = time.monotonic() - img.elapsed
+    s.copied.clear()
+    s.copied.update(img.copied)
+    if img.folder is not None:
+        _reselect(s, img.folder)
+
+
+def _reselect(s: Session, f: FolderImage) -> None:
+    path = folder_path(s.root, f.name)
+    if path is None or not (path / "cur").is_dir():
+        raise FolderGone(f.name)
+    rights = s._rights(path)
+    if "r" not in rights:
+        raise FolderGone(f"{f.name}: no read right any more")
+    readonly = f.readonly or not set(rights) & set("iestw")
+    maildir = keywordpolicy.folder(sharedfolders.open_folder(s.root, path), s.cfg.keywords)
+    st = maildir.scan()        # new mail is moved to cur/ here: its \Recent is ours
+    if st.uidvalidity != f.uidvalidity:
+        raise FolderReplaced(f.name)
+    on_disk = {m.uid: m for m in st.messages}
+    refs: list[MessageRef] = []
+    for uid, flags, kws in zip(f.uids, f.flags, f.keywords, strict=True):
+        m = on_disk.get(uid)
+        # The name carries the flags as told (a refresh compares names first): one
+        # another session renamed is found again by MailboxView.relocate, as awake.
+        if m is None:
+            # Gone while we slept: the refresh finds it missing and reports it when
+            # RFC 3501 allows; until then it keeps its number, as a ghost does.
+            base = f"hibernated.{uid}"
+            refs.append(MessageRef(uid, base, join_name(base, flags), flags, 0, 0.0, kws))
+        else:
+            refs.append(replace(m, filename=join_name(m.base, flags), flags=flags,
+                                keywords=kws))
+    told = FolderState(f.uidvalidity, st.uidnext, tuple(refs),
+                       frozenset(f.recent) | st.recent)
+    del on_disk, st
+    view = MailboxView(f.name, maildir, readonly, as_told=told)
+    view.cur_id = f.cur_id
+    view.ghosts = set(f.ghosts)
+    view.keywords = set(f.announced)
+    if not sharedfolders.is_private_copy(s.root, path):   # as Session.select
+        view.disposer = trash.disposer_for(s.root, path, s.cfg)
+        view.disposer.copied = s.copied
+    s.view = view
+    s.sel_rights = rights
+    s.core.set_state(State.SELECTED)
+    if f.tracked:
+        s._track(view)
