@@ -170,6 +170,25 @@ def test_copy_links_and_numbers(md: Path) -> None:
         os.stat(md / "cur" / src[0].filename).st_ino
 
 
+def test_copy_across_file_systems_writes_a_copy_with_the_old_date(
+        md: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f.create_folder(md, "INBOX.Dst")
+    _put(md, b"one\r\n", "S")
+    src = Maildir(md).scan().messages
+
+    def exdev(a: object, b: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+    monkeypatch.setattr(f.os, "link", exdev)
+    added = f.copy_messages([(md / "cur" / m.filename, m.flags, m.size) for m in src], md / ".Dst")
+    assert added.uids == (1,)
+    dst = Maildir(md / ".Dst").scan().messages
+    assert [(m.uid, m.flags, m.mtime) for m in dst] == [(1, "S", 1_000_000_000.0)]
+    out = md / ".Dst" / "cur" / dst[0].filename
+    assert out.read_bytes() == b"one\r\n"
+    assert os.stat(out).st_ino != os.stat(md / "cur" / src[0].filename).st_ino
+    assert os.listdir(md / ".Dst" / "tmp") == []
+
+
 def test_copy_is_all_or_nothing(md: Path) -> None:
     f.create_folder(md, "INBOX.Dst")
     _put(md, b"one\r\n")
