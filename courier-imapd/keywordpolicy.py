@@ -26,7 +26,8 @@ class _NoKeywords:
 
     def scan(self, *args, **kwargs) -> FolderState:
         st = super().scan(*args, **kwargs)  # type: ignore[misc]
-        if not any(m.keywords for m in st.messages):
+        has = getattr(st.messages, "has_keywords", None)   # a MessageList: its column
+        if not (has() if has is not None else any(m.keywords for m in st.messages)):
             return st
         return replace(st, messages=tuple(replace(m, keywords=frozenset()) if m.keywords else m
                                           for m in st.messages))

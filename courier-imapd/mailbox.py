@@ -131,14 +131,18 @@ class MailboxView:
         self._told = self._summary.validators if self._summary is not None else None
         self._state: FolderState | None = None
         self._messages: list[MessageRef] | None = None
+        self._pending: FolderState | None = None
         self.recent: set[int] = set()
         cold_keywords: set[str] = set()
         if self._summary is None:
             st = maildir.scan(snapshot=True) if as_told is None else as_told
-            cold_keywords = {k for m in st.messages for k in m.keywords}
-            # Held as columns (msglist.py), the scan's MessageRefs let go: an idle
-            # session selected after a scan holds no object per message either.
-            msgs = MessageList.of(st.messages)
+            # Held as columns (msglist.py; a scan's list is), any MessageRefs let go: an
+            # idle session selected after a scan holds no object per message either.
+            msgs = st.messages if isinstance(st.messages, MessageList) \
+                else MessageList.of(st.messages)
+            cold_keywords = msgs.all_keywords()
+            # A snapshot the scan could not store yet: after_select() stores it.
+            self._pending = st if st.pending is not None else None
             self._state, self._messages = replace(st, messages=msgs), msgs
             self.recent = set(st.recent)
             del st                           # the refs go before give_back() below
@@ -164,6 +168,17 @@ class MailboxView:
             s.file.close()      # type: ignore[attr-defined]
 
     __del__ = close
+
+    def after_select(self) -> None:
+        """Once SELECT is answered: store the snapshot its scan could not store yet
+        (folder.Maildir.store_snapshot: it may wait out the racy margin, up to 50 ms,
+        which SELECT's reply no longer waits for)."""
+        st, self._pending = self._pending, None
+        if st is not None:
+            try:
+                self.maildir.store_snapshot(st)
+            except OSError as e:
+                log.error("%s: cannot store the folder snapshot: %s", self.maildir.path, e)
 
     # -- the message list, read when first needed -------------------------------------------
 
@@ -305,6 +320,15 @@ class MailboxView:
         msgs = self.messages
         return msgs.peek(i) if isinstance(msgs, MessageList) else msgs[i]
 
+    def _row(self, i: int) -> tuple[int, str, frozenset[str], str | None]:
+        """UID, file name, keywords and told flags (None: the name's) at index i,
+        without a MessageRef (MessageList.row)."""
+        msgs = self.messages
+        if isinstance(msgs, MessageList):
+            return msgs.row(i)
+        m = msgs[i]
+        return m.uid, m.filename, m.keywords, m.flags
+
     def uid_list(self) -> Sequence[int]:
         """Every message's UID in order, from the columns when the list has them
         (msglist.py: no MessageRef made for it)."""
@@ -328,31 +352,39 @@ class MailboxView:
         # which is the time): the directory is another one.
         if st.uidvalidity != self.state.uidvalidity or _dir_id(self.maildir) != self.cur_id:
             raise FolderReplaced(self.name)
+        # Compared by columns (UID, name, keywords): a MessageRef is made only for a
+        # message that changed (its mtime, not read by the scan, is read then).
+        sm = st.messages if isinstance(st.messages, MessageList) \
+            else MessageList.of(st.messages)
         if self.tracker is not None:
-            self.tracker.update(st.messages, complete=True)
-        out: list[str] = self.announce({k for m in st.messages for k in m.keywords})
-        on_disk = {m.uid: m for m in st.messages}
+            self.tracker.update(sm.peeked(), complete=True)
+        out: list[str] = self.announce(sm.all_keywords())
+        on_disk = {u: j for j, u in enumerate(sm.uids())}
         self.recent |= st.recent
         # A message that is still there is no ghost, whatever a failed open thought.
         self.ghosts.difference_update(on_disk)
         for i in range(len(self.messages)):
-            m = self._peek(i)
-            now = on_disk.get(m.uid)
-            if now is None:
-                self.ghosts.add(m.uid)
-            elif now.flags != m.flags or now.keywords != m.keywords:
-                self.messages[i] = replace(now)
+            uid, name, kws, told = self._row(i)
+            j = on_disk.get(uid)
+            if j is None:
+                self.ghosts.add(uid)
+                continue
+            _, now_name, now_kws, _ = sm.row(j)
+            if now_name == name and now_kws == kws and \
+                    (told is None or told == split_name(now_name)[1]):
+                continue
+            now, m = sm[j], self._peek(i)
+            self.messages[i] = now
+            if now.flags != m.flags or now.keywords != m.keywords:
                 # RFC 7162 §3.1: with CONDSTORE on, such a FETCH carries UID and MODSEQ.
                 extra = "" if self.tracker is None else \
                     f" UID {now.uid} MODSEQ ({self.tracker.modseq(now.uid)})"
                 out.append(f"{i + 1} FETCH (FLAGS "
                            f"{flags_text(now.flags, now.uid in self.recent, now.keywords)}{extra})")
-            elif now != m:
-                self.messages[i] = now
         if allow_expunge and self.ghosts:
             out.extend(self._drop_ghosts())
-        known_top = self._peek(len(self.messages) - 1).uid if self.messages else 0
-        fresh = [m for m in st.messages if m.uid > known_top]
+        known_top = self._row(len(self.messages) - 1)[0] if self.messages else 0
+        fresh = sm[bisect.bisect_right(sm.uids(), known_top):]
         if fresh:
             self.messages.extend(fresh)
             out.append(f"{len(self.messages)} EXISTS")

@@ -90,7 +90,7 @@ from libcourier.maildir import folders
 from libcourier.maildir.folder import Maildir
 from libcourier.maildir.folders import FolderError
 from libcourier.maildir.keywords import KeywordError
-from libcourier.maildir.msglist import Picked
+from libcourier.maildir.msglist import MessageList, Picked
 from libcourier.maildir.mutf7 import encode_mutf7
 from libcourier.maildir.shared import SharedError
 from libcourier.maildir.watch import FolderWatch
@@ -120,6 +120,7 @@ class Session:
     account_quota: str | None = None   # authd's QUOTA ("100000S,50C"), Courier's MAILDIRQUOTA
     acl_groups: tuple[str, ...] = ()   # authd's OPTIONS group=, for group=<name> ACL entries
     sel_rights: str = ""               # the user's ACL rights on the selected folder
+    hibernate_nap: float = 0.0         # seconds idle before hibernating (hibernate.nap)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -485,6 +486,7 @@ class Session:
                     view.tracker, lambda m: flags_text(m.flags, m.uid in view.recent, m.keywords))
         self.out(self._untagged(lines),
                  tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if readonly else "READ-WRITE"))
+        view.after_select()     # a snapshot SELECT's reply did not wait for (mailbox.py)
 
     def _track(self, view: MailboxView, just_opened: bool = False) -> list[str]:
         """Start mod-sequences for the selected folder (RFC 7162); its HIGHESTMODSEQ line.
@@ -495,8 +497,10 @@ class Session:
                 # A fresh scan (the SELECT's own when just opened): what the view
                 # holds may be older than the disk, and an old digest would count
                 # as one more change.
-                tracker.update(view.state.messages if just_opened
-                               else view.maildir.scan().messages, complete=True)
+                msgs = view.state.messages if just_opened else view.maildir.scan().messages
+                # Flags and keywords only: peeked, no mtime read (msglist.py).
+                tracker.update(msgs.peeked() if isinstance(msgs, MessageList) else msgs,
+                               complete=True)
             except OSError as e:
                 log.error("user=%s: no mod-sequences for %s: %s", self.user, view.name, e)
                 return ["OK [NOMODSEQ] No permanent modsequences"]
@@ -828,7 +832,8 @@ class Session:
             "RECENT": len(st.recent),
             "UIDNEXT": st.uidnext,
             "UIDVALIDITY": st.uidvalidity,
-            "UNSEEN": sum(1 for m in st.messages if "S" not in m.flags),
+            "UNSEEN": st.messages.count_unseen() if isinstance(st.messages, MessageList)
+            else sum(1 for m in st.messages if "S" not in m.flags),
             "DELETED": sum(1 for m in st.messages if "T" in m.flags),
             # RFC 9208 §4.2.2: what EXPUNGE would free, in units of 1024 octets.
             "DELETED-STORAGE": (sum(m.size for m in st.messages if "T" in m.flags) + 1023) // 1024,

@@ -14,8 +14,10 @@ it: they only add to new/, which the next scan picks up.
 
 from __future__ import annotations
 
+import array
 import fcntl
 import logging
+import math
 import os
 import re
 import time
@@ -29,9 +31,10 @@ from libcourier.maildir.flags import join_name, split_name
 
 log = logging.getLogger("courier.maildir")
 
-TMP_MAX_AGE = 36 * 3600
-RELIST_TRIES = 3                 # extra reads of cur/ when a known message seems gone          # Courier purges tmp/ files older than 36 hours
+TMP_MAX_AGE = 36 * 3600          # Courier purges tmp/ files older than 36 hours
+RELIST_TRIES = 3                 # extra reads of cur/ when a known message seems gone
 _SIZE_TAG = re.compile(r",S=(\d+)")
+UNREAD = math.nan                # an mtime the scan did not read (msglist.py reads it later)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ class MessageRef:
     filename: str     # current file name in cur/
     flags: str        # maildir flag letters, sorted (e.g. "FS"); lowercase keyword letters kept
     size: int         # on-disk size in bytes (from ,S= when present, else stat)
-    mtime: float      # INTERNALDATE source
+    mtime: float      # INTERNALDATE source (NaN only in MessageList.peek()'s: not read yet)
     keywords: frozenset[str] = frozenset()   # IMAP keywords (courierimapkeywords/)
 
 
@@ -53,15 +56,26 @@ class FolderState:
     # UIDs this scan moved from new/ to cur/: IMAP's \Recent (RFC 3501 §2.3.2),
     # which, as in Courier, goes to the session that first sees the message.
     recent: frozenset[int] = field(default_factory=frozenset)
+    # A SELECT scan that could not store its snapshot yet (the folder changed within
+    # the racy margin: it just moved mail into cur/): Maildir.store_snapshot, once
+    # SELECT has been answered.
+    pending: snapmod.Pending | None = None
 
 
 def _size_of(base: str) -> int | None:
-    m = _SIZE_TAG.search(base)
+    j = base.find(",S=")
+    if j < 0:
+        return None
+    m = _SIZE_TAG.search(base, j)
     return int(m.group(1)) if m else None
 
 
 class Maildir:
     """One Maildir++ folder (the INBOX root or a `.Name` sub-folder)."""
+
+    # Stat every message file at a scan, not only those without ,S=: a folder of
+    # symlinks (shared.PrivateCopy) leaves out a link whose target has gone.
+    STAT_ALL = False
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -103,25 +117,31 @@ class Maildir:
         return moved
 
     def _list_cur(self) -> dict[str, tuple[str, int, float]]:
-        """base -> (file name, size, mtime) of cur/ (not the stat_result: at 100,000
-        messages those are tens of MB for the length of a scan). The size is the
-        name's ,S= when present, else the on-disk size (MessageRef.size)."""
+        """base -> (file name, size, mtime) of cur/. As Courier's imapd, the names
+        only: the size is the name's ,S= (MessageRef.size); only a file without one
+        is stat'ed (for its size, and its mtime with it). The other mtimes are UNREAD,
+        read when a command needs the message (msglist.py): at 100,000 messages the
+        stat calls were most of a cold SELECT."""
         found: dict[str, tuple[str, int, float]] = {}
-        with os.scandir(self.path / "cur") as it:
-            for ent in it:
-                if ent.name.startswith("."):
-                    continue
-                try:
-                    st = ent.stat(follow_symlinks=True)
-                except FileNotFoundError:
-                    continue
-                i = ent.name.find(":")
-                base = ent.name if i < 0 else ent.name[:i]   # split_name's base, cheaper
-                prev = found.get(base)
-                # Two names for one base (a crash mid-rename elsewhere): keep one, stably.
-                if prev is None or ent.name < prev[0]:
-                    tag = _size_of(base)
-                    found[base] = (ent.name, st.st_size if tag is None else tag, st.st_mtime)
+        cur = os.path.join(self.path, "cur")
+        for name in os.listdir(cur):
+            if name.startswith("."):
+                continue
+            i = name.find(":")
+            base = name if i < 0 else name[:i]
+            prev = found.get(base)
+            # Two names for one base (a crash mid-rename elsewhere): keep one, stably.
+            if prev is not None and name >= prev[0]:
+                continue
+            tag = _size_of(base)
+            if tag is not None and not self.STAT_ALL:
+                found[base] = (name, tag, UNREAD)
+                continue
+            try:
+                st = os.stat(os.path.join(cur, name))
+            except FileNotFoundError:
+                continue
+            found[base] = (name, st.st_size if tag is None else tag, st.st_mtime)
         return found
 
     def _relist_missing(self, files: dict[str, tuple[str, int, float]],
@@ -135,27 +155,6 @@ class Maildir:
                 return
             for base, found in self._list_cur().items():
                 files.setdefault(base, found)
-
-    def _cur_files(self, curfd: int, may_cache: bool
-                   ) -> tuple[dict[str, tuple[str, int, float]], bool]:
-        """cur/'s listing (base -> name, size, mtime) under the scan's lock, and whether
-        it came from the listing a previous scan stored (index.read_listing: cur/ has
-        not changed since). Else cur/ is read and stat'ed, and the result stored for
-        the next scan if cur/ did not change while it was read (a rename during
-        readdir() can hide a file: the stamp taken after shows it)."""
-        if may_cache:
-            try:
-                cached = index.read_listing(self.path, index.DirStamp.of(os.fstat(curfd)))
-            except OSError:
-                cached = None
-            if cached is not None:
-                return cached, True
-        recorded_ns = time.time_ns()          # before the read: see index.RACY_NS
-        before = index.DirStamp.of(os.fstat(curfd))
-        files = self._list_cur()
-        if index.DirStamp.of(os.fstat(curfd)) == before:
-            index.write_listing(self.path, before, recorded_ns, files)
-        return files, False
 
     def _cur_lock(self, kind: int) -> int:
         """flock on cur/ (module docstring): LOCK_SH for a flag rename, so our renames
@@ -185,13 +184,27 @@ class Maildir:
         belongs to the scan that moved the mail). SnapshotError, OSError."""
         c = snapmod.load(summary)
         # Columns, not a MessageRef per message (msglist.py).
-        msgs = msglist.MessageList(c.uids, c.names, c.sizes, c.mtimes, dict(c.keywords))
+        msgs = msglist.MessageList(c.uids, c.names, c.sizes, c.mtimes, dict(c.keywords),
+                                   os.path.join(self.path, "cur"))
         return FolderState(summary.uidvalidity, summary.uidnext, msgs)    # type: ignore[arg-type]
+
+    def _new_waiting(self) -> bool:
+        """Mail in new/ (a delivery after this scan moved new/ to cur/): a snapshot
+        stored now would hide it while the stamps stay as they are."""
+        try:
+            return any(not n.startswith(".") for n in os.listdir(self.path / "new"))
+        except FileNotFoundError:
+            return False
 
     def scan(self, now: float | None = None, snapshot: bool = False) -> FolderState:
         """Courier's imapscan (module docstring). With `snapshot` (SELECT's scan) the
         result is also stored for the next SELECT (snapshot.py) when the folder held
-        still while it was read."""
+        still while it was read; when it changed within the racy margin (this scan
+        moved mail into cur/) the state says so (`pending`) and store_snapshot()
+        stores it once SELECT is answered, rather than SELECT waiting for the clock.
+
+        The messages are a msglist.MessageList over columns (no MessageRef per
+        message) whose mtimes are read only when a message is made (_list_cur)."""
         now = time.time() if now is None else now
         self._purge_tmp(now)
         if snapshot:
@@ -201,39 +214,32 @@ class Maildir:
                 snapshot = False
         lockfd = os.open(self.path / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         v0: snapmod.Validators | None = None
+        recorded_ns = 0
         try:
             fcntl.flock(lockfd, fcntl.LOCK_EX)
             moved = self._move_new()
             if snapshot:
-                # The clock past the racy margin of the latest change (ours just now,
-                # or anyone's), so what is read next may be trusted by the next SELECT.
-                snapmod.settle(self.path, (kwmod.KEYWORDDIR,))
-                recorded_ns = time.time_ns()
+                recorded_ns = time.time_ns()   # before the stamps and the listing
                 v0 = self.validators()
-            # new/ not empty: cur/ just changed, the stored listing cannot be used.
-            files, cached = self._cur_files(lockfd, not moved)
+            files = self._list_cur()
             db = uiddb.read(self.path)
             if db is not None:
-                # A known message missing from a stored listing: a writer that keeps
-                # no listing (Courier's imapd) was here; doubt, so cur/ is read.
-                if cached and not all(base in files for _, base in db.entries):
-                    files, cached = self._cur_files(lockfd, False)
-                if not cached:
-                    self._relist_missing(files, db)
+                self._relist_missing(files, db)
             changed = db is None
             if db is None:
                 db = uiddb.UidDb(uiddb.new_uidvalidity(now, self.path), 1, ())
             kept = [(uid, base) for uid, base in db.entries if base in files]
             changed |= len(kept) != len(db.entries)
-            known = {base for _, base in kept}
             nextuid = max(db.nextuid, kept[-1][0] + 1 if kept else 1)
             changed |= nextuid != db.nextuid
-            # Courier step 5: new messages sorted by file name, then nextuid++.
-            fresh = sorted((files[b][0], b) for b in files if b not in known)
-            for _, base in fresh:
-                kept.append((nextuid, base))
-                nextuid += 1
-            changed |= bool(fresh)
+            if len(kept) != len(files):
+                known = {base for _, base in kept}
+                # Courier step 5: new messages sorted by file name, then nextuid++.
+                fresh = sorted((files[b][0], b) for b in files if b not in known)
+                for _, base in fresh:
+                    kept.append((nextuid, base))
+                    nextuid += 1
+                changed = True
             if changed:
                 db = uiddb.UidDb(db.uidvalidity, nextuid, tuple(kept))
                 uiddb.write(self.path, db)
@@ -242,20 +248,70 @@ class Maildir:
                     v0 = replace(v0, uiddb=index.DirStamp.at(self.path / uiddb.IMAPDB))
         finally:
             os.close(lockfd)  # releases the flock
-        kws = self.read_keywords({base for _, base in kept}, now)
-        msgs = []
-        recent = set()
-        empty: frozenset[str] = frozenset()
-        for uid, base in kept:
-            name, size, mtime = files[base]
-            msgs.append(MessageRef(uid, base, name, split_name(name)[1], size, mtime,
-                                   kws.get(base, empty)))
-            if base in moved:
-                recent.add(uid)
-        if v0 is not None and self.validators() == v0:
-            # Nothing changed since the stamps (keywords included): store it.
-            snapmod.write(self.path, v0, recorded_ns, db.uidvalidity, nextuid, msgs)
-        return FolderState(db.uidvalidity, nextuid, tuple(msgs), frozenset(recent))
+        bases = [base for _, base in kept]
+        kws = self.read_keywords(set(bases), now)
+        rows = [files[b] for b in bases]
+        names = [r[0] for r in rows]
+        kwcol: dict[int, frozenset[str]] = {}
+        if kws:
+            kwcol = {i: kws[b] for i, b in enumerate(bases) if kws.get(b)}
+        msgs = msglist.MessageList(array.array("q", [uid for uid, _ in kept]), names,
+                                   array.array("q", [r[1] for r in rows]),
+                                   array.array("d", [r[2] for r in rows]), kwcol,
+                                   os.path.join(self.path, "cur"))
+        for i, name in enumerate(names):
+            # A name the columns cut at another colon than the scan did: kept as made.
+            if name.count(":") > 1 and split_name(name)[0] != bases[i]:
+                _, size, mtime = rows[i]
+                if mtime != mtime:
+                    mtime = msglist._stat_mtime(msgs.cur, name)
+                msgs.pin(i, MessageRef(kept[i][0], bases[i], name, split_name(name)[1],
+                                       size, mtime, kws.get(bases[i], frozenset())))
+        recent = frozenset(uid for uid, base in kept if base in moved) if moved else frozenset()
+        del rows, files
+        pending = None
+        if v0 is not None and self.validators() == v0 and not self._new_waiting():
+            # Nothing changed since the stamps (keywords included): store it, or leave
+            # it to store_snapshot() when the stamps are too recent to trust yet.
+            if not snapmod.write(self.path, v0, recorded_ns, db.uidvalidity, nextuid, msgs):
+                pending = snapmod.Pending(v0, recorded_ns)
+        return FolderState(db.uidvalidity, nextuid, msgs, recent, pending)  # type: ignore[arg-type]
+
+    def store_snapshot(self, st: FolderState) -> bool:
+        """Store a SELECT scan's state that could not be stored at once (`pending`):
+        the clock is let pass the racy margin of its stamps (at most FINE_MARGIN_NS),
+        then cur/ is listed again (names) and new/ looked at. The same names, new/
+        empty and the stamps still those of the scan: the folder is as the scan saw
+        it at a time no later change can hide in, so the snapshot may be trusted.
+        False when not stored (the next SELECT scans; nothing else is lost)."""
+        p = st.pending
+        if p is None or not isinstance(st.messages, msglist.MessageList):
+            return False
+        v0 = p.validators
+        wait = v0.racy_until() - time.time_ns()
+        if wait > snapmod.FINE_MARGIN_NS:
+            return False            # whole-second timestamps: not worth 2 s of a session
+        if wait > 0:
+            time.sleep(wait / 1e9)
+        recorded_ns = time.time_ns()
+        if self.validators() != v0:
+            return False
+        try:
+            names = [n for n in os.listdir(self.path / "cur") if not n.startswith(".")]
+        except OSError:
+            return False
+        ml = st.messages
+        if len(names) != len(ml) or set(names) != set(ml.columns()[1]) or self._new_waiting():
+            return False
+        if not v0.settled_dir(v0.keywords, p.recorded_ns):
+            # The keywords were read within their directory's racy margin: again.
+            bases = [b for b, _ in ml.keys(range(len(ml)))]
+            kws = self.read_keywords(set(bases))
+            if ml.columns()[4] != {i: kws[b] for i, b in enumerate(bases) if kws.get(b)}:
+                return False
+        if self.validators() != v0:
+            return False
+        return snapmod.write(self.path, v0, recorded_ns, st.uidvalidity, st.uidnext, ml)
 
     def read_keywords(self, bases: set[str], now: float | None = None) -> dict[str, frozenset[str]]:
         """base -> keywords; a keyword directory we cannot use costs the keywords, not

@@ -500,6 +500,8 @@ class PrivateCopy(Maildir):
     """A private copy of a shared folder: every scan synchronises it first, and removing
     a message removes it from the sharable folder (Courier's imapscan and expunge)."""
 
+    STAT_ALL = True     # a link whose message has gone is left out (folder.Maildir)
+
     def scan(self, *args, **kwargs):  # type: ignore[override]
         # Whatever arguments Maildir.scan takes: only the synchronisation is added.
         sync(self.path)

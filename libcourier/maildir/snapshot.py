@@ -40,7 +40,6 @@ from __future__ import annotations
 import array
 import os
 import sys
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +79,17 @@ class Validators:
         return [n for s in (self.cur, self.new, self.uiddb, self.keywords)
                 for n in (s.ino, s.size, s.mtime_ns)]
 
+    def racy_until(self) -> int:
+        """The wall clock (ns) from which a listing of the folder as stamped can be
+        trusted (settled): the newest directory mtime plus its margin."""
+        dirs = [s.mtime_ns for s in (self.cur, self.new, self.keywords) if s != ABSENT]
+        return max(dirs, default=0) + margin_ns(dirs)
+
+    @staticmethod
+    def settled_dir(s: DirStamp, recorded_ns: int) -> bool:
+        """settled() for one directory's stamp (an absent one is)."""
+        return s == ABSENT or recorded_ns - s.mtime_ns >= margin_ns([s.mtime_ns])
+
     def settled(self, recorded_ns: int) -> bool:
         """True when a scan started at `recorded_ns` (wall clock) cannot have missed
         a change hidden in the same timestamp tick as a directory's mtime. The uiddb
@@ -93,6 +103,14 @@ class Validators:
 def margin_ns(mtimes: list[int]) -> int:
     """How long after a directory's mtime a listing of it can be trusted (module doc)."""
     return COARSE_MARGIN_NS if any(m % 1_000_000_000 == 0 for m in mtimes) else FINE_MARGIN_NS
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A SELECT scan's state not stored yet (folder.Maildir.store_snapshot): the
+    stamps it was read under and when its listing started."""
+    validators: Validators
+    recorded_ns: int
 
 
 class _Stored(Protocol):
@@ -138,23 +156,33 @@ def _head(v: Validators, recorded_ns: int, uidvalidity: int, uidnext: int, count
 def write(folder: Path, v: Validators, recorded_ns: int, uidvalidity: int, uidnext: int,
           messages: Sequence[_Stored]) -> bool:
     """Store a scan's result; False when not stored (racy, a name that cannot be
-    stored, too large, or an OSError: the next SELECT scans, nothing else is lost)."""
+    stored, too large, or an OSError: the next SELECT scans, nothing else is lost).
+    `messages` may be a msglist.MessageList: its columns are stored as they are, an
+    mtime not read yet (NaN) included."""
     if not v.settled(recorded_ns):
         return False
-    names = [m.filename for m in messages]
-    kwall = sorted({k for m in messages for k in m.keywords})
-    if any("\n" in n for n in names) or any("\n" in k or " " in k or not k for k in kwall):
+    columns = getattr(messages, "columns", None)
+    if columns is not None:
+        uids, names, sizes, mtimes, per = columns()
+    else:
+        names = [m.filename for m in messages]
+        uids = array.array("q", [m.uid for m in messages])
+        sizes = array.array("q", [m.size for m in messages])
+        mtimes = array.array("d", [m.mtime for m in messages])
+        per = {i: m.keywords for i, m in enumerate(messages) if m.keywords}
+    kwall = sorted({k for ks in per.values() for k in ks})
+    if any("\n" in k or " " in k or not k for k in kwall):
         return False
     kwpos = {k: i for i, k in enumerate(kwall)}
-    unseen = next((i for i, m in enumerate(messages, 1)
-                   if "S" not in split_name(m.filename)[1]), 0)
+    unseen = next((i for i, n in enumerate(names, 1) if "S" not in split_name(n)[1]), 0)
     blob = "\n".join(names).encode("utf-8", "surrogateescape")
+    if blob.count(b"\n") != max(len(names) - 1, 0):
+        return False                  # a name with a newline cannot be stored
     kwnames = "\n".join(kwall).encode("utf-8", "surrogateescape")
-    kwlines = "\n".join(" ".join([str(i), *(str(kwpos[k]) for k in sorted(m.keywords))])
-                        for i, m in enumerate(messages) if m.keywords).encode()
-    body = b"".join([blob, array.array("q", [m.uid for m in messages]).tobytes(),
-                     array.array("q", [m.size for m in messages]).tobytes(),
-                     array.array("d", [m.mtime for m in messages]).tobytes(), kwlines])
+    kwlines = "\n".join(" ".join([str(i), *(str(kwpos[k]) for k in sorted(ks))])
+                        for i, ks in sorted(per.items())).encode()
+    body = b"".join([blob, array.array("q", uids).tobytes(), array.array("q", sizes).tobytes(),
+                     array.array("d", mtimes).tobytes(), kwlines])
     if len(body) > MAX_STATE_BYTES or len(kwnames) > MAX_HEAD // 2:
         return False
     head = _head(v, recorded_ns, uidvalidity, uidnext, len(messages), unseen, len(blob),
@@ -257,19 +285,3 @@ def load(s: Summary) -> Columns:
         except (ValueError, IndexError):
             raise SnapshotError("snapshot keywords damaged") from None
     return Columns(uids, names, sizes, mtimes, per)
-
-
-def settle(folder: Path, more: tuple[str, ...] = ()) -> None:
-    """Before a scan that will store a snapshot: when cur/, new/ (or `more`) changed
-    within the racy margin (a scan that just moved mail into cur/), wait until the
-    clock is past it, so what is read next can be stored and trusted. At most
-    FINE_MARGIN_NS, and only on filesystems with sub-second timestamps."""
-    try:
-        mt = [os.stat(folder / d).st_mtime_ns for d in ("cur", "new", *more)]
-    except OSError:
-        return
-    if margin_ns(mt) != FINE_MARGIN_NS:
-        return
-    wait = max(mt) + FINE_MARGIN_NS - time.time_ns()
-    if 0 < wait <= FINE_MARGIN_NS:
-        time.sleep(wait / 1e9)
