@@ -9,6 +9,7 @@ CRLF form streamed from the open file while the response is sent.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,9 +20,13 @@ from courier_imapd.core import FetchItem, FetchPart, StreamedLiteral
 from courier_imapd.mailbox import flags_text
 
 from libcourier.maildir import index as mindex
+from libcourier.maildir import indexbuild
 from libcourier.maildir.folder import Maildir, MessageRef
 from libcourier.maildir.msglist import Picked
 from libcourier.mime import Part, imapview, parse
+
+log = logging.getLogger("courier.imapd")
+NAN = float("nan")
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -256,26 +261,6 @@ def body_part(item: FetchItem, fh: BinaryIO, size: Callable[[], int],
     return StreamedLiteral(name, stop - start, window(crlf_stream(fh), start, stop))
 
 
-def _entry_of(msg: MessageRef, root: Part | None, head: Part | None, size: int | None,
-              cached: mindex.Entry | None, want_body: bool,
-              made: dict[str, bytes]) -> mindex.Entry:
-    """What a parse (full `root`, or header-only `head`) and a counted size tell.
-    Views the index already has, or this FETCH `made`, are not computed again;
-    BODY (no extension data) only when it was asked for, since clients rarely do."""
-    src = root if root is not None else head
-    headers = None if src is None else tuple(src.fields.get(n) for n in mindex.HEADER_FIELDS)
-    env = made.get("envelope")
-    if env is None and src is not None and (cached is None or cached.envelope is None):
-        env = imapview.envelope(src)
-    if root is None:
-        return mindex.Entry(msg.size, crlf_size=size, envelope=env, headers=headers)
-    return mindex.Entry(msg.size, crlf_size=root.body_end, header_len=root.body_start,
-                        envelope=env,
-                        body=made.get("body") or (imapview.body(root) if want_body else None),
-                        bodystructure=made.get("bodystructure") or imapview.bodystructure(root),
-                        headers=headers)
-
-
 def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | None,
                   seq_flags: str, size: int | None,
                   index: mindex.FolderIndex | None = None,
@@ -382,9 +367,9 @@ def message_parts(items: tuple[FetchItem, ...], msg: MessageRef, fh: BinaryIO | 
             assert fh is not None
             parts.append(body_part(item, fh, crlf_len, header_len, tree))
     if index is not None and (known or heads or counted):
-        new = _entry_of(msg, known[0] if known else None, heads[0] if heads else None,
-                        counted[0] if counted else None, cached,
-                        any(i.name == "BODY.STRUCTURE" for i in items), made)
+        new = indexbuild.entry_of(msg.size, known[0] if known else None,
+                                  heads[0] if heads else None, counted[0] if counted else None,
+                                  cached, any(i.name == "BODY.STRUCTURE" for i in items), made)
         index.put(msg.base, new if cached is None else cached.merge(new))
     return parts, (sizes[0] if sizes else None)
 
@@ -432,11 +417,27 @@ def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
                    recent: set[int] | frozenset[int], sizes: dict[int, int],
                    modseq: Callable[[int], int] | None,
                    ghosts: set[int] | frozenset[int]) -> Iterator[bytes | None]:
+    cold = None if idx is None else _ColdFill.start(names, idx, picked, sizes, ghosts)
+    try:
+        yield from _indexed_batches(names, idx, picked, recent, sizes, modseq, ghosts, cold)
+    finally:
+        if cold is not None:
+            cold.close()
+
+
+def _indexed_batches(names: tuple[str, ...], idx: mindex.FolderIndex | None,
+                     picked: Sequence[tuple[int, MessageRef]],
+                     recent: set[int] | frozenset[int], sizes: dict[int, int],
+                     modseq: Callable[[int], int] | None,
+                     ghosts: set[int] | frozenset[int],
+                     cold: _ColdFill | None) -> Iterator[bytes | None]:
     flag_memo: dict[tuple, bytes] = {}
     date_memo = InternalDates()
     view = mindex.view
     for first in range(0, len(picked), INDEXED_BATCH):
         batch = picked[first:first + INDEXED_BATCH]
+        if cold is not None:
+            cold.fill(first + len(batch))
         if idx is not None and len(names) == 1 and names[0] in _VIEW_OF:
             # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
             k_view, label = _VIEW_OF[names[0]]
@@ -488,6 +489,96 @@ def _indexed_lines(names: tuple[str, ...], idx: mindex.FolderIndex | None,
                         break
                     parts.append(label + got)
             yield None if parts is None else b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
+
+
+COLD_LEAST = 1000      # messages without a record before their records are built in parallel
+_TREE_ITEMS = frozenset({"BODYSTRUCTURE", "BODY.STRUCTURE"})
+
+
+class _ColdFill:
+    """The records of a FETCH's messages the index does not know yet, made by
+    indexbuild.Workers and appended to the index ahead of the batch that answers
+    them: each is what message_parts would record for the same items (the long way's
+    entry_of), made from the whole tree when a structure or a size not known to the
+    session is asked, else from the header. What no worker made (a worker failed, a
+    file was renamed meanwhile) goes the long way."""
+
+    def __init__(self, idx: mindex.FolderIndex, workers: indexbuild.Workers,
+                 positions: list[int], bases: list[str],
+                 learn_mtime: Callable[[int, float], None] | None):
+        self.idx = idx
+        self.learn_mtime = learn_mtime
+        self.workers: indexbuild.Workers | None = workers
+        self.positions = positions            # in `picked`, ascending
+        self.bases = bases
+        self.done = 0                         # positions handled
+
+    @classmethod
+    def start(cls, names: tuple[str, ...], idx: mindex.FolderIndex,
+              picked: Sequence[tuple[int, MessageRef]], sizes: dict[int, int],
+              ghosts: set[int] | frozenset[int]) -> _ColdFill | None:
+        """Workers started for the cold messages of `picked`; None when there are too few
+        of them, one CPU, or nothing to record."""
+        tree = any(n in _TREE_ITEMS for n in names)
+        size = "RFC822.SIZE" in names
+        if not (tree or size or "ENVELOPE" in names) or \
+                indexbuild.worker_count(len(picked), COLD_LEAST) == 0:
+            return None
+        _, keys, uids = _columns(picked)
+        positions = [k for k in idx.unknown([b for b, _ in keys])
+                     if uids[k] not in ghosts and (tree or "ENVELOPE" in names
+                                                   or uids[k] not in sizes)]
+        n = indexbuild.worker_count(len(positions), COLD_LEAST)
+        if n == 0:
+            return None
+        whole = bytearray(1 if tree or (size and uids[k] not in sizes) else 0 for k in positions)
+        disk = [keys[k][1] for k in positions]
+        cur = os.path.join(os.fspath(idx.folder), "cur")
+        filename = picked.filename if isinstance(picked, Picked) else \
+            (lambda k: picked[k][1].filename)
+        want_body = "BODY.STRUCTURE" in names
+
+        def job(j: int) -> tuple[bytes | None, float]:        # (run in a worker)
+            try:
+                with open(os.path.join(cur, filename(positions[j])), "rb") as fh:
+                    # the mtime (INTERNALDATE) too: the session need not stat the file
+                    return (indexbuild.record(fh, disk[j], bool(whole[j]), want_body),
+                            os.fstat(fh.fileno()).st_mtime)
+            except OSError:
+                return None, NAN      # renamed or expunged meanwhile: the long way follows it
+
+        try:
+            workers = indexbuild.Workers(len(positions), job, n)
+        except OSError as e:
+            log.warning("cold FETCH: no record builders (%s): one at a time", e)
+            return None
+        return cls(idx, workers, positions, [keys[k][0] for k in positions],
+                   picked.learn_mtime if isinstance(picked, Picked) else None)
+
+    def fill(self, upto: int) -> None:
+        """The records of the cold messages before position `upto` appended (one write)."""
+        recs: list[tuple[str, bytes]] = []
+        try:
+            while self.workers is not None and self.done < len(self.positions) \
+                    and self.positions[self.done] < upto:
+                payload, mtime = self.workers.next()
+                if payload is not None:
+                    recs.append((self.bases[self.done], payload))
+                if self.learn_mtime is not None and mtime == mtime:
+                    self.learn_mtime(self.positions[self.done], mtime)
+                self.done += 1
+        except indexbuild.WorkerFailed as e:
+            log.warning("cold FETCH: a record builder failed (%s): the rest one at a time", e)
+            self.close()
+        finally:
+            # the table the index gets every doubling is written once, by close()
+            self.idx.put_payloads(recs, table=False)
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+            self.idx.settle()
 
 
 def _columns(batch: Sequence[tuple[int, MessageRef]]
