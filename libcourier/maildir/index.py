@@ -49,14 +49,12 @@ import array
 import mmap
 import os
 import struct
-import sys
 import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from libcourier.durable import replace_cache
 from libcourier.maildir import sortkeys
 
 INDEX_NAME = "courierpyindex"
@@ -797,27 +795,7 @@ class FolderIndex:
         return len(self._where)
 
 
-# -- courierpyscan: cur/'s listing, so a warm scan does not stat every message ------------
-#
-# Written by a full scan (folder.py) when cur/ did not change while it was read; read by
-# the next scan, which uses it only if cur/'s st_ino, st_size and st_mtime_ns are still
-# those recorded (a file added, removed or renamed in cur/ changes the directory's mtime).
-# The "racy mtime" problem: a change in the same timestamp tick as the recorded mtime
-# would leave it equal, so a listing is only trusted when it was read at least
-# RACY_NS after that mtime. A file's own mtime or size changing in place (touch) is not
-# seen: a Maildir never rewrites a message, and its INTERNALDATE does not change.
-# Pure cache, replaced whole by write-new-and-rename; damaged or foreign -> a full scan.
-#
-#     courierpy-scan 2\n
-#     <ino> <dir size> <dir mtime_ns> <recorded_ns> <count> <names bytes> <byteorder> <crc32 hex>\n
-#     names joined by \n | count sizes (int64) | count mtimes (float64), native byte order
-#
-# (the sizes are MessageRef.size's: the name's ,S= when present, else the file's)
-
-SCAN_NAME = "courierpyscan"
-SCAN_MAGIC = b"courierpy-scan 2\n"
-RACY_NS = 2_000_000_000
-MAX_SCAN_BYTES = 256 << 20         # a larger listing is neither written nor read
+# -- the stamp of a directory (snapshot.py's validators) -------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -840,69 +818,3 @@ class DirStamp:
             return cls.of(os.stat(path))
         except FileNotFoundError:
             return cls(0, 0, 0)
-
-
-def _scan_head(stamp: DirStamp, recorded_ns: int, count: int, nlen: int) -> bytes:
-    return b"%d %d %d %d %d %d %s" % (stamp.ino, stamp.size, stamp.mtime_ns, recorded_ns,
-                                      count, nlen, sys.byteorder.encode())
-
-
-def write_listing(folder: Path, stamp: DirStamp, recorded_ns: int,
-                  found: dict[str, tuple[str, int, float]]) -> bool:
-    """Store cur/'s listing (base -> (file name, size, mtime)) read at `recorded_ns`
-    (wall clock, taken before the read) while cur/ was `stamp`. False when not stored:
-    too recent to be trusted later, a name that cannot be stored, or an OSError."""
-    if recorded_ns - stamp.mtime_ns < RACY_NS:
-        return False
-    names = [v[0] for v in found.values()]
-    if any("\n" in n for n in names):
-        return False
-    blob = "\n".join(names).encode("utf-8", "surrogateescape")
-    sizes = array.array("q", [v[1] for v in found.values()])
-    mtimes = array.array("d", [v[2] for v in found.values()])
-    body = blob + sizes.tobytes() + mtimes.tobytes()
-    if len(body) > MAX_SCAN_BYTES:
-        return False
-    head = _scan_head(stamp, recorded_ns, len(names), len(blob))
-    data = SCAN_MAGIC + head + b" %08x\n" % zlib.crc32(body, zlib.crc32(head)) + body
-    tmp = folder / "tmp" / f"{os.getpid()}.pyscan_{os.urandom(4).hex()}"
-    return replace_cache(folder / SCAN_NAME, data, tmp)
-
-
-def read_listing(folder: Path, stamp: DirStamp) -> dict[str, tuple[str, int, float]] | None:
-    """The listing stored for cur/ in state `stamp`, or None (none, stale, racy, damaged)."""
-    try:
-        with open(folder / SCAN_NAME, "rb") as f:
-            if os.fstat(f.fileno()).st_size > MAX_SCAN_BYTES + MAX_HEAD:
-                return None
-            data = f.read(MAX_SCAN_BYTES + MAX_HEAD + 1)
-    except OSError:
-        return None
-    if not data.startswith(SCAN_MAGIC):
-        return None
-    nl = data.find(b"\n", len(SCAN_MAGIC), len(SCAN_MAGIC) + MAX_HEAD)
-    fields = data[len(SCAN_MAGIC):nl].split(b" ") if nl > 0 else []
-    if len(fields) != 8 or not all(x.isdigit() for x in fields[:6]):
-        return None
-    ino, dsize, mtime_ns, recorded_ns, count, nlen = (int(x) for x in fields[:6])
-    if DirStamp(ino, dsize, mtime_ns) != stamp or recorded_ns - mtime_ns < RACY_NS \
-            or fields[6] != sys.byteorder.encode():
-        return None
-    body = memoryview(data)[nl + 1:]
-    if len(body) != nlen + 16 * count:
-        return None
-    head = _scan_head(stamp, recorded_ns, count, nlen)
-    try:
-        if int(fields[7], 16) != zlib.crc32(body, zlib.crc32(head)):
-            return None
-    except ValueError:
-        return None
-    names = bytes(body[:nlen]).decode("utf-8", "surrogateescape").split("\n") if count else []
-    sizes, mtimes = array.array("q"), array.array("d")
-    sizes.frombytes(body[nlen:nlen + 8 * count])
-    mtimes.frombytes(body[nlen + 8 * count:])
-    if len(names) != count:
-        return None
-    out = {n.partition(":")[0]: (n, s, m)
-           for n, s, m in zip(names, sizes.tolist(), mtimes.tolist(), strict=True)}
-    return out if len(out) == count else None

@@ -12,12 +12,20 @@ stored, in a second list made on the first such store.
 It behaves as the list[MessageRef] it replaces (index, slice, iterate, store, delete,
 append, extend); `keys()` gives the folder index's (base, size) keys of many messages
 without making a MessageRef for each (FETCH from the index).
+
+A scan reads names only (folder.py: the size is the name's ,S=, as Courier's imapd
+has it), so a message's mtime (INTERNALDATE) may not be known yet: NaN in the mtime
+column. Making its MessageRef (index, iterate) stats the file then, in `cur`; `peek()`
+does not (its callers read flags and names only) and may hand out a NaN mtime.
 """
 
 from __future__ import annotations
 
 import array
+import math
+import os
 from collections.abc import Iterable, Iterator, MutableSequence, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, overload
 
 # folder.py makes its message lists here, so the module, not the name: either may be
@@ -34,10 +42,12 @@ _EMPTY: frozenset[str] = frozenset()
 class MessageList(MutableSequence["MessageRef"]):
     """A message list over columns (module doc); in UID order as a scan lists it."""
 
-    __slots__ = ("_uids", "_names", "_sizes", "_mtimes", "_keywords", "_stored", "_full")
+    __slots__ = ("_uids", "_names", "_sizes", "_mtimes", "_keywords", "_stored", "_full",
+                 "cur")
 
     def __init__(self, uids: array.array, names: list[str], sizes: array.array,
-                 mtimes: array.array, keywords: dict[int, frozenset[str]]):
+                 mtimes: array.array, keywords: dict[int, frozenset[str]],
+                 cur: str | None = None):
         if not len(uids) == len(names) == len(sizes) == len(mtimes):
             raise ValueError("message list columns of different lengths")
         self._uids = uids
@@ -57,6 +67,9 @@ class MessageList(MutableSequence["MessageRef"]):
         # a command that went through every message (SEARCH, FLAGS) will again.
         self._stored: list[MessageRef | None] | None = None
         self._full = False          # _stored holds every message: iterate it as is
+        # The cur/ directory the names are in: where a NaN (not yet read) mtime is
+        # read from when the message's MessageRef is made (module doc).
+        self.cur = cur
 
     @classmethod
     def of(cls, refs: Sequence[MessageRef]) -> MessageList:
@@ -90,7 +103,7 @@ class MessageList(MutableSequence["MessageRef"]):
     def copy(self) -> MessageList:
         c = MessageList(array.array(self._uids.typecode, self._uids), list(self._names),
                         array.array(self._sizes.typecode, self._sizes),
-                        array.array(self._mtimes.typecode, self._mtimes), {})
+                        array.array(self._mtimes.typecode, self._mtimes), {}, self.cur)
         c._keywords = None if self._keywords is None else list(self._keywords)
         c._stored = None if self._stored is None else list(self._stored)
         c._full = self._full
@@ -98,6 +111,15 @@ class MessageList(MutableSequence["MessageRef"]):
 
     def __len__(self) -> int:
         return len(self._uids)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal to any sequence of the same messages (a scan's list was a tuple).
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return len(other) == len(self._uids) and \
+            all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None     # type: ignore[assignment]
 
     def _make(self, i: int) -> MessageRef:
         stored = self._stored
@@ -107,9 +129,23 @@ class MessageList(MutableSequence["MessageRef"]):
             got = stored[i]
             if got is not None:
                 return got
-        m = stored[i] = _ref(self._uids[i], self._names[i], self._sizes[i], self._mtimes[i],
+        m = stored[i] = _ref(self._uids[i], self._names[i], self._sizes[i], self._mtime(i),
                              _EMPTY if self._keywords is None else self._keywords[i])
         return m
+
+    def _mtime(self, i: int) -> float:
+        """The mtime at `i`, read from the file now when the scan left it unread (NaN)."""
+        t = self._mtimes[i]
+        if t == t:                 # not NaN
+            return t
+        t = self._mtimes[i] = _stat_mtime(self.cur, self._names[i])
+        return t
+
+    def learn_mtime(self, i: int, mtime: float) -> None:
+        """The mtime at `i`, read by a process that had the file open (a cold FETCH's
+        record builders fstat it): making its MessageRef then needs no stat."""
+        if self._mtimes[i] != self._mtimes[i]:      # NaN: not read yet
+            self._mtimes[i] = mtime
 
     def learn_mtime(self, i: int, mtime: float) -> None:
         """The mtime at `i`, read by a process that had the file open (a cold FETCH's
@@ -127,12 +163,22 @@ class MessageList(MutableSequence["MessageRef"]):
         return _ref(self._uids[i], self._names[i], self._sizes[i], self._mtimes[i],
                     _EMPTY if self._keywords is None else self._keywords[i])
 
+    def peeked(self) -> Iterator[MessageRef]:
+        """Every message as peek() makes it (not kept, its mtime maybe not read): for a
+        pass that reads flags and keywords only (mod-sequences, modseq.Tracker)."""
+        for i in range(len(self._uids)):
+            yield self.peek(i)
+
     def _make_all(self) -> list[MessageRef]:
         """Every message made (once), for a command that goes through them all."""
         if self._stored is None:
             kws = self._keywords or [_EMPTY] * len(self._uids)
+            mtimes = self._mtimes
+            if any(math.isnan(t) for t in mtimes):
+                for i in range(len(mtimes)):
+                    self._mtime(i)
             self._stored = [_ref(*c) for c in zip(self._uids, self._names, self._sizes,
-                                                  self._mtimes, kws, strict=True)]
+                                                  mtimes, kws, strict=True)]
         elif not self._full:
             for i in range(len(self._uids)):
                 self._make(i)
@@ -170,6 +216,9 @@ class MessageList(MutableSequence["MessageRef"]):
         self._put(i, m)
 
     def _put(self, i: int, m: MessageRef) -> None:
+        if m.mtime != m.mtime:
+            # A peek()ed message changed and stored: what is stored has its mtime.
+            m = replace(m, mtime=_stat_mtime(self.cur, m.filename))
         # The columns follow the stored message, so keys() and uids() stay right.
         self._uids[i], self._names[i], self._sizes[i], self._mtimes[i] = \
             m.uid, m.filename, m.size, m.mtime
@@ -213,6 +262,52 @@ class MessageList(MutableSequence["MessageRef"]):
     def extend(self, values: Iterable[MessageRef]) -> None:
         for m in values:
             self.insert(len(self._uids), m)
+
+    def pin(self, i: int, m: MessageRef) -> None:
+        """Keep `m` as the message at `i`: one the columns would not give back as it is
+        (a base cut at another colon than split_name's, folder.py's scan)."""
+        if self._stored is None:
+            self._stored = [None] * len(self._uids)
+        self._stored[i] = m
+
+    def row(self, i: int) -> tuple[int, str, frozenset[str], str | None]:
+        """UID, file name, keywords and the flags of a stored MessageRef (None: none
+        stored, they are the name's) of the message at `i`, without a MessageRef. A
+        stored message's flags may differ from its name's (mailbox.relocate keeps the
+        flags the client was told)."""
+        if self._stored is not None:
+            m = self._stored[i]
+            if m is not None:
+                return m.uid, m.filename, m.keywords, m.flags
+        return self._uids[i], self._names[i], \
+            _EMPTY if self._keywords is None else self._keywords[i], None
+
+    def all_keywords(self) -> set[str]:
+        """Every keyword some message has (the FLAGS response's), from the column."""
+        if self._keywords is None:
+            return set()
+        return {k for ks in self._keywords if ks for k in ks}
+
+    def has_keywords(self) -> bool:
+        return self._keywords is not None and any(self._keywords)
+
+    def count_unseen(self) -> int:
+        """Messages without \\Seen (STATUS UNSEEN), from the names."""
+        stored = self._stored
+        n = 0
+        for i, name in enumerate(self._names):
+            m = stored[i] if stored is not None else None
+            if "S" not in (m.flags if m is not None else split_name(name)[1]):
+                n += 1
+        return n
+
+    def columns(self) -> tuple[array.array, list[str], array.array, array.array,
+                               dict[int, frozenset[str]]]:
+        """UIDs, names, sizes, mtimes (NaN: not read) and keywords by index, as they
+        are (not copies): what snapshot.write stores."""
+        kws = {} if self._keywords is None else \
+            {i: ks for i, ks in enumerate(self._keywords) if ks}
+        return self._uids, self._names, self._sizes, self._mtimes, kws
 
     def uids(self) -> array.array:
         """Every message's UID, in order (a copy)."""
@@ -288,6 +383,42 @@ class Picked(Sequence[tuple[int, "MessageRef"]]):
         has every mtime already)."""
         if isinstance(self._msgs, MessageList):
             self._msgs.learn_mtime(self._idx[k], mtime)
+
+    def filename(self, k: int) -> str:
+        """The file name of the k-th picked message, without keeping a MessageRef for
+        it (a cold FETCH's record builders open the files of a whole folder)."""
+        msgs, i = self._msgs, self._idx[k]
+        if isinstance(msgs, MessageList):
+            m = msgs._stored[i] if msgs._stored is not None else None
+            return msgs._names[i] if m is None else m.filename
+        return msgs[i].filename
+
+    def learn_mtime(self, k: int, mtime: float) -> None:
+        """MessageList.learn_mtime for the k-th picked message (a list of MessageRefs
+        has every mtime already)."""
+        if isinstance(self._msgs, MessageList):
+            self._msgs.learn_mtime(self._idx[k], mtime)
+
+
+def _stat_mtime(cur: str | None, name: str) -> float:
+    """A message file's mtime (its INTERNALDATE). Another process may have renamed it
+    (a flag change) since it was listed: then it is looked for by its base. 0.0 when
+    it has gone (expunged: nothing will read its date)."""
+    if cur is None:
+        return 0.0
+    try:
+        return os.stat(os.path.join(cur, name)).st_mtime
+    except FileNotFoundError:
+        pass
+    base = _base(name)
+    try:
+        with os.scandir(cur) as it:
+            for ent in it:
+                if _base(ent.name) == base:
+                    return ent.stat().st_mtime
+    except OSError:
+        pass
+    return 0.0
 
 
 def _ref(uid: int, name: str, size: int, mtime: float, keywords: frozenset[str]) -> MessageRef:
