@@ -147,12 +147,6 @@ class MessageList(MutableSequence["MessageRef"]):
         if self._mtimes[i] != self._mtimes[i]:      # NaN: not read yet
             self._mtimes[i] = mtime
 
-    def learn_mtime(self, i: int, mtime: float) -> None:
-        """The mtime at `i`, read by a process that had the file open (a cold FETCH's
-        record builders fstat it): making its MessageRef then needs no stat."""
-        if self._mtimes[i] != self._mtimes[i]:      # NaN: not read yet
-            self._mtimes[i] = mtime
-
     def peek(self, i: int) -> MessageRef:
         """The message at `i` (0 <= i < len), made for the caller and not kept: for a
         pass over every message that keeps none of them (a refresh, EXPUNGE)."""
@@ -368,21 +362,6 @@ class Picked(Sequence[tuple[int, "MessageRef"]]):
             return [i + 1 for i in idx], msgs.keys(idx), [uids[i] for i in idx]
         refs = [msgs[i] for i in idx]
         return [i + 1 for i in idx], [(m.base, m.size) for m in refs], [m.uid for m in refs]
-
-    def filename(self, k: int) -> str:
-        """The file name of the k-th picked message, without keeping a MessageRef for
-        it (a cold FETCH's record builders open the files of a whole folder)."""
-        msgs, i = self._msgs, self._idx[k]
-        if isinstance(msgs, MessageList):
-            m = msgs._stored[i] if msgs._stored is not None else None
-            return msgs._names[i] if m is None else m.filename
-        return msgs[i].filename
-
-    def learn_mtime(self, k: int, mtime: float) -> None:
-        """MessageList.learn_mtime for the k-th picked message (a list of MessageRefs
-        has every mtime already)."""
-        if isinstance(self._msgs, MessageList):
-            self._msgs.learn_mtime(self._idx[k], mtime)
 
     def filename(self, k: int) -> str:
         """The file name of the k-th picked message, without keeping a MessageRef for
