@@ -95,7 +95,7 @@ SETTINGS = merge_settings(listener_settings(
     Setting("IMAP_CAPABILITY_TLS_ORIG", "capability_tls_orig", to_str, "", "ditto"),
     Setting("IMAP_TLS_REQUIRED", "tls_required", to_bool, "0", "refuse LOGIN before STARTTLS"),
     Setting("IMAP_IDLE_TIMEOUT", "idle_timeout", positive_int, "60", "IDLE re-check seconds"),
-    Setting("IMAP_HIBERNATE_TIMEOUT", "hibernate_timeout", non_negative_int, "10",
+    Setting("IMAP_HIBERNATE_TIMEOUT", "hibernate_timeout", non_negative_int, "1",
             "seconds without a command before a session hands its connection to the "
             "listener and its process exits (courier_imapd.hibernate); 0: never"),
     Setting("IMAP_KEYWORDS", "keywords", non_negative_int, "1",

@@ -82,6 +82,8 @@ class SessionImage:
     sent: int = 0
     body: int = 0
     elapsed: int = 0                          # seconds since login (the LOGOUT log's time)
+    nap: float = 0.0                          # the nap this sleep followed (0: configured)
+    asleep_since: float = 0.0                 # time.time() it was handed over
     copied: list[int] = field(default_factory=list)
     folder: FolderImage | None = None
 
@@ -126,7 +128,8 @@ def encode(img: SessionImage) -> bytes:
         raise BlobError("login too long")
     w = _Writer()
     w.u8(img.utf8 | img.condstore << 1 | img.qresync << 2 | (img.folder is not None) << 3)
-    for v in (img.rcvd, img.sent, img.body, img.elapsed):
+    for v in (img.rcvd, img.sent, img.body, img.elapsed, int(img.nap * 1000),
+              int(img.asleep_since * 1000)):
         w.u64(max(0, v))
     w.uints(img.copied)
     f = img.folder
@@ -247,6 +250,7 @@ def decode(blob: bytes) -> SessionImage:
     img = SessionImage(user, utf8=bool(bits & 1), condstore=bool(bits & 2),
                        qresync=bool(bits & 4))
     img.rcvd, img.sent, img.body, img.elapsed = r.u64(), r.u64(), r.u64(), r.u64()
+    img.nap, img.asleep_since = r.u64() / 1000, r.u64() / 1000
     img.copied = r.uints().tolist()
     if bits & 8:
         name = r.text()
@@ -280,20 +284,39 @@ def decode(blob: bytes) -> SessionImage:
 
 # -- the session's side -----------------------------------------------------------------
 
+MAX_NAP = 64.0        # seconds: the longest a session backs off (next_nap)
+LONG_SLEEP = 60.0     # seconds asleep that pay for a hibernation many times over
+
+
 def nap(s: Session) -> float:
     """Seconds without a command after which this session hibernates; 0: never (off,
     no channel to the listener, TLS, or a timeout not below the autologout)."""
     t = s.cfg.hibernate_timeout
     if t <= 0 or t >= s.cfg.autologout or s.conn.tls:
         return 0
-    return t if getattr(s.conn, "hibernate", None) is not None else 0
+    if getattr(s.conn, "hibernate", None) is None:
+        return 0
+    return min(max(t, s.hibernate_nap), s.cfg.autologout - 1)
+
+
+def next_nap(img: SessionImage, configured: int, now: float) -> float:
+    """The nap of a resumed session. A sleep and a wake cost some CPU (a fork, a scan
+    of the folder): a client that woke its session soon after it slept (one that
+    pauses a little longer than the timeout between commands) gets twice the nap,
+    up to MAX_NAP, so it is not put to sleep after every command; a session that
+    slept long (LONG_SLEEP) goes back to the configured timeout."""
+    slept = now - img.asleep_since
+    if img.nap <= 0 or not 0 <= slept < LONG_SLEEP:
+        return float(configured)
+    return min(MAX_NAP, max(float(configured), 2 * img.nap))
 
 
 def capture(s: Session) -> SessionImage:
     """What the client of this session has been told (module doc)."""
     img = SessionImage(s.user, utf8=s.utf8, condstore=s.condstore, qresync=s.qresync,
                        rcvd=s.counters.rcvd, sent=s.counters.sent, body=s.counters.body,
-                       elapsed=int(time.monotonic() - s.started), copied=sorted(s.copied))
+                       elapsed=int(time.monotonic() - s.started), copied=sorted(s.copied),
+                       nap=nap(s), asleep_since=time.time())
     v = s.view
     if v is not None:
         msgs = v.messages            # a lazy view reads its snapshot: the list as told

@@ -17,10 +17,9 @@ import logging
 import os
 import pwd
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from courier_imapd import keywordpolicy, sharedfolders, trash
+from courier_imapd import hibernate, keywordpolicy, sharedfolders, trash
 from courier_imapd.config import ImapdConfig
 from courier_imapd.core import SESSION_LIMITS, ImapConnection, State, untagged
 from courier_imapd.hibernate import BlobError, FolderImage, SessionImage, decode, login_of
@@ -87,7 +86,7 @@ def resume(conn: Connection, cfg: ImapdConfig, authsocket: Path) -> None:
                       account_quota=getattr(info, "quota", None) or None,
                       acl_groups=tuple(g for g in [getattr(info, "options", {}).get("group")]
                                        if g))
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     try:
         restore(session, img)
     except FolderGone as e:
@@ -102,9 +101,9 @@ def resume(conn: Connection, cfg: ImapdConfig, authsocket: Path) -> None:
         log.error("user=%s, ip=[%s]: cannot reopen the mailbox: %s", login, conn.peer_ip, e)
         _bye(conn, "Unable to open your mailbox")
         return
-    log.info("RESUME, user=%s, ip=[%s], folder=%s, in %.1f ms", login, conn.peer_ip,
-             img.folder.name if img.folder is not None else "-",
-             (time.monotonic() - started) * 1000)
+    log.info("RESUME, user=%s, ip=[%s], folder=%s, in %.1f ms (%.1f ms CPU)", login,
+             conn.peer_ip, img.folder.name if img.folder is not None else "-",
+             (time.monotonic() - started) * 1000, (time.process_time() - cpu) * 1000)
     session.run(resumed=True)
 
 
@@ -115,6 +114,7 @@ def restore(s: Session, img: SessionImage) -> None:
     s.condstore, s.qresync = img.condstore, img.qresync
     s.counters.rcvd, s.counters.sent, s.counters.body = img.rcvd, img.sent, img.body
     s.started = time.monotonic() - img.elapsed
+    s.hibernate_nap = hibernate.next_nap(img, s.cfg.hibernate_timeout, time.time())
     s.copied.clear()
     s.copied.update(img.copied)
     if img.folder is not None:
@@ -145,8 +145,8 @@ def _reselect(s: Session, f: FolderImage) -> None:
             base = f"hibernated.{uid}"
             refs.append(MessageRef(uid, base, join_name(base, flags), flags, 0, 0.0, kws))
         else:
-            refs.append(replace(m, filename=join_name(m.base, flags), flags=flags,
-                                keywords=kws))
+            refs.append(MessageRef(uid, m.base, join_name(m.base, flags), flags, m.size,
+                                   m.mtime, kws))
     told = FolderState(f.uidvalidity, st.uidnext, tuple(refs),
                        frozenset(f.recent) | st.recent)
     del on_disk, st

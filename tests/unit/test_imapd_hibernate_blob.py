@@ -22,7 +22,7 @@ def image(n: int = 5) -> h.SessionImage:
     uids = list(range(10, 10 + 3 * n, 3))
     return h.SessionImage(
         "alice@example.com", utf8=True, condstore=True, qresync=False, rcvd=123, sent=4567,
-        body=89, elapsed=42, copied=[10, 13],
+        body=89, elapsed=42, copied=[10, 13], nap=2.0, asleep_since=1800000000.5,
         folder=h.FolderImage(
             "INBOX.Caf\u00e9", readonly=False, uidvalidity=1700000000, cur_id=(2049, 99),
             uids=uids, flags=["S" if u % 2 else "FS" for u in uids],
@@ -100,8 +100,8 @@ def test_inflating_past_the_limit_is_refused() -> None:
     (struct.pack("<4sBH", h.MAGIC, 9, 1) + b"u", "version"),
     (struct.pack("<4sBH", h.MAGIC, h.VERSION, 0), "login"),
     (struct.pack("<4sBH", h.MAGIC, h.VERSION, 1) + b"u" + b"not zlib", "body"),
-    (_with_body(b"\0" + b"\0" * 32 + struct.pack("<I", 10**6)), "truncated"),
-    (_with_body(b"\0" + b"\0" * 32 + struct.pack("<I", 0) + b"junk"), "trailing"),
+    (_with_body(b"\0" + b"\0" * 48 + struct.pack("<I", 10**6)), "truncated"),
+    (_with_body(b"\0" + b"\0" * 48 + struct.pack("<I", 0) + b"junk"), "trailing"),
 ])
 def test_nonsense_is_refused(blob: bytes, why: str) -> None:
     with pytest.raises(h.BlobError, match=why):
@@ -111,7 +111,7 @@ def test_nonsense_is_refused(blob: bytes, why: str) -> None:
 def _folder_body(uids: list[int], index: list[int], ntable: int = 1) -> bytes:
     w = h._Writer()
     w.u8(8)
-    for _ in range(4):
+    for _ in range(6):
         w.u64(0)
     w.uints([])
     w.text("INBOX")
@@ -151,3 +151,13 @@ def test_resume_of_a_bad_blob_says_bye_and_closes(tmp_path) -> None:
         resume.resume(conn, cfg, tmp_path / "no-authd")
         theirs.settimeout(5)
         assert theirs.recv(200).startswith(b"* BYE ")
+
+
+def test_a_session_woken_soon_naps_longer() -> None:
+    img = h.SessionImage("u", nap=1.0, asleep_since=1000.0)
+    assert h.next_nap(img, 1, 1000.5) == 2.0          # woken half a second later
+    img.nap = 48.0
+    assert h.next_nap(img, 1, 1001.0) == h.MAX_NAP     # bounded
+    assert h.next_nap(img, 1, 1000.0 + h.LONG_SLEEP) == 1.0   # a long sleep: back to 1
+    assert h.next_nap(img, 1, 900.0) == 1.0            # a clock that went back: no guess
+    assert h.next_nap(h.SessionImage("u"), 5, 1000.0) == 5.0
