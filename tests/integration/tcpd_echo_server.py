@@ -3,7 +3,9 @@
 Usage: python3 tcpd_echo_server.py CONFIG.json. The JSON is re-read on every
 load(), so a test changes it and sends SIGHUP to see a reload take effect.
 Commands (one a line): ECHO text | ENV NAME | STARTTLS | RAISE | WHOAMI | PID |
-STUBBORN (ignore SIGTERM) | QUIT.
+STUBBORN (ignore SIGTERM) | SLEEP blob (hibernate: hand the connection and the blob
+to the listener, with "hibernate" set in the config) | QUIT. A resumed connection is
+greeted with "+OK resumed <blob> uid=<uid>".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from libcourier import log
 from libcourier.config.errors import ConfigError
 from libcourier.proto import NEED_DATA, LineTooLong, ReceiveBuffer
 from libcourier.tcpd import Connection, ListenerSpec, serve, server_context
+from libcourier.tcpd.listener import hibernate
 
 CONFIG = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("tcpd.json")
 
@@ -44,11 +47,18 @@ def load():
         child_user=tuple(cfg["child_user"]) if cfg.get("child_user") else None,
         timeout=cfg.get("timeout", 30.0),
         reuse=cfg.get("reuse", 0),
+        hibernate_socket=Path(cfg["hibernate"]) if cfg.get("hibernate") else None,
+        hibernate_linger=cfg.get("linger", 60.0),
+        hibernate_bye=b"* BYE asleep too long\r\n",
     )
     greeting = cfg.get("greeting", "+OK echod").encode()
 
     def handler(conn: Connection) -> None:
-        conn.sendall(greeting + f" [{conn.peer_ip}] tls={int(conn.tls)}\r\n".encode())
+        if conn.resumed is not None:
+            conn.sendall(b"+OK resumed " + conn.resumed.blob +
+                         f" uid={conn.resumed.uid}\r\n".encode())
+        else:
+            conn.sendall(greeting + f" [{conn.peer_ip}] tls={int(conn.tls)}\r\n".encode())
         buf = ReceiveBuffer(1000)
         while True:
             try:
@@ -82,6 +92,11 @@ def load():
                 case "STUBBORN":
                     signal.signal(signal.SIGTERM, signal.SIG_IGN)
                     conn.sendall(b"+OK ignoring SIGTERM\r\n")
+                case "SLEEP":
+                    if conn.hibernate is not None and not len(buf) and \
+                            hibernate(conn.hibernate, conn.sock, arg.encode()):
+                        return
+                    conn.sendall(b"-ERR cannot sleep\r\n")
                 case "QUIT":
                     conn.sendall(b"+OK bye\r\n")
                     return
