@@ -245,15 +245,15 @@ def cmd_smtp(args: argparse.Namespace) -> int:
 def write_deferred(spooldir: Path, count: int) -> None:
     """Committed queue entries as SpoolWriter leaves them, without the fsyncs."""
     from libcourier.spool import Envelope, Recipient, new_qid
+    from libcourier.spool.entry import format_header
     from libcourier.spool.envelope import format_envelope
     msgs = spooldir / "msgs"
     body = message(0, 4096)
-    now = time.time()
+    env = format_envelope(Envelope("b@bench.test", (Recipient(REMOTE),), time.time(),
+                                   client="deliver_goals"))
+    entry = format_header(len(body), len(env)) + body + env
     for _ in range(count):
-        qid = new_qid()
-        (msgs / f"{qid}.dat").write_bytes(body)
-        (msgs / f"{qid}.env").write_bytes(format_envelope(Envelope(
-            "b@bench.test", (Recipient(REMOTE),), now, client="deliver_goals")))
+        (msgs / new_qid()).write_bytes(entry)
 
 
 def rss_kb(pid: int) -> int:
@@ -274,6 +274,7 @@ def attempts_logged(log: Path) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
+    from libcourier.spool import list_queue
     inst = Instance(None)
     try:
         inst.start("authdaemond")
@@ -293,7 +294,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
             peak = max(peak, kb)
             samples.append(kb)
             time.sleep(1.0)
-        left = len([n for n in os.listdir(inst.layout.spooldir / "msgs") if n.endswith(".env")])
+        left = len(list_queue(inst.layout.spooldir))
         tried = attempts_logged(inst.layout.logdir / "courierd.log")
     finally:
         inst.close()

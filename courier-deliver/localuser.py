@@ -57,6 +57,7 @@ from libcourier.maildir.delivery import (
 )
 from libcourier.mbox import deliver_to_mbox, from_line
 from libcourier.proto import ClientError
+from libcourier.spool import SpoolError, data_span
 
 DELIVERY_TIMEOUT = 900.0     # one delivery child, start to finish: Courier's localtimeout
 DELIVERY_GRACE = 30.0        # the delivery child's own watchdog fires this much earlier
@@ -71,14 +72,16 @@ MAX_HOPS = 100               # Received/Delivered-To lines before we call it a l
 
 
 def _pread_chunks(fd: int) -> Iterator[bytes]:
-    """The spool file from its start, by offset: the descriptor's shared file
-    position belongs to courierd's open file and is left alone."""
-    offset = 0
-    while True:
-        block = os.pread(fd, CHUNK, offset)
+    """The message in the spool file (spool.data_span: a queue entry also holds
+    its envelope), by offset: the descriptor's shared file position belongs to
+    courierd's open file and is left alone."""
+    offset, left = data_span(fd)
+    while left > 0:
+        block = os.pread(fd, min(CHUNK, left), offset)
         if not block:
             return
         offset += len(block)
+        left -= len(block)
         yield block
 
 
@@ -121,11 +124,15 @@ def _perm(text: str) -> _Fail:
 def _check_loop(fd: int, recipient: str) -> None:
     """A copy that already went through this mailbox, or too many hops, is a
     loop (RFC 5321 §6.3): refuse it permanently rather than mail forever."""
+    try:
+        offset, length = data_span(fd)
+    except SpoolError as e:
+        raise _temp(f"4.3.0 unreadable spool file: {e}") from None
     # A small first read: a 256 KB buffer for every message was an mmap, page
     # faults and a munmap in the delivery worker.
-    head = os.pread(fd, HEADER_SCAN_FIRST, 0)
+    head = os.pread(fd, min(HEADER_SCAN_FIRST, length), offset)
     if b"\n\n" not in head and len(head) == HEADER_SCAN_FIRST:
-        head = os.pread(fd, HEADER_SCAN_MAX, 0)
+        head = os.pread(fd, min(HEADER_SCAN_MAX, length), offset)
     end = head.find(b"\n\n")
     if end >= 0:
         head = head[:end + 1]
@@ -271,8 +278,8 @@ def run_program(command: str, env: dict[str, str], fd: int,
 
 def _message_size(fd: int) -> int:
     try:
-        return os.fstat(fd).st_size
-    except OSError:
+        return data_span(fd)[1]
+    except (OSError, SpoolError):
         return 0
 
 

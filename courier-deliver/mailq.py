@@ -42,7 +42,7 @@ from urllib.parse import quote, unquote
 from libcourier import privsep
 from libcourier.config import ConfigError, config_dir
 from libcourier.layout import Layout, load_layout
-from libcourier.spool import SpoolError, list_queue, read_envelope
+from libcourier.spool import SpoolError, entry_exists, list_queue, open_data, read_envelope
 
 EX_NOPERM = 77
 EX_CONFIG = 78
@@ -58,17 +58,26 @@ class Entry:
     damaged: str | None = None      # why the envelope could not be read
 
 
+def _size(layout: Layout, qid: str) -> int:
+    """The message's octets (a queue entry's file also holds its envelope)."""
+    with open_data(layout.spooldir, qid) as data:
+        return data.length
+
+
 def scan(layout: Layout) -> list[Entry]:
     out = []
     for qid in list_queue(layout.spooldir):
         try:
-            size = (layout.spooldir / "msgs" / f"{qid}.dat").stat().st_size
+            size = _size(layout, qid)
         except FileNotFoundError:
             continue        # delivered while we were listing
+        except (OSError, SpoolError) as e:
+            out.append(Entry(qid, 0, 0.0, "", (), str(e)))
+            continue
         try:
             env = read_envelope(layout.spooldir, qid)
         except SpoolError as e:
-            if not (layout.spooldir / "msgs" / f"{qid}.env").exists():
+            if not entry_exists(layout.spooldir, qid):
                 continue
             out.append(Entry(qid, size, 0.0, "", (), str(e)))
             continue
@@ -101,7 +110,7 @@ def scan_for(layout: Layout, uid: int | None, limit: int = MAILQ_MAX) -> list[En
             env = read_envelope(layout.spooldir, qid)
             if uid is not None and submitted_by(env.client) != uid:
                 continue        # (before the stat: most messages are someone else's)
-            size = (layout.spooldir / "msgs" / f"{qid}.dat").stat().st_size
+            size = _size(layout, qid)
         except (OSError, SpoolError):
             continue            # delivered meanwhile, or damaged (root sees those)
         out.append(Entry(qid, size, env.received, env.sender,

@@ -53,7 +53,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from courier_deliver import dsn, mailq
 from courier_deliver.config import QueueConfig, local_user
@@ -63,10 +62,13 @@ from courier_deliver.remote import RemoteDelivery, RemoteResult
 
 from libcourier.smtp.verp import verp_sender
 from libcourier.spool import (
+    DataFile,
     Envelope,
     Recipient,
     SpoolError,
     SpoolWriter,
+    data_present,
+    entry_exists,
     list_queue,
     open_data,
     quarantine,
@@ -135,13 +137,14 @@ def process_message(config: QueueConfig, qid: str, deliver: DeliverFn,
         try:
             env = read_envelope(spool, qid)
         except SpoolError as e:
-            if not (spool / "msgs" / f"{qid}.env").exists():
+            if not entry_exists(spool, qid):
                 return Result(Outcome.GONE)
             # Retrying cannot help a file that does not parse or cannot be read:
             # set it aside for the admin, never delete it (issue 8, bad input).
             return _set_aside(spool, qid, f"unreadable envelope: {e}")
-    if not os.path.exists(f"{spool}/{MSGS}/{qid}.dat"):     # (a string: per message)
-        # Only a crash inside SpoolWriter's commit leaves this (no 250 was given).
+    if not data_present(spool, qid):
+        # Only a crash inside a former SpoolWriter's commit (a .env without its
+        # .dat) leaves this (no 250 was given).
         return _set_aside(spool, qid, "the message data is missing")
     try:
         env = expand_aliases(config, qid, env)
@@ -346,7 +349,7 @@ class _Run:
         cfg, env = self.config, self.env
         spool = cfg.layout.spooldir
         with open_data(spool, self.qid) as fh:
-            size = os.fstat(fh.fileno()).st_size
+            size = fh.length
             original = fh.read(max(cfg.dsnlimit + 1, DSN_READ_MAX))
         me = cfg.domains.me
         mid = f"<{time.time_ns():x}.{os.getpid():x}.{self.qid}@{me}>"
@@ -613,7 +616,7 @@ class QueueManager:
             return None                  # process_message reads it again and decides
 
     def _in_loop_candidate(self, qid: str, env: Envelope
-                           ) -> tuple[Recipient, BinaryIO] | None:
+                           ) -> tuple[Recipient, DataFile] | None:
         """One local recipient that is no alias and wants no success DSN: all
         its attempt needs besides courierlocal's answer is to read the envelope
         and, once delivered, unlink the entry (dirsync.py), so it needs no

@@ -62,14 +62,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def flush(etc: Path) -> int:
-    """Send courierd `NEW <qid>` for every committed message (its .env exists)."""
-    from libcourier.spool import notify
+    """Send courierd `NEW <qid>` for every committed message (spool.list_queue)."""
+    from libcourier.spool import list_queue, notify
 
     layout = load_layout(etc)
-    msgs = layout.spooldir / "msgs"
-    qids = sorted(p.name[:-4] for p in msgs.glob("*.env")) if msgs.is_dir() else []
+    qids = list_queue(layout.spooldir)
     for qid in qids:
-        notify(layout, qid)
+        notify(layout.queue_socket, qid)
     print(f"courier flush: {len(qids)} queued message(s) handed to courierd")
     return 0
 

@@ -1,11 +1,18 @@
 """The spool on disk: SPOOLDIR/tmp (being written) and SPOOLDIR/msgs (committed).
 
-A message is `msgs/<qid>.dat` (the message as it will be delivered, with LF
-line ends and the Received: line on top) plus `msgs/<qid>.env` (the envelope).
-The .env appearing by rename is the commit point; a .dat without a .env is a
-crash leftover that purge_tmp removes (an .env without its .dat too). Nothing is
-written in place: every file is written under tmp/, fsync'd, renamed, and the
-directory fsync'd.
+A message is one file, `msgs/<qid>` (entry.py: a header, the message with LF
+line ends and the Received: line on top, the envelope), written under tmp/,
+fsync'd and renamed: the rename is the commit point. courierd's later
+envelopes (recipients done, the delay warning sent) go into `msgs/<qid>.st`
+(the envelope alone, written the same durable way), which overrides the one in
+the entry and leaves the message untouched. Removal unlinks the entry first
+(then it is no longer queued), then its .st; a crash between the two leaves a
+lone .st, which purge_tmp removes once old. Nothing is written in place.
+
+Entries of the former layout, `msgs/<qid>.dat` (the message) plus
+`msgs/<qid>.env` (the envelope, the commit point, rewritten in place of a
+.st), are still listed, read, delivered, rewritten, quarantined and purged:
+a queue written before an upgrade drains as before.
 """
 
 from __future__ import annotations
@@ -17,13 +24,22 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO
 
 from libcourier.durable import fsync_dir, write_atomic
-from libcourier.spool.envelope import Envelope, SpoolError, format_envelope, parse_envelope
+from libcourier.spool.entry import DataFile, read_entry_envelope
+from libcourier.spool.envelope import (
+    MAX_ENVELOPE_BYTES,
+    Envelope,
+    SpoolError,
+    format_envelope,
+    parse_envelope,
+)
 
 TMP = "tmp"
 MSGS = "msgs"
+STATE = ".st"           # courierd's envelope, overriding the entry's own
+OLD_DATA = ".dat"       # the former layout's message ...
+OLD_ENV = ".env"        # ... and envelope (its commit point)
 _QID = re.compile(r"[0-9a-f]{16}\.[0-9a-f]{1,8}\.[0-9a-f]{1,16}")
 _counter = itertools.count(1)
 NOTIFY_IDLE_MAX = 5.0          # seconds a kept notice connection may idle (courierd: 10)
@@ -75,55 +91,134 @@ def ensure_spool(spooldir: Path, uid: int | None = None, gid: int | None = None)
 
 
 def list_queue(spooldir: Path) -> list[str]:
-    """Committed queue ids (those with an .env), oldest first."""
+    """Committed queue ids (an entry, or a former-layout .env), oldest first."""
     try:
         names = os.listdir(Path(spooldir) / MSGS)
     except FileNotFoundError:
         return []
-    qids = [n[:-4] for n in names if n.endswith(".env") and _QID.fullmatch(n[:-4])]
-    qids.sort()
-    return qids
+    qids = set()
+    for n in names:
+        if _QID.fullmatch(n):
+            qids.add(n)
+        elif n.endswith(OLD_ENV) and _QID.fullmatch(n[:-4]):
+            qids.add(n[:-4])
+    return sorted(qids)
 
 
-def _entry_path(spooldir: Path, qid: str, suffix: str) -> str:
+def _entry_path(spooldir: Path, qid: str, suffix: str = "") -> str:
     # Plain strings: courierd builds these paths several times per message,
     # and pathlib's parsing cost more than the system calls using them.
     return f"{os.fspath(spooldir)}/{MSGS}/{check_qid(qid)}{suffix}"
 
 
-def read_envelope(spooldir: Path, qid: str) -> Envelope:
-    path = _entry_path(spooldir, qid, ".env")
+def _read_small(path: str) -> bytes | None:
+    """An envelope file's octets; None if it does not exist."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(4 * 1024 * 1024 + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
     except OSError as e:
         raise SpoolError(f"{path}: {e.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_ENVELOPE_BYTES:
+            raise SpoolError(f"{path}: envelope file too large")
+        return os.pread(fd, size + 1, 0)
+    except OSError as e:
+        raise SpoolError(f"{path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _parse(path: str, data: bytes) -> Envelope:
     try:
         return parse_envelope(data)
     except SpoolError as e:
         raise SpoolError(f"{path}: {e}") from None
 
 
-def open_data(spooldir: Path, qid: str) -> BinaryIO:
-    return open(_entry_path(spooldir, qid, ".dat"), "rb")
+def read_envelope(spooldir: Path, qid: str) -> Envelope:
+    """The entry's current envelope: its .st if courierd wrote one, else the one
+    inside it (or a former-layout .env). SpoolError if gone or damaged."""
+    path = _entry_path(spooldir, qid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        old = path + OLD_ENV
+        data = _read_small(old)
+        if data is None:
+            raise SpoolError(f"{path}: no such queue entry") from None
+        return _parse(old, data)
+    except OSError as e:
+        raise SpoolError(f"{path}: {e.strerror}") from None
+    try:
+        state = _read_small(path + STATE)
+        if state is not None:
+            return _parse(path + STATE, state)
+        try:
+            return _parse(path, read_entry_envelope(fd))
+        except OSError as e:
+            raise SpoolError(f"{path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def entry_exists(spooldir: Path, qid: str) -> bool:
+    """Still queued (an entry, or a former-layout .env): tells an entry removed
+    meanwhile from a damaged one."""
+    path = _entry_path(spooldir, qid)
+    return os.path.exists(path) or os.path.exists(path + OLD_ENV)
+
+
+def data_present(spooldir: Path, qid: str) -> bool:
+    """The message is there: always for an entry; a former-layout .env could
+    lose its .dat in a crash inside the old writer's commit (no 250 was given)."""
+    path = _entry_path(spooldir, qid)
+    return os.path.exists(path) or os.path.exists(path + OLD_DATA)
+
+
+def open_data(spooldir: Path, qid: str) -> DataFile:
+    """The message alone (entry.DataFile: read(), fileno(), offset, length).
+    OSError if it is gone, SpoolError if the file is no queue entry."""
+    path = _entry_path(spooldir, qid)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = os.open(path + OLD_DATA, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return DataFile.of(fd)
+    except SpoolError as e:
+        raise SpoolError(f"{path}: {e}") from None
 
 
 def rewrite_envelope(spooldir: Path, qid: str, envelope: Envelope) -> None:
+    """Record courierd's new envelope durably (tmp/, fsync, rename, directory
+    fsync): the entry's .st, or a former-layout entry's .env."""
     spooldir = Path(spooldir)
-    check_qid(qid)
-    final = spooldir / MSGS / f"{qid}.env"
-    if not final.exists():
-        raise SpoolError(f"{final}: no such queue entry")
-    tmp = spooldir / TMP / f"{qid}.env.{os.getpid()}.{next(_counter)}"
-    write_file_durably(tmp, final, format_envelope(envelope))
+    path = _entry_path(spooldir, qid)
+    if os.path.exists(path):
+        final = path + STATE
+    elif os.path.exists(path + OLD_ENV):
+        final = path + OLD_ENV
+    else:
+        raise SpoolError(f"{path}: no such queue entry")
+    tmp = spooldir / TMP / f"{qid}{final[len(path):]}.{os.getpid()}.{next(_counter)}"
+    write_file_durably(tmp, Path(final), format_envelope(envelope))
 
 
 def remove(spooldir: Path, qid: str, *, sync: bool = True) -> None:
-    """Envelope first: once it is gone the entry is no longer queued. sync=False
-    leaves the directory fsync to the caller (courierd: dirsync.DelayedDirSync)."""
-    for suffix in (".env", ".dat"):
+    """The entry first: once it is gone the message is no longer queued (then
+    its .st; a former layout's .env, then .dat). sync=False leaves the
+    directory fsync to the caller (courierd: dirsync.DelayedDirSync)."""
+    path = _entry_path(spooldir, qid)
+    try:
+        os.unlink(path)
+        rest: tuple[str, ...] = (STATE,)
+    except FileNotFoundError:
+        rest = (OLD_ENV, OLD_DATA, STATE)
+    for suffix in rest:
         try:
-            os.unlink(_entry_path(spooldir, qid, suffix))
+            os.unlink(path + suffix)
         except FileNotFoundError:
             pass
     if sync:
@@ -131,13 +226,15 @@ def remove(spooldir: Path, qid: str, *, sync: bool = True) -> None:
 
 
 QUARANTINE = "quarantine"      # 0700: queue entries and maildrop files set aside
+# Commit points first: once they moved, the message is no longer queued, even
+# if a later move fails (a lone .st or .dat left behind is purge_tmp's).
+_PIECES = ("", OLD_ENV, STATE, OLD_DATA)
 
 
 def quarantine(spooldir: Path, qid: str) -> Path:
     """Move a queue entry that cannot be delivered (an envelope that does not parse
     or cannot be read, or data that is gone) out of msgs/ into quarantine/, never
-    deleting it: an admin can look at it. The envelope goes first, so the entry is
-    no longer queued even if the data move fails. Returns the folder it went to."""
+    deleting it: an admin can look at it. Returns the folder it went to."""
     spooldir = Path(spooldir)
     check_qid(qid)
     dest = spooldir / QUARANTINE
@@ -146,7 +243,7 @@ def quarantine(spooldir: Path, qid: str) -> Path:
     except FileExistsError:
         pass
     msgs = spooldir / MSGS
-    for suffix in (".env", ".dat"):
+    for suffix in _PIECES:
         try:
             os.rename(msgs / f"{qid}{suffix}", dest / f"{qid}{suffix}")
         except FileNotFoundError:
@@ -156,11 +253,25 @@ def quarantine(spooldir: Path, qid: str) -> Path:
     return dest
 
 
+def _orphans(names: set[str]) -> list[str]:
+    """Pieces of msgs/ without their commit point: a .st whose entry was removed
+    (a crash inside remove()), and a former-layout .dat without its .env or
+    .env without its .dat (a crash inside the old writer's commit)."""
+    out = []
+    for n in names:
+        base, dot, suffix = n.rpartition(".")
+        if not dot or not _QID.fullmatch(base):
+            continue
+        if ((f".{suffix}" == STATE and base not in names)
+                or (f".{suffix}" == OLD_DATA and base + OLD_ENV not in names)
+                or (f".{suffix}" == OLD_ENV and base + OLD_DATA not in names)):
+            out.append(n)
+    return out
+
+
 def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
-    """Remove leftovers of crashed writers: files in tmp/, .dat files in msgs/
-    without an .env, and an .env without its .dat (a crash after SpoolWriter's two
-    renames, before its directory fsync, on a file system that kept only the second),
-    older than `older_than` seconds. Returns the count."""
+    """Remove leftovers of crashes older than `older_than` seconds: files in
+    tmp/ (writers that died) and _orphans in msgs/. Returns the count."""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
     removed = 0
@@ -170,9 +281,7 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     except FileNotFoundError:
         pass
     try:
-        candidates += [p for p in (spooldir / MSGS).iterdir()
-                       if (p.suffix == ".dat" and not p.with_suffix(".env").exists())
-                       or (p.suffix == ".env" and not p.with_suffix(".dat").exists())]
+        candidates += [spooldir / MSGS / n for n in _orphans(set(os.listdir(spooldir / MSGS)))]
     except FileNotFoundError:
         pass
     for p in candidates:

@@ -1,9 +1,10 @@
 """Writing one message into the spool (the submit side).
 
-The data goes to tmp/<qid>.dat as it arrives (buffered), never past max_size:
-past it, the writer only counts (`too_big`), so the server can read to the end
-of DATA and answer 552. commit() makes it durable and returns the queue id;
-only after it returns may the server say 250 (DESIGN.md §8.2).
+The message goes to tmp/<qid> as it arrives (buffered), behind entry.py's header
+placeholder, never past max_size: past it, the writer only counts (`too_big`),
+so the server can read to the end of DATA and answer 552. commit() appends the
+envelope, fills in the header, fsyncs, renames the file into msgs/ and fsyncs
+that directory; only after it returns may the server say 250 (DESIGN.md §8.2).
 """
 
 from __future__ import annotations
@@ -12,26 +13,11 @@ import os
 from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_all
+from libcourier.spool.entry import HEADER_LEN, PLACEHOLDER, format_header
 from libcourier.spool.envelope import Envelope, SpoolError, format_envelope
 from libcourier.spool.queue import MSGS, TMP, new_qid
 
 BUFFER = 64 * 1024
-
-
-def fsync_both(fd1: int, fd2: int) -> None:
-    """fsync two files, with one journal commit where the file system allows: fd2's
-    writeback is started first (POSIX_FADV_DONTNEED starts it and does not wait), so
-    its blocks are allocated in the transaction that fd1's fsync commits, and fd2's
-    own fsync then mostly waits for I/O already under way. Both are still fsync'd:
-    durability never rests on the hint. (A helper thread doing the second fsync cost
-    ~0.1 ms of CPU a message, clone and stack, for no shorter wait: ext4, 2-CPU VM.)
-    Raises the first OSError."""
-    try:
-        os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError:
-        pass        # only a hint (a pipe, a file system without it)
-    os.fsync(fd1)
-    os.fsync(fd2)
 
 
 class SpoolWriter:
@@ -41,12 +27,15 @@ class SpoolWriter:
         self.qid = new_qid()
         # Plain strings: pathlib's joins cost more than the rest of a 4 KB message's write.
         self._tmpdir = os.path.join(spooldir, TMP)
-        self._tmp = os.path.join(self._tmpdir, f"{self.qid}.dat")
+        self._tmp = os.path.join(self._tmpdir, self.qid)
         # A raw fd and our own buffer: a BufferedWriter costs an fstat and an lseek
         # a message and adds nothing here (whole chunks come in, one write goes out).
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                            0o640)
-        self._pending = bytearray()
+        # The header's place; a message that fits in the buffer gets its real
+        # header there, and header, message and envelope go out in one write.
+        self._pending = bytearray(PLACEHOLDER)
+        self._drained = False
         self._size = 0
         self._too_big = False
         self._done = False
@@ -80,6 +69,7 @@ class SpoolWriter:
     def _drain(self) -> None:
         write_all(self._fd, self._pending)
         self._pending.clear()
+        self._drained = True
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -96,39 +86,37 @@ class SpoolWriter:
             self.abort()
             raise SpoolError("message larger than the size limit")
         msgs = os.path.join(self.spooldir, MSGS)
-        dat = os.path.join(msgs, f"{self.qid}.dat")
-        env = os.path.join(msgs, f"{self.qid}.env")
-        tmp_env = os.path.join(self._tmpdir, f"{self.qid}.env")
-        env_fd = -1
+        final = os.path.join(msgs, self.qid)
         try:
-            # Both files written, then fsync'd together (fsync_both), then both renamed
-            # and one directory fsync: 2 waits for the disk a message where
-            # dat-then-env took 4 (the accept rate, bench/smtp_goals.py).
-            # The .env rename stays the commit point: it comes after the .dat rename,
-            # and the 250 only after the directory fsync. (A crash between the renames
-            # and that fsync may keep either; purge_tmp removes a lone .env.)
+            env = format_envelope(envelope)
+            head = format_header(self._size, len(env))
+        except SpoolError:
+            self.abort()
+            raise
+        try:
+            # One file, one fsync, one rename: the rename is the commit point,
+            # and the 250 comes only after the directory fsync.
+            on_disk = self._drained         # the placeholder went out with a large message
+            if not on_disk:
+                self._pending[:HEADER_LEN] = head
+            self._pending += env
             self._drain()
-            env_fd = os.open(tmp_env, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o640)
-            write_all(env_fd, format_envelope(envelope))
-            os.fchmod(env_fd, 0o640)        # exact, whatever the umask
-            fsync_both(self._fd, env_fd)
+            if on_disk and os.pwrite(self._fd, head, 0) != HEADER_LEN:
+                raise OSError("short write of the queue entry's header")
+            os.fchmod(self._fd, 0o640)      # exact, whatever the umask
+            os.fsync(self._fd)
             self._close()
-            os.rename(self._tmp, dat)
-            os.rename(tmp_env, env)
+            os.rename(self._tmp, final)
             fsync_dir(msgs)
         except OSError as e:
             self._done = True
             self._close()
-            for p in (self._tmp, tmp_env, env, dat):
+            for p in (self._tmp, final):
                 try:
                     os.unlink(p)
                 except OSError:
                     pass
             raise SpoolError(f"cannot commit {self.qid}: {e.strerror or e}") from None
-        finally:
-            if env_fd >= 0:
-                os.close(env_fd)
         self._done = True
         return self.qid
 

@@ -58,7 +58,7 @@ def test_smtplib_message_lands_in_spool_byte_exact(smtpd):
     qids = list_queue(spooldir)
     assert len(qids) == 1
     qid = qids[0]
-    assert spool_files(spooldir) == [f"msgs/{qid}.dat", f"msgs/{qid}.env"]
+    assert spool_files(spooldir) == [f"msgs/{qid}"]
     env = read_envelope(spooldir, qid)
     assert env.sender == "bob@example.net" and env.body == "8BITMIME"
     assert [r.address for r in env.recipients] == [USER, "postmaster@example.com"]

@@ -27,7 +27,17 @@ from courier_deliver.queue import (
 )
 
 from libcourier.config import ConfigError
-from libcourier.spool import Envelope, Recipient, SpoolWriter, list_queue, notify, read_envelope
+from libcourier.spool import (
+    Envelope,
+    Recipient,
+    SpoolWriter,
+    data_span,
+    list_queue,
+    new_qid,
+    notify,
+    read_envelope,
+)
+from libcourier.spool.envelope import format_envelope
 
 
 def test_retry_schedule_is_courier_s():
@@ -115,7 +125,8 @@ class FakeLocal:
 
     def __call__(self, sock: Path, fd: int, sender: str, rcpt: str, user: str | None) -> Reply:
         import os
-        self.calls.append((sender, rcpt, user, os.pread(fd, 64 * 1024, 0)))
+        offset, length = data_span(fd)         # the message alone, as courierlocal reads it
+        self.calls.append((sender, rcpt, user, os.pread(fd, min(length, 64 * 1024), offset)))
         status = self.answers.get(rcpt, Status.OK)
         return Reply(status, "1.M1P1.h,S=1" if status is Status.OK else "x")
 
@@ -176,28 +187,46 @@ def test_crash_after_first_recipient_keeps_the_rest(cfg):
         ["b@mx.test"]
 
 
-@pytest.mark.parametrize("damage", ["garbage envelope", "data missing"])
+def old_layout_message(spooldir: Path, *rcpts: str, sender: str = "s@x") -> str:
+    """A queue entry as the writer before the one-file layout left it: .dat + .env."""
+    qid = new_qid()
+    (spooldir / "msgs" / f"{qid}.dat").write_bytes(b"Subject: t\n\nhi\n")
+    (spooldir / "msgs" / f"{qid}.env").write_bytes(format_envelope(Envelope(
+        sender, tuple(Recipient(r) for r in rcpts), time.time())))
+    return qid
+
+
+@pytest.mark.parametrize("damage", ["garbage state", "garbage entry", "old: garbage envelope",
+                                    "old: data missing"])
 def test_undeliverable_entry_is_quarantined_not_deleted(cfg, damage, caplog):
     """Issue 8, bad input: a spool entry that cannot be read is moved aside to
     SPOOLDIR/quarantine with a log line, never deleted, and no longer retried."""
     spool = cfg.layout.spooldir
-    qid = spool_message(spool, "alice@mx.test")
-    env_before = (spool / "msgs" / f"{qid}.env").read_bytes()
-    if damage == "garbage envelope":
-        (spool / "msgs" / f"{qid}.env").write_bytes(b"\x00 not an envelope\n")
+    msgs = spool / "msgs"
+    if damage.startswith("old"):
+        qid = old_layout_message(spool, "alice@mx.test")
+        before = {n: (msgs / f"{qid}{n}").read_bytes() for n in (".dat", ".env")}
+        if damage == "old: garbage envelope":
+            before[".env"] = b"\x00 not an envelope\n"
+            (msgs / f"{qid}.env").write_bytes(before[".env"])
+        else:
+            (msgs / f"{qid}.dat").unlink()
+            del before[".dat"]
     else:
-        (spool / "msgs" / f"{qid}.dat").unlink()
+        qid = spool_message(spool, "alice@mx.test")
+        if damage == "garbage state":
+            (msgs / f"{qid}.st").write_bytes(b"\x00 not an envelope\n")
+        else:
+            raw = (msgs / qid).read_bytes()
+            (msgs / qid).write_bytes(raw.replace(b"\nend\n", b"\nfrob\n"))
+        before = {n: (msgs / f"{qid}{n}").read_bytes() for n in ("", ".st")
+                  if (msgs / f"{qid}{n}").exists()}
     fake = FakeLocal({})
     with caplog.at_level("ERROR", logger="courier.courierd"):
         assert process_message(cfg, qid, fake).outcome is Outcome.GONE
-    assert fake.calls == [] and list_queue(spool) == []
-    kept = sorted(p.name for p in (spool / "quarantine").iterdir())
-    if damage == "garbage envelope":
-        assert kept == [f"{qid}.dat", f"{qid}.env"]
-        assert (spool / "quarantine" / f"{qid}.dat").read_bytes() == b"Subject: t\n\nhi\n"
-    else:
-        assert kept == [f"{qid}.env"]
-        assert (spool / "quarantine" / f"{qid}.env").read_bytes() == env_before
+    assert fake.calls == [] and list_queue(spool) == [] and list(msgs.iterdir()) == []
+    kept = {p.name[len(qid):]: p.read_bytes() for p in (spool / "quarantine").iterdir()}
+    assert kept == before
     assert f"id={qid}" in caplog.text and "quarantine" in caplog.text
 
 

@@ -19,6 +19,7 @@ from courier_deliver.localproto import Reply, Status, format_reply, parse_reques
 from courier_deliver.queue import QueueManager, bind_queue_socket, serve
 
 from libcourier.spool import (
+    DataFile,
     Envelope,
     Recipient,
     SpoolWriter,
@@ -75,7 +76,8 @@ class FakeCourierlocal:
                     buf += data
                 line, _, buf = buf.partition(b"\n")
                 req = parse_request_line(line)
-                body = os.pread(fds[0], 4096, 0)
+                with DataFile.of(os.dup(fds[0])) as data:   # the message alone, as courierlocal reads it
+                    body = data.read(4096)
                 for fd in fds:
                     os.close(fd)
                 with self.lock:

@@ -25,6 +25,7 @@ from libcourier.spool import (
     Envelope,
     Recipient,
     SpoolWriter,
+    data_span,
     ensure_spool,
     list_queue,
     open_data,
@@ -208,7 +209,8 @@ class Local:
 
     def __call__(self, sock, fd, sender, rcpt, user):
         import os
-        self.calls.append((sender, rcpt, os.pread(fd, 1 << 20, 0)))
+        offset, length = data_span(fd)         # the message alone, as courierlocal reads it
+        self.calls.append((sender, rcpt, os.pread(fd, length, offset)))
         status = self.answers.get(rcpt, Status.OK)
         return Reply(status, {Status.OK: "ok", Status.TEMP: "4.2.2 over quota",
                               Status.PERM: "5.1.1 no such user"}[status])

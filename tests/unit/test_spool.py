@@ -44,17 +44,19 @@ ENV = Envelope("alice@example.com", (Recipient("bob@example.com"),
                1700000000.5, "8BITMIME", True, "env\tid", "HDRS", "[127.0.0.1] helo=x")
 
 
-def test_commit_leaves_exactly_dat_and_env(spool):
+def test_commit_leaves_exactly_one_entry(spool):
     w = SpoolWriter(spool, 1000)
     w.write(b"Subject: hi\n\nbody\n")
-    assert files(spool) == [f"tmp/{w.qid}.dat"]
+    assert files(spool) == [f"tmp/{w.qid}"]
     qid = w.commit(ENV)
-    assert files(spool) == [f"msgs/{qid}.dat", f"msgs/{qid}.env"]
+    assert files(spool) == [f"msgs/{qid}"]
     assert list_queue(spool) == [qid]
     assert read_envelope(spool, qid) == ENV
     with open_data(spool, qid) as fh:
         assert fh.read() == b"Subject: hi\n\nbody\n"
-    assert oct((spool / "msgs" / f"{qid}.dat").stat().st_mode & 0o777) == "0o640"
+        assert fh.read() == b""         # the message only, not the envelope behind it
+        assert fh.length == 18
+    assert oct((spool / "msgs" / qid).stat().st_mode & 0o777) == "0o640"
 
 
 def test_abort_leaves_nothing(spool):
@@ -72,8 +74,7 @@ def test_too_big_stops_writing_and_refuses_commit(spool):
     w.write(b"12345")
     w.write(b"678901")
     assert w.too_big and w.size == 11
-    assert (spool / "tmp" / f"{w.qid}.dat").stat().st_size == 0 or \
-        (spool / "tmp" / f"{w.qid}.dat").stat().st_size <= 10
+    assert (spool / "tmp" / w.qid).stat().st_size == 0    # still all in the buffer
     with pytest.raises(SpoolError):
         w.commit(ENV)
     assert files(spool) == []
@@ -94,7 +95,7 @@ def test_commit_failure_leaves_nothing(spool, monkeypatch):
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(writer, "fsync_dir", boom)     # the last step, after both renames
+    monkeypatch.setattr(writer, "fsync_dir", boom)     # the last step, after the rename
     with pytest.raises(SpoolError):
         w.commit(ENV)
     assert files(spool) == []
@@ -110,10 +111,14 @@ def test_queue_order_rewrite_remove(spool):
     new = Envelope("", (), 2.0)
     rewrite_envelope(spool, qids[1], new)
     assert read_envelope(spool, qids[1]) == new
-    assert files(spool) == sorted([f"msgs/{q}.{s}" for q in qids for s in ("dat", "env")])
+    # The new envelope is a .st beside the entry; the entry is not rewritten.
+    assert files(spool) == sorted([f"msgs/{q}" for q in qids] + [f"msgs/{qids[1]}.st"])
+    with open_data(spool, qids[1]) as fh:
+        assert fh.read() == b"m1\n"
     remove(spool, qids[0])
-    assert list_queue(spool) == qids[1:]
-    assert not (spool / "msgs" / f"{qids[0]}.dat").exists()
+    remove(spool, qids[1])
+    assert list_queue(spool) == qids[2:]
+    assert files(spool) == [f"msgs/{qids[2]}"]
     with pytest.raises(SpoolError):
         rewrite_envelope(spool, qids[0], new)
 
@@ -128,7 +133,8 @@ def test_damaged_envelopes(spool):
     w = SpoolWriter(spool, 0)
     w.write(b"x\n")
     qid = w.commit(ENV)
-    envfile = spool / "msgs" / f"{qid}.env"
+    rewrite_envelope(spool, qid, ENV)
+    envfile = spool / "msgs" / f"{qid}.st"
     good = envfile.read_bytes()
     for damaged in (good[:-4], b"", b"garbage\n", good.replace(b"smtputf8 1", b"smtputf8 7"),
                     good.replace(b"end\n", b"frob 1\nend\n"), b"\xff" + good,
@@ -139,15 +145,19 @@ def test_damaged_envelopes(spool):
 
 
 def test_purge_tmp(spool):
-    old = spool / "tmp" / "stale.dat"
+    old = spool / "tmp" / "stale"
     old.write_bytes(b"x")
-    orphan = spool / "msgs" / f"{new_qid()}.dat"
+    orphan = spool / "msgs" / f"{new_qid()}.st"        # a crash inside remove()
     orphan.write_bytes(b"y")
-    os.utime(old, (1, 1))
-    os.utime(orphan, (1, 1))
+    w = SpoolWriter(spool, 0)
+    w.write(b"kept\n")
+    kept = w.commit(ENV)
+    rewrite_envelope(spool, kept, ENV)
+    for p in (old, orphan, spool / "msgs" / kept, spool / "msgs" / f"{kept}.st"):
+        os.utime(p, (1, 1))
     fresh = SpoolWriter(spool, 0)
     assert purge_tmp(spool) == 2
-    assert files(spool) == [f"tmp/{fresh.qid}.dat"]
+    assert files(spool) == sorted([f"tmp/{fresh.qid}", f"msgs/{kept}", f"msgs/{kept}.st"])
 
 
 def test_qids_unique_and_sorted():
