@@ -143,6 +143,7 @@ class MailboxView:
             cold_keywords = msgs.all_keywords()
             # A snapshot the scan could not store yet: after_select() stores it.
             self._pending = st if st.pending is not None else None
+            self._told = st.stamps
             self._state, self._messages = replace(st, messages=msgs), msgs
             self.recent = set(st.recent)
             del st                           # the refs go before give_back() below
@@ -160,6 +161,22 @@ class MailboxView:
             self.keywords = cold_keywords
         give_back()
 
+    def reusable(self, maildir: Maildir, readonly: bool) -> bool:
+        """Whether a SELECT of `maildir` may take this view (the session's last, just
+        closed) as it is: the same folder, opened the same way, provably unchanged
+        since the view was told of it (its stamps) and nothing left unreported. A
+        client that SELECTs the folder it just had (after a FETCH of every message)
+        is answered without the message list dropped and read again."""
+        return self._told is not None and not self.ghosts and self.readonly == readonly \
+            and type(self.maildir) is type(maildir) and self.maildir.path == maildir.path \
+            and maildir.validators() == self._told and _dir_id(maildir) == self.cur_id
+
+    def reopen(self, name: str) -> None:
+        """This view for a new SELECT (reusable()): the answer a SELECT from the
+        snapshot would give (no \\Recent: the earlier SELECT's)."""
+        self.name = name
+        self.recent = set()
+
     def close(self) -> None:
         """Let go of the snapshot a lazy view keeps open (also when the view is dropped)."""
         s = getattr(self, "_summary", None)
@@ -176,7 +193,8 @@ class MailboxView:
         st, self._pending = self._pending, None
         if st is not None:
             try:
-                self.maildir.store_snapshot(st)
+                if self.maildir.store_snapshot(st) and self._told is None:
+                    self._told = st.pending.validators    # type: ignore[union-attr]
             except OSError as e:
                 log.error("%s: cannot store the folder snapshot: %s", self.maildir.path, e)
 

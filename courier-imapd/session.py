@@ -112,6 +112,7 @@ class Session:
     user: str
     counters: Counters = field(default_factory=Counters)
     view: MailboxView | None = None
+    _last_view: MailboxView | None = None   # the folder just closed (_unselect)
     started: float = field(default_factory=time.monotonic)
     utf8: bool = False              # ENABLE UTF8=ACCEPT (RFC 6855): names go out as UTF-8
     condstore: bool = False         # RFC 7162 §3.1: MODSEQ in FETCH responses from now on
@@ -330,7 +331,8 @@ class Session:
         return self._untagged(self.view.refresh(allow_expunge=True))
 
     def _unselect(self) -> None:
-        self.view = None
+        # Kept until the next SELECT, which may take it again (MailboxView.reusable).
+        self._last_view, self.view = self.view, None
         self.copied.clear()
         self.core.set_state(State.AUTHENTICATED)
         self.title("AUTHENTICATED")
@@ -457,8 +459,15 @@ class Session:
         # Courier: without any of i e s t w the folder can only be read.
         readonly = cmd.readonly or not set(rights) & set("iestw")
         try:
-            view = MailboxView(cmd.mailbox, keywordpolicy.folder(
-                sharedfolders.open_folder(self.root, path), self.cfg.keywords), readonly)
+            folder = keywordpolicy.folder(sharedfolders.open_folder(self.root, path),
+                                          self.cfg.keywords)
+            last, self._last_view = self._last_view, None
+            if last is not None and last.reusable(folder, readonly):
+                view = last                 # the folder just closed, unchanged (mailbox.py)
+                view.reopen(cmd.mailbox)
+            else:
+                del last
+                view = MailboxView(cmd.mailbox, folder, readonly)
         except OSError as e:
             log.error("cannot open %s for %s: %s", path, self.user, e)
             self.out(tagged(cmd.tag, "NO", "Cannot open the mailbox"))

@@ -60,6 +60,9 @@ class FolderState:
     # the racy margin: it just moved mail into cur/): Maildir.store_snapshot, once
     # SELECT has been answered.
     pending: snapmod.Pending | None = None
+    # The stamps the messages are the folder's for (a SELECT scan whose snapshot was
+    # stored): while the folder's validators() equal them, nothing has changed.
+    stamps: snapmod.Validators | None = None
 
 
 def _size_of(base: str) -> int | None:
@@ -269,13 +272,16 @@ class Maildir:
                                        size, mtime, kws.get(bases[i], frozenset())))
         recent = frozenset(uid for uid, base in kept if base in moved) if moved else frozenset()
         del rows, files
-        pending = None
+        pending = stamps = None
         if v0 is not None and self.validators() == v0 and not self._new_waiting():
             # Nothing changed since the stamps (keywords included): store it, or leave
             # it to store_snapshot() when the stamps are too recent to trust yet.
-            if not snapmod.write(self.path, v0, recorded_ns, db.uidvalidity, nextuid, msgs):
+            if snapmod.write(self.path, v0, recorded_ns, db.uidvalidity, nextuid, msgs):
+                stamps = v0
+            else:
                 pending = snapmod.Pending(v0, recorded_ns)
-        return FolderState(db.uidvalidity, nextuid, msgs, recent, pending)  # type: ignore[arg-type]
+        return FolderState(db.uidvalidity, nextuid, msgs, recent,   # type: ignore[arg-type]
+                           pending, stamps)
 
     def store_snapshot(self, st: FolderState) -> bool:
         """Store a SELECT scan's state that could not be stored at once (`pending`):

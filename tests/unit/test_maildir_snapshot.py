@@ -349,3 +349,27 @@ def test_no_stale_snapshot_after_racing_writers(tmp_path: Path) -> None:
             break
         assert time.monotonic() < deadline
     assert refs(v.state) == truth
+
+
+def test_a_view_is_reusable_only_while_the_folder_is_unchanged(tmp_path: Path) -> None:
+    """A second SELECT of the folder just closed takes the old view (session.select)
+    only while the folder's stamps are those the view was told of, nothing waits to
+    be reported, and it is opened the same way."""
+    md = make_folder(tmp_path / "M")
+    for d in ("cur", "new"):
+        os.utime(md / d, (time.time() - 10, time.time() - 10))
+    v, lines = selected(md)
+    assert v.reusable(Maildir(md), False)
+    assert not v.reusable(Maildir(md), True)              # EXAMINE after SELECT
+    assert len(list(v.messages)) == 6                     # a FETCH 1:* made them all
+    v.reopen("inbox")
+    assert v.name == "inbox" and v.recent == set()
+    again = v.select_responses()
+    assert [x for x in again if not x.endswith("RECENT")] == \
+        [x for x in lines if not x.endswith("RECENT")] and "0 RECENT" in again
+    # Another session's flag change: the stamps differ, the view is not taken.
+    name = sorted(os.listdir(md / "cur"))[0]
+    os.rename(md / "cur" / name, md / "cur" / (name.split(":")[0] + ":2,F"))
+    assert not v.reusable(Maildir(md), False)
+    v2, _ = selected(md)
+    assert any(m.flags == "F" for m in v2.messages)
