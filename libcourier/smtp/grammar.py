@@ -172,7 +172,23 @@ def _split_path(arg: str, prefix: str) -> tuple[str, str]:
     rest = arg[len(prefix):].lstrip(" ")
     if not rest.startswith("<"):
         raise syntax_error("Syntax error, address must be in <angle brackets>", 501, "5.5.4")
-    # The closing bracket may appear inside a quoted local part: scan.
+    if '"' not in rest:
+        i = rest.find(">")      # nearly every path: the first ">" ends it
+        if i < 0:
+            raise syntax_error("Syntax error, missing '>'", 501, "5.5.4")
+    else:
+        i = _quoted_path_end(rest)
+    path, after = rest[1:i], rest[i + 1:]
+    if len(path) + 2 > MAX_PATH:
+        raise syntax_error("Path too long", 501, "5.1.3")
+    if after and not after.startswith(" "):
+        raise syntax_error("Syntax error after the address", 501, "5.5.4")
+    return path, after
+
+
+def _quoted_path_end(rest: str) -> int:
+    """Where "<...>" ends when it holds a quoted local part, in which ">" (and a
+    backslash-quoted '"') may appear: scan."""
     i, quoted = 1, False
     while i < len(rest):
         ch = rest[i]
@@ -182,16 +198,9 @@ def _split_path(arg: str, prefix: str) -> tuple[str, str]:
         if ch == '"':
             quoted = not quoted
         elif ch == ">" and not quoted:
-            break
+            return i
         i += 1
-    else:
-        raise syntax_error("Syntax error, missing '>'", 501, "5.5.4")
-    path, after = rest[1:i], rest[i + 1:]
-    if len(path) + 2 > MAX_PATH:
-        raise syntax_error("Path too long", 501, "5.1.3")
-    if after and not after.startswith(" "):
-        raise syntax_error("Syntax error after the address", 501, "5.5.4")
-    return path, after
+    raise syntax_error("Syntax error, missing '>'", 501, "5.5.4")
 
 
 def _strip_adl(path: str) -> str:

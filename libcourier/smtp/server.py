@@ -322,6 +322,11 @@ def _r(code: int, enhanced: str | None, *lines: str) -> Reply:
     return Reply.make(code, enhanced, *lines)
 
 
+# The replies every message gets, formatted once (a transaction sends each of them).
+_SENDER_OK = Send(_r(250, "2.1.0", "Ok.").to_bytes())
+_RECIPIENT_OK = Send(_r(250, "2.1.5", "Ok.").to_bytes())
+_GO_AHEAD = Send(_r(354, None, "Ok.").to_bytes())
+
 HELP_TEXT = ("courier-py ESMTP server. Commands:",
              "EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH")
 
@@ -636,7 +641,7 @@ class SmtpServer:
         self._txn = txn
         self.state = State.MAIL
         self._idle_commands = 0
-        self._send(_r(250, "2.1.0", "Ok."))
+        self._out.append(_SENDER_OK)
 
     def _rcpt(self, arg: str) -> None:
         path = parse_rcpt_to(arg)        # RFC 5321 §4.1.1.3
@@ -671,7 +676,7 @@ class SmtpServer:
             return
         self._txn.recipients.append(Recipient(address, orcpt, notify))
         self.state = State.RCPT
-        self._send(_r(250, "2.1.5", "Ok."))
+        self._out.append(_RECIPIENT_OK)
 
     def _verdict_reply(self, verdict: Verdict) -> None:
         reply = _r(verdict.code, verdict.enhanced, verdict.text)
@@ -692,7 +697,7 @@ class SmtpServer:
         self._data_problem = None
         self._prev_crlf = True
         self._buf.max_line = DATA_LINE_MEMORY
-        self._send(_r(354, None, "Ok."))
+        self._out.append(_GO_AHEAD)
         self._out.append(DataStart(self._transaction()))
 
     def _rset(self, arg: str) -> None:
