@@ -41,13 +41,15 @@ KEPT = frozenset({
     b"in-reply-to", b"message-id", b"references",    # references: THREAD (RFC 5256)
 })
 ADDRESS_FIELDS = frozenset({b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"})
-# A KEPT field of a header block (whole lines, each ending in LF): its name at the
-# start of a line, optional WSP before the colon (RFC 5322 §4.5 obs-field), and the
-# value: the rest of the line and its folded continuations (§2.2.3), line ends kept.
-# Lines without a colon, and their continuations, match nothing, as in _parse_header.
+# A KEPT field of a header block (whole lines, each ending in LF) with an LF put in
+# front: its name after an LF, optional WSP before the colon (RFC 5322 §4.5 obs-field),
+# and the value: the rest of the line and its folded continuations (§2.2.3), without
+# the last line end (left for the next field's LF; a literal LF to start with is what
+# lets the engine skip to candidates, twice as fast as ^ in MULTILINE mode). Lines
+# without a colon, and their continuations, match nothing, as in _parse_header.
 _KEPT_FIELD = re.compile(
-    rb"^(" + b"|".join(re.escape(n) for n in sorted(KEPT, key=len, reverse=True))
-    + rb")[ \t]*:([^\n]*\n(?:[ \t][^\n]*\n)*)", re.MULTILINE | re.IGNORECASE).finditer
+    rb"\n(" + b"|".join(re.escape(n) for n in sorted(KEPT, key=len, reverse=True))
+    + rb")[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)(?=\n)", re.IGNORECASE).finditer
 _BLANK_LINE = re.compile(rb"\n\r?\n").search     # the end of a header block
 
 
@@ -274,8 +276,8 @@ def _fast_header(part: Part, reader: _Reader, stack: list[bytes]) -> bool:
         return False
     # Only the KEPT fields are looked at, found by one regular expression over the
     # block (a Python step per header line was a tenth of a cold FETCH ENVELOPE).
-    for m in _KEPT_FIELD(block):
-        _keep(part, m.group(1).lower(), m.group(2))
+    for m in _KEPT_FIELD(b"\n" + block):
+        _keep(part, m.group(1).lower(), m.group(2) + b"\n")
     reader._account(blank.end())
     part.body_start = reader.pos
     part.lines = reader.lfs          # LFs before the body, subtracted in _finish
