@@ -37,6 +37,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -614,13 +615,15 @@ def _feed_reply(reader: ReplyReader, chunk: bytes) -> Reply | None:
         raise _BadReply(e.text) from None
 
 
-async def _exchange_async(s: socket.socket, line: bytes, data_fd: int) -> Reply:
-    """_exchange on a non-blocking socket, waiting in the event loop; raises
-    _Closed, _BadReply, OSError."""
+async def _exchange_batch_async(s: socket.socket, lines: list[bytes], fds: list[int],
+                                 replies: list[Reply]) -> None:
+    """Several requests in one sendmsg (their fds with it), then their replies,
+    appended to `replies` as they come (what came before a failure stays)."""
     loop = asyncio.get_running_loop()
+    data = b"".join(lines)
     while True:
         try:
-            socket.send_fds(s, [line], [data_fd])     # one short line: whole or nothing
+            sent = socket.send_fds(s, [data], fds)
             break
         except BlockingIOError:
             ready = loop.create_future()
@@ -629,10 +632,19 @@ async def _exchange_async(s: socket.socket, line: bytes, data_fd: int) -> Reply:
                 await ready
             finally:
                 loop.remove_writer(s.fileno())
+    if sent < len(data):
+        await loop.sock_sendall(s, data[sent:])     # the fds went with the first part
     reader = ReplyReader()
-    while (reply := _feed_reply(reader, await loop.sock_recv(s, 1024))) is None:
-        pass
-    return reply
+    while len(replies) < len(lines):
+        reply = _feed_reply(reader, await loop.sock_recv(s, 4096))
+        while reply is not None:
+            replies.append(reply)
+            if len(replies) == len(lines):
+                break
+            try:
+                reply = reader.next_reply()
+            except ClientError as e:
+                raise _BadReply(e.text) from None
 
 
 def _connect(socket_path: Path, timeout: float) -> socket.socket:
@@ -770,16 +782,16 @@ class LocalClient:
             return reply
         return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
 
-    async def request_async(self, socket_path: Path, data_fd: int, sender: str,
-                            recipient: str, user: str | None = None) -> Reply:
-        """request() for courierd's event loop: the same kept connections and
-        answers, but waiting for courierlocal in the loop instead of in a worker
-        thread (a thread hop per message cost more CPU than the exchange)."""
-        line = _request_line(sender, recipient, user)
-        if isinstance(line, Reply):
-            return line
+    async def request_batch_async(self, socket_path: Path, lines: list[bytes],
+                                  fds: list[int]) -> list[Reply]:
+        """Up to BATCH_MAX request lines (_request_line), each with its spool data fd,
+        on one kept connection: courierlocal delivers them together and answers
+        each. A reply per request, in order; a broken exchange is TEMP for the
+        requests not yet answered (sent again once on a fresh connection when a
+        kept one was found closed before any reply)."""
         loop = asyncio.get_running_loop()
         path = str(socket_path)
+        replies: list[Reply] = []
         for _ in range(2):
             s = self._take(path)
             reused = s is not None
@@ -790,18 +802,101 @@ class LocalClient:
                     await asyncio.wait_for(loop.sock_connect(s, path), self.timeout)
                 except OSError as e:          # TimeoutError included
                     s.close()
-                    return _os_reply(e)
+                    return [_os_reply(e)] * len(lines)
             s.setblocking(False)
             try:
-                reply = await asyncio.wait_for(_exchange_async(s, line, data_fd), self.timeout)
+                await asyncio.wait_for(_exchange_batch_async(s, lines, fds, replies),
+                                       self.timeout)
             except (_Closed, _BadReply, OSError) as e:      # TimeoutError is an OSError
-                failed = _failed(s, e, reused)
+                failed = _failed(s, e, reused and not replies)
                 if failed is None:
                     continue
-                return failed
+                return replies + [failed] * (len(lines) - len(replies))
             except BaseException:
                 s.close()
                 raise
             self._give(path, s)
-            return reply
-        return Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")
+            return replies
+        return [Reply(Status.TEMP, "4.3.0 courierlocal closed the connection")] * len(lines)
+
+
+@dataclass(slots=True)
+class _Ask:
+    line: bytes
+    fd: int                          # courierd's own dup of the spool data fd
+    reply: asyncio.Future[Reply]
+
+
+class LocalBatches:
+    """courierd's requests from its event loop, gathered per recipient account
+    and sent to courierlocal as batches (request_batch_async): while one batch
+    for an account is being delivered, the account's next messages wait, and
+    go together (up to BATCH_MAX) once it is answered. courierlocal publishes
+    a batch's Maildir files with one fsync of new/, and the batch costs one
+    exchange on each of the three hops instead of one per message.
+
+    One batch per account at a time, each holding one of courierd's local
+    slots (`slot()`: an awaitable giving the release function), so MAXDELS
+    still bounds the delivery processes; other accounts' batches run beside.
+    The spool fd is dup'd when queued: the caller may stop waiting (and close
+    its file) while the batch is on its way, and the number must not name
+    another file by then."""
+
+    def __init__(self, client: LocalClient,
+                 slot: Callable[[], Awaitable[Callable[[], None]]],
+                 batch_max: int = BATCH_MAX):
+        self.client = client
+        self.slot = slot
+        self.batch_max = batch_max
+        self._queues: dict[tuple[str, str], list[_Ask]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def request(self, socket_path: Path, data_fd: int, sender: str, recipient: str,
+                      user: str | None = None) -> Reply:
+        line = _request_line(sender, recipient, user)
+        if isinstance(line, Reply):
+            return line
+        key = (str(socket_path), (user or recipient).lower())
+        ask = _Ask(line, os.dup(data_fd), asyncio.get_running_loop().create_future())
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = []
+            task = asyncio.create_task(self._send(key, socket_path, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        queue.append(ask)
+        return await asyncio.shield(ask.reply)
+
+    async def _send(self, key: tuple[str, str], socket_path: Path, queue: list[_Ask]) -> None:
+        batch: list[_Ask] = []
+        try:
+            while queue:
+                release = await self.slot()
+                try:
+                    # Taken once the slot is ours: whatever came meanwhile joins.
+                    batch, queue[:self.batch_max] = queue[:self.batch_max], []
+                    replies = await self.client.request_batch_async(
+                        socket_path, [a.line for a in batch], [a.fd for a in batch])
+                finally:
+                    release()
+                for ask, reply in zip(batch, replies, strict=True):
+                    if not ask.reply.done():
+                        ask.reply.set_result(reply)
+                _close_asks(batch)
+                batch = []
+        finally:
+            del self._queues[key]
+            left = batch + queue
+            for ask in left:
+                if not ask.reply.done():
+                    ask.reply.set_result(Reply(Status.TEMP, "4.3.0 the request to courierlocal "
+                                                          "was not completed"))
+            _close_asks(left)
+
+
+def _close_asks(asks: list[_Ask]) -> None:
+    for a in asks:
+        try:
+            os.close(a.fd)
+        except OSError:
+            pass

@@ -56,7 +56,7 @@ from pathlib import Path
 
 from courier_deliver import dsn, mailq
 from courier_deliver.config import QueueConfig, local_user
-from courier_deliver.local import LocalClient
+from courier_deliver.local import LocalBatches, LocalClient
 from courier_deliver.localproto import Reply, Status
 from courier_deliver.remote import RemoteDelivery, RemoteResult
 
@@ -456,6 +456,9 @@ class QueueManager:
         self.config = config
         # courierlocal connections stay open between deliveries (LocalClient).
         self._local_client = LocalClient() if deliver is None else None
+        # The loop's requests, sent per account in batches (local.LocalBatches).
+        self._batches = None if self._local_client is None else \
+            LocalBatches(self._local_client, self._batch_slot)
         self.deliver = deliver if deliver is not None else self._local_client.request
         self.clock = clock
         self.helper_alive = helper_alive
@@ -603,6 +606,15 @@ class QueueManager:
                     self._wake_slot_waiter()     # pass on a wakeup this task will not use
                 raise
 
+    async def _batch_slot(self) -> Callable[[], None]:
+        """A local slot for one of LocalBatches' batches, and its release."""
+        slots = await self._local_slot()
+
+        def release() -> None:
+            slots.release()
+            self._wake_slot_waiter()
+        return release
+
     # -- the common message, delivered from the loop --
 
     def _loop_envelope(self, qid: str) -> Envelope | None:
@@ -645,16 +657,13 @@ class QueueManager:
         if found is None:
             return None
         rcpt, fh = found
-        config, client = self.config, self._local_client
-        assert client is not None
+        config, batches = self.config, self._batches
+        assert batches is not None
         with fh:
-            slots = await self._local_slot()
-            try:
-                reply = await client.request_async(config.layout.local_socket, fh.fileno(),
-                                                   *_local_args(config, env, rcpt))
-            finally:
-                slots.release()
-                self._wake_slot_waiter()
+            # With the account's other messages at hand (local.LocalBatches),
+            # under one local slot per batch.
+            reply = await batches.request(config.layout.local_socket, fh.fileno(),
+                                          *_local_args(config, env, rcpt))
         _log_local(qid, env, rcpt, reply)
         run = _Run(config, qid, env, self._removals)
         if reply.status is Status.OK:

@@ -1,5 +1,5 @@
 """courierd's common message (one local recipient) is delivered from the event
-loop, through LocalClient.request_async, against a fake courierlocal socket:
+loop, through local.LocalBatches, against a fake courierlocal socket:
 MAXDELS still bounds the deliveries, anything else still goes to
 process_message in a thread, and the answers settle the queue as before."""
 
@@ -14,8 +14,15 @@ import time
 
 import courier_deliver.queue as queue_mod
 from courier_deliver.config import load_config
-from courier_deliver.local import LocalClient
-from courier_deliver.localproto import Reply, Status, format_reply, parse_request_line
+from courier_deliver.local import LocalBatches, LocalClient
+from courier_deliver.localproto import (
+    DeliverRequest,
+    Reply,
+    Status,
+    format_reply,
+    format_request,
+    parse_request_line,
+)
 from courier_deliver.queue import QueueManager, bind_queue_socket, serve
 
 from libcourier.spool import (
@@ -65,21 +72,20 @@ class FakeCourierlocal:
         conn.settimeout(WAIT)
         served = 0
         buf = b""
+        fds: list[int] = []      # courierd may send several requests (fds with them) at once
         try:
             while True:
-                fds: list[int] = []
                 while b"\n" not in buf:
-                    data, got, _f, _a = socket.recv_fds(conn, 4096, 4)
+                    data, got, _f, _a = socket.recv_fds(conn, 65536, 64)
                     fds += got
                     if not data:
                         return
                     buf += data
                 line, _, buf = buf.partition(b"\n")
                 req = parse_request_line(line)
-                with DataFile.of(os.dup(fds[0])) as data:   # the message alone, as courierlocal reads it
+                fd = fds.pop(0)
+                with DataFile.of(fd) as data:       # the message alone, as courierlocal reads it
                     body = data.read(4096)
-                for fd in fds:
-                    os.close(fd)
                 with self.lock:
                     self.now += 1
                     self.max = max(self.max, self.now)
@@ -94,6 +100,8 @@ class FakeCourierlocal:
                 if self.close_after is not None and served >= self.close_after:
                     return
         finally:
+            for fd in fds:
+                os.close(fd)
             conn.close()
 
     def close(self):
@@ -163,9 +171,13 @@ def test_one_local_recipient_goes_without_a_thread_and_maxdels_holds(tmp_path, m
     assert not set(singles) & set(threaded)
 
 
-def test_request_async_reuses_and_replaces_connections(tmp_path):
+def _lines(*rcpts):
+    return [format_request(DeliverRequest("s@x", r)) for r in rcpts]
+
+
+def test_request_batch_async_reuses_and_replaces_connections(tmp_path):
     path = tmp_path / "local.sock"
-    fake = FakeCourierlocal(path, temp={"t@x"}, delay=0, close_after=2)
+    fake = FakeCourierlocal(path, temp={"t@x"}, delay=0, close_after=3)
     data = tmp_path / "m.dat"
     data.write_bytes(b"Subject: x\n\nbody\n")
     client = LocalClient(timeout=WAIT)
@@ -173,25 +185,86 @@ def test_request_async_reuses_and_replaces_connections(tmp_path):
     async def main():
         out = []
         with open(data, "rb") as fh:
-            for rcpt in ("a@x", "b@x", "t@x", "c@x"):
-                out.append(await client.request_async(path, fh.fileno(), "s@x", rcpt))
+            for rcpts in (("a@x", "b@x"), ("t@x",), ("c@x", "d@x")):
+                out += await client.request_batch_async(path, _lines(*rcpts),
+                                                        [fh.fileno()] * len(rcpts))
         return out
     try:
         replies = asyncio.run(main())
     finally:
         client.close()
         fake.close()
-    assert [r.status for r in replies] == [Status.OK, Status.OK, Status.TEMP, Status.OK]
-    # Two requests per connection, then the fake closed it: the kept connection
-    # that turned out closed was replaced and the request sent again.
+    assert [r.status for r in replies] == [Status.OK, Status.OK, Status.TEMP, Status.OK,
+                                           Status.OK]
+    # Three requests per connection, then the fake closed it: the kept connection
+    # that turned out closed was replaced and the batch sent again.
     assert fake.connections == 2
-    assert [r for r, _ in fake.seen] == ["a@x", "b@x", "t@x", "c@x"]
+    assert [r for r, _ in fake.seen] == ["a@x", "b@x", "t@x", "c@x", "d@x"]
 
 
-def test_request_async_without_courierlocal_is_temporary(tmp_path):
+def test_request_batch_async_cut_short_is_temporary_for_the_rest(tmp_path):
+    # The connection closes after two replies of a batch of three: those two
+    # stand, the third is TEMP (not sent again: its delivery may have run).
+    path = tmp_path / "local.sock"
+    fake = FakeCourierlocal(path, delay=0, close_after=2)
+    data = tmp_path / "m.dat"
+    data.write_bytes(b"Subject: x\n\nbody\n")
     client = LocalClient(timeout=WAIT)
-    reply = asyncio.run(client.request_async(tmp_path / "none.sock", 0, "s@x", "a@x"))
-    assert reply.status is Status.TEMP and "not running" in reply.text
+
+    async def main():
+        with open(data, "rb") as fh:
+            return await client.request_batch_async(path, _lines("a@x", "b@x", "c@x"),
+                                                    [fh.fileno()] * 3)
+    try:
+        replies = asyncio.run(main())
+    finally:
+        client.close()
+        fake.close()
+    assert [r.status for r in replies] == [Status.OK, Status.OK, Status.TEMP]
+    assert fake.connections == 1
+
+
+def test_request_batch_async_without_courierlocal_is_temporary(tmp_path):
+    client = LocalClient(timeout=WAIT)
+    replies = asyncio.run(client.request_batch_async(tmp_path / "none.sock", _lines("a@x"),
+                                                     [0]))
+    assert len(replies) == 1
+    assert replies[0].status is Status.TEMP and "not running" in replies[0].text
+
+
+def test_local_batches_gather_one_accounts_messages_under_one_slot(tmp_path):
+    # While the first request for a@x is with a slow courierlocal, the next ones
+    # for a@x wait and then go together on one connection; b@x goes beside it.
+    path = tmp_path / "local.sock"
+    fake = FakeCourierlocal(path, delay=0.3)
+    data = tmp_path / "m.dat"
+    data.write_bytes(b"Subject: x\n\nbody\n")
+    client = LocalClient(timeout=WAIT)
+    held = []
+
+    async def main():
+        sem = asyncio.Semaphore(4)
+
+        async def slot():
+            await sem.acquire()
+            held.append(1)
+            return sem.release
+        batches = LocalBatches(client, slot)
+        with open(data, "rb") as fh:
+            first = asyncio.create_task(batches.request(path, fh.fileno(), "s@x", "a@x"))
+            await asyncio.sleep(0.1)        # the first is being delivered
+            rest = [asyncio.create_task(batches.request(path, fh.fileno(), "s@x", r))
+                    for r in ("a@x", "a@x", "A@x", "b@x")]
+            return await asyncio.gather(first, *rest)
+    try:
+        replies = asyncio.run(main())
+    finally:
+        client.close()
+        fake.close()
+    assert [r.status for r in replies] == [Status.OK] * 5
+    assert sorted(r for r, _ in fake.seen) == ["A@x", "a@x", "a@x", "a@x", "b@x"]
+    assert len(held) == 3           # a@x alone, then a@x's three together, and b@x
+    assert fake.connections == 2    # a@x's batches one after the other on one
 
 
 def test_stopping_with_a_kept_notice_connection_open_is_quick_and_quiet(tmp_path, caplog):
