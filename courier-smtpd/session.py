@@ -194,6 +194,8 @@ class Session:
         self._linger = True     # False once the client is gone or the socket unusable
         self._rdns: str | None | bool = False     # False: not looked up yet
         self._data_deadline: float | None = None  # monotonic end of ESMTPD_DATA_TIMEOUT
+        self._received_key: tuple[object, ...] = ()  # what self._received was made for
+        self._received = b""
 
     def title(self) -> None:
         proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}")
@@ -353,14 +355,22 @@ class Session:
         try:
             limit = self.cfg.sizelimit + 8192 if self.cfg.sizelimit else 0
             self.writer = spool.SpoolWriter(self.spooldir, limit)
-            self.headers = HeaderFilter(self._header_rules())
+            now = self.clock()
+            self.headers = HeaderFilter(self._header_rules(now))
             s = self.core.session
-            self.writer.write(received_header(
-                helo=s.helo, rdns=self.rdns(), ip=self.conn.peer_ip, me=self.cfg.hostname,
-                esmtp=s.esmtp, tls=s.tls_active, auth=bool(s.authenticated),
-                auth_user=s.authenticated, auth_mechanism=s.auth_mechanism,
-                smtputf8=txn.smtputf8, when=datetime.fromtimestamp(self.clock(), UTC)
-                .astimezone()))
+            # The same line for every message of one second in one session state: made
+            # once (the date's local-time conversion and the sanitising are the cost).
+            key = (int(now), s.helo, s.esmtp, s.tls_active, s.authenticated,
+                   s.auth_mechanism, txn.smtputf8)
+            if key != self._received_key:
+                self._received_key = key
+                self._received = received_header(
+                    helo=s.helo, rdns=self.rdns(), ip=self.conn.peer_ip, me=self.cfg.hostname,
+                    esmtp=s.esmtp, tls=s.tls_active, auth=bool(s.authenticated),
+                    auth_user=s.authenticated, auth_mechanism=s.auth_mechanism,
+                    smtputf8=txn.smtputf8, when=datetime.fromtimestamp(int(now), UTC)
+                    .astimezone())
+            self.writer.write(self._received)
         except (OSError, spool.SpoolError) as e:
             log.error("cannot create a spool file in %s: %s", self.spooldir, e)
             self.write_error = str(e)
@@ -376,11 +386,10 @@ class Session:
         name = self.rdns()
         return name if forward_confirmed(name, self.conn.peer_ip) else None
 
-    def _header_rules(self) -> HeaderRules:
-        now = self.clock()
+    def _header_rules(self, now: float) -> HeaderRules:
         return HeaderRules(
             add_message_id=message_id(self.cfg.hostname, now) if self.cfg.add_message_id else None,
-            add_date=format_datetime(datetime.fromtimestamp(now, UTC).astimezone())
+            add_date=format_datetime(datetime.fromtimestamp(int(now), UTC).astimezone())
             if self.cfg.add_date else None,
             max_octets=self.cfg.header_limit)
 
