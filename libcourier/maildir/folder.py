@@ -22,6 +22,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from pathlib import Path
 
 from libcourier.maildir import index, msglist, uiddb
@@ -34,6 +35,10 @@ log = logging.getLogger("courier.maildir")
 TMP_MAX_AGE = 36 * 3600          # Courier purges tmp/ files older than 36 hours
 RELIST_TRIES = 3                 # extra reads of cur/ when a known message seems gone
 _SIZE_TAG = re.compile(r",S=(\d+)")
+# Per line of names joined by \n: the base's (before the first ":") ,S= digits, or ""
+# (the second branch: exactly one match at each line's start).
+_SIZE_TAGS = re.compile(r"^[^:\n]*?,S=(\d+)|^", re.M)
+_TWO_COLONS = re.compile(r"^[^:\n]*:[^\n]*:", re.M)   # a base split_name cuts elsewhere
 UNREAD = math.nan                # an mtime the scan did not read (msglist.py reads it later)
 
 
@@ -102,21 +107,32 @@ class Maildir:
     def _move_new(self) -> set[str]:
         """Move new/ to cur/ adding ":2,"; return the bases moved by us."""
         moved: set[str] = set()
-        new, cur = self.path / "new", self.path / "cur"
+        new, cur = os.path.join(self.path, "new"), os.path.join(self.path, "cur")
         try:
             names = os.listdir(new)
         except FileNotFoundError:
             return moved
-        for name in names:
-            if name.startswith("."):
-                continue
-            base, letters = split_name(name)
-            target = join_name(base, letters)
+        if not names:
+            return moved
+        # Renamed relative to the two directories' fds: no path walked per message.
+        newfd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            curfd = os.open(cur, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                os.rename(new / name, cur / target)
-            except FileNotFoundError:
-                continue  # another session moved it first
-            moved.add(base)
+                for name in names:
+                    if name.startswith("."):
+                        continue
+                    base, letters = split_name(name)
+                    try:
+                        os.rename(name, join_name(base, letters),
+                                  src_dir_fd=newfd, dst_dir_fd=curfd)
+                    except FileNotFoundError:
+                        continue  # another session moved it first
+                    moved.add(base)
+            finally:
+                os.close(curfd)
+        finally:
+            os.close(newfd)
         return moved
 
     def _list_cur(self) -> dict[str, tuple[str, int, float]]:
@@ -127,7 +143,21 @@ class Maildir:
         stat calls were most of a cold SELECT."""
         found: dict[str, tuple[str, int, float]] = {}
         cur = os.path.join(self.path, "cur")
-        for name in os.listdir(cur):
+        names = os.listdir(cur)
+        if names and not self.STAT_ALL:
+            # The usual folder (every name with ,S=, no dot file, one name per base)
+            # in a few C-level passes; anything else by the loop below.
+            blob = "\n".join(names)
+            if not blob.startswith(".") and "\n." not in blob:
+                tags = _SIZE_TAGS.findall(blob)
+                if len(tags) == len(names) and "" not in tags:
+                    found = dict(zip([n.partition(":")[0] for n in names],
+                                     zip(names, map(int, tags), repeat(UNREAD)),
+                                     strict=True))
+                    if len(found) == len(names):
+                        return found
+                    found = {}
+        for name in names:
             if name.startswith("."):
                 continue
             i = name.find(":")
@@ -136,7 +166,9 @@ class Maildir:
             # Two names for one base (a crash mid-rename elsewhere): keep one, stably.
             if prev is not None and name >= prev[0]:
                 continue
-            tag = _size_of(base)
+            j = base.find(",S=")       # _size_of, inline: this loop runs per message
+            m = _SIZE_TAG.match(base, j) if j >= 0 else None
+            tag = int(m.group(1)) if m is not None else None if j < 0 else _size_of(base)
             if tag is not None and not self.STAT_ALL:
                 found[base] = (name, tag, UNREAD)
                 continue
@@ -238,10 +270,12 @@ class Maildir:
             if len(kept) != len(files):
                 known = {base for _, base in kept}
                 # Courier step 5: new messages sorted by file name, then nextuid++.
-                fresh = sorted((files[b][0], b) for b in files if b not in known)
-                for _, base in fresh:
-                    kept.append((nextuid, base))
-                    nextuid += 1
+                # (Names are unique: sorted alone; the base is the name's up to ":".)
+                fresh = sorted([v[0] for v in files.values()] if not known else
+                               [v[0] for b, v in files.items() if b not in known])
+                kept.extend(zip(range(nextuid, nextuid + len(fresh)),
+                                [n.partition(":")[0] for n in fresh], strict=True))
+                nextuid += len(fresh)
                 changed = True
             if changed:
                 db = uiddb.UidDb(db.uidvalidity, nextuid, tuple(kept))
@@ -262,7 +296,7 @@ class Maildir:
                                    array.array("q", [r[1] for r in rows]),
                                    array.array("d", [r[2] for r in rows]), kwcol,
                                    os.path.join(self.path, "cur"))
-        for i, name in enumerate(names):
+        for i, name in enumerate(names if _TWO_COLONS.search("\n".join(names)) else ()):
             # A name the columns cut at another colon than the scan did: kept as made.
             if name.count(":") > 1 and split_name(name)[0] != bases[i]:
                 _, size, mtime = rows[i]

@@ -68,7 +68,7 @@ def parse(data: bytes) -> UidDb | None:
 
 def format_db(db: UidDb) -> bytes:
     out = [f"{IMAPDBVERSION} {db.uidvalidity} {db.nextuid}\n"]
-    out.extend(f"{uid} {name}\n" for uid, name in db.entries)
+    out.extend(map("%d %s\n".__mod__, db.entries))
     return "".join(out).encode("utf-8", "surrogateescape")
 
 

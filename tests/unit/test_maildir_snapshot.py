@@ -373,3 +373,24 @@ def test_a_view_is_reusable_only_while_the_folder_is_unchanged(tmp_path: Path) -
     assert not v.reusable(Maildir(md), False)
     v2, _ = selected(md)
     assert any(m.flags == "F" for m in v2.messages)
+
+
+@pytest.mark.parametrize("extra", [(), (".hidden",), ("1700000099.M1P1.host",),
+                                   ("1700000000.M0P1.host,S=10:2,FS",),
+                                   ("1700000098.M2P1.host,S=x,S=4:2,S",),
+                                   ("1700000097.a:b,S=3:2,S",)])
+def test_the_listing_fast_path_agrees_with_the_loop(tmp_path: Path, extra: tuple[str, ...]) -> None:
+    """_list_cur's C-level pass over the usual folder gives what its per-name loop gives
+    (sizes from ,S=, the first name of a base kept, dot files and untagged names)."""
+    md = make_folder(tmp_path / "M")
+    Maildir(md).scan()
+    for name in extra:
+        (md / "cur" / name).write_bytes(b"abcd")
+    fast = Maildir(md)._list_cur()
+
+    class Loop(Maildir):
+        STAT_ALL = True
+    slow = Loop(md)._list_cur()
+    assert {b: v[:2] for b, v in fast.items()} == {b: v[:2] for b, v in slow.items()}
+    assert len(fast) == 6 + sum(1 for n in extra if not n.startswith(".") and
+                                not n.startswith("1700000000.M0P1"))
