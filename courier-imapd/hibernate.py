@@ -70,6 +70,9 @@ class FolderImage:
     ghosts: list[int] = field(default_factory=list)   # gone from disk, EXPUNGE not yet sent
     announced: list[str] = field(default_factory=list)  # keywords told in FLAGS
     tracked: bool = False                    # mod-sequences on (CONDSTORE)
+    # The SELECT's snapshot (dev, inode, mtime_ns) when all the client saw came from
+    # it (MailboxView.snapshot_id): resumed without a scan while it is unchanged.
+    snapshot: tuple[int, int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -137,7 +140,9 @@ def encode(img: SessionImage) -> bytes:
         if not len(f.uids) == len(f.flags) == len(f.keywords):
             raise BlobError("folder columns of different lengths")
         w.text(f.name)
-        w.u8(f.readonly | f.tracked << 1)
+        w.u8(f.readonly | f.tracked << 1 | (f.snapshot is not None) << 2)
+        for v in f.snapshot or ():
+            w.u64(v)
         w.u64(f.uidvalidity)
         w.u64(f.cur_id[0])
         w.u64(f.cur_id[1])
@@ -255,6 +260,7 @@ def decode(blob: bytes) -> SessionImage:
     if bits & 8:
         name = r.text()
         fbits = r.u8()
+        snapshot = (r.u64(), r.u64(), r.u64()) if fbits & 4 else None
         uidvalidity, dev, ino = r.u64(), r.u64(), r.u64()
         deltas = r.uints()
         if 0 in deltas:
@@ -276,7 +282,7 @@ def decode(blob: bytes) -> SessionImage:
             name, readonly=bool(fbits & 1), uidvalidity=uidvalidity, cur_id=(dev, ino),
             uids=uids.tolist(), flags=[p[0] for p in pairs], keywords=[p[1] for p in pairs],
             recent=r.uints().tolist(), ghosts=r.uints().tolist(), announced=r.texts(),
-            tracked=bool(fbits & 2))
+            tracked=bool(fbits & 2), snapshot=snapshot)
     if r.pos != len(raw):
         raise BlobError("trailing octets")
     return img
@@ -319,6 +325,7 @@ def capture(s: Session) -> SessionImage:
                        nap=nap(s), asleep_since=time.time())
     v = s.view
     if v is not None:
+        snapshot = v.snapshot_id()   # before the list is read (which lets the file go)
         msgs = v.messages            # a lazy view reads its snapshot: the list as told
         peek = msgs.peek if isinstance(msgs, MessageList) else msgs.__getitem__
         refs = [peek(i) for i in range(len(msgs))]
@@ -327,7 +334,7 @@ def capture(s: Session) -> SessionImage:
             uids=[m.uid for m in refs], flags=[m.flags for m in refs],
             keywords=[m.keywords for m in refs], recent=sorted(v.recent),
             ghosts=sorted(v.ghosts), announced=sorted(v.keywords),
-            tracked=v.tracker is not None)
+            tracked=v.tracker is not None, snapshot=snapshot)
     return img
 
 

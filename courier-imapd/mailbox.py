@@ -186,6 +186,16 @@ class MailboxView:
 
     __del__ = close
 
+    def snapshot_id(self) -> tuple[int, int, int] | None:
+        """Which snapshot file a lazy view still answers from, (dev, inode, mtime_ns);
+        None once the list is loaded. A hibernated session whose client saw only this
+        snapshot resumes from it without a scan while it is unchanged (resume.py)."""
+        s = self._summary
+        if s is None:
+            return None
+        st = os.fstat(s.file.fileno())      # type: ignore[attr-defined]
+        return st.st_dev, st.st_ino, st.st_mtime_ns
+
     def after_select(self) -> None:
         """Once SELECT is answered: store the snapshot its scan could not store yet
         (folder.Maildir.store_snapshot: it may wait out the racy margin, up to 50 ms,

@@ -88,7 +88,7 @@ def resume(conn: Connection, cfg: ImapdConfig, authsocket: Path) -> None:
                                        if g))
     started, cpu = time.monotonic(), time.process_time()
     try:
-        restore(session, img)
+        how = restore(session, img)
     except FolderGone as e:
         log.info("user=%s: selected folder gone while hibernated: %s", login, e)
         _bye(conn, "[ALERT] The selected mailbox was deleted or renamed")
@@ -101,15 +101,17 @@ def resume(conn: Connection, cfg: ImapdConfig, authsocket: Path) -> None:
         log.error("user=%s, ip=[%s]: cannot reopen the mailbox: %s", login, conn.peer_ip, e)
         _bye(conn, "Unable to open your mailbox")
         return
-    log.info("RESUME, user=%s, ip=[%s], folder=%s, in %.1f ms (%.1f ms CPU)", login,
+    log.info("RESUME, user=%s, ip=[%s], folder=%s%s, in %.1f ms (%.1f ms CPU)", login,
              conn.peer_ip, img.folder.name if img.folder is not None else "-",
+             f" ({how})" if how else "",
              (time.monotonic() - started) * 1000, (time.process_time() - cpu) * 1000)
     session.run(resumed=True)
 
 
-def restore(s: Session, img: SessionImage) -> None:
+def restore(s: Session, img: SessionImage) -> str:
     """Put the session back as its client last saw it (the user's process, the blob
-    decoded). Rights are read again, not taken from the blob."""
+    decoded). Rights are read again, not taken from the blob. How the folder view was
+    made: "snapshot" (unchanged since: no scan), "rebuilt", or "" (none selected)."""
     s.utf8 = s.core.utf8 = img.utf8
     s.condstore, s.qresync = img.condstore, img.qresync
     s.counters.rcvd, s.counters.sent, s.counters.body = img.rcvd, img.sent, img.body
@@ -117,11 +119,10 @@ def restore(s: Session, img: SessionImage) -> None:
     s.hibernate_nap = hibernate.next_nap(img, s.cfg.hibernate_timeout, time.time())
     s.copied.clear()
     s.copied.update(img.copied)
-    if img.folder is not None:
-        _reselect(s, img.folder)
+    return _reselect(s, img.folder) if img.folder is not None else ""
 
 
-def _reselect(s: Session, f: FolderImage) -> None:
+def _reselect(s: Session, f: FolderImage) -> str:
     path = folder_path(s.root, f.name)
     if path is None or not (path / "cur").is_dir():
         raise FolderGone(f.name)
@@ -130,6 +131,41 @@ def _reselect(s: Session, f: FolderImage) -> None:
         raise FolderGone(f"{f.name}: no read right any more")
     readonly = f.readonly or not set(rights) & set("iestw")
     maildir = keywordpolicy.folder(sharedfolders.open_folder(s.root, path), s.cfg.keywords)
+    view = _from_snapshot(f, maildir, readonly) if f.snapshot is not None else None
+    how = "snapshot" if view is not None else "rebuilt"
+    if view is None:
+        view = _as_told(f, maildir, readonly)
+    view.cur_id = f.cur_id
+    view.ghosts = set(f.ghosts)
+    view.keywords = set(f.announced)
+    view.recent = set(f.recent) | view.recent
+    if not sharedfolders.is_private_copy(s.root, path):   # as Session.select
+        view.disposer = trash.disposer_for(s.root, path, s.cfg)
+        view.disposer.copied = s.copied
+    s.view = view
+    s.sel_rights = rights
+    s.core.set_state(State.SELECTED)
+    if f.tracked:
+        s._track(view)
+    return how
+
+
+def _from_snapshot(f: FolderImage, maildir, readonly: bool) -> MailboxView | None:
+    """The client saw only the SELECT's snapshot, and the folder is still as it
+    recorded (open_summary checks the stamps) in that very file: the view is that
+    lazy one again, no scan, nothing per message. None: rebuild from the blob."""
+    summary = maildir.open_summary()
+    if summary is None:
+        return None       # changed since: no view made, which would scan (and take \Recent)
+    summary.file.close()  # type: ignore[attr-defined]
+    view = MailboxView(f.name, maildir, readonly)
+    if view.snapshot_id() == f.snapshot and view.uidvalidity == f.uidvalidity:
+        return view
+    view.close()          # replaced in between (rare): the scan's \Recent is lost
+    return None
+
+
+def _as_told(f: FolderImage, maildir, readonly: bool) -> MailboxView:
     st = maildir.scan()        # new mail is moved to cur/ here: its \Recent is ours
     if st.uidvalidity != f.uidvalidity:
         raise FolderReplaced(f.name)
@@ -150,15 +186,4 @@ def _reselect(s: Session, f: FolderImage) -> None:
     told = FolderState(f.uidvalidity, st.uidnext, tuple(refs),
                        frozenset(f.recent) | st.recent)
     del on_disk, st
-    view = MailboxView(f.name, maildir, readonly, as_told=told)
-    view.cur_id = f.cur_id
-    view.ghosts = set(f.ghosts)
-    view.keywords = set(f.announced)
-    if not sharedfolders.is_private_copy(s.root, path):   # as Session.select
-        view.disposer = trash.disposer_for(s.root, path, s.cfg)
-        view.disposer.copied = s.copied
-    s.view = view
-    s.sel_rights = rights
-    s.core.set_state(State.SELECTED)
-    if f.tracked:
-        s._track(view)
+    return MailboxView(f.name, maildir, readonly, as_told=told)

@@ -298,3 +298,26 @@ def test_sleeping_session_in_authenticated_state(inst) -> None:
     assert out[-1].startswith(b"c OK"), out
     assert any(b'"INBOX.Caf\xc3\xa9"' in ln for ln in r.cmd(b"l", b'LIST "" "*"'))  # UTF-8 kept
     r.close()
+
+
+def test_unchanged_folder_resumes_from_its_snapshot_and_a_changed_one_is_rebuilt(inst) -> None:
+    """A warm SELECT answers from the folder snapshot; a session that saw nothing
+    else resumes from that very file while the folder is unchanged (no scan), and
+    rebuilds from its blob once something changed."""
+    first = login_select(inst, b"SELECT INBOX")      # the cold SELECT stores the snapshot
+    first.cmd(b"z", b"LOGOUT")
+    first.close()
+    r = login_select(inst, b"SELECT INBOX")          # warm: from the snapshot
+    sleep_now(inst, r)
+    assert r.cmd(b"n", b"NOOP") == [b"n OK NOOP completed\r\n"]
+    log = (inst.root / "var/log/imapd.log").read_text()
+    assert re.findall(r"RESUME, .*folder=INBOX \((\w+)\)", log) == ["snapshot"], log[-2000:]
+    sleep_now(inst, r)
+    deliver(inst.maildir(USER), b"From: e@example.net\nSubject: five\n\nnew\n")
+    out = r.cmd(b"n", b"NOOP")
+    assert b"* 4 EXISTS\r\n" in out, out
+    log = (inst.root / "var/log/imapd.log").read_text()
+    assert re.findall(r"RESUME, .*folder=INBOX \((\w+)\)", log)[-1] == "rebuilt"
+    got = b"".join(r.cmd(b"f", b"FETCH 4 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    assert b"Subject: five" in got
+    r.close()

@@ -27,7 +27,8 @@ def image(n: int = 5) -> h.SessionImage:
             "INBOX.Caf\u00e9", readonly=False, uidvalidity=1700000000, cur_id=(2049, 99),
             uids=uids, flags=["S" if u % 2 else "FS" for u in uids],
             keywords=[frozenset({"Work"}) if u == 13 else frozenset() for u in uids],
-            recent=[uids[-1]], ghosts=[uids[0]], announced=["Work"], tracked=True))
+            recent=[uids[-1]], ghosts=[uids[0]], announced=["Work"], tracked=True,
+            snapshot=(2049, 1234, 1800000000123456789)))
 
 
 def test_round_trip() -> None:
