@@ -13,6 +13,7 @@ logged, the connection closed.
 
 from __future__ import annotations
 
+import array
 import logging
 import os
 import pwd
@@ -29,8 +30,9 @@ from courier_imapd.session import Session, open_maildir_root
 from courier_imapd.sharedfolders import folder_path
 
 from libcourier import authclient, privsep, proctitle
-from libcourier.maildir.flags import join_name
+from libcourier.maildir.flags import INFO_SEP, join_name, split_name
 from libcourier.maildir.folder import FolderState, MessageRef
+from libcourier.maildir.msglist import MessageList
 from libcourier.tcpd.connection import Connection
 
 log = logging.getLogger("courier.imapd")
@@ -169,21 +171,55 @@ def _as_told(f: FolderImage, maildir, readonly: bool) -> MailboxView:
     st = maildir.scan()        # new mail is moved to cur/ here: its \Recent is ours
     if st.uidvalidity != f.uidvalidity:
         raise FolderReplaced(f.name)
-    on_disk = {m.uid: m for m in st.messages}
+    disk = st.messages
+    msgs = _told_columns(f, disk) if isinstance(disk, MessageList) else _told_refs(f, disk)
+    told = FolderState(f.uidvalidity, st.uidnext, msgs,      # type: ignore[arg-type]
+                       frozenset(f.recent) | st.recent)
+    del disk, st
+    return MailboxView(f.name, maildir, readonly, as_told=told)
+
+
+# The name of each message carries the flags as told (a refresh compares names
+# first; one another session renamed is found again by MailboxView.relocate, as
+# awake). A message gone while the session slept gets a name that is nowhere: the
+# refresh finds it missing and reports it when RFC 3501 allows; until then it
+# keeps its number, as a ghost does.
+
+def _told_columns(f: FolderImage, disk: MessageList) -> MessageList:
+    """The list as told, built as columns from the scan's (no MessageRef, no stat)."""
+    d_uids, d_names, d_sizes, d_mtimes, _kws = disk.columns()
+    at = {u: j for j, u in enumerate(d_uids)}
+    uids, sizes = array.array(d_uids.typecode), array.array(d_sizes.typecode)
+    mtimes = array.array(d_mtimes.typecode)
+    names: list[str] = []
+    keywords: dict[int, frozenset[str]] = {}
+    for k, (uid, flags, kws) in enumerate(zip(f.uids, f.flags, f.keywords, strict=True)):
+        j = at.get(uid)
+        if j is None:
+            base, size, mtime = f"hibernated.{uid}", 0, 0.0
+        else:
+            name = d_names[j]
+            cut = name.find(INFO_SEP)
+            base = name[:cut] if cut >= 0 else split_name(name)[0]
+            size, mtime = d_sizes[j], d_mtimes[j]
+        uids.append(uid)
+        names.append(join_name(base, flags))
+        sizes.append(size)
+        mtimes.append(mtime)
+        if kws:
+            keywords[k] = kws
+    return MessageList(uids, names, sizes, mtimes, keywords, disk.cur)
+
+
+def _told_refs(f: FolderImage, disk) -> tuple[MessageRef, ...]:
+    on_disk = {m.uid: m for m in disk}
     refs: list[MessageRef] = []
     for uid, flags, kws in zip(f.uids, f.flags, f.keywords, strict=True):
         m = on_disk.get(uid)
-        # The name carries the flags as told (a refresh compares names first): one
-        # another session renamed is found again by MailboxView.relocate, as awake.
         if m is None:
-            # Gone while we slept: the refresh finds it missing and reports it when
-            # RFC 3501 allows; until then it keeps its number, as a ghost does.
             base = f"hibernated.{uid}"
             refs.append(MessageRef(uid, base, join_name(base, flags), flags, 0, 0.0, kws))
         else:
             refs.append(MessageRef(uid, m.base, join_name(m.base, flags), flags, m.size,
                                    m.mtime, kws))
-    told = FolderState(f.uidvalidity, st.uidnext, tuple(refs),
-                       frozenset(f.recent) | st.recent)
-    del on_disk, st
-    return MailboxView(f.name, maildir, readonly, as_told=told)
+    return tuple(refs)
