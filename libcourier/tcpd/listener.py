@@ -277,9 +277,6 @@ class _Listener:
                   f"({len(self.children) - len(self.idle)} connections{asleep})")
 
     def reap(self) -> None:
-        # A child that hibernated sent its connection before it exited: take the
-        # message first, or its exit would free its count and drop its client.
-        self.take_sleepers()
         changed = False
         while True:
             try:
@@ -288,6 +285,11 @@ class _Listener:
                 break
             if pid == 0:
                 break
+            if self.hsock is not None and pid in self.children:
+                # A child that hibernated sent its connection before it exited: take
+                # that message first, or its exit would free its count and drop
+                # its client (the message was queued before the exit we just saw).
+                self.take_sleepers()
             ip = self.children.pop(pid, None)
             self.retire(pid)
             if ip is None:

@@ -107,3 +107,25 @@ def test_no_hibernation_socket_no_sleep(server_factory) -> None:  # noqa: F811
         assert chat(s, b"SLEEP x") == b"-ERR cannot sleep\r\n"
         assert chat(s, b"ECHO still") == b"+OK still\r\n"
     assert srv.stop() == 0
+
+
+def test_many_sleep_at_once_and_all_wake(server_factory, tmp_path) -> None:  # noqa: F811
+    """Children exiting right after their message, many at a time: none is reaped
+    before its message is taken (which would drop its client)."""
+    srv = start(server_factory, tmp_path, maxdaemons=200, maxperip=200)
+    socks = [srv.connect() for _ in range(60)]
+    try:
+        for s in socks:
+            assert readline(s).startswith(b"+OK echod")
+        for i, s in enumerate(socks):
+            s.sendall(b"SLEEP n%d\r\n" % i)
+        wait_for(lambda: not srv.children(), WAIT, "every child to exit")
+        for i, s in enumerate(socks):
+            s.settimeout(WAIT)
+            assert chat(s, b"ECHO hi") == b"+OK resumed n%d uid=%d\r\n" % (i, os.getuid())
+            assert readline(s) == b"+OK hi\r\n"
+        assert "refused" not in srv.log()
+    finally:
+        for s in socks:
+            s.close()
+    assert srv.stop() == 0
