@@ -22,13 +22,28 @@ __all__ = ["Section", "body", "bodystructure", "envelope", "imap_string", "nstri
 _NEEDS_LITERAL = re.compile(rb"[^\x20-\x7e]").search
 
 
+_QUOTED: dict[bytes, bytes] = {}     # imap_string of short strings seen (bounded)
+_QUOTED_MAX = 4096                   # entries kept
+_QUOTED_LEN = 40                     # strings up to this long are kept
+
+
 def imap_string(s: bytes) -> bytes:
     """A quoted string (RFC 3501 §4.3) when it can be one, else a literal: CR, LF,
     NUL and 8-bit octets cannot be quoted; like Dovecot, other controls (TAB) go as
     a literal too."""
+    got = _QUOTED.get(s)
+    if got is not None:
+        # a folder's views repeat a few short strings ("text" "plain" "charset"...)
+        return got
     if _NEEDS_LITERAL(s):
         return b"{%d}\r\n" % len(s) + s
-    return b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    if b"\\" in s or b'"' in s:
+        got = b'"' + s.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    else:
+        got = b'"' + s + b'"'
+    if len(s) <= _QUOTED_LEN and len(_QUOTED) < _QUOTED_MAX:
+        _QUOTED[s] = got
+    return got
 
 
 def nstring(s: bytes | None) -> bytes:
@@ -56,6 +71,8 @@ def _field(part: Part, name: bytes) -> bytes | _Folded | None:
 
 
 def _nfield(part: Part, name: bytes) -> bytes:
+    if name not in part.fields:
+        return b"NIL"           # (most fields a view asks for are absent)
     v = _field(part, name)
     if isinstance(v, _Folded):
         return b"{%d}\r\n" % len(v.value) + v.value
@@ -134,8 +151,15 @@ def _language(part: Part) -> bytes:
     return b"(" + b" ".join(imap_string(x) for x in langs) + b")"
 
 
+_EXTENSION_FIELDS = (b"content-disposition", b"content-language", b"content-location",
+                     b"content-md5")
+
+
 def _extension(part: Part, single: bool) -> bytes:
     """body-ext-1part (md5 first) or body-ext-mpart (params first) minus the head."""
+    fields = part.fields
+    if not any(f in fields for f in _EXTENSION_FIELDS):
+        return b"NIL NIL NIL NIL" if single else b"NIL NIL NIL"     # (the usual part)
     tail = _disposition(part) + b" " + _language(part) + b" " + _nfield(part, b"content-location")
     if single:
         return _nfield(part, b"content-md5") + b" " + tail
