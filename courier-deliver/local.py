@@ -247,7 +247,10 @@ def _serve_batch(batch: list[tuple[DeliverRequest, int]], authsocket: Path,
     forwarded and recorded on its own, so one's failure is only its own."""
     replies: list[Reply | None] = [None] * len(batch)
     accounts_of: dict[tuple, tuple[AuthInfo, list[tuple[int, str | None]]]] = {}
+    done: list[tuple[int, str, str | None]] = []        # OK deliveries for the journal
     try:
+        if journal is not None:
+            journal.refresh()
         for i, (req, fd) in enumerate(batch):
             found = _prepare(req, fd, authsocket, timeout, journal, accounts)
             if isinstance(found, Reply):
@@ -263,8 +266,14 @@ def _serve_batch(batch: list[tuple[DeliverRequest, int]], authsocket: Path,
                     default_maildir, timeout)
                 for (i, _ext), outcome in zip(part, outcomes, strict=True):
                     req, fd = batch[i]
-                    replies[i] = _conclude(req, fd, info, outcome, forward, journal)
+                    reply = replies[i] = _conclude(req, fd, info, outcome, forward)
+                    if reply.status is Status.OK:
+                        done.append((fd, req.recipient, req.user))
     finally:
+        # Before any reply goes out (and even if none will: a repeat is then
+        # answered from the journal).
+        if journal is not None:
+            journal.record_many(done)
         # The flock belongs to the open file, which courierd shares and closes
         # once it has the reply: it holds until then, as when this child exited.
         for _req, fd in batch:
@@ -278,9 +287,12 @@ def _prepare(req: DeliverRequest, fd: int, authsocket: Path, timeout: float,
              ) -> Reply | tuple[AuthInfo, str | None]:
     """Lock the message, answer a repeated request from the journal, find the
     account: the reply, or (account, extension) to deliver to."""
-    if not _lock_message(fd, timeout):
+    waited = _lock_message(fd, timeout)
+    if waited is None:
         return Reply(Status.TEMP, "4.3.0 another delivery of this message is still running")
-    if journal is not None and journal.seen(fd, req.recipient, req.user):
+    # The batch's journal view is from before the lock: a delivery of this
+    # file that held the lock meanwhile recorded after it, so read again then.
+    if journal is not None and journal.seen(fd, req.recipient, req.user, refresh=waited):
         # courierd asks again for a delivery it did not hear the OK of
         # (it was killed meanwhile): the copy is in already.
         logger.info("delivery to %s: already done, not repeated", req.recipient)
@@ -295,15 +307,12 @@ def _prepare(req: DeliverRequest, fd: int, authsocket: Path, timeout: float,
 
 
 def _conclude(req: DeliverRequest, fd: int, info: AuthInfo, outcome: Outcome,
-              forward: ForwardSpool | None, journal: Journal | None) -> Reply:
-    """The worker's outcome for one message: queue its forwards, record an OK in
-    the journal (before the reply goes out), log."""
+              forward: ForwardSpool | None) -> Reply:
+    """The worker's outcome for one message: queue its forwards, log."""
     reply = outcome.reply
     if reply.status is Status.OK and outcome.forwards:
         reply = _forward(forward, fd, req, outcome)
     if reply.status is Status.OK:
-        if journal is not None:
-            journal.record(fd, req.recipient, req.user)
         # courierd logs every delivery (id, sender, recipient, file) as Courier
         # does; this line, once per message, is for DEBUG_LOGIN-style tracing.
         logger.debug("delivered to %s (uid %s): %s", req.recipient, info.uid, reply.text)
@@ -312,23 +321,25 @@ def _conclude(req: DeliverRequest, fd: int, info: AuthInfo, outcome: Outcome,
     return reply
 
 
-def _lock_message(fd: int, timeout: float) -> bool:
+def _lock_message(fd: int, timeout: float) -> bool | None:
     """flock the spool data file for this delivery. courierd opens the file anew
     for each request, so a request repeated by a restarted courierd waits here
     until a delivery of the same file that outlived the old courierd has
-    finished (and is in the journal). False when that takes longer than a
-    whole delivery may."""
+    finished (and is in the journal). Whether it had to wait; None when that
+    takes longer than a whole delivery may."""
     deadline = time.monotonic() + timeout
+    waited = False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
+            return waited
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                return False
+                return None
+            waited = True
             time.sleep(0.05)
         except OSError:
-            return True             # a file that cannot be locked: nothing to wait for
+            return waited           # a file that cannot be locked: nothing to wait for
 
 
 def find_account(authsocket: Path, user: str) -> tuple[AuthInfo, str | None] | None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from courier_deliver.localproto import xtext_encode
 
-from libcourier.durable import write_atomic
+from libcourier.durable import write_all, write_atomic
 
 logger = logging.getLogger("courier.courierlocal")
 
@@ -83,11 +83,22 @@ class Journal:
                 self._keys.add(parts[1])
         self._offset += end
 
-    def seen(self, fd: int, recipient: str, user: str | None) -> bool:
-        """Whether this spool file was already delivered to this recipient."""
+    def refresh(self) -> None:
+        """Read what other children appended: once for a batch of seen(refresh=False)."""
+        try:
+            self._refresh()
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            logger.warning("cannot read %s: %s", self.path, e)
+
+    def seen(self, fd: int, recipient: str, user: str | None, *, refresh: bool = True) -> bool:
+        """Whether this spool file was already delivered to this recipient (with
+        refresh=False: as of the last refresh())."""
         try:
             key = file_key(fd)
-            self._refresh()
+            if refresh:
+                self._refresh()
             if key.encode("ascii") not in self._keys:
                 return False
             want = _entry(key, recipient, user)
@@ -103,13 +114,22 @@ class Journal:
 
     def record(self, fd: int, recipient: str, user: str | None, now: float | None = None
                ) -> None:
+        self.record_many([(fd, recipient, user)], now)
+
+    def record_many(self, done: list[tuple[int, str, str | None]], now: float | None = None
+                    ) -> None:
+        """Entries for several deliveries (spool fd, recipient, user), in one write:
+        one O_APPEND write is not interleaved with another child's."""
+        if not done:
+            return
         now = time.time() if now is None else now
         try:
-            line = f"{int(now)} {_entry(file_key(fd), recipient, user)}\n".encode("ascii")
+            data = "".join(f"{int(now)} {_entry(file_key(fd), recipient, user)}\n"
+                           for fd, recipient, user in done).encode("ascii")
             jfd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                           0o600)
             try:
-                os.write(jfd, line)
+                write_all(jfd, data)
                 size = os.fstat(jfd).st_size
             finally:
                 os.close(jfd)

@@ -379,9 +379,11 @@ def _execute(run: _Run, instructions: list[dotcourier.Instruction], level: int) 
 
 def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
                       ext: str | None, deadline: float | None = None,
-                      staging: list[Staged] | None = None) -> Outcome | None:
+                      staging: list[Staged] | None = None,
+                      unquoted: set[str] | None = None) -> Outcome | None:
     """The delivery's outcome; None when the message was only staged (appended
-    to `staging`: the plain Maildir path, into a Maildir without quota)."""
+    to `staging`: the plain Maildir path, into a Maildir without quota;
+    `unquoted`: deliver_or_stage's, for the batch)."""
     if deadline is None:
         deadline = time.monotonic() + DELIVERY_TIMEOUT - DELIVERY_GRACE
     instructions, default = _read_dot_courier(ext)
@@ -395,7 +397,7 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
             path = info.maildir or default_ins[0].path     # type: ignore[union-attr]
             name = deliver_or_stage(maildir_path(info, path), _pread_chunks(fd),
                                     _message_size(fd), prefix=prefix, newquota=info.quota,
-                                    stage=staging is not None)
+                                    stage=staging is not None, unquoted=unquoted)
             if isinstance(name, Staged):
                 assert staging is not None
                 staging.append(name)
@@ -468,6 +470,7 @@ def deliver_batch_as_user(info: AuthInfo, items: list[tuple[int, DeliverRequest,
     outcomes: list[Outcome | None] = []
     staging: list[Staged] = []
     waiting: list[int] = []         # indexes of the staged messages, in staging's order
+    unquoted: set[str] = set()      # Maildirs found complete and without quota
     try:
         for fd, req, ext in items:
             if time.monotonic() >= deadline:
@@ -477,7 +480,7 @@ def deliver_batch_as_user(info: AuthInfo, items: list[tuple[int, DeliverRequest,
             try:
                 _check_loop(fd, req.recipient)
                 outcome = _run_instructions(info, fd, req, default_maildir, ext, deadline,
-                                            staging)
+                                            staging, unquoted)
             except (_Fail, DeliveryError) as e:
                 outcome = _failure(e)
             except Exception as e:  # noqa: BLE001 - this message's fault, not the others'

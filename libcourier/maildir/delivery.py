@@ -330,11 +330,16 @@ def deliver_with_quota(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: 
 
 def deliver_or_stage(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: int, *,
                      prefix: bytes = b"", newquota: str | None = None,
-                     stage: bool = True) -> str | Staged:
+                     stage: bool = True, unquoted: set[str] | None = None) -> str | Staged:
     """deliver_with_quota, but a Maildir that keeps no quota gets the message only
     staged (stage_to_maildir: publish_staged finishes it, with others). One that
     keeps a quota is delivered at once, as before: its next message's check
-    must count this one. Raises OverQuota, DeliveryError."""
+    must count this one. `unquoted`: Maildirs this batch already found complete
+    and without quota (the next message to one skips the four stats and the
+    maildirsize open; a quota appearing meanwhile applies from the next batch,
+    as for a delivery already running). Raises OverQuota, DeliveryError."""
+    if stage and unquoted is not None and os.fspath(maildir) in unquoted:
+        return stage_to_maildir(maildir, chunks, prefix=prefix)
     maildir = Path(maildir)
     ensure_maildir(maildir)         # maildirsize may have to be made in it first
     counted = quota.counts_folder(maildir)
@@ -349,6 +354,8 @@ def deliver_or_stage(maildir: Path, chunks: Iterable[bytes] | BinaryIO, size: in
         # maildir_quota_add_end is a no-op then too).
         counted = check.usage is not None
     if stage and not counted:
+        if unquoted is not None:
+            unquoted.add(os.fspath(maildir))
         return stage_to_maildir(maildir, chunks, prefix=prefix)
     name = _deliver_ensured(maildir, chunks, prefix)
     if counted:

@@ -76,3 +76,27 @@ def test_an_entry_another_connection_child_appended_is_seen(tmp_path):
         assert not mine.seen(fd, "dave@example.com", None)
     finally:
         os.close(fd)
+
+
+def test_a_batch_records_in_one_write_and_reads_once(tmp_path):
+    mine, other = Journal(tmp_path / "journal"), Journal(tmp_path / "journal")
+    fds = []
+    for i in range(3):
+        p = tmp_path / f"{i}.dat"
+        p.write_bytes(b"message %d" % i)
+        fds.append(os.open(p, os.O_RDONLY))
+    try:
+        mine.refresh()                                  # no journal yet: nothing, no error
+        other.record_many([(fds[0], "a@x", None), (fds[1], "b@x", "b")])
+        assert (tmp_path / "journal").read_bytes().count(b"\n") == 2
+        # As of the last refresh (before the other child's write): not seen yet.
+        assert not mine.seen(fds[0], "a@x", None, refresh=False)
+        mine.refresh()
+        assert mine.seen(fds[0], "a@x", None, refresh=False)
+        assert mine.seen(fds[1], "b@x", "b", refresh=False)
+        assert not mine.seen(fds[2], "a@x", None, refresh=False)
+        other.record_many([])                           # nothing done: nothing written
+        assert (tmp_path / "journal").read_bytes().count(b"\n") == 2
+    finally:
+        for fd in fds:
+            os.close(fd)

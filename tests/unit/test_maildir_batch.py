@@ -111,3 +111,17 @@ def test_a_maildir_with_a_quota_is_delivered_at_once(tmp_path):
     staged = deliver_or_stage(unquoted, [b"Subject: q\n\nx\n"], 14)
     assert not isinstance(staged, str) and os.listdir(unquoted / "new") == []
     assert isinstance(publish_staged([staged])[0], str)
+
+
+def test_a_batch_checks_each_maildir_once(tmp_path, monkeypatch):
+    md = _md(tmp_path)
+    stats = []
+    real = delivery_mod.os.stat
+    monkeypatch.setattr(delivery_mod.os, "stat", lambda p, *a, **k: (stats.append(p),
+                                                                      real(p, *a, **k))[1])
+    unquoted: set[str] = set()
+    staged = [deliver_or_stage(md, [b"m%d\n" % i], 3, unquoted=unquoted) for i in range(4)]
+    assert unquoted == {str(md)}
+    assert len(stats) == 4      # tmp/ new/ cur/ maildirfolder, for the first message only
+    assert all(isinstance(n, str) for n in publish_staged(staged))
+    assert len(os.listdir(md / "new")) == 4
