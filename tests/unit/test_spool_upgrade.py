@@ -225,3 +225,32 @@ def test_dsn_ret_full_carries_the_message_alone(cfg, layout):
     assert BODY in report
     assert b"courier-py-" not in report        # neither the header nor the envelope
     assert list_queue(spool) == list(result.injected)
+
+
+def test_courier_flush_announces_entries_of_both_layouts(cfg, capsys):
+    """`courier flush` lists the queue with list_queue (it globbed *.env) and
+    hands each to courierd's socket (it passed the Layout itself: a TypeError)."""
+    import socket
+
+    from libcourier.control.main import flush
+    spool = cfg.layout.spooldir
+    qids = [old_entry(spool, env_for("a@mx.test")), new_entry(spool, env_for("b@mx.test"))]
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(cfg.layout.queue_socket))
+    srv.listen(1)
+    srv.settimeout(10)
+    try:
+        assert flush(spool.parent / "etc") == 0
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        got = b""
+        while got.count(b"\n") < 2:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        conn.close()
+    finally:
+        srv.close()
+    assert got == b"".join(f"NEW {q}\n".encode() for q in qids)
+    assert "2 queued message(s)" in capsys.readouterr().out
