@@ -1038,11 +1038,15 @@ class SmtpServer:
             return None
         block = data[:cut]
         if block:
-            lf = block.count(b"\n")
-            if block.count(b"\r\n") != lf or block.count(b"\r") != lf or b"\0" in block:
+            # One split at the CRLFs serves both checks: what is left once they are
+            # taken out holds no CR or LF (no bare one: the line-by-line rule's
+            # verdict, found by memchr), and no line without its CRLF reaches limit-1.
+            lines = block.split(b"\r\n")
+            rest = b"".join(lines)
+            if b"\r" in rest or b"\n" in rest or b"\0" in rest:
                 return None
-            limit = self.limits.max_text_line      # with the CRLF: a piece of limit-1
-            if len(block) >= limit and max(map(len, block.split(b"\n"))) >= limit:
+            limit = self.limits.max_text_line      # with the CRLF
+            if len(block) >= limit and max(map(len, lines)) >= limit - 1:
                 return None
             # RFC 5321 §4.5.2: one leading dot off every line.
             text = (block[1:] if block.startswith(b".") else block).replace(b"\n.", b"\n")

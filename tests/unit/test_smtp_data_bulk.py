@@ -105,3 +105,11 @@ def test_line_of_exactly_the_limit_is_taken():
     limits = Limits(max_text_line=40)
     rec = both([START + b"w" * 38 + b"\r\n.\r\n"], limits)
     assert [r for r in rec if r[0] == "message"]
+
+
+@pytest.mark.parametrize("n", [37, 38, 39, 40])
+@pytest.mark.parametrize("tail", [b"", b"\r", b"\r\r\n", b"\n\r\n", b"\r\n\n"])
+def test_lines_around_the_limit_and_stray_line_ends_agree(n, tail):
+    # The bulk pass finds both at the CRLF split: each side of every boundary.
+    both([START + b"w" * n + b"\r\n" + b"v" * (n - 1) + tail + b"\r\n.\r\nNOOP\r\n"],
+         Limits(max_text_line=40))
