@@ -1,6 +1,8 @@
 """Spool records and the envelope file format.
 
-An envelope file (`msgs/<qid>.env`) is UTF-8 text, one field a line:
+An envelope (at the end of a queue entry `msgs/<qid>`, in courierd's
+`msgs/<qid>.st`, or a former-layout `msgs/<qid>.env`) is UTF-8 text, one field
+a line:
 
     courier-py-envelope 1                 <- format name and version, always first
     received 1700000000.123456
