@@ -6,9 +6,9 @@ RFC822.SIZE) one MIME parse per message, ~0.1 ms of CPU each: 10 s for 100,000 m
 in one process. With more than one CPU, `Workers` shares that parse: it forks
 min(CPUs, MAX_WORKERS) processes (the session is already the user, so they are too;
 everything they run is imported before the fork) that take the messages a CHUNK at a
-time in turn and send each record back over their pipe; the session reads them in the
-messages' order and writes them to the index itself, so the file looks as if it had
-done the work alone. A worker that dies, or goes silent for READ_TIMEOUT, ends the
+time in turn with the session and send each record back over their pipe; the session
+reads them in the messages' order (making its own chunks when it comes to them) and
+writes them to the index itself, so the file looks as if it had done the work alone. A worker that dies, or goes silent for READ_TIMEOUT, ends the
 parallel build: the rest goes the long way. Nothing outlives `close()`: the workers
 are killed by PID and reaped.
 
@@ -85,15 +85,21 @@ def worker_count(jobs: int, least: int) -> int:
 
 
 class Workers:
-    """`job(k)` for k in 0..count-1, made by `n` forked processes, handed out in order.
+    """`job(k)` for k in 0..count-1, made by `n` forked processes and the caller, handed
+    out in order.
 
-    Job k is made by worker (k // CHUNK) % n. The parent reads only from the worker whose
-    record is next, and a worker only ever waits for the parent to read its pipe, so
-    nobody waits in a circle; each worker is at most its pipe's worth ahead."""
+    The chunks go round n + 1 slots: slot w < n is worker w's, the last is the caller's,
+    who makes those jobs itself when it comes to them (it would otherwise only wait
+    there; on a machine others keep busy, a third runnable process is a third share of
+    the CPUs). The caller reads only from the worker whose record is next, and a worker
+    only ever waits for the caller to read its pipe, so nobody waits in a circle; each
+    worker is at most its pipe's worth ahead."""
 
     def __init__(self, count: int, job: Callable[[int], tuple[bytes | None, float]], n: int):
         self.count = count
         self.next_job = 0
+        self._job = job
+        self._slots = n + 1
         self._pids: list[int] = []
         self._fds: list[int] = []
         self._bufs: list[bytearray] = []
@@ -108,7 +114,7 @@ class Workers:
                             os.close(r)
                             if x != wfd:
                                 os.close(x)
-                        _work(count, job, w, n, wfd)
+                        _work(count, job, w, n + 1, wfd)
                         code = 0
                     finally:
                         os._exit(code)
@@ -130,7 +136,15 @@ class Workers:
         caller closes them and goes on without)."""
         if self.next_job >= self.count or not self._fds:
             raise WorkerFailed("no job left")
-        w = (self.next_job // CHUNK) % len(self._fds)
+        k = self.next_job
+        w = (k // CHUNK) % self._slots
+        if w == self._slots - 1:                      # the caller's own chunk
+            try:
+                got = self._job(k)
+            except Exception as e:                    # (as a worker's would: a failure)
+                raise WorkerFailed(f"{type(e).__name__}: {e}") from None
+            self.next_job += 1
+            return got
         n, mtime = _HEAD.unpack(self._take(w, _HEAD.size))
         self.next_job += 1
         if n == _NONE:
@@ -173,9 +187,10 @@ class Workers:
         self._pids.clear()
 
 
-def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, n: int,
+def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, slots: int,
           wfd: int) -> None:
-    """A worker's life: its chunks in order, each record framed and written."""
+    """A worker's life: its chunks (every `slots`-th from its w-th) in order, each
+    record framed and written."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)        # not the session's handlers
     try:
@@ -183,7 +198,7 @@ def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, 
     except OSError:
         pass                                       # the default (64 KB) is only slower
     out = bytearray()
-    for first in range(w * CHUNK, count, n * CHUNK):
+    for first in range(w * CHUNK, count, slots * CHUNK):
         for k in range(first, min(first + CHUNK, count)):
             payload, mtime = job(k)
             if payload is None or len(payload) > mindex.MAX_RECORD:
