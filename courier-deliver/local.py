@@ -88,6 +88,7 @@ ACCOUNT_CACHE_SIZE = 1000    # users remembered by one connection child
 MAX_DELIVERY_TIMEOUT = 3600.0  # the most ETC/localtimeout may ask for
 LOCALTIMEOUT_RECHECK = 1.0   # seconds a connection child reuses ETC/localtimeout's value
 MAX_CHILDREN = 32            # connection children at once; more wait in the backlog
+BATCH_STREAMS = 2            # courierd's batches in flight for one account (LocalBatches)
 STOP_WAIT = 5.0             # on SIGTERM, how long in-flight deliveries may finish
 
 
@@ -840,26 +841,29 @@ class _Ask:
 
 class LocalBatches:
     """courierd's requests from its event loop, gathered per recipient account
-    and sent to courierlocal as batches (request_batch_async): while one batch
+    and sent to courierlocal as batches (request_batch_async): while a batch
     for an account is being delivered, the account's next messages wait, and
-    go together (up to BATCH_MAX) once it is answered. courierlocal publishes
+    go together (up to BATCH_MAX) once one is answered. courierlocal publishes
     a batch's Maildir files with one fsync of new/, and the batch costs one
     exchange on each of the three hops instead of one per message.
 
-    One batch per account at a time, each holding one of courierd's local
-    slots (`slot()`: an awaitable giving the release function), so MAXDELS
-    still bounds the delivery processes; other accounts' batches run beside.
-    The spool fd is dup'd when queued: the caller may stop waiting (and close
-    its file) while the batch is on its way, and the number must not name
-    another file by then."""
+    At most `streams` batches per account at a time (each on its own
+    connection and delivery worker: one writes while the other waits for its
+    fsyncs), each holding one of courierd's local slots (`slot()`: an
+    awaitable giving the release function), so MAXDELS still bounds the
+    delivery processes; other accounts' batches run beside. The spool fd is
+    dup'd when queued: the caller may stop waiting (and close its file) while
+    the batch is on its way, and the number must not name another file by then."""
 
     def __init__(self, client: LocalClient,
                  slot: Callable[[], Awaitable[Callable[[], None]]],
-                 batch_max: int = BATCH_MAX):
+                 batch_max: int = BATCH_MAX, streams: int = BATCH_STREAMS):
         self.client = client
         self.slot = slot
         self.batch_max = batch_max
+        self.streams = streams
         self._queues: dict[tuple[str, str], list[_Ask]] = {}
+        self._senders: dict[tuple[str, str], int] = {}      # running _send tasks per key
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def request(self, socket_path: Path, data_fd: int, sender: str, recipient: str,
@@ -869,13 +873,13 @@ class LocalBatches:
             return line
         key = (str(socket_path), (user or recipient).lower())
         ask = _Ask(line, os.dup(data_fd), asyncio.get_running_loop().create_future())
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = []
+        queue = self._queues.setdefault(key, [])
+        queue.append(ask)
+        if self._senders.get(key, 0) < self.streams:
+            self._senders[key] = self._senders.get(key, 0) + 1
             task = asyncio.create_task(self._send(key, socket_path, queue))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        queue.append(ask)
         return await asyncio.shield(ask.reply)
 
     async def _send(self, key: tuple[str, str], socket_path: Path, queue: list[_Ask]) -> None:
@@ -884,8 +888,11 @@ class LocalBatches:
             while queue:
                 release = await self.slot()
                 try:
-                    # Taken once the slot is ours: whatever came meanwhile joins.
+                    # Taken once the slot is ours: whatever came meanwhile joins
+                    # (or another stream took it all: nothing to send).
                     batch, queue[:self.batch_max] = queue[:self.batch_max], []
+                    if not batch:
+                        break
                     replies = await self.client.request_batch_async(
                         socket_path, [a.line for a in batch], [a.fd for a in batch])
                 finally:
@@ -896,12 +903,17 @@ class LocalBatches:
                 _close_asks(batch)
                 batch = []
         finally:
-            del self._queues[key]
-            left = batch + queue
+            left = batch
+            if self._senders[key] > 1:
+                self._senders[key] -= 1             # the others take what is queued
+            else:
+                del self._senders[key]
+                del self._queues[key]
+                left = batch + queue
             for ask in left:
                 if not ask.reply.done():
                     ask.reply.set_result(Reply(Status.TEMP, "4.3.0 the request to courierlocal "
-                                                          "was not completed"))
+                                                            "was not completed"))
             _close_asks(left)
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 
 import courier_deliver.queue as queue_mod
+import pytest
 from courier_deliver.config import load_config
 from courier_deliver.local import LocalBatches, LocalClient
 from courier_deliver.localproto import (
@@ -232,9 +233,11 @@ def test_request_batch_async_without_courierlocal_is_temporary(tmp_path):
     assert replies[0].status is Status.TEMP and "not running" in replies[0].text
 
 
-def test_local_batches_gather_one_accounts_messages_under_one_slot(tmp_path):
+@pytest.mark.parametrize("streams", [1, 2])
+def test_local_batches_gather_one_accounts_messages_under_one_slot(tmp_path, streams):
     # While the first request for a@x is with a slow courierlocal, the next ones
     # for a@x wait and then go together on one connection; b@x goes beside it.
+    # With two streams, the other three go at once on a second connection.
     path = tmp_path / "local.sock"
     fake = FakeCourierlocal(path, delay=0.3)
     data = tmp_path / "m.dat"
@@ -249,12 +252,13 @@ def test_local_batches_gather_one_accounts_messages_under_one_slot(tmp_path):
             await sem.acquire()
             held.append(1)
             return sem.release
-        batches = LocalBatches(client, slot)
+        batches = LocalBatches(client, slot, streams=streams)
         with open(data, "rb") as fh:
             first = asyncio.create_task(batches.request(path, fh.fileno(), "s@x", "a@x"))
             await asyncio.sleep(0.1)        # the first is being delivered
             rest = [asyncio.create_task(batches.request(path, fh.fileno(), "s@x", r))
                     for r in ("a@x", "a@x", "A@x", "b@x")]
+            await asyncio.sleep(0)          # they are all queued before any answer
             return await asyncio.gather(first, *rest)
     try:
         replies = asyncio.run(main())
@@ -263,8 +267,12 @@ def test_local_batches_gather_one_accounts_messages_under_one_slot(tmp_path):
         fake.close()
     assert [r.status for r in replies] == [Status.OK] * 5
     assert sorted(r for r, _ in fake.seen) == ["A@x", "a@x", "a@x", "a@x", "b@x"]
-    assert len(held) == 3           # a@x alone, then a@x's three together, and b@x
-    assert fake.connections == 2    # a@x's batches one after the other on one
+    if streams == 1:
+        assert len(held) == 3       # a@x alone, then a@x's three together, and b@x
+        assert fake.connections == 2    # a@x's batches one after the other on one
+    else:
+        assert len(held) == 3       # a@x, the other three beside it at once, and b@x
+        assert fake.connections == 3    # a@x's second batch on a second connection
 
 
 def test_stopping_with_a_kept_notice_connection_open_is_quick_and_quiet(tmp_path, caplog):
