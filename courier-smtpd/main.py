@@ -19,7 +19,7 @@ from pathlib import Path
 
 from courier_smtpd import session as _session  # noqa: F401
 from courier_smtpd.config import SmtpdConfig, courier_flag, helo_level, load_config
-from courier_smtpd.policy import Domains, LocalPolicy, load_domains
+from courier_smtpd.policy import Domains, KnownRecipients, LocalPolicy, load_domains
 from courier_smtpd.senderdns import DnsChecks
 from courier_smtpd.session import Credentials, Session
 
@@ -33,8 +33,8 @@ log = logging.getLogger("courier.esmtpd")
 
 
 def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout,
-                      domains: Domains, starttls_ctx, aliases: AliasTable | None = None
-                      ) -> None:
+                      domains: Domains, starttls_ctx, aliases: AliasTable | None = None,
+                      known: KnownRecipients | None = None) -> None:
     block = conn.env.get("BLOCK")
     if block is not None:
         # Courier's smtpaccess BLOCK: refuse the whole session, with its text if any.
@@ -52,7 +52,7 @@ def handle_connection(conn: tcpd.Connection, *, cfg: SmtpdConfig, layout: Layout
                          aliases=aliases, bofh=cfg.bofh, auth_sender_check=cfg.auth_sender_check,
                          dns=DnsChecks(cfg.resolver, check_domain=check_dns,
                                        badmx=cfg.bofh.badmx, check_helo=check_helo),
-                         client_ip=conn.peer_ip)
+                         client_ip=conn.peer_ip, known=known)
     session = Session(conn, cfg, layout.spooldir, layout.queue_socket, policy, starttls_ctx,
                       authenticate=partial(_authenticate, layout.authsocket),
                       relayclient=relayclient,
@@ -97,8 +97,11 @@ def make_handler(cfg: SmtpdConfig, layout: Layout, ctx) -> tcpd.Handler:
     # re-reads it when it changed, and keeps this copy if it cannot).
     authclient.verifiable_mechanisms(layout.authsocket)
     aliases = AliasTable(cfg.etc / "aliases.dat", domains.me, domains.is_locals)
+    # One per load: each forked child has its own copy, shared by the sessions it serves.
+    known = KnownRecipients()
     return partial(handle_connection, cfg=cfg, layout=layout, domains=domains,
-                   starttls_ctx=None if cfg.tls_on_connect else ctx, aliases=aliases)
+                   starttls_ctx=None if cfg.tls_on_connect else ctx, aliases=aliases,
+                   known=known)
 
 
 def _prepare_spool(layout: Layout) -> None:

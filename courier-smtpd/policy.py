@@ -33,16 +33,46 @@ log = logging.getLogger("courier.esmtpd")
 
 Lookup = Callable[[Path, str, str], AuthInfo | None]
 
-# A recipient authd knew is taken on authd's word for this long in the same session,
-# without asking again: a session sending many messages to one mailbox (a mailing
-# list's run, a bulk sender) asks once instead of once per RCPT. Only found users are
-# kept (an unknown address asks every time, and a user added meanwhile is seen at
-# once); a user removed meanwhile is still accepted for at most this long, and
-# delivery then bounces it, as it would for one removed after the RCPT. Courier's
-# submit asks authdaemond per RCPT with no cache; Postfix's smtpd asks proxymap per
-# RCPT: this saves authd a connection and a lookup per message instead.
+# A recipient authd knew is taken on authd's word for this long without asking again,
+# in the same session and the later sessions the same child serves (ListenerSpec.reuse):
+# many messages to one mailbox (a list's run, a bulk sender, the usual few busy
+# mailboxes of an MX) ask once instead of once per RCPT. Only found users are kept (an
+# unknown address asks every time, and a user added meanwhile is seen at once); a user
+# removed meanwhile is still accepted for at most this long, and delivery then bounces
+# it, as it would for one removed after the RCPT. The answer does not depend on the
+# client (service "esmtp", the address). Courier's submit asks authdaemond per RCPT
+# with no cache; Postfix's smtpd asks proxymap per RCPT: this saves authd a
+# connection and a lookup per message instead.
 KNOWN_RECIPIENT_SECONDS = 60.0
-KNOWN_RECIPIENTS_MAX = 256      # addresses remembered per session (oldest dropped)
+KNOWN_RECIPIENTS_MAX = 256      # addresses remembered (oldest dropped)
+
+
+class KnownRecipients:
+    """Recipients authd found, each until KNOWN_RECIPIENT_SECONDS after the answer."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        # (local part, domain) -> monotonic time until which authd's "found" holds
+        self._until: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def holds(self, local: str, domain: str) -> bool:
+        until = self._until.get((local, domain))
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._until[(local, domain)]
+        return False
+
+    def add(self, local: str, domain: str) -> None:
+        key = (local, domain)
+        self._until.pop(key, None)
+        self._until[key] = self._clock() + KNOWN_RECIPIENT_SECONDS
+        while len(self._until) > KNOWN_RECIPIENTS_MAX:
+            self._until.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +138,7 @@ class LocalPolicy:
                  lookup: Lookup | None = None, aliases: AliasTable | None = None,
                  bofh: Bofh | None = None, remote_host: Callable[[], str | None] | None = None,
                  auth_sender_check: bool = False, dns: DnsChecks | None = None,
-                 client_ip: str = "", clock: Callable[[], float] = time.monotonic):
+                 client_ip: str = "", known: KnownRecipients | None = None):
         self.domains = domains
         self.aliases = aliases      # ETC/aliases.dat: an alias is a valid recipient
         self.authsocket = authsocket
@@ -119,9 +149,8 @@ class LocalPolicy:
         self.dns = dns             # BOFHCHECKDNS / BOFHCHECKHELO lookups
         self.client_ip = client_ip
         self._lookup = lookup or (lambda sock, service, user: auth_pre(sock, service, user))
-        self._clock = clock
-        # (local part, domain) -> monotonic time until which authd's "found" holds
-        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # Shared by the sessions of one child (main.make_handler), else this session's.
+        self.known = known if known is not None else KnownRecipients()
 
     def check_sender(self, sender: str, session: SessionInfo) -> Verdict:
         if sender and self.bofh.is_badfrom(sender):
@@ -179,7 +208,7 @@ class LocalPolicy:
             return Verdict.accept()
         if self.aliases is not None and self.aliases.lookup(address) is not None:
             return Verdict.accept()
-        if self._known_recipient(local, domain):
+        if self.known.holds(local, domain):
             return Verdict.accept()
         # user-ext addresses go to `user` (Courier's rule; its .courier-ext decides
         # at delivery): try the whole local part, then shorter prefixes at "-".
@@ -196,23 +225,7 @@ class LocalPolicy:
                 return Verdict.tempfail(451, "4.4.3",
                                         "Unable to verify the address, try again later.")
             if info is not None:
-                self._remember(local, domain)
+                self.known.add(local, domain)
                 return Verdict.accept()
         return Verdict.reject(550, "5.1.1", "User unknown.")
 
-    def _known_recipient(self, local: str, domain: str) -> bool:
-        """authd found this recipient less than KNOWN_RECIPIENT_SECONDS ago."""
-        until = self._known.get((local, domain))
-        if until is None:
-            return False
-        if self._clock() < until:
-            return True
-        del self._known[(local, domain)]
-        return False
-
-    def _remember(self, local: str, domain: str) -> None:
-        key = (local, domain)
-        self._known.pop(key, None)
-        self._known[key] = self._clock() + KNOWN_RECIPIENT_SECONDS
-        while len(self._known) > KNOWN_RECIPIENTS_MAX:
-            self._known.popitem(last=False)

@@ -128,9 +128,10 @@ def test_received_header():
     assert h.startswith(b"Received: from h (host.example [::1])\n  by mx with SMTP; ")
 
 
-def test_known_recipient_asks_authd_once_per_session_for_a_while(etc):
-    # Many messages to one mailbox in a session: authd is asked at the first RCPT, and
-    # again only once KNOWN_RECIPIENT_SECONDS have passed; unknown users every time.
+def test_known_recipient_asks_authd_once_for_a_while(etc):
+    # Many messages to one mailbox: authd is asked at the first RCPT, and again only
+    # once KNOWN_RECIPIENT_SECONDS have passed; unknown users every time. The answers
+    # are shared by the sessions given the same KnownRecipients (one child's).
     from courier_smtpd import policy as mod
     now = [1000.0]
     users = {"alice@example.com", "bob"}
@@ -139,8 +140,8 @@ def test_known_recipient_asks_authd_once_per_session_for_a_while(etc):
     def lookup(sock, service, user):
         asked.append(user)
         return INFO if user in users else None
-    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=lookup,
-                    clock=lambda: now[0])
+    known = mod.KnownRecipients(clock=lambda: now[0])
+    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=lookup, known=known)
     for _ in range(3):
         assert kind(p, "alice@example.com")[0] is VerdictKind.ACCEPT
         assert kind(p, "bob-list@localhost")[0] is VerdictKind.ACCEPT   # via user-ext
@@ -152,10 +153,18 @@ def test_known_recipient_asks_authd_once_per_session_for_a_while(etc):
     asked.clear()
     users.discard("alice@example.com")
     now[0] += mod.KNOWN_RECIPIENT_SECONDS - 1
-    assert kind(p, "alice@example.com")[0] is VerdictKind.ACCEPT     # still on authd's word
+    # The next session of the same child: still on authd's word ...
+    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=lookup, known=known)
+    assert kind(p, "alice@example.com")[0] is VerdictKind.ACCEPT
     now[0] += 1
-    assert kind(p, "alice@example.com") == (VerdictKind.REJECT, 550, "5.1.1")
+    assert kind(p, "alice@example.com") == (VerdictKind.REJECT, 550, "5.1.1")   # ... until then
     assert asked == ["alice@example.com"]
+    # A policy without a shared one keeps its own.
+    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=lookup)
+    asked.clear()
+    assert kind(p, "bob@localhost")[0] is VerdictKind.ACCEPT
+    assert kind(p, "bob@localhost")[0] is VerdictKind.ACCEPT
+    assert asked == ["bob"]
     # A temporary failure is never remembered: the next RCPT asks again.
     down = [True]
 
@@ -164,8 +173,7 @@ def test_known_recipient_asks_authd_once_per_session_for_a_while(etc):
         if down[0]:
             raise AuthTempFail("down")
         return INFO
-    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=flaky,
-                    clock=lambda: now[0])
+    p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=flaky)
     asked.clear()
     assert kind(p, "carol@example.com") == (VerdictKind.TEMPFAIL, 451, "4.4.3")
     down[0] = False
@@ -184,7 +192,7 @@ def test_known_recipients_are_bounded(etc):
     p = LocalPolicy(load_domains(etc, "fallback"), etc / "sock", lookup=lookup)
     for i in range(mod.KNOWN_RECIPIENTS_MAX + 1):
         assert kind(p, f"u{i}@example.com")[0] is VerdictKind.ACCEPT
-    assert len(p._known) == mod.KNOWN_RECIPIENTS_MAX
+    assert len(p.known) == mod.KNOWN_RECIPIENTS_MAX
     asked.clear()
     assert kind(p, f"u{mod.KNOWN_RECIPIENTS_MAX}@example.com")[0] is VerdictKind.ACCEPT
     assert kind(p, "u0@example.com")[0] is VerdictKind.ACCEPT        # the oldest was dropped
