@@ -88,10 +88,11 @@ class Workers:
     """`job(k)` for k in 0..count-1, made by `n` forked processes and the caller, handed
     out in order.
 
-    The chunks go round n + 1 slots: slot w < n is worker w's, the last is the caller's,
-    who makes those jobs itself when it comes to them (it would otherwise only wait
-    there; on a machine others keep busy, a third runnable process is a third share of
-    the CPUs). The caller reads only from the worker whose record is next, and a worker
+    The chunks go round in rounds of 2n + 1 (owner()): two for each worker, the last
+    for the caller, who makes those jobs itself when it comes to them (it would
+    otherwise only wait there, and on a machine others keep busy one more runnable
+    process is one more share of the CPUs; a smaller share than a worker's, since it
+    also writes the index and the responses). The caller reads only from the worker whose record is next, and a worker
     only ever waits for the caller to read its pipe, so nobody waits in a circle; each
     worker is at most its pipe's worth ahead."""
 
@@ -99,7 +100,7 @@ class Workers:
         self.count = count
         self.next_job = 0
         self._job = job
-        self._slots = n + 1
+        self._n = n
         self._pids: list[int] = []
         self._fds: list[int] = []
         self._bufs: list[bytearray] = []
@@ -114,7 +115,7 @@ class Workers:
                             os.close(r)
                             if x != wfd:
                                 os.close(x)
-                        _work(count, job, w, n + 1, wfd)
+                        _work(count, job, w, n, wfd)
                         code = 0
                     finally:
                         os._exit(code)
@@ -137,8 +138,8 @@ class Workers:
         if self.next_job >= self.count or not self._fds:
             raise WorkerFailed("no job left")
         k = self.next_job
-        w = (k // CHUNK) % self._slots
-        if w == self._slots - 1:                      # the caller's own chunk
+        w = owner(k // CHUNK, self._n)
+        if w == self._n:                              # the caller's own chunk
             try:
                 got = self._job(k)
             except Exception as e:                    # (as a worker's would: a failure)
@@ -187,10 +188,16 @@ class Workers:
         self._pids.clear()
 
 
-def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, slots: int,
+def owner(chunk: int, n: int) -> int:
+    """Who makes a chunk when n workers share them with the caller: 0..n-1 a worker,
+    n the caller (one chunk in every 2n + 1)."""
+    r = chunk % (2 * n + 1)
+    return n if r == 2 * n else r % n
+
+
+def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, n: int,
           wfd: int) -> None:
-    """A worker's life: its chunks (every `slots`-th from its w-th) in order, each
-    record framed and written."""
+    """A worker's life: its chunks (owner()) in order, each record framed and written."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)        # not the session's handlers
     try:
@@ -198,7 +205,9 @@ def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, 
     except OSError:
         pass                                       # the default (64 KB) is only slower
     out = bytearray()
-    for first in range(w * CHUNK, count, slots * CHUNK):
+    for first in range(w * CHUNK, count, CHUNK):
+        if owner(first // CHUNK, n) != w:
+            continue
         for k in range(first, min(first + CHUNK, count)):
             payload, mtime = job(k)
             if payload is None or len(payload) > mindex.MAX_RECORD:

@@ -276,18 +276,19 @@ def test_put_payloads_one_write_and_one_table(tmp_path: pathlib.Path,
 def test_the_callers_own_chunks_are_made_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(indexbuild, "CHUNK", 2)
     parent = os.getpid()
+    assert [indexbuild.owner(c, 2) for c in range(6)] == [0, 1, 0, 1, 2, 0]
 
     def job(k: int) -> tuple[bytes | None, float]:
-        if k == 6 and os.getpid() == parent:
+        if k == 10 and os.getpid() == parent:
             raise ValueError("bug")
         return b"%d %d" % (k, os.getpid() == parent), 0.0
 
-    w = indexbuild.Workers(9, job, 1)             # chunks: worker, caller, worker, ...
+    w = indexbuild.Workers(13, job, 1)        # chunks: worker, worker, caller, worker...
     try:
-        got = [w.next()[0] for _ in range(6)]
+        got = [w.next()[0] for _ in range(10)]
         with pytest.raises(indexbuild.WorkerFailed, match="ValueError"):
             w.next()
     finally:
         w.close()
-    assert got == [b"0 0", b"1 0", b"2 1", b"3 1", b"4 0", b"5 0"]
+    assert got == [b"%d %d" % (k, k in (4, 5)) for k in range(10)]
     assert no_children()
