@@ -19,6 +19,7 @@ one space (a normalised msg-id holds no white space, so the split is exact). San
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import email.utils
 import re
@@ -29,6 +30,7 @@ from libcourier.rfc5322 import unfold
 from libcourier.rfc5322.basesubject import base_subject, sort_form
 
 MAX_REFERENCES = 1000     # msg-ids of one References: field looked at
+MAX_PLAIN_SUBJECT = 1000  # Subject: values up to this long may take the plain way
 _HEAD = struct.Struct("<diIiB")
 _MAX_DAY = datetime.date.max.toordinal()
 
@@ -41,11 +43,41 @@ class KeysError(ValueError):
     """Stored keys that do not decode."""
 
 
+# The Date: most messages carry (RFC 5322 §3.3 date-time: day name, 4-digit year,
+# seconds, a numeric zone), read without email.utils; the answer is the one
+# _parse_date_general gives (a differential test checks it). "-0000" (no zone known:
+# local time there) and anything else go the general way.
+_MONTHS = {m: k for k, m in enumerate((b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul",
+                                       b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"), 1)}
+_COMMON_DATE = re.compile(
+    rb"[ \t]*(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{1,2}) (" + b"|".join(_MONTHS)
+    + rb") ([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ([+-])([0-9]{2})([0-9]{2})[ \t]*\r?\n?"
+).fullmatch
+
+
 def parse_date(value: bytes | None) -> tuple[datetime.date, float] | None:
     """A Date: value -> (the day as written, in its own zone; the time in UTC), or None
     when there is none or it does not parse (RFC 5322 §3.3 and the obsolete forms)."""
     if value is None:
         return None
+    m = _COMMON_DATE(value)
+    if m is None or (m[7] == b"-" and m[8] == m[9] == b"00"):
+        return _parse_date_general(value)
+    year = int(m[3])
+    if year < 100:                    # (as email.utils: a 2-digit year, even written 00yy)
+        year += 1900 if year > 68 else 2000
+    month, day = _MONTHS[m[2]], int(m[1])
+    try:
+        when = calendar.timegm((year, month, day, int(m[4]), int(m[5]), int(m[6]), 0, 1, -1))
+        sent = datetime.date(year, month, day)
+    except (ValueError, OverflowError):
+        return None
+    off = int(m[8]) * 3600 + int(m[9]) * 60
+    return sent, float(when + off if m[7] == b"-" else when - off)
+
+
+def _parse_date_general(value: bytes) -> tuple[datetime.date, float] | None:
+    """parse_date of any value, through email.utils."""
     try:
         t = email.utils.parsedate_tz(unfold(value).decode("ascii", "replace"))
     except (ValueError, IndexError, OverflowError):
@@ -99,8 +131,22 @@ def thread_ids(message_id: bytes | None, references: bytes | None,
     return (own[0] if own else None), tuple(refs)
 
 
+# A Subject: with nothing for RFC 5256 §2.1 to take away or decode: printable ASCII,
+# no encoded word ("="), no blob or "(fwd)" ("[", "("), not starting with what could be
+# "re:" / "fw:" (r, f), no tab or fold; the base subject is the text itself (a
+# differential test checks it against base_subject).
+_PLAIN_SUBJECT = re.compile(
+    rb"[ \t]*([^\x00-\x20\x7f-\xff\[(=rRfF][^\x00-\x1f\x7f-\xff\[(=]*)\r?\n?").fullmatch
+
+
 def subject_key(raw: bytes | None) -> tuple[bytes, bool]:
     """(base subject in its sort form, is a reply or forward)."""
+    if raw is not None and len(raw) < MAX_PLAIN_SUBJECT:
+        m = _PLAIN_SUBJECT(raw)
+        if m is not None:
+            text = m[1]
+            if not text.endswith(b" ") and b"  " not in text:
+                return text.upper(), False      # (sort_form of ASCII: upper case)
     subj, reply = base_subject(raw)
     return sort_form(subj), reply
 
