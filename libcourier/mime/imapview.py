@@ -93,14 +93,25 @@ def _address(a: Address | GroupStart | GroupEnd) -> bytes:
             + b" " + nstring(a.host) + b")")
 
 
+_MEMO_MAX = 4096         # entries kept in each of the memos below
+_MEMO_VALUE = 256        # header values up to this long are remembered
+# Address lists formatted, by raw header value: a folder's messages repeat a few
+# (the owner in To:, the usual senders), and parsing one was a tenth of a record.
+_ADDRESS_LISTS: dict[bytes, bytes | None] = {}
+
+
 def _addresses(part: Part, name: bytes) -> bytes | None:
-    v = part.field(name)
+    v = part.fields.get(name)
     if v is None:
         return None
+    got = _ADDRESS_LISTS.get(v, False)
+    if got is not False:
+        return got      # type: ignore[return-value]
     items = parse_addresses(unfold(v))
-    if not items:
-        return None
-    return b"(" + b"".join(_address(a) for a in items) + b")"
+    got = b"(" + b"".join(_address(a) for a in items) + b")" if items else None
+    if len(v) <= _MEMO_VALUE and len(_ADDRESS_LISTS) < _MEMO_MAX:
+        _ADDRESS_LISTS[v] = got
+    return got
 
 
 def envelope(msg: Part) -> bytes:
@@ -122,11 +133,19 @@ def envelope(msg: Part) -> bytes:
     return b"(" + b" ".join(items) + b")"
 
 
+_PARAM_LISTS: dict[tuple[Param, ...], bytes] = {}     # _params answers (bounded)
+
+
 def _params(params: tuple[Param, ...]) -> bytes:
     if not params:
         return b"NIL"
-    return b"(" + b" ".join(imap_string(p.name) + b" " + imap_string(p.value)
-                            for p in params) + b")"
+    got = _PARAM_LISTS.get(params)
+    if got is None:
+        got = b"(" + b" ".join(imap_string(p.name) + b" " + imap_string(p.value)
+                               for p in params) + b")"
+        if len(got) <= _MEMO_VALUE and len(_PARAM_LISTS) < _MEMO_MAX:
+            _PARAM_LISTS[params] = got
+    return got
 
 
 def _disposition(part: Part) -> bytes:
