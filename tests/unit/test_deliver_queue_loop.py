@@ -313,3 +313,25 @@ def test_stopping_with_a_kept_notice_connection_open_is_quick_and_quiet(tmp_path
     assert list_queue(cfg.layout.spooldir) == []
     assert stop_took[0] < queue_mod.NOTICE_TIMEOUT / 2
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+
+
+def test_delivered_messages_are_settled_off_the_loop_many_per_hop(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, maxdels=8)        # 8 in hand: they go as one batch
+    hops: list[tuple[int, bool]] = []           # (messages, in the loop's thread?)
+    real = queue_mod._conclude_all
+    loop_thread = threading.get_ident()
+
+    def counting(work, clock):
+        hops.append((len(work), threading.get_ident() == loop_thread))
+        return real(work, clock)
+    monkeypatch.setattr(queue_mod, "_conclude_all", counting)
+    fake = FakeCourierlocal(cfg.layout.local_socket, delay=0.02)
+    try:
+        qids = [spool(cfg, "same@mx.test") for _ in range(12)]
+        run(cfg, lambda: list_queue(cfg.layout.spooldir) == [])
+    finally:
+        fake.close()
+    assert list_queue(cfg.layout.spooldir) == [] and len(qids) == 12
+    assert sum(n for n, _ in hops) == 12
+    assert not any(in_loop for _, in_loop in hops)
+    assert len(hops) < 12                       # the replies of a batch settle together
