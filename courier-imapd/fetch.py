@@ -559,6 +559,8 @@ class _ColdFill:
         except OSError as e:
             log.warning("cold FETCH: no record builders (%s): one at a time", e)
             return None
+        log.info("cold FETCH: %d records made by %d processes and the session",
+                 len(positions), n)
         return cls(idx, workers, positions,
                    picked.learn_mtime if isinstance(picked, Picked) else None)
 
