@@ -547,7 +547,8 @@ class _ColdFill:
 
         def job(j: int) -> tuple[bytes | None, float]:        # (run in a worker)
             try:
-                with open(os.path.join(cur, filename(positions[j])), "rb") as fh:
+                with open(os.path.join(cur, filename(positions[j])), "rb", buffering=0) as fh:
+                    # (unbuffered: parse reads in large pieces itself; a buffer is a copy)
                     # the mtime (INTERNALDATE) too: the session need not stat the file
                     return (indexbuild.record(fh, disk[j], bool(whole[j]), want_body),
                             os.fstat(fh.fileno()).st_mtime)
