@@ -726,12 +726,14 @@ class FolderIndex:
         table=False: no rewrite with a table now (the caller has more to append and
         calls settle() when done: one rewrite instead of one per doubling)."""
         frames: list[bytes] = []
-        kept: list[tuple[str, bytes]] = []
+        kept: list[tuple[str, bytes, int]] = []
         for base, payload in recs:
             if "\n" in base or not base or len(payload) > MAX_RECORD:
                 continue
-            frames.append(frame(base, payload))
-            kept.append((base, payload))
+            b = base.encode("utf-8", "surrogateescape")
+            crc = zlib.crc32(payload, zlib.crc32(b))        # (frame()'s, taken once)
+            frames.append(b"R %d %08x %s\n" % (len(payload), crc, b) + payload)
+            kept.append((base, payload, crc))
         if not kept:
             return 0
         data = b"".join(frames)
@@ -748,11 +750,16 @@ class FolderIndex:
             # after an O_APPEND write the offset is the end of our records (Linux)
             end = os.lseek(self._fd, 0, os.SEEK_CUR)
             pos = end - len(data)
-            for (base, payload), rec in zip(kept, frames, strict=True):
+            # what this process wrote through this fd needs no CRC check when read
+            # back (records()/views()): marked verified, as a checked record is
+            ok = self._checked(end)
+            least = _TOC.size
+            for (base, payload, crc), rec in zip(kept, frames, strict=True):
                 pos += len(rec)
-                b = base.encode("utf-8", "surrogateescape")
-                self._note(base, (pos - len(payload), len(payload),
-                                  zlib.crc32(payload, zlib.crc32(b))))
+                off = pos - len(payload)
+                self._note(base, (off, len(payload), crc))
+                if len(payload) >= least:
+                    ok[off >> 6] = 1
             if end - len(data) == self._scanned:
                 self._scanned = end     # nobody appended in between: no need to read it back
             self._untabled += len(kept)
