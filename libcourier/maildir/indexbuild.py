@@ -104,7 +104,15 @@ class Workers:
         self._pids: list[int] = []
         self._fds: list[int] = []
         self._bufs: list[bytearray] = []
-        pipes = [os.pipe() for _ in range(n)]
+        pipes: list[tuple[int, int]] = []
+        try:
+            for _ in range(n):
+                pipes.append(os.pipe())
+        except OSError:
+            for r, wfd in pipes:              # (out of descriptors: none left open)
+                os.close(r)
+                os.close(wfd)
+            raise
         try:
             for w, (_, wfd) in enumerate(pipes):
                 pid = os.fork()

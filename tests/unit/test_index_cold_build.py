@@ -292,3 +292,35 @@ def test_the_callers_own_chunks_are_made_in_place(monkeypatch: pytest.MonkeyPatc
         w.close()
     assert got == [b"%d %d" % (k, k in (4, 5)) for k in range(10)]
     assert no_children()
+
+
+def test_no_descriptor_or_process_left_when_pipes_or_forks_fail(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    fds = open_fds()
+    made = []
+    real_pipe = os.pipe
+
+    def pipe_then_fail() -> tuple[int, int]:
+        if made:
+            raise OSError(24, "Too many open files")
+        made.append(1)
+        return real_pipe()
+
+    monkeypatch.setattr(os, "pipe", pipe_then_fail)
+    with pytest.raises(OSError):
+        indexbuild.Workers(10, lambda k: (b"x", 0.0), 2)
+    monkeypatch.setattr(os, "pipe", real_pipe)
+    real_fork = os.fork
+    forks = []
+
+    def fork_then_fail() -> int:
+        if forks:
+            raise OSError(11, "Resource temporarily unavailable")
+        forks.append(1)
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork_then_fail)
+    with pytest.raises(OSError):
+        indexbuild.Workers(10, lambda k: (b"x", 0.0), 2)
+    monkeypatch.setattr(os, "fork", real_fork)
+    assert no_children() and open_fds() == fds
