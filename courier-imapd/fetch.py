@@ -492,6 +492,57 @@ def _indexed_batches(names: tuple[str, ...], idx: mindex.FolderIndex | None,
             yield None if parts is None else b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts))
 
 
+# Header sections: the long way reads them from the file without the MIME tree, so what
+# it records for a FETCH of them and index items is what _ColdFill makes.
+_HEADER_SECTIONS = frozenset({"HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT"})
+
+
+def cold_records(items: tuple[FetchItem, ...], maildir: Maildir,
+                 picked: Sequence[tuple[int, MessageRef]], sizes: dict[int, int],
+                 ghosts: set[int] | frozenset[int]) -> Iterator[None] | None:
+    """For a FETCH indexed_responses cannot answer because it also asks for header
+    sections (a client's first sync: RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (...)]):
+    the records the long way would write for the messages without one, made in
+    parallel ahead of it as for indexed_responses (_ColdFill), so the long way finds
+    them and parses nothing. Advance it once before each message of `picked`, in
+    order. None when there is nothing to gain (few cold messages, one CPU, items
+    that need no record or that need the message's tree)."""
+    names = tuple(i.name for i in items)
+    if not all(n in INDEX_ONLY or n == "RFC822.HEADER"
+               or (n == "BODY" and i.section in _HEADER_SECTIONS)
+               for n, i in zip(names, items, strict=True)):
+        return None
+    cold = _ColdFill.start(names, index_of(os.fspath(maildir.path)), picked, sizes, ghosts)
+    return None if cold is None else _RecordsAhead(cold, picked)
+
+
+class _RecordsAhead(Iterator[None]):
+    """cold_records' iterator: fills a batch's records when it reaches it. An object,
+    not a generator, so that one dropped before its first step still closes its
+    workers (a generator's finally does not run if it never started)."""
+
+    def __init__(self, cold: _ColdFill, picked: Sequence[tuple[int, MessageRef]]):
+        self.cold = cold
+        self.picked = picked
+        self.k = 0                    # the next message's position
+
+    def __next__(self) -> None:
+        k = self.k
+        if k >= len(self.picked):
+            self.close()
+            raise StopIteration
+        if k % INDEXED_BATCH == 0:
+            batch = self.picked[k:k + INDEXED_BATCH]
+            self.cold.fill(k, _columns(batch)[1])
+        self.k = k + 1
+
+    def close(self) -> None:
+        self.cold.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
 COLD_LEAST = 1000      # messages without a record before their records are built in parallel
 _TREE_ITEMS = frozenset({"BODYSTRUCTURE", "BODY.STRUCTURE"})
 

@@ -907,7 +907,12 @@ class Session:
                                           view.recent, view.sizes,
                                           tracker.modseq if tracker is not None else None,
                                           view.ghosts)
+        # (with header sections too: the records the long way needs, made in parallel)
+        ahead = fetchmod.cold_records(base_items, view.maildir, Picked(msgs, idx), view.sizes,
+                                      view.ghosts) if fast is None else None
         for i in idx:
+            if ahead is not None:
+                next(ahead, None)
             if fast is not None:
                 line = next(fast)
                 if line is not None:

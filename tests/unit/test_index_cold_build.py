@@ -14,6 +14,7 @@ import shutil
 
 import psutil
 import pytest
+from courier_imapd import core
 from courier_imapd import fetch as fetchmod
 from courier_imapd.core import FetchItem, fetch_response
 from courier_imapd.mailbox import flags_text
@@ -324,3 +325,61 @@ def test_no_descriptor_or_process_left_when_pipes_or_forks_fail(
         indexbuild.Workers(10, lambda k: (b"x", 0.0), 2)
     monkeypatch.setattr(os, "fork", real_fork)
     assert no_children() and open_fds() == fds
+
+
+def session_answer(md: Maildir, items: tuple[FetchItem, ...]) -> list[bytes]:
+    """As session.fetch for items indexed_responses does not take: cold_records ahead,
+    each message the long way."""
+    msgs = cold_list(md)
+    picked = Picked(msgs, list(range(len(msgs))))
+    assert fetchmod.indexed_responses(items, md, picked, set(), {}, None, set()) is None
+    ahead = fetchmod.cold_records(items, md, picked, {}, set())
+    out = []
+    for i in range(len(msgs)):
+        if ahead is not None:
+            next(ahead, None)
+        m = msgs[i]
+        idx = fetchmod.folder_index(fetchmod.message_path(md, m))
+        cached = idx.get(m.base, m.size)
+        with open(fetchmod.message_path(md, m), "rb") as fh:
+            parts, _ = fetchmod.message_parts(items, m, fh, flags_text(m.flags, False, m.keywords),
+                                              None, idx, cached)
+            out.append(b"".join(core.fetch_response_pieces(i + 1, parts)))
+    del ahead
+    return out
+
+
+@pytest.mark.parametrize("spec", [
+    "UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Subject Date Message-ID)]",
+    "ENVELOPE BODY.PEEK[HEADER]",
+    "BODYSTRUCTURE RFC822.HEADER BODY.PEEK[HEADER.FIELDS.NOT (Received)]<0.50>",
+])
+def test_header_sections_with_index_items(tmp_path: pathlib.Path, parallel: None,
+                                          spec: str) -> None:
+    cmd = core.parse_command([(f"a FETCH 1:* ({spec})".encode(), None)], core.State.SELECTED)
+    assert isinstance(cmd, core.Fetch), cmd
+    saved = fetchmod.COLD_LEAST
+    fetchmod.COLD_LEAST = 1 << 60
+    try:
+        md0 = Maildir(make_folder(tmp_path / "serial"))
+        want = session_answer(md0, cmd.items)
+    finally:
+        fetchmod.COLD_LEAST = saved
+    md = Maildir(make_folder(tmp_path / "par"))
+    msgs = cold_list(md)
+    assert fetchmod.cold_records(cmd.items, md, Picked(msgs, list(range(len(msgs)))), {},
+                                 set()) is not None
+    fetchmod._indexes.clear()
+    fds = open_fds()
+    assert session_answer(md, cmd.items) == want
+    assert records(md.path) == records(md0.path)
+    assert no_children() and open_fds() == fds
+
+
+def test_items_that_need_the_tree_take_no_workers(tmp_path: pathlib.Path, parallel: None) -> None:
+    md = Maildir(make_folder(tmp_path / "m"))
+    msgs = cold_list(md)
+    picked = Picked(msgs, list(range(len(msgs))))
+    for spec in ("ENVELOPE BODY.PEEK[1]", "RFC822.SIZE BODY.PEEK[]", "ENVELOPE BODY.PEEK[TEXT]"):
+        cmd = core.parse_command([(f"a FETCH 1:* ({spec})".encode(), None)], core.State.SELECTED)
+        assert fetchmod.cold_records(cmd.items, md, picked, {}, set()) is None, spec
