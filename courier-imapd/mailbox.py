@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from courier_imapd.condstore import uid_set
 from courier_imapd.core import SeqRange
 
+from libcourier.maildir import snapshot as snapmod
 from libcourier.maildir.flags import IMAP_FLAG_ORDER, imap_to_letter, letters_to_imap, split_name
 from libcourier.maildir.folder import FolderState, Maildir, MessageRef
 from libcourier.maildir.msglist import MessageList
@@ -126,6 +128,9 @@ class MailboxView:
         # was told) only when a command needs it, or a refresh finds a change; an
         # idle selected session holds nothing per message.
         self._summary: Summary | None = maildir.open_summary() if as_told is None else None
+        if self._summary is None and as_told is None:
+            # Another session's SELECT may be storing one right now (folder.py).
+            self._summary = maildir.await_summary()
         # The stamps of the folder as the client was told of it at SELECT, while
         # no refresh has scanned since: a refresh that finds them so has nothing to do.
         self._told = self._summary.validators if self._summary is not None else None
@@ -144,7 +149,7 @@ class MailboxView:
             # A snapshot the scan could not store yet: after_select() stores it.
             self._pending = st if st.pending is not None else None
             self._told = st.stamps
-            self._state, self._messages = replace(st, messages=msgs), msgs
+            self._state, self._messages = replace(st, messages=msgs, pending=None), msgs
             self.recent = set(st.recent)
             del st                           # the refs go before give_back() below
         self.cur_id = _dir_id(maildir)       # which cur/ this is: a folder made again differs
@@ -179,6 +184,9 @@ class MailboxView:
 
     def close(self) -> None:
         """Let go of the snapshot a lazy view keeps open (also when the view is dropped)."""
+        p = getattr(self, "_pending", None)
+        if p is not None and p.pending is not None and p.pending.held is not None:
+            p.pending.held.close()
         s = getattr(self, "_summary", None)
         if s is not None:
             self._summary = None
@@ -249,6 +257,30 @@ class MailboxView:
         # The state's list is the view's (columns, msglist.py; a copy would double
         # them): the state is read for its message list only right after SELECT.
         self._summary, self._state, self._messages = None, st, st.messages  # type: ignore[assignment]
+        if isinstance(st.messages, MessageList):
+            # A snapshot of a cold scan holds no mtimes (folder.py reads names only):
+            # once this session has read them all, they are stored for the next.
+            # (A weak reference: the list must not keep its view alive.)
+            recorded_ns, me = s.recorded_ns, weakref.ref(self)
+
+            def store() -> None:
+                view = me()
+                if view is not None:
+                    view._store_mtimes(recorded_ns)
+            st.messages.on_all_read = store
+
+    def _store_mtimes(self, recorded_ns: int) -> None:
+        """The snapshot again, with the mtimes this session read, while the folder is
+        still as the snapshot recorded it (its stamps): mtimes never change in place."""
+        msgs, told = self._messages, self._told
+        if told is None or not isinstance(msgs, MessageList) or \
+                self.maildir.validators() != told:
+            return
+        try:
+            snapmod.write(self.maildir.path, told, recorded_ns, self.state.uidvalidity,
+                          self.state.uidnext, msgs)
+        except OSError as e:
+            log.error("%s: cannot store the folder snapshot: %s", self.maildir.path, e)
 
     # -- opening (RFC 3501 §6.3.1) --------------------------------------------------------
 

@@ -49,8 +49,47 @@ class MessageRef:
     filename: str     # current file name in cur/
     flags: str        # maildir flag letters, sorted (e.g. "FS"); lowercase keyword letters kept
     size: int         # on-disk size in bytes (from ,S= when present, else stat)
-    mtime: float      # INTERNALDATE source (NaN only in MessageList.peek()'s: not read yet)
+    mtime: float      # INTERNALDATE source (LazyRef: read from the file when asked for)
     keywords: frozenset[str] = frozenset()   # IMAP keywords (courierimapkeywords/)
+
+
+_MTIME = MessageRef.__dict__["mtime"]      # the slot under LazyRef's property
+
+
+class LazyRef(MessageRef):
+    """A MessageRef whose mtime the scan did not read (names only, _list_cur): read
+    from the file (in `cur`) the first time it is asked for, and handed to the
+    message list it came from (`source`, a weak reference) so the list's column
+    has it. A command reading flags, names or sizes stats nothing."""
+
+    __slots__ = ("cur", "source")
+
+    @property       # type: ignore[override]
+    def mtime(self) -> float:
+        t = _MTIME.__get__(self, MessageRef)
+        if t != t:                  # NaN: not read yet
+            t = msglist._stat_mtime(getattr(self, "cur", None), self.filename)
+            _MTIME.__set__(self, t)
+            src = getattr(self, "source", None)
+            ml = src() if src is not None else None
+            if ml is not None:
+                ml.learn_mtime_of(self.uid, self.filename, t)
+        return t
+
+    @mtime.setter
+    def mtime(self, value: float) -> None:
+        _MTIME.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        # The dataclass's __eq__ wants the same class: a LazyRef equals the MessageRef
+        # of the same message.
+        if not isinstance(other, MessageRef):
+            return NotImplemented
+        return (self.uid, self.base, self.filename, self.flags, self.size, self.mtime,
+                self.keywords) == (other.uid, other.base, other.filename, other.flags,
+                                   other.size, other.mtime, other.keywords)
+
+    __hash__ = MessageRef.__hash__
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +262,20 @@ class Maildir:
                                    os.path.join(self.path, "cur"))
         return FolderState(summary.uidvalidity, summary.uidnext, msgs)    # type: ignore[arg-type]
 
+    def await_summary(self) -> snapmod.Summary | None:
+        """open_summary() once no other process holds cur/'s lock: a session whose
+        SELECT scan is storing its snapshot after its reply (store_snapshot) holds it,
+        and a SELECT right behind it is then answered from that snapshot."""
+        if type(self).scan is not Maildir.scan:
+            return None
+        snapmod.release(os.path.join(self.path, "cur"))
+        try:
+            fd = self._cur_lock(fcntl.LOCK_EX)
+        except OSError:
+            return None
+        os.close(fd)
+        return self.open_summary()
+
     def _new_waiting(self) -> bool:
         """Mail in new/ (a delivery after this scan moved new/ to cur/): a snapshot
         stored now would hide it while the stamps stay as they are."""
@@ -247,7 +300,11 @@ class Maildir:
                 kwmod.ensure_dir(self.path)   # before the stamps, or they differ after
             except OSError:
                 snapshot = False
-        lockfd = os.open(self.path / "cur", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if snapshot and type(self).scan is not Maildir.scan:
+            snapshot = False            # never answered from one (open_summary)
+        cur = os.path.join(self.path, "cur")
+        snapmod.release(cur)
+        lockfd = os.open(cur, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         v0: snapmod.Validators | None = None
         recorded_ns = 0
         try:
@@ -283,8 +340,16 @@ class Maildir:
                 if v0 is not None:
                     # Ours, under the lock; replaced by rename, so its stamp names it.
                     v0 = replace(v0, uiddb=index.DirStamp.at(self.path / uiddb.IMAPDB))
-        finally:
+        except BaseException:
             os.close(lockfd)  # releases the flock
+            raise
+        if v0 is None:
+            os.close(lockfd)
+        else:
+            # Kept, shared, until the snapshot is stored or not (store_snapshot): another
+            # session's SELECT waits for it (await_summary) instead of scanning again.
+            fcntl.flock(lockfd, fcntl.LOCK_SH)
+        held = snapmod.Held(lockfd, cur) if v0 is not None else None
         bases = [base for _, base in kept]
         kws = self.read_keywords(set(bases), now)
         rows = [files[b] for b in bases]
@@ -313,7 +378,9 @@ class Maildir:
             if snapmod.write(self.path, v0, recorded_ns, db.uidvalidity, nextuid, msgs):
                 stamps = v0
             else:
-                pending = snapmod.Pending(v0, recorded_ns)
+                pending = snapmod.Pending(v0, recorded_ns, held)
+        if pending is None and held is not None:
+            held.close()
         return FolderState(db.uidvalidity, nextuid, msgs, recent,   # type: ignore[arg-type]
                            pending, stamps)
 
@@ -325,7 +392,16 @@ class Maildir:
         it at a time no later change can hide in, so the snapshot may be trusted.
         False when not stored (the next SELECT scans; nothing else is lost)."""
         p = st.pending
-        if p is None or not isinstance(st.messages, msglist.MessageList):
+        if p is None:
+            return False
+        try:
+            return self._store_pending(st, p)
+        finally:
+            if p.held is not None:
+                p.held.close()          # other sessions' SELECTs may go on
+
+    def _store_pending(self, st: FolderState, p: snapmod.Pending) -> bool:
+        if not isinstance(st.messages, msglist.MessageList):
             return False
         v0 = p.validators
         wait = v0.racy_until() - time.time_ns()
@@ -385,6 +461,7 @@ class Maildir:
         concurrent change of another flag is never lost. FileNotFoundError if
         the message has gone."""
         name = msg.filename
+        _ = msg.mtime   # a LazyRef's read while the file has this name (the copy keeps it)
         lockfd = self._cur_lock(fcntl.LOCK_SH)
         try:
             return self._change_flags(msg, name, add, remove, exact)
@@ -420,6 +497,7 @@ class Maildir:
 
     def set_flags(self, msg: MessageRef, flags: str) -> MessageRef:
         """Rename to base:2,<sorted flags>; FileNotFoundError if it has gone."""
+        _ = msg.mtime   # as change_flags
         lockfd = self._cur_lock(fcntl.LOCK_SH)
         try:
             return self._set_flags(msg, flags)

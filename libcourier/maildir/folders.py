@@ -28,7 +28,7 @@ from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_atomic
 from libcourier.maildir import keywords as kwmod
-from libcourier.maildir import uiddb
+from libcourier.maildir import snapshot, uiddb
 from libcourier.maildir.flags import join_name
 from libcourier.maildir.folder import Maildir, folder_path, list_folders
 from libcourier.maildir.names import unique_name
@@ -252,6 +252,7 @@ def _place(folder: Path, placers: Iterable[tuple[str, object]]) -> Added:
     lockfd = os.open(cur, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     placed: list[str] = []
     try:
+        snapshot.release(os.path.join(folder, "cur"))   # this process's own hold (folder.py)
         fcntl.flock(lockfd, fcntl.LOCK_EX)
         db = uiddb.read(folder)
         for base, put in placers:

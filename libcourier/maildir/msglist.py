@@ -15,17 +15,19 @@ without making a MessageRef for each (FETCH from the index).
 
 A scan reads names only (folder.py: the size is the name's ,S=, as Courier's imapd
 has it), so a message's mtime (INTERNALDATE) may not be known yet: NaN in the mtime
-column. Making its MessageRef (index, iterate) stats the file then, in `cur`; `peek()`
-does not (its callers read flags and names only) and may hand out a NaN mtime.
+column. Its MessageRef is then a folder.LazyRef, which stats the file (in `cur`) when
+its mtime is first asked for and hands it back to the column (learn_mtime_of); once
+every mtime is known, on_all_read() lets the view store them (mailbox.py).
 """
 
 from __future__ import annotations
 
 import array
+import bisect
 import math
 import os
-from collections.abc import Iterable, Iterator, MutableSequence, Sequence
-from dataclasses import replace
+import weakref
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from typing import TYPE_CHECKING, overload
 
 # folder.py makes its message lists here, so the module, not the name: either may be
@@ -43,7 +45,7 @@ class MessageList(MutableSequence["MessageRef"]):
     """A message list over columns (module doc); in UID order as a scan lists it."""
 
     __slots__ = ("_uids", "_names", "_sizes", "_mtimes", "_keywords", "_stored", "_full",
-                 "cur")
+                 "cur", "_unread", "on_all_read", "__weakref__")
 
     def __init__(self, uids: array.array, names: list[str], sizes: array.array,
                  mtimes: array.array, keywords: dict[int, frozenset[str]],
@@ -70,6 +72,10 @@ class MessageList(MutableSequence["MessageRef"]):
         # The cur/ directory the names are in: where a NaN (not yet read) mtime is
         # read from when the message's MessageRef is made (module doc).
         self.cur = cur
+        # How many mtimes are still NaN (-1: not counted yet); when the last is read,
+        # on_all_read() is called (the view stores them: the next session stats none).
+        self._unread = -1
+        self.on_all_read: Callable[[], None] | None = None
 
     @classmethod
     def of(cls, refs: Sequence[MessageRef]) -> MessageList:
@@ -129,23 +135,41 @@ class MessageList(MutableSequence["MessageRef"]):
             got = stored[i]
             if got is not None:
                 return got
-        m = stored[i] = _ref(self._uids[i], self._names[i], self._sizes[i], self._mtime(i),
-                             _EMPTY if self._keywords is None else self._keywords[i])
+        m = stored[i] = self._ref(i)
         return m
 
-    def _mtime(self, i: int) -> float:
-        """The mtime at `i`, read from the file now when the scan left it unread (NaN)."""
+    def _ref(self, i: int) -> MessageRef:
+        """The MessageRef at `i` from the columns: a LazyRef when its mtime is not read."""
         t = self._mtimes[i]
-        if t == t:                 # not NaN
-            return t
-        t = self._mtimes[i] = _stat_mtime(self.cur, self._names[i])
-        return t
+        kws = _EMPTY if self._keywords is None else self._keywords[i]
+        if t == t:
+            return _ref(self._uids[i], self._names[i], self._sizes[i], t, kws)
+        m = _ref(self._uids[i], self._names[i], self._sizes[i], t, kws, lazy=True)
+        # object's setattr: the frozen dataclass's refuses a subclass's own slots.
+        object.__setattr__(m, "cur", self.cur)
+        object.__setattr__(m, "source", weakref.ref(self))
+        return m
+
+    def learn_mtime_of(self, uid: int, name: str, mtime: float) -> None:
+        """learn_mtime for the message of `uid` (a LazyRef that read its file)."""
+        i = bisect.bisect_left(self._uids, uid)
+        if i < len(self._uids) and self._uids[i] == uid and self._names[i] == name:
+            self.learn_mtime(i, mtime)
+
+    def _one_read(self) -> None:
+        """A NaN mtime was just filled in: count down to on_all_read()."""
+        if self._unread < 0:
+            self._unread = sum(1 for t in self._mtimes if t != t) + 1
+        self._unread -= 1
+        if self._unread == 0 and self.on_all_read is not None:
+            self.on_all_read()
 
     def learn_mtime(self, i: int, mtime: float) -> None:
         """The mtime at `i`, read by a process that had the file open (a cold FETCH's
         record builders fstat it): making its MessageRef then needs no stat."""
         if self._mtimes[i] != self._mtimes[i]:      # NaN: not read yet
             self._mtimes[i] = mtime
+            self._one_read()
 
     def peek(self, i: int) -> MessageRef:
         """The message at `i` (0 <= i < len), made for the caller and not kept: for a
@@ -154,8 +178,7 @@ class MessageList(MutableSequence["MessageRef"]):
             got = self._stored[i]
             if got is not None:
                 return got
-        return _ref(self._uids[i], self._names[i], self._sizes[i], self._mtimes[i],
-                    _EMPTY if self._keywords is None else self._keywords[i])
+        return self._ref(i)
 
     def peeked(self) -> Iterator[MessageRef]:
         """Every message as peek() makes it (not kept, its mtime maybe not read): for a
@@ -169,10 +192,10 @@ class MessageList(MutableSequence["MessageRef"]):
             kws = self._keywords or [_EMPTY] * len(self._uids)
             mtimes = self._mtimes
             if any(math.isnan(t) for t in mtimes):
-                for i in range(len(mtimes)):
-                    self._mtime(i)
-            self._stored = [_ref(*c) for c in zip(self._uids, self._names, self._sizes,
-                                                  mtimes, kws, strict=True)]
+                self._stored = [self._ref(i) for i in range(len(mtimes))]
+            else:
+                self._stored = [_ref(*c) for c in zip(self._uids, self._names, self._sizes,
+                                                      mtimes, kws, strict=True)]
         elif not self._full:
             for i in range(len(self._uids)):
                 self._make(i)
@@ -210,12 +233,10 @@ class MessageList(MutableSequence["MessageRef"]):
         self._put(i, m)
 
     def _put(self, i: int, m: MessageRef) -> None:
-        if m.mtime != m.mtime:
-            # A peek()ed message changed and stored: what is stored has its mtime.
-            m = replace(m, mtime=_stat_mtime(self.cur, m.filename))
-        # The columns follow the stored message, so keys() and uids() stay right.
+        # The columns follow the stored message, so keys() and uids() stay right (a
+        # LazyRef's mtime as it is: NaN until read).
         self._uids[i], self._names[i], self._sizes[i], self._mtimes[i] = \
-            m.uid, m.filename, m.size, m.mtime
+            m.uid, m.filename, m.size, _folder._MTIME.__get__(m, _folder.MessageRef)
         if m.keywords and self._keywords is None:
             self._keywords = [_EMPTY] * len(self._uids)
         if self._keywords is not None:
@@ -400,7 +421,9 @@ def _stat_mtime(cur: str | None, name: str) -> float:
     return 0.0
 
 
-def _ref(uid: int, name: str, size: int, mtime: float, keywords: frozenset[str]) -> MessageRef:
+def _ref(uid: int, name: str, size: int, mtime: float, keywords: frozenset[str],
+         lazy: bool = False) -> MessageRef:
     j = name.find(INFO_SEP)
     base, letters = split_name(name) if j < 0 else (name[:j], normalize(name[j + len(INFO_SEP):]))
-    return _folder.MessageRef(uid, base, name, letters, size, mtime, keywords)
+    return (_folder.LazyRef if lazy else _folder.MessageRef)(uid, base, name, letters, size,
+                                                             mtime, keywords)

@@ -105,12 +105,46 @@ def margin_ns(mtimes: list[int]) -> int:
     return COARSE_MARGIN_NS if any(m % 1_000_000_000 == 0 for m in mtimes) else FINE_MARGIN_NS
 
 
+class Held:
+    """An open descriptor holding a flock (folder.py: cur/'s, shared, while a SELECT
+    scan's snapshot waits to be stored); closed once, or when dropped. Registered by
+    the directory: flock locks of two descriptors of one process conflict, so this
+    process's own LOCK_EX on it first lets it go (release())."""
+
+    __slots__ = ("fd", "key")
+
+    def __init__(self, fd: int, key: str):
+        self.fd, self.key = fd, key
+        _HELD[key] = self
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            if _HELD.get(self.key) is self:
+                del _HELD[self.key]
+            os.close(fd)
+
+    __del__ = close
+
+
+_HELD: dict[str, Held] = {}
+
+
+def release(key: str) -> None:
+    """Before this process takes LOCK_EX on `key` (a cur/ path): let go of its own
+    shared hold there, or it would wait for itself."""
+    h = _HELD.get(key)
+    if h is not None:
+        h.close()
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
     """A SELECT scan's state not stored yet (folder.Maildir.store_snapshot): the
-    stamps it was read under and when its listing started."""
+    stamps it was read under, when its listing started, and the lock it holds."""
     validators: Validators
     recorded_ns: int
+    held: Held | None = None
 
 
 class _Stored(Protocol):
@@ -141,6 +175,7 @@ class Summary:
     nlen: int
     klen: int
     body_crc: int
+    recorded_ns: int = 0             # when the listing it holds was read
 
 
 class SnapshotError(ValueError):
@@ -245,7 +280,7 @@ def _parse(f, now: Validators) -> Summary | None:
         return None
     kws = frozenset(kwnames.decode("utf-8", "surrogateescape").split("\n")) if kwn else frozenset()
     return Summary(v, uidvalidity, uidnext, count, unseen, kws, f, body_at, nlen, klen,
-                   int(fields[22], 16))
+                   int(fields[22], 16), recorded_ns)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
+from libcourier.maildir.folder import Maildir
 from libcourier.maildir.snapshot import STATE_NAME
 from tests.integration.test_imapd import USER, deliver
 from tests.integration.test_imapd_concurrency import Client, box, check_against, msg
@@ -36,6 +38,15 @@ def test_warm_selects_see_changes_made_elsewhere(box) -> None:
         for step in range(12):
             # Two SELECTs in a row with nothing between: the second is warm.
             Client(box, f"P{step}").close()
+            # P's snapshot may be stored just after its reply (folder.store_snapshot):
+            # B is measured against the file P leaves (a bounded wait, no assumption).
+            settle_by = time.monotonic() + 2.0
+            while time.monotonic() < settle_by:
+                s = Maildir(md).open_summary()
+                if s is not None:
+                    s.file.close()
+                    break
+                time.sleep(0.01)
             before = _ino(md / STATE_NAME)
             b = Client(box, f"B{step}")
             clients.append(b)

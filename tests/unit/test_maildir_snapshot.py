@@ -288,6 +288,10 @@ def test_scan_reads_names_only_and_mtimes_when_needed(tmp_path: Path,
     assert msgs == [str(md / "cur" / "1600000000.M9P9.host:2,S")]
     ml = st.messages
     assert sum(1 for t in ml.columns()[3] if t != t) == 6         # six left unread
+    monkeypatch.setattr(foldermod.os, "stat", counting)
+    stats.clear()
+    assert len({m.flags for m in ml}) >= 1 and stats == []       # flags: no stat
+    monkeypatch.setattr(foldermod.os, "stat", real)
     by_name = {m.filename: m for m in ml}
     for name, m in by_name.items():
         assert m.mtime == real(md / "cur" / name).st_mtime
@@ -394,3 +398,47 @@ def test_the_listing_fast_path_agrees_with_the_loop(tmp_path: Path, extra: tuple
     assert {b: v[:2] for b, v in fast.items()} == {b: v[:2] for b, v in slow.items()}
     assert len(fast) == 6 + sum(1 for n in extra if not n.startswith(".") and
                                 not n.startswith("1700000000.M0P1"))
+
+
+def test_mtimes_read_by_one_session_are_stored_for_the_next(tmp_path: Path) -> None:
+    """A cold scan reads no mtime, so the snapshot it stores holds none; the session
+    that reads them all (FETCH INTERNALDATE of every message) stores them, while the
+    folder is unchanged, and the next session's messages need no stat."""
+    md = make_folder(tmp_path / "M")
+    for d in ("cur", "new"):
+        os.utime(md / d, (time.time() - 10, time.time() - 10))
+    v, _ = selected(md)
+    v2, _ = selected(md)
+    assert v2._summary is not None
+    assert len(list(v2.messages)) == 6 and not (md / snapmod.STATE_NAME).stat().st_size == 0
+    got = {m.filename: m.mtime for m in v2.messages}      # FETCH INTERNALDATE 1:*
+    want = {m.filename: os.stat(md / "cur" / m.filename).st_mtime for m in v2.messages}
+    assert got == want
+    v3, _ = selected(md)
+    assert v3._summary is not None
+    cols = v3.messages.columns()        # read from the snapshot, not made
+    assert dict(zip(cols[1], cols[3], strict=True)) == want
+
+
+def test_a_select_waits_for_a_snapshot_being_stored(tmp_path: Path) -> None:
+    """While a SELECT scan's snapshot waits to be stored (after its reply), the scan's
+    session holds cur/'s lock shared; another session's SELECT waits for it and is
+    answered from the snapshot instead of scanning the folder again."""
+    md = make_folder(tmp_path / "M")
+    st = _pending_scan(md)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                  # the second session
+        try:
+            os.close(r)
+            os.write(w, b"1")
+            s = Maildir(md).await_summary()
+            os._exit(0 if s is not None and s.count == 7 else 1)
+        except BaseException:
+            os._exit(2)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    assert Maildir(md).store_snapshot(st)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
