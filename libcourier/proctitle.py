@@ -31,3 +31,8 @@ def set_title(text: str) -> None:
     if _setproctitle is not None and text != _last:
         _last = text
         _setproctitle(clean_title(text))
+
+
+def current_title() -> str | None:
+    """The title last set here (None: none yet), for a helper process to extend."""
+    return _last

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from libcourier.maildir import index as mindex
 from libcourier.mime import Part, imapview, parse
+from libcourier.proctitle import current_title, set_title
 
 MAX_WORKERS = 4
 CHUNK = 64                   # messages a worker takes at a time (neighbours: one readahead)
@@ -208,6 +209,8 @@ def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, 
     """A worker's life: its chunks (owner()) in order, each record framed and written."""
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGALRM, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)        # not the session's handlers
+    # `ps` tells it from its session: "imapd: alice [192.0.2.7] SELECTED INBOX: index 1/2"
+    set_title(f"{current_title() or 'index'}: index {w + 1}/{n}")
     try:
         fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:

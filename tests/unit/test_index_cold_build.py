@@ -383,3 +383,20 @@ def test_items_that_need_the_tree_take_no_workers(tmp_path: pathlib.Path, parall
     for spec in ("ENVELOPE BODY.PEEK[1]", "RFC822.SIZE BODY.PEEK[]", "ENVELOPE BODY.PEEK[TEXT]"):
         cmd = core.parse_command([(f"a FETCH 1:* ({spec})".encode(), None)], core.State.SELECTED)
         assert fetchmod.cold_records(cmd.items, md, picked, {}, set()) is None, spec
+
+
+def test_a_worker_says_what_it_is_in_ps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libcourier import proctitle
+    monkeypatch.setattr(proctitle, "_last", "imapd: alice [127.0.0.1] SELECTED INBOX")
+
+    def job(k: int) -> tuple[bytes | None, float]:
+        with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").strip(), 0.0
+
+    w = indexbuild.Workers(1, job, 1)
+    try:
+        title = w.next()[0]
+    finally:
+        w.close()
+    if proctitle._setproctitle is not None:
+        assert title == b"imapd: alice [127.0.0.1] SELECTED INBOX: index 1/1"
