@@ -122,7 +122,6 @@ class Session:
     acl_groups: tuple[str, ...] = ()   # authd's OPTIONS group=, for group=<name> ACL entries
     sel_rights: str = ""               # the user's ACL rights on the selected folder
     hibernate_nap: float = 0.0         # seconds idle before hibernating (hibernate.nap)
-    hibernate_nap: float = 0.0         # seconds idle before hibernating (hibernate.nap)
 
     # -- helpers ----------------------------------------------------------------------------
 
