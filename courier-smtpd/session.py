@@ -195,10 +195,14 @@ class Session:
         self._rdns: str | None | bool = False     # False: not looked up yet
         self._data_deadline: float | None = None  # monotonic end of ESMTPD_DATA_TIMEOUT
         self._received_key: tuple[object, ...] = ()  # what self._received was made for
+        self._titled: State | None = None        # the state the process title shows
         self._received = b""
 
     def title(self) -> None:
-        proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {self.core.state.value}")
+        state = self.core.state
+        if state is not self._titled:       # set after every read: mostly unchanged
+            self._titled = state
+            proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {state.value}")
 
     def run(self) -> None:
         self.title()

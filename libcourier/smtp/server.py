@@ -132,7 +132,7 @@ class Verdict:
 
     @classmethod
     def accept(cls) -> Verdict:
-        return cls(VerdictKind.ACCEPT)
+        return _ACCEPT       # frozen: one is enough for every MAIL and RCPT
 
     @classmethod
     def reject(cls, code: int = 550, enhanced: str = "5.1.1", text: str = "User unknown.") -> Verdict:
@@ -141,6 +141,9 @@ class Verdict:
     @classmethod
     def tempfail(cls, code: int = 451, enhanced: str = "4.3.0", text: str = "Try again later.") -> Verdict:
         return cls(VerdictKind.TEMPFAIL, code, enhanced, text)
+
+
+_ACCEPT = Verdict(VerdictKind.ACCEPT)
 
 
 class Policy(Protocol):
