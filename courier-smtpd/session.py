@@ -200,7 +200,7 @@ class Session:
 
     def title(self) -> None:
         state = self.core.state
-        if state is not self._titled:       # set after every read: mostly unchanged
+        if state is not self._titled:       # called after every read, often unchanged
             self._titled = state
             proctitle.set_title(f"courieresmtpd: [{self.conn.peer_ip}] {state.value}")
 
