@@ -125,8 +125,24 @@ def serial_twin(tmp_path: pathlib.Path, names: tuple[str, ...],
     return got, records(md.path)
 
 
+_children_before: set[int] = set()
+
+
+def _children() -> set[int]:
+    return {c.pid for c in psutil.Process().children(recursive=True)}
+
+
+@pytest.fixture(autouse=True)
+def _note_children() -> None:
+    """The processes this one had before the test: in a whole-suite run, servers
+    other tests' fixtures started (slapd, PostgreSQL, ...) are children too."""
+    global _children_before
+    _children_before = _children()
+
+
 def no_children() -> bool:
-    return not psutil.Process().children(recursive=True)
+    """No process left that the test itself started (a worker not reaped)."""
+    return _children() <= _children_before
 
 
 def open_fds() -> int:
