@@ -151,7 +151,9 @@ class MailboxView:
             self._told = st.stamps
             self._state, self._messages = replace(st, messages=msgs, pending=None), msgs
             self.recent = set(st.recent)
-            del st                           # the refs go before give_back() below
+            del st                           # the refs go before give_back()
+            give_back()     # (not after a warm SELECT: it built nothing big, and the
+                            # trim's walk of the heap was a fifth of its time)
         self.cur_id = _dir_id(maildir)       # which cur/ this is: a folder made again differs
         self.ghosts: set[int] = set()        # UIDs gone from disk, not yet reported
         self.disposer: Disposer | None = None   # what EXPUNGE does with a message (trash.py)
@@ -164,7 +166,6 @@ class MailboxView:
             self.keywords: set[str] = set(self._summary.keywords)
         else:
             self.keywords = cold_keywords
-        give_back()
 
     def reusable(self, maildir: Maildir, readonly: bool) -> bool:
         """Whether a SELECT of `maildir` may take this view (the session's last, just

@@ -142,12 +142,15 @@ def sharedname_of(imap_name: str) -> str | None:
 
 
 def is_private_copy(root: Path, path: Path) -> bool:
-    """Whether `path` is a private copy under ROOT/shared-folders/<nick>/<Name>."""
-    try:
-        rel = Path(path).relative_to(Path(root) / SHARED_FOLDERS)
-    except ValueError:
+    """Whether `path` is a private copy under ROOT/shared-folders/<nick>/<Name>.
+    (Compared as the paths' strings: every SELECT asks, and pathlib's relative_to
+    cost more than the rest of the question.)"""
+    base = os.path.join(os.fspath(root), SHARED_FOLDERS, "")
+    p = os.fspath(path)
+    if not p.startswith(base):
         return False
-    return len(rel.parts) == 2
+    parts = [x for x in p[len(base):].split("/") if x and x != "."]
+    return len(parts) == 2
 
 
 # -- listing -----------------------------------------------------------------------------
