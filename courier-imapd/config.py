@@ -98,6 +98,9 @@ SETTINGS = merge_settings(listener_settings(
     Setting("IMAP_HIBERNATE_TIMEOUT", "hibernate_timeout", non_negative_int, "1",
             "seconds without a command before a session hands its connection to the "
             "listener and its process exits (courier_imapd.hibernate); 0: never"),
+    Setting("IMAP_REUSE_TIMEOUT", "reuse_timeout", non_negative_int, "10",
+            "seconds a finished plain-TCP session's process waits for the same "
+            "account's next login (courier_imapd.warm); 0: never"),
     Setting("IMAP_KEYWORDS", "keywords", non_negative_int, "1",
             "custom keywords (courierimapkeywords/); 0: off as in Courier (none read, "
             "none stored, PERMANENTFLAGS without \\*)"),
@@ -151,6 +154,7 @@ class ImapdConfig(ListenerConfig):
     idle_timeout: int
     autologout: int = 30 * 60     # RFC 3501 §5.4: at least 30 minutes
     hibernate_timeout: int = 0    # IMAP_HIBERNATE_TIMEOUT; 0: sessions never hibernate
+    reuse_timeout: int = 0        # IMAP_REUSE_TIMEOUT; 0: a session's process never reused
     id_fields: int | None = 1     # None: ID not offered
     move_expunge_to_trash: bool = False
     emptytrash: tuple[tuple[str, int], ...] = ()
@@ -176,6 +180,7 @@ def load_config(etc: Path, service: str) -> tuple[ImapdConfig, list[str]]:
         maildirpath=v["maildirpath"] or "Maildir", defdomain=v["defdomain"],
         idle_timeout=v["idle_timeout"],
         hibernate_timeout=v["hibernate_timeout"],
+        reuse_timeout=v["reuse_timeout"],
         id_fields=_id_fields(v["id_fields"]),
         move_expunge_to_trash=v["move_expunge_to_trash"],
         emptytrash=v["emptytrash"], trashfoldername=v["trashfoldername"],

@@ -1215,6 +1215,11 @@ class ImapConnection:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def unread(self) -> bytes:
+        """The input received past the last command, not consumed (a warm worker
+        taking the connection over parses it again: courier_imapd.warm)."""
+        return self._buf.peek()
+
     def at_rest(self) -> bool:
         """Between commands: nothing buffered, no command, literal or reply half done,
         not in IDLE. Only then may the session's state be handed on (hibernate.py)."""

@@ -16,7 +16,7 @@ from functools import partial
 
 from courier_imapd import fetch as _fetch  # noqa: F401  (imported before the drop)
 from courier_imapd import mailbox as _mailbox  # noqa: F401
-from courier_imapd import resume, sharedfolders
+from courier_imapd import resume, sharedfolders, warm
 from courier_imapd.config import ImapdConfig, load_config
 from courier_imapd.core import ImapConnection, tagged, untagged
 from courier_imapd.login import (
@@ -82,10 +82,14 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
     if ok is None:
         return
     info = ok.info
+    reuse = warm.enabled(cfg, conn)
     try:
         uid = info.uid
         if uid is None:
             uid = pwd.getpwnam(info.username).pw_uid
+        key = warm.account_key(ok.user, uid, info)
+        if reuse and warm.ask(conn, ok, uid, key, core, counters):
+            return      # a warm process of this account has the connection now
         privsep.switch_to_user(uid, info.gid)
         os.chdir(info.home)
         root = open_maildir_root(info.home, info.maildir, cfg.maildirpath)
@@ -98,9 +102,24 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
         return
     send(conn, tagged(ok.tag, "OK", "LOGIN Ok."), counters)
     sharedfolders.configure(cfg.etc)     # the config directory's maildirshared
-    Session(conn, core, root, cfg, ok.user, counters,
-            account_quota=getattr(info, "quota", None) or None,
-            acl_groups=tuple(g for g in [getattr(info, "options", {}).get("group")] if g)).run()
+    quota = getattr(info, "quota", None) or None
+    groups = tuple(g for g in [getattr(info, "options", {}).get("group")] if g)
+    session = Session(conn, core, root, cfg, ok.user, counters, account_quota=quota,
+                      acl_groups=groups)
+    session.run()
+    if not reuse or session.hibernated:
+        return
+
+    def run_next(c: tcpd.Connection, h: warm.Handover) -> bool:
+        """A later login of this account, handed over by its login child (warm.py)."""
+        counters = Counters(rcvd=h.rcvd, sent=h.sent)
+        core = warm.greet(c, h, counters)
+        s = Session(c, core, root, cfg, ok.user, counters, account_quota=quota,
+                    acl_groups=groups)
+        s.run()
+        return not s.hibernated
+
+    warm.serve_more(conn, cfg, ok.user, uid, key, run_next)   # type: ignore[arg-type]
 
 
 def _hibernate_linger(cfg: ImapdConfig) -> float:
@@ -127,6 +146,7 @@ DAEMON = ListenerDaemon(
     logger="courier.imapd",
     hibernate_linger=_hibernate_linger,
     hibernate_bye=b"* BYE Autologout; idle for too long\r\n",
+    warm_linger=lambda cfg: float(cfg.reuse_timeout),
 )
 
 

@@ -122,6 +122,7 @@ class Session:
     acl_groups: tuple[str, ...] = ()   # authd's OPTIONS group=, for group=<name> ACL entries
     sel_rights: str = ""               # the user's ACL rights on the selected folder
     hibernate_nap: float = 0.0         # seconds idle before hibernating (hibernate.nap)
+    hibernated: bool = False           # run() ended by handing the connection to the listener
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class Session:
                     self.out(untagged("BYE Autologout; idle for too long"))
                     return
                 if ev is hibernatemod.ASLEEP:
-                    asleep = True
+                    asleep = self.hibernated = True
                     return
                 if ev is None:
                     return

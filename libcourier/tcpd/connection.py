@@ -39,6 +39,12 @@ class ListenerSpec:
     hibernate_socket: Path | None = None
     hibernate_linger: float = 0.0              # seconds a sleeping connection is kept
     hibernate_bye: bytes = b""                 # sent when that time is up, before closing
+    # Warm workers (listener.py, over the hibernation socket): seconds a finished
+    # session's process (already its user's) waits for that account's next login;
+    # 0: off. At most warm_per_key idle per account and warm_max in all.
+    warm_linger: float = 0.0
+    warm_per_key: int = 2
+    warm_max: int = 16
 
 
 def plain_ip(ip: str) -> str:

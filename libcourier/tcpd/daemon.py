@@ -67,6 +67,9 @@ class ListenerDaemon:
     # listener keeps a sleeping connection (0: no hibernation); None: never.
     hibernate_linger: Callable[[Any], float] | None = None
     hibernate_bye: bytes = b""              # said when a sleeping connection times out
+    # config -> seconds a finished session's process stays for its account's next
+    # login (ListenerSpec.warm_linger; needs the hibernation socket); None: never.
+    warm_linger: Callable[[Any], float] | None = None
 
 
 def tls_context(cfg: ListenerConfig) -> ssl.SSLContext | None:
@@ -111,6 +114,8 @@ def make_loader(daemon: ListenerDaemon, etc: Path, service: str, layout: Layout)
             if daemon.hibernate_linger is not None and not cfg.tls_on_connect else None,
             hibernate_linger=linger,
             hibernate_bye=daemon.hibernate_bye,
+            warm_linger=daemon.warm_linger(cfg)
+            if daemon.warm_linger is not None and not cfg.tls_on_connect else 0.0,
         )
         return spec, daemon.make_handler(cfg, layout, ctx)
     return load

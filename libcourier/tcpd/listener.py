@@ -21,6 +21,19 @@ socket: readable forks a child with the blob (Connection.resumed) to carry on,
 hangup closes it, spec.hibernate_linger seconds of silence say hibernate_bye and
 close. A sleeping connection stays counted for MAXDAEMONS and MAXPERIP; only a
 session child of this listener may hand one over (its pid, from the kernel).
+
+Warm workers (spec.warm_linger, same socket; Dovecot's imap process reuse): a
+session child whose client is gone, already switched to its user, offers itself
+for that account's next login (_KIND_WARM: uid as the kernel gives it, an opaque
+key naming the account, its end of a SEQPACKET pair). A root login child whose
+login authd just accepted asks for one (_KIND_WANT: the key, its client socket, a
+reply socket and an opaque payload); the listener forwards socket and payload to
+the newest idle worker of that uid and key and answers "T" (the login child exits
+without a word) or "N" (it goes on as before). The connection's MAXPERIP and
+MAXDAEMONS count moves to the worker; an idle worker is a process, not a
+connection: counted in neither, at most spec.warm_per_key per key and
+spec.warm_max in all, dropped (its pair closed: it exits) after warm_linger
+seconds, on SIGHUP and at stop.
 """
 
 from __future__ import annotations
@@ -59,7 +72,13 @@ MAX_HANDOVER = 65536       # octets of a connection's description sent to a reus
 _DONE = b"done"            # a reusable child's word to the listener: my client is gone
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 MAX_BLOB = 128 * 1024      # octets of a hibernating session's state (one datagram)
-MAX_FDS = 4                # descriptors looked for in one hibernation message (1 is used)
+MAX_FDS = 4                # descriptors looked for in one hibernation message (2 at most used)
+_KIND_SLEEP = b"H"         # first octet of a message: a session hibernates (blob + client)
+_KIND_WARM = b"W"          # a finished session's process offers itself (uid, key + its pair end)
+_KIND_WANT = b"R"          # a login child asks for a warm worker (uid, key, payload + client, reply)
+_WARM_HEAD = struct.Struct("<IH")   # uid, length of the key that follows
+MAX_KEY = 4096             # octets of a warm worker's key
+WARM_REPLY_TIMEOUT = 10.0  # seconds a login child waits for the listener's T/N
 _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 _HIBERNATION = "hibernation"   # the selector's tag of the hibernation socket
 
@@ -86,6 +105,12 @@ def _after_fork_in_child() -> None:
             sleeper.sock.close()
         _current.sleepers.clear()
         _current.wake_heap.clear()
+        for warm in _current.warm.values():
+            warm.ctl.close()
+        _current.warm.clear()
+        _current.born.clear()
+        _current.warmed.clear()
+        _current.handed.clear()
         if _current.hsock is not None:
             _current.hsock.close()
             _current.hsock = None
@@ -173,6 +198,15 @@ class _Sleeper:
     deadline: float          # monotonic time it is dropped (hibernate_linger)
 
 
+@dataclass(slots=True, eq=False)
+class _Warm:
+    """An idle warm worker: a session process of `uid` waiting for its account's next login."""
+    uid: int
+    key: bytes               # the account as the daemon names it (opaque here)
+    ctl: socket.socket       # the listener's end of the worker's SEQPACKET pair
+    deadline: float          # monotonic time it is dropped (spec.warm_linger)
+
+
 def _bind_hibernation(path: Path) -> socket.socket:
     """The datagram socket sleeping sessions are handed over on (root only: a
     child connects to it before it drops privileges; SO_PASSCRED gives each
@@ -218,12 +252,84 @@ def hibernate(channel: socket.socket, conn_sock: socket.socket, blob: bytes,
         return False
     try:
         channel.settimeout(timeout)
-        channel.sendmsg([blob], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+        channel.sendmsg([_KIND_SLEEP + blob], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                   struct.pack("i", conn_sock.fileno()))])
     except OSError as exc:
         log.warning("cannot hibernate: %s", exc)
         return False
     return True
+
+
+def warm_offer(channel: socket.socket, uid: int, key: bytes,
+               timeout: float = 5.0) -> socket.socket | None:
+    """Offer this process (its session over, running as `uid`) for the next login of
+    the account `key`; the end to wait on with warm_next, or None (not sent)."""
+    if len(key) > MAX_KEY:
+        return None
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        channel.settimeout(timeout)
+        channel.sendmsg([_KIND_WARM + _WARM_HEAD.pack(uid, len(key)) + key],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", theirs.fileno()))])
+    except OSError as exc:
+        log.debug("cannot offer a warm worker: %s", exc)
+        mine.close()
+        return None
+    finally:
+        theirs.close()
+    return mine
+
+
+def warm_next(mine: socket.socket, timeout: float) -> tuple[socket.socket, bytes] | None:
+    """The connection and payload a login child handed over; None when the listener
+    dropped the offer (EOF), on timeout, or for anything but one socket and a payload."""
+    mine.settimeout(timeout)
+    try:
+        msg, fds, flags, _addr = socket.recv_fds(mine, MAX_HANDOVER, MAX_FDS)
+    except OSError:
+        return None
+    for fd in fds[1:]:
+        os.close(fd)
+    if not fds:
+        return None
+    sock = socket.socket(fileno=fds[0])
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or not msg or \
+            sock.type != socket.SOCK_STREAM:
+        sock.close()
+        return None
+    return sock, msg
+
+
+def warm_ask(channel: socket.socket, conn_sock: socket.socket, uid: int, key: bytes,
+             payload: bytes, timeout: float = WARM_REPLY_TIMEOUT) -> bool:
+    """Ask the listener to hand this connection and payload to an idle warm worker of
+    `uid` and `key`. True: the connection is no longer ours (taken, or no answer in
+    time, when it may have been: leave it without a word); False: go on serving it."""
+    if len(key) > MAX_KEY or not payload or len(payload) > MAX_HANDOVER:
+        return False
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        try:
+            channel.settimeout(timeout)
+            channel.sendmsg([_KIND_WANT + _WARM_HEAD.pack(uid, len(key)) + key + payload],
+                            [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                              struct.pack("2i", conn_sock.fileno(), theirs.fileno()))])
+        except OSError as exc:
+            log.debug("cannot ask for a warm worker: %s", exc)
+            return False
+        finally:
+            theirs.close()     # the listener's copy is the only one: its close is our EOF
+        mine.settimeout(timeout)
+        try:
+            answer = mine.recv(16)
+        except TimeoutError:
+            log.warning("no answer from the listener about a warm worker in %.0f s", timeout)
+            return True
+        except OSError:
+            return False
+        return answer == b"T"
+    finally:
+        mine.close()
 
 
 class _Listener:
@@ -249,6 +355,13 @@ class _Listener:
         self.hsock: socket.socket | None = None
         self.sleepers: dict[int, _Sleeper] = {}
         self.wake_heap: list[tuple[float, int, _Sleeper]] = []
+        # Idle warm workers by pid (oldest first), the generation each child was
+        # forked in (a warm worker runs its generation's handler), and the pids that
+        # ever offered themselves (user processes: never asked for a worker).
+        self.warm: dict[int, _Warm] = {}
+        self.born: dict[int, int] = {}
+        self.warmed: set[int] = set()
+        self.handed: set[int] = set()          # login children whose client a worker took
         self.selector: selectors.BaseSelector | None = None
         self.wakeup: tuple[int, int] | None = None
 
@@ -273,8 +386,15 @@ class _Listener:
 
     def _title(self) -> None:
         asleep = f", {len(self.sleepers)} hibernated" if self.sleepers else ""
+        warm = f", {len(self.warm)} warm" if self.warm else ""
         set_title(f"{self.spec.name}: couriertcpd "
-                  f"({len(self.children) - len(self.idle)} connections{asleep})")
+                  f"({self._connections() - len(self.sleepers)} connections{asleep}{warm})")
+
+    def _connections(self) -> int:
+        """What MAXDAEMONS counts: children serving a client and sleeping connections
+        (idle warm workers are processes without a connection, bounded by warm_max)."""
+        return (len(self.children) - len(self.idle) - len(self.warm) - len(self.handed)
+                + len(self.sleepers))
 
     def reap(self) -> None:
         changed = False
@@ -292,6 +412,10 @@ class _Listener:
                 self.take_sleepers()
             ip = self.children.pop(pid, None)
             self.retire(pid)
+            self._drop_warm(pid)
+            self.born.pop(pid, None)
+            self.warmed.discard(pid)
+            self.handed.discard(pid)
             if ip is None:
                 continue
             changed = True
@@ -382,7 +506,7 @@ class _Listener:
         for _ in range(max(ACCEPT_BATCH, 2 * self.spec.maxdaemons)):
             try:
                 msg, ancdata, flags, _addr = self.hsock.recvmsg(
-                    MAX_BLOB + 1, anc, socket.MSG_CMSG_CLOEXEC)
+                    max(MAX_BLOB, MAX_HANDOVER + MAX_KEY) + 16, anc, socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -396,6 +520,29 @@ class _Listener:
                     fds.extend(struct.unpack(f"{n}i", data[:4 * n]))
                 elif level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     cred = _UCRED.unpack(data[:_UCRED.size])
+            kind, body = msg[:1], msg[1:]
+            if kind == _KIND_WARM or kind == _KIND_WANT:
+                socks = [socket.socket(fileno=fd) for fd in fds]
+                try:
+                    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                        log.warning("warm worker message from pid %s refused: truncated",
+                                    cred[0] if cred else "?")
+                    elif kind == _KIND_WARM:
+                        self._offered(body, socks, cred)
+                    else:
+                        self._wanted(body, socks, cred)
+                finally:
+                    for s in socks:
+                        s.close()   # what a warm worker keeps is dup'ed
+                continue
+            if kind != _KIND_SLEEP:
+                pid = cred[0] if cred else 0
+                log.warning("hibernation message from pid %d refused: %s", pid,
+                            "unknown kind" if self.children.get(pid) else
+                            "not a session of this listener")
+                for fd in fds:
+                    os.close(fd)
+                continue
             for fd in fds[1:]:
                 os.close(fd)
             if not fds:
@@ -403,7 +550,7 @@ class _Listener:
                             cred[0] if cred else "?")
                 continue
             sock = socket.socket(fileno=fds[0])
-            if not self._adopt(sock, msg, flags, cred):
+            if not self._adopt(sock, body, flags, cred):
                 sock.close()
 
     def _adopt(self, sock: socket.socket, blob: bytes, flags: int,
@@ -439,6 +586,115 @@ class _Listener:
         log.debug("child %d [%s] hibernated (%d octets)", pid, ip, len(blob))
         self._title()
         return True
+
+    # -- warm workers --------------------------------------------------------
+
+    @staticmethod
+    def _warm_head(body: bytes) -> tuple[int, bytes, bytes] | None:
+        """(uid, key, rest) of a warm worker message, None when malformed."""
+        if len(body) < _WARM_HEAD.size:
+            return None
+        uid, n = _WARM_HEAD.unpack_from(body)
+        if n == 0 or n > MAX_KEY or len(body) < _WARM_HEAD.size + n:
+            return None
+        end = _WARM_HEAD.size + n
+        return uid, body[_WARM_HEAD.size:end], body[end:]
+
+    def _offered(self, body: bytes, socks: list[socket.socket],
+                 cred: tuple[int, int, int] | None) -> None:
+        """A session child offers itself as a warm worker: keep its pair end, or close
+        ours (it reads EOF and exits)."""
+        head = self._warm_head(body)
+        pid, uid = (cred[0], cred[1]) if cred else (0, -1)
+        ip = self.children.get(pid)
+        why = ""
+        if self.spec.warm_linger <= 0:
+            why = "off"
+        elif head is None or head[2] or len(socks) != 1 or head[0] != uid:
+            why = "malformed, or not its uid"
+        elif ip is None or pid in self.workers or pid in self.warm:
+            why = "not a session of this listener"
+        elif self.born.get(pid) != self.generation:
+            why = "configuration reloaded since it started"
+        elif len(self.warm) >= self.spec.warm_max or \
+                sum(w.key == head[1] for w in self.warm.values()) >= self.spec.warm_per_key:
+            why = "enough warm workers"
+        elif socks[0].family != socket.AF_UNIX or socks[0].type != socket.SOCK_SEQPACKET:
+            why = "not a SEQPACKET socket"
+        if why:
+            log.debug("warm worker %d (uid %d) not kept: %s", pid, uid, why)
+            return
+        assert head is not None
+        ctl = socket.socket(fileno=os.dup(socks[0].fileno()))
+        ctl.setblocking(False)
+        self.warmed.add(pid)
+        if ip:
+            self._release_ip(ip)            # its client is gone: a process, not a connection
+            self.children[pid] = ""
+        self.warm[pid] = _Warm(uid, head[1], ctl, time.monotonic() + self.spec.warm_linger)
+        self._title()
+
+    def _wanted(self, body: bytes, socks: list[socket.socket],
+                cred: tuple[int, int, int] | None) -> None:
+        """A login child asks for a warm worker: forward its client and payload to one
+        and answer T, else N. Only a child still running as the listener's own user
+        (root before its switch) may ask, for the client the listener gave it."""
+        if len(socks) != 2:
+            return                          # no reply socket: the asker reads EOF
+        client, reply = socks
+        answer = b"N"
+        try:
+            head = self._warm_head(body)
+            pid, uid = (cred[0], cred[1]) if cred else (0, -1)
+            ip = self.children.get(pid)
+            if head is None or not head[2] or not ip or uid != os.geteuid() or \
+                    pid in self.warmed or pid in self.workers:
+                log.warning("warm worker request from pid %d (uid %d) refused", pid, uid)
+                return
+            try:
+                if client.type != socket.SOCK_STREAM or \
+                        plain_ip(client.getpeername()[0]) != ip:
+                    log.warning("warm worker request from pid %d: not its client's socket", pid)
+                    return
+            except OSError:
+                return
+            want_uid, key, payload = head
+            for wpid, w in reversed(list(self.warm.items())):   # the newest: warmest pages
+                if w.uid != want_uid or w.key != key:
+                    continue
+                del self.warm[wpid]
+                try:
+                    socket.send_fds(w.ctl, [payload], [client.fileno()])
+                except OSError as exc:
+                    log.debug("warm worker %d gone: %s", wpid, exc)
+                    w.ctl.close()
+                    continue
+                w.ctl.close()               # one connection per offer: it offers again after
+                # The connection's count moves to the worker; the asker exits.
+                self.children[wpid] = ip
+                self.children[pid] = ""
+                self.handed.add(pid)
+                answer = b"T"
+                log.debug("child %d handed [%s] to warm worker %d", pid, ip, wpid)
+                self._title()
+                return
+        finally:
+            try:
+                reply.send(answer, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+
+    def _drop_warm(self, pid: int) -> None:
+        warm = self.warm.pop(pid, None)
+        if warm is not None:
+            warm.ctl.close()                # it reads EOF and exits
+
+    def expire_warm(self, now: float) -> None:
+        for pid, warm in list(self.warm.items()):
+            if warm.deadline > now:
+                break                       # oldest first: the rest are later
+            self._drop_warm(pid)
+            self._title()
 
     def _forget(self, sleeper: _Sleeper) -> None:
         fd = sleeper.sock.fileno()
@@ -538,12 +794,12 @@ class _Listener:
         maxperip = spec.maxperip
         if decision.env.get("MAXCPERIP", "").isdigit():
             maxperip = int(decision.env["MAXCPERIP"])  # per-entry override (couriertcpd)
-        if (0 < spec.maxdaemons <= len(self.children) + len(self.sleepers)
+        if (0 < spec.maxdaemons <= self._connections() + len(self.idle)
                 or 0 < maxperip <= self.per_ip[peer_ip]):
             # Children that have finished but whose SIGCHLD the loop has not
             # handled yet (it is busy accepting a burst) must not count.
             self.reap()
-        if 0 < spec.maxdaemons <= len(self.children) + len(self.sleepers) and not self.idle:
+        if 0 < spec.maxdaemons <= self._connections() + len(self.idle) and not self.idle:
             log.warning("Maximum connection limit reached for %s", peer_ip)
             _refuse(sock, spec.busy_reply, tls_port)
             return
@@ -608,6 +864,7 @@ class _Listener:
             self._run_child(sock, conn, ctl_child)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
         sock.close()
+        self.born[pid] = self.generation
         return pid
 
     def _serving(self, pid: int, peer_ip: str, peer_port: int, how: str = "") -> None:
@@ -740,6 +997,8 @@ class _Listener:
         self.generation += 1
         for pid in list(self.idle):
             self.retire(pid)
+        for pid in list(self.warm):
+            self._drop_warm(pid)
         gc.freeze()
         log.info("configuration reloaded")
 
@@ -749,6 +1008,8 @@ class _Listener:
         self.sockets = []
         for pid in list(self.workers):
             self.retire(pid)
+        for pid in list(self.warm):
+            self._drop_warm(pid)
         for sleeper in list(self.sleepers.values()):
             self._drop_sleeper(sleeper)
         self.wake_heap.clear()
@@ -841,6 +1102,9 @@ class _Listener:
                     self.reload()
                 timeout = 0 if self.pending else IDLE_WORKER / 4 if self.idle else None
                 due = self._next_deadline()
+                if self.warm:
+                    first = next(iter(self.warm.values())).deadline
+                    due = first if due is None else min(due, first)
                 if due is not None:
                     left = max(0.0, due - time.monotonic())
                     timeout = left if timeout is None else min(timeout, left)
@@ -861,6 +1125,8 @@ class _Listener:
                     self.retire_idle(time.monotonic())
                 if self.wake_heap:
                     self.expire_sleepers(time.monotonic())
+                if self.warm:
+                    self.expire_warm(time.monotonic())
             return 0
         finally:
             self.stop()
@@ -889,4 +1155,5 @@ def serve(load: Loader) -> int:
     return _Listener(load, spec, handler, rules).run()
 
 
-__all__ = ["bind_addresses", "hibernate", "hibernation_channel", "serve"]
+__all__ = ["bind_addresses", "hibernate", "hibernation_channel", "serve", "warm_ask",
+           "warm_next", "warm_offer"]
