@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ log = logging.getLogger("courier.imapd")
 VERSION = 1
 MAX_SESSIONS = 100     # sessions one process serves before it exits (bounds its heap's age)
 BACKSTOP = 30.0        # seconds past IMAP_REUSE_TIMEOUT a worker waits if the listener is stuck
+KEPT_WITHIN = 0.05     # seconds in which the listener mostly refuses an offer it will not keep
 MAX_LOGIN = 1024       # octets of a login in a payload
 
 
@@ -130,13 +132,15 @@ def serve_more(conn: Connection, cfg: ImapdConfig, user: str, uid: int, key: byt
     conn.sock.close()           # the finished client goes now, not when we exit
     for served in range(1, MAX_SESSIONS + 1):
         proctitle.set_title(f"imapd: {user} warm")
-        # What the session freed (a FETCH of 10,000 envelopes: ~25 MB) goes back to
-        # the system while we wait; what stays is the heap the next session reuses.
-        give_back()
         mine = warm_offer(channel, uid, key)
         if mine is None:
             return
         try:
+            # Kept (no refusal at once): what the session freed (a FETCH of 10,000
+            # envelopes: ~25 MB) goes back to the system while we wait; what stays is
+            # the heap the next session reuses. A refused worker exits untrimmed.
+            if not select.select([mine], [], [], KEPT_WITHIN)[0]:
+                give_back()
             got = warm_next(mine, cfg.reuse_timeout + BACKSTOP)
         finally:
             mine.close()
