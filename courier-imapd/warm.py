@@ -14,8 +14,11 @@ client socket and a small payload go to it and the login child exits.
 The account is named by `account_key`: authd's login, uid, gid, home, Maildir,
 quota and group, so a worker never serves a login whose answer from authd
 differs in anything the session uses (a changed quota: a fresh process). The
-listener matches the uid against the kernel's credentials of the worker; the
-worker checks the payload's login against its own. The payload carries only
+listener matches the uid against the kernel's credentials of the worker and takes
+requests only from processes still running as its own user (root before the
+switch); the worker checks the payload's login against its own. (Accounts that
+share a uid, virtual users, rely on the worker's code for that check, as they do
+for everything: a process of that uid can read all their mailboxes anyway.) The payload carries only
 what the login child owes the client: the tag of the LOGIN/AUTHENTICATE to
 answer, the octets it had read past that command, and its counters (for the
 LOGOUT line). ENABLE and UTF8=ACCEPT come after login, so no such state
