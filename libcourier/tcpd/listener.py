@@ -612,7 +612,7 @@ class _Listener:
             why = "off"
         elif head is None or head[2] or len(socks) != 1 or head[0] != uid:
             why = "malformed, or not its uid"
-        elif ip is None or pid in self.workers or pid in self.warm:
+        elif ip is None or pid in self.workers or pid in self.warm or pid in self.handed:
             why = "not a session of this listener"
         elif self.born.get(pid) != self.generation:
             why = "configuration reloaded since it started"
