@@ -63,6 +63,14 @@ def fast(md: Maildir, items: tuple[FetchItem, ...], modseq=None) -> list[bytes |
     return None if got is None else list(got)
 
 
+def damage_first_record(md: Maildir) -> None:
+    """Flip a bit inside the first record's payload, rewriting the index file."""
+    path = md.path / mindex.INDEX_NAME
+    data = bytearray(path.read_bytes())
+    data[data.index(b"plain")] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("batch", [1, 2, 2048])
 def test_same_bytes_as_the_long_way(tmp_path: Path, monkeypatch, batch: int) -> None:
     monkeypatch.setattr(fetchmod, "INDEXED_BATCH", batch)
@@ -109,11 +117,7 @@ def test_a_damaged_record_is_a_miss(tmp_path: Path) -> None:
     md = Maildir(maildir(tmp_path))
     slow(md, ALL)
     fetchmod._indexes.clear()
-    path = md.path / mindex.INDEX_NAME
-    data = bytearray(path.read_bytes())
-    i = data.index(b"plain")                             # inside the first record's payload
-    data[i] ^= 0x20
-    path.write_bytes(bytes(data))
+    damage_first_record(md)
     got = fast(md, ALL)
     assert got[0] is None and got[1] is not None and got[2] is not None
 
@@ -127,11 +131,7 @@ def test_a_damaged_record_is_a_miss_for_one_view(tmp_path: Path, item: str) -> N
     fetchmod._indexes.clear()
     assert fast(md, items) == cold
     fetchmod._indexes.clear()
-    path = md.path / mindex.INDEX_NAME
-    data = bytearray(path.read_bytes())
-    i = data.index(b"plain")                             # inside the first record's payload
-    data[i] ^= 0x20
-    path.write_bytes(bytes(data))
+    damage_first_record(md)
     got = fast(md, items)
     assert got[0] is None and got[1:] == cold[1:]
     assert fast(md, items)[0] is None                    # forgotten, not served later either
