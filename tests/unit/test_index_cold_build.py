@@ -311,35 +311,27 @@ def test_the_callers_own_chunks_are_made_in_place(monkeypatch: pytest.MonkeyPatc
     assert no_children()
 
 
+def once_then(real, error: OSError):
+    """real the first time it is called, then error: the second pipe or fork fails."""
+    calls = []
+
+    def call():
+        if calls:
+            raise error
+        calls.append(1)
+        return real()
+    return call
+
+
 def test_no_descriptor_or_process_left_when_pipes_or_forks_fail(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fds = open_fds()
-    made = []
-    real_pipe = os.pipe
-
-    def pipe_then_fail() -> tuple[int, int]:
-        if made:
-            raise OSError(24, "Too many open files")
-        made.append(1)
-        return real_pipe()
-
-    monkeypatch.setattr(os, "pipe", pipe_then_fail)
-    with pytest.raises(OSError):
-        indexbuild.Workers(10, lambda k: (b"x", 0.0), 2)
-    monkeypatch.setattr(os, "pipe", real_pipe)
-    real_fork = os.fork
-    forks = []
-
-    def fork_then_fail() -> int:
-        if forks:
-            raise OSError(11, "Resource temporarily unavailable")
-        forks.append(1)
-        return real_fork()
-
-    monkeypatch.setattr(os, "fork", fork_then_fail)
-    with pytest.raises(OSError):
-        indexbuild.Workers(10, lambda k: (b"x", 0.0), 2)
-    monkeypatch.setattr(os, "fork", real_fork)
+    for name, error in (("pipe", OSError(24, "Too many open files")),
+                        ("fork", OSError(11, "Resource temporarily unavailable"))):
+        with monkeypatch.context() as m:
+            m.setattr(os, name, once_then(getattr(os, name), error))
+            with pytest.raises(OSError):
+                indexbuild.Workers(10, lambda k: (b"x", 0.0), 2)
     assert no_children() and open_fds() == fds
 
 
