@@ -65,7 +65,6 @@ import dns.asyncresolver
 import dns.exception
 import dns.reversename
 from courier_deliver.config import EsmtpConfig, EsmtpTimeouts
-from courier_deliver.expiring import ExpiringDict
 from courier_deliver.routes import (
     Option,
     Route,
@@ -75,6 +74,7 @@ from courier_deliver.routes import (
 )
 
 from libcourier.config.errors import ConfigError
+from libcourier.expiring import ExpiringDict
 from libcourier.mx import DnsFailure, Target, find_targets, make_resolver
 from libcourier.smtp.client import (
     Finished,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from libcourier.aliases import AliasTable
 from libcourier.authclient import AuthInfo, AuthTempFail, auth_pre
 from libcourier.config import read_control_file
 from libcourier.config.control import read_control_value
+from libcourier.expiring import ExpiringDict
 
 log = logging.getLogger("courier.esmtpd")
 
@@ -51,28 +51,18 @@ class KnownRecipients:
     """Recipients authd found, each until KNOWN_RECIPIENT_SECONDS after the answer."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
-        # (local part, domain) -> monotonic time until which authd's "found" holds
-        self._until: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # (local part, domain) -> True while authd's "found" holds
+        self._found: ExpiringDict[tuple[str, str], bool] = ExpiringDict(
+            KNOWN_RECIPIENT_SECONDS, KNOWN_RECIPIENTS_MAX, clock)
 
     def __len__(self) -> int:
-        return len(self._until)
+        return len(self._found)
 
     def holds(self, local: str, domain: str) -> bool:
-        until = self._until.get((local, domain))
-        if until is None:
-            return False
-        if self._clock() < until:
-            return True
-        del self._until[(local, domain)]
-        return False
+        return self._found.get((local, domain)) is not None
 
     def add(self, local: str, domain: str) -> None:
-        key = (local, domain)
-        self._until.pop(key, None)
-        self._until[key] = self._clock() + KNOWN_RECIPIENT_SECONDS
-        while len(self._until) > KNOWN_RECIPIENTS_MAX:
-            self._until.popitem(last=False)
+        self._found.put((local, domain), True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,4 +218,3 @@ class LocalPolicy:
                 self.known.add(local, domain)
                 return Verdict.accept()
         return Verdict.reject(550, "5.1.1", "User unknown.")
-

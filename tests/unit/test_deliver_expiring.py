@@ -1,10 +1,11 @@
-"""courier_deliver.expiring.ExpiringDict: remote delivery's bounded, expiring memory
+"""libcourier.expiring.ExpiringDict: remote delivery's bounded, expiring memory
 (a domain's last exchangers, servers whose STARTTLS broke)."""
 
 from __future__ import annotations
 
 import pytest
-from courier_deliver.expiring import ExpiringDict
+
+from libcourier.expiring import ExpiringDict
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """A bounded dictionary whose entries expire: remote delivery's memory of
 per-host and per-domain state (a domain's last exchangers, servers whose
-STARTTLS broke), which must neither outlive its time nor grow with every
-name seen.
+STARTTLS broke) and esmtpd's of recipients authd knew, which must neither
+outlive its time nor grow with every name seen.
 """
 
 from __future__ import annotations
