@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from libcourier.durable import write_all
 from libcourier.maildir import sortkeys
 
 INDEX_NAME = "courierpyindex"
@@ -277,12 +278,6 @@ def _release(mm: mmap.mmap) -> None:
         pass
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _reclen(base: str, n: int) -> int:
     """Bytes of a framed record: "R <n> <crc8> <base>\\n" and the payload."""
     return 13 + len(str(n)) + len(base.encode("utf-8", "surrogateescape")) + n
@@ -475,7 +470,7 @@ class FolderIndex:
         written a piece at a time, so a large index is never held in memory whole."""
         mm = self._map() if self._fd >= 0 and where else None
         if mm is None:
-            _write_all(fd, MAGIC)
+            write_all(fd, MAGIC)
             return
         try:
             # what is kept is held in arrays and one list of names, and each record's
@@ -514,10 +509,10 @@ class FolderIndex:
                 out += b"R %d %08x %s\n" % (n, crc, b)
                 out += mm[off:off + n]
                 if len(out) >= SCAN_CHUNK:
-                    _write_all(fd, out)
+                    write_all(fd, out)
                     out.clear()
                     _release(mm)
-            _write_all(fd, out)
+            write_all(fd, out)
         finally:
             mm.close()
 
