@@ -44,7 +44,7 @@ from courier_imapd.login import Counters, LoginOK, Wire, send
 from courier_imapd.mailbox import give_back
 
 from libcourier import proctitle
-from libcourier.tcpd.connection import Connection, plain_ip
+from libcourier.tcpd.connection import Connection, handed_on
 from libcourier.tcpd.listener import warm_ask, warm_next, warm_offer
 
 log = logging.getLogger("courier.imapd")
@@ -153,19 +153,13 @@ def serve_more(conn: Connection, cfg: ImapdConfig, user: str, uid: int, key: byt
         try:
             try:
                 h = parse(payload, user)
-                peer, local = sock.getpeername(), sock.getsockname()
+                c = handed_on(sock, hibernate=channel)
             except HandoverError as e:
                 log.error("user=%s: warm worker refused a handover: %s", user, e)
                 _bye(sock)
                 return
             except OSError:
                 return              # the client left already
-            c = Connection(sock, plain_ip(peer[0]), peer[1], plain_ip(local[0]), local[1],
-                           False, {"TCPREMOTEIP": plain_ip(peer[0]),
-                                   "TCPREMOTEPORT": str(peer[1]),
-                                   "TCPLOCALIP": plain_ip(local[0]),
-                                   "TCPLOCALPORT": str(local[1])},
-                           hibernate=channel)
             sock.settimeout(cfg.autologout)
             log.debug("user=%s, ip=[%s]: served by warm worker %d (session %d)", user,
                       c.peer_ip, os.getpid(), served + 1)

@@ -61,7 +61,14 @@ from libcourier.pidfile import remove_pidfile, write_pidfile
 from libcourier.privsep import drop_to_daemon
 from libcourier.proctitle import set_title
 from libcourier.tcpd.access import ALLOW_ALL, AccessDecision, AccessRules, load_access
-from libcourier.tcpd.connection import Connection, Handler, ListenerSpec, Resumed, plain_ip
+from libcourier.tcpd.connection import (
+    Connection,
+    Handler,
+    ListenerSpec,
+    Resumed,
+    handed_on,
+    plain_ip,
+)
 
 log = logging.getLogger("courier.tcpd")
 
@@ -726,24 +733,19 @@ class _Listener:
             return
         self._forget(sleeper)
         sock = sleeper.sock
+        decision = ALLOW_ALL if self.rules is None else self.rules.check(sleeper.ip)
         try:
             sock.setblocking(True)
-            peer, local = sock.getpeername(), sock.getsockname()
+            conn = handed_on(sock, decision.env, resumed=Resumed(sleeper.blob, sleeper.uid))
         except OSError:
             self._drop_sleeper(sleeper)
             return
-        decision = ALLOW_ALL if self.rules is None else self.rules.check(sleeper.ip)
-        env = {"TCPREMOTEIP": sleeper.ip, "TCPREMOTEPORT": str(peer[1]),
-               "TCPLOCALIP": plain_ip(local[0]), "TCPLOCALPORT": str(local[1])}
-        env.update(decision.env)
-        conn = Connection(sock, sleeper.ip, peer[1], env["TCPLOCALIP"], local[1], False, env,
-                          resumed=Resumed(sleeper.blob, sleeper.uid))
         pid = self._fork(sock, conn)
         if pid is None:
             self._drop_sleeper(sleeper, self.spec.busy_reply)
             return
         self.children[pid] = sleeper.ip        # per_ip counted it all along
-        log.debug("child %d resumes [%s]:%d", pid, sleeper.ip, peer[1])
+        log.debug("child %d resumes [%s]:%d", pid, sleeper.ip, conn.peer_port)
         self._title()
 
     def expire_sleepers(self, now: float) -> None:
