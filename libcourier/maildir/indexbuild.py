@@ -26,6 +26,7 @@ import struct
 from collections.abc import Callable
 from typing import BinaryIO
 
+from libcourier.durable import write_all
 from libcourier.maildir import index as mindex
 from libcourier.mime import Part, imapview, parse
 from libcourier.proctitle import current_title, set_title
@@ -227,13 +228,7 @@ def _work(count: int, job: Callable[[int], tuple[bytes | None, float]], w: int, 
                 out += _HEAD.pack(len(payload), mtime)
                 out += payload
             if len(out) >= READ_SIZE:
-                _write_all(wfd, out)
+                write_all(wfd, out)
                 out.clear()
-        _write_all(wfd, out)      # the chunk's tail: the parent may be waiting for it
+        write_all(wfd, out)      # the chunk's tail: the parent may be waiting for it
         out.clear()
-
-
-def _write_all(fd: int, data: bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
