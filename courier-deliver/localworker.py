@@ -177,10 +177,6 @@ class UserWorkers:
         self._w = _Worker(account_key(info), pid, parent, sel)
         return self._w
 
-    def deliver(self, info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
-                ext: str | None, timeout: float) -> Outcome:
-        return self.deliver_batch(info, [(fd, req, ext)], default_maildir, timeout)[0]
-
     def deliver_batch(self, info: AuthInfo, items: list[tuple[int, DeliverRequest, str | None]],
                       default_maildir: str, timeout: float) -> list[Outcome]:
         """Up to BATCH_MAX messages (fd, request, extension) for one account to its
