@@ -59,11 +59,9 @@ from courier_deliver.localuser import (  # noqa: F401 - Outcome & co. are this m
     DELIVERY_GRACE,
     DELIVERY_TIMEOUT,
     Outcome,
-    _deliver_as_user,
     _pread_chunks,
     format_report,
     parse_report,
-    write_all_pipe,
 )
 from courier_deliver.localworker import UserWorkers, account_key
 
