@@ -116,6 +116,14 @@ def connect(inst, user: str = USER, password: str = PASSWORD) -> imaplib.IMAP4:
     return c
 
 
+def one_session(inst) -> int:
+    """A login and a logout; the pid of the process that served them."""
+    c = connect(inst)
+    pid = holder(inst, c.sock)
+    c.logout()
+    return pid
+
+
 def test_same_user_is_served_by_the_same_process(inst) -> None:
     c = connect(inst)
     first = holder(inst, c.sock)
@@ -179,9 +187,7 @@ def test_fresh_session_state_and_pipelined_input(inst) -> None:
 
 def test_worker_expires(new_instance) -> None:
     inst = make(new_instance, reuse="1")
-    c = connect(inst)
-    first = holder(inst, c.sock)
-    c.logout()
+    first = one_session(inst)
     wait_warm(inst)
     wait_gone(first)
     c = connect(inst)
@@ -191,17 +197,13 @@ def test_worker_expires(new_instance) -> None:
 
 def test_off_when_zero(new_instance) -> None:
     inst = make(new_instance, reuse="0")
-    c = connect(inst)
-    first = holder(inst, c.sock)
-    c.logout()
+    first = one_session(inst)
     wait_gone(first)
     assert not warm_pids(inst)
 
 
 def test_sighup_retires_idle_workers(inst) -> None:
-    c = connect(inst)
-    first = holder(inst, c.sock)
-    c.logout()
+    first = one_session(inst)
     wait_warm(inst)
     os.kill(listener(inst).pid, signal.SIGHUP)
     wait_gone(first)
@@ -232,9 +234,7 @@ def test_concurrent_logins_and_the_per_account_bound(inst) -> None:
 
 
 def test_starttls_connection_is_not_handed_over(inst) -> None:
-    c = connect(inst)
-    first = holder(inst, c.sock)
-    c.logout()
+    first = one_session(inst)
     wait_warm(inst)
     t = imaplib.IMAP4("127.0.0.1", inst.port("imap"), timeout=IO_TIMEOUT)
     t.starttls(unverified())
