@@ -20,7 +20,7 @@ import pwd
 import time
 from pathlib import Path
 
-from courier_imapd import hibernate, keywordpolicy, sharedfolders, trash
+from courier_imapd import hibernate, keywordpolicy, sharedfolders
 from courier_imapd.config import ImapdConfig
 from courier_imapd.core import SESSION_LIMITS, ImapConnection, State, untagged
 from courier_imapd.hibernate import BlobError, FolderImage, SessionImage, decode, login_of
@@ -141,12 +141,7 @@ def _reselect(s: Session, f: FolderImage) -> str:
     view.ghosts = set(f.ghosts)
     view.keywords = set(f.announced)
     view.recent = set(f.recent) | view.recent
-    if not sharedfolders.is_private_copy(s.root, path):   # as Session.select
-        view.disposer = trash.disposer_for(s.root, path, s.cfg)
-        view.disposer.copied = s.copied
-    s.view = view
-    s.sel_rights = rights
-    s.core.set_state(State.SELECTED)
+    s.enter(view, path, rights)
     if f.tracked:
         s._track(view)
     return how

@@ -472,12 +472,7 @@ class Session:
             log.error("cannot open %s for %s: %s", path, self.user, e)
             self.out(tagged(cmd.tag, "NO", "Cannot open the mailbox"))
             return
-        if not sharedfolders.is_private_copy(self.root, path):   # shared: no quota, no Trash
-            view.disposer = trash.disposer_for(self.root, path, self.cfg)
-            view.disposer.copied = self.copied
-        self.view = view
-        self.sel_rights = rights
-        self.core.set_state(State.SELECTED)
+        self.enter(view, path, rights)
         self.title(f"SELECTED {cmd.mailbox}")
         lines = keywordpolicy.select_lines(view.select_responses(), self.cfg.keywords)
         if self.cfg.acl:
@@ -497,6 +492,16 @@ class Session:
         self.out(self._untagged(lines),
                  tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if readonly else "READ-WRITE"))
         view.after_select()     # a snapshot SELECT's reply did not wait for (mailbox.py)
+
+    def enter(self, view: MailboxView, path: Path, rights: str) -> None:
+        """Make `view` (of folder `path`, the user's `rights` on it) the selected one:
+        SELECT's, and a resumed session's (resume.py)."""
+        if not sharedfolders.is_private_copy(self.root, path):   # shared: no quota, no Trash
+            view.disposer = trash.disposer_for(self.root, path, self.cfg)
+            view.disposer.copied = self.copied
+        self.view = view
+        self.sel_rights = rights
+        self.core.set_state(State.SELECTED)
 
     def _track(self, view: MailboxView, just_opened: bool = False) -> list[str]:
         """Start mod-sequences for the selected folder (RFC 7162); its HIGHESTMODSEQ line.
