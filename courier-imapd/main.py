@@ -28,7 +28,7 @@ from courier_imapd.login import (
     prelogin,
     send,
 )
-from courier_imapd.session import Session, open_maildir_root
+from courier_imapd.session import Session, account_settings, open_maildir_root
 
 from libcourier import authclient, privsep, proctitle, tcpd
 from libcourier.layout import Layout
@@ -102,8 +102,7 @@ def handle_connection(conn: Wire, *, cfg: ImapdConfig, layout: Layout,
         return
     send(conn, tagged(ok.tag, "OK", "LOGIN Ok."), counters)
     sharedfolders.configure(cfg.etc)     # the config directory's maildirshared
-    quota = getattr(info, "quota", None) or None
-    groups = tuple(g for g in [getattr(info, "options", {}).get("group")] if g)
+    quota, groups = account_settings(info)
     session = Session(conn, core, root, cfg, ok.user, counters, account_quota=quota,
                       acl_groups=groups)
     session.run()

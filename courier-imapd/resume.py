@@ -26,7 +26,7 @@ from courier_imapd.core import SESSION_LIMITS, ImapConnection, State, untagged
 from courier_imapd.hibernate import BlobError, FolderImage, SessionImage, decode, login_of
 from courier_imapd.login import Counters, send
 from courier_imapd.mailbox import FolderReplaced, MailboxView
-from courier_imapd.session import Session, open_maildir_root
+from courier_imapd.session import Session, account_settings, open_maildir_root
 from courier_imapd.sharedfolders import folder_path
 
 from libcourier import authclient, privsep, proctitle
@@ -83,11 +83,9 @@ def resume(conn: Connection, cfg: ImapdConfig, authsocket: Path) -> None:
         _bye(conn, "Cannot resume the session, please log in again")
         return
     sharedfolders.configure(cfg.etc)
+    quota, groups = account_settings(info)
     session = Session(conn, ImapConnection(State.AUTHENTICATED, SESSION_LIMITS), root, cfg,
-                      login, Counters(),
-                      account_quota=getattr(info, "quota", None) or None,
-                      acl_groups=tuple(g for g in [getattr(info, "options", {}).get("group")]
-                                       if g))
+                      login, Counters(), account_quota=quota, acl_groups=groups)
     started, cpu = time.monotonic(), time.process_time()
     try:
         how = restore(session, img)

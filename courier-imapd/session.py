@@ -13,6 +13,7 @@ import selectors
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from courier_imapd import acl as aclmod
 from courier_imapd import (
@@ -1316,6 +1317,12 @@ def uid_set(uids: list[int]) -> str:
     if start is not None:
         out.append(str(start) if start == prev else f"{start}:{prev}")
     return ",".join(out)
+
+
+def account_settings(info: Any) -> tuple[str | None, tuple[str, ...]]:
+    """What a Session takes from authd's answer: (account_quota, acl_groups)."""
+    group = getattr(info, "options", {}).get("group")
+    return getattr(info, "quota", None) or None, (group,) if group else ()
 
 
 def open_maildir_root(home: str, maildir: str | None, default: str) -> Path:
