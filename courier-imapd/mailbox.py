@@ -370,12 +370,6 @@ class MailboxView:
                 n += 1
         return n
 
-    def seq_of_uid(self, uid: int) -> int | None:
-        for i, u in enumerate(self.uid_list(), 1):
-            if u == uid:
-                return i
-        return None
-
     def _peek(self, i: int) -> MessageRef:
         """The message at index i, not kept by a column list (MessageList.peek)."""
         msgs = self.messages
