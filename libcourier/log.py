@@ -26,6 +26,13 @@ def setup(ident: str, *, foreground: bool = True, debug: bool = False) -> loggin
         old.close()
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
+    # No format here names the caller, the thread or the multiprocessing
+    # process: skip what LogRecord would otherwise compute for every line
+    # (the logging HOWTO's "Optimization" switches; the caller lookup walks the
+    # stack, and esmtpd and courierd log for every message).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
     if os.path.exists(DEV_LOG):
         try:
