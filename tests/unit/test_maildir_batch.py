@@ -1,6 +1,9 @@
 """Several messages into Maildirs at once (courierlocal's batches):
 stage_to_maildir writes tmp/ only, publish_staged fsyncs each file, links
-it into new/ and fsyncs each new/ once; one message's failure is its own."""
+it into new/ and fsyncs each new/ once; one message's failure is its own.
+Every test runs twice: with unnamed files (O_TMPFILE, this kernel's) and with
+named tmp/ files (the fallback, switched on as a system without O_TMPFILE
+would leave it)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import pytest
 
 import libcourier.maildir.delivery as delivery_mod
+from libcourier.maildir import unnamed
 from libcourier.maildir.delivery import (
     DeliveryError,
     deliver_or_stage,
@@ -18,13 +22,19 @@ from libcourier.maildir.delivery import (
 )
 
 
+@pytest.fixture(autouse=True, params=["unnamed", "named"])
+def kind(request, monkeypatch):
+    monkeypatch.setattr(unnamed.state, "usable", request.param == "unnamed")
+    return request.param
+
+
 def _md(tmp_path, name="Maildir"):
     md = tmp_path / name
     ensure_maildir(md)
     return md
 
 
-def test_staged_messages_appear_in_new_only_when_published(tmp_path, monkeypatch):
+def test_staged_messages_appear_in_new_only_when_published(tmp_path, monkeypatch, kind):
     md = _md(tmp_path)
     synced = []
     real = delivery_mod._fsync_dir
@@ -32,7 +42,9 @@ def test_staged_messages_appear_in_new_only_when_published(tmp_path, monkeypatch
     staged = [stage_to_maildir(md, [b"Subject: %d\r\n\r\nbody\r\n" % i], prefix=b"X: y\n")
               for i in range(5)]
     assert os.listdir(md / "new") == []
-    assert len(os.listdir(md / "tmp")) == 5
+    # Written in tmp/: unnamed (nothing to see), or tmp/<name>.
+    assert len(os.listdir(md / "tmp")) == (0 if kind == "unnamed" else 5)
+    assert all(s.in_tmp == (kind == "named") for s in staged)
     names = publish_staged(staged)
     assert all(isinstance(n, str) for n in names)
     assert sorted(os.listdir(md / "new")) == sorted(names)
@@ -48,12 +60,12 @@ def test_one_failing_link_fails_only_its_message(tmp_path, monkeypatch):
     md = _md(tmp_path)
     staged = [stage_to_maildir(md, [b"m%d\n" % i]) for i in range(3)]
     real_link = os.link
-    victim = f"{md}/tmp/{staged[1].tmpname}"
+    victim = staged[1].tmppath() or f"/proc/self/fd/{staged[1].fd}"
 
-    def link(src, dst):
+    def link(src, dst, **kw):
         if src == victim:
             raise OSError(28, "No space left on device")
-        return real_link(src, dst)
+        return real_link(src, dst, **kw)
     monkeypatch.setattr(delivery_mod.os, "link", link)
     out = publish_staged(staged)
     assert isinstance(out[0], str) and isinstance(out[2], str)

@@ -1,0 +1,257 @@
+"""Maildir delivery through unnamed files (libcourier.maildir.unnamed: O_TMPFILE
+on tmp/, linkat of /proc/self/fd/N into new/) and its fallback to named tmp/
+files: nothing is ever left in tmp/, failures are real ones, the fallback is
+taken (and remembered) when the kernel or /proc refuse, and the delivered files
+are the same bytes under the same kind of name either way."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from libcourier.maildir import unnamed
+from libcourier.maildir.delivery import (
+    DeliveryError,
+    deliver_to_maildir,
+    ensure_maildir,
+    publish_staged,
+    stage_to_maildir,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT.parent / "shared" / "corpus"
+NAME_RE = re.compile(r"^(\d+)\.M(\d+)P(\d+)(?:_(\d+))?V([0-9A-F]{16})I([0-9A-F]{16})\.(.+),S=(\d+)$")
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(monkeypatch):
+    """Each test starts from what this process would find: O_TMPFILE usable."""
+    monkeypatch.setattr(unnamed.state, "usable", True)
+
+
+def _md(tmp_path, name="Maildir") -> Path:
+    md = tmp_path / name
+    ensure_maildir(md)
+    return md
+
+
+def test_delivery_makes_no_tmp_entry(tmp_path):
+    md = _md(tmp_path)
+    seen = []
+
+    def source():
+        for i in range(3):
+            seen.append(os.listdir(md / "tmp"))
+            yield b"line %d\r\n" % i
+    name = deliver_to_maildir(md, source(), prefix=b"Return-Path: <a@b>\n")
+    assert seen == [[]] * 3 and os.listdir(md / "tmp") == []
+    assert os.listdir(md / "new") == [name] and NAME_RE.match(name)
+    data = (md / "new" / name).read_bytes()
+    assert data == b"Return-Path: <a@b>\nline 0\nline 1\nline 2\n"
+    st = os.stat(md / "new" / name)
+    assert name.endswith(f",S={len(data)}") and st.st_nlink == 1
+    assert f"V{st.st_dev:016X}I{st.st_ino:016X}." in name
+    assert st.st_mode & 0o777 == 0o600 & ~_umask()
+    assert unnamed.usable()
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+@pytest.mark.parametrize("kind", ["unnamed", "named"])
+def test_failures_leave_nothing_in_tmp(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(unnamed.state, "usable", kind == "unnamed")
+    # A file standing where new/ should be: permanent, nothing anywhere.
+    md = _md(tmp_path, "file")
+    os.rmdir(md / "new")
+    (md / "new").write_bytes(b"not a directory")
+    out = publish_staged([stage_to_maildir(md, [b"a\n"]), stage_to_maildir(md, [b"b\n"])])
+    assert all(isinstance(e, DeliveryError) and not e.temporary for e in out)
+    assert os.listdir(md / "tmp") == []
+    # new/ gone: temporary; and on the unnamed path not taken for a refusal
+    # of the link (ENOENT is also what a missing /proc gives).
+    md = _md(tmp_path, "gone")
+    os.rmdir(md / "new")
+    out = publish_staged([stage_to_maildir(md, [b"a\n"])])
+    assert isinstance(out[0], DeliveryError) and out[0].temporary
+    assert os.listdir(md / "tmp") == [] and not (md / "new").exists()
+    assert unnamed.usable() == (kind == "unnamed")
+    # The name in new/ already taken: refused, never replaced.
+    md = _md(tmp_path, "taken")
+    staged = stage_to_maildir(md, [b"mine\n"])
+    st = os.fstat(staged.fd)
+    base = staged.name.split(".", 2)
+    taken = f"{base[0]}.{base[1]}V{st.st_dev:016X}I{st.st_ino:016X}.{base[2]},S=5"
+    (md / "new" / taken).write_bytes(b"theirs\n")
+    out = publish_staged([staged, stage_to_maildir(md, [b"next\n"])])
+    assert isinstance(out[0], DeliveryError) and "already exists" in out[0].text
+    assert isinstance(out[1], str)
+    assert (md / "new" / taken).read_bytes() == b"theirs\n"
+    assert sorted(os.listdir(md / "new")) == sorted([taken, out[1]])
+    assert os.listdir(md / "tmp") == []
+    # A source that fails mid-message.
+    md = _md(tmp_path, "source")
+
+    def broken():
+        yield b"half\n"
+        raise OSError(5, "Input/output error")
+    with pytest.raises(DeliveryError):
+        deliver_to_maildir(md, broken())
+    assert os.listdir(md / "tmp") == [] and os.listdir(md / "new") == []
+
+
+def test_a_missing_tmp_is_an_error_not_a_refusal(tmp_path):
+    md = _md(tmp_path)
+    os.rmdir(md / "tmp")
+    with pytest.raises(FileNotFoundError):
+        stage_to_maildir(md, [b"x\n"])
+    assert unnamed.usable()
+
+
+def test_a_kernel_without_o_tmpfile_falls_back_once_and_remembers(tmp_path, monkeypatch):
+    # Kernels before 3.11 ignore O_TMPFILE's own bit and see O_DIRECTORY with
+    # O_RDWR: the real open(2) then fails with EISDIR, as it does here.
+    monkeypatch.setattr(unnamed, "_TMPFILE", os.O_DIRECTORY)
+    md = _md(tmp_path)
+    staged = [stage_to_maildir(md, [b"m%d\n" % i]) for i in range(3)]
+    assert not unnamed.usable()
+    assert all(s.in_tmp for s in staged) and len(os.listdir(md / "tmp")) == 3
+    names = publish_staged(staged)
+    assert [(md / "new" / n).read_bytes() for n in names] == [b"m0\n", b"m1\n", b"m2\n"]
+    assert os.listdir(md / "tmp") == []
+    assert unnamed.open_in(str(md / "tmp")) is None        # remembered: not tried again
+
+
+@pytest.fixture
+def nobodys_dir():
+    """A directory of nobody's that nobody can reach (pytest's tmp_path sits
+    under a 0700 directory of root's)."""
+    top = Path(tempfile.mkdtemp(prefix="unnamed-"))
+    try:
+        os.chmod(top, 0o755)
+        home = top / "home"
+        home.mkdir()
+        shutil.chown(home, 65534, 65534)
+        yield home
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_user_without_root_delivers_unnamed_and_is_refused_by_a_read_only_new(nobodys_dir):
+    """courierlocal's worker runs as the account: /proc/self/fd is its own."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to another user")
+    md = nobodys_dir / "Maildir"
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                            # pragma: no cover - child
+        try:
+            os.close(rd)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            ok = deliver_to_maildir(md, [b"as nobody\n"])
+            os.chmod(md / "new", 0o500)
+            out = publish_staged([stage_to_maildir(md, [b"refused\n"])])
+            res = {"ok": ok, "usable": unnamed.usable(), "err": str(out[0]),
+                   "temporary": getattr(out[0], "temporary", None)}
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            res = {"child": repr(e)}
+        try:
+            os.write(wr, json.dumps(res).encode())
+        finally:
+            os._exit(0)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as f:
+        res = json.loads(f.read() or b"{}")
+    os.waitpid(pid, 0)
+    assert res["usable"], res
+    assert (md / "new" / res["ok"]).read_bytes() == b"as nobody\n"
+    assert os.stat(md / "new" / res["ok"]).st_uid == 65534
+    assert res["temporary"] is True and "Permission denied" in res["err"]
+    assert os.listdir(md / "new") == [res["ok"]] and os.listdir(md / "tmp") == []
+
+
+CHILD = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from libcourier.maildir import unnamed
+from libcourier.maildir.delivery import publish_staged, stage_to_maildir
+md = Path(sys.argv[2])
+staged = [stage_to_maildir(md, [b"m%d\\n" % i]) for i in range(2)]   # unnamed: /proc is
+before = [s.in_tmp for s in staged]                                   # not needed yet
+names = publish_staged(staged)
+more = stage_to_maildir(md, [b"m2\\n"])
+names += publish_staged([more])
+print(json.dumps({"before": before, "after": more.in_tmp, "usable": unnamed.usable(),
+                  "names": [n if isinstance(n, str) else repr(n) for n in names]}))
+"""
+
+
+def test_no_proc_names_the_staged_files_through_a_copy(tmp_path):
+    """/proc unmounted (a private mount namespace): the link through it is
+    refused; the staged unnamed files are copied into tmp/ and delivered as
+    before, and the process writes named tmp/ files from then on."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to run without /proc")
+    md = _md(tmp_path)
+    try:
+        run = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'umount -l /proc && exec "$0" -c "$1" "$2" "$3"',
+             sys.executable, CHILD, str(ROOT), str(md)],
+            capture_output=True, timeout=120, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the child without /proc did not finish in 120 s")
+    if run.returncode != 0 and b"umount" in run.stderr:
+        pytest.skip(f"cannot unmount /proc here: {run.stderr.decode()[:200]}")
+    assert run.returncode == 0, run.stderr.decode()
+    res = json.loads(run.stdout)
+    assert res == {"before": [False, False], "after": True, "usable": False,
+                   "names": res["names"]}
+    assert [(md / "new" / n).read_bytes() for n in res["names"]] == [b"m0\n", b"m1\n", b"m2\n"]
+    for n in res["names"]:
+        st = os.stat(md / "new" / n)
+        assert NAME_RE.match(n) and f"I{st.st_ino:016X}." in n    # the copy's inode
+    assert os.listdir(md / "tmp") == []
+
+
+def _shape(name: str) -> tuple[str, str]:
+    """What a name says besides time, process and inode: host part and size."""
+    m = NAME_RE.match(name)
+    assert m, name
+    return m.group(7), m.group(8)
+
+
+def test_corpus_delivered_the_same_either_way(tmp_path, monkeypatch):
+    if not CORPUS.is_dir():
+        pytest.skip("no ../shared/corpus beside the checkout")
+    mails = sorted(CORPUS.glob("*.eml"))
+    assert mails
+    out = {}
+    for kind in ("unnamed", "named"):
+        monkeypatch.setattr(unnamed.state, "usable", kind == "unnamed")
+        md = _md(tmp_path, kind)
+        staged = []
+        for path in mails:
+            with open(path, "rb") as f:
+                staged.append(stage_to_maildir(md, f, prefix=b"Delivered-To: alice@example.com\n"))
+        assert all(s.in_tmp == (kind == "named") for s in staged)
+        names = publish_staged(staged)
+        out[kind] = [(_shape(n), (md / "new" / n).read_bytes()) for n in names]
+        assert os.listdir(md / "tmp") == []
+    assert out["unnamed"] == out["named"]
+    for (_host, size), data in out["unnamed"]:
+        assert int(size) == len(data) and b"\r\n" not in data
