@@ -74,6 +74,7 @@ from libcourier.spool import (
     quarantine,
     read_envelope,
     remove,
+    retire,
     rewrite_envelope,
 )
 from libcourier.spool.dirsync import DelayedDirSync
@@ -275,9 +276,11 @@ class _Run:
         self._dirty = False
 
     def _remove(self) -> None:
-        remove(self.config.layout.spooldir, self.qid, sync=self.removals is None)
-        if self.removals is not None:
-            self.removals.changed()
+        if self.removals is None:
+            remove(self.config.layout.spooldir, self.qid)
+        else:
+            # Delivered: its file may serve a later message (spool/pool.py).
+            retire(self.config.layout.spooldir, self.qid, self.removals)
         self._removed = True
 
     def finish(self, now: float) -> Result:

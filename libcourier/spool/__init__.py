@@ -20,6 +20,7 @@ from libcourier.spool.queue import (
     quarantine,
     read_envelope,
     remove,
+    retire,
     rewrite_envelope,
 )
 from libcourier.spool.writer import SpoolWriter
@@ -42,5 +43,6 @@ __all__ = [
     "quarantine",
     "read_envelope",
     "remove",
+    "retire",
     "rewrite_envelope",
 ]

@@ -9,6 +9,9 @@ starts a timer, and one fsync DELAY seconds later covers every removal made
 until it starts. At 500 messages a second that is two fsyncs instead of 500.
 Files the spool *gains* (SpoolWriter's commit, rewritten envelopes, DSNs) are
 still fsync'd at once: those are what a 250 or a delivery depends on.
+
+A retired entry's file (pool.py) waits as tmp/held.<qid> for the fsync that
+covers its removal; only after it does it become claimable by a writer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 from pathlib import Path
 
 from libcourier.durable import fsync_dir
+from libcourier.spool import pool
 
 logger = logging.getLogger("courier.spool")
 
@@ -33,9 +37,14 @@ class DelayedDirSync:
         self.delay = delay
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._held: list[str] = []      # pool files waiting for the next fsync
 
-    def changed(self) -> None:
+    def changed(self, held: str | None = None) -> None:
+        """A removal was made; `held`: its file, to release into the pool after
+        the fsync (pool.hold)."""
         with self._lock:
+            if held is not None:
+                self._held.append(held)
             if self._timer is None:
                 self._timer = threading.Timer(self.delay, self._fire)
                 self._timer.daemon = True
@@ -44,19 +53,23 @@ class DelayedDirSync:
     def _fire(self) -> None:
         with self._lock:
             self._timer = None      # a change from now on starts the next timer
-        self._sync()
+            held, self._held = self._held, []
+        pool.release(held, self._sync())
 
     def flush(self) -> None:
         """fsync now if a removal is still unsynced (courierd stopping)."""
         with self._lock:
             timer, self._timer = self._timer, None
+            held, self._held = self._held, []
         if timer is not None:
             timer.cancel()
-            self._sync()
+            pool.release(held, self._sync())
 
-    def _sync(self) -> None:
+    def _sync(self) -> bool:
         try:
             fsync_dir(self.path)
         except OSError as e:
             # The removals are in the page cache; only a crash could undo them now.
             logger.warning("cannot fsync %s: %s", self.path, e.strerror or e)
+            return False
+        return True

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_atomic
+from libcourier.spool import pool
+from libcourier.spool.dirsync import DelayedDirSync
 from libcourier.spool.entry import DataFile, read_entry_envelope
 from libcourier.spool.envelope import (
     MAX_ENVELOPE_BYTES,
@@ -225,6 +227,23 @@ def remove(spooldir: Path, qid: str, *, sync: bool = True) -> None:
         fsync_dir(Path(spooldir) / MSGS)
 
 
+def retire(spooldir: Path, qid: str, removals: DelayedDirSync) -> None:
+    """courierd's removal of a delivered entry: remove(sync=False), except that
+    the entry's file goes into the pool of free files (pool.py) when it may,
+    released to writers by `removals` after the msgs/ fsync that covers it.
+    Only here: every other removal (quarantine, purge) deletes or moves as before."""
+    path = _entry_path(spooldir, qid)
+    held = pool.hold(f"{os.fspath(spooldir)}/{TMP}", path, qid)
+    if held is None:
+        remove(spooldir, qid, sync=False)
+    else:
+        try:
+            os.unlink(path + STATE)
+        except FileNotFoundError:
+            pass
+    removals.changed(held)
+
+
 QUARANTINE = "quarantine"      # 0700: queue entries and maildrop files set aside
 # Commit points first: once they moved, the message is no longer queued, even
 # if a later move fails (a lone .st or .dat left behind is purge_tmp's).
@@ -271,7 +290,9 @@ def _orphans(names: set[str]) -> list[str]:
 
 def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     """Remove leftovers of crashes older than `older_than` seconds: files in
-    tmp/ (writers that died) and _orphans in msgs/. Returns the count."""
+    tmp/ (writers that died; pool files, pool.py) and _orphans in msgs/.
+    Returns the count. Age is the mtime (a writer claiming a pool file sets it
+    to the time of the claim)."""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
     removed = 0

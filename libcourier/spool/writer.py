@@ -5,6 +5,10 @@ placeholder, never past max_size: past it, the writer only counts (`too_big`),
 so the server can read to the end of DATA and answer 552. commit() appends the
 envelope, fills in the header, fsyncs, renames the file into msgs/ and fsyncs
 that directory; only after it returns may the server say 250 (DESIGN.md §8.2).
+
+tmp/<qid> is a free pool file when there is one (pool.py: a delivered entry's
+file, renamed, overwritten in place and truncated to the new length before the
+fsync), else a new file: see pool.py for why.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_all
+from libcourier.spool import pool
 from libcourier.spool.entry import HEADER_LEN, PLACEHOLDER, format_header
 from libcourier.spool.envelope import Envelope, SpoolError, format_envelope
 from libcourier.spool.queue import MSGS, TMP, new_qid
@@ -30,8 +35,19 @@ class SpoolWriter:
         self._tmp = os.path.join(self._tmpdir, self.qid)
         # A raw fd and our own buffer: a BufferedWriter costs an fstat and an lseek
         # a message and adds nothing here (whole chunks come in, one write goes out).
-        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                           0o640)
+        claimed = pool.claim(self._tmpdir, self._tmp)
+        if claimed is None:
+            try:
+                self._fd = self._create()
+            except FileExistsError:
+                # A claimed pool file that was no file could not be removed.
+                self.qid = new_qid()
+                self._tmp = os.path.join(self._tmpdir, self.qid)
+                self._fd = self._create()
+            self._old_size = 0
+        else:
+            self._fd, self._old_size = claimed      # cut to our length at commit
+        self._written = 0
         # The header's place; a message that fits in the buffer gets its real
         # header there, and header, message and envelope go out in one write.
         self._pending = bytearray(PLACEHOLDER)
@@ -39,6 +55,9 @@ class SpoolWriter:
         self._size = 0
         self._too_big = False
         self._done = False
+
+    def _create(self) -> int:
+        return os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
 
     @property
     def size(self) -> int:
@@ -68,6 +87,7 @@ class SpoolWriter:
 
     def _drain(self) -> None:
         write_all(self._fd, self._pending)
+        self._written += len(self._pending)
         self._pending.clear()
         self._drained = True
 
@@ -103,6 +123,9 @@ class SpoolWriter:
             self._drain()
             if on_disk and os.pwrite(self._fd, head, 0) != HEADER_LEN:
                 raise OSError("short write of the queue entry's header")
+            if self._old_size > self._written:
+                # A pool file: nothing of its former message may survive the fsync.
+                os.ftruncate(self._fd, self._written)
             os.fchmod(self._fd, 0o640)      # exact, whatever the umask
             os.fsync(self._fd)
             self._close()

@@ -1,0 +1,261 @@
+"""Spool file recycling (libcourier/spool/pool.py): courierd's delivered entries
+go into a bounded pool in tmp/ once their removal is durable, SpoolWriter
+claims them instead of creating a file, and the committed entry is exactly the
+new message (nothing of the former one survives)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from libcourier.spool import (
+    Envelope,
+    Recipient,
+    SpoolWriter,
+    ensure_spool,
+    list_queue,
+    open_data,
+    pool,
+    purge_tmp,
+    read_envelope,
+    retire,
+    rewrite_envelope,
+)
+from libcourier.spool.dirsync import DelayedDirSync
+from libcourier.spool.entry import format_header
+from libcourier.spool.envelope import format_envelope
+
+ENV = Envelope("bob@example.net", (Recipient("alice@example.com"),), 1700000000.0,
+               client="test")
+
+
+@pytest.fixture(autouse=True)
+def fresh_pool_state(monkeypatch):
+    # The pool's per-process state is module-wide: each test starts without it.
+    monkeypatch.setattr(pool, "_candidates", {})
+    monkeypatch.setattr(pool, "_counts", {})
+    # Tests fill the pool right after a writer found it empty: list again at once.
+    monkeypatch.setattr(pool, "LIST_INTERVAL", 0.0)
+
+
+@pytest.fixture
+def spool(tmp_path):
+    d = tmp_path / "spool"
+    ensure_spool(d)
+    return d
+
+
+def commit(spool, body: bytes, env: Envelope = ENV) -> str:
+    w = SpoolWriter(spool, 0)
+    w.write(body)
+    return w.commit(env)
+
+
+def pool_files(spool, prefix: str = pool.FREE) -> list[str]:
+    return sorted(n for n in os.listdir(spool / "tmp") if n.startswith(prefix))
+
+
+def retire_now(spool, *qids: str) -> None:
+    """courierd's path: retire, then the delayed fsync (flushed at once here)."""
+    sync = DelayedDirSync(spool / "msgs", delay=3600)
+    for qid in qids:
+        retire(spool, qid, sync)
+    sync.flush()
+
+
+def test_a_retired_entry_is_held_until_the_msgs_fsync_then_claimable(spool):
+    qid = commit(spool, b"Subject: one\n\nbody\n")
+    rewrite_envelope(spool, qid, ENV)                   # a .st goes as before
+    sync = DelayedDirSync(spool / "msgs", delay=3600)
+    retire(spool, qid, sync)
+    assert list_queue(spool) == []
+    assert os.listdir(spool / "msgs") == []
+    assert pool_files(spool, pool.HELD) == [f"{pool.HELD}{qid}"]
+    assert pool_files(spool) == []
+    # Not claimable before the fsync: a new message gets a new file.
+    held_ino = os.stat(spool / "tmp" / f"{pool.HELD}{qid}").st_ino
+    other = commit(spool, b"Subject: two\n\nbody\n")
+    assert os.stat(spool / "msgs" / other).st_ino != held_ino
+    sync.flush()
+    assert pool_files(spool, pool.HELD) == []
+    assert pool_files(spool) == [f"{pool.FREE}{qid}"]
+
+
+def test_a_writer_reuses_a_pool_file_and_nothing_of_the_former_message_survives(spool):
+    big = b"Subject: big\n\n" + b"SECRET-OLD-LINE " * 20000 + b"\n"     # 320 KB, past the buffer
+    old = commit(spool, big)
+    ino = os.stat(spool / "msgs" / old).st_ino
+    retire_now(spool, old)
+    small = b"Subject: small\n\nnew\n"
+    new = commit(spool, small)
+    path = spool / "msgs" / new
+    assert os.stat(path).st_ino == ino                  # the same inode, reused
+    env = format_envelope(ENV)
+    assert path.read_bytes() == format_header(len(small), len(env)) + small + env
+    assert oct(os.stat(path).st_mode & 0o7777) == "0o640"
+    with open_data(spool, new) as d:
+        assert d.read() == small
+    assert read_envelope(spool, new) == ENV
+    assert pool_files(spool) == [] and os.listdir(spool / "tmp") == []
+
+
+def test_a_large_message_into_a_small_pool_file(spool):
+    old = commit(spool, b"Subject: s\n\nx\n")
+    retire_now(spool, old)
+    big = b"Subject: big\n\n" + b"".join(b"%06d " % i + b"y" * 70 + b"\n" for i in range(3000))
+    new = commit(spool, big)
+    with open_data(spool, new) as d:
+        assert d.read() == big
+    env = format_envelope(ENV)
+    assert os.path.getsize(spool / "msgs" / new) == len(format_header(len(big), len(env))) \
+        + len(big) + len(env)
+
+
+def test_the_pool_is_bounded(spool, monkeypatch):
+    monkeypatch.setattr(pool, "POOL_MAX", 3)
+    monkeypatch.setattr(pool, "RELIST_EVERY", 2)
+    qids = [commit(spool, b"Subject: %d\n\nx\n" % i) for i in range(12)]
+    retire_now(spool, *qids)
+    # Counted approximately (relisted every RELIST_EVERY): at most that many over.
+    assert 3 <= len(pool_files(spool)) <= 3 + 2
+    assert os.listdir(spool / "msgs") == []             # the rest was unlinked
+    # Writers take from it, and a later relisting makes room again.
+    for i in range(3):
+        commit(spool, b"Subject: again %d\n\nx\n" % i)
+    monkeypatch.setattr(pool, "RELIST_EVERY", 1)
+    more = [commit(spool, b"Subject: more %d\n\nx\n" % i) for i in range(2)]
+    before = len(pool_files(spool))
+    retire_now(spool, *more)
+    assert len(pool_files(spool)) == min(3, before + 2)
+
+
+def test_entries_with_two_links_are_unlinked_not_pooled(spool, tmp_path):
+    qid = commit(spool, b"Subject: linked\n\nx\n")
+    os.link(spool / "msgs" / qid, tmp_path / "elsewhere")
+    retire_now(spool, qid)
+    assert pool_files(spool) == [] and os.listdir(spool / "msgs") == []
+    assert (tmp_path / "elsewhere").read_bytes().endswith(format_envelope(ENV))
+
+
+def test_a_writer_never_writes_through_a_bad_pool_file(spool, tmp_path):
+    tmp = spool / "tmp"
+    target = tmp_path / "target"
+    target.write_bytes(b"keep me")
+    os.symlink(target, tmp / f"{pool.FREE}symlink")
+    linked = tmp_path / "linked"
+    linked.write_bytes(b"keep me too")
+    os.link(linked, tmp / f"{pool.FREE}hardlink")
+    os.mkfifo(tmp / f"{pool.FREE}fifo")
+    os.mkdir(tmp / f"{pool.FREE}dir")
+    os.mkdir(tmp / f"{pool.FREE}fulldir")
+    (tmp / f"{pool.FREE}fulldir" / "x").write_bytes(b"")
+    qids = [commit(spool, b"Subject: %d\n\nx\n" % i) for i in range(8)]   # each claims one
+    assert target.read_bytes() == b"keep me"
+    assert linked.read_bytes() == b"keep me too" and os.stat(linked).st_nlink == 1
+    for q in qids:
+        with open_data(spool, q) as d:
+            assert d.read() == b"Subject: %d\n\nx\n" % qids.index(q)
+    # Claimed and found wrong: unlinked; a directory that cannot be removed stays
+    # under the name it was claimed as, and the writer took another.
+    assert pool_files(spool) == []
+    left = list(tmp.iterdir())
+    assert len(left) == 1 and (left[0] / "x").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own a file as another user")
+def test_the_daemon_account_never_takes_a_pool_file_it_does_not_own(spool, monkeypatch):
+    qid = commit(spool, b"Subject: x\n\nx\n")
+    retire_now(spool, qid)
+    f = spool / "tmp" / f"{pool.FREE}{qid}"
+    os.chown(f, 4242, 4242)
+    monkeypatch.setattr(pool.os, "geteuid", lambda: 65534)
+    new = commit(spool, b"Subject: y\n\ny\n")
+    assert pool_files(spool) == []                  # unlinked, not used
+    assert os.stat(spool / "msgs" / new).st_uid == 0   # created anew
+
+
+def test_a_claim_that_lost_the_race_creates_a_file(spool):
+    qids = [commit(spool, b"Subject: %d\n\nx\n" % i) for i in range(3)]
+    retire_now(spool, *qids)
+    w = SpoolWriter(spool, 0)                 # lists the pool, claims one
+    w.abort()
+    assert len(pool_files(spool)) == 2
+    for n in pool_files(spool):              # another process takes the rest
+        os.unlink(spool / "tmp" / n)
+    new = commit(spool, b"Subject: late\n\nx\n")
+    with open_data(spool, new) as d:
+        assert d.read() == b"Subject: late\n\nx\n"
+    assert os.listdir(spool / "tmp") == []
+
+
+def test_abort_of_a_claimed_file_leaves_nothing_in_tmp(spool):
+    retire_now(spool, commit(spool, b"Subject: x\n\nx\n"))
+    w = SpoolWriter(spool, 10)
+    w.write(b"Subject: too big\n\n" + b"z" * 100)
+    assert w.too_big
+    w.abort()
+    assert os.listdir(spool / "tmp") == [] and list_queue(spool) == []
+
+
+def test_an_empty_pool_is_not_listed_for_every_message(spool, monkeypatch):
+    calls = []
+    real = pool._pool_names
+    monkeypatch.setattr(pool, "_pool_names", lambda d: calls.append(d) or real(d))
+    monkeypatch.setattr(pool, "LIST_INTERVAL", 3600.0)
+    for i in range(5):
+        commit(spool, b"Subject: %d\n\nx\n" % i)
+    assert len(calls) == 1
+    monkeypatch.setattr(pool, "LIST_INTERVAL", 0.0)
+    commit(spool, b"Subject: later\n\nx\n")
+    assert len(calls) == 2
+
+
+def test_purge_tmp_removes_old_pool_files_but_never_a_claimed_one(spool):
+    a, b = (commit(spool, b"Subject: %d\n\nx\n" % i) for i in range(2))
+    retire_now(spool, a, b)
+    old = 100 * 3600
+    for n in pool_files(spool):
+        os.utime(spool / "tmp" / n, (time.time() - old, time.time() - old))
+    w = SpoolWriter(spool, 0)                # claims one: its mtime is now
+    w.write(b"Subject: in flight\n\nx\n")
+    assert purge_tmp(spool) == 1             # the other pool file
+    assert pool_files(spool) == []
+    qid = w.commit(ENV)
+    with open_data(spool, qid) as d:
+        assert d.read() == b"Subject: in flight\n\nx\n"
+
+
+def test_a_failed_msgs_fsync_unlinks_the_held_files(spool):
+    qid = commit(spool, b"Subject: x\n\nx\n")
+    sync = DelayedDirSync(spool / "no-such-dir", delay=3600)
+    retire(spool, qid, sync)
+    sync.flush()
+    assert os.listdir(spool / "tmp") == [] and list_queue(spool) == []
+
+
+def test_concurrent_writers_each_get_their_own_file(spool):
+    qids = [commit(spool, b"Subject: %d\n\nold\n" % i) for i in range(40)]
+    retire_now(spool, *qids)
+    got: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        for i in range(10):
+            body = b"Subject: w%d-%d\n\n" % (n, i) + b"n" * (n * 97 + i)
+            q = commit(spool, body)
+            with lock:
+                got.append((q, body))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(got) == 60 and len({q for q, _ in got}) == 60
+    for q, body in got:
+        with open_data(spool, q) as d:
+            assert d.read() == body
+    assert len(pool_files(spool)) < 40       # the pool served some of them
