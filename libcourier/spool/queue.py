@@ -7,7 +7,14 @@ envelopes (recipients done, the delay warning sent) go into `msgs/<qid>.st`
 (the envelope alone, written the same durable way), which overrides the one in
 the entry and leaves the message untouched. Removal unlinks the entry first
 (then it is no longer queued), then its .st; a crash between the two leaves a
-lone .st, which purge_tmp removes once old. Nothing is written in place.
+lone .st, which purge_tmp removes once old. Nothing in msgs/ is written in place.
+
+A delivered entry (courierd's retire()) is not unlinked but moved to the pool
+of free files in tmp/ (pool.py: `tmp/held.<qid>` until the msgs/ fsync that
+covers its removal, then `tmp/free.<qid>`), and a later SpoolWriter renames one
+to tmp/<its qid> and overwrites it: no inode is allocated or freed per message.
+A pool file still holds its delivered message's octets until it is reused or
+purge_tmp removes it (bounded: pool.POOL_MAX files); it is never in msgs/.
 
 Entries of the former layout, `msgs/<qid>.dat` (the message) plus
 `msgs/<qid>.env` (the envelope, the commit point, rewritten in place of a
