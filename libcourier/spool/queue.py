@@ -299,7 +299,10 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     """Remove leftovers of crashes older than `older_than` seconds: files in
     tmp/ (writers that died; pool files, pool.py) and _orphans in msgs/.
     Returns the count. Age is the mtime (a writer claiming a pool file sets it
-    to the time of the claim)."""
+    to the time of the claim). Held pool files go whatever their age: courierd
+    calls this at its start, and a held file is the last run's (it would only
+    have become free after that run's fsync; removed under a live courierd, its
+    release finds nothing, and the entry was out of msgs/ already)."""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
     removed = 0
@@ -314,7 +317,7 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
         pass
     for p in candidates:
         try:
-            if p.lstat().st_mtime < cutoff:
+            if p.name.startswith(pool.HELD) or p.lstat().st_mtime < cutoff:
                 p.unlink()
                 removed += 1
         except FileNotFoundError:

@@ -259,3 +259,26 @@ def test_concurrent_writers_each_get_their_own_file(spool):
         with open_data(spool, q) as d:
             assert d.read() == body
     assert len(pool_files(spool)) < 40       # the pool served some of them
+
+
+def test_purge_tmp_removes_held_files_of_a_former_run_whatever_their_age(spool):
+    qid = commit(spool, b"Subject: x\n\nx\n")
+    sync = DelayedDirSync(spool / "msgs", delay=3600)
+    retire(spool, qid, sync)                 # courierd killed before its fsync
+    assert pool_files(spool, pool.HELD) == [f"{pool.HELD}{qid}"]
+    assert purge_tmp(spool) == 1
+    sync.flush()                             # nothing left to release: no error
+    assert os.listdir(spool / "tmp") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_root_takes_a_pool_file_of_the_spool_owner(spool):
+    qid = commit(spool, b"Subject: x\n\nx\n")
+    retire_now(spool, qid)
+    f = spool / "tmp" / f"{pool.FREE}{qid}"
+    ino = os.stat(f).st_ino
+    os.chown(spool / "tmp", 4242, 4242)
+    os.chown(f, 4242, 4242)
+    new = commit(spool, b"Subject: y\n\ny\n")
+    assert os.stat(spool / "msgs" / new).st_ino == ino
+    assert os.stat(spool / "msgs" / new).st_uid == 4242
