@@ -200,25 +200,58 @@ print(json.dumps({"before": before, "after": more.in_tmp, "usable": unnamed.usab
 """
 
 
-def test_no_proc_names_the_staged_files_through_a_copy(tmp_path):
-    """/proc unmounted (a private mount namespace): the link through it is
-    refused; the staged unnamed files are copied into tmp/ and delivered as
-    before, and the process writes named tmp/ files from then on."""
+APPEND_CHILD = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from libcourier.maildir import unnamed
+from libcourier.maildir.tmpcreate import write_tmp
+md = Path(sys.argv[2])
+out = []
+for i in range(2):
+    with write_tmp(md, "a%d" % i, b"m%d\\n" % i) as msg:
+        unnamed_before = msg.fd is not None
+        msg.rename(md / "cur" / ("a%d:2," % i), mtime=1e9)
+    out.append(unnamed_before)
+print(json.dumps({"unnamed": out, "usable": unnamed.usable()}))
+"""
+
+
+def _without_proc(script: str, *args: str) -> dict:
+    """Run `script` in a private mount namespace where /proc is unmounted."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare(1) to run without /proc")
-    md = _md(tmp_path)
     try:
         run = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c",
              'umount -l /proc && exec "$0" -c "$1" "$2" "$3"',
-             sys.executable, CHILD, str(ROOT), str(md)],
+             sys.executable, script, str(ROOT), *args],
             capture_output=True, timeout=120, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail("the child without /proc did not finish in 120 s")
     if run.returncode != 0 and b"umount" in run.stderr:
         pytest.skip(f"cannot unmount /proc here: {run.stderr.decode()[:200]}")
     assert run.returncode == 0, run.stderr.decode()
-    res = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+def test_no_proc_names_an_appended_file_through_a_copy(tmp_path):
+    md = _md(tmp_path)
+    res = _without_proc(APPEND_CHILD, str(md))
+    # The first was unnamed (refused at rename: copied, renamed); the second named.
+    assert res == {"unnamed": [True, False], "usable": False}
+    for i in range(2):
+        target = md / "cur" / f"a{i}:2,"
+        assert target.read_bytes() == b"m%d\n" % i and os.stat(target).st_mtime == 1e9
+    assert os.listdir(md / "tmp") == []
+
+
+def test_no_proc_names_the_staged_files_through_a_copy(tmp_path):
+    """/proc unmounted (a private mount namespace): the link through it is
+    refused; the staged unnamed files are copied into tmp/ and delivered as
+    before, and the process writes named tmp/ files from then on."""
+    md = _md(tmp_path)
+    res = _without_proc(CHILD, str(md))
     assert res == {"before": [False, False], "after": True, "usable": False,
                    "names": res["names"]}
     assert [(md / "new" / n).read_bytes() for n in res["names"]] == [b"m0\n", b"m1\n", b"m2\n"]
@@ -226,6 +259,29 @@ def test_no_proc_names_the_staged_files_through_a_copy(tmp_path):
         st = os.stat(md / "new" / n)
         assert NAME_RE.match(n) and f"I{st.st_ino:016X}." in n    # the copy's inode
     assert os.listdir(md / "tmp") == []
+
+
+def test_a_tmp_on_another_file_system_fails_as_before(tmp_path):
+    """tmp/ a symlink to another file system: no link can cross; that is this
+    Maildir's fault, not the system's: O_TMPFILE stays in use."""
+    from libcourier.maildir.tmpcreate import write_tmp
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no /dev/shm on another file system")
+    md = _md(tmp_path)
+    away = Path(tempfile.mkdtemp(prefix="unnamed-tmp-", dir=other))
+    try:
+        os.rmdir(md / "tmp")
+        os.symlink(away, md / "tmp")
+        out = publish_staged([stage_to_maildir(md, [b"x\n"])])
+        assert isinstance(out[0], DeliveryError) and out[0].temporary
+        with pytest.raises(OSError), write_tmp(md, "n", b"x") as msg:
+            msg.rename(md / "cur" / "n:2,")
+        assert os.listdir(away) == [] and os.listdir(md / "new") == []
+        assert os.listdir(md / "cur") == []
+        assert unnamed.usable()
+    finally:
+        shutil.rmtree(away)
 
 
 def _shape(name: str) -> tuple[str, str]:
