@@ -42,8 +42,9 @@ FREE = "free."          # claimable pool file in tmp/
 HELD = "held."          # retired entry waiting for the msgs/ fsync
 POOL_MAX = 512          # files in the pool (held and free), approximately
 RELIST_EVERY = 64       # remover: recount the pool after this many retirements
-LIST_INTERVAL = 1.0     # writer: seconds between listings while the pool yields nothing
+LIST_INTERVAL = 0.2     # writer: seconds between listings while the pool yields nothing
 CLAIM_TRIES = 8         # writer: renames tried for one message before creating a file
+STALE_AFTER = 4         # writer: misses in a row that make it list the pool again
 
 
 def _pool_names(tmpdir: str) -> list[str]:
@@ -131,7 +132,9 @@ def release(held: list[str], synced: bool) -> None:
 
 class _Candidates:
     """This process's shuffled list of pool names from one listing (shuffled,
-    so concurrent writers seldom race for the same file)."""
+    so concurrent writers seldom race for the same file). The pool is
+    released in batches (one per msgs/ fsync, DelayedDirSync.DELAY), so an
+    empty one is listed again after LIST_INTERVAL, not for every message."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -189,7 +192,11 @@ def claim(tmpdir: str, dest: str) -> tuple[int, int] | None:
         try:
             os.rename(f"{tmpdir}/{name}", dest)
         except FileNotFoundError:
-            continue                # another writer's now
+            # Another writer's now. Every process lists the same names, so a
+            # list goes stale fast while the pool is short: list again (once).
+            if tries == STALE_AFTER and not relisted:
+                cands.names.clear()
+            continue
         except OSError:
             return None
         return _open_claimed(dest, cands.dir_owner)

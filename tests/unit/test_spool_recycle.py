@@ -282,3 +282,19 @@ def test_root_takes_a_pool_file_of_the_spool_owner(spool):
     new = commit(spool, b"Subject: y\n\ny\n")
     assert os.stat(spool / "msgs" / new).st_ino == ino
     assert os.stat(spool / "msgs" / new).st_uid == 4242
+
+
+
+def test_a_stale_list_of_names_is_replaced_by_a_fresh_listing(spool):
+    retire_now(spool, *[commit(spool, b"Subject: a%d\n\nx\n" % i) for i in range(12)])
+    commit(spool, b"Subject: lists\n\nx\n")          # this process now holds 11 names
+    for n in pool_files(spool):                      # ... all taken by other writers,
+        os.unlink(spool / "tmp" / n)
+    inodes = set()
+    for i in range(3):                               # ... and others freed meanwhile
+        f = spool / "tmp" / f"{pool.FREE}other{i}"
+        f.write_bytes(b"old message %d\n" % i * 100)
+        inodes.add(os.stat(f).st_ino)
+    new = commit(spool, b"Subject: after\n\nx\n")
+    assert os.stat(spool / "msgs" / new).st_ino in inodes
+    assert len(pool_files(spool)) == 2
