@@ -98,13 +98,13 @@ def hold(tmpdir: str, entry: str, qid: str) -> str | None:
         count = _counts.get(tmpdir)
         if count is None:
             count = _counts[tmpdir] = _Count()
-    if not count.take_slot(tmpdir):
-        return None
     try:
         st = os.lstat(entry)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+        return None
+    if not count.take_slot(tmpdir):
         return None
     held = f"{tmpdir}/{HELD}{qid}"
     try:
