@@ -229,7 +229,8 @@ def _without_proc(script: str, *args: str) -> dict:
             capture_output=True, timeout=120, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail("the child without /proc did not finish in 120 s")
-    if run.returncode != 0 and b"umount" in run.stderr:
+    if run.returncode != 0 and (run.stderr.startswith((b"umount", b"unshare"))):
+        # A container without CAP_SYS_ADMIN: no namespace of our own to do it in.
         pytest.skip(f"cannot unmount /proc here: {run.stderr.decode()[:200]}")
     assert run.returncode == 0, run.stderr.decode()
     return json.loads(run.stdout)
