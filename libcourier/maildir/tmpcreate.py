@@ -14,7 +14,9 @@ The steps (STYLE.md principle 6):
 3. only then set its dates (INTERNALDATE): an old mtime on a file still in
    tmp/ would let a concurrent scan purge it as a stale leftover before the
    rename (commit 340d235; an unnamed file cannot be purged, and the order
-   is kept for the fallback);
+   is kept for the fallback); an unnamed file is then fsync'd again, for its
+   link count (its first fsync wrote 0: on ext4 without a journal fsck would
+   free it after a crash, clearing its name in cur/);
 4. the caller fsyncs cur/ once for all the messages it placed.
 
 Where the system refuses O_TMPFILE or the /proc link (remembered for the
@@ -71,13 +73,24 @@ class TmpMessage:
                 self._named_copy()
                 os.rename(self.path, target)
                 unnamed.refused()
-            else:
-                self._close()
         # The dates are set once in cur/ (module docstring, step 3).
         if stat_from is not None:
             shutil.copystat(stat_from, target)
         elif mtime is not None:
             os.utime(target, (mtime, mtime))
+        if self.fd is not None:
+            # The first fsync wrote the inode with no link: on ext4 without a
+            # journal only the file's own fsync writes its link count (the
+            # caller's fsync of cur/ writes cur/), and fsck frees an inode
+            # found with none, clearing its name: the message lost.
+            try:
+                try:
+                    os.fsync(self.fd)
+                finally:
+                    self._close()
+            except OSError:
+                _remove(target)
+                raise
 
     def discard(self) -> None:
         """Close the unnamed file (it vanishes) or remove the tmp file (nothing

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import libcourier.maildir.delivery as delivery_mod
 from libcourier.maildir import unnamed
 from libcourier.maildir.delivery import (
     DeliveryError,
@@ -312,3 +313,127 @@ def test_corpus_delivered_the_same_either_way(tmp_path, monkeypatch):
     assert out["unnamed"] == out["named"]
     for (_host, size), data in out["unnamed"]:
         assert int(size) == len(data) and b"\r\n" not in data
+
+
+def test_a_linked_file_is_fsynced_with_its_link(tmp_path, monkeypatch):
+    """An unnamed file's inode is written by its first fsync with no link (its
+    link count is 0 until linkat): on ext4 without a journal nothing else
+    writes it again before a crash (the fsync of new/ or cur/ writes the
+    directory), and fsck frees an inode found with no link, and clears its
+    name: the message acknowledged and lost. So each one is fsync'd again
+    once linked, before its directory's fsync reports it delivered."""
+    from libcourier.maildir import tmpcreate
+    events: list[tuple[str, int, int]] = []
+    real_fsync, real_dir = os.fsync, delivery_mod._fsync_dir
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", st.st_ino, st.st_nlink))
+        return real_fsync(fd)
+
+    def fsync_dir(path):
+        events.append(("dir", os.stat(path).st_ino, 0))
+        return real_dir(path)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(delivery_mod, "_fsync_dir", fsync_dir)
+    one, two = _md(tmp_path, "one"), _md(tmp_path, "two")
+    names = publish_staged([stage_to_maildir(md, [b"m%d\n" % i])
+                            for i, md in enumerate([one, two, one])])
+    for md, name in zip([one, two, one], names, strict=True):
+        ino = os.stat(md / "new" / name).st_ino
+        newdir = ("dir", os.stat(md / "new").st_ino, 0)
+        assert ("fsync", ino, 1) in events, name
+        assert events.index(("fsync", ino, 1)) < events.index(newdir)
+    events.clear()
+    with tmpcreate.write_tmp(one, "a", b"appended\n") as msg:
+        msg.rename(one / "cur" / "a:2,", mtime=1e9)
+    st = os.stat(one / "cur" / "a:2,")
+    assert ("fsync", st.st_ino, 1) in events
+    assert st.st_mtime == 1e9
+
+
+@pytest.fixture
+def ext4_without_journal(tmp_path):
+    """A small ext4 file system with no journal on a loop device (the kind of
+    root file system issue 7 measured); yields (mount point, image file).
+    The image file is what the device was sent: a copy of it is the disk
+    after a power loss."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a loop device")
+    for tool in ("mkfs.ext4", "losetup", "mount", "umount", "debugfs", "e2fsck"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool}")
+    img, mnt = tmp_path / "ext4.img", tmp_path / "mnt"
+    mnt.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-b", "4096",
+                    "-I", "256", "-N", "256", str(img)], check=True, timeout=60)
+    made = subprocess.run(["losetup", "--find", "--show", str(img)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"no loop device here: {made.stderr.strip()[:200]}")
+    dev = made.stdout.strip()
+    try:
+        mounted = subprocess.run(["mount", "-t", "ext4", dev, str(mnt)],
+                                 capture_output=True, text=True, timeout=60, check=False)
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a loop device here: {mounted.stderr.strip()[:200]}")
+        try:
+            yield mnt, img
+        finally:
+            subprocess.run(["umount", str(mnt)], timeout=60, check=True)
+    finally:
+        subprocess.run(["losetup", "-d", dev], timeout=60, check=True)
+
+
+def _next_inode_alone(mnt: Path) -> None:
+    """Fill inodes until the next one allocated starts an inode-table block
+    (16 inodes of 256 bytes in 4 KB), and write everything out: that block
+    then holds no other file whose fsync would write the next file's inode
+    by chance."""
+    fill = mnt / "fill"
+    fill.mkdir(exist_ok=True)
+    for _ in range(40):
+        path = fill / f"{len(os.listdir(fill))}"
+        path.touch()
+        if os.stat(path).st_ino % 16 == 0:
+            break
+    else:
+        pytest.fail("no inode ending a 16-inode block in 40 files")
+    os.sync()
+
+
+def _after_power_loss(img: Path, tmp_path: Path, path: str) -> bytes | None:
+    """The file at `path` in the file system as the disk holds it now, after
+    e2fsck -fy (what a boot after a power loss runs): its bytes, or None."""
+    snap = tmp_path / "snap.img"
+    shutil.copyfile(img, snap)
+    fsck = subprocess.run(["e2fsck", "-fy", str(snap)], capture_output=True, timeout=120,
+                          check=False)
+    assert fsck.returncode in (0, 1), fsck.stdout.decode()[-2000:]
+    out = tmp_path / "out"
+    out.unlink(missing_ok=True)
+    subprocess.run(["debugfs", "-R", f"dump {path} {out}", str(snap)], capture_output=True,
+                   timeout=120, check=False)
+    return out.read_bytes() if out.exists() else None
+
+
+def test_a_delivered_message_survives_a_power_loss_on_ext4_without_a_journal(
+        ext4_without_journal, tmp_path):
+    mnt, img = ext4_without_journal
+    md = mnt / "Maildir"
+    ensure_maildir(md)
+    _next_inode_alone(mnt)
+    name = deliver_to_maildir(md, [b"Subject: kept\r\n\r\nbody\r\n"])
+    assert (int(NAME_RE.match(name).group(6), 16) - 1) % 16 == 0, name
+    assert _after_power_loss(img, tmp_path, f"/Maildir/new/{name}") == \
+        b"Subject: kept\n\nbody\n"
+    # APPEND's path: written in tmp/, linked into cur/, cur/ fsync'd.
+    from libcourier.durable import fsync_dir
+    from libcourier.maildir.tmpcreate import write_tmp
+    _next_inode_alone(mnt)
+    with write_tmp(md, "a", b"appended\n") as msg:
+        msg.rename(md / "cur" / "a:2,", mtime=1e9)
+    fsync_dir(md / "cur")
+    assert _after_power_loss(img, tmp_path, "/Maildir/cur/a:2,") == b"appended\n"
