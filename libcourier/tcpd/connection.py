@@ -12,6 +12,12 @@ from pathlib import Path
 
 from libcourier.tcpd.tls import certificate_identity
 
+# A lingering close (Connection.linger, and the listener's refusals): after our FIN,
+# the client's input is read and dropped until its EOF, for at most this long and
+# this many octets; then the socket is closed whatever is left.
+LINGER_SECONDS = 2.0
+LINGER_LIMIT = 1 << 20
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerSpec:
@@ -115,7 +121,7 @@ class Connection:
         except ssl.SSLZeroReturnError:
             return b""
 
-    def linger(self, seconds: float = 2.0, limit: int = 1 << 20) -> None:
+    def linger(self, seconds: float = LINGER_SECONDS, limit: int = LINGER_LIMIT) -> None:
         """Half-close after our last reply, then read and drop what the client still
         sends until its EOF, for at most `seconds` and `limit` octets.
 

@@ -4,7 +4,10 @@ One warm parent per service: it has imported everything, built the TLS context
 and loaded the access file, then forks one child per connection. The parent
 never reads client data. A refused connection (access file deny, MAXDAEMONS,
 MAXPERIP) is answered by the parent itself: it writes deny_reply/busy_reply
-without blocking and closes, so a flood of refused clients costs no forks. On a
+without blocking and half-closes, so a flood of refused clients costs no forks.
+The socket then lingers in the loop (read and dropped until the client's EOF, at
+most 2 s and 1 MiB, at most MAX_LINGERING at once): a close with unread input
+would make the kernel answer RST, which can destroy the reply. On a
 TLS-on-connect port the parent cannot speak before the handshake, so there it
 closes without a reply (the client sees the connection drop, as with
 couriertcpd when no -denymsg applies).
@@ -62,6 +65,8 @@ from libcourier.privsep import drop_to_daemon
 from libcourier.proctitle import set_title
 from libcourier.tcpd.access import ALLOW_ALL, AccessDecision, AccessRules, load_access
 from libcourier.tcpd.connection import (
+    LINGER_LIMIT,
+    LINGER_SECONDS,
     Connection,
     Handler,
     ListenerSpec,
@@ -88,6 +93,7 @@ MAX_KEY = 4096             # octets of a warm worker's key
 WARM_REPLY_TIMEOUT = 10.0  # seconds a login child waits for the listener's T/N
 _UCRED = struct.Struct("3i")   # struct ucred: pid, uid, gid
 _HIBERNATION = "hibernation"   # the selector's tag of the hibernation socket
+MAX_LINGERING = 256        # refused sockets drained at once; past that closed at once
 
 Loader = Callable[[], tuple[ListenerSpec, Handler]]
 
@@ -111,6 +117,9 @@ def _after_fork_in_child() -> None:
         for sleeper in _current.sleepers.values():
             sleeper.sock.close()
         _current.sleepers.clear()
+        for refused in _current.refused.values():
+            refused.sock.close()
+        _current.refused.clear()
         _current.wake_heap.clear()
         for warm in _current.warm.values():
             warm.ctl.close()
@@ -182,17 +191,28 @@ def bind_addresses(addresses: tuple[tuple[str, int], ...]) -> list[socket.socket
     return bound
 
 
-def _refuse(sock: socket.socket, reply: bytes, tls_port: bool) -> None:
-    """Answer a refused client without ever blocking the listener, then close."""
+def _answer(sock: socket.socket, reply: bytes, tls_port: bool) -> bool:
+    """Send a refused client its reply (one non-blocking send: a client that does not
+    read gets what fits) and our FIN; False when the socket is already unusable."""
     try:
         sock.setblocking(False)
         if reply and not tls_port:
             sock.send(reply)
         sock.shutdown(socket.SHUT_WR)
     except OSError:
-        pass
-    finally:
-        sock.close()
+        return False
+    return True
+
+
+@dataclass(slots=True, eq=False)
+class _Refused:
+    """A refused client's socket after our reply and FIN: what it still sends is read
+    and dropped until its EOF (a lingering close, as Connection.linger does in a child),
+    so closing it with unread input does not make the kernel answer RST, which can
+    destroy the reply before the client read it (it sees ECONNRESET and no reason)."""
+    sock: socket.socket
+    left: int                # octets still read and dropped before closing anyway
+    deadline: float          # monotonic time it is closed anyway
 
 
 @dataclass(slots=True, eq=False)
@@ -358,10 +378,12 @@ class _Listener:
         self.generation = 0                     # bumped by reload: older children retire
         self.worker_generation: dict[int, int] = {}
         self.pending: set[int] = set()
-        # Hibernated connections by descriptor, and their deadlines (a heap).
+        # Hibernated connections and lingering refused sockets by descriptor, and
+        # their deadlines (one heap for both).
         self.hsock: socket.socket | None = None
         self.sleepers: dict[int, _Sleeper] = {}
-        self.wake_heap: list[tuple[float, int, _Sleeper]] = []
+        self.refused: dict[int, _Refused] = {}
+        self.wake_heap: list[tuple[float, int, _Sleeper | _Refused]] = []
         # Idle warm workers by pid (oldest first), the generation each child was
         # forked in (a warm worker runs its generation's handler), and the pids that
         # ever offered themselves (user processes: never asked for a worker).
@@ -715,7 +737,7 @@ class _Listener:
 
     def _drop_sleeper(self, sleeper: _Sleeper, reply: bytes = b"") -> None:
         self._forget(sleeper)
-        _refuse(sleeper.sock, reply, False)
+        self.refuse(sleeper.sock, reply, False)
         self._release_ip(sleeper.ip)
         self._title()
 
@@ -749,17 +771,79 @@ class _Listener:
         self._title()
 
     def expire_sleepers(self, now: float) -> None:
-        """Autologout of sleeping connections (hibernate_linger); the next deadline."""
+        """Autologout of sleeping connections (hibernate_linger), and the end of
+        refused sockets' lingering close (LINGER_SECONDS)."""
         while self.wake_heap and self.wake_heap[0][0] <= now:
-            _deadline, fd, sleeper = heapq.heappop(self.wake_heap)
-            if self.sleepers.get(fd) is sleeper:
-                log.info("hibernated client [%s] idle for too long", sleeper.ip)
-                self._drop_sleeper(sleeper, self.spec.hibernate_bye)
+            _deadline, fd, item = heapq.heappop(self.wake_heap)
+            if isinstance(item, _Refused):
+                if self.refused.get(fd) is item:
+                    self._close_refused(item)
+            elif self.sleepers.get(fd) is item:
+                log.info("hibernated client [%s] idle for too long", item.ip)
+                self._drop_sleeper(item, self.spec.hibernate_bye)
 
     def _next_deadline(self) -> float | None:
-        while self.wake_heap and self.sleepers.get(self.wake_heap[0][1]) is not self.wake_heap[0][2]:
-            heapq.heappop(self.wake_heap)        # woken or dropped since
-        return self.wake_heap[0][0] if self.wake_heap else None
+        while self.wake_heap:
+            _deadline, fd, item = self.wake_heap[0]
+            if self.sleepers.get(fd) is item or self.refused.get(fd) is item:
+                return self.wake_heap[0][0]
+            heapq.heappop(self.wake_heap)        # woken, dropped or closed since
+        return None
+
+    # -- refused clients -----------------------------------------------------
+
+    def refuse(self, sock: socket.socket, reply: bytes, tls_port: bool) -> None:
+        """Answer a refused client (access deny, MAXDAEMONS, MAXPERIP, fork failure, a
+        dropped sleeper) without ever blocking the listener, then close lingering:
+        the socket stays in the loop, its input read and dropped, until the client's
+        EOF, an error, LINGER_SECONDS or LINGER_LIMIT octets. At most MAX_LINGERING
+        at a time; past that it is closed at once (a flood must not make the listener
+        hold sockets without limit: those clients may see a reset, as before).
+
+        On a TLS-on-connect port nothing is said (no handshake yet), but the client's
+        ClientHello is usually unread: lingering turns the reset it would get into an
+        orderly EOF, so it sees "closed by the server", not a network error.
+
+        A lingering socket counts for neither MAXDAEMONS nor MAXPERIP. couriertcpd
+        refuses in a forked child that writes -denymsg and exits at once, holding its
+        slot only for that write, never waiting on the client; counting ours would
+        let a refused client (it costs no process) hold a slot 2 s longer, so one that
+        keeps reconnecting would stay refused and a flood of refusals would shut out
+        clients that would be served. MAX_LINGERING bounds them instead.
+        """
+        if not _answer(sock, reply, tls_port) or self.selector is None \
+                or len(self.refused) >= MAX_LINGERING:
+            sock.close()
+            return
+        refused = _Refused(sock, LINGER_LIMIT, time.monotonic() + LINGER_SECONDS)
+        fd = sock.fileno()
+        try:
+            self.selector.register(sock, selectors.EVENT_READ, refused)
+        except (KeyError, ValueError, OSError):
+            sock.close()
+            return
+        self.refused[fd] = refused
+        heapq.heappush(self.wake_heap, (refused.deadline, fd, refused))
+
+    def drain_refused(self, refused: _Refused) -> None:
+        """A lingering refused socket is readable: drop what came (one non-blocking
+        read per wakeup, so a fast sender cannot keep the loop here); close at EOF,
+        an error or past the octet limit."""
+        try:
+            data = refused.sock.recv(min(refused.left, 65536))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        refused.left -= len(data)
+        if not data or refused.left <= 0:
+            self._close_refused(refused)
+
+    def _close_refused(self, refused: _Refused) -> None:
+        fd = refused.sock.fileno()
+        if self.refused.get(fd) is refused:
+            del self.refused[fd]
+        self._unregister_and_close(refused.sock)
 
     # -- accepting -----------------------------------------------------------
 
@@ -791,7 +875,7 @@ class _Listener:
         decision: AccessDecision = ALLOW_ALL if self.rules is None else self.rules.check(peer_ip)
         if not decision.allow:
             log.info("Access denied for %s", peer_ip)
-            _refuse(sock, spec.deny_reply, tls_port)
+            self.refuse(sock, spec.deny_reply, tls_port)
             return
         maxperip = spec.maxperip
         if decision.env.get("MAXCPERIP", "").isdigit():
@@ -803,11 +887,11 @@ class _Listener:
             self.reap()
         if 0 < spec.maxdaemons <= self._connections() + len(self.idle) and not self.idle:
             log.warning("Maximum connection limit reached for %s", peer_ip)
-            _refuse(sock, spec.busy_reply, tls_port)
+            self.refuse(sock, spec.busy_reply, tls_port)
             return
         if 0 < maxperip <= self.per_ip[peer_ip]:
             log.warning("Maximum connection limit per IP reached for %s", peer_ip)
-            _refuse(sock, spec.busy_reply, tls_port)
+            self.refuse(sock, spec.busy_reply, tls_port)
             return
         local = sock.getsockname()
         local_ip, local_port = plain_ip(local[0]), local[1]
@@ -831,7 +915,7 @@ class _Listener:
         pid = self._fork(sock, Connection(sock, peer_ip, peer_port, local_ip, local_port,
                                           False, env), ctl, ctl_child)
         if pid is None:
-            _refuse(sock, spec.busy_reply, tls_port)
+            self.refuse(sock, spec.busy_reply, tls_port)
             return
         if ctl is not None and ctl_child is not None:
             ctl_child.close()
@@ -1014,6 +1098,8 @@ class _Listener:
             self._drop_warm(pid)
         for sleeper in list(self.sleepers.values()):
             self._drop_sleeper(sleeper)
+        for refused in list(self.refused.values()):   # dropped sleepers' too
+            self._close_refused(refused)
         self.wake_heap.clear()
         if self.hsock is not None:
             self._unregister_and_close(self.hsock)
@@ -1120,6 +1206,9 @@ class _Listener:
                     elif isinstance(key.data, _Sleeper):
                         if self.sleepers.get(key.fd) is key.data:   # still asleep
                             self.wake(key.data)
+                    elif isinstance(key.data, _Refused):
+                        if self.refused.get(key.fd) is key.data:    # still lingering
+                            self.drain_refused(key.data)
                     elif not (self.pending & {signal.SIGTERM, signal.SIGINT}):
                         self.reap()
                         self.accept_from(key.data)
