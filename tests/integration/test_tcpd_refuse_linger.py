@@ -141,12 +141,15 @@ def test_lingering_is_bounded_ends_at_the_deadline_and_blocks_nobody(server_fact
         if flood < LINGER_SECONDS / 2:
             # Nothing reached its deadline yet: the bound itself was hit.
             assert most == MAX_LINGERING, (most, flood)
-        # Meanwhile another address is served at once.
+        # Meanwhile another address is served at once, by a child that holds no
+        # copy of the lingering sockets (the listener's deadline must end them).
         t0 = time.monotonic()
         with srv.connect(source="127.0.0.2") as other:
             assert readline(other).startswith(b"+OK echod [127.0.0.2]")
-            other.sendall(b"ECHO hi\r\n")
-            assert readline(other) == b"+OK hi\r\n"
+            other.sendall(b"PID\r\n")
+            child = psutil.Process(int(readline(other).split()[1]))
+            mine = [c for c in child.net_connections(kind="tcp") if c.raddr]
+            assert [c.raddr[0] for c in mine] == ["127.0.0.2"], mine
         assert time.monotonic() - t0 < IO_TIMEOUT
         # The clients never sent EOF: the deadline closes every lingering socket.
         wait_for(lambda: listener.num_fds() <= base, LINGER_SECONDS + IO_TIMEOUT,
