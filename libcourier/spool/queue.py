@@ -241,14 +241,18 @@ def retire(spooldir: Path, qid: str, removals: DelayedDirSync) -> None:
     Only here: every other removal (quarantine, purge) deletes or moves as before."""
     path = _entry_path(spooldir, qid)
     held = pool.hold(f"{os.fspath(spooldir)}/{TMP}", path, qid)
-    if held is None:
-        remove(spooldir, qid, sync=False)
-    else:
-        try:
-            os.unlink(path + STATE)
-        except FileNotFoundError:
-            pass
-    removals.changed(held)
+    try:
+        if held is None:
+            remove(spooldir, qid, sync=False)
+        else:
+            try:
+                os.unlink(path + STATE)
+            except FileNotFoundError:
+                pass
+    finally:
+        # Even if the .st could not go (left for purge_tmp): the entry is out
+        # of msgs/, and its held file would otherwise wait for a restart.
+        removals.changed(held)
 
 
 QUARANTINE = "quarantine"      # 0700: queue entries and maildrop files set aside

@@ -298,3 +298,20 @@ def test_a_stale_list_of_names_is_replaced_by_a_fresh_listing(spool):
     new = commit(spool, b"Subject: after\n\nx\n")
     assert os.stat(spool / "msgs" / new).st_ino in inodes
     assert len(pool_files(spool)) == 2
+
+
+def test_a_held_file_is_released_even_when_removing_the_st_fails(spool):
+    # A failure between retire's two steps (the entry moved, its .st not
+    # removable): the entry is out of msgs/ all the same, so its file must
+    # still be released after the fsync, not stay held until courierd restarts.
+    qid = commit(spool, b"Subject: x\n\nx\n")
+    st = spool / "msgs" / f"{qid}.st"
+    st.mkdir()
+    (st / "x").write_bytes(b"")                  # unlink() fails with EISDIR
+    sync = DelayedDirSync(spool / "msgs", delay=3600)
+    with pytest.raises(OSError):
+        retire(spool, qid, sync)
+    assert list_queue(spool) == []
+    sync.flush()
+    assert pool_files(spool, pool.HELD) == []
+    assert pool_files(spool) == [f"{pool.FREE}{qid}"]
