@@ -353,13 +353,8 @@ def _named_copy(s: Staged) -> Staged:
     fd, name = _create_tmp(f"{s.maildir}/tmp")
     copy = Staged(s.maildir, fd, name, s.size, True)
     try:
-        offset = 0
-        while offset < s.size:
-            block = os.pread(s.fd, min(CHUNK, s.size - offset), offset)
-            if not block:
-                raise OSError(errno.EIO, f"{s.size - offset} bytes short reading back")
+        for block in unnamed.read_back(s.fd, s.size, CHUNK):
             write_all(fd, block)
-            offset += len(block)
     except BaseException:
         discard_staged([copy])
         raise

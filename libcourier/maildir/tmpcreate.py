@@ -32,10 +32,9 @@ removes the tmp file, and the error goes to the caller as it was raised
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -109,7 +108,8 @@ class TmpMessage:
         """The unnamed file's bytes into self.path (O_EXCL, fsync'd); then it
         is closed and self.path is the message."""
         if self.fd is not None:
-            _write(self.path, self.mode, _read_back(self.fd, self.stat.st_size))
+            _write(self.path, self.mode,
+                   unnamed.read_back(self.fd, self.stat.st_size, CHUNK))
             self._close()
 
     def __enter__(self) -> TmpMessage:
@@ -119,16 +119,6 @@ class TmpMessage:
                  tb: TracebackType | None) -> None:
         if kind is not None or self.fd is not None:
             self.discard()
-
-
-def _read_back(fd: int, size: int) -> Iterator[bytes]:
-    offset = 0
-    while offset < size:
-        block = os.pread(fd, min(CHUNK, size - offset), offset)
-        if not block:
-            raise OSError(errno.EIO, f"{size - offset} bytes short reading back")
-        yield block
-        offset += len(block)
 
 
 def write_tmp(folder: Path, name: str, source: bytes | os.PathLike[str], *,

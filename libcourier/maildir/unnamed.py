@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 
 # open(2): EISDIR/ENOENT from kernels older than 3.11 (O_TMPFILE includes
 # O_DIRECTORY), EOPNOTSUPP from a file system without it, EINVAL from one
@@ -105,3 +106,15 @@ def link(fd: int, target: str) -> None:
         if e.errno == errno.ENOENT and os.path.exists(proc):
             raise           # /proc is there: it is the target's directory that is not
         raise LinkRefused(e) from None
+
+
+def read_back(fd: int, size: int, chunk: int) -> Iterator[bytes]:
+    """The first `size` bytes of the file open at `fd`, `chunk` at a time: what
+    the named copy of a file whose link was refused is written from."""
+    offset = 0
+    while offset < size:
+        block = os.pread(fd, min(chunk, size - offset), offset)
+        if not block:
+            raise OSError(errno.EIO, f"{size - offset} bytes short reading back")
+        yield block
+        offset += len(block)
