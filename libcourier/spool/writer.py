@@ -47,7 +47,6 @@ class SpoolWriter:
             self._old_size = 0
         else:
             self._fd, self._old_size = claimed      # cut to our length at commit
-        self._written = 0
         # The header's place; a message that fits in the buffer gets its real
         # header there, and header, message and envelope go out in one write.
         self._pending = bytearray(PLACEHOLDER)
@@ -87,7 +86,6 @@ class SpoolWriter:
 
     def _drain(self) -> None:
         write_all(self._fd, self._pending)
-        self._written += len(self._pending)
         self._pending.clear()
         self._drained = True
 
@@ -123,9 +121,10 @@ class SpoolWriter:
             self._drain()
             if on_disk and os.pwrite(self._fd, head, 0) != HEADER_LEN:
                 raise OSError("short write of the queue entry's header")
-            if self._old_size > self._written:
+            length = HEADER_LEN + self._size + len(env)     # what went out
+            if self._old_size > length:
                 # A pool file: nothing of its former message may survive the fsync.
-                os.ftruncate(self._fd, self._written)
+                os.ftruncate(self._fd, length)
             os.fchmod(self._fd, 0o640)      # exact, whatever the umask
             os.fsync(self._fd)
             self._close()

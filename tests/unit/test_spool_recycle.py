@@ -315,3 +315,14 @@ def test_a_held_file_is_released_even_when_removing_the_st_fails(spool):
     sync.flush()
     assert pool_files(spool, pool.HELD) == []
     assert pool_files(spool) == [f"{pool.FREE}{qid}"]
+
+
+def test_a_large_message_into_a_larger_pool_file_is_cut_to_its_length(spool):
+    # Both past the buffer: the new one is drained in pieces, its header
+    # written last, and the file still ends exactly where its envelope ends.
+    old = commit(spool, b"Subject: old\n\n" + b"OLD-OCTETS " * 40000)
+    retire_now(spool, old)
+    body = b"Subject: new\n\n" + b"n" * 150000
+    new = commit(spool, body)
+    env = format_envelope(ENV)
+    assert (spool / "msgs" / new).read_bytes() == format_header(len(body), len(env)) + body + env
