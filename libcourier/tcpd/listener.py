@@ -47,6 +47,7 @@ import heapq
 import json
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -202,6 +203,13 @@ def _answer(sock: socket.socket, reply: bytes, tls_port: bool) -> bool:
     except OSError:
         return False
     return True
+
+
+def _lingering_bound() -> int:
+    """MAX_LINGERING, or a quarter of our descriptor limit when that is less: a
+    lingering close is a courtesy, never worth a descriptor a session needs."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_LINGERING if soft == resource.RLIM_INFINITY else min(MAX_LINGERING, soft // 4)
 
 
 @dataclass(slots=True, eq=False)
@@ -383,6 +391,7 @@ class _Listener:
         self.hsock: socket.socket | None = None
         self.sleepers: dict[int, _Sleeper] = {}
         self.refused: dict[int, _Refused] = {}
+        self.max_lingering = _lingering_bound()
         self.wake_heap: list[tuple[float, int, _Sleeper | _Refused]] = []
         # Idle warm workers by pid (oldest first), the generation each child was
         # forked in (a warm worker runs its generation's handler), and the pids that
@@ -797,7 +806,7 @@ class _Listener:
         dropped sleeper) without ever blocking the listener, then close lingering:
         the socket stays in the loop, its input read and dropped, until the client's
         EOF, an error, LINGER_SECONDS or LINGER_LIMIT octets. At most MAX_LINGERING
-        at a time; past that it is closed at once (a flood must not make the listener
+        (or a quarter of RLIMIT_NOFILE) at a time; past that it is closed at once (a flood must not make the listener
         hold sockets without limit: those clients may see a reset, as before).
 
         On a TLS-on-connect port nothing is said (no handshake yet), but the client's
@@ -812,7 +821,7 @@ class _Listener:
         clients that would be served. MAX_LINGERING bounds them instead.
         """
         if not _answer(sock, reply, tls_port) or self.selector is None \
-                or len(self.refused) >= MAX_LINGERING:
+                or len(self.refused) >= self.max_lingering:
             sock.close()
             return
         refused = _Refused(sock, LINGER_LIMIT, time.monotonic() + LINGER_SECONDS)
