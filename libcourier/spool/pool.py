@@ -18,7 +18,9 @@ the queue looks there; purge_tmp removes old files there by age):
   claim is that rename: ENOENT means another writer took it first), opens it
   without O_CREAT or O_TRUNC, overwrites it from offset 0 (the blocks are
   reused in place, nothing is allocated or freed) and truncates it to the new
-  entry's length before its fsync, so no octet of the former message remains.
+  entry's length before its fsync, so no octet of the former message remains;
+  it also sets a later mtime than the former message's (courierlocal's
+  journal tells delivered files apart by dev:ino:size:mtime_ns).
 
 Only a regular file with one link owned by the process's uid enters the pool,
 and a claimed file is checked again (fstat: regular, one link, owner) before a
@@ -45,6 +47,7 @@ RELIST_EVERY = 64       # remover: recount the pool after this many retirements
 LIST_INTERVAL = 0.2     # writer: seconds between listings while the pool yields nothing
 CLAIM_TRIES = 8         # writer: renames tried for one message before creating a file
 STALE_AFTER = 4         # writer: misses in a row that make it list the pool again
+OLD_FILE = 3600 * 10**9  # ns: a pool file older gets its mtime set at its claim (purge_tmp: 36 h)
 
 
 def _pool_names(tmpdir: str) -> list[str]:
@@ -171,10 +174,12 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def claim(tmpdir: str, dest: str) -> tuple[int, int] | None:
+def claim(tmpdir: str, dest: str) -> tuple[int, int, int] | None:
     """Take a free pool file as `dest` (a new name in tmpdir) and open it for
-    writing: (fd, its current size), or None when the pool has nothing usable
-    (the caller creates `dest` with O_EXCL; nothing is left at `dest`)."""
+    writing: (fd, its current size, its former message's mtime in ns), or None
+    when the pool has nothing usable (the caller creates `dest` with O_EXCL;
+    nothing is left at `dest`). The caller sets the mtime after its last
+    write to a later one (courierlocal's journal tells files apart by it)."""
     cands = _candidates.get(tmpdir)
     if cands is None:
         cands = _candidates[tmpdir] = _Candidates()
@@ -203,7 +208,7 @@ def claim(tmpdir: str, dest: str) -> tuple[int, int] | None:
     return None
 
 
-def _open_claimed(path: str, dir_owner: int) -> tuple[int, int] | None:
+def _open_claimed(path: str, dir_owner: int) -> tuple[int, int, int] | None:
     # O_NOFOLLOW: never write through a symlink; O_NONBLOCK: a FIFO fails at
     # once (ENXIO) instead of hanging the writer (no effect on a regular file).
     fd = -1
@@ -213,10 +218,12 @@ def _open_claimed(path: str, dir_owner: int) -> tuple[int, int] | None:
         euid = os.geteuid()
         owner_ok = st.st_uid == euid or (euid == 0 and st.st_uid == dir_owner)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and owner_ok:
-            # Its mtime is its former message's: now, so that purge_tmp (by
-            # mtime) never takes a file being written for an old leftover.
-            os.utime(fd)
-            return fd, st.st_size
+            # Its mtime is its former message's: an old one is set to now, so
+            # that purge_tmp (by mtime) never takes a file being written for a
+            # leftover (a small message is written only at its commit).
+            if st.st_mtime_ns < time.time_ns() - OLD_FILE:
+                os.utime(fd)
+            return fd, st.st_size, st.st_mtime_ns
     except OSError:
         pass
     if fd >= 0:

@@ -302,8 +302,8 @@ def _orphans(names: set[str]) -> list[str]:
 def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     """Remove leftovers of crashes older than `older_than` seconds: files in
     tmp/ (writers that died; pool files, pool.py) and _orphans in msgs/.
-    Returns the count. Age is the mtime (a writer claiming a pool file sets it
-    to the time of the claim). Held pool files go whatever their age: courierd
+    Returns the count. Age is the mtime (a writer claiming a pool file older
+    than pool.OLD_FILE sets it to the time of the claim). Held pool files go whatever their age: courierd
     calls this at its start, and a held file is the last run's (it would only
     have become free after that run's fsync; removed under a live courierd, its
     release finds nothing, and the entry was out of msgs/ already)."""

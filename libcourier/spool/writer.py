@@ -7,13 +7,14 @@ envelope, fills in the header, fsyncs, renames the file into msgs/ and fsyncs
 that directory; only after it returns may the server say 250 (DESIGN.md §8.2).
 
 tmp/<qid> is a free pool file when there is one (pool.py: a delivered entry's
-file, renamed, overwritten in place and truncated to the new length before the
-fsync), else a new file: see pool.py for why.
+file, renamed, overwritten in place, truncated to the new length and given a
+later mtime before the fsync), else a new file: see pool.py for why.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_all
@@ -44,9 +45,10 @@ class SpoolWriter:
                 self.qid = new_qid()
                 self._tmp = os.path.join(self._tmpdir, self.qid)
                 self._fd = self._create()
-            self._old_size = 0
+            self._old_size, self._old_mtime = 0, None
         else:
-            self._fd, self._old_size = claimed      # cut to our length at commit
+            # Cut to our length and given a later mtime at commit.
+            self._fd, self._old_size, self._old_mtime = claimed
         # The header's place; a message that fits in the buffer gets its real
         # header there, and header, message and envelope go out in one write.
         self._pending = bytearray(PLACEHOLDER)
@@ -125,6 +127,12 @@ class SpoolWriter:
             if self._old_size > length:
                 # A pool file: nothing of its former message may survive the fsync.
                 os.ftruncate(self._fd, length)
+            if self._old_mtime is not None:
+                # After the last write: courierlocal's journal knows a delivered
+                # file by dev:ino:size:mtime_ns, and a coarse clock (one tick) or
+                # one stepped back could give this message its former one's.
+                now = time.time_ns()
+                os.utime(self._fd, ns=(now, max(now, self._old_mtime + 1)))
             os.fchmod(self._fd, 0o640)      # exact, whatever the umask
             os.fsync(self._fd)
             self._close()

@@ -326,3 +326,22 @@ def test_a_large_message_into_a_larger_pool_file_is_cut_to_its_length(spool):
     new = commit(spool, body)
     env = format_envelope(ENV)
     assert (spool / "msgs" / new).read_bytes() == format_header(len(body), len(env)) + body + env
+
+
+def test_a_reused_file_never_gets_its_former_messages_journal_key(spool):
+    # courierlocal's journal names a delivered spool file by dev:ino:size:
+    # mtime_ns (courier_deliver.localjournal.file_key) and answers a request
+    # for a known key and recipient OK without delivering. A reused inode with
+    # a message of the same size must therefore get a later mtime than its
+    # former message, whatever the clock says: with a coarse clock (kernels
+    # before 6.13: one tick, 4 ms) or one stepped back, "now" can be that mtime.
+    old = commit(spool, b"Subject: x\n\n" + b"a" * 4000)
+    p = spool / "msgs" / old
+    future = time.time_ns() + 3600 * 10**9          # the clock went back an hour since
+    os.utime(p, ns=(future, future))
+    st_old = os.stat(p)
+    retire_now(spool, old)
+    new = commit(spool, b"Subject: x\n\n" + b"b" * 4000)
+    st_new = os.stat(spool / "msgs" / new)
+    assert (st_new.st_ino, st_new.st_size) == (st_old.st_ino, st_old.st_size)
+    assert st_new.st_mtime_ns > st_old.st_mtime_ns
