@@ -8,7 +8,8 @@ one inode per message, so under load each new spool file cost the SMTP server
 (the Maildirs) slower too. Reusing the files allocates and frees nothing.
 
 The pool lives in SPOOLDIR/tmp/, beside the files being written (no listing of
-the queue looks there; purge_tmp removes old files there by age):
+the queue looks there; purge_tmp, at courierd's start, removes old files there
+by age and every pool file):
 
 - `held.<qid>`: a delivered entry that courierd moved out of msgs/ (retire()),
   waiting for the msgs/ fsync that makes its removal durable. It is not
@@ -28,7 +29,7 @@ writer keeps it; anything else is unlinked and the writer creates a file as
 before. The pool holds at most POOL_MAX files (counted approximately: the
 remover relists every RELIST_EVERY removals). Privacy: a pool file holds a
 delivered message's octets until it is reused (or removed by purge_tmp, at
-courierd's start, once older than its age); the spool is 0750 and the files
+courierd's start: every pool file, see there); the spool is 0750 and the files
 0640, as when the message was queued.
 """
 

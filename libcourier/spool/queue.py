@@ -301,12 +301,16 @@ def _orphans(names: set[str]) -> list[str]:
 
 def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     """Remove leftovers of crashes older than `older_than` seconds: files in
-    tmp/ (writers that died; pool files, pool.py) and _orphans in msgs/.
-    Returns the count. Age is the mtime (a writer claiming a pool file older
-    than pool.OLD_FILE sets it to the time of the claim). Held pool files go whatever their age: courierd
-    calls this at its start, and a held file is the last run's (it would only
-    have become free after that run's fsync; removed under a live courierd, its
-    release finds nothing, and the entry was out of msgs/ already)."""
+    tmp/ (writers that died) and _orphans in msgs/. Returns the count. Age is
+    the mtime (a writer claiming a pool file older than pool.OLD_FILE sets it
+    to the time of the claim, so an old one being written is not taken).
+    The pool's files (pool.py) go whatever their age: courierd calls this at
+    its start. A held file is the last run's (it would only have become free
+    after that run's fsync). A free name may be stale: tmp/ is never fsync'd,
+    so after a machine crash it can name an inode that is a queued entry now,
+    which would become claimable as soon as that entry is unlinked, before the
+    msgs/ fsync covering the unlink. (Removed under a live courierd, a held
+    file's release finds nothing, and its entry was out of msgs/ already.)"""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
     removed = 0
@@ -321,7 +325,7 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
         pass
     for p in candidates:
         try:
-            if p.name.startswith(pool.HELD) or p.lstat().st_mtime < cutoff:
+            if p.name.startswith((pool.HELD, pool.FREE)) or p.lstat().st_mtime < cutoff:
                 p.unlink()
                 removed += 1
         except FileNotFoundError:

@@ -345,3 +345,20 @@ def test_a_reused_file_never_gets_its_former_messages_journal_key(spool):
     st_new = os.stat(spool / "msgs" / new)
     assert (st_new.st_ino, st_new.st_size) == (st_old.st_ino, st_old.st_size)
     assert st_new.st_mtime_ns > st_old.st_mtime_ns
+
+
+def test_after_a_crash_no_stale_pool_name_serves_a_file_before_its_removal_is_durable(spool):
+    # tmp/ is never fsync'd: after a power loss (journal-less ext4, then fsck)
+    # tmp/ can still hold free.<x> for an inode that is now a queued entry
+    # (two names, two links). Kept, it would become claimable the moment
+    # courierd unlinks that entry, before the msgs/ fsync covering the unlink:
+    # a second crash then brings the entry back over another message.
+    qid = commit(spool, b"Subject: queued\n\nx\n")
+    ino = os.stat(spool / "msgs" / qid).st_ino
+    os.link(spool / "msgs" / qid, spool / "tmp" / f"{pool.FREE}stale")
+    purge_tmp(spool)                                 # courierd's start
+    sync = DelayedDirSync(spool / "msgs", delay=3600)
+    retire(spool, qid, sync)                         # delivered; fsync not yet
+    new = commit(spool, b"Subject: next\n\ny\n")
+    assert os.stat(spool / "msgs" / new).st_ino != ino
+    sync.flush()
