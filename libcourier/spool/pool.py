@@ -23,14 +23,15 @@ by age and every pool file):
   it also sets a later mtime than the former message's (courierlocal's
   journal tells delivered files apart by dev:ino:size:mtime_ns).
 
-Only a regular file with one link owned by the process's uid enters the pool,
-and a claimed file is checked again (fstat: regular, one link, owner) before a
-writer keeps it; anything else is unlinked and the writer creates a file as
-before. The pool holds at most POOL_MAX files (counted approximately: the
-remover relists every RELIST_EVERY removals). Privacy: a pool file holds a
-delivered message's octets until it is reused (or removed by purge_tmp, at
-courierd's start: every pool file, see there); the spool is 0750 and the files
-0640, as when the message was queued.
+Only a regular file with one link owned by the process's uid, of at most
+MAX_FILE octets, enters the pool, and a claimed file is checked again (fstat:
+regular, one link, owner) before a writer keeps it; anything else is unlinked
+and the writer creates a file as before. The pool holds at most POOL_MAX
+files (counted approximately: the remover relists every RELIST_EVERY
+removals), so at most about POOL_MAX * MAX_FILE octets (128 MiB).
+Privacy: a pool file holds a delivered message's octets until it is reused
+(or removed by purge_tmp, at courierd's start: every pool file, see there);
+the spool is 0750 and the files 0640, as when the message was queued.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import time
 FREE = "free."          # claimable pool file in tmp/
 HELD = "held."          # retired entry waiting for the msgs/ fsync
 POOL_MAX = 512          # files in the pool (held and free), approximately
+MAX_FILE = 256 * 1024   # octets: a larger delivered file is unlinked (disk space, not inodes)
 RELIST_EVERY = 64       # remover: recount the pool after this many retirements
 LIST_INTERVAL = 0.2     # writer: seconds between listings while the pool yields nothing
 CLAIM_TRIES = 8         # writer: renames tried for one message before creating a file
@@ -97,7 +99,11 @@ _counts_lock = threading.Lock()
 def hold(tmpdir: str, entry: str, qid: str) -> str | None:
     """Move a delivered entry file from msgs/ to tmp/held.<qid>; its path, or
     None if it may not go into the pool (pool full, not a regular file with one
-    link owned by us, gone, or the rename failed): then remove it as before."""
+    link owned by us, larger than MAX_FILE, gone, or the rename failed): then
+    remove it as before. Why MAX_FILE: the pool keeps inodes, and would keep a
+    large message's blocks with them (512 files of a 10 MB size limit: 5 GB
+    of the file system the Maildirs share); a large message's own writing
+    costs far more than its inode."""
     with _counts_lock:
         count = _counts.get(tmpdir)
         if count is None:
@@ -106,7 +112,8 @@ def hold(tmpdir: str, entry: str, qid: str) -> str | None:
         st = os.lstat(entry)
     except OSError:
         return None
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid():
+    if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid()
+            or st.st_size > MAX_FILE):
         return None
     if not count.take_slot(tmpdir):
         return None

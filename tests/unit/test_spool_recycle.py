@@ -85,7 +85,7 @@ def test_a_retired_entry_is_held_until_the_msgs_fsync_then_claimable(spool):
 
 
 def test_a_writer_reuses_a_pool_file_and_nothing_of_the_former_message_survives(spool):
-    big = b"Subject: big\n\n" + b"SECRET-OLD-LINE " * 20000 + b"\n"     # 320 KB, past the buffer
+    big = b"Subject: big\n\n" + b"SECRET-OLD-LINE " * 12500 + b"\n"     # 200 KB, past the buffer
     old = commit(spool, big)
     ino = os.stat(spool / "msgs" / old).st_ino
     retire_now(spool, old)
@@ -320,10 +320,12 @@ def test_a_held_file_is_released_even_when_removing_the_st_fails(spool):
 def test_a_large_message_into_a_larger_pool_file_is_cut_to_its_length(spool):
     # Both past the buffer: the new one is drained in pieces, its header
     # written last, and the file still ends exactly where its envelope ends.
-    old = commit(spool, b"Subject: old\n\n" + b"OLD-OCTETS " * 40000)
+    old = commit(spool, b"Subject: old\n\n" + b"OLD-OCTETS " * 20000)     # 220 KB
+    ino = os.stat(spool / "msgs" / old).st_ino
     retire_now(spool, old)
     body = b"Subject: new\n\n" + b"n" * 150000
     new = commit(spool, body)
+    assert os.stat(spool / "msgs" / new).st_ino == ino
     env = format_envelope(ENV)
     assert (spool / "msgs" / new).read_bytes() == format_header(len(body), len(env)) + body + env
 
@@ -362,3 +364,13 @@ def test_after_a_crash_no_stale_pool_name_serves_a_file_before_its_removal_is_du
     new = commit(spool, b"Subject: next\n\ny\n")
     assert os.stat(spool / "msgs" / new).st_ino != ino
     sync.flush()
+
+
+def test_a_large_delivered_file_is_unlinked_not_kept_in_the_pool(spool):
+    # The pool saves inodes, not disk space: 512 kept files of a 10 MB size
+    # limit would hold 5 GB of a file system the Maildirs share.
+    big = commit(spool, b"Subject: big\n\n" + b"z" * (pool.MAX_FILE + 1))
+    small = commit(spool, b"Subject: small\n\nx\n")
+    retire_now(spool, big, small)
+    assert pool_files(spool) == [f"{pool.FREE}{small}"]
+    assert os.listdir(spool / "msgs") == []
