@@ -53,20 +53,12 @@ STALE_AFTER = 4         # writer: misses in a row that make it list the pool aga
 OLD_FILE = 3600 * 10**9  # ns: a pool file older gets its mtime set at its claim (purge_tmp: 36 h)
 
 
-def _pool_names(tmpdir: str) -> list[str]:
+def _pool_names(tmpdir: str, prefixes: str | tuple[str, ...] = FREE) -> list[str]:
     try:
         names = os.listdir(tmpdir)
     except OSError:
         return []
-    return [n for n in names if n.startswith(FREE)]
-
-
-def _pool_size(tmpdir: str) -> int:
-    try:
-        names = os.listdir(tmpdir)
-    except OSError:
-        return 0
-    return sum(1 for n in names if n.startswith((FREE, HELD)))
+    return [n for n in names if n.startswith(prefixes)]
 
 
 # -- the remover's side (courierd) --
@@ -83,7 +75,7 @@ class _Count:
     def take_slot(self, tmpdir: str) -> bool:
         with self.lock:
             if self.calls < 0 or self.calls >= RELIST_EVERY:
-                self.n = _pool_size(tmpdir)
+                self.n = len(_pool_names(tmpdir, (FREE, HELD)))
                 self.calls = 0
             self.calls += 1
             if self.n >= POOL_MAX:

@@ -56,7 +56,8 @@ def test_recycled_spool_files_carry_every_message_intact(running_instance):
     pooled = pool_names(inst, FREE)
 
     # Batch two: small messages, one at a time, until esmtpd took pool files (a
-    # writer that found the pool empty lists it again only a second later).
+    # writer that found the pool empty lists it again only pool.LIST_INTERVAL
+    # later).
     deadline = time.monotonic() + DEADLINE
     i = 0
     with smtplib.SMTP("127.0.0.1", inst.port("smtp"), timeout=30) as s:
