@@ -15,7 +15,8 @@ by age and every pool file):
   waiting for the msgs/ fsync that makes its removal durable. It is not
   claimable yet: overwritten before that fsync, a machine crash could bring
   back msgs/<qid> over another message's octets.
-- `free.<qid>`: claimable. A writer renames it to tmp/<its own qid> (the
+- `free.<boot>.<qid>`: claimable in the boot it was freed in (BOOT, below).
+  A writer renames it to tmp/<its own qid> (the
   claim is that rename: ENOENT means another writer took it first), opens it
   without O_CREAT or O_TRUNC, overwrites it from offset 0 (the blocks are
   reused in place, nothing is allocated or freed) and truncates it to the new
@@ -42,7 +43,30 @@ import stat
 import threading
 import time
 
-FREE = "free."          # claimable pool file in tmp/
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def _boot_token() -> str:
+    """This boot's id (Linux makes a new one at every boot), or "" where there
+    is none: then nothing is pooled."""
+    try:
+        with open(BOOT_ID, "rb") as f:
+            raw = f.read(64).decode("ascii").strip().replace("-", "")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return raw[:12] if len(raw) >= 12 and all(c in "0123456789abcdef" for c in raw) else ""
+
+
+# A free file's name carries the boot it was freed in, and writers claim only
+# this boot's. tmp/ is never fsync'd: after a power loss an older state of it
+# can come back with a free. name beside the msgs/ name of the same inode (the
+# file was claimed and became a queued entry after that state was written).
+# Without fsck the link count stays 1 and the one-link check cannot tell; a
+# writer would overwrite a queued message. purge_tmp removes them at courierd's
+# start too, but esmtpd may take mail before courierd runs.
+BOOT = _boot_token()
+FREE_ANY = "free."                  # any boot's: what purge_tmp removes
+FREE = f"free.{BOOT}."              # claimable pool file in tmp/
 HELD = "held."          # retired entry waiting for the msgs/ fsync
 POOL_MAX = 512          # files in the pool (held and free), approximately
 MAX_FILE = 256 * 1024   # octets: a larger delivered file is unlinked (disk space, not inodes)
@@ -96,6 +120,8 @@ def hold(tmpdir: str, entry: str, qid: str) -> str | None:
     large message's blocks with them (512 files of a 10 MB size limit: 5 GB
     of the file system the Maildirs share); a large message's own writing
     costs far more than its inode."""
+    if not BOOT:
+        return None
     with _counts_lock:
         count = _counts.get(tmpdir)
         if count is None:
@@ -180,6 +206,8 @@ def claim(tmpdir: str, dest: str) -> tuple[int, int, int] | None:
     when the pool has nothing usable (the caller creates `dest` with O_EXCL;
     nothing is left at `dest`). The caller sets the mtime after its last
     write to a later one (courierlocal's journal tells files apart by it)."""
+    if not BOOT:
+        return None
     cands = _candidates.get(tmpdir)
     if cands is None:
         cands = _candidates[tmpdir] = _Candidates()

@@ -11,7 +11,7 @@ lone .st, which purge_tmp removes once old. Nothing in msgs/ is written in place
 
 A delivered entry (courierd's retire()) is not unlinked but moved to the pool
 of free files in tmp/ (pool.py: `tmp/held.<qid>` until the msgs/ fsync that
-covers its removal, then `tmp/free.<qid>`), and a later SpoolWriter renames one
+covers its removal, then `tmp/free.<boot>.<qid>`), and a later SpoolWriter renames one
 to tmp/<its qid> and overwrites it: no inode is allocated or freed per message.
 A pool file still holds its delivered message's octets until it is reused or
 purge_tmp removes it (bounded: pool.POOL_MAX files); it is never in msgs/.
@@ -325,7 +325,7 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
         pass
     for p in candidates:
         try:
-            if p.name.startswith((pool.HELD, pool.FREE)) or p.lstat().st_mtime < cutoff:
+            if p.name.startswith((pool.HELD, pool.FREE_ANY)) or p.lstat().st_mtime < cutoff:
                 p.unlink()
                 removed += 1
         except FileNotFoundError:

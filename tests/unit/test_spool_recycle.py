@@ -374,3 +374,21 @@ def test_a_large_delivered_file_is_unlinked_not_kept_in_the_pool(spool):
     retire_now(spool, big, small)
     assert pool_files(spool) == [f"{pool.FREE}{small}"]
     assert os.listdir(spool / "msgs") == []
+
+
+def test_a_free_file_of_another_boot_is_never_claimed(spool):
+    # A power loss can bring back an old tmp/ with a free. name for an inode
+    # that is a queued entry now; without fsck its link count still says 1, so
+    # only the boot in the name tells it apart (esmtpd may take mail before
+    # courierd's purge_tmp runs). Here: a pool file that passes every other
+    # check, named by another boot.
+    assert pool.BOOT and pool.FREE.startswith(pool.FREE_ANY)
+    qid = commit(spool, b"Subject: old\n\nx\n")
+    other = spool / "tmp" / f"{pool.FREE_ANY}{'0' * 12}.{qid}"
+    os.rename(spool / "msgs" / qid, other)
+    ino = os.stat(other).st_ino
+    for _ in range(3):
+        new = commit(spool, b"Subject: next\n\ny\n")
+        assert os.stat(spool / "msgs" / new).st_ino != ino
+    assert other.exists()
+    assert purge_tmp(spool) >= 1 and not other.exists()          # courierd's start
