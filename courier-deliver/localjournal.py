@@ -9,11 +9,13 @@ user gets the message twice -- allowed by SMTP's at-least-once, but avoidable.
 The root connection child appends one line per OK delivery, before it sends
 the reply:
 
-    <unix time> <dev>:<ino>:<size>:<mtime_ns> <xtext recipient> <xtext user>\\n
+    <unix time> <dev>:<ino>:<size>:<mtime_ns>[:<received>] <xtext recipient> <xtext user>\\n
 
 The key names the spool data file by identity (device, inode, size and
 modification time in nanoseconds: a later message that reuses the inode has a
-different mtime), so a request for the same file and recipient is answered OK
+different mtime) and, for an entry file, its envelope's acceptance stamp
+(file_key: where mtimes are whole seconds, a reused inode can repeat the
+rest within one), so a request for the same file and recipient is answered OK
 without delivering again. Only OK deliveries are recorded, so nothing the
 journal says can keep a message from being delivered once. Appends are one
 short O_APPEND write each (atomic between concurrent children), not fsync'd:
@@ -35,6 +37,8 @@ from pathlib import Path
 from courier_deliver.localproto import xtext_encode
 
 from libcourier.durable import write_all, write_atomic
+from libcourier.spool.entry import read_entry_envelope
+from libcourier.spool.envelope import SpoolError
 
 logger = logging.getLogger("courier.courierlocal")
 
@@ -45,7 +49,28 @@ MAX_BYTES = 4 * 1024 * 1024  # a larger journal is pruned (and then cut to its n
 
 def file_key(fd: int) -> str:
     st = os.fstat(fd)
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    received = _received(fd)
+    return f"{key}:{received}" if received else key
+
+
+def _received(fd: int) -> str:
+    """The `received` stamp (acceptance time to the microsecond) of an entry's
+    own envelope, which never changes; "" for a former-layout .dat. Why: the
+    spool reuses delivered entries' files (spool/pool.py), and where the file
+    system keeps whole seconds only (ext4 with 128-byte inodes, made for file
+    systems under 512 MB) a reused inode with a same-size message within one
+    second has its former message's dev:ino:size:mtime."""
+    try:
+        env = read_entry_envelope(fd)
+    except (OSError, SpoolError):
+        return ""
+    start = env.find(b"\nreceived ")
+    if start < 0:
+        return ""
+    end = env.find(b"\n", start + 1)
+    stamp = env[start + 10:end if end > 0 else len(env)]
+    return stamp.decode("ascii") if stamp and stamp.replace(b".", b"").isdigit() else ""
 
 
 def _entry(key: str, recipient: str, user: str | None) -> str:
