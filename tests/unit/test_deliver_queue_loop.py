@@ -35,6 +35,7 @@ from libcourier.spool import (
     list_queue,
     read_envelope,
 )
+from tests.unit.test_deliver_queue import make_etc
 
 WAIT = 20.0
 
@@ -112,12 +113,7 @@ class FakeCourierlocal:
 
 
 def make_cfg(tmp_path, maxdels=2):
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "courierd").write_text(f"SPOOLDIR=../spool\nRUNDIR=../run\nMAXDELS={maxdels}\n"
-                                  "RETRYFIRST=3600\nRESCAN=3600\n")
-    (etc / "me").write_text("mx.test\n")
-    (tmp_path / "run").mkdir()
+    etc = make_etc(tmp_path, f"MAXDELS={maxdels}\nRETRYFIRST=3600\nRESCAN=3600\n")
     cfg = dataclasses.replace(load_config(etc), esmtp=None)
     ensure_spool(cfg.layout.spooldir)
     return cfg

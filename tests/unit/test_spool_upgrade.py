@@ -37,6 +37,7 @@ from libcourier.spool import (
 )
 from libcourier.spool.entry import HEADER_LEN, MAGIC, format_header, parse_header
 from libcourier.spool.envelope import format_envelope
+from tests.unit.test_deliver_queue import make_etc
 
 BODY = b"Received: from x by y\nSubject: old\n\nwritten before the upgrade\n"
 
@@ -67,13 +68,8 @@ def files(spool: Path) -> list[str]:
 
 @pytest.fixture
 def cfg(tmp_path):
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    (etc / "courierd").write_text("SPOOLDIR=../spool\nRUNDIR=../run\nRETRYFIRST=1\n"
-                                  "RESCAN=3600\n")
-    (etc / "me").write_text("mx.test\n")
-    (tmp_path / "run").mkdir()
-    c = dataclasses.replace(load_config(etc), esmtp=None)
+    c = dataclasses.replace(load_config(make_etc(tmp_path, "RETRYFIRST=1\nRESCAN=3600\n")),
+                            esmtp=None)
     ensure_spool(c.layout.spooldir)
     return c
 
