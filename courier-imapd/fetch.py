@@ -435,15 +435,17 @@ def _indexed_batches(names: tuple[str, ...], idx: mindex.FolderIndex | None,
     flag_memo: dict[tuple, bytes] = {}
     date_memo = InternalDates()
     view = mindex.view
+    one_view = idx is not None and len(names) == 1 and names[0] in _VIEW_OF
     for first in range(0, len(picked), INDEXED_BATCH):
         batch = picked[first:first + INDEXED_BATCH]
+        if cold is not None or one_view:
+            seqs, keys, uids = _columns(batch)      # (made once for both)
         if cold is not None:
-            cold.fill(first, _columns(batch)[1])
-        if idx is not None and len(names) == 1 and names[0] in _VIEW_OF:
+            cold.fill(first, keys)
+        if one_view:
             # one view (FETCH 1:* BODYSTRUCTURE): no per-item loop
             k_view, label = _VIEW_OF[names[0]]
-            seqs, keys, uids = _columns(batch)
-            views = idx.views(keys, k_view)
+            views = idx.views(keys, k_view)         # type: ignore[union-attr]
             if ghosts:
                 views = [None if u in ghosts else v for u, v in zip(uids, views, strict=True)]
             yield from [None if v is None else b"* %d FETCH (%s%s)\r\n" % (seq, label, v)
