@@ -73,7 +73,7 @@ from libcourier.layout import load_layout
 from libcourier.pidfile import read_pidfile
 from libcourier.proctitle import set_title
 from libcourier.proto import ClientError
-from libcourier.spool import Envelope, Recipient, SpoolWriter, notify
+from libcourier.spool import Envelope, Recipient, SpoolWriter, data_span, notify
 from libcourier.unixsock import bind_unix
 
 logger = logging.getLogger("courier.courierlocal")
@@ -394,7 +394,7 @@ def _forward(forward: ForwardSpool | None, fd: int, req: DeliverRequest,
             privsep.switch_to_user(forward.uid, forward.gid)
             w = SpoolWriter(forward.spooldir, 0)
             w.write(f"Delivered-To: {req.recipient}\n".encode("utf-8", "surrogateescape"))
-            for block in _pread_chunks(fd):
+            for block in _pread_chunks(fd, data_span(fd)):
                 w.write(block)
             qid = w.commit(Envelope(req.sender, tuple(Recipient(a) for a in outcome.forwards),
                                     time.time(), client=f"forward from {req.recipient}"))

@@ -71,11 +71,12 @@ HEADER_SCAN_FIRST = 16 * 1024  # the first read: most headers end within it
 MAX_HOPS = 100               # Received/Delivered-To lines before we call it a loop
 
 
-def _pread_chunks(fd: int) -> Iterator[bytes]:
-    """The message in the spool file (spool.data_span: a queue entry also holds
-    its envelope), by offset: the descriptor's shared file position belongs to
-    courierd's open file and is left alone."""
-    offset, left = data_span(fd)
+def _pread_chunks(fd: int, span: tuple[int, int]) -> Iterator[bytes]:
+    """The message in the spool file, at span (spool.data_span's (offset,
+    length): a queue entry also holds its envelope), by offset: the
+    descriptor's shared file position belongs to courierd's open file and is
+    left alone."""
+    offset, left = span
     while left > 0:
         block = os.pread(fd, min(CHUNK, left), offset)
         if not block:
@@ -121,13 +122,19 @@ def _perm(text: str) -> _Fail:
     return _Fail(Reply(Status.PERM, text))
 
 
-def _check_loop(fd: int, recipient: str) -> None:
-    """A copy that already went through this mailbox, or too many hops, is a
-    loop (RFC 5321 §6.3): refuse it permanently rather than mail forever."""
+def _message_span(fd: int) -> tuple[int, int]:
+    """spool.data_span, read once per message and passed on (the spool file's
+    header is one pread a read)."""
     try:
-        offset, length = data_span(fd)
+        return data_span(fd)
     except SpoolError as e:
         raise _temp(f"4.3.0 unreadable spool file: {e}") from None
+
+
+def _check_loop(fd: int, span: tuple[int, int], recipient: str) -> None:
+    """A copy that already went through this mailbox, or too many hops, is a
+    loop (RFC 5321 §6.3): refuse it permanently rather than mail forever."""
+    offset, length = span
     # A small first read: a 256 KB buffer for every message was an mmap, page
     # faults and a munmap in the delivery worker.
     head = os.pread(fd, min(HEADER_SCAN_FIRST, length), offset)
@@ -184,9 +191,9 @@ def _read_dot_courier(ext: str | None) -> tuple[list[dotcourier.Instruction] | N
     raise _perm("5.1.1 no such address (no .courier file for this extension)")
 
 
-def _feed_stdin(wfd: int, fd: int) -> None:
+def _feed_stdin(wfd: int, fd: int, span: tuple[int, int]) -> None:
     try:
-        for block in _pread_chunks(fd):
+        for block in _pread_chunks(fd, span):
             write_all_pipe(wfd, block)
     except OSError:
         pass            # the program stopped reading: its exit code tells the rest
@@ -201,7 +208,7 @@ def write_all_pipe(wfd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def run_program(command: str, env: dict[str, str], fd: int,
+def run_program(command: str, env: dict[str, str], fd: int, span: tuple[int, int],
                 timeout: float = DELIVERY_TIMEOUT - DELIVERY_GRACE, *,
                 dynamic: bool = False) -> tuple[int | None, bytes, bytes]:
     """Run `/bin/sh -c command` with the message on stdin, in its own process
@@ -220,7 +227,7 @@ def run_program(command: str, env: dict[str, str], fd: int,
         os.close(wfd)
         raise
     os.close(rfd)
-    feeder = threading.Thread(target=_feed_stdin, args=(wfd, fd), daemon=True)
+    feeder = threading.Thread(target=_feed_stdin, args=(wfd, fd, span), daemon=True)
     feeder.start()
     assert proc.stdout is not None
     # Two byte sinks with their limits: (what we keep, the most we keep).
@@ -276,20 +283,13 @@ def run_program(command: str, env: dict[str, str], fd: int,
     return proc.returncode, bytes(output), bytes(generated)
 
 
-def _message_size(fd: int) -> int:
-    try:
-        return data_span(fd)[1]
-    except (OSError, SpoolError):
-        return 0
-
-
-def _store(path: str, is_maildir: bool, info: AuthInfo, fd: int, req: DeliverRequest,
-           prefix: bytes) -> str:
+def _store(path: str, is_maildir: bool, info: AuthInfo, fd: int, span: tuple[int, int],
+           req: DeliverRequest, prefix: bytes) -> str:
     """One mailbox line: a Maildir (under the account's quota) or an mbox file."""
     if is_maildir or os.path.isdir(path):
-        return deliver_with_quota(Path(path), _pread_chunks(fd), _message_size(fd),
+        return deliver_with_quota(Path(path), _pread_chunks(fd, span), span[1],
                                   prefix=prefix, newquota=info.quota)
-    deliver_to_mbox(Path(path), _pread_chunks(fd), sender=req.sender, prefix=prefix)
+    deliver_to_mbox(Path(path), _pread_chunks(fd, span), sender=req.sender, prefix=prefix)
     return f"mbox {path}"
 
 
@@ -298,6 +298,7 @@ class _Run:
     """What one delivery run has done so far (shared by nested `||` levels)."""
     info: AuthInfo
     fd: int
+    span: tuple[int, int]           # the message in fd (spool.data_span)
     req: DeliverRequest
     ctx: Context
     prefix: bytes
@@ -320,7 +321,7 @@ def _run_program(run: _Run, command: str, dynamic: bool, level: int) -> bool:
     if left <= 0:
         raise _temp(f"4.3.0 local delivery time limit reached before {command[:60]!r}")
     try:
-        code, output, generated = run_program(command, env, run.fd, timeout=left,
+        code, output, generated = run_program(command, env, run.fd, run.span, timeout=left,
                                               dynamic=dynamic)
     except OSError as e:
         raise _temp(f"4.3.0 cannot run {command[:60]!r}: {e.strerror}") from None
@@ -361,8 +362,8 @@ def _execute(run: _Run, instructions: list[dotcourier.Instruction], level: int) 
                 if real in run.seen_mailboxes:
                     continue            # the same mailbox twice in one run: one copy
                 run.seen_mailboxes.add(real)
-                run.done.append(_store(path, is_maildir, run.info, run.fd, run.req,
-                                       run.prefix))
+                run.done.append(_store(path, is_maildir, run.info, run.fd, run.span,
+                                       run.req, run.prefix))
             case Program(command=command, dynamic=dynamic):
                 if _run_program(run, command, dynamic, level):
                     return True
@@ -377,8 +378,8 @@ def _execute(run: _Run, instructions: list[dotcourier.Instruction], level: int) 
     return False
 
 
-def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_maildir: str,
-                      ext: str | None, deadline: float | None = None,
+def _run_instructions(info: AuthInfo, fd: int, span: tuple[int, int], req: DeliverRequest,
+                      default_maildir: str, ext: str | None, deadline: float | None = None,
                       staging: list[Staged] | None = None,
                       unquoted: set[str] | None = None) -> Outcome | None:
     """The delivery's outcome; None when the message was only staged (appended
@@ -395,8 +396,8 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
         default_ins = dotcourier.default_instructions(default_maildir)
         if info.maildir or dotcourier.is_plain_maildir(default_ins):
             path = info.maildir or default_ins[0].path     # type: ignore[union-attr]
-            name = deliver_or_stage(maildir_path(info, path), _pread_chunks(fd),
-                                    _message_size(fd), prefix=prefix, newquota=info.quota,
+            name = deliver_or_stage(maildir_path(info, path), _pread_chunks(fd, span),
+                                    span[1], prefix=prefix, newquota=info.quota,
                                     stage=staging is not None, unquoted=unquoted)
             if isinstance(name, Staged):
                 assert staging is not None
@@ -406,18 +407,12 @@ def _run_instructions(info: AuthInfo, fd: int, req: DeliverRequest, default_mail
         instructions = default_ins
     ctx = Context(home=info.home, user=info.address or info.username or "", sender=req.sender,
                   recipient=req.recipient, ext=ext, default=default, quota=info.quota or "")
-    run = _Run(info, fd, req, ctx, prefix, deadline, [], set(), [])
+    run = _Run(info, fd, span, req, ctx, prefix, deadline, [], set(), [])
     _execute(run, instructions, 0)
     if run.forwards:
         run.done.append("forwarded to " + ", ".join(run.forwards))
     return Outcome(Reply(Status.OK, "; ".join(run.done) or "no delivery instructions"),
                    tuple(run.forwards))
-
-
-def _deliver_as_user(info: AuthInfo, fd: int, req: DeliverRequest,
-                     default_maildir: str, ext: str | None = None,
-                     timeout: float = DELIVERY_TIMEOUT) -> Outcome:
-    return deliver_batch_as_user(info, [(fd, req, ext)], default_maildir, timeout)[0]
 
 
 def _become(info: AuthInfo) -> Outcome | None:
@@ -478,9 +473,10 @@ def deliver_batch_as_user(info: AuthInfo, items: list[tuple[int, DeliverRequest,
                                                            "reached before this message")))
                 continue
             try:
-                _check_loop(fd, req.recipient)
-                outcome = _run_instructions(info, fd, req, default_maildir, ext, deadline,
-                                            staging, unquoted)
+                span = _message_span(fd)
+                _check_loop(fd, span, req.recipient)
+                outcome = _run_instructions(info, fd, span, req, default_maildir, ext,
+                                            deadline, staging, unquoted)
             except (_Fail, DeliveryError) as e:
                 outcome = _failure(e)
             except Exception as e:  # noqa: BLE001 - this message's fault, not the others'
