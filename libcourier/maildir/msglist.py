@@ -96,15 +96,15 @@ class MessageList(MutableSequence["MessageRef"]):
     def first_unseen(self) -> int:
         """The sequence number of the first message without \\Seen, 0: none (SELECT's
         UNSEEN), from the names without making a MessageRef each."""
+        return next(self._unseen(), -1) + 1
+
+    def _unseen(self) -> Iterator[int]:
+        """The indexes of the messages without \\Seen, in order, from the names."""
         stored = self._stored
         for i, name in enumerate(self._names):
             m = stored[i] if stored is not None else None
-            if m is not None:
-                if "S" not in m.flags:
-                    return i + 1
-            elif "S" not in split_name(name)[1]:
-                return i + 1
-        return 0
+            if "S" not in (m.flags if m is not None else split_name(name)[1]):
+                yield i
 
     def copy(self) -> MessageList:
         c = MessageList(array.array(self._uids.typecode, self._uids), list(self._names),
@@ -308,13 +308,7 @@ class MessageList(MutableSequence["MessageRef"]):
 
     def count_unseen(self) -> int:
         """Messages without \\Seen (STATUS UNSEEN), from the names."""
-        stored = self._stored
-        n = 0
-        for i, name in enumerate(self._names):
-            m = stored[i] if stored is not None else None
-            if "S" not in (m.flags if m is not None else split_name(name)[1]):
-                n += 1
-        return n
+        return sum(1 for _ in self._unseen())
 
     def columns(self) -> tuple[array.array, list[str], array.array, array.array,
                                dict[int, frozenset[str]]]:

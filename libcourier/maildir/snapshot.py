@@ -94,10 +94,9 @@ class Validators:
         """True when a scan started at `recorded_ns` (wall clock) cannot have missed
         a change hidden in the same timestamp tick as a directory's mtime. The uiddb
         is left out: it is only ever replaced by rename, its inode tells."""
-        dirs = [s.mtime_ns for s in (self.cur, self.new, self.keywords) if s != ABSENT]
-        if not dirs:
+        if self.cur == self.new == self.keywords == ABSENT:
             return False
-        return recorded_ns - max(dirs) >= margin_ns(dirs)
+        return recorded_ns >= self.racy_until()
 
 
 def margin_ns(mtimes: list[int]) -> int:
