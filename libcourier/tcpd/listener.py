@@ -618,7 +618,7 @@ class _Listener:
         del self.children[pid]
         sleeper = _Sleeper(sock, ip, blob, uid, time.monotonic() + self.spec.hibernate_linger)
         self.sleepers[sock.fileno()] = sleeper
-        heapq.heappush(self.wake_heap, (sleeper.deadline, sock.fileno(), sleeper))
+        self._schedule(sock.fileno(), sleeper)
         if self.selector is not None:
             self.selector.register(sock, selectors.EVENT_READ, sleeper)
         log.debug("child %d [%s] hibernated (%d octets)", pid, ip, len(blob))
@@ -784,20 +784,39 @@ class _Listener:
         refused sockets' lingering close (LINGER_SECONDS)."""
         while self.wake_heap and self.wake_heap[0][0] <= now:
             _deadline, fd, item = heapq.heappop(self.wake_heap)
+            if not self._holds(fd, item):
+                continue                         # woken, dropped or closed since
             if isinstance(item, _Refused):
-                if self.refused.get(fd) is item:
-                    self._close_refused(item)
-            elif self.sleepers.get(fd) is item:
+                self._close_refused(item)
+            else:
                 log.info("hibernated client [%s] idle for too long", item.ip)
                 self._drop_sleeper(item, self.spec.hibernate_bye)
 
     def _next_deadline(self) -> float | None:
         while self.wake_heap:
             _deadline, fd, item = self.wake_heap[0]
-            if self.sleepers.get(fd) is item or self.refused.get(fd) is item:
+            if self._holds(fd, item):
                 return self.wake_heap[0][0]
             heapq.heappop(self.wake_heap)        # woken, dropped or closed since
         return None
+
+    def _holds(self, fd: int, item: _Sleeper | _Refused) -> bool:
+        """Whether item (a heap entry's, a selector key's) is still held on fd: one
+        woken, dropped or closed since leaves its entry and key behind, and its
+        descriptor may be another's by now."""
+        table = self.sleepers if isinstance(item, _Sleeper) else self.refused
+        return table.get(fd) is item
+
+    def _schedule(self, fd: int, item: _Sleeper | _Refused) -> None:
+        """Put item's deadline on the heap. An entry outlives a sleeper woken before
+        its deadline (hibernate_linger, up to half an hour) and keeps its blob: when
+        such entries are most of the heap, they go (so it holds at most about twice
+        what is held, however often clients wake)."""
+        heap = self.wake_heap
+        if len(heap) >= 2 * (len(self.sleepers) + len(self.refused)) + 64:
+            heap[:] = [entry for entry in heap if self._holds(entry[1], entry[2])]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (item.deadline, fd, item))
 
     # -- refused clients -----------------------------------------------------
 
@@ -832,7 +851,7 @@ class _Listener:
             sock.close()
             return
         self.refused[fd] = refused
-        heapq.heappush(self.wake_heap, (refused.deadline, fd, refused))
+        self._schedule(fd, refused)
 
     def drain_refused(self, refused: _Refused) -> None:
         """A lingering refused socket is readable: drop what came (one non-blocking
@@ -1213,10 +1232,10 @@ class _Listener:
                     elif key.data is _HIBERNATION:
                         self.take_sleepers()
                     elif isinstance(key.data, _Sleeper):
-                        if self.sleepers.get(key.fd) is key.data:   # still asleep
+                        if self._holds(key.fd, key.data):   # still asleep
                             self.wake(key.data)
                     elif isinstance(key.data, _Refused):
-                        if self.refused.get(key.fd) is key.data:    # still lingering
+                        if self._holds(key.fd, key.data):   # still lingering
                             self.drain_refused(key.data)
                     elif not (self.pending & {signal.SIGTERM, signal.SIGINT}):
                         self.reap()
