@@ -42,6 +42,7 @@ from courier_imapd.config import ImapdConfig
 from courier_imapd.core import ImapConnection, tagged, untagged
 from courier_imapd.login import Counters, LoginOK, Wire, send
 from courier_imapd.mailbox import give_back
+from courier_imapd.session import account_settings
 
 from libcourier import proctitle
 from libcourier.tcpd.connection import Connection, handed_on
@@ -74,9 +75,9 @@ def enabled(cfg: ImapdConfig, conn: Wire) -> bool:
 
 def account_key(user: str, uid: int, info: Any) -> bytes:
     """The account as authd described it: equal keys = the same session set-up."""
-    group = getattr(info, "options", {}).get("group")
+    quota, groups = account_settings(info)
     return json.dumps([user, uid, info.gid, str(info.home), info.maildir or "",
-                       getattr(info, "quota", None) or "", group or ""],
+                       quota or "", groups[0] if groups else ""],
                       ensure_ascii=False).encode("utf-8", "surrogateescape")
 
 
