@@ -78,10 +78,6 @@ class Part:
         return self.type == b"multipart"
 
     @property
-    def is_message(self) -> bool:
-        return self.message is not None
-
-    @property
     def size(self) -> int:
         return self.body_end - self.body_start
 
