@@ -31,6 +31,17 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def unlink_quiet(path: str | os.PathLike[str] | None) -> None:
+    """Remove `path` if it can be (a clean-up on a failure path: a name already
+    gone, or one we may not remove, must not hide the error being handled)."""
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def write_all(fd: int, data: bytes) -> None:
     """os.write until everything is written (a write may be short)."""
     view = memoryview(data)
@@ -68,10 +79,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
             os.close(fd)
         os.rename(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        unlink_quiet(tmp)
         raise
     fsync_dir(path.parent)
 
@@ -94,9 +102,6 @@ def replace_cache(path: str | os.PathLike[str], data: bytes,
             os.close(fd)
         os.rename(tmp, path)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        unlink_quiet(tmp)
         return False
     return True

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from libcourier.durable import fsync_dir as _fsync_dir  # a module name the tests patch
-from libcourier.durable import write_all
+from libcourier.durable import unlink_quiet, write_all
 from libcourier.maildir import quota, unnamed
 from libcourier.maildir.names import unique_name
 
@@ -405,13 +405,8 @@ def _link_named(s: Staged) -> str:
 def _cleanup(tmppath: str | None, linked: str | None) -> None:
     # A failure after the link (the directory fsync) withdraws the file too:
     # the caller will retry, and a duplicate is worse than a retry.
-    for p in (tmppath, linked):
-        if p is None:
-            continue
-        try:
-            os.unlink(p)
-        except OSError:
-            pass
+    unlink_quiet(tmppath)
+    unlink_quiet(linked)
 
 
 class OverQuota(DeliveryError):

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from libcourier.durable import write_all
+from libcourier.durable import unlink_quiet, write_all
 from libcourier.maildir import unnamed
 
 CHUNK = 1 << 20           # bytes read from a source file at a time
@@ -88,7 +88,7 @@ class TmpMessage:
                 finally:
                     self._close()
             except OSError:
-                _remove(target)
+                unlink_quiet(target)
                 raise
 
     def discard(self) -> None:
@@ -97,7 +97,7 @@ class TmpMessage:
         if self.fd is not None:
             self._close()
         else:
-            _remove(self.path)
+            unlink_quiet(self.path)
 
     def _close(self) -> None:
         fd, self.fd = self.fd, None
@@ -155,16 +155,10 @@ def _write(tmp: Path, mode: int, chunks: Iterable[bytes], *,
                 os.close(fd)
     except BaseException:
         if named:
-            _remove(tmp)
+            unlink_quiet(tmp)
         else:
             os.close(fd)                 # it vanishes
         raise
     # An unnamed file stays open: its fd is the only way to it until it is named.
     return TmpMessage(tmp, st, mode, None if named else fd)
 
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
