@@ -43,7 +43,7 @@ from pathlib import Path
 
 from courier_deliver import dotcourier
 from courier_deliver.localjournal import NAME as JOURNAL_NAME
-from courier_deliver.localjournal import Journal
+from courier_deliver.localjournal import Journal, file_key
 from courier_deliver.localproto import (
     BATCH_MAX,
     DeliverRequest,
@@ -246,7 +246,8 @@ def _serve_batch(batch: list[tuple[DeliverRequest, int]], authsocket: Path,
     forwarded and recorded on its own, so one's failure is only its own."""
     replies: list[Reply | None] = [None] * len(batch)
     accounts_of: dict[tuple, tuple[AuthInfo, list[tuple[int, str | None]]]] = {}
-    done: list[tuple[int, str, str | None]] = []        # OK deliveries for the journal
+    keys: list[str | None] = [None] * len(batch)        # each request's journal file_key
+    done: list[tuple[str, str, str | None]] = []        # OK deliveries for the journal
     try:
         if journal is not None:
             journal.refresh()
@@ -255,7 +256,7 @@ def _serve_batch(batch: list[tuple[DeliverRequest, int]], authsocket: Path,
             if isinstance(found, Reply):
                 replies[i] = found
             else:
-                info, ext = found
+                info, ext, keys[i] = found
                 accounts_of.setdefault(account_key(info), (info, []))[1].append((i, ext))
         for info, members in accounts_of.values():
             for start in range(0, len(members), BATCH_MAX):
@@ -266,8 +267,9 @@ def _serve_batch(batch: list[tuple[DeliverRequest, int]], authsocket: Path,
                 for (i, _ext), outcome in zip(part, outcomes, strict=True):
                     req, fd = batch[i]
                     reply = replies[i] = _conclude(req, fd, info, outcome, forward)
-                    if reply.status is Status.OK:
-                        done.append((fd, req.recipient, req.user))
+                    key = keys[i]
+                    if reply.status is Status.OK and key is not None:
+                        done.append((key, req.recipient, req.user))
     finally:
         # Before any reply goes out (and even if none will: a repeat is then
         # answered from the journal).
@@ -283,15 +285,24 @@ def _serve_batch(batch: list[tuple[DeliverRequest, int]], authsocket: Path,
 
 def _prepare(req: DeliverRequest, fd: int, authsocket: Path, timeout: float,
              journal: Journal | None, accounts: AccountCache
-             ) -> Reply | tuple[AuthInfo, str | None]:
+             ) -> Reply | tuple[AuthInfo, str | None, str | None]:
     """Lock the message, answer a repeated request from the journal, find the
-    account: the reply, or (account, extension) to deliver to."""
+    account: the reply, or (account, extension, the file's journal key: None
+    without a journal or a key) to deliver to."""
     waited = _lock_message(fd, timeout)
     if waited is None:
         return Reply(Status.TEMP, "4.3.0 another delivery of this message is still running")
+    key = None
+    if journal is not None:
+        try:
+            key = file_key(fd)
+        except OSError as e:
+            logger.warning("delivery to %s: cannot identify the spool file for the journal: "
+                           "%s", req.recipient, e)
     # The batch's journal view is from before the lock: a delivery of this
     # file that held the lock meanwhile recorded after it, so read again then.
-    if journal is not None and journal.seen(fd, req.recipient, req.user, refresh=waited):
+    if journal is not None and key is not None and \
+            journal.seen(key, req.recipient, req.user, refresh=waited):
         # courierd asks again for a delivery it did not hear the OK of
         # (it was killed meanwhile): the copy is in already.
         logger.info("delivery to %s: already done, not repeated", req.recipient)
@@ -302,7 +313,7 @@ def _prepare(req: DeliverRequest, fd: int, authsocket: Path, timeout: float,
         return Reply(Status.TEMP, f"4.4.3 authentication service unavailable: {e}")
     if found is None:
         return Reply(Status.PERM, "5.1.1 no such user")
-    return found
+    return (*found, key)
 
 
 def _conclude(req: DeliverRequest, fd: int, info: AuthInfo, outcome: Outcome,

@@ -48,6 +48,9 @@ MAX_BYTES = 4 * 1024 * 1024  # a larger journal is pruned (and then cut to its n
 
 
 def file_key(fd: int) -> str:
+    """The journal's name for an open spool file (an fstat and, for an entry
+    file, one pread of its envelope): computed once per request, for seen()
+    and record_many(). Raises OSError."""
     st = os.fstat(fd)
     key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
     received = _received(fd)
@@ -117,11 +120,11 @@ class Journal:
         except OSError as e:
             logger.warning("cannot read %s: %s", self.path, e)
 
-    def seen(self, fd: int, recipient: str, user: str | None, *, refresh: bool = True) -> bool:
-        """Whether this spool file was already delivered to this recipient (with
-        refresh=False: as of the last refresh())."""
+    def seen(self, key: str, recipient: str, user: str | None, *, refresh: bool = True
+             ) -> bool:
+        """Whether the spool file of this file_key was already delivered to this
+        recipient (with refresh=False: as of the last refresh())."""
         try:
-            key = file_key(fd)
             if refresh:
                 self._refresh()
             if key.encode("ascii") not in self._keys:
@@ -137,20 +140,16 @@ class Journal:
         needle = (" " + want + "\n").encode("ascii")
         return needle in data
 
-    def record(self, fd: int, recipient: str, user: str | None, now: float | None = None
-               ) -> None:
-        self.record_many([(fd, recipient, user)], now)
-
-    def record_many(self, done: list[tuple[int, str, str | None]], now: float | None = None
+    def record_many(self, done: list[tuple[str, str, str | None]], now: float | None = None
                     ) -> None:
-        """Entries for several deliveries (spool fd, recipient, user), in one write:
-        one O_APPEND write is not interleaved with another child's."""
+        """Entries for several deliveries (spool file_key, recipient, user), in one
+        write: one O_APPEND write is not interleaved with another child's."""
         if not done:
             return
         now = time.time() if now is None else now
         try:
-            data = "".join(f"{int(now)} {_entry(file_key(fd), recipient, user)}\n"
-                           for fd, recipient, user in done).encode("ascii")
+            data = "".join(f"{int(now)} {_entry(key, recipient, user)}\n"
+                           for key, recipient, user in done).encode("ascii")
             jfd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                           0o600)
             try:
