@@ -58,29 +58,26 @@ class Entry:
     damaged: str | None = None      # why the envelope could not be read
 
 
-def _size(layout: Layout, qid: str) -> int:
-    """The message's octets (a queue entry's file also holds its envelope)."""
-    with open_data(layout.spooldir, qid) as data:
-        return data.length
-
-
 def scan(layout: Layout) -> list[Entry]:
     out = []
     for qid in list_queue(layout.spooldir):
         try:
-            size = _size(layout, qid)
+            data = open_data(layout.spooldir, qid)
         except FileNotFoundError:
             continue        # delivered while we were listing
         except (OSError, SpoolError) as e:
             out.append(Entry(qid, 0, 0.0, "", (), str(e)))
             continue
-        try:
-            env = read_envelope(layout.spooldir, qid)
-        except SpoolError as e:
-            if not entry_exists(layout.spooldir, qid):
+        with data:
+            # The size is the message's octets (the file also holds the envelope).
+            size = data.length
+            try:
+                env = read_envelope(layout.spooldir, qid, data)
+            except SpoolError as e:
+                if not entry_exists(layout.spooldir, qid):
+                    continue
+                out.append(Entry(qid, size, 0.0, "", (), str(e)))
                 continue
-            out.append(Entry(qid, size, 0.0, "", (), str(e)))
-            continue
         out.append(Entry(qid, size, env.received, env.sender,
                          tuple(r.address for r in env.recipients)))
     return out
@@ -107,12 +104,13 @@ def scan_for(layout: Layout, uid: int | None, limit: int = MAILQ_MAX) -> list[En
         if len(out) >= limit:
             break
         try:
-            env = read_envelope(layout.spooldir, qid)
-            if uid is not None and submitted_by(env.client) != uid:
-                continue        # (before the stat: most messages are someone else's)
-            size = _size(layout, qid)
+            with open_data(layout.spooldir, qid) as data:
+                env = read_envelope(layout.spooldir, qid, data)
+                size = data.length
         except (OSError, SpoolError):
             continue            # delivered meanwhile, or damaged (root sees those)
+        if uid is not None and submitted_by(env.client) != uid:
+            continue
         out.append(Entry(qid, size, env.received, env.sender,
                          tuple(r.address for r in env.recipients)))
     return out

@@ -146,30 +146,38 @@ def _parse(path: str, data: bytes) -> Envelope:
         raise SpoolError(f"{path}: {e}") from None
 
 
-def read_envelope(spooldir: Path, qid: str) -> Envelope:
+def read_envelope(spooldir: Path, qid: str, data: DataFile | None = None) -> Envelope:
     """The entry's current envelope: its .st if courierd wrote one, else the one
-    inside it (or a former-layout .env). SpoolError if gone or damaged."""
+    inside it (or a former-layout .env). SpoolError if gone or damaged.
+    data: the entry's open_data, read rather than the entry opened again."""
     path = _entry_path(spooldir, qid)
+    if data is not None and data.offset:        # an entry file (a .dat's is 0)
+        return _entry_envelope(path, data.fileno())
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         old = path + OLD_ENV
-        data = _read_small(old)
-        if data is None:
+        env = _read_small(old)
+        if env is None:
             raise SpoolError(f"{path}: no such queue entry") from None
-        return _parse(old, data)
+        return _parse(old, env)
     except OSError as e:
         raise SpoolError(f"{path}: {e.strerror}") from None
     try:
-        state = _read_small(path + STATE)
-        if state is not None:
-            return _parse(path + STATE, state)
-        try:
-            return _parse(path, read_entry_envelope(fd))
-        except OSError as e:
-            raise SpoolError(f"{path}: {e.strerror}") from None
+        return _entry_envelope(path, fd)
     finally:
         os.close(fd)
+
+
+def _entry_envelope(path: str, fd: int) -> Envelope:
+    """The current envelope of the entry file open as fd: its .st, else its own."""
+    state = _read_small(path + STATE)
+    if state is not None:
+        return _parse(path + STATE, state)
+    try:
+        return _parse(path, read_entry_envelope(fd))
+    except OSError as e:
+        raise SpoolError(f"{path}: {e.strerror}") from None
 
 
 def entry_exists(spooldir: Path, qid: str) -> bool:
