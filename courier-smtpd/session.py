@@ -58,14 +58,13 @@ from libcourier.sasl import (
 )
 from libcourier.smtp.reply import Reply
 from libcourier.tcpd import Connection
+from libcourier.tcpd.connection import LINGER_LIMIT as LINGER_OCTETS
+from libcourier.tcpd.connection import LINGER_SECONDS
 
 log = logging.getLogger("courier.esmtpd")
 
 RECV_SIZE = 65536
 FAILED_AUTH_DELAY = 2.0     # seconds before answering a refused AUTH: slows guessing
-# After we close (421, 221): how long, and how many octets, we read and drop what the
-# client still sends, so that the close is not a reset that loses our last reply.
-LINGER_SECONDS, LINGER_OCTETS = 2.0, 1 << 20
 TARPIT_FIRST, TARPIT_MAX = 8.0, 128.0   # Courier's INIT_TEERGRUBE / MAX_TEERGRUBE
 IN_MESSAGE = frozenset({State.DATA, State.BDAT, State.CHUNKING})   # ESMTPD_DATA_TIMEOUT runs
 
@@ -234,7 +233,8 @@ class Session:
             self._abort()
             if self._linger:
                 # We end the session (421, 221) and the client may still be sending
-                # (pipelining, or not listening): see Connection.linger.
+                # (pipelining, or not listening): see Connection.linger. The limits
+                # are named here too so that tests can shorten them.
                 self.conn.linger(LINGER_SECONDS, LINGER_OCTETS)
         except (OSError, ssl.SSLError) as e:
             log.info("connection lost, ip=[%s]: %s", self.conn.peer_ip, e)
