@@ -482,12 +482,15 @@ class _Listener:
         if ctl is not None:
             self._unregister_and_close(ctl)
 
-    def _unregister_and_close(self, sock: socket.socket) -> None:
+    def _unregister(self, sock: socket.socket) -> None:
         if self.selector is not None:
             try:
                 self.selector.unregister(sock)
             except (KeyError, ValueError):
                 pass
+
+    def _unregister_and_close(self, sock: socket.socket) -> None:
+        self._unregister(sock)
         sock.close()
 
     def worker_said(self, pid: int) -> None:
@@ -738,11 +741,7 @@ class _Listener:
         fd = sleeper.sock.fileno()
         if self.sleepers.get(fd) is sleeper:
             del self.sleepers[fd]
-            if self.selector is not None:
-                try:
-                    self.selector.unregister(sleeper.sock)
-                except (KeyError, ValueError):
-                    pass
+            self._unregister(sleeper.sock)
 
     def _drop_sleeper(self, sleeper: _Sleeper, reply: bytes = b"") -> None:
         self._forget(sleeper)
