@@ -183,11 +183,17 @@ class MailboxView:
         self.name = name
         self.recent = set()
 
-    def close(self) -> None:
-        """Let go of the snapshot a lazy view keeps open (also when the view is dropped)."""
+    def unhold(self) -> None:
+        """Let go of cur/'s lock a snapshot still to be stored holds (after_select
+        stores it all the same, checked as ever; another session's SELECT just no
+        longer waits for it)."""
         p = getattr(self, "_pending", None)
         if p is not None and p.pending is not None and p.pending.held is not None:
             p.pending.held.close()
+
+    def close(self) -> None:
+        """Let go of the snapshot a lazy view keeps open (also when the view is dropped)."""
+        self.unhold()
         s = getattr(self, "_summary", None)
         if s is not None:
             self._summary = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import select
 import selectors
 import time
 from dataclasses import dataclass, field
@@ -490,6 +491,10 @@ class Session:
                 lines += condstore.qresync_lines(
                     cmd.qresync, view.state.uidvalidity, view.state.uidnext, view.messages,
                     view.tracker, lambda m: flags_text(m.flags, m.uid in view.recent, m.keywords))
+        if not _writable(self.conn.sock):
+            # A client not reading (or a stalled link) could keep the reply, and with
+            # it cur/'s lock, for the autologout: every other scan of the folder waits.
+            view.unhold()
         self.out(self._untagged(lines),
                  tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if readonly else "READ-WRITE"))
         view.after_select()     # a snapshot SELECT's reply did not wait for (mailbox.py)
@@ -1277,6 +1282,14 @@ class Session:
             self.core.idling = False
             self.conn.sock.settimeout(self.cfg.autologout)
             self.title("SELECTED" if self.view else "AUTHENTICATED")
+
+
+def _writable(sock: object) -> bool:
+    """Whether the connection takes a short reply now (its peer has been reading)."""
+    try:
+        return bool(select.select([], [sock], [], 0)[1])
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _tls_pending(sock: object) -> bool:
