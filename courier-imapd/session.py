@@ -491,12 +491,13 @@ class Session:
                 lines += condstore.qresync_lines(
                     cmd.qresync, view.state.uidvalidity, view.state.uidnext, view.messages,
                     view.tracker, lambda m: flags_text(m.flags, m.uid in view.recent, m.keywords))
-        if not _writable(self.conn.sock):
+        reply = self._untagged(lines) + \
+            tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if readonly else "READ-WRITE")
+        if len(reply) > SHORT_REPLY or not _writable(self.conn.sock):
             # A client not reading (or a stalled link) could keep the reply, and with
             # it cur/'s lock, for the autologout: every other scan of the folder waits.
             view.unhold()
-        self.out(self._untagged(lines),
-                 tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if readonly else "READ-WRITE"))
+        self.out(reply)
         view.after_select()     # a snapshot SELECT's reply did not wait for (mailbox.py)
 
     def enter(self, view: MailboxView, path: Path, rights: str) -> None:
@@ -1282,6 +1283,9 @@ class Session:
             self.core.idling = False
             self.conn.sock.settimeout(self.cfg.autologout)
             self.title("SELECTED" if self.view else "AUTHENTICATED")
+
+
+SHORT_REPLY = 2048      # octets of a SELECT reply sent while cur/'s lock is still held
 
 
 def _writable(sock: object) -> bool:
