@@ -384,7 +384,7 @@ class _Listener:
         self.workers: dict[int, socket.socket] = {}
         self.idle: dict[int, float] = {}
         self.generation = 0                     # bumped by reload: older children retire
-        self.worker_generation: dict[int, int] = {}
+        self.born: dict[int, int] = {}          # pid -> the generation it was forked in
         self.pending: set[int] = set()
         # Hibernated connections and lingering refused sockets by descriptor, and
         # their deadlines (one heap for both).
@@ -393,11 +393,10 @@ class _Listener:
         self.refused: dict[int, _Refused] = {}
         self.max_lingering = _lingering_bound()
         self.wake_heap: list[tuple[float, int, _Sleeper | _Refused]] = []
-        # Idle warm workers by pid (oldest first), the generation each child was
-        # forked in (a warm worker runs its generation's handler), and the pids that
-        # ever offered themselves (user processes: never asked for a worker).
+        # Idle warm workers by pid (oldest first; one runs the handler of the
+        # generation it was born in), and the pids that ever offered themselves
+        # (user processes: never asked for a worker).
         self.warm: dict[int, _Warm] = {}
-        self.born: dict[int, int] = {}
         self.warmed: set[int] = set()
         self.handed: set[int] = set()          # login children whose client a worker took
         self.selector: selectors.BaseSelector | None = None
@@ -477,7 +476,6 @@ class _Listener:
     def retire(self, pid: int) -> None:
         """Close a reusable child's control socket: idle, it reads EOF and exits."""
         self.idle.pop(pid, None)
-        self.worker_generation.pop(pid, None)
         ctl = self.workers.pop(pid, None)
         if ctl is not None:
             self._unregister_and_close(ctl)
@@ -509,7 +507,7 @@ class _Listener:
             self._release_ip(ip)
             self.children[pid] = ""
         if (msg == _DONE and ip is not None and pid not in self.idle
-                and self.worker_generation.get(pid) == self.generation):
+                and self.born.get(pid) == self.generation):
             self.idle[pid] = time.monotonic()
         else:
             self.retire(pid)        # EOF (it exits), a config reload, or nonsense
@@ -948,7 +946,6 @@ class _Listener:
             ctl_child.close()
             ctl.setblocking(False)
             self.workers[pid] = ctl
-            self.worker_generation[pid] = self.generation
             if self.selector is not None:
                 self.selector.register(ctl, selectors.EVENT_READ, pid)
         self._serving(pid, peer_ip, peer_port)
