@@ -25,11 +25,13 @@ a queue written before an upgrade drains as before.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
 import socket
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from libcourier.durable import fsync_dir, write_atomic
@@ -56,6 +58,7 @@ NOTIFY_PER_CONNECTION = 1000   # notices on one kept connection (courierd takes 
 # queue socket path -> (connection, last use, notices sent on it); see notify()
 _kept: dict[str, tuple[socket.socket, float, int]] = {}
 _kept_lock = threading.Lock()
+logger = logging.getLogger("courier.spool")
 
 
 def _after_fork() -> None:
@@ -318,24 +321,40 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     so after a machine crash it can name an inode that is a queued entry now,
     which would become claimable as soon as that entry is unlinked, before the
     msgs/ fsync covering the unlink. (Removed under a live courierd, a held
-    file's release finds nothing, and its entry was out of msgs/ already.)"""
+    file's release finds nothing, and its entry was out of msgs/ already.)
+    Except a name whose file has fewer links than the names seen for it in
+    tmp/ and msgs/: a crash on a file system without a journal, not fsck'd
+    after (renames never change the count, so a stale name and the entry's
+    share a count of 1); unlinked, it would free a queued message's inode.
+    It stays (a stale free. name is another boot's, never claimed), and is
+    logged: fsck mends the count."""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
-    removed = 0
-    candidates: list[Path] = []
-    try:
-        candidates += [p for p in (spooldir / TMP).iterdir()]
-    except FileNotFoundError:
-        pass
-    try:
-        candidates += [spooldir / MSGS / n for n in _orphans(set(os.listdir(spooldir / MSGS)))]
-    except FileNotFoundError:
-        pass
-    for p in candidates:
+    listed: dict[str, dict[str, int]] = {TMP: {}, MSGS: {}}     # name -> inode number
+    for sub, found in listed.items():
         try:
-            if p.name.startswith((pool.HELD, pool.FREE_ANY)) or p.lstat().st_mtime < cutoff:
-                p.unlink()
-                removed += 1
+            with os.scandir(spooldir / sub) as it:
+                for e in it:            # d_ino from the listing: no stat per name
+                    found[e.name] = e.inode()
+        except FileNotFoundError:
+            pass
+    names_of = Counter(itertools.chain(listed[TMP].values(), listed[MSGS].values()))
+    candidates = [(spooldir / TMP / n, ino, n.startswith((pool.HELD, pool.FREE_ANY)))
+                  for n, ino in listed[TMP].items()]
+    candidates += [(spooldir / MSGS / n, listed[MSGS][n], False)
+                   for n in _orphans(set(listed[MSGS]))]
+    removed = 0
+    for p, ino, pooled in candidates:
+        try:
+            st = p.lstat()
+            if not pooled and st.st_mtime >= cutoff:
+                continue
+            if st.st_nlink < names_of[ino]:
+                logger.warning("%s: a name a crash left for a file with more names than "
+                               "links (%d): kept; this file system needs fsck", p, st.st_nlink)
+                continue
+            p.unlink()
+            removed += 1
         except FileNotFoundError:
             pass
     return removed

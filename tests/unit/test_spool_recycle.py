@@ -6,6 +6,7 @@ new message (nothing of the former one survives)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
@@ -27,6 +28,7 @@ from libcourier.spool import (
 from libcourier.spool.dirsync import DelayedDirSync
 from libcourier.spool.entry import format_header
 from libcourier.spool.envelope import format_envelope
+from tests.unit.test_maildir_unnamed import ext4_without_journal  # noqa: F401 - a fixture
 
 ENV = Envelope("bob@example.net", (Recipient("alice@example.com"),), 1700000000.0,
                client="test")
@@ -392,3 +394,46 @@ def test_a_free_file_of_another_boot_is_never_claimed(spool):
         assert os.stat(spool / "msgs" / new).st_ino != ino
     assert other.exists()
     assert purge_tmp(spool) >= 1 and not other.exists()          # courierd's start
+
+
+
+def _remount(mnt) -> str:
+    """Unmount and mount again (nothing of it left in the caches); its device."""
+    dev = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mnt)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout.strip()
+    subprocess.run(["umount", str(mnt)], timeout=60, check=True)
+    subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], timeout=60, check=True)
+    return dev
+
+
+@pytest.mark.parametrize("stale", [f"{pool.FREE_ANY}{'0' * 12}.old", f"{pool.HELD}old",
+                                   "0000000000000001.1.1"])
+def test_purge_tmp_never_frees_a_queued_entry_through_a_crash_left_name(
+        ext4_without_journal, stale):  # noqa: F811 - the imported fixture
+    # tmp/ is never fsync'd: after a power loss on ext4 without a journal and
+    # without fsck, tmp/ can still name (free., held., a writer's tmp/<qid>)
+    # an inode that is a queued entry now, and its link count on disk says 1
+    # (renames never change it). Unlinking that name frees the entry's inode:
+    # the message lost, msgs/<qid> naming a freed inode. Made here with a
+    # hard link whose count debugfs sets back to 1.
+    mnt, _img = ext4_without_journal
+    spool = mnt / "spool"
+    ensure_spool(spool)
+    body = b"Subject: queued\n\nkept\n"
+    qid = commit(spool, body)
+    os.link(spool / "msgs" / qid, spool / "tmp" / stale)
+    ino = os.stat(spool / "msgs" / qid).st_ino
+    old = time.time() - 100 * 3600
+    os.utime(spool / "msgs" / qid, (old, old))                   # past purge's age too
+    os.sync()
+    dev = _remount(mnt)
+    subprocess.run(["umount", str(mnt)], timeout=60, check=True)
+    subprocess.run(["debugfs", "-w", "-R", f"sif <{ino}> links_count 1", dev],
+                   capture_output=True, timeout=60, check=True)
+    subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], timeout=60, check=True)
+    assert os.stat(spool / "msgs" / qid).st_nlink == 1
+    purge_tmp(spool)                                             # courierd's start
+    _remount(mnt)
+    assert list_queue(spool) == [qid]
+    with open_data(spool, qid) as d:
+        assert d.read() == body
