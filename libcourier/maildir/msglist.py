@@ -405,14 +405,40 @@ def _stat_mtime(cur: str | None, name: str) -> float:
     except FileNotFoundError:
         pass
     base = _base(name)
-    try:
-        with os.scandir(cur) as it:
-            for ent in it:
-                if _base(ent.name) == base:
-                    return ent.stat().st_mtime
-    except OSError:
-        pass
+    for fresh in (False, True):
+        now = _Renamed.names(cur, fresh).get(base)
+        if now is None:
+            return 0.0      # gone when cur/ was listed: a rename keeps a file's base
+        try:
+            return os.stat(os.path.join(cur, now)).st_mtime
+        except FileNotFoundError:
+            continue        # renamed again since that listing: list once more
+        except OSError:
+            return 0.0
     return 0.0
+
+
+class _Renamed:
+    """cur/'s names by base, for _stat_mtime: one listing serves every message
+    renamed since its scan (another session's STORE 1:* +FLAGS \\Seen, then our
+    FETCH 1:* INTERNALDATE: a listing per message was quadratic). Kept for one
+    directory while its stamp holds."""
+
+    key: tuple[str, int, int] | None = None
+    by_base: dict[str, str] = {}
+
+    @classmethod
+    def names(cls, cur: str, fresh: bool) -> dict[str, str]:
+        try:
+            st = os.stat(cur)
+            key = (cur, st.st_ino, st.st_mtime_ns)
+            if fresh or key != cls.key:
+                cls.key, cls.by_base = None, {}       # (the old one goes first)
+                cls.by_base = {_base(n): n for n in os.listdir(cur) if not n.startswith(".")}
+                cls.key = key
+        except OSError:
+            cls.key, cls.by_base = None, {}
+        return cls.by_base
 
 
 def _ref(uid: int, name: str, size: int, mtime: float, keywords: frozenset[str],

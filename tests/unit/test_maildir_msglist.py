@@ -238,3 +238,35 @@ def test_relocate_follows_a_rename_keeping_one_ref(tmp_path: Path) -> None:
     assert sum(m is not None for m in msgs._stored) == 1
     assert msgs[3].filename == "1003.M3P1.h,S=3:2,S" and msgs[3].flags == ""
     assert view.relocate() == 0
+
+
+def test_mtimes_of_messages_renamed_meanwhile_list_cur_once(tmp_path, monkeypatch) -> None:
+    """Another session renamed every file (STORE 1:* +FLAGS \\Seen) after our scan,
+    which read no mtime: reading them all (FETCH 1:* INTERNALDATE) looks each up by
+    its base in one listing of cur/, not in one listing per message."""
+    from libcourier.maildir import msglist as mod
+    md = tmp_path / "M"
+    for d in ("tmp", "new", "cur"):
+        (md / d).mkdir(parents=True)
+    for i in range(50):
+        p = md / "cur" / f"{1700000000 + i}.M{i}P1.host,S=1:2,"
+        p.write_bytes(b"x")
+        os.utime(p, (1600000000 + i, 1600000000 + i))
+    ml = Maildir(md).scan().messages
+    for n in os.listdir(md / "cur"):
+        os.rename(md / "cur" / n, md / "cur" / (n + "S"))
+    listings = []
+    real = os.scandir, os.listdir
+
+    def scandir(p):
+        listings.append(p)
+        return real[0](p)
+
+    def listdir(p):
+        listings.append(p)
+        return real[1](p)
+    monkeypatch.setattr(mod.os, "scandir", scandir)
+    monkeypatch.setattr(mod.os, "listdir", listdir)
+    got = sorted(m.mtime for m in ml)
+    assert got == [1600000000 + i for i in range(50)]
+    assert len(listings) <= 2
