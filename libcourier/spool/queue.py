@@ -51,6 +51,7 @@ MSGS = "msgs"
 STATE = ".st"           # courierd's envelope, overriding the entry's own
 OLD_DATA = ".dat"       # the former layout's message ...
 OLD_ENV = ".env"        # ... and envelope (its commit point)
+STALE = "stale."        # tmp/: a name a crash left for a queued file (purge_tmp)
 _QID = re.compile(r"[0-9a-f]{16}\.[0-9a-f]{1,8}\.[0-9a-f]{1,16}")
 _counter = itertools.count(1)
 NOTIFY_IDLE_MAX = 5.0          # seconds a kept notice connection may idle (courierd: 10)
@@ -326,8 +327,10 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     tmp/ and msgs/: a crash on a file system without a journal, not fsck'd
     after (renames never change the count, so a stale name and the entry's
     share a count of 1); unlinked, it would free a queued message's inode.
-    It stays (a stale free. name is another boot's, never claimed), and is
-    logged: fsck mends the count."""
+    It is kept, renamed in tmp/ to stale.<name> (a held.<qid> kept as it is
+    would make that entry's own retirement a rename onto the same file, which
+    does nothing), and logged: fsck mends the count. A name that cannot even
+    be looked at (EUCLEAN: it names a freed inode) is logged and left."""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
     listed: dict[str, dict[str, int]] = {TMP: {}, MSGS: {}}     # name -> inode number
@@ -352,11 +355,17 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
             if st.st_nlink < names_of[ino]:
                 logger.warning("%s: a name a crash left for a file with more names than "
                                "links (%d): kept; this file system needs fsck", p, st.st_nlink)
+                aside = p.with_name(STALE + p.name)
+                if p.parent.name == TMP and not p.name.startswith(STALE) \
+                        and not os.path.lexists(aside):
+                    os.rename(p, aside)         # a rename keeps the link count
                 continue
             p.unlink()
             removed += 1
         except FileNotFoundError:
             pass
+        except OSError as e:
+            logger.warning("cannot purge %s: %s", p, e.strerror or e)
     return removed
 
 

@@ -406,21 +406,17 @@ def _remount(mnt) -> str:
     return dev
 
 
-@pytest.mark.parametrize("stale", [f"{pool.FREE_ANY}{'0' * 12}.old", f"{pool.HELD}old",
-                                   "0000000000000001.1.1"])
-def test_purge_tmp_never_frees_a_queued_entry_through_a_crash_left_name(
-        ext4_without_journal, stale):  # noqa: F811 - the imported fixture
-    # tmp/ is never fsync'd: after a power loss on ext4 without a journal and
-    # without fsck, tmp/ can still name (free., held., a writer's tmp/<qid>)
-    # an inode that is a queued entry now, and its link count on disk says 1
-    # (renames never change it). Unlinking that name frees the entry's inode:
-    # the message lost, msgs/<qid> naming a freed inode. Made here with a
-    # hard link whose count debugfs sets back to 1.
-    mnt, _img = ext4_without_journal
+def _crash_left_name(mnt, stale: str) -> tuple:
+    """A queued entry whose file tmp/ also names `stale` ({qid}: the entry's
+    qid), with a link count of 1 for the two names: what a power loss on ext4
+    without a journal leaves when fsck does not run after it (tmp/ is never
+    fsync'd, and renames never change the count). Made with a hard link
+    whose count debugfs sets back to 1. (spool, qid, message)."""
     spool = mnt / "spool"
     ensure_spool(spool)
     body = b"Subject: queued\n\nkept\n"
     qid = commit(spool, body)
+    stale = stale.format(qid=qid)
     os.link(spool / "msgs" / qid, spool / "tmp" / stale)
     ino = os.stat(spool / "msgs" / qid).st_ino
     old = time.time() - 100 * 3600
@@ -432,8 +428,35 @@ def test_purge_tmp_never_frees_a_queued_entry_through_a_crash_left_name(
                    capture_output=True, timeout=60, check=True)
     subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], timeout=60, check=True)
     assert os.stat(spool / "msgs" / qid).st_nlink == 1
+    return spool, qid, body
+
+
+@pytest.mark.parametrize("stale", [f"{pool.FREE_ANY}{'0' * 12}.old", f"{pool.HELD}old",
+                                   "0000000000000001.1.1"])
+def test_purge_tmp_never_frees_a_queued_entry_through_a_crash_left_name(
+        ext4_without_journal, stale):  # noqa: F811 - the imported fixture
+    # Unlinking such a name frees the entry's inode: the message lost,
+    # msgs/<qid> naming a freed inode (EUCLEAN).
+    spool, qid, body = _crash_left_name(ext4_without_journal[0], stale)
     purge_tmp(spool)                                             # courierd's start
-    _remount(mnt)
+    _remount(ext4_without_journal[0])
     assert list_queue(spool) == [qid]
     with open_data(spool, qid) as d:
         assert d.read() == body
+
+
+def test_a_crash_left_held_name_of_the_entry_itself_is_set_aside(
+        ext4_without_journal):  # noqa: F811 - the imported fixture
+    # Kept as tmp/held.<qid>, the entry's own retirement would rename msgs/<qid>
+    # onto a name of the same file: rename(2) then does nothing, msgs/<qid>
+    # stays queued, and once released its file is a free pool file that is
+    # also a queued entry (a writer would overwrite it).
+    spool, qid, _body = _crash_left_name(ext4_without_journal[0], f"{pool.HELD}{{qid}}")
+    purge_tmp(spool)                                             # courierd's start
+    assert not (spool / "tmp" / f"{pool.HELD}{qid}").exists()
+    retire_now(spool, qid)
+    assert list_queue(spool) == []
+    new = commit(spool, b"Subject: next\n\ny\n")
+    assert list_queue(spool) == [new]
+    with open_data(spool, new) as d:
+        assert d.read() == b"Subject: next\n\ny\n"
