@@ -157,11 +157,12 @@ class Connection:
 
 def handed_on(sock: socket.socket, extra_env: dict[str, str] | None = None,
               hibernate: socket.socket | None = None,
-              resumed: Resumed | None = None) -> Connection:
-    """The Connection of an accepted plain-TCP socket passed on after accept (a
-    hibernated one woken, a login handed to a warm worker): addresses and the
-    TCP* variables from the socket itself, then `extra_env`. OSError: the client left."""
-    peer, local = sock.getpeername(), sock.getsockname()
+              resumed: Resumed | None = None, peer: tuple | None = None) -> Connection:
+    """The Connection of an accepted socket (the listener's new one, or a plain-TCP
+    one passed on: a hibernated one woken, a login handed to a warm worker):
+    addresses and the TCP* variables from the socket itself (the peer's from `peer`,
+    accept's address, when given), then `extra_env`. OSError: the client left."""
+    peer, local = peer or sock.getpeername(), sock.getsockname()
     ip, local_ip = plain_ip(peer[0]), plain_ip(local[0])
     env = {"TCPREMOTEIP": ip, "TCPREMOTEPORT": str(peer[1]),
            "TCPLOCALIP": local_ip, "TCPLOCALPORT": str(local[1])}

@@ -918,17 +918,9 @@ class _Listener:
             log.warning("Maximum connection limit per IP reached for %s", peer_ip)
             self.refuse(sock, spec.busy_reply, tls_port)
             return
-        local = sock.getsockname()
-        local_ip, local_port = plain_ip(local[0]), local[1]
-        env = {
-            "TCPREMOTEIP": peer_ip,
-            "TCPREMOTEPORT": str(peer_port),
-            "TCPLOCALIP": local_ip,
-            "TCPLOCALPORT": str(local_port),
-        }
-        env.update(decision.env)
+        conn = handed_on(sock, decision.env, peer=addr)
         if self.idle:
-            handed = self._hand_over(sock, env)
+            handed = self._hand_over(sock, conn.env)
             if handed is not None:
                 sock.close()
                 self._serving(handed, peer_ip, peer_port, " (reused)")
@@ -937,8 +929,7 @@ class _Listener:
         ctl_child: socket.socket | None = None
         if spec.reuse > 1 and spec.child_user is not None:
             ctl, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = self._fork(sock, Connection(sock, peer_ip, peer_port, local_ip, local_port,
-                                          False, env), ctl, ctl_child)
+        pid = self._fork(sock, conn, ctl, ctl_child)
         if pid is None:
             self.refuse(sock, spec.busy_reply, tls_port)
             return
