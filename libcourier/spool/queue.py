@@ -329,8 +329,11 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     share a count of 1); unlinked, it would free a queued message's inode.
     It is kept, renamed in tmp/ to stale.<name> (a held.<qid> kept as it is
     would make that entry's own retirement a rename onto the same file, which
-    does nothing), and logged: fsck mends the count. A name that cannot even
-    be looked at (EUCLEAN: it names a freed inode) is logged and left."""
+    does nothing), and logged: fsck mends the count. A stale.<name> is never
+    removed here: once its file is freed, its inode number may be another
+    file's (a Maildir message's), which an unlink by age would free; it is
+    the admin's, after fsck. A name that cannot even be looked at (EUCLEAN:
+    it names a freed inode) is logged and left."""
     spooldir = Path(spooldir)
     cutoff = time.time() - older_than
     listed: dict[str, dict[str, int]] = {TMP: {}, MSGS: {}}     # name -> inode number
@@ -343,7 +346,7 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
             pass
     names_of = Counter(itertools.chain(listed[TMP].values(), listed[MSGS].values()))
     candidates = [(spooldir / TMP / n, ino, n.startswith((pool.HELD, pool.FREE_ANY)))
-                  for n, ino in listed[TMP].items()]
+                  for n, ino in listed[TMP].items() if not n.startswith(STALE)]
     candidates += [(spooldir / MSGS / n, listed[MSGS][n], False)
                    for n in _orphans(set(listed[MSGS]))]
     removed = 0
@@ -356,8 +359,7 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
                 logger.warning("%s: a name a crash left for a file with more names than "
                                "links (%d): kept; this file system needs fsck", p, st.st_nlink)
                 aside = p.with_name(STALE + p.name)
-                if p.parent.name == TMP and not p.name.startswith(STALE) \
-                        and not os.path.lexists(aside):
+                if p.parent.name == TMP and not os.path.lexists(aside):
                     os.rename(p, aside)         # a rename keeps the link count
                 continue
             p.unlink()

@@ -28,6 +28,7 @@ from libcourier.spool import (
 from libcourier.spool.dirsync import DelayedDirSync
 from libcourier.spool.entry import format_header
 from libcourier.spool.envelope import format_envelope
+from libcourier.spool.queue import STALE
 from tests.unit.test_maildir_unnamed import ext4_without_journal  # noqa: F401 - a fixture
 
 ENV = Envelope("bob@example.net", (Recipient("alice@example.com"),), 1700000000.0,
@@ -460,3 +461,15 @@ def test_a_crash_left_held_name_of_the_entry_itself_is_set_aside(
     assert list_queue(spool) == [new]
     with open_data(spool, new) as d:
         assert d.read() == b"Subject: next\n\ny\n"
+
+
+def test_purge_tmp_leaves_a_set_aside_name_to_the_admin(spool):
+    # A stale.<name> (a name a crash left, set aside by an earlier purge) may
+    # name a freed inode that another file (a Maildir message) has now: an
+    # unlink by age would free that file. fsck and the admin deal with it.
+    aside = spool / "tmp" / f"{STALE}{pool.HELD}old"
+    aside.write_bytes(b"x")
+    old = time.time() - 100 * 3600
+    os.utime(aside, (old, old))
+    assert purge_tmp(spool) == 0
+    assert aside.exists()
