@@ -452,7 +452,8 @@ def _indexed_batches(names: tuple[str, ...], idx: mindex.FolderIndex | None,
                         for seq, v in zip(seqs, views, strict=True)]
             continue
         batch = list(batch)     # the messages made once (a Picked makes them when read)
-        recs = None if idx is None else idx.records([(m.base, m.size) for _, m in batch])
+        recs = None if idx is None else idx.records(
+            keys if cold is not None else [(m.base, m.size) for _, m in batch])
         for k, (seq, msg) in enumerate(batch):
             if msg.uid in ghosts:
                 yield None
