@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections import Counter
@@ -37,7 +38,7 @@ from pathlib import Path
 from libcourier.durable import fsync_dir, write_atomic
 from libcourier.spool import pool
 from libcourier.spool.dirsync import DelayedDirSync
-from libcourier.spool.entry import DataFile, read_entry_envelope
+from libcourier.spool.entry import MAGIC, DataFile, read_entry_envelope
 from libcourier.spool.envelope import (
     MAX_ENVELOPE_BYTES,
     Envelope,
@@ -329,7 +330,10 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
     share a count of 1); unlinked, it would free a queued message's inode.
     It is kept, renamed in tmp/ to stale.<name> (a held.<qid> kept as it is
     would make that entry's own retirement a rename onto the same file, which
-    does nothing), and logged: fsck mends the count. A stale.<name> is never
+    does nothing), and logged: fsck mends the count. So is a pool name whose
+    regular file is no entry file (a pool file always starts with the entry
+    header): after such a crash its inode can have been freed and be another
+    file's now (a Maildir message's, one link). A stale.<name> is never
     removed here: once its file is freed, its inode number may be another
     file's (a Maildir message's), which an unlink by age would free; it is
     the admin's, after fsck. A name that cannot even be looked at (EUCLEAN:
@@ -355,9 +359,11 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
             st = p.lstat()
             if not pooled and st.st_mtime >= cutoff:
                 continue
-            if st.st_nlink < names_of[ino]:
+            if st.st_nlink < names_of[ino] or (pooled and stat.S_ISREG(st.st_mode)
+                                               and not _starts_with_magic(p)):
                 logger.warning("%s: a name a crash left for a file with more names than "
-                               "links (%d): kept; this file system needs fsck", p, st.st_nlink)
+                               "links (%d) or not a spool file: kept; this file system "
+                               "needs fsck", p, st.st_nlink)
                 aside = p.with_name(STALE + p.name)
                 if p.parent.name == TMP and not os.path.lexists(aside):
                     os.rename(p, aside)         # a rename keeps the link count
@@ -369,6 +375,20 @@ def purge_tmp(spooldir: Path, older_than: float = 36 * 3600) -> int:
         except OSError as e:
             logger.warning("cannot purge %s: %s", p, e.strerror or e)
     return removed
+
+
+def _starts_with_magic(path: Path) -> bool:
+    """Whether the regular file at path is an entry file (entry.MAGIC first)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.pread(fd, len(MAGIC), 0) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def notify(queue_socket: Path, qid: str, timeout: float = 2.0) -> bool:

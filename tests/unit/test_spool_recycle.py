@@ -473,3 +473,31 @@ def test_purge_tmp_leaves_a_set_aside_name_to_the_admin(spool):
     os.utime(aside, (old, old))
     assert purge_tmp(spool) == 0
     assert aside.exists()
+
+
+def test_purge_tmp_never_frees_another_file_through_a_crash_left_pool_name(
+        ext4_without_journal):  # noqa: F811 - the imported fixture
+    # A crash-left free. name can name an inode that was freed and is now
+    # another file of the same file system, a Maildir message (all share
+    # one inode group), with a link count of 1. The pool's names are removed
+    # whatever their age: unlinked, the message would be lost. A pool file
+    # is always an entry file (it starts with the entry header); this is not.
+    mnt = ext4_without_journal[0]
+    spool = mnt / "spool"
+    ensure_spool(spool)
+    (mnt / "new").mkdir()
+    mail = mnt / "new" / "1.2.host"
+    mail.write_bytes(b"Return-Path: <a@b>\nSubject: mine\n\nkept\n")
+    stale = spool / "tmp" / f"{pool.FREE_ANY}{'0' * 12}.0000000000000001.1.1"
+    os.link(mail, stale)
+    ino = os.stat(mail).st_ino
+    os.sync()
+    dev = _remount(mnt)
+    subprocess.run(["umount", str(mnt)], timeout=60, check=True)
+    subprocess.run(["debugfs", "-w", "-R", f"sif <{ino}> links_count 1", dev],
+                   capture_output=True, timeout=60, check=True)
+    subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], timeout=60, check=True)
+    purge_tmp(spool)                                             # courierd's start
+    _remount(mnt)
+    assert mail.read_bytes() == b"Return-Path: <a@b>\nSubject: mine\n\nkept\n"
+    assert not stale.exists()                                    # set aside
