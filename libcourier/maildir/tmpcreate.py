@@ -72,24 +72,25 @@ class TmpMessage:
                 self._named_copy()
                 os.rename(self.path, target)
                 unnamed.refused()
-        # The dates are set once in cur/ (module docstring, step 3).
-        if stat_from is not None:
-            shutil.copystat(stat_from, target)
-        elif mtime is not None:
-            os.utime(target, (mtime, mtime))
-        if self.fd is not None:
-            # The first fsync wrote the inode with no link: on ext4 without a
-            # journal only the file's own fsync writes its link count (the
-            # caller's fsync of cur/ writes cur/), and fsck frees an inode
-            # found with none, clearing its name: the message lost.
-            try:
+        try:
+            # The dates are set once in cur/ (module docstring, step 3).
+            if stat_from is not None:
+                shutil.copystat(stat_from, target)
+            elif mtime is not None:
+                os.utime(target, (mtime, mtime))
+            if self.fd is not None:
+                # The first fsync wrote the inode with no link: on ext4 without a
+                # journal only the file's own fsync writes its link count (the
+                # caller's fsync of cur/ writes cur/), and fsck frees an inode
+                # found with none, clearing its name: the message lost.
                 try:
                     os.fsync(self.fd)
                 finally:
                     self._close()
-            except OSError:
-                unlink_quiet(target)
-                raise
+        except BaseException:
+            # The caller answers the failure: no message in cur/ it was not told of.
+            unlink_quiet(target)
+            raise
 
     def discard(self) -> None:
         """Close the unnamed file (it vanishes) or remove the tmp file (nothing

@@ -156,3 +156,16 @@ def test_a_block_that_never_renames_drops_the_unnamed_file(folder: Path, kind: s
     assert msg.fd is None
     assert os.listdir(folder / "tmp") == ([] if kind == "unnamed" else ["n"])
     assert os.listdir(folder / "cur") == []
+
+
+def test_a_failure_setting_the_date_withdraws_the_message(folder: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller answers the failure (APPEND's NO, no UID recorded): the file must not
+    stay in cur/ as a message nobody was told of (for an unnamed one, not fsync'd
+    with its link either)."""
+    def utime(p, t):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(tmpcreate.os, "utime", utime)
+    with pytest.raises(OSError), write_tmp(folder, "n", b"x") as msg:
+        msg.rename(folder / "cur" / "n:2,", mtime=1.0)
+    assert os.listdir(folder / "cur") == [] and os.listdir(folder / "tmp") == []
