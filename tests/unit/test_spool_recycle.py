@@ -407,6 +407,17 @@ def _remount(mnt) -> str:
     return dev
 
 
+def _one_link_on_disk(mnt, ino: int) -> None:
+    """Set inode `ino`'s on-disk link count back to 1 (debugfs on the unmounted
+    device): two names for one file as an unchecked crash leaves them."""
+    os.sync()
+    dev = _remount(mnt)
+    subprocess.run(["umount", str(mnt)], timeout=60, check=True)
+    subprocess.run(["debugfs", "-w", "-R", f"sif <{ino}> links_count 1", dev],
+                   capture_output=True, timeout=60, check=True)
+    subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], timeout=60, check=True)
+
+
 def _crash_left_name(mnt, stale: str) -> tuple:
     """A queued entry whose file tmp/ also names `stale` ({qid}: the entry's
     qid), with a link count of 1 for the two names: what a power loss on ext4
@@ -422,12 +433,7 @@ def _crash_left_name(mnt, stale: str) -> tuple:
     ino = os.stat(spool / "msgs" / qid).st_ino
     old = time.time() - 100 * 3600
     os.utime(spool / "msgs" / qid, (old, old))                   # past purge's age too
-    os.sync()
-    dev = _remount(mnt)
-    subprocess.run(["umount", str(mnt)], timeout=60, check=True)
-    subprocess.run(["debugfs", "-w", "-R", f"sif <{ino}> links_count 1", dev],
-                   capture_output=True, timeout=60, check=True)
-    subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], timeout=60, check=True)
+    _one_link_on_disk(mnt, ino)
     assert os.stat(spool / "msgs" / qid).st_nlink == 1
     return spool, qid, body
 
@@ -491,12 +497,7 @@ def test_purge_tmp_never_frees_another_file_through_a_crash_left_pool_name(
     stale = spool / "tmp" / f"{pool.FREE_ANY}{'0' * 12}.0000000000000001.1.1"
     os.link(mail, stale)
     ino = os.stat(mail).st_ino
-    os.sync()
-    dev = _remount(mnt)
-    subprocess.run(["umount", str(mnt)], timeout=60, check=True)
-    subprocess.run(["debugfs", "-w", "-R", f"sif <{ino}> links_count 1", dev],
-                   capture_output=True, timeout=60, check=True)
-    subprocess.run(["mount", "-t", "ext4", dev, str(mnt)], timeout=60, check=True)
+    _one_link_on_disk(mnt, ino)
     purge_tmp(spool)                                             # courierd's start
     _remount(mnt)
     assert mail.read_bytes() == b"Return-Path: <a@b>\nSubject: mine\n\nkept\n"
