@@ -183,13 +183,23 @@ class MailboxView:
         self.name = name
         self.recent = set()
 
+    def _held(self):
+        """cur/'s lock a snapshot still to be stored holds, or None."""
+        p = getattr(self, "_pending", None)
+        return p.pending.held if p is not None and p.pending is not None else None
+
+    def holding(self) -> bool:
+        """Whether a snapshot still to be stored holds cur/'s lock (a cold SELECT's)."""
+        held = self._held()
+        return held is not None and held.fd >= 0
+
     def unhold(self) -> None:
         """Let go of cur/'s lock a snapshot still to be stored holds (after_select
         stores it all the same, checked as ever; another session's SELECT just no
         longer waits for it)."""
-        p = getattr(self, "_pending", None)
-        if p is not None and p.pending is not None and p.pending.held is not None:
-            p.pending.held.close()
+        held = self._held()
+        if held is not None:
+            held.close()
 
     def close(self) -> None:
         """Let go of the snapshot a lazy view keeps open (also when the view is dropped)."""

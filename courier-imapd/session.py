@@ -493,7 +493,7 @@ class Session:
                     view.tracker, lambda m: flags_text(m.flags, m.uid in view.recent, m.keywords))
         reply = self._untagged(lines) + \
             tagged(cmd.tag, "OK", "Ok", "READ-ONLY" if readonly else "READ-WRITE")
-        if len(reply) > SHORT_REPLY or not _writable(self.conn.sock):
+        if view.holding() and (len(reply) > SHORT_REPLY or not _writable(self.conn.sock)):
             # A client not reading (or a stalled link) could keep the reply, and with
             # it cur/'s lock, for the autologout: every other scan of the folder waits.
             view.unhold()
